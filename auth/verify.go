@@ -1,0 +1,237 @@
+// Package auth verifies the bearer tokens that come with every command and
+// turns them into a passkey.Principal. Signatures are checked by go-jose;
+// this package only chooses keys, algorithms and claims.
+package auth
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// Leeway is the clock skew allowed when judging exp, nbf and iat.
+const Leeway = 30 * time.Second
+
+// MaxTokenSize bounds the Authorization header, so a hostile caller cannot
+// make the worker parse megabytes of base64.
+const MaxTokenSize = 8 << 10
+
+// Scopes that widen what a principal may do.
+const (
+	ScopeAdmin  = "passkeys:admin"
+	ScopeSystem = "passkeys:system"
+)
+
+// OrgClaim names the claim that holds the principal's organisation.
+const OrgClaim = "urn:zitadel:iam:user:resourceowner:id"
+
+// AllowedAlgorithms are the only signature algorithms a token may use. HMAC
+// and "none" are refused: a verifier holding public keys must never accept a
+// token "signed" with one of them.
+var AllowedAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA}
+
+// Claims are the claims this service reads from a token.
+type Claims struct {
+	jwt.Claims
+	Scope string `json:"scope,omitempty"`
+	Org   string `json:"urn:zitadel:iam:user:resourceowner:id,omitempty"`
+}
+
+// Verifier checks tokens against a JSON Web Key Set, an issuer and an
+// audience. It is safe for concurrent use; SetKeys swaps the key set.
+type Verifier struct {
+	issuer   string
+	audience string
+
+	mu   sync.RWMutex
+	keys jose.JSONWebKeySet
+}
+
+// NewVerifier returns a Verifier that trusts keys, requires iss to equal
+// issuer and aud to contain audience.
+func NewVerifier(keys jose.JSONWebKeySet, issuer, audience string) (*Verifier, error) {
+	if issuer == "" || audience == "" {
+		return nil, errors.New("auth: issuer and audience are required")
+	}
+	if err := checkPublicKeys(keys); err != nil {
+		return nil, err
+	}
+	return &Verifier{issuer: issuer, audience: audience, keys: keys}, nil
+}
+
+// SetKeys replaces the trusted key set, for a JWKS rotation.
+func (v *Verifier) SetKeys(keys jose.JSONWebKeySet) error {
+	if err := checkPublicKeys(keys); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.keys = keys
+	v.mu.Unlock()
+	return nil
+}
+
+// LoadJWKS reads a JSON Web Key Set file holding public keys.
+func LoadJWKS(path string) (jose.JSONWebKeySet, error) {
+	var keys jose.JSONWebKeySet
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return keys, fmt.Errorf("read JWKS: %w", err)
+	}
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		return keys, fmt.Errorf("parse JWKS %s: %w", path, err)
+	}
+	if err := checkPublicKeys(keys); err != nil {
+		return keys, fmt.Errorf("JWKS %s: %w", path, err)
+	}
+	return keys, nil
+}
+
+// checkPublicKeys refuses an empty set and any key that is not a public
+// asymmetric key: a symmetric key in the set would let anyone who knows it
+// (or the public half of another key) mint tokens.
+func checkPublicKeys(keys jose.JSONWebKeySet) error {
+	if len(keys.Keys) == 0 {
+		return errors.New("the key set holds no key")
+	}
+	for i, k := range keys.Keys {
+		if !k.Valid() || !k.IsPublic() {
+			return fmt.Errorf("key %d (kid %q) is not a valid public key", i, k.KeyID)
+		}
+		if k.Algorithm != "" && !slices.Contains(AllowedAlgorithms, jose.SignatureAlgorithm(k.Algorithm)) {
+			return fmt.Errorf("key %d (kid %q) has algorithm %q, allowed are RS256, PS256, ES256, EdDSA", i, k.KeyID, k.Algorithm)
+		}
+	}
+	return nil
+}
+
+// Verify authenticates the Authorization header values of a command, judging
+// exp and nbf at time at (the command's stream timestamp).
+//
+// Errors: UNAUTHENTICATED (AUTH-MISSING, AUTH-MALFORMED, AUTH-ALGORITHM,
+// AUTH-KEY-UNKNOWN, AUTH-SIGNATURE, AUTH-ISSUER, AUTH-AUDIENCE, AUTH-EXPIRED,
+// AUTH-NOT-YET-VALID, AUTH-CLAIMS).
+func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Principal, error) {
+	raw, err := bearer(authorization)
+	if err != nil {
+		return passkey.Principal{}, err
+	}
+	alg, err := headerAlgorithm(raw)
+	if err != nil {
+		return passkey.Principal{}, err
+	}
+	if !slices.Contains(AllowedAlgorithms, alg) {
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthAlgorithm, "the token's signature algorithm is not allowed")
+	}
+	tok, err := jwt.ParseSigned(raw, AllowedAlgorithms)
+	if err != nil || len(tok.Headers) != 1 {
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
+	}
+	claims, err := v.verifySignature(tok, alg)
+	if err != nil {
+		return passkey.Principal{}, err
+	}
+	return checkClaims(claims, v.issuer, v.audience, at)
+}
+
+// verifySignature finds the key the token names (or, without a kid, tries
+// every key of a matching algorithm) and returns the claims it signed.
+func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgorithm) (Claims, error) {
+	v.mu.RLock()
+	keys := v.keys.Keys
+	v.mu.RUnlock()
+	kid := tok.Headers[0].KeyID
+	tried := false
+	for _, k := range keys {
+		if (kid != "" && k.KeyID != kid) || (k.Algorithm != "" && k.Algorithm != string(alg)) {
+			continue
+		}
+		tried = true
+		var c Claims
+		if err := tok.Claims(k.Key, &c); err == nil {
+			return c, nil
+		}
+	}
+	if !tried {
+		return Claims{}, unauthenticated(passkey.IDAuthKeyUnknown, "no trusted key matches the token's key id")
+	}
+	return Claims{}, unauthenticated(passkey.IDAuthSignature, "the token's signature is not valid")
+}
+
+func checkClaims(c Claims, issuer, audience string, at time.Time) (passkey.Principal, error) {
+	if c.Subject == "" || c.Expiry == nil {
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthClaims, "the token must carry sub and exp")
+	}
+	err := c.ValidateWithLeeway(jwt.Expected{Issuer: issuer, AnyAudience: jwt.Audience{audience}, Time: at}, Leeway)
+	switch {
+	case err == nil:
+	case errors.Is(err, jwt.ErrInvalidIssuer):
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthIssuer, "the token's issuer is not trusted")
+	case errors.Is(err, jwt.ErrInvalidAudience):
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthAudience, "the token is not meant for this service")
+	case errors.Is(err, jwt.ErrExpired):
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthExpired, "the token had expired when the command was sent")
+	case errors.Is(err, jwt.ErrNotValidYet), errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthNotYetValid, "the token was not yet valid when the command was sent")
+	default:
+		return passkey.Principal{}, unauthenticated(passkey.IDAuthClaims, "the token's claims are not valid")
+	}
+	p := passkey.Principal{Subject: c.Subject, Org: c.Org}
+	for _, s := range strings.Fields(c.Scope) {
+		switch s {
+		case ScopeAdmin:
+			p.Admin = true
+		case ScopeSystem:
+			p.System = true
+		}
+	}
+	return p, nil
+}
+
+// bearer takes the token out of the one Authorization header a command may carry.
+func bearer(values []string) (string, error) {
+	switch len(values) {
+	case 0:
+		return "", unauthenticated(passkey.IDAuthMissing, "the Authorization header is required")
+	case 1:
+	default:
+		return "", unauthenticated(passkey.IDAuthMalformed, "only one Authorization header is allowed")
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	token = strings.TrimSpace(token)
+	switch {
+	case !ok || !strings.EqualFold(scheme, "Bearer") || token == "":
+		return "", unauthenticated(passkey.IDAuthMalformed, "the Authorization header must be 'Bearer <JWT>'")
+	case len(token) > MaxTokenSize:
+		return "", unauthenticated(passkey.IDAuthMalformed, "the token is larger than %d bytes", MaxTokenSize)
+	}
+	return token, nil
+}
+
+// headerAlgorithm reads the alg of a compact JWS header, only to tell a
+// refused algorithm from a malformed token; nothing is trusted from it.
+func headerAlgorithm(token string) (jose.SignatureAlgorithm, error) {
+	head, _, ok := strings.Cut(token, ".")
+	var h struct {
+		Alg string `json:"alg"`
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(head)
+	if !ok || err != nil || json.Unmarshal(raw, &h) != nil || h.Alg == "" {
+		return "", unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
+	}
+	return jose.SignatureAlgorithm(h.Alg), nil
+}
+
+func unauthenticated(id, format string, args ...any) *passkey.Error {
+	return passkey.Errorf(passkey.CodeUnauthenticated, id, format, args...)
+}

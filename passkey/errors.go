@@ -1,0 +1,129 @@
+// Package passkey holds the rules of passkey removal: who may change which
+// user, which login methods count, and what every refusal is called. It knows
+// nothing of NATS or bbolt; the handler package adapts it to the wire and the
+// storage package keeps its records.
+package passkey
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a gRPC status code, as ZITADEL's API reports it.
+type Code int
+
+// The gRPC codes this service answers with.
+const (
+	CodeInvalidArgument    Code = 3
+	CodeNotFound           Code = 5
+	CodePermissionDenied   Code = 7
+	CodeFailedPrecondition Code = 9
+	CodeInternal           Code = 13
+	CodeUnavailable        Code = 14
+	CodeUnauthenticated    Code = 16
+)
+
+// HTTPStatus is the HTTP status grpc-gateway maps the code to; it travels in
+// the Nats-Service-Error-Code header.
+func (c Code) HTTPStatus() int {
+	switch c {
+	case CodeInvalidArgument, CodeFailedPrecondition:
+		return 400
+	case CodeUnauthenticated:
+		return 401
+	case CodePermissionDenied:
+		return 403
+	case CodeNotFound:
+		return 404
+	case CodeUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}
+
+// Error is a definitive answer that is not a success. ID is stable: clients
+// and tests match on it, so an ID, once published, never changes meaning.
+type Error struct {
+	Code    Code
+	ID      string
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s (%s)", e.Message, e.ID) }
+
+// Errorf builds an *Error.
+func Errorf(code Code, id, format string, args ...any) *Error {
+	return &Error{Code: code, ID: id, Message: fmt.Sprintf(format, args...)}
+}
+
+// AsError returns err as an *Error. Anything that is not one becomes a
+// generic INTERNAL error, so no internal detail reaches a client; the caller
+// logs the original.
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return ErrInternal
+}
+
+// Stable error ids. The table in ../shared/CONTRACT.md names the cases; these
+// are the ids a client matches on.
+const (
+	IDBodyInvalid        = "REQUEST-BODY-INVALID"
+	IDBodyTooLarge       = "REQUEST-BODY-TOO-LARGE"
+	IDContentType        = "REQUEST-CONTENT-TYPE"
+	IDSubjectInvalid     = "REQUEST-SUBJECT-INVALID"
+	IDTokenIDMissing     = "REQUEST-TOKENID-MISSING"
+	IDTokenIDTooLong     = "REQUEST-TOKENID-TOO-LONG"
+	IDTokenIDInvalid     = "REQUEST-TOKENID-INVALID"
+	IDHeaderInvalid      = "REQUEST-HEADER-INVALID"
+	IDMsgIDReused        = "REQUEST-MSGID-REUSED"
+	IDSyncInvalid        = "REQUEST-SYNC-INVALID"
+	IDAuthMissing        = "AUTH-MISSING"
+	IDAuthMalformed      = "AUTH-MALFORMED"
+	IDAuthAlgorithm      = "AUTH-ALGORITHM"
+	IDAuthKeyUnknown     = "AUTH-KEY-UNKNOWN"
+	IDAuthSignature      = "AUTH-SIGNATURE"
+	IDAuthIssuer         = "AUTH-ISSUER"
+	IDAuthAudience       = "AUTH-AUDIENCE"
+	IDAuthExpired        = "AUTH-EXPIRED"
+	IDAuthNotYetValid    = "AUTH-NOT-YET-VALID"
+	IDAuthClaims         = "AUTH-CLAIMS"
+	IDDeniedUser         = "PERMISSION-USER"
+	IDDeniedForce        = "PERMISSION-FORCE"
+	IDDeniedSync         = "PERMISSION-SYNC"
+	IDUserNotFound       = "USER-NOT-FOUND"
+	IDPasskeyNotFound    = "PASSKEY-NOT-FOUND"
+	IDPasskeyLast        = "PASSKEY-LAST"
+	IDOwnerImmutable     = "USER-RESOURCEOWNER-IMMUTABLE"
+	IDInternal           = "INTERNAL"
+	IDRetriesExhausted   = "COMMAND-RETRIES-EXHAUSTED"
+	IDStreamUnavailable  = "STREAM-UNAVAILABLE"
+	IDOutcomeUnavailable = "OUTCOME-UNAVAILABLE"
+)
+
+// Shared errors that carry no per-request detail.
+var (
+	// ErrInternal is what every unexpected failure looks like to a client.
+	ErrInternal = &Error{Code: CodeInternal, ID: IDInternal, Message: "internal error"}
+	// ErrDeniedUser answers a principal acting on a user it may not touch,
+	// whether or not that user exists.
+	ErrDeniedUser = &Error{Code: CodePermissionDenied, ID: IDDeniedUser, Message: "the principal may not act on this user"}
+	// ErrDeniedForce answers a non-administrator that set force.
+	ErrDeniedForce = &Error{Code: CodePermissionDenied, ID: IDDeniedForce, Message: "only an administrator may force a removal"}
+	// ErrDeniedSync answers a non-administrator that sent a sync.
+	ErrDeniedSync = &Error{Code: CodePermissionDenied, ID: IDDeniedSync, Message: "only an administrator of the user's organisation may sync it"}
+	// ErrUserNotFound answers a command on a user the store does not hold.
+	ErrUserNotFound = &Error{Code: CodeNotFound, ID: IDUserNotFound, Message: "user not found"}
+	// ErrPasskeyNotFound answers a removal of a passkey the user does not
+	// have, including one already removed.
+	ErrPasskeyNotFound = &Error{Code: CodeNotFound, ID: IDPasskeyNotFound, Message: "passkey not found"}
+	// ErrPasskeyLast answers a removal that would leave the user no
+	// first-factor login method.
+	ErrPasskeyLast = &Error{Code: CodeFailedPrecondition, ID: IDPasskeyLast, Message: "the passkey is the user's last way to log in"}
+	// ErrOwnerImmutable answers a sync that would move a user to another
+	// organisation.
+	ErrOwnerImmutable = &Error{Code: CodeFailedPrecondition, ID: IDOwnerImmutable, Message: "a user's resourceOwner cannot change"}
+)

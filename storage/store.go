@@ -1,0 +1,250 @@
+// Package storage keeps users and command outcomes in a bbolt file. The
+// store owns its transactions: a caller runs its whole decision inside one
+// Update, so the check, the change, the sequence and the outcome record
+// commit together or not at all.
+package storage
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// Bucket names. Every bucket is created when the store is opened, so a
+// transaction never has to.
+var (
+	// bucketUsers maps a user id to its JSON-encoded passkey.User.
+	bucketUsers = []byte("users")
+	// bucketOutcomes maps an outcome key to its JSON-encoded Outcome.
+	bucketOutcomes = []byte("outcomes")
+	// bucketExpiry indexes outcomes by expiry: 8-byte big-endian Unix
+	// nanoseconds followed by the outcome key, with an empty value.
+	bucketExpiry = []byte("outcome_expiry")
+	// bucketMeta holds single values such as the last applied stream sequence.
+	bucketMeta = []byte("meta")
+)
+
+var keyAppliedSeq = []byte("applied_stream_seq")
+
+// DefaultTimeout is how long Open waits for another process's lock on the file.
+const DefaultTimeout = 2 * time.Second
+
+// Options tune Open.
+type Options struct {
+	// Timeout bounds the wait for the file lock; zero means DefaultTimeout.
+	Timeout time.Duration
+	// NoSync skips fsync on commit. Only for benchmarks of the layers above:
+	// a crash may lose committed work.
+	NoSync bool
+}
+
+// ErrLocked is returned by Open when another process holds the file.
+var ErrLocked = errors.New("storage: the data file is locked by another process")
+
+// Store is an open bbolt file.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens or creates the store at path, creating its directory (0700),
+// the file (0600) and every bucket.
+func Open(path string, opts Options) (*Store, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("storage: create directory for %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      opts.Timeout,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, path, opts.Timeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketExpiry, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("create bucket %s: %w", b, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("storage: initialise %s: %w", path, err)
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+// Path is the file the store lives in.
+func (s *Store) Path() string { return s.path }
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Update runs fn in one read-write transaction, committed (and synced) when
+// fn returns nil and rolled back otherwise.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Tx is a transaction on the store. Values it returns are copies, safe to
+// keep after the transaction ends.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+// User returns the user with id, or nil when the store has none.
+func (t *Tx) User(id string) (*passkey.User, error) {
+	raw := t.tx.Bucket(bucketUsers).Get([]byte(id))
+	if raw == nil {
+		return nil, nil
+	}
+	var u passkey.User
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return nil, fmt.Errorf("storage: decode user record: %w", err)
+	}
+	return &u, nil
+}
+
+// PutUser writes u.
+func (t *Tx) PutUser(u *passkey.User) error {
+	raw, err := json.Marshal(u)
+	if err != nil {
+		return fmt.Errorf("storage: encode user record: %w", err)
+	}
+	return t.tx.Bucket(bucketUsers).Put([]byte(u.ID), raw)
+}
+
+// Outcome is the reply a command got, kept so that a repeat of the command
+// gets the same bytes.
+type Outcome struct {
+	// Subject is the command's subject: a key reused for another command
+	// must not be answered with this outcome.
+	Subject string `json:"subject"`
+	// Body is the reply body as sent.
+	Body []byte `json:"body"`
+	// ErrorCode and ErrorText are the Nats-Service-Error-Code and
+	// Nats-Service-Error headers; empty for a success.
+	ErrorCode string `json:"errorCode,omitempty"`
+	ErrorText string `json:"errorText,omitempty"`
+	// Expires is when the record may be pruned.
+	Expires time.Time `json:"expires"`
+}
+
+// Outcome returns the outcome kept under key, or nil.
+func (t *Tx) Outcome(key []byte) (*Outcome, error) {
+	raw := t.tx.Bucket(bucketOutcomes).Get(key)
+	if raw == nil {
+		return nil, nil
+	}
+	var o Outcome
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return nil, fmt.Errorf("storage: decode outcome record: %w", err)
+	}
+	return &o, nil
+}
+
+// PutOutcome keeps o under key until o.Expires.
+func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
+	raw, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("storage: encode outcome record: %w", err)
+	}
+	if err := t.tx.Bucket(bucketOutcomes).Put(key, raw); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketExpiry).Put(expiryKey(o.Expires, key), nil)
+}
+
+// AppliedSeq is the highest stream sequence whose command the store has
+// processed.
+func (t *Tx) AppliedSeq() uint64 {
+	raw := t.tx.Bucket(bucketMeta).Get(keyAppliedSeq)
+	if len(raw) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(raw)
+}
+
+// NoteAppliedSeq raises AppliedSeq to seq; a lower seq leaves it as it is.
+func (t *Tx) NoteAppliedSeq(seq uint64) error {
+	if seq <= t.AppliedSeq() {
+		return nil
+	}
+	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+}
+
+func expiryKey(at time.Time, key []byte) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(key)), uint64(at.UnixNano()))
+	return append(k, key...)
+}
+
+// PruneOutcomes deletes at most limit outcome records that expired before
+// now, in one transaction, and reports how many it deleted. Callers loop
+// until it returns fewer than limit, so no one transaction grows large.
+func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
+	n := 0
+	err := s.Update(func(t *Tx) error {
+		outcomes, expiry := t.tx.Bucket(bucketOutcomes), t.tx.Bucket(bucketExpiry)
+		c := expiry.Cursor()
+		cutoff := uint64(now.UnixNano())
+		for k, _ := c.First(); k != nil && n < limit; k, _ = c.First() {
+			if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > cutoff {
+				break
+			}
+			key := k[8:]
+			// The record may have been rewritten with a later expiry; only
+			// delete it if this index entry is the one it holds.
+			if o, err := t.Outcome(key); err != nil {
+				return err
+			} else if o != nil && !o.Expires.After(now) {
+				if err := outcomes.Delete(key); err != nil {
+					return err
+				}
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Stats are counts for metrics and tests.
+type Stats struct {
+	Users    int
+	Outcomes int
+}
+
+// Stats counts the records held.
+func (s *Store) Stats() (Stats, error) {
+	var st Stats
+	err := s.db.View(func(tx *bolt.Tx) error {
+		st.Users = tx.Bucket(bucketUsers).Stats().KeyN
+		st.Outcomes = tx.Bucket(bucketOutcomes).Stats().KeyN
+		return nil
+	})
+	return st, err
+}
