@@ -1,0 +1,370 @@
+// Package app assembles the worker: store, NATS (embedded or remote),
+// stream and consumer, the micro service and the consumer loop. cmd/worker
+// turns flags into a Config; the publisher's benchmark runs the same thing.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/storage"
+)
+
+// StoreFile is the bbolt file's name inside the data directory.
+const StoreFile = "passkeys.db"
+
+// Config is everything the worker is told.
+type Config struct {
+	NATSURL    string
+	NATSCreds  string
+	Listen     string
+	DataDir    string
+	JWKS       string
+	Issuer     string
+	Audience   string
+	NATSConfig string // a nats-server configuration file for the embedded server; "" for none
+
+	Retention       time.Duration
+	DuplicateWindow time.Duration
+	MaxBatch        int
+	CreateStream    bool
+	OutcomeWait     time.Duration
+	StoreTimeout    time.Duration
+	NoSync          bool // benchmarks of the layers above the disk only
+
+	// Started, when set, is called once the worker serves, with the URL
+	// clients reach NATS at.
+	Started func(natsURL string)
+}
+
+// Embedded reports whether the worker runs its own NATS server.
+func (c *Config) Embedded() bool { return c.NATSURL == "" }
+
+// DevMode reports whether the worker trusts the development key.
+func (c *Config) DevMode() bool { return c.NATSURL == "" && c.JWKS == "" }
+
+// Validate checks the configuration and fills in development defaults.
+func (c *Config) Validate() error {
+	if c.DevMode() {
+		if c.Issuer == "" {
+			c.Issuer = auth.DevIssuer
+		}
+		if c.Audience == "" {
+			c.Audience = auth.DevAudience
+		}
+	}
+	var missing []string
+	for _, f := range []struct{ name, val string }{{"--jwks", c.JWKS}, {"--issuer", c.Issuer}, {"--audience", c.Audience}} {
+		if f.val == "" && !c.DevMode() {
+			missing = append(missing, f.name)
+		}
+	}
+	switch {
+	case len(missing) > 0 && !c.Embedded():
+		return fmt.Errorf("with --nats-url set, %v must be set too (the development key is only for the fully embedded default)", missing)
+	case len(missing) > 0:
+		return fmt.Errorf("with --jwks set, %v must be set too", missing)
+	case c.DataDir == "":
+		return errors.New("--data-dir must not be empty")
+	case c.Retention <= 0:
+		return errors.New("--outcome-retention must be positive")
+	case c.DuplicateWindow <= 0 || c.DuplicateWindow > c.Retention:
+		return errors.New("--duplicate-window must be positive and at most the outcome retention")
+	case c.MaxBatch < 1:
+		return errors.New("--max-batch must be at least 1")
+	}
+	if c.Embedded() {
+		if _, _, err := listenAddr(c.Listen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run runs the worker until ctx ends, then shuts down in order: stop taking
+// requests and commands, finish those in hand, flush, close.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := prepareDataDir(cfg.DataDir, log); err != nil {
+		return err
+	}
+	verifier, err := buildVerifier(&cfg, log)
+	if err != nil {
+		return err
+	}
+	store, err := storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	nc, clientURL, shutdownServer, err := connect(&cfg, log)
+	if err != nil {
+		return err
+	}
+	defer shutdownServer()
+	defer nc.Close()
+
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var cons jetstream.Consumer
+	if cfg.CreateStream {
+		if _, err := handler.EnsureStream(setupCtx, js, handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow)); err != nil {
+			return err
+		}
+		cons, err = handler.EnsureConsumer(setupCtx, js,
+			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultBackOff))
+	} else {
+		cons, err = js.Consumer(setupCtx, handler.StreamName, handler.ConsumerName)
+	}
+	if err != nil {
+		return fmt.Errorf("consumer %s on stream %s: %w", handler.ConsumerName, handler.StreamName, err)
+	}
+	maxDeliver := cons.CachedInfo().Config.MaxDeliver
+	if maxDeliver <= 0 {
+		maxDeliver = handler.DefaultMaxDeliver
+	}
+
+	svc, err := (&handler.Service{
+		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+	}).Start(nc)
+	if err != nil {
+		return fmt.Errorf("start micro service: %w", err)
+	}
+	consumer := &handler.Consumer{
+		Processor:    &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log},
+		Conn:         nc,
+		Log:          log,
+		MaxBatch:     cfg.MaxBatch,
+		MaxDeliver:   maxDeliver,
+		StoreRetries: 3,
+		NakDelay:     handler.DefaultNakDelay,
+	}
+	// A consumer that stops by itself (its consumer was deleted, say) stops
+	// the whole worker, so a supervisor restarts it and it sets up again.
+	ctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	consumed := make(chan error, 1)
+	go func() { consumed <- consumer.Run(ctx, cons); stopAll() }()
+	pruned := make(chan struct{})
+	go func() { defer close(pruned); pruneOutcomes(ctx, store, log) }()
+
+	log.Info().Str("nats_url", redact(clientURL)).Str("store", store.Path()).
+		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")
+	if cfg.Started != nil {
+		cfg.Started(clientURL)
+	}
+
+	<-ctx.Done()
+	log.Info().Msg("stopping: no new requests or commands")
+	if err := svc.Stop(); err != nil {
+		log.Warn().Err(err).Msg("stop micro service")
+	}
+	runErr := <-consumed
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Second):
+		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("forwarded requests still unacknowledged at shutdown")
+	}
+	if err := nc.Flush(); err != nil {
+		log.Warn().Err(err).Msg("flush")
+	}
+	<-pruned
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
+	var keys jose.JSONWebKeySet
+	if cfg.DevMode() {
+		key, created, err := auth.LoadOrCreateDevKey(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("development key: %w", err)
+		}
+		log.Warn().Bool("created", created).Str("key_file", filepath.Join(cfg.DataDir, auth.DevKeyFile)).
+			Str("issuer", cfg.Issuer).Str("audience", cfg.Audience).
+			Msg("DEVELOPMENT MODE: trusting a local development signing key; anyone who can read the data directory can mint tokens. Never run this way in production: set --nats-url and --jwks")
+		keys = auth.PublicSet(key)
+	} else {
+		var err error
+		if keys, err = auth.LoadJWKS(cfg.JWKS); err != nil {
+			return nil, err
+		}
+	}
+	return auth.NewVerifier(keys, cfg.Issuer, cfg.Audience)
+}
+
+// prepareDataDir creates the data directory private to this user, and warns
+// when an existing one is open to others.
+func prepareDataDir(dir string, log zerolog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		log.Warn().Str("data_dir", dir).Str("mode", info.Mode().Perm().String()).
+			Msg("the data directory is readable by other users; it should be 0700")
+	}
+	return nil
+}
+
+// connect connects to the configured NATS, or starts the embedded server and
+// connects in-process. It returns the URL clients reach NATS at and a
+// function that shuts the embedded server down.
+func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error) {
+	opts := []nats.Option{
+		nats.Name("passkeys-worker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own Close
+				log.Warn().Err(err).Msg("disconnected from NATS")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("nats_url", nc.ConnectedUrlRedacted()).Msg("reconnected to NATS")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("NATS error")
+		}),
+	}
+	if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	if !cfg.Embedded() {
+		nc, err := nats.Connect(cfg.NATSURL, opts...)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", redact(cfg.NATSURL), err)
+		}
+		return nc, cfg.NATSURL, func() {}, nil
+	}
+	ns, err := startEmbedded(cfg, log)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	shutdown := func() { ns.Shutdown(); ns.WaitForShutdown() }
+	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		shutdown()
+		return nil, "", nil, fmt.Errorf("connect to embedded NATS: %w", err)
+	}
+	return nc, ns.ClientURL(), shutdown, nil
+}
+
+func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
+	opts := &server.Options{}
+	if cfg.NATSConfig != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(cfg.NATSConfig); err != nil {
+			return nil, fmt.Errorf("NATS configuration %s: %w", cfg.NATSConfig, err)
+		}
+	}
+	host, port, _ := listenAddr(cfg.Listen)
+	opts.Host, opts.Port = host, port
+	opts.JetStream = true
+	opts.StoreDir = filepath.Join(cfg.DataDir, "jetstream")
+	opts.NoSigs = true
+	opts.NoLog = true
+	opts.ServerName = "passkeys-embedded"
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use?)", cfg.Listen)
+	}
+	log.Info().Str("client_url", ns.ClientURL()).Str("store_dir", opts.StoreDir).Msg("embedded NATS server with JetStream started")
+	return ns, nil
+}
+
+// redact hides passwords and tokens in NATS URLs before they are logged.
+func redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+			if _, hasPass := u.User.Password(); !hasPass {
+				u.User = url.User("redacted")
+				parts[i] = u.String()
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// listenAddr splits host:port; port 0 asks for a random free port.
+func listenAddr(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, fmt.Errorf("--listen %q: %w", s, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("--listen %q: bad port", s)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
+// pruneOutcomes deletes expired outcome records once a minute, in small
+// transactions so the consumer is never held up for long.
+func pruneOutcomes(ctx context.Context, store *storage.Store, log zerolog.Logger) {
+	const chunk = 5000
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		total := 0
+		for {
+			n, err := store.PruneOutcomes(time.Now(), chunk)
+			total += n
+			if err != nil {
+				log.Error().Err(err).Msg("prune outcome records")
+				break
+			}
+			if n < chunk || ctx.Err() != nil {
+				break
+			}
+		}
+		if total > 0 {
+			log.Info().Int("pruned", total).Msg("expired outcome records pruned")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}

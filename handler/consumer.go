@@ -1,0 +1,215 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// Consumer reads commands from the durable consumer in batches, has the
+// Processor apply each batch in one transaction, and only then replies to
+// and acknowledges each command.
+type Consumer struct {
+	Processor *Processor
+	// Conn publishes replies.
+	Conn *nats.Conn
+	Log  zerolog.Logger
+	// MaxBatch bounds the commands applied in one transaction.
+	MaxBatch int
+	// MaxDeliver is the consumer's MaxDeliver: the delivery on which a
+	// command that still fails gets its final INTERNAL reply.
+	MaxDeliver int
+	// StoreRetries is how many times a batch whose commit failed is tried
+	// again in place before its commands are nacked.
+	StoreRetries int
+	// NakDelay is the redelivery delay after the given delivery failed.
+	NakDelay func(delivered uint64) time.Duration
+}
+
+// DefaultNakDelay doubles from one second, up to 30 seconds.
+func DefaultNakDelay(delivered uint64) time.Duration {
+	d := time.Second << min(delivered-1, 5)
+	return min(d, 30*time.Second)
+}
+
+// Run consumes until ctx ends, then stops pulling, finishes the commands in
+// hand and returns nil. It returns an error if consumption stops for another
+// reason, such as the consumer being deleted.
+func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
+	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * c.MaxBatch))
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	msgs := make(chan jetstream.Msg, c.MaxBatch)
+	pumpErr := make(chan error, 1)
+	go func() {
+		defer close(msgs)
+		for {
+			msg, err := iter.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				pumpErr <- nil
+				return
+			}
+			if err != nil {
+				c.Log.Warn().Err(err).Msg("pull from consumer")
+				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+					iter.Stop()
+					pumpErr <- err
+					return
+				}
+				continue
+			}
+			msgs <- msg
+		}
+	}()
+	stop := context.AfterFunc(ctx, iter.Drain)
+	defer stop()
+
+	batch := make([]jetstream.Msg, 0, c.MaxBatch)
+	for first := range msgs {
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < c.MaxBatch {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		c.handleBatch(batch)
+	}
+	if err := <-pumpErr; err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	if ctx.Err() == nil {
+		return errors.New("consume: the message iterator closed")
+	}
+	return nil
+}
+
+// inHand is a message with what the adapter read from it.
+type inHand struct {
+	msg     jetstream.Msg
+	meta    *jetstream.MsgMetadata
+	cmd     *Command
+	replyTo string
+	log     zerolog.Logger
+}
+
+func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
+	hand := make([]inHand, 0, len(msgs))
+	cmds := make([]*Command, 0, len(msgs))
+	for _, m := range msgs {
+		meta, err := m.Metadata()
+		if err != nil {
+			c.Log.Error().Err(err).Str("subject", m.Subject()).Msg("message without JetStream metadata")
+			_ = m.Term()
+			continue
+		}
+		h := inHand{msg: m, meta: meta, cmd: &Command{
+			Subject:   m.Subject(),
+			Header:    m.Headers(),
+			Body:      m.Data(),
+			StreamSeq: meta.Sequence.Stream,
+			Timestamp: meta.Timestamp,
+		}}
+		if checkReplyTo(headerValues(h.cmd.Header, HeaderReplyTo)) == nil {
+			if v := headerValues(h.cmd.Header, HeaderReplyTo); len(v) == 1 {
+				h.replyTo = v[0]
+			}
+		}
+		h.log = c.Log.With().
+			Str("subject", h.cmd.Subject).
+			Uint64("stream_seq", meta.Sequence.Stream).
+			Str("msg_id", h.cmd.Header.Get(HeaderMsgID)).
+			Uint64("num_delivered", meta.NumDelivered).
+			Logger()
+		hand = append(hand, h)
+		cmds = append(cmds, h.cmd)
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	results, err := c.processWithRetries(cmds)
+	for i, h := range hand {
+		var r Result
+		if err != nil {
+			r.Transient = err
+		} else {
+			r = results[i]
+		}
+		c.finish(h, r)
+	}
+}
+
+// processWithRetries tries a batch again in place when the store fails, so a
+// brief fault does not reorder a user's commands through redelivery.
+func (c *Consumer) processWithRetries(cmds []*Command) ([]Result, error) {
+	wait := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		results, err := c.Processor.Process(cmds)
+		if err == nil || attempt >= c.StoreRetries {
+			if err != nil {
+				c.Log.Error().Err(err).Int("batch", len(cmds)).Msg("store failed; nacking the batch")
+			}
+			return results, err
+		}
+		c.Log.Warn().Err(err).Int("batch", len(cmds)).Int("attempt", attempt+1).Msg("store failed; retrying the batch")
+		time.Sleep(wait)
+		wait *= 4
+	}
+}
+
+// finish replies to and settles one message, after its batch committed.
+func (c *Consumer) finish(h inHand, r Result) {
+	log := h.log.With().Str("user_id", r.UserID).Logger()
+	if r.Transient != nil {
+		if h.meta.NumDelivered < uint64(c.MaxDeliver) {
+			delay := c.NakDelay(h.meta.NumDelivered)
+			log.Warn().Err(r.Transient).Dur("retry_in", delay).Msg("command failed; will retry")
+			if err := h.msg.NakWithDelay(delay); err != nil {
+				log.Error().Err(err).Msg("nak")
+			}
+			return
+		}
+		final := ErrorReply(passkey.Errorf(passkey.CodeInternal, passkey.IDRetriesExhausted,
+			"the command could not be processed; it was not applied"))
+		c.reply(h, log, final)
+		reason := fmt.Sprintf("failed %d deliveries: %v", h.meta.NumDelivered, r.Transient)
+		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
+		if err := h.msg.TermWithReason(reason); err != nil {
+			log.Error().Err(err).Msg("term")
+		}
+		return
+	}
+	ev := log.Info().Str("op", string(r.Op)).Bool("repeat", r.Repeat)
+	if r.Reply.IsError() {
+		ev = ev.Str("error_code", r.Reply.ErrorCode).Str("error", r.Reply.ErrorText)
+	}
+	ev.Msg("command processed")
+	c.reply(h, log, r.Reply)
+	if err := h.msg.Ack(); err != nil {
+		log.Error().Err(err).Msg("ack")
+	}
+}
+
+func (c *Consumer) reply(h inHand, log zerolog.Logger, r Reply) {
+	if h.replyTo == "" {
+		return
+	}
+	err := c.Conn.PublishMsg(&nats.Msg{Subject: h.replyTo, Header: r.Header(), Data: r.Body})
+	if err != nil {
+		log.Error().Err(err).Msg("reply")
+	}
+}

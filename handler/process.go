@@ -1,0 +1,256 @@
+package handler
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// Subject prefixes of the contract.
+const (
+	CommandPrefix  = "passkeys.cmd"
+	EndpointPrefix = "passkeys"
+)
+
+// Header names of the contract.
+const (
+	HeaderAuthorization = "Authorization"
+	HeaderReplyTo       = "Reply-To"
+	HeaderContentType   = "Content-Type"
+	HeaderMsgID         = nats.MsgIdHdr
+)
+
+// DefaultRetention is how long an outcome record is kept.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// Command is one stored command, as read from the stream.
+type Command struct {
+	Subject   string
+	Header    nats.Header
+	Body      []byte
+	StreamSeq uint64
+	// Timestamp is when the stream stored the command: the command's
+	// changeDate, and the time its token is judged at.
+	Timestamp time.Time
+}
+
+// Result is what became of a command.
+type Result struct {
+	// Reply is the answer to send; empty when Transient is set.
+	Reply Reply
+	// Repeat tells that Reply is the stored outcome of an earlier delivery.
+	Repeat bool
+	// Transient is set when the command could not be processed now and
+	// should be retried; nothing of it was committed.
+	Transient error
+	// UserID and Op are what the subject named, when it could be parsed.
+	UserID string
+	Op     passkey.Op
+}
+
+// Processor applies batches of commands to the store. It holds no
+// transport: the consumer adapter feeds it and sends what it returns.
+type Processor struct {
+	Store     *storage.Store
+	Verifier  *auth.Verifier
+	Retention time.Duration
+	// Now is the clock for outcome expiry; tests pin it.
+	Now func() time.Time
+	Log zerolog.Logger
+}
+
+// prepared is a command decoded and authenticated before the transaction,
+// so that the expensive work (signatures, JSON) does not hold the write lock.
+type prepared struct {
+	cmd       *Command
+	key       []byte
+	op        passkey.Op
+	userID    string
+	remove    passkey.RemoveRequest
+	sync      passkey.SyncRequest
+	principal passkey.Principal
+	refusal   error // a definitive refusal found before reading the store
+}
+
+// Process applies cmds, in order, in one transaction, and returns a result
+// for each. A failure of the store fails the whole batch: it returns the
+// error and nothing was committed. A panic while deciding one command makes
+// only that command transient.
+func (p *Processor) Process(cmds []*Command) ([]Result, error) {
+	preps := make([]prepared, len(cmds))
+	for i, c := range cmds {
+		preps[i] = p.prepare(c)
+	}
+	results := make([]Result, len(cmds))
+	err := p.Store.Update(func(tx *storage.Tx) error {
+		clear(results)
+		expires := p.Now().Add(p.Retention)
+		for i := range preps {
+			r, err := p.apply(tx, &preps[i], expires)
+			if err != nil {
+				return err
+			}
+			results[i] = r
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// prepare checks everything that does not need the store.
+func (p *Processor) prepare(c *Command) prepared {
+	pr := prepared{cmd: c}
+	msgIDs := c.Header.Values(HeaderMsgID)
+	if len(msgIDs) == 1 && msgIDs[0] != "" {
+		pr.key = MsgIDKey(msgIDs[0])
+	} else {
+		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
+	}
+	op, userID, err := passkey.ParseSubject(CommandPrefix, c.Subject)
+	pr.op, pr.userID = op, userID
+	switch {
+	case err != nil:
+	case op == passkey.OpList:
+		err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid, "list is a request, not a command: use passkeys.list.<userId>")
+	case len(msgIDs) > 1:
+		err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
+	default:
+		err = checkReplyTo(headerValues(c.Header, HeaderReplyTo))
+	}
+	if err == nil {
+		err = passkey.ValidateContentType(headerValues(c.Header, HeaderContentType))
+	}
+	if err == nil {
+		if op == passkey.OpRemove {
+			pr.remove, err = passkey.DecodeRemove(c.Body)
+		} else {
+			pr.sync, err = passkey.DecodeSync(c.Body)
+		}
+	}
+	if err == nil {
+		pr.principal, err = p.Verifier.Verify(headerValues(c.Header, HeaderAuthorization), c.Timestamp)
+	}
+	pr.refusal = err
+	return pr
+}
+
+// apply runs one prepared command inside tx. It returns an error only for a
+// store failure, which aborts the batch.
+func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Result, error) {
+	res := Result{UserID: pr.userID, Op: pr.op}
+	stored, err := tx.Outcome(pr.key)
+	if err != nil {
+		return res, err
+	}
+	if stored != nil {
+		if stored.Subject != pr.cmd.Subject {
+			res.Reply = ErrorReply(errMsgIDReused)
+			return res, nil
+		}
+		res.Reply = Reply{Body: stored.Body, ErrorCode: stored.ErrorCode, ErrorText: stored.ErrorText}
+		res.Repeat = true
+		return res, nil
+	}
+	if pr.refusal != nil {
+		res.Reply = ErrorReply(passkey.AsError(pr.refusal))
+	} else {
+		user, err := tx.User(pr.userID)
+		if err != nil {
+			return res, err
+		}
+		next, err := p.decide(pr, user)
+		var perr *passkey.Error
+		switch {
+		case err == nil:
+			if err := tx.PutUser(next); err != nil {
+				return res, err
+			}
+			res.Reply = SuccessReply(next)
+		case errors.As(err, &perr):
+			res.Reply = ErrorReply(perr)
+		default:
+			// Not a rule's answer: something broke. Retry it, alone.
+			res.Transient = err
+			return res, nil
+		}
+	}
+	err = tx.PutOutcome(pr.key, &storage.Outcome{
+		Subject:   pr.cmd.Subject,
+		Body:      res.Reply.Body,
+		ErrorCode: res.Reply.ErrorCode,
+		ErrorText: res.Reply.ErrorText,
+		Expires:   expires,
+	})
+	if err != nil {
+		return res, err
+	}
+	return res, tx.NoteAppliedSeq(pr.cmd.StreamSeq)
+}
+
+// decide runs the rule for one command, turning a panic into an error so a
+// poison command cannot take the worker down.
+func (p *Processor) decide(pr *prepared, user *passkey.User) (next *passkey.User, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic while deciding command: %v", r)
+		}
+	}()
+	at := pr.cmd.Timestamp.UTC()
+	if pr.op == passkey.OpRemove {
+		return passkey.RemovePasskey(pr.principal, pr.userID, user, pr.remove, at)
+	}
+	return passkey.SyncUser(pr.principal, pr.userID, user, pr.sync, at)
+}
+
+// errMsgIDReused answers a command whose Nats-Msg-Id was already used by a
+// command on another subject; its outcome belongs to someone else.
+var errMsgIDReused = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDMsgIDReused,
+	"the Nats-Msg-Id was already used for another command; use a new one")
+
+// MsgIDKey is the outcome key of a command that carries Nats-Msg-Id id.
+func MsgIDKey(id string) []byte { return []byte("m:" + id) }
+
+// headerValues collects the values of header name under any spelling of its
+// case: NATS headers are case-sensitive, callers are not always careful, and
+// a second spelling must not slip past the one-value checks.
+func headerValues(h nats.Header, name string) []string {
+	var vals []string
+	for k, v := range h {
+		if strings.EqualFold(k, name) {
+			vals = append(vals, v...)
+		}
+	}
+	return vals
+}
+
+// checkReplyTo refuses a Reply-To the worker must not publish to: more than
+// one, a wildcard, or a subject in the system, JetStream or passkeys
+// namespaces. The worker's connection may publish to the JetStream API, so a
+// Reply-To of $JS.API.STREAM.PURGE.PASSKEYS would otherwise turn every
+// caller into an operator.
+func checkReplyTo(values []string) error {
+	switch len(values) {
+	case 0:
+		return nil
+	case 1:
+		s := values[0]
+		if s != "" && !strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "passkeys.") &&
+			!strings.ContainsAny(s, "*> \t\r\n") && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..") {
+			return nil
+		}
+	}
+	return passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid,
+		"Reply-To must be one subject outside the $ and passkeys namespaces, without wildcards")
+}

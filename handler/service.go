@@ -1,0 +1,212 @@
+package handler
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// ServiceName and ServiceVersion identify the micro service ($SRV.INFO).
+const (
+	ServiceName    = "passkeys"
+	ServiceVersion = "1.0.0"
+)
+
+// Service answers the core request-reply endpoints: it forwards remove and
+// sync into the stream with the requester's inbox as Reply-To, and answers
+// list from the store.
+type Service struct {
+	JS       jetstream.JetStream
+	Store    *storage.Store
+	Verifier *auth.Verifier
+	Log      zerolog.Logger
+	Now      func() time.Time
+	// OutcomeWait bounds how long a repeated request (a duplicate publish)
+	// waits for the outcome of the original, still being processed.
+	OutcomeWait time.Duration
+}
+
+// Start registers the passkeys micro service on nc.
+func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        ServiceName,
+		Version:     ServiceVersion,
+		Description: "Removes passkeys from user accounts",
+	})
+	if err != nil {
+		return nil, err
+	}
+	endpoints := []struct {
+		op      passkey.Op
+		handler micro.HandlerFunc
+	}{
+		{passkey.OpRemove, s.forward(passkey.OpRemove)},
+		{passkey.OpSync, s.forward(passkey.OpSync)},
+		{passkey.OpList, s.list},
+	}
+	for _, e := range endpoints {
+		err := svc.AddEndpoint(string(e.op), e.handler,
+			micro.WithEndpointSubject(EndpointPrefix+"."+string(e.op)+".*"))
+		if err != nil {
+			_ = svc.Stop()
+			return nil, err
+		}
+	}
+	return svc, nil
+}
+
+// respond answers a request. The only failure is a requester that is gone
+// or a connection that is closing; neither can be answered, so it is dropped.
+func respond(req micro.Request, r Reply) {
+	if r.IsError() {
+		_ = req.Error(r.ErrorCode, r.ErrorText, r.Body)
+		return
+	}
+	_ = req.Respond(r.Body)
+}
+
+func respondError(req micro.Request, err error) {
+	respond(req, ErrorReply(passkey.AsError(err)))
+}
+
+// forward stores the request as a command in the stream. The reply comes
+// from the consumer once the command is processed, straight to the
+// requester's inbox; only a failure to store it is answered here.
+func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
+	return func(req micro.Request) {
+		gotOp, userID, err := passkey.ParseSubject(EndpointPrefix, req.Subject())
+		if err == nil && gotOp != op {
+			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid, "unexpected operation in the subject")
+		}
+		if err == nil && len(req.Data()) > passkey.MaxBodySize {
+			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDBodyTooLarge, "the body must be at most %d bytes", passkey.MaxBodySize)
+		}
+		in := nats.Header(req.Headers())
+		msgIDs := in.Values(HeaderMsgID)
+		if err == nil && len(msgIDs) > 1 {
+			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
+		}
+		if err != nil {
+			respondError(req, err)
+			return
+		}
+		subject := CommandPrefix + "." + string(op) + "." + userID
+		msg := nats.NewMsg(subject)
+		msg.Data = req.Data()
+		for k, v := range in {
+			switch {
+			case strings.EqualFold(k, HeaderAuthorization), strings.EqualFold(k, HeaderContentType), k == HeaderMsgID:
+				msg.Header[k] = v
+			}
+		}
+		if req.Reply() != "" {
+			msg.Header.Set(HeaderReplyTo, req.Reply())
+		}
+		future, err := s.JS.PublishMsgAsync(msg)
+		if err != nil {
+			s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish")
+			respondError(req, errStreamUnavailable)
+			return
+		}
+		go s.awaitPubAck(req, future, subject, msgIDs)
+	}
+}
+
+// errStreamUnavailable answers a request that could not be stored.
+var errStreamUnavailable = passkey.Errorf(passkey.CodeUnavailable, passkey.IDStreamUnavailable,
+	"the command could not be stored; it was not applied, try again")
+
+func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject string, msgIDs []string) {
+	select {
+	case ack := <-future.Ok():
+		if ack.Duplicate && len(msgIDs) == 1 {
+			// JetStream dropped the repeat: the original's outcome is the answer.
+			s.replayOutcome(req, subject, MsgIDKey(msgIDs[0]))
+		}
+	case err := <-future.Err():
+		s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish not acknowledged")
+		respondError(req, errStreamUnavailable)
+	}
+}
+
+// replayOutcome answers a duplicate with the stored outcome of the original,
+// waiting for it while the original is still being processed.
+func (s *Service) replayOutcome(req micro.Request, subject string, key []byte) {
+	if req.Reply() == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
+	defer cancel()
+	wait := 2 * time.Millisecond
+	for {
+		var out *storage.Outcome
+		err := s.Store.View(func(tx *storage.Tx) error {
+			var err error
+			out, err = tx.Outcome(key)
+			return err
+		})
+		switch {
+		case err != nil:
+			s.Log.Error().Err(err).Msg("read outcome")
+			respondError(req, err)
+			return
+		case out != nil && out.Subject != subject:
+			respond(req, ErrorReply(errMsgIDReused))
+			return
+		case out != nil:
+			respond(req, Reply{Body: out.Body, ErrorCode: out.ErrorCode, ErrorText: out.ErrorText})
+			return
+		}
+		select {
+		case <-ctx.Done():
+			respondError(req, passkey.Errorf(passkey.CodeUnavailable, passkey.IDOutcomeUnavailable,
+				"the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"))
+			return
+		case <-time.After(wait):
+			wait = min(2*wait, 100*time.Millisecond)
+		}
+	}
+}
+
+// list answers from the store; the token is judged at the time of the request.
+func (s *Service) list(req micro.Request) {
+	_, userID, err := passkey.ParseSubject(EndpointPrefix, req.Subject())
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	p, err := s.Verifier.Verify(headerValues(nats.Header(req.Headers()), HeaderAuthorization), s.Now())
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	var reply Reply
+	err = s.Store.View(func(tx *storage.Tx) error {
+		u, err := tx.User(userID)
+		if err != nil {
+			return err
+		}
+		keys, err := passkey.ListPasskeys(p, userID, u)
+		if err != nil {
+			reply = ErrorReply(passkey.AsError(err))
+			return nil
+		}
+		reply = ListReply(u, keys)
+		return nil
+	})
+	if err != nil {
+		s.Log.Error().Err(err).Str("user_id", userID).Msg("list: read store")
+		respondError(req, err)
+		return
+	}
+	respond(req, reply)
+}

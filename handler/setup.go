@@ -1,0 +1,73 @@
+package handler
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names of the contract's stream and durable consumer.
+const (
+	StreamName   = "PASSKEYS"
+	ConsumerName = "passkeys-worker"
+)
+
+// Consumer settings. BackOff[0] is also the ack wait of a first delivery:
+// long enough for a batch to commit on a slow disk.
+var (
+	DefaultMaxDeliver    = 5
+	DefaultBackOff       = []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute}
+	DefaultMaxAckPending = 20000
+)
+
+// StreamConfig is the PASSKEYS stream. MaxAge equals the outcome retention:
+// a command stays replayable only as long as its outcome is kept, so a replay
+// can never apply a command whose outcome was pruned a second time.
+func StreamConfig(retention, duplicates time.Duration) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "Passkey removal and sync commands",
+		Subjects:    []string{CommandPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      retention,
+		Duplicates:  duplicates,
+		MaxMsgSize:  1 << 20,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// ConsumerConfig is the durable pull consumer the worker reads.
+func ConsumerConfig(maxDeliver, maxAckPending int, backOff []time.Duration) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "passkeys worker",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       backOff[0],
+		BackOff:       backOff,
+		MaxDeliver:    maxDeliver,
+		MaxAckPending: maxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: CommandPrefix + ".>",
+	}
+}
+
+// EnsureStream creates the stream or updates it to cfg.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// EnsureConsumer creates the durable consumer or updates it to cfg.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamName, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s: %w", cfg.Durable, err)
+	}
+	return c, nil
+}
