@@ -1,0 +1,218 @@
+package auth_test
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
+)
+
+var at = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+
+func newVerifier(tb testing.TB, keys *testenv.Keys) *auth.Verifier {
+	tb.Helper()
+	set, err := auth.LoadJWKS(keys.JWKSPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, err := auth.NewVerifier(set, testenv.Issuer, testenv.Audience)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
+// unsigned builds a token with alg "none".
+func unsigned(claims map[string]any) string {
+	head := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
+	body, _ := json.Marshal(claims)
+	return head + "." + base64.RawURLEncoding.EncodeToString(body) + "."
+}
+
+// hmacWithPublicKey signs a token with HS256, using the RSA key's public
+// half as the secret: the classic algorithm-confusion attack.
+func hmacWithPublicKey(tb testing.TB, keys *testenv.Keys) string {
+	tb.Helper()
+	pub := keys.Private["RS256"]
+	secret, err := x509.MarshalPKIXPublicKey(pub.Public().Key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret},
+		(&jose.SignerOptions{}).WithHeader("kid", "RS256").WithType("JWT"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{
+		Subject: "u1", Issuer: testenv.Issuer, Audience: jwt.Audience{testenv.Audience},
+		Expiry: jwt.NewNumericDate(at.Add(time.Hour)),
+	}).Serialize()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+func TestVerify(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	v := newVerifier(t, keys)
+	mint := func(tok testenv.Token) []string {
+		if tok.Subject == "" {
+			tok.Subject = "u1"
+		}
+		if tok.Now.IsZero() {
+			tok.Now = at
+		}
+		return []string{testenv.Bearer(keys.Mint(t, tok))}
+	}
+	other := testenv.NewKeys(t)
+	foreign := []string{testenv.Bearer(other.Mint(t, testenv.Token{Subject: "u1", Now: at}))}
+	// A token signed by another key under a kid the verifier trusts.
+	stolenKid := other.Private["ES256"]
+	stolenKid.KeyID = "ES256"
+	forged, err := auth.Mint(stolenKid, auth.TokenRequest{Subject: "u1", Issuer: testenv.Issuer, Audience: testenv.Audience, TTL: time.Hour, Now: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownKid := other.Private["EdDSA"]
+	unknownKid.KeyID = "retired-key"
+	retired, err := auth.Mint(unknownKid, auth.TokenRequest{Subject: "u1", Issuer: testenv.Issuer, Audience: testenv.Audience, TTL: time.Hour, Now: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSub, err := auth.Mint(keys.Private["EdDSA"], auth.TokenRequest{Issuer: testenv.Issuer, Audience: testenv.Audience, TTL: time.Hour, Now: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name   string
+		header []string
+		want   passkey.Principal
+		id     string
+	}{
+		{"RS256", mint(testenv.Token{Kid: "RS256"}), passkey.Principal{Subject: "u1"}, ""},
+		{"PS256", mint(testenv.Token{Kid: "PS256"}), passkey.Principal{Subject: "u1"}, ""},
+		{"ES256", mint(testenv.Token{Kid: "ES256"}), passkey.Principal{Subject: "u1"}, ""},
+		{"EdDSA", mint(testenv.Token{Kid: "EdDSA"}), passkey.Principal{Subject: "u1"}, ""},
+		{"LowerCaseScheme", []string{"bearer " + keys.Mint(t, testenv.Token{Subject: "u1", Now: at})}, passkey.Principal{Subject: "u1"}, ""},
+		{"Admin", mint(testenv.Token{Scopes: []string{"openid", auth.ScopeAdmin}, Org: "org1"}), passkey.Principal{Subject: "u1", Org: "org1", Admin: true}, ""},
+		{"System", mint(testenv.Token{Scopes: []string{auth.ScopeSystem}}), passkey.Principal{Subject: "u1", System: true}, ""},
+		{"ExpiredWithinLeeway", mint(testenv.Token{Now: at.Add(-time.Hour - 20*time.Second)}), passkey.Principal{Subject: "u1"}, ""},
+		{"NotYetValidWithinLeeway", mint(testenv.Token{Now: at.Add(20 * time.Second)}), passkey.Principal{Subject: "u1"}, ""},
+		{"Missing", nil, passkey.Principal{}, passkey.IDAuthMissing},
+		{"Twice", append(mint(testenv.Token{}), mint(testenv.Token{})...), passkey.Principal{}, passkey.IDAuthMalformed},
+		{"NotBearer", []string{"Basic dTE6cGFzcw=="}, passkey.Principal{}, passkey.IDAuthMalformed},
+		{"EmptyBearer", []string{"Bearer "}, passkey.Principal{}, passkey.IDAuthMalformed},
+		{"Garbage", []string{"Bearer not.a.jwt"}, passkey.Principal{}, passkey.IDAuthMalformed},
+		{"Oversized", []string{"Bearer " + strings.Repeat("a", auth.MaxTokenSize+1)}, passkey.Principal{}, passkey.IDAuthMalformed},
+		{"AlgNone", []string{"Bearer " + unsigned(map[string]any{"sub": "u1", "iss": testenv.Issuer, "aud": testenv.Audience, "exp": at.Add(time.Hour).Unix()})}, passkey.Principal{}, passkey.IDAuthAlgorithm},
+		{"HMACWithPublicKey", []string{testenv.Bearer(hmacWithPublicKey(t, keys))}, passkey.Principal{}, passkey.IDAuthAlgorithm},
+		{"UnknownKid", []string{testenv.Bearer(retired)}, passkey.Principal{}, passkey.IDAuthKeyUnknown},
+		{"BadSignature", []string{testenv.Bearer(forged)}, passkey.Principal{}, passkey.IDAuthSignature},
+		{"ForeignKeysSameKids", foreign, passkey.Principal{}, passkey.IDAuthSignature},
+		{"WrongIssuer", mint(testenv.Token{Issuer: "https://evil.test"}), passkey.Principal{}, passkey.IDAuthIssuer},
+		{"WrongAudience", mint(testenv.Token{Audience: "other-service"}), passkey.Principal{}, passkey.IDAuthAudience},
+		{"Expired", mint(testenv.Token{Now: at.Add(-time.Hour - 31*time.Second)}), passkey.Principal{}, passkey.IDAuthExpired},
+		{"NotYetValid", mint(testenv.Token{Now: at.Add(31 * time.Second)}), passkey.Principal{}, passkey.IDAuthNotYetValid},
+		{"NoSubject", []string{testenv.Bearer(noSub)}, passkey.Principal{}, passkey.IDAuthClaims},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := v.Verify(tt.header, at)
+			if tt.id == "" {
+				if err != nil {
+					t.Fatalf("err = %v", err)
+				}
+				if got != tt.want {
+					t.Errorf("principal = %+v, want %+v", got, tt.want)
+				}
+				return
+			}
+			e, ok := err.(*passkey.Error)
+			if !ok {
+				t.Fatalf("err = %v, want %s", err, tt.id)
+			}
+			if got, want := e.ID, tt.id; got != want {
+				t.Errorf("id = %s, want %s (%s)", got, want, e.Message)
+			}
+			if got, want := e.Code, passkey.CodeUnauthenticated; got != want {
+				t.Errorf("code = %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestVerifyRotation(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	v := newVerifier(t, keys)
+	tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: at}))}
+	if _, err := v.Verify(tok, at); err != nil {
+		t.Fatalf("before rotation: %v", err)
+	}
+	keys.WriteJWKS(t, "EdDSA")
+	set, err := auth.LoadJWKS(keys.JWKSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.SetKeys(set); err != nil {
+		t.Fatal(err)
+	}
+	_, err = v.Verify(tok, at)
+	if e := passkey.AsError(err); e.ID != passkey.IDAuthKeyUnknown {
+		t.Fatalf("after rotation: %v, want %s", err, passkey.IDAuthKeyUnknown)
+	}
+}
+
+func TestLoadJWKSRefusesSecrets(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"empty":     `{"keys":[]}`,
+		"symmetric": `{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s","alg":"HS256"}]}`,
+		"notjson":   `{`,
+	} {
+		path := dir + "/" + name
+		if err := writeFile(path, content); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := auth.LoadJWKS(path); err == nil {
+			t.Errorf("%s: loaded, want an error", name)
+		}
+	}
+}
+
+func TestDevKey(t *testing.T) {
+	dir := t.TempDir()
+	key, created, err := auth.LoadOrCreateDevKey(dir)
+	if err != nil || !created {
+		t.Fatalf("create: %v %v", created, err)
+	}
+	again, created, err := auth.LoadOrCreateDevKey(dir)
+	if err != nil || created || again.KeyID != key.KeyID {
+		t.Fatalf("reload: created=%v kid %s/%s err %v", created, again.KeyID, key.KeyID, err)
+	}
+	info, err := statMode(dir + "/" + auth.DevKeyFile)
+	if err != nil || info != 0o600 {
+		t.Fatalf("mode %v %v, want 0600", info, err)
+	}
+	v, err := auth.NewVerifier(auth.PublicSet(key), auth.DevIssuer, auth.DevAudience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := auth.Mint(key, auth.TokenRequest{Subject: "u1", Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify([]string{"Bearer " + tok}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}

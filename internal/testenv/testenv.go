@@ -1,0 +1,153 @@
+// Package testenv gives tests real parts: an in-process NATS server with
+// JetStream on a random port, and signing keys with a JWKS file.
+package testenv
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/auth"
+)
+
+// Issuer and Audience the test keys' tokens carry.
+const (
+	Issuer   = "https://issuer.test"
+	Audience = "passkeys-test"
+)
+
+// StartNATS starts a NATS server with JetStream on a random loopback port,
+// stored under a temporary directory, and stops it when the test ends.
+func StartNATS(tb testing.TB) *server.Server {
+	tb.Helper()
+	return StartNATSAt(tb, tb.TempDir())
+}
+
+// StartNATSAt is StartNATS with the JetStream store in dir.
+func StartNATSAt(tb testing.TB, dir string) *server.Server {
+	tb.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir,
+		NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("NATS server did not start")
+	}
+	tb.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// Connect connects a client to url, closed when the test ends.
+func Connect(tb testing.TB, url string) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
+
+// Keys holds one private key per allowed algorithm, keyed by kid (which is
+// the algorithm's name), and a JWKS file of their public halves.
+type Keys struct {
+	Private  map[string]jose.JSONWebKey
+	JWKSPath string
+}
+
+// NewKeys makes keys for RS256, PS256, ES256 and EdDSA and writes their JWKS.
+func NewKeys(tb testing.TB) *Keys {
+	tb.Helper()
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, edKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k := &Keys{Private: map[string]jose.JSONWebKey{
+		"RS256": {Key: rsaKey, KeyID: "RS256", Algorithm: "RS256", Use: "sig"},
+		"PS256": {Key: rsaKey, KeyID: "PS256", Algorithm: "PS256", Use: "sig"},
+		"ES256": {Key: ecKey, KeyID: "ES256", Algorithm: "ES256", Use: "sig"},
+		"EdDSA": {Key: edKey, KeyID: "EdDSA", Algorithm: "EdDSA", Use: "sig"},
+	}}
+	k.JWKSPath = filepath.Join(tb.TempDir(), "jwks.json")
+	k.WriteJWKS(tb, "RS256", "PS256", "ES256", "EdDSA")
+	return k
+}
+
+// WriteJWKS rewrites the JWKS file with the public halves of the named keys.
+func (k *Keys) WriteJWKS(tb testing.TB, kids ...string) {
+	tb.Helper()
+	var set jose.JSONWebKeySet
+	for _, kid := range kids {
+		key := k.Private[kid]
+		set.Keys = append(set.Keys, key.Public())
+	}
+	raw, err := json.Marshal(set)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(k.JWKSPath, raw, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Token is what a test token claims; zero fields take test defaults.
+type Token struct {
+	Kid      string // default EdDSA
+	Subject  string
+	Org      string
+	Scopes   []string
+	Issuer   string
+	Audience string
+	TTL      time.Duration
+	Now      time.Time
+}
+
+// Mint signs t.
+func (k *Keys) Mint(tb testing.TB, t Token) string {
+	tb.Helper()
+	if t.Kid == "" {
+		t.Kid = "EdDSA"
+	}
+	if t.Issuer == "" {
+		t.Issuer = Issuer
+	}
+	if t.Audience == "" {
+		t.Audience = Audience
+	}
+	if t.TTL == 0 {
+		t.TTL = time.Hour
+	}
+	tok, err := auth.Mint(k.Private[t.Kid], auth.TokenRequest{
+		Subject: t.Subject, Org: t.Org, Scopes: t.Scopes, Issuer: t.Issuer, Audience: t.Audience, TTL: t.TTL, Now: t.Now,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// Bearer is the Authorization header value for tok.
+func Bearer(tok string) string { return "Bearer " + tok }
