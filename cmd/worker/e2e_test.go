@@ -1,0 +1,356 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/testenv"
+)
+
+const admin = "passkeys:admin"
+
+func TestRequestReplyRemove(t *testing.T) {
+	e := newEnv(t)
+	adminTok := e.token(t, "admin-1", admin)
+	created := wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1", "pk-2")))
+	if got := created.Details; got.Sequence != "1" || got.ResourceOwner != "org1" || got.CreationDate != got.ChangeDate {
+		t.Fatalf("sync details = %+v", got)
+	}
+	removed := wantSuccess(t, e.request(t, "passkeys.remove.u1", e.token(t, "u1"), `{"tokenId":"pk-1"}`))
+	if got := removed.Details; got.Sequence != "2" || got.CreationDate != created.Details.CreationDate || got.ChangeDate <= got.CreationDate {
+		t.Fatalf("remove details = %+v", got)
+	}
+
+	list := e.request(t, "passkeys.list.u1", e.token(t, "u1"), nil)
+	var listed struct {
+		Details struct{ TotalResult, ProcessedSequence, Timestamp string } `json:"details"`
+		Result  []struct{ ID, Name, State string }                        `json:"result"`
+	}
+	if err := json.Unmarshal(list.Data, &listed); err != nil {
+		t.Fatal(err)
+	}
+	if listed.Details.TotalResult != "1" || listed.Details.ProcessedSequence != "2" || listed.Details.Timestamp != removed.Details.ChangeDate ||
+		len(listed.Result) != 1 || listed.Result[0].ID != "pk-2" || listed.Result[0].State != "AUTH_FACTOR_STATE_READY" {
+		t.Fatalf("list = %s", list.Data)
+	}
+
+	// The last ready passkey stays: the user would have no way to log in.
+	last := e.request(t, "passkeys.remove.u1", e.token(t, "u1"), `{"tokenId":"pk-2"}`)
+	wantError(t, last, 9, "PASSKEY-LAST", "400")
+	// A rejected command consumes no sequence number.
+	forced := wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2","force":true}`))
+	if forced.Details.Sequence != "3" {
+		t.Fatalf("forced removal sequence = %s, want 3", forced.Details.Sequence)
+	}
+}
+
+// A batch publisher writes to the stream itself, with Reply-To; changeDate is
+// the command's JetStream timestamp.
+func TestJetStreamPublishWithReplyTo(t *testing.T) {
+	e := newEnv(t)
+	wantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1")))
+
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox := nats.NewInbox()
+	sub, err := e.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("passkeys.cmd.remove.u1")
+	msg.Header.Set("Authorization", e.token(t, "u1"))
+	msg.Header.Set("Reply-To", inbox)
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	ack, err := js.PublishMsg(context.Background(), msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := wantSuccess(t, reply)
+	stored, err := js.Stream(context.Background(), "PASSKEYS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stored.GetMsg(context.Background(), ack.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := handler.Timestamp(raw.Time); got.Details.Sequence != "2" || got.Details.ChangeDate != want {
+		t.Fatalf("details %+v, want sequence 2 and changeDate %s", got.Details, want)
+	}
+
+	// Without Reply-To the command is processed and nobody is answered.
+	msg = nats.NewMsg("passkeys.cmd.sync.u2")
+	msg.Header.Set("Authorization", e.token(t, "a", admin))
+	msg.Data = encode(t, syncBody(true))
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		r := e.request(t, "passkeys.list.u2", e.token(t, "u2"), nil)
+		return r.Header.Get("Nats-Service-Error-Code") == ""
+	})
+}
+
+func waitFor(tb testing.TB, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not met in 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestIdempotentRepeats(t *testing.T) {
+	// A short duplicate window, so the test can also repeat past it and see
+	// the worker's own outcome records answer.
+	e := newEnv(t, "--duplicate-window", "1s")
+	wantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
+	tok := e.token(t, "u1")
+
+	first := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
+	wantSuccess(t, first)
+	// Inside JetStream's window: the publish is a duplicate, the endpoint
+	// answers with the stored outcome.
+	again := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
+	if !bytes.Equal(first.Data, again.Data) {
+		t.Fatalf("repeat inside the window:\n%s\n%s", first.Data, again.Data)
+	}
+	// An error outcome repeats byte for byte too, headers included.
+	missing := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-9"}`, "Nats-Msg-Id", "rm-2")
+	wantError(t, missing, 5, "PASSKEY-NOT-FOUND", "404")
+	missingAgain := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-9"}`, "Nats-Msg-Id", "rm-2")
+	wantError(t, missingAgain, 5, "PASSKEY-NOT-FOUND", "404")
+	if !bytes.Equal(missing.Data, missingAgain.Data) {
+		t.Fatalf("error repeat differs")
+	}
+
+	// Past the window JetStream stores the repeat; the worker's outcome record
+	// answers it and changes nothing.
+	time.Sleep(1500 * time.Millisecond)
+	late := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
+	if !bytes.Equal(first.Data, late.Data) {
+		t.Fatalf("repeat past the window:\n%s\n%s", first.Data, late.Data)
+	}
+	next := wantSuccess(t, e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-2"}`, "Nats-Msg-Id", "rm-3"))
+	if next.Details.Sequence != "3" {
+		t.Fatalf("sequence after repeats = %s, want 3 (repeats must change nothing)", next.Details.Sequence)
+	}
+
+	// The same Nats-Msg-Id on another user's subject gets no other user's data.
+	e.request(t, "passkeys.sync.u2", e.token(t, "a", admin), syncBody(true, "pk-1"))
+	reused := e.request(t, "passkeys.remove.u2", e.token(t, "u2"), `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
+	wantError(t, reused, 3, "REQUEST-MSGID-REUSED", "400")
+}
+
+func TestSequenceAcrossRestart(t *testing.T) {
+	e := newEnv(t)
+	adminTok := e.token(t, "a", admin)
+	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2", "pk-3")))
+	wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`))
+	e.w.stop(t)
+
+	e.w = e.startWorker(t)
+	got := wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`))
+	if got.Details.Sequence != "3" {
+		t.Fatalf("sequence after restart = %s, want 3", got.Details.Sequence)
+	}
+	e.w.stop(t)
+
+	info, err := os.Stat(filepath.Join(e.dataDir, "passkeys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := info.Mode().Perm(); mode != 0o600 {
+		t.Errorf("store file mode %v, want 0600", mode)
+	}
+	if strings.Contains(e.w.log.String(), strings.TrimPrefix(adminTok, "Bearer ")) {
+		t.Error("a token appears in the worker's log")
+	}
+}
+
+func TestMicroServiceInfo(t *testing.T) {
+	e := newEnv(t)
+	reply, err := e.nc.Request("$SRV.INFO.passkeys", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(reply.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	subjects := map[string]bool{}
+	for _, ep := range info.Endpoints {
+		subjects[ep.Subject] = true
+	}
+	if info.Name != "passkeys" || !subjects["passkeys.remove.*"] || !subjects["passkeys.sync.*"] || !subjects["passkeys.list.*"] {
+		t.Fatalf("info = %s", reply.Data)
+	}
+	if _, err := e.nc.Request("$SRV.STATS.passkeys", nil, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every row of the contract's error table that a caller can cause, through
+// the request-reply endpoints, with the code, the stable id and the header.
+func TestErrorTable(t *testing.T) {
+	e := newEnv(t)
+	adminTok := e.token(t, "a", admin)
+	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1")))
+	wantSuccess(t, e.request(t, "passkeys.sync.u3", adminTok, syncBody(true, "pk-1")))
+	wantSuccess(t, e.request(t, "passkeys.remove.u3", adminTok, `{"tokenId":"pk-1"}`))
+	self := e.token(t, "u1")
+	mint := func(tok testenv.Token) string { return testenv.Bearer(e.keys.Mint(t, tok)) }
+	other := testenv.NewKeys(t)
+	bogus := testenv.Bearer(other.Mint(t, testenv.Token{Subject: "u1"}))
+	hs256 := "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
+
+	tests := []struct {
+		name    string
+		subject string
+		auth    string
+		body    any
+		hdr     []string
+		code    int
+		id      string
+		http    string
+	}{
+		{"NotJSON", "passkeys.remove.u1", self, `tokenId=pk-1`, nil, 3, "REQUEST-BODY-INVALID", "400"},
+		{"UnknownContentType", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, []string{"Content-Type", "text/plain"}, 3, "REQUEST-CONTENT-TYPE", "400"},
+		{"TokenIDMissing", "passkeys.remove.u1", self, `{}`, nil, 3, "REQUEST-TOKENID-MISSING", "400"},
+		{"TokenIDTooLong", "passkeys.remove.u1", self, `{"tokenId":"` + strings.Repeat("x", 201) + `"}`, nil, 3, "REQUEST-TOKENID-TOO-LONG", "400"},
+		{"BadSubjectToken", "passkeys.remove." + strings.Repeat("u", 201), self, `{"tokenId":"pk-1"}`, nil, 3, "REQUEST-SUBJECT-INVALID", "400"},
+		{"BodyOver64KiB", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}` + strings.Repeat(" ", 64<<10), nil, 3, "REQUEST-BODY-TOO-LARGE", "400"},
+		{"NoAuthorization", "passkeys.remove.u1", "", `{"tokenId":"pk-1"}`, nil, 16, "AUTH-MISSING", "401"},
+		{"MalformedToken", "passkeys.remove.u1", "Bearer abc", `{"tokenId":"pk-1"}`, nil, 16, "AUTH-MALFORMED", "401"},
+		{"BadSignature", "passkeys.remove.u1", bogus, `{"tokenId":"pk-1"}`, nil, 16, "AUTH-SIGNATURE", "401"},
+		{"DisallowedAlgorithm", "passkeys.remove.u1", hs256, `{"tokenId":"pk-1"}`, nil, 16, "AUTH-ALGORITHM", "401"},
+		{"WrongIssuer", "passkeys.remove.u1", mint(testenv.Token{Subject: "u1", Issuer: "https://evil.test"}), `{"tokenId":"pk-1"}`, nil, 16, "AUTH-ISSUER", "401"},
+		{"WrongAudience", "passkeys.remove.u1", mint(testenv.Token{Subject: "u1", Audience: "other"}), `{"tokenId":"pk-1"}`, nil, 16, "AUTH-AUDIENCE", "401"},
+		{"Expired", "passkeys.remove.u1", mint(testenv.Token{Subject: "u1", Now: time.Now().Add(-2 * time.Hour)}), `{"tokenId":"pk-1"}`, nil, 16, "AUTH-EXPIRED", "401"},
+		{"NotYetValid", "passkeys.remove.u1", mint(testenv.Token{Subject: "u1", Now: time.Now().Add(time.Hour)}), `{"tokenId":"pk-1"}`, nil, 16, "AUTH-NOT-YET-VALID", "401"},
+		{"OtherUser", "passkeys.remove.u1", e.token(t, "u2"), `{"tokenId":"pk-1"}`, nil, 7, "PERMISSION-USER", "403"},
+		{"OtherUserUnknown", "passkeys.remove.nobody", e.token(t, "u2"), `{"tokenId":"pk-1"}`, nil, 7, "PERMISSION-USER", "403"},
+		{"OtherOrgAdmin", "passkeys.remove.u1", mint(testenv.Token{Subject: "a2", Org: "org2", Scopes: []string{admin}}), `{"tokenId":"pk-1"}`, nil, 7, "PERMISSION-USER", "403"},
+		{"ForceBySelf", "passkeys.remove.u1", self, `{"tokenId":"pk-1","force":true}`, nil, 7, "PERMISSION-FORCE", "403"},
+		{"SyncBySelf", "passkeys.sync.u1", self, syncBody(true), nil, 7, "PERMISSION-SYNC", "403"},
+		{"UnknownUser", "passkeys.remove.nobody", adminTok, `{"tokenId":"pk-1"}`, nil, 5, "USER-NOT-FOUND", "404"},
+		{"UnknownPasskey", "passkeys.remove.u1", self, `{"tokenId":"pk-9"}`, nil, 5, "PASSKEY-NOT-FOUND", "404"},
+		{"AlreadyRemoved", "passkeys.remove.u3", adminTok, `{"tokenId":"pk-1"}`, nil, 5, "PASSKEY-NOT-FOUND", "404"},
+		{"LastLoginMethod", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, nil, 9, "PASSKEY-LAST", "400"},
+		{"ResourceOwnerChange", "passkeys.sync.u1", e.token(t, "root", "passkeys:system"), map[string]any{"resourceOwner": "org2"}, nil, 9, "USER-RESOURCEOWNER-IMMUTABLE", "400"},
+		{"ListOtherUser", "passkeys.list.u1", e.token(t, "u2"), nil, nil, 7, "PERMISSION-USER", "403"},
+		{"ListUnknown", "passkeys.list.nobody", adminTok, nil, nil, 5, "USER-NOT-FOUND", "404"},
+		{"ListNoAuthorization", "passkeys.list.u1", "", nil, nil, 16, "AUTH-MISSING", "401"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantError(t, e.request(t, tt.subject, tt.auth, tt.body, tt.hdr...), tt.code, tt.id, tt.http)
+		})
+	}
+}
+
+// Commands written to the stream directly can be wrong in ways the
+// endpoints already refuse; the worker answers them the same way.
+func TestStreamCommandErrors(t *testing.T) {
+	e := newEnv(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox := nats.NewInbox()
+	sub, err := e.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := e.token(t, "u1")
+	tests := []struct {
+		name, subject string
+		hdr           []string
+		body          string
+		code          int
+		id, http      string
+	}{
+		{"ExtraSubjectToken", "passkeys.cmd.remove.u1.x", nil, `{"tokenId":"pk-1"}`, 3, "REQUEST-SUBJECT-INVALID", "400"},
+		{"UnknownOperation", "passkeys.cmd.erase.u1", nil, `{"tokenId":"pk-1"}`, 3, "REQUEST-SUBJECT-INVALID", "400"},
+		{"BodyOver64KiB", "passkeys.cmd.remove.u1", nil, `{"tokenId":"pk-1"}` + strings.Repeat(" ", 64<<10), 3, "REQUEST-BODY-TOO-LARGE", "400"},
+		{"TwoMsgIDs", "passkeys.cmd.remove.u1", []string{"Nats-Msg-Id", "a", "Nats-Msg-Id", "b"}, `{"tokenId":"pk-1"}`, 3, "REQUEST-HEADER-INVALID", "400"},
+		{"TwoAuthorizations", "passkeys.cmd.remove.u1", []string{"Authorization", self}, `{"tokenId":"pk-1"}`, 16, "AUTH-MALFORMED", "401"},
+		{"EmptyBody", "passkeys.cmd.remove.u1", nil, ``, 3, "REQUEST-BODY-INVALID", "400"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := nats.NewMsg(tt.subject)
+			msg.Header.Set("Authorization", self)
+			msg.Header.Set("Reply-To", inbox)
+			for i := 0; i+1 < len(tt.hdr); i += 2 {
+				msg.Header.Add(tt.hdr[i], tt.hdr[i+1])
+			}
+			msg.Data = []byte(tt.body)
+			if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+				t.Fatal(err)
+			}
+			reply, err := sub.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantError(t, reply, tt.code, tt.id, tt.http)
+		})
+	}
+}
+
+// A Reply-To in the system namespace would let any caller make the worker
+// publish to the JetStream API; it is refused and nothing is published there.
+func TestReplyToIsConfined(t *testing.T) {
+	e := newEnv(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTok := e.token(t, "a", admin)
+	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
+	msg := nats.NewMsg("passkeys.cmd.remove.u1")
+	msg.Header.Set("Authorization", adminTok)
+	msg.Header.Set("Reply-To", "$JS.API.STREAM.PURGE.PASSKEYS")
+	msg.Header.Set("Nats-Msg-Id", "hostile")
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	// The same Nats-Msg-Id through the endpoint returns the stored outcome.
+	reply := e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "hostile")
+	wantError(t, reply, 3, "REQUEST-HEADER-INVALID", "400")
+	stream, err := js.Stream(context.Background(), "PASSKEYS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs < 2 {
+		t.Fatalf("stream holds %d messages: it was purged", info.State.Msgs)
+	}
+	list := e.request(t, "passkeys.list.u1", adminTok, nil)
+	if !strings.Contains(string(list.Data), "pk-1") {
+		t.Fatalf("passkey removed despite the refused command: %s", list.Data)
+	}
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/internal/testenv"
+)
+
+// syncBuffer collects the worker's log lines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// worker is a worker started through run, as main starts it.
+type worker struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returned, with err set
+	err    error
+	log    *syncBuffer
+}
+
+// stop sends the equivalent of SIGTERM and waits for run to return.
+func (w *worker) stop(tb testing.TB) {
+	tb.Helper()
+	w.cancel()
+	select {
+	case <-w.done:
+		if w.err != nil {
+			tb.Fatalf("worker exited with %v\n%s", w.err, w.log)
+		}
+	case <-time.After(30 * time.Second):
+		tb.Fatal("worker did not stop")
+	}
+}
+
+// env is a NATS server, keys, and a worker on a data directory.
+type env struct {
+	url     string
+	keys    *testenv.Keys
+	dataDir string
+	nc      *nats.Conn
+	w       *worker
+}
+
+func newEnv(tb testing.TB, extra ...string) *env {
+	tb.Helper()
+	ns := testenv.StartNATS(tb)
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(tb), dataDir: tb.TempDir()}
+	e.nc = testenv.Connect(tb, e.url)
+	e.w = e.startWorker(tb, extra...)
+	return e
+}
+
+func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
+	tb.Helper()
+	args := append([]string{
+		"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer, "--audience", testenv.Audience,
+		"--data-dir", e.dataDir, "--log-level", "debug",
+	}, extra...)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &worker{cancel: cancel, done: make(chan struct{}), log: &syncBuffer{}}
+	go func() {
+		defer close(w.done)
+		w.err = run(ctx, args, func(string) string { return "" }, w.log, w.log)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-w.done
+		if tb.Failed() {
+			tb.Logf("worker log:\n%s", w.log)
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := e.nc.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond); err == nil {
+			return w
+		}
+		select {
+		case <-w.done:
+			tb.Fatalf("worker exited at start: %v\n%s", w.err, w.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("worker did not start\n%s", w.log)
+		}
+	}
+}
+
+// token mints a token for sub; admin scopes it to org.
+func (e *env) token(tb testing.TB, sub string, scopes ...string) string {
+	tb.Helper()
+	org := ""
+	if len(scopes) > 0 {
+		org = "org1"
+	}
+	return testenv.Bearer(e.keys.Mint(tb, testenv.Token{Subject: sub, Org: org, Scopes: scopes}))
+}
+
+// request sends a core NATS request, as nc.Request or `nats req` would.
+func (e *env) request(tb testing.TB, subject, auth string, body any, hdr ...string) *nats.Msg {
+	tb.Helper()
+	msg := nats.NewMsg(subject)
+	if auth != "" {
+		msg.Header.Set("Authorization", auth)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		msg.Header.Add(hdr[i], hdr[i+1])
+	}
+	msg.Data = encode(tb, body)
+	reply, err := e.nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		tb.Fatalf("request %s: %v", subject, err)
+	}
+	return reply
+}
+
+func encode(tb testing.TB, body any) []byte {
+	tb.Helper()
+	switch b := body.(type) {
+	case nil:
+		return nil
+	case string:
+		return []byte(b)
+	case []byte:
+		return b
+	}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return raw
+}
+
+type successBody struct {
+	Details struct {
+		Sequence      string `json:"sequence"`
+		CreationDate  string `json:"creationDate"`
+		ChangeDate    string `json:"changeDate"`
+		ResourceOwner string `json:"resourceOwner"`
+	} `json:"details"`
+}
+
+type errorBody struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Details []struct {
+		Type    string `json:"@type"`
+		ID      string `json:"id"`
+		Message string `json:"message"`
+	} `json:"details"`
+}
+
+// wantSuccess decodes a success reply and checks it carries no error header.
+func wantSuccess(tb testing.TB, msg *nats.Msg) successBody {
+	tb.Helper()
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+		tb.Fatalf("error reply %s: %s", code, msg.Data)
+	}
+	var b successBody
+	if err := json.Unmarshal(msg.Data, &b); err != nil || b.Details.Sequence == "" {
+		tb.Fatalf("not a success reply: %s (%v)", msg.Data, err)
+	}
+	return b
+}
+
+// wantError checks an error reply: the gRPC code and id in the body, and
+// the HTTP status and message in the Nats-Service-Error headers.
+func wantError(tb testing.TB, msg *nats.Msg, code int, id, http string) {
+	tb.Helper()
+	var b errorBody
+	if err := json.Unmarshal(msg.Data, &b); err != nil {
+		tb.Fatalf("not an error reply: %s (%v)", msg.Data, err)
+	}
+	if b.Code != code || len(b.Details) != 1 || b.Details[0].ID != id {
+		tb.Fatalf("reply %s, want code %d id %s", msg.Data, code, id)
+	}
+	if b.Details[0].Type != "type.googleapis.com/zitadel.v1.ErrorDetail" || b.Message != b.Details[0].Message+" ("+id+")" {
+		tb.Errorf("error body shape: %s", msg.Data)
+	}
+	if got := msg.Header.Get("Nats-Service-Error-Code"); got != http {
+		tb.Errorf("Nats-Service-Error-Code = %q, want %q", got, http)
+	}
+	if got := msg.Header.Get("Nats-Service-Error"); got != b.Message {
+		tb.Errorf("Nats-Service-Error = %q, want %q", got, b.Message)
+	}
+	if strings.Contains(string(msg.Data), "goroutine") || strings.Contains(string(msg.Data), ".go:") {
+		tb.Errorf("reply looks like it holds a stack trace: %s", msg.Data)
+	}
+}
+
+// syncBody is a sync request for a user of org1.
+func syncBody(password bool, passkeys ...string) map[string]any {
+	var pks []map[string]string
+	for _, id := range passkeys {
+		pks = append(pks, map[string]string{"id": id, "name": "key " + id, "state": "ready"})
+	}
+	return map[string]any{"resourceOwner": "org1", "password": password, "passkeys": pks}
+}
