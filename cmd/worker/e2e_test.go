@@ -35,7 +35,7 @@ func TestRequestReplyRemove(t *testing.T) {
 	list := e.request(t, "passkeys.list.u1", e.token(t, "u1"), nil)
 	var listed struct {
 		Details struct{ TotalResult, ProcessedSequence, Timestamp string } `json:"details"`
-		Result  []struct{ ID, Name, State string }                        `json:"result"`
+		Result  []struct{ ID, Name, State string }                         `json:"result"`
 	}
 	if err := json.Unmarshal(list.Data, &listed); err != nil {
 		t.Fatal(err)
