@@ -23,11 +23,11 @@ const admin = "passkeys:admin"
 func TestRequestReplyRemove(t *testing.T) {
 	e := newEnv(t)
 	adminTok := e.token(t, "admin-1", admin)
-	created := wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1", "pk-2")))
+	created := testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1", "pk-2")))
 	if got := created.Details; got.Sequence != "1" || got.ResourceOwner != "org1" || got.CreationDate != got.ChangeDate {
 		t.Fatalf("sync details = %+v", got)
 	}
-	removed := wantSuccess(t, e.request(t, "passkeys.remove.u1", e.token(t, "u1"), `{"tokenId":"pk-1"}`))
+	removed := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", e.token(t, "u1"), `{"tokenId":"pk-1"}`))
 	if got := removed.Details; got.Sequence != "2" || got.CreationDate != created.Details.CreationDate || got.ChangeDate <= got.CreationDate {
 		t.Fatalf("remove details = %+v", got)
 	}
@@ -47,9 +47,9 @@ func TestRequestReplyRemove(t *testing.T) {
 
 	// The last ready passkey stays: the user would have no way to log in.
 	last := e.request(t, "passkeys.remove.u1", e.token(t, "u1"), `{"tokenId":"pk-2"}`)
-	wantError(t, last, 9, "PASSKEY-LAST", "400")
+	testenv.WantError(t, last, 9, "PASSKEY-LAST", "400")
 	// A rejected command consumes no sequence number.
-	forced := wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2","force":true}`))
+	forced := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2","force":true}`))
 	if forced.Details.Sequence != "3" {
 		t.Fatalf("forced removal sequence = %s, want 3", forced.Details.Sequence)
 	}
@@ -59,7 +59,7 @@ func TestRequestReplyRemove(t *testing.T) {
 // the command's JetStream timestamp.
 func TestJetStreamPublishWithReplyTo(t *testing.T) {
 	e := newEnv(t)
-	wantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1")))
 
 	js, err := jetstream.New(e.nc)
 	if err != nil {
@@ -83,7 +83,7 @@ func TestJetStreamPublishWithReplyTo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := wantSuccess(t, reply)
+	got := testenv.WantSuccess(t, reply)
 	stored, err := js.Stream(context.Background(), "PASSKEYS")
 	if err != nil {
 		t.Fatal(err)
@@ -123,11 +123,11 @@ func TestIdempotentRepeats(t *testing.T) {
 	// A short duplicate window, so the test can also repeat past it and see
 	// the worker's own outcome records answer.
 	e := newEnv(t, "--duplicate-window", "1s")
-	wantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
 	tok := e.token(t, "u1")
 
 	first := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
-	wantSuccess(t, first)
+	testenv.WantSuccess(t, first)
 	// Inside JetStream's window: the publish is a duplicate, the endpoint
 	// answers with the stored outcome.
 	again := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
@@ -136,9 +136,9 @@ func TestIdempotentRepeats(t *testing.T) {
 	}
 	// An error outcome repeats byte for byte too, headers included.
 	missing := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-9"}`, "Nats-Msg-Id", "rm-2")
-	wantError(t, missing, 5, "PASSKEY-NOT-FOUND", "404")
+	testenv.WantError(t, missing, 5, "PASSKEY-NOT-FOUND", "404")
 	missingAgain := e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-9"}`, "Nats-Msg-Id", "rm-2")
-	wantError(t, missingAgain, 5, "PASSKEY-NOT-FOUND", "404")
+	testenv.WantError(t, missingAgain, 5, "PASSKEY-NOT-FOUND", "404")
 	if !bytes.Equal(missing.Data, missingAgain.Data) {
 		t.Fatalf("error repeat differs")
 	}
@@ -150,7 +150,7 @@ func TestIdempotentRepeats(t *testing.T) {
 	if !bytes.Equal(first.Data, late.Data) {
 		t.Fatalf("repeat past the window:\n%s\n%s", first.Data, late.Data)
 	}
-	next := wantSuccess(t, e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-2"}`, "Nats-Msg-Id", "rm-3"))
+	next := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", tok, `{"tokenId":"pk-2"}`, "Nats-Msg-Id", "rm-3"))
 	if next.Details.Sequence != "3" {
 		t.Fatalf("sequence after repeats = %s, want 3 (repeats must change nothing)", next.Details.Sequence)
 	}
@@ -158,18 +158,18 @@ func TestIdempotentRepeats(t *testing.T) {
 	// The same Nats-Msg-Id on another user's subject gets no other user's data.
 	e.request(t, "passkeys.sync.u2", e.token(t, "a", admin), syncBody(true, "pk-1"))
 	reused := e.request(t, "passkeys.remove.u2", e.token(t, "u2"), `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "rm-1")
-	wantError(t, reused, 3, "REQUEST-MSGID-REUSED", "400")
+	testenv.WantError(t, reused, 3, "REQUEST-MSGID-REUSED", "400")
 }
 
 func TestSequenceAcrossRestart(t *testing.T) {
 	e := newEnv(t)
 	adminTok := e.token(t, "a", admin)
-	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2", "pk-3")))
-	wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2", "pk-3")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`))
 	e.w.stop(t)
 
 	e.w = e.startWorker(t)
-	got := wantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`))
+	got := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`))
 	if got.Details.Sequence != "3" {
 		t.Fatalf("sequence after restart = %s, want 3", got.Details.Sequence)
 	}
@@ -214,9 +214,9 @@ func TestMicroServiceInfo(t *testing.T) {
 func TestErrorTable(t *testing.T) {
 	e := newEnv(t)
 	adminTok := e.token(t, "a", admin)
-	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1")))
-	wantSuccess(t, e.request(t, "passkeys.sync.u3", adminTok, syncBody(true, "pk-1")))
-	wantSuccess(t, e.request(t, "passkeys.remove.u3", adminTok, `{"tokenId":"pk-1"}`))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u3", adminTok, syncBody(true, "pk-1")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u3", adminTok, `{"tokenId":"pk-1"}`))
 	self := e.token(t, "u1")
 	mint := func(tok testenv.Token) string { return testenv.Bearer(e.keys.Mint(t, tok)) }
 	other := testenv.NewKeys(t)
@@ -263,7 +263,7 @@ func TestErrorTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			wantError(t, e.request(t, tt.subject, tt.auth, tt.body, tt.hdr...), tt.code, tt.id, tt.http)
+			testenv.WantError(t, e.request(t, tt.subject, tt.auth, tt.body, tt.hdr...), tt.code, tt.id, tt.http)
 		})
 	}
 }
@@ -312,7 +312,7 @@ func TestStreamCommandErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantError(t, reply, tt.code, tt.id, tt.http)
+			testenv.WantError(t, reply, tt.code, tt.id, tt.http)
 		})
 	}
 }
@@ -326,7 +326,7 @@ func TestReplyToIsConfined(t *testing.T) {
 		t.Fatal(err)
 	}
 	adminTok := e.token(t, "a", admin)
-	wantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
 	msg := nats.NewMsg("passkeys.cmd.remove.u1")
 	msg.Header.Set("Authorization", adminTok)
 	msg.Header.Set("Reply-To", "$JS.API.STREAM.PURGE.PASSKEYS")
@@ -337,7 +337,7 @@ func TestReplyToIsConfined(t *testing.T) {
 	}
 	// The same Nats-Msg-Id through the endpoint returns the stored outcome.
 	reply := e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "hostile")
-	wantError(t, reply, 3, "REQUEST-HEADER-INVALID", "400")
+	testenv.WantError(t, reply, 3, "REQUEST-HEADER-INVALID", "400")
 	stream, err := js.Stream(context.Background(), "PASSKEYS")
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,63 +149,6 @@ func encode(tb testing.TB, body any) []byte {
 		tb.Fatal(err)
 	}
 	return raw
-}
-
-type successBody struct {
-	Details struct {
-		Sequence      string `json:"sequence"`
-		CreationDate  string `json:"creationDate"`
-		ChangeDate    string `json:"changeDate"`
-		ResourceOwner string `json:"resourceOwner"`
-	} `json:"details"`
-}
-
-type errorBody struct {
-	Code    int    `json:"code"`
-	Message string `json:"message"`
-	Details []struct {
-		Type    string `json:"@type"`
-		ID      string `json:"id"`
-		Message string `json:"message"`
-	} `json:"details"`
-}
-
-// wantSuccess decodes a success reply and checks it carries no error header.
-func wantSuccess(tb testing.TB, msg *nats.Msg) successBody {
-	tb.Helper()
-	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
-		tb.Fatalf("error reply %s: %s", code, msg.Data)
-	}
-	var b successBody
-	if err := json.Unmarshal(msg.Data, &b); err != nil || b.Details.Sequence == "" {
-		tb.Fatalf("not a success reply: %s (%v)", msg.Data, err)
-	}
-	return b
-}
-
-// wantError checks an error reply: the gRPC code and id in the body, and
-// the HTTP status and message in the Nats-Service-Error headers.
-func wantError(tb testing.TB, msg *nats.Msg, code int, id, http string) {
-	tb.Helper()
-	var b errorBody
-	if err := json.Unmarshal(msg.Data, &b); err != nil {
-		tb.Fatalf("not an error reply: %s (%v)", msg.Data, err)
-	}
-	if b.Code != code || len(b.Details) != 1 || b.Details[0].ID != id {
-		tb.Fatalf("reply %s, want code %d id %s", msg.Data, code, id)
-	}
-	if b.Details[0].Type != "type.googleapis.com/zitadel.v1.ErrorDetail" || b.Message != b.Details[0].Message+" ("+id+")" {
-		tb.Errorf("error body shape: %s", msg.Data)
-	}
-	if got := msg.Header.Get("Nats-Service-Error-Code"); got != http {
-		tb.Errorf("Nats-Service-Error-Code = %q, want %q", got, http)
-	}
-	if got := msg.Header.Get("Nats-Service-Error"); got != b.Message {
-		tb.Errorf("Nats-Service-Error = %q, want %q", got, b.Message)
-	}
-	if strings.Contains(string(msg.Data), "goroutine") || strings.Contains(string(msg.Data), ".go:") {
-		tb.Errorf("reply looks like it holds a stack trace: %s", msg.Data)
-	}
 }
 
 // syncBody is a sync request for a user of org1.

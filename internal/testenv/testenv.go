@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,3 +152,61 @@ func (k *Keys) Mint(tb testing.TB, t Token) string {
 
 // Bearer is the Authorization header value for tok.
 func Bearer(tok string) string { return "Bearer " + tok }
+
+// SuccessBody is the details reply of a remove or sync.
+type SuccessBody struct {
+	Details struct {
+		Sequence      string `json:"sequence"`
+		CreationDate  string `json:"creationDate"`
+		ChangeDate    string `json:"changeDate"`
+		ResourceOwner string `json:"resourceOwner"`
+	} `json:"details"`
+}
+
+type errorBody struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Details []struct {
+		Type    string `json:"@type"`
+		ID      string `json:"id"`
+		Message string `json:"message"`
+	} `json:"details"`
+}
+
+// WantSuccess decodes a success reply and checks it carries no error header.
+func WantSuccess(tb testing.TB, msg *nats.Msg) SuccessBody {
+	tb.Helper()
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+		tb.Fatalf("error reply %s: %s", code, msg.Data)
+	}
+	var b SuccessBody
+	if err := json.Unmarshal(msg.Data, &b); err != nil || b.Details.Sequence == "" {
+		tb.Fatalf("not a success reply: %s (%v)", msg.Data, err)
+	}
+	return b
+}
+
+// WantError checks an error reply: the gRPC code and id in the body, and
+// the HTTP status and message in the Nats-Service-Error headers.
+func WantError(tb testing.TB, msg *nats.Msg, code int, id, http string) {
+	tb.Helper()
+	var b errorBody
+	if err := json.Unmarshal(msg.Data, &b); err != nil {
+		tb.Fatalf("not an error reply: %s (%v)", msg.Data, err)
+	}
+	if b.Code != code || len(b.Details) != 1 || b.Details[0].ID != id {
+		tb.Fatalf("reply %s, want code %d id %s", msg.Data, code, id)
+	}
+	if b.Details[0].Type != "type.googleapis.com/zitadel.v1.ErrorDetail" || b.Message != b.Details[0].Message+" ("+id+")" {
+		tb.Errorf("error body shape: %s", msg.Data)
+	}
+	if got := msg.Header.Get("Nats-Service-Error-Code"); got != http {
+		tb.Errorf("Nats-Service-Error-Code = %q, want %q", got, http)
+	}
+	if got := msg.Header.Get("Nats-Service-Error"); got != b.Message {
+		tb.Errorf("Nats-Service-Error = %q, want %q", got, b.Message)
+	}
+	if strings.Contains(string(msg.Data), "goroutine") || strings.Contains(string(msg.Data), ".go:") {
+		tb.Errorf("reply looks like it holds a stack trace: %s", msg.Data)
+	}
+}

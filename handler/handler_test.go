@@ -1,0 +1,179 @@
+package handler
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+func mustOpenStore(tb testing.TB) *storage.Store {
+	tb.Helper()
+	s, err := storage.Open(filepath.Join(tb.TempDir(), "passkeys.db"), storage.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+func mustVerifier(tb testing.TB, keys *testenv.Keys) *auth.Verifier {
+	tb.Helper()
+	set, err := auth.LoadJWKS(keys.JWKSPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, err := auth.NewVerifier(set, testenv.Issuer, testenv.Audience)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
+// A command whose store keeps failing is nacked and retried; on its last
+// delivery it gets one INTERNAL reply and is terminated.
+func TestRetriesExhausted(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := EnsureStream(ctx, js, StreamConfig(time.Hour, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := EnsureConsumer(ctx, js, ConsumerConfig(2, 100, []time.Duration{10 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testenv.NewKeys(t)
+	store := mustOpenStore(t)
+	store.Close() // every transaction now fails, as on a broken disk
+
+	c := &Consumer{
+		Processor:  &Processor{Store: store, Verifier: mustVerifier(t, keys), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()},
+		Conn:       nc,
+		Log:        zerolog.Nop(),
+		MaxBatch:   8,
+		MaxDeliver: 2,
+		NakDelay:   func(uint64) time.Duration { return 10 * time.Millisecond },
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx, cons) }()
+	defer func() { stop(); <-done }()
+
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("passkeys.cmd.remove.u1")
+	msg.Header.Set(HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
+	msg.Header.Set(HeaderReplyTo, inbox)
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WantError(t, reply, 13, passkey.IDRetriesExhausted, "500")
+	if extra, err := sub.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("a second reply: %s", extra.Data)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 || info.NumRedelivered != 0 || info.NumPending != 0 {
+		t.Fatalf("after term: ack pending %d, redelivered %d, pending %d", info.NumAckPending, info.NumRedelivered, info.NumPending)
+	}
+}
+
+// A forwarding endpoint that cannot store the command answers UNAVAILABLE at once.
+func TestForwardUnavailable(t *testing.T) {
+	ns := testenv.StartNATS(t) // no PASSKEYS stream: JetStream has nowhere to store
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testenv.NewKeys(t)
+	svc, err := (&Service{JS: js, Store: mustOpenStore(t), Verifier: mustVerifier(t, keys), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	msg := nats.NewMsg("passkeys.remove.u1")
+	msg.Header.Set(HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	reply, err := nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WantError(t, reply, 14, passkey.IDStreamUnavailable, "503")
+}
+
+func TestTimestamp(t *testing.T) {
+	base := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		ns   int
+		want string
+	}{
+		{0, "2026-11-27T10:00:00Z"},
+		{123000000, "2026-11-27T10:00:00.123Z"},
+		{123456000, "2026-11-27T10:00:00.123456Z"},
+		{123456789, "2026-11-27T10:00:00.123456789Z"},
+		{1, "2026-11-27T10:00:00.000000001Z"},
+	} {
+		if got := Timestamp(base.Add(time.Duration(tt.ns)).In(time.FixedZone("X", 3600))); got != tt.want {
+			t.Errorf("Timestamp(+%dns) = %s, want %s", tt.ns, got, tt.want)
+		}
+	}
+}
+
+func TestErrorReplyShape(t *testing.T) {
+	r := ErrorReply(passkey.ErrPasskeyLast)
+	want := `{"code":9,"message":"the passkey is the user's last way to log in (PASSKEY-LAST)","details":[{"@type":"type.googleapis.com/zitadel.v1.ErrorDetail","id":"PASSKEY-LAST","message":"the passkey is the user's last way to log in"}]}`
+	if string(r.Body) != want {
+		t.Errorf("body\n got %s\nwant %s", r.Body, want)
+	}
+	if r.ErrorCode != "400" || r.ErrorText != "the passkey is the user's last way to log in (PASSKEY-LAST)" {
+		t.Errorf("headers %q %q", r.ErrorCode, r.ErrorText)
+	}
+}
+
+func TestCheckReplyTo(t *testing.T) {
+	for _, tt := range []struct {
+		values []string
+		ok     bool
+	}{
+		{nil, true},
+		{[]string{"_INBOX.abc.def"}, true},
+		{[]string{"replies.svc1"}, true},
+		{[]string{"$JS.API.STREAM.PURGE.PASSKEYS"}, false},
+		{[]string{"$SYS.REQ.SERVER.PING"}, false},
+		{[]string{"passkeys.cmd.remove.u1"}, false},
+		{[]string{"_INBOX.*"}, false},
+		{[]string{"a.>"}, false},
+		{[]string{""}, false},
+		{[]string{"a..b"}, false},
+		{[]string{"_INBOX.a", "_INBOX.b"}, false},
+	} {
+		if got := checkReplyTo(tt.values) == nil; got != tt.ok {
+			t.Errorf("checkReplyTo(%q) ok = %v, want %v", tt.values, got, tt.ok)
+		}
+	}
+}
