@@ -1,0 +1,355 @@
+// Command publisher talks to the passkeys worker the way a calling service
+// or an operator would: it removes a passkey, syncs users from a file,
+// lists a user's passkeys, and mints development tokens.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/passkey"
+)
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitRejected = 1 // the worker answered with an error
+	exitUsage    = 2 // bad command line or input
+	exitFailed   = 3 // NATS unreachable, no answer in time, or a local failure
+)
+
+const usage = `Usage: publisher <command> [flags] [arguments]
+
+Commands:
+  remove USER_ID TOKEN_ID   remove one passkey (request-reply), print the reply
+  sync FILE                 sync users from a JSON Lines file ('-' for stdin),
+                            one {"userId": ..., <sync body>} per line
+  list USER_ID              list a user's passkeys
+  token                     mint a token with the local development key
+
+Common flags (remove, sync, list):
+  --nats-url URL   NATS server (env PASSKEYS_NATS_URL, default nats://127.0.0.1:4222)
+  --nats-creds F   NATS credentials file (env PASSKEYS_NATS_CREDS)
+  --token JWT      bearer token (env PASSKEYS_TOKEN)
+  --token-file F   file holding the bearer token (env PASSKEYS_TOKEN_FILE)
+  --timeout D      how long to wait for each reply (default 10s)
+
+Exit status: 0 success, 1 the worker refused (error reply), 2 usage or input
+error, 3 NATS unreachable or no reply.
+
+Run 'publisher <command> --help' for the flags of a command.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one publisher command and returns its exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	p := &publisher{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+	switch args[0] {
+	case "remove":
+		return p.remove(ctx, args[1:])
+	case "sync":
+		return p.sync(ctx, args[1:])
+	case "list":
+		return p.list(ctx, args[1:])
+	case "token":
+		return p.token(args[1:])
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "publisher: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+}
+
+type publisher struct {
+	getenv         func(string) string
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	natsURL, natsCreds, bearer, bearerFile string
+	timeout                               time.Duration
+}
+
+func (p *publisher) fail(code int, format string, args ...any) int {
+	fmt.Fprintf(p.stderr, "publisher: "+format+"\n", args...)
+	return code
+}
+
+// flags makes a command's flag set; client adds the connection flags.
+func (p *publisher) flags(name, args string, client bool) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(p.stderr)
+	if client {
+		fs.StringVar(&p.natsURL, "nats-url", envOr(p.getenv, "PASSKEYS_NATS_URL", nats.DefaultURL), "NATS server URL(s)")
+		fs.StringVar(&p.natsCreds, "nats-creds", p.getenv("PASSKEYS_NATS_CREDS"), "NATS credentials file")
+		fs.StringVar(&p.bearer, "token", p.getenv("PASSKEYS_TOKEN"), "bearer token (JWT); prefer --token-file, which keeps it out of the process list")
+		fs.StringVar(&p.bearerFile, "token-file", p.getenv("PASSKEYS_TOKEN_FILE"), "file holding the bearer token")
+		fs.DurationVar(&p.timeout, "timeout", 10*time.Second, "how long to wait for each reply")
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(p.stderr, "Usage: publisher %s [flags] %s\n\nFlags:\n", name, args)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func envOr(getenv func(string) string, key, def string) string {
+	if v := getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// parse parses flags and checks the number of positional arguments.
+func parse(fs *flag.FlagSet, args []string, positional int) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	if fs.NArg() != positional {
+		fmt.Fprintf(fs.Output(), "publisher %s: want %d argument(s), got %d\n", fs.Name(), positional, fs.NArg())
+		fs.Usage()
+		return exitUsage, false
+	}
+	return exitOK, true
+}
+
+func (p *publisher) connect() (*nats.Conn, error) {
+	if p.bearerFile != "" {
+		raw, err := os.ReadFile(p.bearerFile)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		p.bearer = strings.TrimSpace(string(raw))
+	}
+	opts := []nats.Option{nats.Name("passkeys-publisher")}
+	if p.natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(p.natsCreds))
+	}
+	nc, err := nats.Connect(p.natsURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", p.natsURL, err)
+	}
+	return nc, nil
+}
+
+// request sends one request and returns the reply, or an error when there
+// was none.
+func (p *publisher) request(ctx context.Context, nc *nats.Conn, subject string, body []byte, hdr nats.Header) (*nats.Msg, error) {
+	msg := nats.NewMsg(subject)
+	for k, v := range hdr {
+		msg.Header[k] = v
+	}
+	if p.bearer != "" {
+		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
+	}
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Data = body
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("no worker answers %s: is it running?", subject)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", subject, err)
+	}
+	return reply, nil
+}
+
+// printReply writes the reply body as one line, and for an error reply
+// also a short line on stderr. It returns the exit code the reply means.
+func (p *publisher) printReply(prefix string, reply *nats.Msg) int {
+	fmt.Fprintf(p.stdout, "%s%s\n", prefix, reply.Data)
+	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
+		fmt.Fprintf(p.stderr, "publisher: %s%s %s\n", prefix, code, reply.Header.Get("Nats-Service-Error"))
+		return exitRejected
+	}
+	return exitOK
+}
+
+func (p *publisher) remove(ctx context.Context, args []string) int {
+	fs := p.flags("remove", "USER_ID TOKEN_ID", true)
+	force := fs.Bool("force", false, "skip the last-login-method check (administrators only)")
+	msgID := fs.String("msg-id", "", "Nats-Msg-Id: repeat a removal with the same id to get its first reply")
+	if code, ok := parse(fs, args, 2); !ok {
+		return code
+	}
+	userID, tokenID := fs.Arg(0), fs.Arg(1)
+	if err := passkey.ValidateUserID(userID); err != nil {
+		return p.fail(exitUsage, "user id %q: %v", userID, err)
+	}
+	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: *force})
+	hdr := nats.Header{}
+	if *msgID != "" {
+		hdr.Set(nats.MsgIdHdr, *msgID)
+	}
+	nc, err := p.connect()
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	defer nc.Close()
+	reply, err := p.request(ctx, nc, "passkeys.remove."+userID, body, hdr)
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	return p.printReply("", reply)
+}
+
+func (p *publisher) list(ctx context.Context, args []string) int {
+	fs := p.flags("list", "USER_ID", true)
+	if code, ok := parse(fs, args, 1); !ok {
+		return code
+	}
+	userID := fs.Arg(0)
+	if err := passkey.ValidateUserID(userID); err != nil {
+		return p.fail(exitUsage, "user id %q: %v", userID, err)
+	}
+	nc, err := p.connect()
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	defer nc.Close()
+	reply, err := p.request(ctx, nc, "passkeys.list."+userID, nil, nil)
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	return p.printReply("", reply)
+}
+
+// syncLine is one line of a sync file: the user id beside the sync body.
+type syncLine struct {
+	UserID string `json:"userId"`
+	passkey.SyncRequest
+}
+
+func (p *publisher) sync(ctx context.Context, args []string) int {
+	fs := p.flags("sync", "FILE", true)
+	if code, ok := parse(fs, args, 1); !ok {
+		return code
+	}
+	in := p.stdin
+	if name := fs.Arg(0); name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return p.fail(exitUsage, "%v", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	nc, err := p.connect()
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	defer nc.Close()
+
+	code := exitOK
+	worse := func(c int) {
+		if c > code {
+			code = c
+		}
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
+	lineNo, synced, refused := 0, 0, 0
+	for sc.Scan() {
+		lineNo++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		var l syncLine
+		dec := json.NewDecoder(strings.NewReader(line))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&l); err != nil {
+			fmt.Fprintf(p.stderr, "publisher: line %d: not a sync line: %v\n", lineNo, err)
+			worse(exitUsage)
+			continue
+		}
+		if err := passkey.ValidateUserID(l.UserID); err != nil {
+			fmt.Fprintf(p.stderr, "publisher: line %d: userId: %v\n", lineNo, err)
+			worse(exitUsage)
+			continue
+		}
+		body, _ := json.Marshal(l.SyncRequest)
+		reply, err := p.request(ctx, nc, "passkeys.sync."+l.UserID, body, nil)
+		if err != nil {
+			return p.fail(exitFailed, "line %d: %v", lineNo, err)
+		}
+		if c := p.printReply(fmt.Sprintf("line %d: %s: ", lineNo, l.UserID), reply); c != exitOK {
+			refused++
+			worse(c)
+		} else {
+			synced++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return p.fail(exitUsage, "read %s: %v", fs.Arg(0), err)
+	}
+	fmt.Fprintf(p.stderr, "publisher: %d synced, %d refused\n", synced, refused)
+	return code
+}
+
+func (p *publisher) token(args []string) int {
+	fs := p.flags("token", "", false)
+	sub := fs.String("sub", "", "the acting user (required)")
+	org := fs.String("org", "", "the principal's organisation (urn:zitadel:iam:user:resourceowner:id)")
+	admin := fs.Bool("admin", false, "add scope passkeys:admin (administrator of --org)")
+	system := fs.Bool("system", false, "add scope passkeys:system (administrator of every organisation)")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	dataDir := fs.String("data-dir", envOr(p.getenv, "PASSKEYS_DATA_DIR", "./data"), "the worker's data directory, which holds the development key")
+	issuer := fs.String("issuer", envOr(p.getenv, "PASSKEYS_ISSUER", auth.DevIssuer), "iss claim")
+	audience := fs.String("audience", envOr(p.getenv, "PASSKEYS_AUDIENCE", auth.DevAudience), "aud claim")
+	if code, ok := parse(fs, args, 0); !ok {
+		return code
+	}
+	if *sub == "" {
+		return p.fail(exitUsage, "token: --sub is required")
+	}
+	if *admin && *org == "" {
+		return p.fail(exitUsage, "token: --admin needs --org")
+	}
+	key, err := auth.LoadDevKey(*dataDir)
+	if err != nil {
+		return p.fail(exitFailed, "token: no development key in %s (start the worker there without --nats-url and --jwks first): %v", *dataDir, err)
+	}
+	var scopes []string
+	if *admin {
+		scopes = append(scopes, auth.ScopeAdmin)
+	}
+	if *system {
+		scopes = append(scopes, auth.ScopeSystem)
+	}
+	tok, err := auth.Mint(key, auth.TokenRequest{Subject: *sub, Org: *org, Scopes: scopes, Issuer: *issuer, Audience: *audience, TTL: *ttl})
+	if err != nil {
+		return p.fail(exitFailed, "token: %v", err)
+	}
+	fmt.Fprintln(p.stdout, tok)
+	return exitOK
+}
