@@ -91,7 +91,7 @@ type publisher struct {
 	stdout, stderr io.Writer
 
 	natsURL, natsCreds, bearer, bearerFile string
-	timeout                               time.Duration
+	timeout                                time.Duration
 }
 
 func (p *publisher) fail(code int, format string, args ...any) int {
