@@ -161,6 +161,13 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		}
 		res.Reply = Reply{Body: stored.Body, ErrorCode: stored.ErrorCode, ErrorText: stored.ErrorText}
 		res.Repeat = true
+		if stored.Expires.Before(expires) {
+			// A repeat stored past JetStream's duplicate window is a new stream
+			// message that lives a full MaxAge from now; the record must live
+			// as long, or a later replay of that message would apply it again.
+			stored.Expires = expires
+			return res, tx.PutOutcome(pr.key, stored)
+		}
 		return res, nil
 	}
 	if pr.refusal != nil {

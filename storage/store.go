@@ -212,7 +212,7 @@ func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
 			if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > cutoff {
 				break
 			}
-			key := k[8:]
+			key := append([]byte(nil), k[8:]...)
 			// The record may have been rewritten with a later expiry; only
 			// delete it if this index entry is the one it holds.
 			if o, err := t.Outcome(key); err != nil {

@@ -1,0 +1,165 @@
+package handler
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// processorFixture is a Processor on a real store with a pinned clock.
+type processorFixture struct {
+	p    *Processor
+	keys *testenv.Keys
+	now  time.Time
+	seq  uint64
+}
+
+func newProcessor(tb testing.TB) *processorFixture {
+	tb.Helper()
+	keys := testenv.NewKeys(tb)
+	f := &processorFixture{keys: keys, now: time.Now().UTC()}
+	f.p = &Processor{Store: mustOpenStore(tb), Verifier: mustVerifier(tb, keys), Retention: 7 * 24 * time.Hour,
+		Now: func() time.Time { return f.now }, Log: zerolog.Nop()}
+	return f
+}
+
+// cmd builds the next stream command, stored "now".
+func (f *processorFixture) cmd(tb testing.TB, subject, sub, msgID string, body any, scopes ...string) *Command {
+	tb.Helper()
+	f.seq++
+	raw, err := json.Marshal(body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	org := ""
+	if len(scopes) > 0 {
+		org = "org1"
+	}
+	h := nats.Header{}
+	h.Set(HeaderAuthorization, testenv.Bearer(f.keys.Mint(tb, testenv.Token{Subject: sub, Org: org, Scopes: scopes, Now: f.now})))
+	if msgID != "" {
+		h.Set(HeaderMsgID, msgID)
+	}
+	return &Command{Subject: subject, Header: h, Body: raw, StreamSeq: f.seq, Timestamp: f.now}
+}
+
+func (f *processorFixture) process(tb testing.TB, cmds ...*Command) []Result {
+	tb.Helper()
+	res, err := f.p.Process(cmds)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res
+}
+
+func replyID(tb testing.TB, r Result) string {
+	tb.Helper()
+	if r.Transient != nil {
+		tb.Fatalf("transient: %v", r.Transient)
+	}
+	if !r.Reply.IsError() {
+		var ok struct{ Details struct{ Sequence string } }
+		if err := json.Unmarshal(r.Reply.Body, &ok); err != nil {
+			tb.Fatal(err)
+		}
+		return "seq " + ok.Details.Sequence
+	}
+	var e struct{ Details []struct{ ID string } }
+	if err := json.Unmarshal(r.Reply.Body, &e); err != nil || len(e.Details) != 1 {
+		tb.Fatalf("bad error body %s", r.Reply.Body)
+	}
+	return e.Details[0].ID
+}
+
+const adminScope = "passkeys:admin"
+
+// One batch holds several commands for one user: each sees the ones before
+// it, in stream order, and each applied change takes the next sequence.
+func TestProcessBatchInOrder(t *testing.T) {
+	f := newProcessor(t)
+	sync := map[string]any{"resourceOwner": "org1", "passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}
+	res := f.process(t,
+		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", sync, adminScope),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "m1", map[string]any{"tokenId": "pk-1"}),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "", map[string]any{"tokenId": "pk-2"}),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "m1", map[string]any{"tokenId": "pk-1"}),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "", map[string]any{"tokenId": "pk-1"}),
+		f.cmd(t, "passkeys.cmd.remove.u1", "admin", "", map[string]any{"tokenId": "pk-2", "force": true}, adminScope),
+	)
+	want := []string{"seq 1", "seq 2", passkey.IDPasskeyLast, "seq 2", passkey.IDPasskeyNotFound, "seq 3"}
+	for i, w := range want {
+		if got := replyID(t, res[i]); got != w {
+			t.Errorf("command %d: %s, want %s", i, got, w)
+		}
+	}
+	if !res[3].Repeat || !bytes.Equal(res[3].Reply.Body, res[1].Reply.Body) {
+		t.Errorf("the repeat of m1 in the same batch is not the first reply")
+	}
+	err := f.p.Store.View(func(tx *storage.Tx) error {
+		if got := tx.AppliedSeq(); got != f.seq {
+			t.Errorf("applied seq %d, want %d", got, f.seq)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A repeat that arrives days later, past JetStream's duplicate window, is a
+// new stream message: it gets the first reply, and the outcome record is
+// kept a full retention from then, as long as that message can be replayed.
+func TestRepeatExtendsOutcome(t *testing.T) {
+	f := newProcessor(t)
+	f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s1", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	f.now = f.now.Add(5 * 24 * time.Hour)
+	later := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	if !later[0].Repeat || !bytes.Equal(first[0].Reply.Body, later[0].Reply.Body) {
+		t.Fatalf("late repeat: %s, want %s", later[0].Reply.Body, first[0].Reply.Body)
+	}
+	err := f.p.Store.View(func(tx *storage.Tx) error {
+		o, err := tx.Outcome(MsgIDKey("s2"))
+		if err != nil {
+			return err
+		}
+		if want := f.now.Add(f.p.Retention); !o.Expires.Equal(want) {
+			t.Errorf("outcome expires %v, want %v", o.Expires, want)
+		}
+		u, err := tx.User("u1")
+		if err != nil {
+			return err
+		}
+		if u.Sequence != 2 {
+			t.Errorf("sequence %d, want 2: the repeat changed the user", u.Sequence)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A refusal found before the store is read (bad token, bad body) is still
+// a definitive outcome: stored, and repeated as it was.
+func TestRefusalIsStored(t *testing.T) {
+	f := newProcessor(t)
+	c := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "bad", "not an object")
+	first := f.process(t, c)
+	if got := replyID(t, first[0]); got != passkey.IDBodyInvalid {
+		t.Fatalf("got %s", got)
+	}
+	c.Header.Del(HeaderAuthorization) // would now be AUTH-MISSING, but the outcome stands
+	again := f.process(t, c)
+	if !again[0].Repeat || !bytes.Equal(first[0].Reply.Body, again[0].Reply.Body) {
+		t.Fatalf("redelivery: %s", again[0].Reply.Body)
+	}
+}
