@@ -290,6 +290,15 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 	}
 	host, port, _ := listenAddr(cfg.Listen)
 	opts.Host, opts.Port = host, port
+	if port != server.RANDOM_PORT {
+		// The server only reports a busy port by never becoming ready;
+		// asking first gives the operator the reason at once.
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w", cfg.Listen, err)
+		}
+		l.Close()
+	}
 	opts.JetStream = true
 	opts.StoreDir = filepath.Join(cfg.DataDir, "jetstream")
 	opts.NoSigs = true
@@ -300,9 +309,9 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
+	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use?)", cfg.Listen)
+		return nil, fmt.Errorf("embedded NATS did not start listening on %s within 10s", cfg.Listen)
 	}
 	log.Info().Str("client_url", ns.ClientURL()).Str("store_dir", opts.StoreDir).Msg("embedded NATS server with JetStream started")
 	return ns, nil

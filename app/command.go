@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -57,7 +58,9 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	if envErr != nil {
 		return envErr
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil // --help asked for the usage text, and got it
+	} else if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
