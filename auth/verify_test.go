@@ -18,19 +18,6 @@ import (
 
 var at = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 
-func newVerifier(tb testing.TB, keys *testenv.Keys) *auth.Verifier {
-	tb.Helper()
-	set, err := auth.LoadJWKS(keys.JWKSPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	v, err := auth.NewVerifier(set, testenv.Issuer, testenv.Audience)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return v
-}
-
 // unsigned builds a token with alg "none".
 func unsigned(claims map[string]any) string {
 	head := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
@@ -64,7 +51,7 @@ func hmacWithPublicKey(tb testing.TB, keys *testenv.Keys) string {
 
 func TestVerify(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	v := newVerifier(t, keys)
+	v := keys.Verifier(t)
 	mint := func(tok testenv.Token) []string {
 		if tok.Subject == "" {
 			tok.Subject = "u1"
@@ -154,7 +141,7 @@ func TestVerify(t *testing.T) {
 
 func TestVerifyRotation(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	v := newVerifier(t, keys)
+	v := keys.Verifier(t)
 	tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: at}))}
 	if _, err := v.Verify(tok, at); err != nil {
 		t.Fatalf("before rotation: %v", err)

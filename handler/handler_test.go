@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -24,19 +23,6 @@ func mustOpenStore(tb testing.TB) *storage.Store {
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
-}
-
-func mustVerifier(tb testing.TB, keys *testenv.Keys) *auth.Verifier {
-	tb.Helper()
-	set, err := auth.LoadJWKS(keys.JWKSPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	v, err := auth.NewVerifier(set, testenv.Issuer, testenv.Audience)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return v
 }
 
 // A command whose store keeps failing is nacked and retried; on its last
@@ -61,7 +47,7 @@ func TestRetriesExhausted(t *testing.T) {
 	store.Close() // every transaction now fails, as on a broken disk
 
 	c := &Consumer{
-		Processor:  &Processor{Store: store, Verifier: mustVerifier(t, keys), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()},
+		Processor:  &Processor{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()},
 		Conn:       nc,
 		Log:        zerolog.Nop(),
 		MaxBatch:   8,
@@ -111,7 +97,7 @@ func TestForwardUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := testenv.NewKeys(t)
-	svc, err := (&Service{JS: js, Store: mustOpenStore(t), Verifier: mustVerifier(t, keys), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
+	svc, err := (&Service{JS: js, Store: mustOpenStore(t), Verifier: keys.Verifier(t), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
 	if err != nil {
 		t.Fatal(err)
 	}

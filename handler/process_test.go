@@ -26,7 +26,7 @@ func newProcessor(tb testing.TB) *processorFixture {
 	tb.Helper()
 	keys := testenv.NewKeys(tb)
 	f := &processorFixture{keys: keys, now: time.Now().UTC()}
-	f.p = &Processor{Store: mustOpenStore(tb), Verifier: mustVerifier(tb, keys), Retention: 7 * 24 * time.Hour,
+	f.p = &Processor{Store: mustOpenStore(tb), Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour,
 		Now: func() time.Time { return f.now }, Log: zerolog.Nop()}
 	return f
 }

@@ -210,12 +210,18 @@ func (p *publisher) remove(ctx context.Context, args []string) int {
 	if *msgID != "" {
 		hdr.Set(nats.MsgIdHdr, *msgID)
 	}
+	return p.once(ctx, "passkeys.remove."+userID, body, hdr)
+}
+
+// once connects, sends one request, prints the reply and returns the exit
+// code it means.
+func (p *publisher) once(ctx context.Context, subject string, body []byte, hdr nats.Header) int {
 	nc, err := p.connect()
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
 	defer nc.Close()
-	reply, err := p.request(ctx, nc, "passkeys.remove."+userID, body, hdr)
+	reply, err := p.request(ctx, nc, subject, body, hdr)
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
@@ -231,16 +237,7 @@ func (p *publisher) list(ctx context.Context, args []string) int {
 	if err := passkey.ValidateUserID(userID); err != nil {
 		return p.fail(exitUsage, "user id %q: %v", userID, err)
 	}
-	nc, err := p.connect()
-	if err != nil {
-		return p.fail(exitFailed, "%v", err)
-	}
-	defer nc.Close()
-	reply, err := p.request(ctx, nc, "passkeys.list."+userID, nil, nil)
-	if err != nil {
-		return p.fail(exitFailed, "%v", err)
-	}
-	return p.printReply("", reply)
+	return p.once(ctx, "passkeys.list."+userID, nil, nil)
 }
 
 // syncLine is one line of a sync file: the user id beside the sync body.

@@ -61,15 +61,7 @@ func TestJetStreamPublishWithReplyTo(t *testing.T) {
 	e := newEnv(t)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1")))
 
-	js, err := jetstream.New(e.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inbox := nats.NewInbox()
-	sub, err := e.nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, inbox, sub := e.streamClient(t)
 	msg := nats.NewMsg("passkeys.cmd.remove.u1")
 	msg.Header.Set("Authorization", e.token(t, "u1"))
 	msg.Header.Set("Reply-To", inbox)
@@ -272,15 +264,7 @@ func TestErrorTable(t *testing.T) {
 // endpoints already refuse; the worker answers them the same way.
 func TestStreamCommandErrors(t *testing.T) {
 	e := newEnv(t)
-	js, err := jetstream.New(e.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inbox := nats.NewInbox()
-	sub, err := e.nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, inbox, sub := e.streamClient(t)
 	self := e.token(t, "u1")
 	tests := []struct {
 		name, subject string

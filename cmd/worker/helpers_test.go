@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
 )
@@ -132,6 +133,22 @@ func (e *env) request(tb testing.TB, subject, auth string, body any, hdr ...stri
 		tb.Fatalf("request %s: %v", subject, err)
 	}
 	return reply
+}
+
+// streamClient is what a batch publisher holds: a JetStream client and an
+// inbox subscription for the replies its Reply-To headers ask for.
+func (e *env) streamClient(tb testing.TB) (jetstream.JetStream, string, *nats.Subscription) {
+	tb.Helper()
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	inbox := nats.NewInbox()
+	sub, err := e.nc.SubscribeSync(inbox)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return js, inbox, sub
 }
 
 func encode(tb testing.TB, body any) []byte {

@@ -114,6 +114,20 @@ func (k *Keys) WriteJWKS(tb testing.TB, kids ...string) {
 	}
 }
 
+// Verifier trusts the keys' JWKS file, with the test issuer and audience.
+func (k *Keys) Verifier(tb testing.TB) *auth.Verifier {
+	tb.Helper()
+	set, err := auth.LoadJWKS(k.JWKSPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v, err := auth.NewVerifier(set, Issuer, Audience)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
+
 // Token is what a test token claims; zero fields take test defaults.
 type Token struct {
 	Kid      string // default EdDSA
