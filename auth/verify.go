@@ -4,6 +4,7 @@
 package auth
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,8 @@ type Verifier struct {
 
 	mu   sync.RWMutex
 	keys jose.JSONWebKeySet
+
+	cache *tokenCache
 }
 
 // NewVerifier returns a Verifier that trusts keys, requires iss to equal
@@ -67,7 +70,7 @@ func NewVerifier(keys jose.JSONWebKeySet, issuer, audience string) (*Verifier, e
 	if err := checkPublicKeys(keys); err != nil {
 		return nil, err
 	}
-	return &Verifier{issuer: issuer, audience: audience, keys: keys}, nil
+	return &Verifier{issuer: issuer, audience: audience, keys: keys, cache: newTokenCache(DefaultCacheSize)}, nil
 }
 
 // SetKeys replaces the trusted key set, for a JWKS rotation.
@@ -77,6 +80,9 @@ func (v *Verifier) SetKeys(keys jose.JSONWebKeySet) error {
 	}
 	v.mu.Lock()
 	v.keys = keys
+	// Under the lock, so no verification against the old keys can refill
+	// the cache after it is cleared.
+	v.cache.clear()
 	v.mu.Unlock()
 	return nil
 }
@@ -126,6 +132,10 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil {
 		return passkey.Principal{}, err
 	}
+	key := sha256.Sum256([]byte(raw))
+	if claims, ok := v.cache.get(key); ok {
+		return checkClaims(claims, v.issuer, v.audience, at)
+	}
 	alg, err := headerAlgorithm(raw)
 	if err != nil {
 		return passkey.Principal{}, err
@@ -137,7 +147,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil || len(tok.Headers) != 1 {
 		return passkey.Principal{}, unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
 	}
-	claims, err := v.verifySignature(tok, alg)
+	claims, err := v.verifySignature(tok, alg, key)
 	if err != nil {
 		return passkey.Principal{}, err
 	}
@@ -146,10 +156,10 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 
 // verifySignature finds the key the token names (or, without a kid, tries
 // every key of a matching algorithm) and returns the claims it signed.
-func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgorithm) (Claims, error) {
+func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgorithm, cacheKey [sha256.Size]byte) (Claims, error) {
 	v.mu.RLock()
+	defer v.mu.RUnlock()
 	keys := v.keys.Keys
-	v.mu.RUnlock()
 	kid := tok.Headers[0].KeyID
 	tried := false
 	for _, k := range keys {
@@ -159,6 +169,7 @@ func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgo
 		tried = true
 		var c Claims
 		if err := tok.Claims(k.Key, &c); err == nil {
+			v.cache.put(cacheKey, c)
 			return c, nil
 		}
 	}
