@@ -6,7 +6,6 @@ package storage
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,9 +20,9 @@ import (
 // Bucket names. Every bucket is created when the store is opened, so a
 // transaction never has to.
 var (
-	// bucketUsers maps a user id to its JSON-encoded passkey.User.
+	// bucketUsers maps a user id to its encoded passkey.User (codec.go).
 	bucketUsers = []byte("users")
-	// bucketOutcomes maps an outcome key to its JSON-encoded Outcome.
+	// bucketOutcomes maps an outcome key to its encoded Outcome (codec.go).
 	bucketOutcomes = []byte("outcomes")
 	// bucketExpiry indexes outcomes by expiry: 8-byte big-endian Unix
 	// nanoseconds followed by the outcome key, with an empty value.
@@ -119,20 +118,16 @@ func (t *Tx) User(id string) (*passkey.User, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	var u passkey.User
-	if err := json.Unmarshal(raw, &u); err != nil {
-		return nil, fmt.Errorf("storage: decode user record: %w", err)
+	u, err := decodeUser(raw)
+	if err != nil {
+		return nil, fmt.Errorf("storage: user %q: %w", id, err)
 	}
-	return &u, nil
+	return u, nil
 }
 
 // PutUser writes u.
 func (t *Tx) PutUser(u *passkey.User) error {
-	raw, err := json.Marshal(u)
-	if err != nil {
-		return fmt.Errorf("storage: encode user record: %w", err)
-	}
-	return t.tx.Bucket(bucketUsers).Put([]byte(u.ID), raw)
+	return t.tx.Bucket(bucketUsers).Put([]byte(u.ID), encodeUser(u))
 }
 
 // Outcome is the reply a command got, kept so that a repeat of the command
@@ -140,15 +135,15 @@ func (t *Tx) PutUser(u *passkey.User) error {
 type Outcome struct {
 	// Subject is the command's subject: a key reused for another command
 	// must not be answered with this outcome.
-	Subject string `json:"subject"`
+	Subject string
 	// Body is the reply body as sent.
-	Body []byte `json:"body"`
+	Body []byte
 	// ErrorCode and ErrorText are the Nats-Service-Error-Code and
 	// Nats-Service-Error headers; empty for a success.
-	ErrorCode string `json:"errorCode,omitempty"`
-	ErrorText string `json:"errorText,omitempty"`
+	ErrorCode string
+	ErrorText string
 	// Expires is when the record may be pruned.
-	Expires time.Time `json:"expires"`
+	Expires time.Time
 }
 
 // Outcome returns the outcome kept under key, or nil.
@@ -157,20 +152,16 @@ func (t *Tx) Outcome(key []byte) (*Outcome, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	var o Outcome
-	if err := json.Unmarshal(raw, &o); err != nil {
-		return nil, fmt.Errorf("storage: decode outcome record: %w", err)
+	o, err := decodeOutcome(raw)
+	if err != nil {
+		return nil, fmt.Errorf("storage: outcome record: %w", err)
 	}
-	return &o, nil
+	return o, nil
 }
 
 // PutOutcome keeps o under key until o.Expires.
 func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
-	raw, err := json.Marshal(o)
-	if err != nil {
-		return fmt.Errorf("storage: encode outcome record: %w", err)
-	}
-	if err := t.tx.Bucket(bucketOutcomes).Put(key, raw); err != nil {
+	if err := t.tx.Bucket(bucketOutcomes).Put(key, encodeOutcome(o)); err != nil {
 		return err
 	}
 	return t.tx.Bucket(bucketExpiry).Put(expiryKey(o.Expires, key), nil)
