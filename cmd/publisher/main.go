@@ -39,6 +39,8 @@ Commands:
                             one {"userId": ..., <sync body>} per line
   list USER_ID              list a user's passkeys
   token                     mint a token with the local development key
+  bench                     measure throughput and latency (embedded worker by
+                            default, or the worker behind --nats-url)
 
 Common flags (remove, sync, list):
   --nats-url URL   NATS server (env PASSKEYS_NATS_URL, default nats://127.0.0.1:4222)
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return p.list(ctx, args[1:])
 	case "token":
 		return p.token(args[1:])
+	case "bench":
+		return p.bench(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/app"
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/bench"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// benchConfig is what `publisher bench` was asked to do.
+type benchConfig struct {
+	users, removals, sequential, inFlight, maxBatch int
+	dataDir                                         string
+	storage                                         bool
+	timeout                                         time.Duration
+}
+
+// benchReport is the one JSON line bench prints.
+type benchReport struct {
+	Mode           string       `json:"mode"`
+	Users          int          `json:"users"`
+	SyncSeconds    float64      `json:"sync_seconds"`
+	Batch          *phaseReport `json:"batch,omitempty"`
+	Sequential     *phaseReport `json:"sequential,omitempty"`
+	StorageRate    float64      `json:"storage_removals_per_second,omitempty"`
+	StorageBatch   int          `json:"storage_batch,omitempty"`
+	RatioToStorage float64      `json:"ratio_to_storage,omitempty"`
+	PeakRSSMB      float64      `json:"peak_rss_mb,omitempty"`
+}
+
+// phaseReport sums up one measured phase.
+type phaseReport struct {
+	Count     int            `json:"count"`
+	Seconds   float64        `json:"seconds"`
+	PerSecond float64        `json:"per_second"`
+	P50ms     float64        `json:"p50_ms"`
+	P90ms     float64        `json:"p90_ms"`
+	P99ms     float64        `json:"p99_ms"`
+	MaxMs     float64        `json:"max_ms"`
+	Outcomes  map[string]int `json:"outcomes"`
+}
+
+func (p *publisher) bench(ctx context.Context, args []string) int {
+	var c benchConfig
+	fs := p.flags("bench", "", true)
+	fs.IntVar(&c.users, "users", 100_000, "users to create (each with 3 passkeys and a password) before measuring")
+	fs.IntVar(&c.removals, "removals", 100_000, "removals to publish as a batch publisher does (0: skip); at most 3 per user")
+	fs.IntVar(&c.sequential, "sequential", 2_000, "sequential request-reply removals by one client (0: skip)")
+	fs.IntVar(&c.inFlight, "in-flight", 4096, "most batch removals published and not yet answered")
+	fs.IntVar(&c.maxBatch, "max-batch", 256, "the embedded worker's --max-batch")
+	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
+	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
+	if code, ok := parse(fs, args, 0); !ok {
+		return code
+	}
+	c.timeout = p.timeout
+	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
+		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
+	}
+	embedded := !flagSet(fs, "nats-url") && p.getenv("PASSKEYS_NATS_URL") == ""
+	if embedded {
+		if c.dataDir == "" {
+			dir, err := os.MkdirTemp("", "passkeys-bench-")
+			if err != nil {
+				return p.fail(exitFailed, "bench: %v", err)
+			}
+			defer os.RemoveAll(dir)
+			c.dataDir = dir
+		}
+		stopWorker, url, err := startEmbeddedWorker(ctx, c, p.stderr)
+		if err != nil {
+			return p.fail(exitFailed, "bench: start the embedded worker: %v", err)
+		}
+		defer stopWorker()
+		p.natsURL = url
+	}
+	if p.bearer == "" && p.bearerFile == "" {
+		dir := c.dataDir
+		if dir == "" {
+			dir = "./data"
+		}
+		key, err := auth.LoadDevKey(dir)
+		if err != nil {
+			return p.fail(exitUsage, "bench: no --token and no development key in %s: %v", dir, err)
+		}
+		tok, err := auth.Mint(key, auth.TokenRequest{Subject: "bench-admin", Org: "bench-org", Scopes: []string{auth.ScopeAdmin},
+			Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: 24 * time.Hour})
+		if err != nil {
+			return p.fail(exitFailed, "bench: %v", err)
+		}
+		p.bearer = tok
+	}
+	nc, err := p.connect()
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(c.inFlight))
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+
+	run := randomHex(4)
+	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users}
+	start := time.Now()
+	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, c.timeout, func(k int) (string, []byte) {
+		body, _ := json.Marshal(benchUser())
+		return "passkeys.cmd.sync." + bench.UserID(k), body
+	})
+	if err != nil {
+		return p.fail(exitFailed, "bench: sync: %v", err)
+	}
+	rep.SyncSeconds = time.Since(start).Seconds()
+	if syncs.Outcomes["ok"] != c.users {
+		return p.fail(exitFailed, "bench: sync: %v", syncs.Outcomes)
+	}
+	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
+
+	if c.removals > 0 {
+		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, c.timeout, func(k int) (string, []byte) {
+			return removal(c.users, k)
+		})
+		if err != nil {
+			return p.fail(exitFailed, "bench: removals: %v", err)
+		}
+		printPhase(p.stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
+	}
+	if c.sequential > 0 {
+		rep.Sequential, err = p.requestEach(ctx, nc, c.removals, c.sequential, c.users)
+		if err != nil {
+			return p.fail(exitFailed, "bench: sequential: %v", err)
+		}
+		printPhase(p.stdout, "sequential removals (one client, request-reply)", rep.Sequential)
+	}
+	if c.storage && c.removals > 0 {
+		rate, err := storageRate(c.users, c.removals, c.maxBatch)
+		if err != nil {
+			return p.fail(exitFailed, "bench: storage: %v", err)
+		}
+		rep.StorageRate, rep.StorageBatch = rate, c.maxBatch
+		rep.RatioToStorage = rep.Batch.PerSecond / rate
+		fmt.Fprintf(p.stdout, "storage layer alone, %d removals per transaction: %.0f removals/s; end to end is %.2f of it\n",
+			c.maxBatch, rate, rep.RatioToStorage)
+	}
+	rep.PeakRSSMB = peakRSSMB()
+	if rep.PeakRSSMB > 0 {
+		fmt.Fprintf(p.stdout, "peak resident set of this process: %.0f MB\n", rep.PeakRSSMB)
+	}
+	line, _ := json.Marshal(rep)
+	fmt.Fprintf(p.stdout, "%s\n", line)
+	return exitOK
+}
+
+// flagSet reports whether the command line set flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+func benchUser() passkey.SyncRequest {
+	req := passkey.SyncRequest{ResourceOwner: "bench-org", Password: true}
+	for j := range bench.PasskeysPerUser {
+		req.Passkeys = append(req.Passkeys, passkey.Passkey{ID: bench.PasskeyID(j), Name: "Security key " + strconv.Itoa(j), State: passkey.StateReady})
+	}
+	return req
+}
+
+// removal k takes passkey k/users of user k%users, so that consecutive
+// removals touch different users, as an incident's revocation list would.
+func removal(users, k int) (string, []byte) {
+	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: bench.PasskeyID(k / users)})
+	return "passkeys.cmd.remove." + bench.UserID(k%users), body
+}
+
+// publishAll publishes n commands to the stream as a batch publisher does:
+// async, with Reply-To and Nats-Msg-Id, at most inFlight unanswered, and
+// measures each from publish to reply.
+func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, n, inFlight int,
+	timeout time.Duration, command func(k int) (string, []byte)) (*phaseReport, error) {
+	sent := make([]int64, n)
+	lat := make([]time.Duration, n)
+	answered := make([]atomic.Bool, n)
+	slots := make(chan struct{}, inFlight)
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	var done sync.WaitGroup
+	done.Add(n)
+	prefix := nats.NewInbox()
+	sub, err := nc.Subscribe(prefix+".*", func(m *nats.Msg) {
+		k, err := strconv.Atoi(m.Subject[len(prefix)+1:])
+		if err != nil || k < 0 || k >= n || answered[k].Swap(true) {
+			return // not ours, or a repeated reply
+		}
+		lat[k] = time.Duration(time.Now().UnixNano() - atomic.LoadInt64(&sent[k]))
+		key := "ok"
+		if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+			key = code
+		}
+		mu.Lock()
+		outcomes[key]++
+		mu.Unlock()
+		<-slots
+		done.Done()
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	for k := range n {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		subject, body := command(k)
+		msg := nats.NewMsg(subject)
+		msg.Header.Set("Authorization", "Bearer "+p.bearer)
+		msg.Header.Set("Reply-To", prefix+"."+strconv.Itoa(k))
+		msg.Header.Set(nats.MsgIdHdr, run+"-"+strconv.Itoa(k))
+		msg.Data = body
+		atomic.StoreInt64(&sent[k], time.Now().UnixNano())
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			return nil, fmt.Errorf("publish %d: %w", k, err)
+		}
+	}
+	waited := make(chan struct{})
+	go func() { done.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(timeout + time.Duration(n)*time.Millisecond):
+		return nil, fmt.Errorf("%d of %d commands unanswered", n-countAnswered(answered), n)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return summarize(lat, time.Since(start), outcomes), nil
+}
+
+func countAnswered(a []atomic.Bool) int {
+	c := 0
+	for i := range a {
+		if a[i].Load() {
+			c++
+		}
+	}
+	return c
+}
+
+// requestEach sends n removals one after another through the request-reply
+// endpoint, starting after the first `skip` removals.
+func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, users int) (*phaseReport, error) {
+	lat := make([]time.Duration, n)
+	outcomes := map[string]int{}
+	start := time.Now()
+	for i := range n {
+		subject, body := removal(users, skip+i)
+		subject = "passkeys.remove." + strings.TrimPrefix(subject, "passkeys.cmd.remove.")
+		t0 := time.Now()
+		reply, err := p.request(ctx, nc, subject, body, nil)
+		if err != nil {
+			return nil, err
+		}
+		lat[i] = time.Since(t0)
+		key := "ok"
+		if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
+			key = code
+		}
+		outcomes[key]++
+	}
+	return summarize(lat, time.Since(start), outcomes), nil
+}
+
+func summarize(lat []time.Duration, elapsed time.Duration, outcomes map[string]int) *phaseReport {
+	slices.Sort(lat)
+	at := func(q float64) float64 {
+		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))]) / 1e6
+	}
+	return &phaseReport{
+		Count: len(lat), Seconds: elapsed.Seconds(), PerSecond: float64(len(lat)) / elapsed.Seconds(),
+		P50ms: at(0.50), P90ms: at(0.90), P99ms: at(0.99), MaxMs: float64(lat[len(lat)-1]) / 1e6, Outcomes: outcomes,
+	}
+}
+
+func printPhase(w io.Writer, name string, r *phaseReport) {
+	fmt.Fprintf(w, "%s: %d in %.2fs = %.0f/s; latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms; outcomes %v\n",
+		name, r.Count, r.Seconds, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Outcomes)
+}
+
+// storageRate measures the storage layer alone: the same removals, batch
+// per transaction, on a fresh store of the same number of users.
+func storageRate(users, removals, batch int) (float64, error) {
+	dir, err := os.MkdirTemp("", "passkeys-bench-storage-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	s, err := storage.Open(filepath.Join(dir, "passkeys.db"), storage.Options{})
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	if err := bench.SeedUsers(s, users); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := bench.RemoveBatched(s, users, 0, removals, batch); err != nil {
+		return 0, err
+	}
+	return float64(removals) / time.Since(start).Seconds(), nil
+}
+
+// startEmbeddedWorker runs a worker in this process, embedded NATS on a
+// free loopback port, and returns how to stop it and where NATS is.
+func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (func(), string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	started := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg := app.Config{
+		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: handler.DefaultRetention, DuplicateWindow: 2 * time.Minute,
+		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second,
+		Started: func(url string) { started <- url },
+	}
+	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Str("service", "passkeys-worker").Logger()
+	go func() { done <- app.Run(ctx, cfg, log) }()
+	select {
+	case url := <-started:
+		return func() { cancel(); <-done }, url, nil
+	case err := <-done:
+		cancel()
+		if err == nil {
+			err = errors.New("the worker stopped at start")
+		}
+		return nil, "", err
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// peakRSSMB is this process's peak resident set (VmHWM), in MB; 0 where
+// /proc does not tell.
+func peakRSSMB() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			if err == nil {
+				return float64(kb) / 1024
+			}
+		}
+	}
+	return 0
+}
