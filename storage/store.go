@@ -67,6 +67,9 @@ func Open(path string, opts Options) (*Store, error) {
 		Timeout:      opts.Timeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType,
+		// As etcd does: the freelist is rebuilt at open instead of written at
+		// every commit, which saves pages (and fsync time) on every commit.
+		NoFreelistSync: true,
 	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, path, opts.Timeout)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,13 +35,15 @@ import (
 type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch int
 	dataDir                                         string
-	storage                                         bool
+	storage, noSync                                 bool
 	timeout                                         time.Duration
+	cpuProfile                                      string
 }
 
 // benchReport is the one JSON line bench prints.
 type benchReport struct {
 	Mode           string       `json:"mode"`
+	NoSync         bool         `json:"no_sync,omitempty"`
 	Users          int          `json:"users"`
 	SyncSeconds    float64      `json:"sync_seconds"`
 	Batch          *phaseReport `json:"batch,omitempty"`
@@ -73,10 +76,23 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fs.IntVar(&c.maxBatch, "max-batch", 256, "the embedded worker's --max-batch")
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
+	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (publisher and embedded worker) to this file")
 	if code, ok := parse(fs, args, 0); !ok {
 		return code
 	}
 	c.timeout = p.timeout
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return p.fail(exitUsage, "bench: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return p.fail(exitFailed, "bench: %v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
 		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
 	}
@@ -124,7 +140,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	}
 
 	run := randomHex(4)
-	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users}
+	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
 	start := time.Now()
 	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, c.timeout, func(k int) (string, []byte) {
 		body, _ := json.Marshal(benchUser())
@@ -344,7 +360,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	done := make(chan error, 1)
 	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: handler.DefaultRetention, DuplicateWindow: 2 * time.Minute,
-		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second,
+		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
 		Started: func(url string) { started <- url },
 	}
 	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Str("service", "passkeys-worker").Logger()
