@@ -163,3 +163,46 @@ func TestCheckReplyTo(t *testing.T) {
 		}
 	}
 }
+
+// The bytes of a success reply are pinned: a repeat rebuilds them from the
+// stored record, so a change here would change old commands' replies.
+func TestSuccessReplyShape(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 123456000, time.UTC)
+	r := SuccessReply(&passkey.User{Sequence: 3, CreationDate: at, ChangeDate: time.Date(2026, 11, 27, 10, 5, 0, 654321000, time.UTC), ResourceOwner: "69629023906488334"})
+	want := `{"details":{"sequence":"3","creationDate":"2026-11-27T10:00:00.123456Z","changeDate":"2026-11-27T10:05:00.654321Z","resourceOwner":"69629023906488334"}}`
+	if string(r.Body) != want {
+		t.Errorf("body\n got %s\nwant %s", r.Body, want)
+	}
+	if r.IsError() || r.Header() != nil {
+		t.Errorf("a success reply carries error headers")
+	}
+}
+
+// A reply rebuilt from its record is the reply, byte for byte.
+func TestReplyFromRecord(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 1, time.UTC)
+	replies := []Reply{
+		SuccessReply(&passkey.User{Sequence: 1, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}),
+		SuccessReply(&passkey.User{Sequence: 1 << 40, CreationDate: at, ChangeDate: at.Add(time.Hour), ResourceOwner: "org-é"}),
+		ErrorReply(passkey.ErrPasskeyLast),
+		ErrorReply(passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSyncInvalid, "passkeys[%d].state must be %q", 3, "ready")),
+		ErrorReply(passkey.Errorf(passkey.CodeUnauthenticated, passkey.IDAuthExpired, "the token had expired")),
+	}
+	for i, want := range replies {
+		got, err := ReplyFromRecord(want.Record)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if string(got.Body) != string(want.Body) || got.ErrorCode != want.ErrorCode || got.ErrorText != want.ErrorText {
+			t.Errorf("reply %d rebuilt as\n%s %q %q\nwant\n%s %q %q", i, got.Body, got.ErrorCode, got.ErrorText, want.Body, want.ErrorCode, want.ErrorText)
+		}
+		if len(want.Record) >= len(want.Body) {
+			t.Errorf("reply %d: record of %d bytes for a body of %d", i, len(want.Record), len(want.Body))
+		}
+	}
+	for _, bad := range [][]byte{nil, {9}, {recordSuccessV1}, {recordErrorV1, 9, 200}} {
+		if _, err := ReplyFromRecord(bad); err == nil {
+			t.Errorf("record %x decoded", bad)
+		}
+	}
+}

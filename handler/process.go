@@ -159,7 +159,10 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			res.Reply = ErrorReply(errMsgIDReused)
 			return res, nil
 		}
-		res.Reply = Reply{Body: stored.Body, ErrorCode: stored.ErrorCode, ErrorText: stored.ErrorText}
+		res.Reply, err = ReplyFromRecord(stored.Reply)
+		if err != nil {
+			return res, fmt.Errorf("outcome of %s: %w", pr.cmd.Subject, err)
+		}
 		res.Repeat = true
 		if stored.Expires.Before(expires) {
 			// A repeat stored past JetStream's duplicate window is a new stream
@@ -193,13 +196,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			return res, nil
 		}
 	}
-	err = tx.PutOutcome(pr.key, &storage.Outcome{
-		Subject:   pr.cmd.Subject,
-		Body:      res.Reply.Body,
-		ErrorCode: res.Reply.ErrorCode,
-		ErrorText: res.Reply.ErrorText,
-		Expires:   expires,
-	})
+	err = tx.PutOutcome(pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
 	if err != nil {
 		return res, err
 	}

@@ -163,7 +163,13 @@ func (s *Service) replayOutcome(req micro.Request, subject string, key []byte) {
 			respond(req, ErrorReply(errMsgIDReused))
 			return
 		case out != nil:
-			respond(req, Reply{Body: out.Body, ErrorCode: out.ErrorCode, ErrorText: out.ErrorText})
+			reply, err := ReplyFromRecord(out.Reply)
+			if err != nil {
+				s.Log.Error().Err(err).Str("subject", subject).Msg("decode outcome")
+				respondError(req, err)
+				return
+			}
+			respond(req, reply)
 			return
 		}
 		select {

@@ -139,12 +139,9 @@ type Outcome struct {
 	// Subject is the command's subject: a key reused for another command
 	// must not be answered with this outcome.
 	Subject string
-	// Body is the reply body as sent.
-	Body []byte
-	// ErrorCode and ErrorText are the Nats-Service-Error-Code and
-	// Nats-Service-Error headers; empty for a success.
-	ErrorCode string
-	ErrorText string
+	// Reply is the reply in the compact form its sender chose (the
+	// handler's reply record), from which it rebuilds the same bytes.
+	Reply []byte
 	// Expires is when the record may be pruned.
 	Expires time.Time
 }
@@ -167,7 +164,11 @@ func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
 	if err := t.tx.Bucket(bucketOutcomes).Put(key, encodeOutcome(o)); err != nil {
 		return err
 	}
-	return t.tx.Bucket(bucketExpiry).Put(expiryKey(o.Expires, key), nil)
+	expiry := t.tx.Bucket(bucketExpiry)
+	// Expiry keys mostly grow with time: fill pages completely instead of
+	// splitting them half empty.
+	expiry.FillPercent = 0.95
+	return expiry.Put(expiryKey(o.Expires, key), nil)
 }
 
 // AppliedSeq is the highest stream sequence whose command the store has

@@ -74,7 +74,7 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 		if err := tx.NoteAppliedSeq(3); err != nil {
 			return err
 		}
-		return tx.PutOutcome([]byte("k1"), &Outcome{Subject: "s", Body: []byte(`{"x":1}`), ErrorCode: "404", ErrorText: "t", Expires: now.Add(time.Hour)})
+		return tx.PutOutcome([]byte("k1"), &Outcome{Subject: "s", Reply: []byte{7, 8}, Expires: now.Add(time.Hour)})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 			t.Errorf("applied seq = %d, want 9", got)
 		}
 		o, err := tx.Outcome([]byte("k1"))
-		if err != nil || string(o.Body) != `{"x":1}` || o.ErrorCode != "404" || o.Subject != "s" {
+		if err != nil || string(o.Reply) != "\x07\x08" || o.Subject != "s" {
 			t.Errorf("outcome = %+v, %v", o, err)
 		}
 		return nil

@@ -72,7 +72,7 @@ func RemoveBatched(s *storage.Store, users, offset, n, batch int) error {
 				}
 				reply := handler.SuccessReply(next)
 				key := handler.MsgIDKey("bench-" + strconv.Itoa(k))
-				if err := tx.PutOutcome(key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Body: reply.Body, Expires: expires}); err != nil {
+				if err := tx.PutOutcome(key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Reply: reply.Record, Expires: expires}); err != nil {
 					return err
 				}
 			}
