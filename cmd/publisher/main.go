@@ -39,6 +39,8 @@ Commands:
                             one {"userId": ..., <sync body>} per line
   list USER_ID              list a user's passkeys
   token                     mint a token with the local development key
+  jwks                      print the JWKS that trusts the development key, for
+                            a development worker run with --nats-url and --jwks
   bench                     measure throughput and latency (embedded worker by
                             default, or the worker behind --nats-url)
 
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return p.token(args[1:])
 	case "bench":
 		return p.bench(ctx, args[1:])
+	case "jwks":
+		return p.jwks(args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -352,5 +356,23 @@ func (p *publisher) token(args []string) int {
 		return p.fail(exitFailed, "token: %v", err)
 	}
 	fmt.Fprintln(p.stdout, tok)
+	return exitOK
+}
+
+func (p *publisher) jwks(args []string) int {
+	fs := p.flags("jwks", "", false)
+	dataDir := fs.String("data-dir", envOr(p.getenv, "PASSKEYS_DATA_DIR", "./data"), "the directory that holds the development key")
+	if code, ok := parse(fs, args, 0); !ok {
+		return code
+	}
+	key, err := auth.LoadDevKey(*dataDir)
+	if err != nil {
+		return p.fail(exitFailed, "jwks: %v", err)
+	}
+	raw, err := json.Marshal(auth.PublicSet(key))
+	if err != nil {
+		return p.fail(exitFailed, "jwks: %v", err)
+	}
+	fmt.Fprintf(p.stdout, "%s\n", raw)
 	return exitOK
 }
