@@ -135,6 +135,11 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 			Str("msg_id", h.cmd.Header.Get(HeaderMsgID)).
 			Uint64("num_delivered", meta.NumDelivered).
 			Logger()
+		if meta.NumDelivered > 1 {
+			// Redeliveries mean a nak, a lost ack or an ack wait that ran
+			// out: worth a line at the default level.
+			h.log.Warn().Msg("command redelivered")
+		}
 		hand = append(hand, h)
 		cmds = append(cmds, h.cmd)
 	}
