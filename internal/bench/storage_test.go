@@ -20,6 +20,14 @@ var (
 	seedErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if seedPath != "" {
+		os.RemoveAll(filepath.Dir(seedPath))
+	}
+	os.Exit(code)
+}
+
 // seededStore opens a copy of a store of storeUsers users, seeded once per
 // test binary, so each benchmark starts from the same file.
 func seededStore(b *testing.B) *storage.Store {
