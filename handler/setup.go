@@ -15,10 +15,12 @@ const (
 )
 
 // Consumer settings. BackOff[0] is also the ack wait of a first delivery:
-// long enough for a batch to commit on a slow disk.
+// far longer than a batch takes to commit (milliseconds, a second with the
+// store's retries), and short enough that the commands a crashed worker
+// held come back soon after it restarts.
 var (
 	DefaultMaxDeliver    = 5
-	DefaultBackOff       = []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute}
+	DefaultBackOff       = []time.Duration{10 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
 	DefaultMaxAckPending = 20000
 )
 

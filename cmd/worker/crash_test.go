@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/storage"
+)
+
+// buildWorker compiles this command into a temporary directory.
+func buildWorker(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "worker")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// process is a worker binary running against e's NATS server and data directory.
+type process struct {
+	cmd *exec.Cmd
+	log *os.File
+}
+
+func (e *env) startProcess(tb testing.TB, bin string) *process {
+	tb.Helper()
+	log, err := os.CreateTemp(tb.TempDir(), "worker-*.log")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
+		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &process{cmd: cmd, log: log}
+	tb.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+		if tb.Failed() {
+			raw, _ := os.ReadFile(log.Name())
+			tb.Logf("worker process log:\n%s", raw)
+		}
+	})
+	return p
+}
+
+// replies collects every reply to inbox prefix.<k>, keeping repeats.
+type replies struct {
+	mu  sync.Mutex
+	got map[int][][]byte
+}
+
+func (r *replies) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+// A worker killed with SIGKILL in the middle of a batch revocation loses
+// nothing and repeats nothing: every removal is applied exactly once, every
+// user's sequence has no gap and no repeat, and every requester gets a
+// reply, byte-identical where it gets more than one.
+func TestWorkerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and kills worker processes")
+	}
+	const users, perUser = 2000, 10
+	bin := buildWorker(t)
+	ns := testenv.StartNATS(t)
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}
+	e.nc = testenv.Connect(t, e.url)
+	proc := e.startProcess(t, bin)
+	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(2048))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := e.token(t, "admin", "passkeys:admin")
+
+	// Users with a password and perUser+1 passkeys, through the stream.
+	waitReady(t, js)
+	sync := &replies{got: map[int][][]byte{}}
+	syncInbox := collect(t, e.nc, sync)
+	for u := range users {
+		pks := make([]map[string]string, perUser+1)
+		for j := range pks {
+			pks[j] = map[string]string{"id": "pk-" + strconv.Itoa(j), "name": "k", "state": "ready"}
+		}
+		publish(t, js, "passkeys.cmd.sync.user-"+strconv.Itoa(u), admin, syncInbox+"."+strconv.Itoa(u), "sync-"+strconv.Itoa(u),
+			map[string]any{"resourceOwner": "org1", "password": true, "passkeys": pks})
+	}
+	waitCount(t, sync, users, 60*time.Second)
+
+	removals := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, e.nc, removals)
+	total := users * perUser
+	killed := false
+	for k := range total {
+		u, j := k%users, k/users
+		publish(t, js, "passkeys.cmd.remove.user-"+strconv.Itoa(u), admin, inbox+"."+strconv.Itoa(k), "rm-"+strconv.Itoa(k),
+			map[string]any{"tokenId": "pk-" + strconv.Itoa(j)})
+		if !killed && k == total/2 {
+			// Kill it once it has answered some, mid-stream, mid-batch.
+			waitCount(t, removals, total/4, 60*time.Second)
+			if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = proc.cmd.Wait()
+			killed = true
+			t.Logf("killed the worker after %d replies of %d published", removals.count(), k+1)
+			proc = e.startProcess(t, bin)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishes not acknowledged")
+	}
+	waitCount(t, removals, total, 120*time.Second)
+	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.cmd.Wait(); err != nil {
+		t.Fatalf("worker exit after SIGTERM: %v", err)
+	}
+	// The kill must have caught commands in hand, or this test proves little.
+	restartLog, err := os.ReadFile(proc.log.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	redelivered := bytes.Count(restartLog, []byte(`"message":"command redelivered"`))
+	if redelivered == 0 {
+		t.Fatal("no command was redelivered after the kill: the kill caught nothing in hand")
+	}
+	t.Logf("the restarted worker took %d redelivered commands", redelivered)
+
+	// Every requester got a reply; repeats are byte-identical; per user the
+	// sequences 2..perUser+1 were each handed out exactly once.
+	seqs := map[int]map[string]bool{}
+	removals.mu.Lock()
+	for k := range total {
+		got := removals.got[k]
+		if len(got) == 0 {
+			t.Fatalf("removal %d got no reply", k)
+		}
+		for _, again := range got[1:] {
+			if !bytes.Equal(again, got[0]) {
+				t.Fatalf("removal %d got different replies:\n%s\n%s", k, got[0], again)
+			}
+		}
+		var r struct{ Details struct{ Sequence string } }
+		if err := json.Unmarshal(got[0], &r); err != nil || r.Details.Sequence == "" {
+			t.Fatalf("removal %d: %s", k, got[0])
+		}
+		u := k % users
+		if seqs[u] == nil {
+			seqs[u] = map[string]bool{}
+		}
+		if seqs[u][r.Details.Sequence] {
+			t.Fatalf("user %d: sequence %s handed out twice", u, r.Details.Sequence)
+		}
+		seqs[u][r.Details.Sequence] = true
+	}
+	removals.mu.Unlock()
+
+	// The store: each user has exactly the passkey no command removed, and
+	// sequence 1 + perUser (one sync, perUser removals).
+	store, err := storage.Open(filepath.Join(e.dataDir, "passkeys.db"), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	err = store.View(func(tx *storage.Tx) error {
+		for u := range users {
+			got, err := tx.User("user-" + strconv.Itoa(u))
+			if err != nil {
+				return err
+			}
+			if got.Sequence != 1+perUser || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
+				return fmt.Errorf("user %d: sequence %d, passkeys %v", u, got.Sequence, got.Passkeys)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitReady(tb testing.TB, js jetstream.JetStream) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.Consumer(ctx, "PASSKEYS", "passkeys-worker")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the worker did not create its consumer: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// collect subscribes to <new inbox>.* and files each reply under its <k>.
+func collect(tb testing.TB, nc *nats.Conn, r *replies) string {
+	tb.Helper()
+	prefix := nats.NewInbox()
+	sub, err := nc.Subscribe(prefix+".*", func(m *nats.Msg) {
+		k, err := strconv.Atoi(m.Subject[len(prefix)+1:])
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		r.got[k] = append(r.got[k], m.Data)
+		r.mu.Unlock()
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = sub.Unsubscribe() })
+	return prefix
+}
+
+func publish(tb testing.TB, js jetstream.JetStream, subject, auth, replyTo, msgID string, body any) {
+	tb.Helper()
+	msg := nats.NewMsg(subject)
+	msg.Header.Set("Authorization", auth)
+	msg.Header.Set("Reply-To", replyTo)
+	msg.Header.Set(nats.MsgIdHdr, msgID)
+	msg.Data = encode(tb, body)
+	if _, err := js.PublishMsgAsync(msg); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func waitCount(tb testing.TB, r *replies, n int, limit time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(limit)
+	for r.count() < n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d replies after %s", r.count(), n, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
