@@ -203,3 +203,28 @@ func TestDevKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Whatever arrives in Authorization, Verify answers UNAUTHENTICATED or a
+// principal, and never panics.
+func FuzzVerify(f *testing.F) {
+	keys := testenv.NewKeys(f)
+	v := keys.Verifier(f)
+	f.Add("Bearer " + keys.Mint(f, testenv.Token{Subject: "u1", Now: at}))
+	f.Add("Bearer " + unsigned(map[string]any{"sub": "u1"}))
+	f.Add("Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln")
+	f.Add("Bearer a.b.c")
+	f.Add("bearer ")
+	f.Add("Basic x")
+	f.Fuzz(func(t *testing.T, header string) {
+		p, err := v.Verify([]string{header}, at)
+		if err != nil {
+			if e := passkey.AsError(err); e.Code != passkey.CodeUnauthenticated {
+				t.Fatalf("error %v is not UNAUTHENTICATED", err)
+			}
+			return
+		}
+		if p.Subject == "" {
+			t.Fatal("a principal without a subject")
+		}
+	})
+}
