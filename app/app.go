@@ -134,6 +134,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		if _, err := handler.EnsureStream(setupCtx, js, handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow)); err != nil {
 			return err
 		}
+		if _, err := handler.EnsureStream(setupCtx, js, handler.DeadLetterStreamConfig()); err != nil {
+			return err
+		}
 		cons, err = handler.EnsureConsumer(setupCtx, js,
 			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultBackOff))
 	} else {
@@ -161,6 +164,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		MaxDeliver:   maxDeliver,
 		StoreRetries: 3,
 		NakDelay:     handler.DefaultNakDelay,
+		DeadLetters:  js,
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,9 @@ type Consumer struct {
 	StoreRetries int
 	// NakDelay is the redelivery delay after the given delivery failed.
 	NakDelay func(delivered uint64) time.Duration
+	// DeadLetters, when set, records each terminated command in stream
+	// PASSKEYS_DLQ.
+	DeadLetters jetstream.JetStream
 }
 
 // DefaultNakDelay doubles from one second, up to 30 seconds.
@@ -190,8 +194,12 @@ func (c *Consumer) finish(h inHand, r Result) {
 		}
 		final := ErrorReply(passkey.Errorf(passkey.CodeInternal, passkey.IDRetriesExhausted,
 			"the command could not be processed; it was not applied"))
-		c.reply(h, log, final)
 		reason := fmt.Sprintf("failed %d deliveries: %v", h.meta.NumDelivered, r.Transient)
+		if err := c.deadLetter(h, reason); err != nil {
+			// The server delivers it no more: this log line is the record.
+			log.Error().Err(err).Str("reason", reason).Msg("could not record the terminated command in " + DeadLetterStreamName)
+		}
+		c.reply(h, log, final)
 		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
 		if err := h.msg.TermWithReason(reason); err != nil {
 			log.Error().Err(err).Msg("term")
@@ -207,6 +215,46 @@ func (c *Consumer) finish(h inHand, r Result) {
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}
+}
+
+// Headers of a dead-letter record. The original's Authorization is not
+// kept: a bearer token does not belong at rest; an operator re-drives a
+// command with a token of their own.
+const (
+	HeaderDLQSubject     = "Passkeys-Subject"
+	HeaderDLQStreamSeq   = "Passkeys-Stream-Seq"
+	HeaderDLQTimestamp   = "Passkeys-Timestamp"
+	HeaderDLQDelivered   = "Passkeys-Num-Delivered"
+	HeaderDLQReason      = "Passkeys-Reason"
+	HeaderDLQMsgID       = "Passkeys-Msg-Id"
+	HeaderDLQReplyTo     = "Passkeys-Reply-To"
+	HeaderDLQContentType = "Passkeys-Content-Type"
+)
+
+// deadLetter records a terminated command in PASSKEYS_DLQ: its subject,
+// headers (less Authorization), body, stream sequence and the reason.
+func (c *Consumer) deadLetter(h inHand, reason string) error {
+	if c.DeadLetters == nil {
+		return nil
+	}
+	seq := strconv.FormatUint(h.meta.Sequence.Stream, 10)
+	msg := nats.NewMsg(DeadLetterPrefix + "." + seq)
+	msg.Data = h.cmd.Body
+	msg.Header.Set(HeaderDLQSubject, h.cmd.Subject)
+	msg.Header.Set(HeaderDLQStreamSeq, seq)
+	msg.Header.Set(HeaderDLQTimestamp, h.meta.Timestamp.UTC().Format(time.RFC3339Nano))
+	msg.Header.Set(HeaderDLQDelivered, strconv.FormatUint(h.meta.NumDelivered, 10))
+	msg.Header.Set(HeaderDLQReason, reason)
+	for name, from := range map[string]string{HeaderDLQMsgID: HeaderMsgID, HeaderDLQReplyTo: HeaderReplyTo, HeaderDLQContentType: HeaderContentType} {
+		for _, v := range headerValues(h.cmd.Header, from) {
+			msg.Header.Add(name, v)
+		}
+	}
+	msg.Header.Set(HeaderMsgID, "dlq-"+seq) // a second worker's record of it is a duplicate
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.DeadLetters.PublishMsg(ctx, msg)
+	return err
 }
 
 func (c *Consumer) reply(h inHand, log zerolog.Logger, r Reply) {

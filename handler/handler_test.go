@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,66 +26,161 @@ func mustOpenStore(tb testing.TB) *storage.Store {
 	return s
 }
 
-// A command whose store keeps failing is nacked and retried; on its last
-// delivery it gets one INTERNAL reply and is terminated.
-func TestRetriesExhausted(t *testing.T) {
+// consumerFixture is a Consumer reading a real stream on an in-process
+// NATS server, with the dead-letter stream in place.
+type consumerFixture struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	cons  jetstream.Consumer
+	keys  *testenv.Keys
+	inbox string
+	sub   *nats.Subscription
+}
+
+func startConsumer(t *testing.T, keys *testenv.Keys, proc *Processor, maxDeliver int) *consumerFixture {
+	t.Helper()
 	ns := testenv.StartNATS(t)
-	nc := testenv.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
+	f := &consumerFixture{nc: testenv.Connect(t, ns.ClientURL()), keys: keys}
+	var err error
+	if f.js, err = jetstream.New(f.nc); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := EnsureStream(ctx, js, StreamConfig(time.Hour, time.Minute)); err != nil {
+	if _, err := EnsureStream(ctx, f.js, StreamConfig(time.Hour, time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := EnsureConsumer(ctx, js, ConsumerConfig(2, 100, []time.Duration{10 * time.Second}))
-	if err != nil {
+	if _, err := EnsureStream(ctx, f.js, DeadLetterStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	keys := testenv.NewKeys(t)
-	store := mustOpenStore(t)
-	store.Close() // every transaction now fails, as on a broken disk
-
+	if f.cons, err = EnsureConsumer(ctx, f.js, ConsumerConfig(maxDeliver, 100, []time.Duration{10 * time.Second})); err != nil {
+		t.Fatal(err)
+	}
 	c := &Consumer{
-		Processor:  &Processor{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()},
-		Conn:       nc,
-		Log:        zerolog.Nop(),
-		MaxBatch:   8,
-		MaxDeliver: 2,
-		NakDelay:   func(uint64) time.Duration { return 10 * time.Millisecond },
+		Processor: proc, Conn: f.nc, Log: zerolog.Nop(), MaxBatch: 8, MaxDeliver: maxDeliver,
+		NakDelay:    func(uint64) time.Duration { return 10 * time.Millisecond },
+		DeadLetters: f.js,
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx, cons) }()
-	defer func() { stop(); <-done }()
+	go func() { done <- c.Run(runCtx, f.cons) }()
+	t.Cleanup(func() { stop(); <-done })
+	f.inbox = nats.NewInbox()
+	if f.sub, err = f.nc.SubscribeSync(f.inbox + ".*"); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
 
-	inbox := nats.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+// send publishes a command to the stream with Reply-To <inbox>.<name>.
+func (f *consumerFixture) send(t *testing.T, subject, sub, name, body string, scopes ...string) {
+	t.Helper()
+	msg := nats.NewMsg(subject)
+	org := ""
+	if len(scopes) > 0 {
+		org = "org1"
+	}
+	msg.Header.Set(HeaderAuthorization, testenv.Bearer(f.keys.Mint(t, testenv.Token{Subject: sub, Org: org, Scopes: scopes})))
+	msg.Header.Set(HeaderReplyTo, f.inbox+"."+name)
+	msg.Header.Set(HeaderMsgID, "id-"+name)
+	msg.Data = []byte(body)
+	if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// replies waits for n replies and files them by name.
+func (f *consumerFixture) replies(t *testing.T, n int) map[string][]*nats.Msg {
+	t.Helper()
+	got := map[string][]*nats.Msg{}
+	for range n {
+		m, err := f.sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for reply %d of %d: %v", len(got)+1, n, err)
+		}
+		name := m.Subject[len(f.inbox)+1:]
+		got[name] = append(got[name], m)
+	}
+	if extra, err := f.sub.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("an unexpected reply on %s: %s", extra.Subject, extra.Data)
+	}
+	return got
+}
+
+func (f *consumerFixture) settled(t *testing.T) {
+	t.Helper()
+	info, err := f.cons.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := nats.NewMsg("passkeys.cmd.remove.u1")
-	msg.Header.Set(HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
-	msg.Header.Set(HeaderReplyTo, inbox)
-	msg.Data = []byte(`{"tokenId":"pk-1"}`)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		t.Fatal(err)
+	if info.NumAckPending != 0 || info.NumPending != 0 {
+		t.Fatalf("consumer not settled: ack pending %d, pending %d", info.NumAckPending, info.NumPending)
 	}
-	reply, err := sub.NextMsg(10 * time.Second)
+}
+
+// A command whose store keeps failing is nacked and retried; on its last
+// delivery it gets one INTERNAL reply and is terminated.
+func TestRetriesExhausted(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	store := mustOpenStore(t)
+	store.Close() // every transaction now fails, as on a broken disk
+	proc := &Processor{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	f := startConsumer(t, keys, proc, 2)
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm", `{"tokenId":"pk-1"}`)
+	got := f.replies(t, 1)
+	testenv.WantError(t, got["rm"][0], 13, passkey.IDRetriesExhausted, "500")
+	f.settled(t)
+}
+
+// A command whose handling panics is retried with backoff while the worker
+// goes on serving others; after MaxDeliver it gets one INTERNAL reply, is
+// terminated, and is recorded in PASSKEYS_DLQ without its token.
+func TestPoisonCommand(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc.beforeDecide = func(c *Command) {
+		if c.Subject == "passkeys.cmd.remove.poison" {
+			panic("poison")
+		}
+	}
+	f := startConsumer(t, keys, proc, 3)
+	f.send(t, "passkeys.cmd.sync.healthy", "a", "sync", `{"resourceOwner":"org1","password":true,"passkeys":[{"id":"pk-1","state":"ready"}]}`, "passkeys:admin")
+	f.send(t, "passkeys.cmd.remove.poison", "poison", "poison", `{"tokenId":"pk-1"}`)
+	f.send(t, "passkeys.cmd.remove.healthy", "healthy", "healthy", `{"tokenId":"pk-1"}`)
+	got := f.replies(t, 3)
+	testenv.WantSuccess(t, got["sync"][0])
+	testenv.WantSuccess(t, got["healthy"][0])
+	if len(got["poison"]) != 1 {
+		t.Fatalf("poison got %d replies", len(got["poison"]))
+	}
+	testenv.WantError(t, got["poison"][0], 13, passkey.IDRetriesExhausted, "500")
+	f.settled(t)
+
+	dlq, err := f.js.Stream(context.Background(), DeadLetterStreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.WantError(t, reply, 13, passkey.IDRetriesExhausted, "500")
-	if extra, err := sub.NextMsg(300 * time.Millisecond); err == nil {
-		t.Fatalf("a second reply: %s", extra.Data)
-	}
-	info, err := cons.Info(ctx)
+	rec, err := dlq.GetLastMsgForSubject(context.Background(), DeadLetterPrefix+".>")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.NumAckPending != 0 || info.NumRedelivered != 0 || info.NumPending != 0 {
-		t.Fatalf("after term: ack pending %d, redelivered %d, pending %d", info.NumAckPending, info.NumRedelivered, info.NumPending)
+	for name, want := range map[string]string{
+		HeaderDLQSubject: "passkeys.cmd.remove.poison", HeaderDLQStreamSeq: "2", HeaderDLQDelivered: "3",
+		HeaderDLQMsgID: "id-poison", HeaderDLQReplyTo: f.inbox + ".poison",
+	} {
+		if got := rec.Header.Get(name); got != want {
+			t.Errorf("dead letter %s = %q, want %q", name, got, want)
+		}
+	}
+	if reason := rec.Header.Get(HeaderDLQReason); !strings.Contains(reason, "poison") || !strings.Contains(reason, "3 deliveries") {
+		t.Errorf("dead letter reason %q", reason)
+	}
+	if string(rec.Data) != `{"tokenId":"pk-1"}` {
+		t.Errorf("dead letter body %s", rec.Data)
+	}
+	for name := range rec.Header {
+		if strings.EqualFold(name, HeaderAuthorization) {
+			t.Errorf("the dead letter keeps the bearer token")
+		}
 	}
 }
 

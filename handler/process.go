@@ -66,6 +66,10 @@ type Processor struct {
 	// Now is the clock for outcome expiry; tests pin it.
 	Now func() time.Time
 	Log zerolog.Logger
+
+	// beforeDecide, when set, runs before each rule: tests use it to make
+	// a command poison.
+	beforeDecide func(*Command)
 }
 
 // prepared is a command decoded and authenticated before the transaction,
@@ -79,6 +83,7 @@ type prepared struct {
 	sync      passkey.SyncRequest
 	principal passkey.Principal
 	refusal   error // a definitive refusal found before reading the store
+	broken    error // preparing it panicked: retry it, alone
 }
 
 // Process applies cmds, in order, in one transaction, and returns a result
@@ -88,7 +93,7 @@ type prepared struct {
 func (p *Processor) Process(cmds []*Command) ([]Result, error) {
 	preps := make([]prepared, len(cmds))
 	for i, c := range cmds {
-		preps[i] = p.prepare(c)
+		preps[i] = p.prepareSafely(c)
 	}
 	results := make([]Result, len(cmds))
 	err := p.Store.Update(func(tx *storage.Tx) error {
@@ -107,6 +112,17 @@ func (p *Processor) Process(cmds []*Command) ([]Result, error) {
 		return nil, err
 	}
 	return results, nil
+}
+
+// prepareSafely is prepare, with a panic turned into a transient failure of
+// this command alone.
+func (p *Processor) prepareSafely(c *Command) (pr prepared) {
+	defer func() {
+		if r := recover(); r != nil {
+			pr = prepared{cmd: c, broken: fmt.Errorf("panic while preparing command: %v", r)}
+		}
+	}()
+	return p.prepare(c)
 }
 
 // prepare checks everything that does not need the store.
@@ -150,6 +166,10 @@ func (p *Processor) prepare(c *Command) prepared {
 // store failure, which aborts the batch.
 func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
+	if pr.broken != nil {
+		res.Transient = pr.broken
+		return res, nil
+	}
 	stored, err := tx.Outcome(pr.key)
 	if err != nil {
 		return res, err
@@ -211,6 +231,9 @@ func (p *Processor) decide(pr *prepared, user *passkey.User) (next *passkey.User
 			err = fmt.Errorf("panic while deciding command: %v", r)
 		}
 	}()
+	if p.beforeDecide != nil {
+		p.beforeDecide(pr.cmd)
+	}
 	at := pr.cmd.Timestamp.UTC()
 	if pr.op == passkey.OpRemove {
 		return passkey.RemovePasskey(pr.principal, pr.userID, user, pr.remove, at)

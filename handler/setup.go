@@ -8,10 +8,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Names of the contract's stream and durable consumer.
+// Names of the contract's stream and durable consumer, and of the stream
+// where commands that kept failing are recorded for operators.
 const (
-	StreamName   = "PASSKEYS"
-	ConsumerName = "passkeys-worker"
+	StreamName           = "PASSKEYS"
+	ConsumerName         = "passkeys-worker"
+	DeadLetterStreamName = "PASSKEYS_DLQ"
+	DeadLetterPrefix     = "passkeys.dlq"
 )
 
 // Consumer settings. BackOff[0] is also the ack wait of a first delivery:
@@ -38,6 +41,19 @@ func StreamConfig(retention, duplicates time.Duration) jetstream.StreamConfig {
 		Duplicates:  duplicates,
 		MaxMsgSize:  1 << 20,
 		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// DeadLetterStreamConfig is PASSKEYS_DLQ: one message per command that was
+// terminated after its last delivery, kept until an operator removes it.
+func DeadLetterStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        DeadLetterStreamName,
+		Description: "Passkey commands that kept failing and were terminated",
+		Subjects:    []string{DeadLetterPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Duplicates:  time.Hour,
 	}
 }
 
