@@ -46,7 +46,8 @@ type Config struct {
 	CreateStream    bool
 	OutcomeWait     time.Duration
 	StoreTimeout    time.Duration
-	NoSync          bool // benchmarks of the layers above the disk only
+	JWKSReload      time.Duration // how often the JWKS file is checked for changes
+	NoSync          bool          // benchmarks of the layers above the disk only
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
@@ -109,6 +110,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	verifier, err := buildVerifier(&cfg, log)
 	if err != nil {
 		return err
+	}
+	var hup <-chan os.Signal
+	if !cfg.DevMode() {
+		var stopHUP func()
+		hup, stopHUP = notifyHUP()
+		defer stopHUP()
 	}
 	store, err := storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
 	if err != nil {
@@ -174,6 +181,13 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	go func() { consumed <- consumer.Run(ctx, cons); stopAll() }()
 	pruned := make(chan struct{})
 	go func() { defer close(pruned); pruneOutcomes(ctx, store, log) }()
+	if !cfg.DevMode() {
+		interval := cfg.JWKSReload
+		if interval <= 0 {
+			interval = 10 * time.Second
+		}
+		go watchJWKS(ctx, cfg.JWKS, interval, hup, verifier, log)
+	}
 
 	log.Info().Str("nats_url", redact(clientURL)).Str("store", store.Path()).
 		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")

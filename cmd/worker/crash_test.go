@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,15 +22,36 @@ import (
 	"github.com/passkeys/worker/storage"
 )
 
-// buildWorker compiles this command into a temporary directory.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// buildWorker compiles this command once per test binary.
 func buildWorker(tb testing.TB) string {
 	tb.Helper()
-	bin := filepath.Join(tb.TempDir(), "worker")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		tb.Fatalf("go build: %v\n%s", err, out)
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "passkeys-worker-bin"); buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, "worker"), ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
 	}
-	return bin
+	return filepath.Join(binDir, "worker")
 }
 
 // process is a worker binary running against e's NATS server and data directory.
@@ -38,14 +60,15 @@ type process struct {
 	log *os.File
 }
 
-func (e *env) startProcess(tb testing.TB, bin string) *process {
+func (e *env) startProcess(tb testing.TB, bin string, extra ...string) *process {
 	tb.Helper()
 	log, err := os.CreateTemp(tb.TempDir(), "worker-*.log")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
-		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn")
+	args := append([]string{"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
+		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -280,4 +303,31 @@ func waitCount(tb testing.TB, r *replies, n int, limit time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// SIGHUP reloads the JWKS at once, without waiting for the file check.
+func TestJWKSReloadOnSIGHUP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a worker process")
+	}
+	bin := buildWorker(t)
+	ns := testenv.StartNATS(t)
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}
+	e.nc = testenv.Connect(t, e.url)
+	proc := e.startProcess(t, bin, "--jwks-reload-interval", "1h")
+	waitFor(t, func() bool {
+		_, err := e.nc.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond)
+		return err == nil
+	})
+	es := testenv.Bearer(e.keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1"}))
+	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 5, "USER-NOT-FOUND", "404")
+
+	e.keys.WriteJWKS(t, "EdDSA")
+	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 5, "USER-NOT-FOUND", "404") // not reloaded yet
+	if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(string(e.request(t, "passkeys.list.u1", es, nil).Data), "AUTH-KEY-UNKNOWN")
+	})
 }

@@ -338,3 +338,44 @@ func TestReplyToIsConfined(t *testing.T) {
 		t.Fatalf("passkey removed despite the refused command: %s", list.Data)
 	}
 }
+
+// Keys rotate without a restart: the worker notices the JWKS file change,
+// refuses tokens of a removed key, accepts tokens of an added one, and keeps
+// the keys it has when the new file does not load.
+func TestJWKSRotation(t *testing.T) {
+	e := newEnv(t, "--jwks-reload-interval", "50ms")
+	e.keys.WriteJWKS(t, "EdDSA", "ES256")
+	mint := func(kid, sub string, scopes ...string) string {
+		org := ""
+		if len(scopes) > 0 {
+			org = "org1"
+		}
+		return testenv.Bearer(e.keys.Mint(t, testenv.Token{Kid: kid, Subject: sub, Org: org, Scopes: scopes}))
+	}
+	waitID := func(auth, id string) {
+		t.Helper()
+		waitFor(t, func() bool {
+			r := e.request(t, "passkeys.list.u1", auth, nil)
+			if id == "" {
+				return r.Header.Get("Nats-Service-Error-Code") == ""
+			}
+			return strings.Contains(string(r.Data), `"id":"`+id+`"`)
+		})
+	}
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", mint("EdDSA", "a", admin), syncBody(true, "pk-1", "pk-2")))
+	waitID(mint("ES256", "u1"), "")
+
+	// ES256 rotated out, RS256 in.
+	e.keys.WriteJWKS(t, "EdDSA", "RS256")
+	waitID(mint("ES256", "u1"), "AUTH-KEY-UNKNOWN")
+	waitID(mint("RS256", "u1"), "")
+	testenv.WantError(t, e.request(t, "passkeys.remove.u1", mint("ES256", "u1"), `{"tokenId":"pk-1"}`), 16, "AUTH-KEY-UNKNOWN", "401")
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", mint("RS256", "u1"), `{"tokenId":"pk-1"}`))
+
+	// A broken file: the keys in force stay.
+	if err := os.WriteFile(e.keys.JWKSPath, []byte(`{"keys":[`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return strings.Contains(e.w.log.String(), "JWKS not reloaded") })
+	waitID(mint("RS256", "u1"), "")
+}
