@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/storage"
+)
+
+// natsServer is nats-server, built from the module this project depends
+// on, run as a process of its own so that it can be killed.
+type natsServer struct {
+	bin, storeDir, addr string
+	cmd                 *exec.Cmd
+}
+
+func buildNATSServer(tb testing.TB) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "nats-server")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go build nats-server: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func (s *natsServer) start(tb testing.TB) {
+	tb.Helper()
+	host, port, _ := net.SplitHostPort(s.addr)
+	s.cmd = exec.Command(s.bin, "-js", "-sd", s.storeDir, "-a", host, "-p", port)
+	if err := s.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := s.cmd
+	tb.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", s.addr); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("nats-server did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *natsServer) kill(tb testing.TB) {
+	tb.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		tb.Fatal(err)
+	}
+	_ = s.cmd.Wait()
+}
+
+// The NATS server killed and restarted on the same store in the middle of
+// a batch revocation: the worker reconnects by itself, and every removal is
+// still applied exactly once, with every user's sequence intact. Replies
+// lost with the server are asked for again with the same Nats-Msg-Id, and
+// repeats are byte-identical.
+func TestNATSServerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and kills a NATS server process")
+	}
+	const users, perUser = 1000, 10
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	srv := &natsServer{bin: buildNATSServer(t), storeDir: t.TempDir(), addr: addr}
+	srv.start(t)
+
+	e := &env{url: "nats://" + addr, keys: testenv.NewKeys(t), dataDir: t.TempDir()}
+	nc, err := nats.Connect(e.url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	e.nc = nc
+	proc := e.startProcess(t, buildWorker(t))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, js)
+	admin := e.token(t, "admin", "passkeys:admin")
+
+	// storeCommand publishes until JetStream has it, retrying with the same
+	// Nats-Msg-Id through the outage: a retry of a stored one is a duplicate.
+	storeCommand := func(subject, replyTo, msgID string, body any) {
+		msg := nats.NewMsg(subject)
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set("Reply-To", replyTo)
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+		msg.Data = encode(t, body)
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := js.PublishMsg(ctx, msg)
+			cancel()
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("publish %s: %v", msgID, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	synced := &replies{got: map[int][][]byte{}}
+	syncInbox := collect(t, nc, synced)
+	for u := range users {
+		pks := make([]map[string]string, perUser+1)
+		for j := range pks {
+			pks[j] = map[string]string{"id": "pk-" + strconv.Itoa(j), "name": "k", "state": "ready"}
+		}
+		storeCommand("passkeys.cmd.sync.user-"+strconv.Itoa(u), syncInbox+"."+strconv.Itoa(u), "sync-"+strconv.Itoa(u),
+			map[string]any{"resourceOwner": "org1", "password": true, "passkeys": pks})
+	}
+	waitCount(t, synced, users, 60*time.Second)
+
+	removals := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, nc, removals)
+	total := users * perUser
+	removal := func(k int) (string, string, string, any) {
+		return "passkeys.cmd.remove.user-" + strconv.Itoa(k%users), inbox + "." + strconv.Itoa(k), "rm-" + strconv.Itoa(k),
+			map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)}
+	}
+	// The first half in a burst, so the worker has a backlog in hand when
+	// the server dies; the rest through the outage and after.
+	for k := range total / 2 {
+		subject, replyTo, msgID, body := removal(k)
+		publish(t, js, subject, admin, replyTo, msgID, body)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("burst not acknowledged")
+	}
+	srv.kill(t)
+	t.Logf("killed the NATS server with %d replies of %d stored", removals.count(), total/2)
+	time.Sleep(500 * time.Millisecond)
+	srv.start(t)
+	for k := total / 2; k < total; k++ {
+		storeCommand(removal(k))
+	}
+
+	// Wait for the worker to finish; then ask again, through the endpoint,
+	// for the replies lost with the server.
+	waitFor60 := time.Now().Add(60 * time.Second)
+	for removals.count() < total && time.Now().Before(waitFor60) {
+		last := removals.count()
+		time.Sleep(time.Second)
+		if removals.count() == last {
+			break // settled: what is missing was lost in flight
+		}
+	}
+	lost := 0
+	for k := range total {
+		removals.mu.Lock()
+		_, ok := removals.got[k]
+		removals.mu.Unlock()
+		if ok {
+			continue
+		}
+		lost++
+		msg := nats.NewMsg("passkeys.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		reply, err := nc.RequestMsg(msg, 15*time.Second)
+		if err != nil {
+			t.Fatalf("asking again for removal %d: %v", k, err)
+		}
+		removals.mu.Lock()
+		removals.got[k] = append(removals.got[k], reply.Data)
+		removals.mu.Unlock()
+	}
+	t.Logf("%d replies were lost with the server and asked for again", lost)
+
+	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.cmd.Wait(); err != nil {
+		t.Fatalf("worker exit: %v", err)
+	}
+	log, _ := os.ReadFile(proc.log.Name())
+	if !json.Valid(firstLine(log)) && len(log) > 0 {
+		t.Errorf("worker log is not JSON lines: %.200s", log)
+	}
+
+	seqs := map[int]map[string]bool{}
+	for k := range total {
+		got := removals.got[k]
+		for _, again := range got[1:] {
+			if string(again) != string(got[0]) {
+				t.Fatalf("removal %d got different replies:\n%s\n%s", k, got[0], again)
+			}
+		}
+		var r struct{ Details struct{ Sequence string } }
+		if err := json.Unmarshal(got[0], &r); err != nil || r.Details.Sequence == "" {
+			t.Fatalf("removal %d: %s", k, got[0])
+		}
+		u := k % users
+		if seqs[u] == nil {
+			seqs[u] = map[string]bool{}
+		}
+		if seqs[u][r.Details.Sequence] {
+			t.Fatalf("user %d: sequence %s handed out twice", u, r.Details.Sequence)
+		}
+		seqs[u][r.Details.Sequence] = true
+	}
+	store, err := storage.Open(filepath.Join(e.dataDir, "passkeys.db"), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	err = store.View(func(tx *storage.Tx) error {
+		for u := range users {
+			got, err := tx.User("user-" + strconv.Itoa(u))
+			if err != nil {
+				return err
+			}
+			if got.Sequence != 1+perUser || len(got.Passkeys) != 1 {
+				return fmt.Errorf("user %d: sequence %d, passkeys %v", u, got.Sequence, got.Passkeys)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func firstLine(b []byte) []byte {
+	for i, c := range b {
+		if c == '\n' {
+			return b[:i]
+		}
+	}
+	return b
+}
