@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -289,8 +290,20 @@ func publish(tb testing.TB, js jetstream.JetStream, subject, auth, replyTo, msgI
 	msg.Header.Set("Reply-To", replyTo)
 	msg.Header.Set(nats.MsgIdHdr, msgID)
 	msg.Data = encode(tb, body)
-	if _, err := js.PublishMsgAsync(msg); err != nil {
-		tb.Fatal(err)
+	for {
+		_, err := js.PublishMsgAsync(msg)
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return
+		}
+		// Too many unacknowledged: let them drain, as a batch publisher would.
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			tb.Fatal("async publishes not acknowledged in 30s")
+		}
 	}
 }
 

@@ -174,6 +174,13 @@ func TestSequenceAcrossRestart(t *testing.T) {
 	if mode := info.Mode().Perm(); mode != 0o600 {
 		t.Errorf("store file mode %v, want 0600", mode)
 	}
+	dir, err := os.Stat(e.dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := dir.Mode().Perm(); mode != 0o700 {
+		t.Errorf("data directory mode %v, want 0700", mode)
+	}
 	if strings.Contains(e.w.log.String(), strings.TrimPrefix(adminTok, "Bearer ")) {
 		t.Error("a token appears in the worker's log")
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -66,7 +67,8 @@ type env struct {
 func newEnv(tb testing.TB, extra ...string) *env {
 	tb.Helper()
 	ns := testenv.StartNATS(tb)
-	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(tb), dataDir: tb.TempDir()}
+	// A directory the worker creates, as on a fresh machine.
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(tb), dataDir: filepath.Join(tb.TempDir(), "data")}
 	e.nc = testenv.Connect(tb, e.url)
 	e.w = e.startWorker(tb, extra...)
 	return e
