@@ -259,13 +259,33 @@ func TestErrorTable(t *testing.T) {
 		{"ListOtherUser", "passkeys.list.u1", e.token(t, "u2"), nil, nil, 7, "PERMISSION-USER", "403"},
 		{"ListUnknown", "passkeys.list.nobody", adminTok, nil, nil, 5, "USER-NOT-FOUND", "404"},
 		{"ListNoAuthorization", "passkeys.list.u1", "", nil, nil, 16, "AUTH-MISSING", "401"},
+		// Bad input of every kind a caller can send.
+		{"EmptyBody", "passkeys.remove.u1", self, ``, nil, 3, "REQUEST-BODY-INVALID", "400"},
+		{"WrongType", "passkeys.remove.u1", self, `{"tokenId":7}`, nil, 3, "REQUEST-BODY-INVALID", "400"},
+		{"ForceWrongType", "passkeys.remove.u1", self, `{"tokenId":"pk-1","force":"yes"}`, nil, 3, "REQUEST-BODY-INVALID", "400"},
+		{"UnknownField", "passkeys.remove.u1", self, `{"tokenId":"pk-1","reason":"x"}`, nil, 3, "REQUEST-BODY-INVALID", "400"},
+		{"TokenIDEmpty", "passkeys.remove.u1", self, `{"tokenId":""}`, nil, 3, "REQUEST-TOKENID-MISSING", "400"},
+		{"TokenIDControlCharacter", "passkeys.remove.u1", self, `{"tokenId":"pk\u0007"}`, nil, 3, "REQUEST-TOKENID-INVALID", "400"},
+		{"Body64KiBPlus1", "passkeys.remove.u1", self, padTo(`{"tokenId":"pk-1"}`, 64<<10+1), nil, 3, "REQUEST-BODY-TOO-LARGE", "400"},
+		{"Body64KiBExactly", "passkeys.remove.u1", self, padTo(`{"tokenId":"pk-9"}`, 64<<10), nil, 5, "PASSKEY-NOT-FOUND", "404"},
+		{"UserIDWildcard", "passkeys.remove.*", self, `{"tokenId":"pk-1"}`, nil, 3, "REQUEST-SUBJECT-INVALID", "400"},
+		{"TwoAuthorizations", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, []string{"Authorization", self}, 16, "AUTH-MALFORMED", "401"},
+		{"TwoContentTypes", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, []string{"Content-Type", "application/json", "Content-Type", "application/json"}, 3, "REQUEST-CONTENT-TYPE", "400"},
+		{"TwoMsgIDs", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, []string{"Nats-Msg-Id", "a", "Nats-Msg-Id", "b"}, 3, "REQUEST-HEADER-INVALID", "400"},
+		{"OversizedToken", "passkeys.remove.u1", "Bearer " + strings.Repeat("a", 9000), `{"tokenId":"pk-1"}`, nil, 16, "AUTH-MALFORMED", "401"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			testenv.WantError(t, e.request(t, tt.subject, tt.auth, tt.body, tt.hdr...), tt.code, tt.id, tt.http)
 		})
 	}
+	// And the worker goes on serving.
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`))
 }
+
+// padTo pads a JSON body with trailing spaces to exactly n bytes.
+func padTo(body string, n int) string { return body + strings.Repeat(" ", n-len(body)) }
 
 // Commands written to the stream directly can be wrong in ways the
 // endpoints already refuse; the worker answers them the same way.
