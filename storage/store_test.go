@@ -59,6 +59,42 @@ func TestOpenCorrupt(t *testing.T) {
 	}
 }
 
+// A data file cut short (a bad copy, a full disk during a restore) is
+// refused with an error that names it, never a panic.
+func TestOpenTruncated(t *testing.T) {
+	s := MustOpenStore(t)
+	path := s.Path()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int64{0, 100, 4096, 4096 + 100} {
+		cut := filepath.Join(t.TempDir(), "cut.db")
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cut, raw[:size], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := Open(cut, Options{Timeout: 100 * time.Millisecond})
+		if size == 0 {
+			// An empty file is a new store, as bbolt treats it.
+			if err != nil {
+				t.Fatalf("empty file: %v", err)
+			}
+			st.Close()
+			continue
+		}
+		if err == nil {
+			st.Close()
+			t.Fatalf("opened a file cut to %d bytes", size)
+		}
+		if !strings.Contains(err.Error(), cut) {
+			t.Errorf("error %q does not name %s", err, cut)
+		}
+	}
+}
+
 func TestUserAndOutcomeRoundTrip(t *testing.T) {
 	s := MustOpenStore(t)
 	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)

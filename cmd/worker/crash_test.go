@@ -80,8 +80,11 @@ func (e *env) startProcess(tb testing.TB, bin string, extra ...string) *process 
 			_ = p.cmd.Process.Kill()
 			_ = p.cmd.Wait()
 		}
+		raw, _ := os.ReadFile(log.Name())
+		if bytes.Contains(raw, []byte("eyJ")) {
+			tb.Error("the worker's log holds a token")
+		}
 		if tb.Failed() {
-			raw, _ := os.ReadFile(log.Name())
 			tb.Logf("worker process log:\n%s", raw)
 		}
 	})
