@@ -91,8 +91,13 @@ func (c *Config) Validate() error {
 		return errors.New("--max-batch must be at least 1")
 	}
 	if c.Embedded() {
-		if _, _, err := listenAddr(c.Listen); err != nil {
+		host, _, err := listenAddr(c.Listen)
+		if err != nil {
 			return err
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("--listen %s: the embedded NATS server has no users, so it listens on loopback only; "+
+				"for anything else run nats-server -c nats.conf and give the worker --nats-url", c.Listen)
 		}
 	}
 	return nil
@@ -302,8 +307,8 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 	opts := &server.Options{}
 	if cfg.NATSConfig != "" {
 		var err error
-		if opts, err = server.ProcessConfigFile(cfg.NATSConfig); err != nil {
-			return nil, fmt.Errorf("NATS configuration %s: %w", cfg.NATSConfig, err)
+		if opts, err = loadEmbeddedConfig(cfg.NATSConfig); err != nil {
+			return nil, err
 		}
 	}
 	host, port, _ := listenAddr(cfg.Listen)
@@ -348,6 +353,29 @@ func redact(urls string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// passwordVars are the variables nats.conf takes its users' passwords from.
+var passwordVars = []string{"PASSKEYS_WORKER_NATS_PASSWORD", "PASSKEYS_SERVICE_NATS_PASSWORD", "PASSKEYS_ADMIN_NATS_PASSWORD"}
+
+// loadEmbeddedConfig reads a nats-server configuration for the embedded
+// server: its limits and JetStream settings apply, its users do not (the
+// embedded server listens on loopback only, and the worker connects to it
+// in-process). Password variables that are not set are given a throwaway
+// value for the parse alone, since their users are dropped anyway.
+func loadEmbeddedConfig(path string) (*server.Options, error) {
+	for _, v := range passwordVars {
+		if _, ok := os.LookupEnv(v); !ok {
+			os.Setenv(v, "unused-by-the-embedded-server")
+			defer os.Unsetenv(v)
+		}
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("NATS configuration %s: %w", path, err)
+	}
+	opts.Users, opts.Nkeys, opts.Username, opts.Password, opts.Authorization, opts.NoAuthUser = nil, nil, "", "", "", ""
+	return opts, nil
 }
 
 // listenAddr splits host:port; port 0 asks for a random free port.
