@@ -133,19 +133,8 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 	}
 	admin := e.token(t, "admin", "passkeys:admin")
 
-	// Users with a password and perUser+1 passkeys, through the stream.
 	waitReady(t, js)
-	sync := &replies{got: map[int][][]byte{}}
-	syncInbox := collect(t, e.nc, sync)
-	for u := range users {
-		pks := make([]map[string]string, perUser+1)
-		for j := range pks {
-			pks[j] = map[string]string{"id": "pk-" + strconv.Itoa(j), "name": "k", "state": "ready"}
-		}
-		publish(t, js, "passkeys.cmd.sync.user-"+strconv.Itoa(u), admin, syncInbox+"."+strconv.Itoa(u), "sync-"+strconv.Itoa(u),
-			map[string]any{"resourceOwner": "org1", "password": true, "passkeys": pks})
-	}
-	waitCount(t, sync, users, 60*time.Second)
+	syncUsers(t, e.nc, func(subject, replyTo, msgID string, body any) { publish(t, js, subject, admin, replyTo, msgID, body) }, users, perUser)
 
 	removals := &replies{got: map[int][][]byte{}}
 	inbox := collect(t, e.nc, removals)
@@ -193,11 +182,20 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 		t.Fatal("no command was redelivered after the kill: the kill caught nothing in hand")
 	}
 
-	// Every requester got a reply; repeats are byte-identical; per user the
-	// sequences 2..perUser+1 were each handed out exactly once.
+	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
+}
+
+// verifyExactlyOnce checks a revocation of perUser removals from each of
+// users users (removal k took passkey k/users of user k%users): every
+// requester got a reply, repeats are byte-identical, each user's sequences
+// 2..perUser+1 were handed out once each, and the store holds each user
+// with exactly the passkey no command removed and sequence 1+perUser.
+func verifyExactlyOnce(t *testing.T, removals *replies, users, perUser int, dataDir string) {
+	t.Helper()
 	seqs := map[int]map[string]bool{}
 	removals.mu.Lock()
-	for k := range total {
+	defer removals.mu.Unlock()
+	for k := range users * perUser {
 		got := removals.got[k]
 		if len(got) == 0 {
 			t.Fatalf("removal %d got no reply", k)
@@ -220,11 +218,7 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 		}
 		seqs[u][r.Details.Sequence] = true
 	}
-	removals.mu.Unlock()
-
-	// The store: each user has exactly the passkey no command removed, and
-	// sequence 1 + perUser (one sync, perUser removals).
-	store, err := storage.Open(filepath.Join(e.dataDir, "passkeys.db"), storage.Options{})
+	store, err := storage.Open(filepath.Join(dataDir, "passkeys.db"), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +229,7 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 			if err != nil {
 				return err
 			}
-			if got.Sequence != 1+perUser || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
+			if got.Sequence != uint64(1+perUser) || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
 				return fmt.Errorf("user %d: sequence %d, passkeys %v", u, got.Sequence, got.Passkeys)
 			}
 		}
@@ -244,6 +238,23 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// syncUsers creates users user-0.. each with a password and perUser+1
+// passkeys pk-0..pk-<perUser>, through the stream, and waits for all replies.
+func syncUsers(t *testing.T, nc *nats.Conn, store func(subject, replyTo, msgID string, body any), users, perUser int) {
+	t.Helper()
+	synced := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, nc, synced)
+	for u := range users {
+		pks := make([]map[string]string, perUser+1)
+		for j := range pks {
+			pks[j] = map[string]string{"id": "pk-" + strconv.Itoa(j), "name": "k", "state": "ready"}
+		}
+		store("passkeys.cmd.sync.user-"+strconv.Itoa(u), inbox+"."+strconv.Itoa(u), "sync-"+strconv.Itoa(u),
+			map[string]any{"resourceOwner": "org1", "password": true, "passkeys": pks})
+	}
+	waitCount(t, synced, users, 60*time.Second)
 }
 
 func waitReady(tb testing.TB, js jetstream.JetStream) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
-	"github.com/passkeys/worker/storage"
 )
 
 // natsServer is nats-server, built from the module this project depends
@@ -128,17 +126,7 @@ func TestNATSServerKilled(t *testing.T) {
 		}
 	}
 
-	synced := &replies{got: map[int][][]byte{}}
-	syncInbox := collect(t, nc, synced)
-	for u := range users {
-		pks := make([]map[string]string, perUser+1)
-		for j := range pks {
-			pks[j] = map[string]string{"id": "pk-" + strconv.Itoa(j), "name": "k", "state": "ready"}
-		}
-		storeCommand("passkeys.cmd.sync.user-"+strconv.Itoa(u), syncInbox+"."+strconv.Itoa(u), "sync-"+strconv.Itoa(u),
-			map[string]any{"resourceOwner": "org1", "password": true, "passkeys": pks})
-	}
-	waitCount(t, synced, users, 60*time.Second)
+	syncUsers(t, nc, storeCommand, users, perUser)
 
 	removals := &replies{got: map[int][][]byte{}}
 	inbox := collect(t, nc, removals)
@@ -210,47 +198,7 @@ func TestNATSServerKilled(t *testing.T) {
 		t.Errorf("worker log is not JSON lines: %.200s", log)
 	}
 
-	seqs := map[int]map[string]bool{}
-	for k := range total {
-		got := removals.got[k]
-		for _, again := range got[1:] {
-			if string(again) != string(got[0]) {
-				t.Fatalf("removal %d got different replies:\n%s\n%s", k, got[0], again)
-			}
-		}
-		var r struct{ Details struct{ Sequence string } }
-		if err := json.Unmarshal(got[0], &r); err != nil || r.Details.Sequence == "" {
-			t.Fatalf("removal %d: %s", k, got[0])
-		}
-		u := k % users
-		if seqs[u] == nil {
-			seqs[u] = map[string]bool{}
-		}
-		if seqs[u][r.Details.Sequence] {
-			t.Fatalf("user %d: sequence %s handed out twice", u, r.Details.Sequence)
-		}
-		seqs[u][r.Details.Sequence] = true
-	}
-	store, err := storage.Open(filepath.Join(e.dataDir, "passkeys.db"), storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	err = store.View(func(tx *storage.Tx) error {
-		for u := range users {
-			got, err := tx.User("user-" + strconv.Itoa(u))
-			if err != nil {
-				return err
-			}
-			if got.Sequence != 1+perUser || len(got.Passkeys) != 1 {
-				return fmt.Errorf("user %d: sequence %d, passkeys %v", u, got.Sequence, got.Passkeys)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
 }
 
 func firstLine(b []byte) []byte {
