@@ -23,6 +23,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -47,6 +48,7 @@ type Config struct {
 	OutcomeWait     time.Duration
 	StoreTimeout    time.Duration
 	JWKSReload      time.Duration // how often the JWKS file is checked for changes
+	HTTPListen      string        // address of /metrics, /healthz, /readyz; "" for none
 	NoSync          bool          // benchmarks of the layers above the disk only
 
 	// Started, when set, is called once the worker serves, with the URL
@@ -168,6 +170,16 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("start micro service: %w", err)
 	}
+	m := metrics.New()
+	registerGauges(m, cons, store, verifier)
+	if cfg.HTTPListen != "" {
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store}, log)
+		if err != nil {
+			_ = svc.Stop()
+			return err
+		}
+		defer stopHTTP()
+	}
 	consumer := &handler.Consumer{
 		Processor:    &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log},
 		Conn:         nc,
@@ -177,6 +189,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		StoreRetries: 3,
 		NakDelay:     handler.DefaultNakDelay,
 		DeadLetters:  js,
+		Observer:     m,
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.
@@ -206,13 +219,18 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		log.Warn().Err(err).Msg("stop micro service")
 	}
 	runErr := <-consumed
+	log.Debug().Msg("consumer stopped")
 	select {
 	case <-js.PublishAsyncComplete():
 	case <-time.After(5 * time.Second):
 		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("forwarded requests still unacknowledged at shutdown")
 	}
-	if err := nc.Flush(); err != nil {
-		log.Warn().Err(err).Msg("flush")
+	if nc.IsConnected() {
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			log.Warn().Err(err).Msg("flush")
+		}
+	} else {
+		log.Warn().Msg("stopping while disconnected from NATS: replies still buffered are lost; their commands were committed and repeat their outcome")
 	}
 	<-pruned
 	log.Info().Msg("stopped")

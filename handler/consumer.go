@@ -35,7 +35,32 @@ type Consumer struct {
 	// DeadLetters, when set, records each terminated command in stream
 	// PASSKEYS_DLQ.
 	DeadLetters jetstream.JetStream
+	// Observer, when set, is told what happens, for metrics.
+	Observer Observer
 }
+
+// Observer is told what the consumer does; metrics.Metrics is one.
+type Observer interface {
+	// Batch reports one attempt at a batch transaction.
+	Batch(size int, took time.Duration, err error)
+	// Answered reports a command's answer (code 0: success), with the
+	// time the stream stored it.
+	Answered(op passkey.Op, code passkey.Code, storedAt time.Time)
+	Redelivered()
+	Terminated()
+}
+
+// nopObserver is the Observer of a Consumer that has none.
+type nopObserver struct{}
+
+func (nopObserver) Batch(int, time.Duration, error)              {}
+func (nopObserver) Answered(passkey.Op, passkey.Code, time.Time) {}
+func (nopObserver) Redelivered()                                 {}
+func (nopObserver) Terminated()                                  {}
+
+// DrainTimeout bounds how long a stopping consumer waits for the commands
+// in its buffer.
+var DrainTimeout = 5 * time.Second
 
 // DefaultNakDelay doubles from one second, up to 30 seconds.
 func DefaultNakDelay(delivered uint64) time.Duration {
@@ -47,13 +72,19 @@ func DefaultNakDelay(delivered uint64) time.Duration {
 // hand and returns nil. It returns an error if consumption stops for another
 // reason, such as the consumer being deleted.
 func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
 	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * c.MaxBatch))
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
 	msgs := make(chan jetstream.Msg, c.MaxBatch)
 	pumpErr := make(chan error, 1)
+	pumpDone := make(chan struct{})
+	abandon := make(chan struct{})
 	go func() {
+		defer close(pumpDone)
 		defer close(msgs)
 		for {
 			msg, err := iter.Next()
@@ -70,14 +101,44 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 				}
 				continue
 			}
-			msgs <- msg
+			select {
+			case msgs <- msg:
+			case <-abandon:
+				pumpErr <- nil
+				return
+			}
 		}
 	}()
-	stop := context.AfterFunc(ctx, iter.Drain)
+	// On shutdown, stop pulling and let the buffered commands through. If
+	// the drain cannot finish (NATS is gone), give up on them after
+	// DrainTimeout: unacknowledged, they come back to the next worker.
+	stop := context.AfterFunc(ctx, func() {
+		iter.Drain()
+		t := time.NewTimer(DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-pumpDone:
+		case <-t.C:
+			iter.Stop()
+			close(abandon)
+		}
+	})
 	defer stop()
 
 	batch := make([]jetstream.Msg, 0, c.MaxBatch)
-	for first := range msgs {
+consume:
+	for {
+		var first jetstream.Msg
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				break consume
+			}
+			first = m
+		case <-abandon:
+			c.Log.Warn().Dur("waited", DrainTimeout).Msg("stopping without the commands still buffered; they will be redelivered")
+			return nil
+		}
 		batch = append(batch[:0], first)
 	fill:
 		for len(batch) < c.MaxBatch {
@@ -143,6 +204,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 			// Redeliveries mean a nak, a lost ack or an ack wait that ran
 			// out: worth a line at the default level.
 			h.log.Warn().Msg("command redelivered")
+			c.Observer.Redelivered()
 		}
 		hand = append(hand, h)
 		cmds = append(cmds, h.cmd)
@@ -167,7 +229,9 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 func (c *Consumer) processWithRetries(cmds []*Command) ([]Result, error) {
 	wait := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
+		start := time.Now()
 		results, err := c.Processor.Process(cmds)
+		c.Observer.Batch(len(cmds), time.Since(start), err)
 		if err == nil || attempt >= c.StoreRetries {
 			if err != nil {
 				c.Log.Error().Err(err).Int("batch", len(cmds)).Msg("store failed; nacking the batch")
@@ -200,6 +264,8 @@ func (c *Consumer) finish(h inHand, r Result) {
 			log.Error().Err(err).Str("reason", reason).Msg("could not record the terminated command in " + DeadLetterStreamName)
 		}
 		c.reply(h, log, final)
+		c.Observer.Terminated()
+		c.Observer.Answered(r.Op, final.Code, h.meta.Timestamp)
 		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
 		if err := h.msg.TermWithReason(reason); err != nil {
 			log.Error().Err(err).Msg("term")
@@ -212,6 +278,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 	}
 	ev.Msg("command processed")
 	c.reply(h, log, r.Reply)
+	c.Observer.Answered(r.Op, r.Reply.Code, h.meta.Timestamp)
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}

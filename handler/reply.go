@@ -24,6 +24,8 @@ const errorDetailType = "type.googleapis.com/zitadel.v1.ErrorDetail"
 // Reply is an encoded answer: the body and, for an error, the values of the
 // Nats-Service-Error-Code and Nats-Service-Error headers.
 type Reply struct {
+	// Code is the gRPC code of an error reply; 0 for a success.
+	Code      passkey.Code
 	Body      []byte
 	ErrorCode string
 	ErrorText string
@@ -68,7 +70,7 @@ func ErrorReply(e *passkey.Error) Reply {
 	rec := append([]byte{recordErrorV1}, byte(e.Code))
 	rec = binrec.AppendString(rec, e.ID)
 	rec = binrec.AppendString(rec, e.Message)
-	return Reply{Body: body, ErrorCode: strconv.Itoa(e.Code.HTTPStatus()), ErrorText: msg, Record: rec}
+	return Reply{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(e.Code.HTTPStatus()), ErrorText: msg, Record: rec}
 }
 
 type objectDetails struct {

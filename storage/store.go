@@ -31,7 +31,10 @@ var (
 	bucketMeta = []byte("meta")
 )
 
-var keyAppliedSeq = []byte("applied_stream_seq")
+var (
+	keyAppliedSeq   = []byte("applied_stream_seq")
+	keyOutcomeCount = []byte("outcome_count")
+)
 
 // DefaultTimeout is how long Open waits for another process's lock on the file.
 const DefaultTimeout = 2 * time.Second
@@ -161,7 +164,13 @@ func (t *Tx) Outcome(key []byte) (*Outcome, error) {
 
 // PutOutcome keeps o under key until o.Expires.
 func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
-	if err := t.tx.Bucket(bucketOutcomes).Put(key, encodeOutcome(o)); err != nil {
+	outcomes := t.tx.Bucket(bucketOutcomes)
+	if outcomes.Get(key) == nil {
+		if err := t.addOutcomeCount(1); err != nil {
+			return err
+		}
+	}
+	if err := outcomes.Put(key, encodeOutcome(o)); err != nil {
 		return err
 	}
 	expiry := t.tx.Bucket(bucketExpiry)
@@ -169,6 +178,31 @@ func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
 	// splitting them half empty.
 	expiry.FillPercent = 0.95
 	return expiry.Put(expiryKey(o.Expires, key), nil)
+}
+
+// addOutcomeCount keeps the number of outcome records, so that metrics can
+// report it without walking the bucket.
+func (t *Tx) addOutcomeCount(delta int64) error {
+	n := int64(t.outcomeCount()) + delta
+	if n < 0 {
+		n = 0
+	}
+	return t.tx.Bucket(bucketMeta).Put(keyOutcomeCount, binary.BigEndian.AppendUint64(nil, uint64(n)))
+}
+
+func (t *Tx) outcomeCount() uint64 {
+	raw := t.tx.Bucket(bucketMeta).Get(keyOutcomeCount)
+	if len(raw) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(raw)
+}
+
+// OutcomeCount is how many outcome records the store holds.
+func (s *Store) OutcomeCount() (uint64, error) {
+	var n uint64
+	err := s.View(func(t *Tx) error { n = t.outcomeCount(); return nil })
+	return n, err
 }
 
 // AppliedSeq is the highest stream sequence whose command the store has
@@ -214,6 +248,9 @@ func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
 				return err
 			} else if o != nil && !o.Expires.After(now) {
 				if err := outcomes.Delete(key); err != nil {
+					return err
+				}
+				if err := t.addOutcomeCount(-1); err != nil {
 					return err
 				}
 			}

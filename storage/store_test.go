@@ -162,6 +162,9 @@ func TestPruneOutcomes(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("second prune: %d, %v", n, err)
 	}
+	if n, err := s.OutcomeCount(); err != nil || n != 3 {
+		t.Errorf("outcome count %d, %v; want 3", n, err)
+	}
 	err = s.View(func(tx *Tx) error {
 		for key, want := range map[string]bool{"a": false, "b": true, "c": false, "d": true, "e": true} {
 			o, err := tx.Outcome([]byte(key))

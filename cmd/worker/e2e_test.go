@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -405,4 +409,76 @@ func TestJWKSRotation(t *testing.T) {
 	}
 	waitFor(t, func() bool { return strings.Contains(e.w.log.String(), "JWKS not reloaded") })
 	waitID(mint("RS256", "u1"), "")
+}
+
+// /metrics counts what the worker does; /healthz answers while it runs;
+// /readyz only while it is connected and its stream, consumer and store are there.
+func TestMetricsAndHealth(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ns := testenv.StartNATS(t)
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(t.TempDir(), "data")}
+	e.nc = testenv.Connect(t, e.url)
+	e.w = e.startWorker(t, "--http-listen", addr)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(body)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d", code)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Fatalf("/readyz %d %s", code, body)
+	}
+
+	adminTok := e.token(t, "a", admin)
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1", "pk-2")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "m1"))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "m1")) // a repeat
+	testenv.WantError(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`), 9, "PASSKEY-LAST", "400")
+
+	_, text := get("/metrics")
+	for _, want := range []string{
+		`passkeys_commands_total{code="OK",op="sync"} 1`,
+		`passkeys_commands_total{code="OK",op="remove"} 1`,
+		`passkeys_commands_total{code="FAILED_PRECONDITION",op="remove"} 1`,
+		`passkeys_command_latency_seconds_count 3`,
+		`passkeys_outcome_records 3`,
+		`passkeys_consumer_pending 0`,
+		`passkeys_consumer_ack_pending 0`,
+		`passkeys_tokens_cached 1`,
+		`passkeys_redeliveries_total 0`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^passkeys_batch_size_count [1-9]`).MatchString(text) ||
+		!regexp.MustCompile(`(?m)^passkeys_commit_duration_seconds_count [1-9]`).MatchString(text) {
+		t.Errorf("/metrics has no batch or commit observations")
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", text)
+	}
+	// The repeat through the endpoint was answered from the store by the
+	// service, not the consumer: the consumer saw three commands.
+
+	ns.Shutdown()
+	waitFor(t, func() bool { code, _ := get("/readyz"); return code == 503 })
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d while NATS is down", code)
+	}
 }

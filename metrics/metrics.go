@@ -1,0 +1,120 @@
+// Package metrics is the worker's Prometheus instrumentation. Every metric
+// name begins with passkeys_.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// Metrics holds the worker's collectors on a registry of its own.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	commands     *prometheus.CounterVec
+	latency      prometheus.Histogram
+	batchSize    prometheus.Histogram
+	commit       prometheus.Histogram
+	redeliveries prometheus.Counter
+	terminated   prometheus.Counter
+	storeErrors  prometheus.Counter
+}
+
+// New makes the collectors and registers them, with the Go and process
+// collectors, on a new registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passkeys_commands_total",
+			Help: "Commands answered, by operation and result code (OK or the gRPC code name); repeats answered from a stored outcome included.",
+		}, []string{"op", "code"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "passkeys_command_latency_seconds",
+			Help:    "From the command's JetStream timestamp to its reply.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18), // 0.5 ms to about 65 s
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "passkeys_batch_size",
+			Help:    "Commands applied in one store transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
+		}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "passkeys_commit_duration_seconds",
+			Help:    "Time to apply and commit one batch (its bbolt transaction, fsyncs included).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 0.1 ms to about 3 s
+		}),
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_redeliveries_total",
+			Help: "Commands received on a second or later delivery.",
+		}),
+		terminated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_commands_terminated_total",
+			Help: "Commands that failed on their last delivery and were terminated (and recorded in PASSKEYS_DLQ).",
+		}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_store_errors_total",
+			Help: "Batch transactions that failed (each retry counts).",
+		}),
+	}
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.storeErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Gauge registers a gauge whose value is read at each scrape.
+func (m *Metrics) Gauge(name, help string, value func() float64) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value))
+}
+
+// Batch records one batch transaction.
+func (m *Metrics) Batch(size int, took time.Duration, err error) {
+	if err != nil {
+		m.storeErrors.Inc()
+		return
+	}
+	m.batchSize.Observe(float64(size))
+	m.commit.Observe(took.Seconds())
+}
+
+// Answered records a command's answer; code is 0 for a success.
+func (m *Metrics) Answered(op passkey.Op, code passkey.Code, storedAt time.Time) {
+	if op == "" {
+		op = "invalid"
+	}
+	m.commands.WithLabelValues(string(op), codeName(code)).Inc()
+	m.latency.Observe(time.Since(storedAt).Seconds())
+}
+
+// Redelivered records a command received again.
+func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
+
+// Terminated records a command terminated after its last delivery.
+func (m *Metrics) Terminated() { m.terminated.Inc() }
+
+func codeName(c passkey.Code) string {
+	switch c {
+	case 0:
+		return "OK"
+	case passkey.CodeInvalidArgument:
+		return "INVALID_ARGUMENT"
+	case passkey.CodeNotFound:
+		return "NOT_FOUND"
+	case passkey.CodePermissionDenied:
+		return "PERMISSION_DENIED"
+	case passkey.CodeFailedPrecondition:
+		return "FAILED_PRECONDITION"
+	case passkey.CodeInternal:
+		return "INTERNAL"
+	case passkey.CodeUnavailable:
+		return "UNAVAILABLE"
+	case passkey.CodeUnauthenticated:
+		return "UNAUTHENTICATED"
+	default:
+		return "UNKNOWN"
+	}
+}
