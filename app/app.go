@@ -48,7 +48,8 @@ type Config struct {
 	OutcomeWait     time.Duration
 	StoreTimeout    time.Duration
 	JWKSReload      time.Duration // how often the JWKS file is checked for changes
-	HTTPListen      string        // address of /metrics, /healthz, /readyz; "" for none
+	HTTPListen      string        // address of /metrics, /healthz, /readyz, /backup; "" for none
+	AllowStoreGap   bool          // start even when a restored store misses commands the stream no longer holds
 	NoSync          bool          // benchmarks of the layers above the disk only
 
 	// Started, when set, is called once the worker serves, with the URL
@@ -164,6 +165,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		maxDeliver = handler.DefaultMaxDeliver
 	}
 
+	proc := &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
+	if err := catchUp(ctx, js, cons, proc, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
+		return err
+	}
+
 	svc, err := (&handler.Service{
 		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
 	}).Start(nc)
@@ -181,7 +187,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		defer stopHTTP()
 	}
 	consumer := &handler.Consumer{
-		Processor:    &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log},
+		Processor:    proc,
 		Conn:         nc,
 		Log:          log,
 		MaxBatch:     cfg.MaxBatch,

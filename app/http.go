@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -90,6 +91,21 @@ func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, 
 			return
 		}
 		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
+		// The whole user database: only for a client on this machine.
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			http.Error(w, "backups are served to loopback clients only", http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		n, err := h.store.Backup(w, func(size int64) { w.Header().Set("Content-Length", strconv.FormatInt(size, 10)) })
+		if err != nil {
+			log.Error().Err(err).Int64("written", n).Msg("backup")
+			return
+		}
+		log.Info().Int64("bytes", n).Msg("backup served")
 	})
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// Backup while the worker runs, more traffic, restore the backup, restart:
+// the worker replays what the store missed before it takes new work, and the
+// store ends as one that never went back.
+func TestBackupRestoreCatchUp(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	e := newEnv(t, "--http-listen", addr)
+	adminTok := e.token(t, "a", admin)
+	users := func(from, to int, f func(id string)) {
+		for u := from; u < to; u++ {
+			f("user-" + strconv.Itoa(u))
+		}
+	}
+	users(0, 50, func(id string) {
+		testenv.WantSuccess(t, e.request(t, "passkeys.sync."+id, adminTok, syncBody(true, "pk-0", "pk-1", "pk-2")))
+	})
+	users(0, 25, func(id string) {
+		testenv.WantSuccess(t, e.request(t, "passkeys.remove."+id, adminTok, `{"tokenId":"pk-0"}`))
+	})
+
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"backup", "--out", backup, "--from", addr}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatalf("backup from the running worker: %v", err)
+	}
+	if !strings.Contains(out.String(), "bytes written to "+backup) {
+		t.Fatalf("backup said %q", out.String())
+	}
+	// Without --from, the running worker's lock is in the way, and it says so.
+	err = run(context.Background(), []string{"backup", "--out", backup + "2", "--data-dir", e.dataDir}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "use --from") {
+		t.Fatalf("backup of a locked store: %v", err)
+	}
+
+	// More traffic after the backup.
+	users(0, 50, func(id string) {
+		testenv.WantSuccess(t, e.request(t, "passkeys.remove."+id, adminTok, `{"tokenId":"pk-1"}`))
+	})
+	users(25, 50, func(id string) {
+		testenv.WantSuccess(t, e.request(t, "passkeys.remove."+id, adminTok, `{"tokenId":"pk-0"}`))
+	})
+	users(50, 60, func(id string) {
+		testenv.WantSuccess(t, e.request(t, "passkeys.sync."+id, adminTok, syncBody(false, "pk-9")))
+	})
+	e.w.stop(t)
+	live := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
+
+	// Restore, restart, catch up.
+	raw, err := os.ReadFile(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dataDir, "passkeys.db"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.w = e.startWorker(t, "--http-listen", addr)
+	if log := e.w.log.String(); !strings.Contains(log, `"replayed":85,"failed":0,`) || !strings.Contains(log, "catch-up done") {
+		t.Fatalf("no catch-up of the 85 commands after the backup in the log:\n%s", e.w.log)
+	}
+	e.w.stop(t)
+	restored := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
+	if !reflect.DeepEqual(restored, live) {
+		t.Fatalf("the restored store differs from the one that never went back:\n%+v\n%+v", restored, live)
+	}
+
+	// And it takes new work where the old one left off.
+	e.w = e.startWorker(t, "--http-listen", addr)
+	got := testenv.WantSuccess(t, e.request(t, "passkeys.remove.user-7", adminTok, `{"tokenId":"pk-2"}`))
+	// user-7: sync, pk-0 removed before the backup, pk-1 after it, now pk-2.
+	if got.Details.Sequence != "4" {
+		t.Fatalf("sequence after the restore %s, want 4", got.Details.Sequence)
+	}
+}
+
+type storeSnapshot struct {
+	AppliedSeq uint64
+	Users      []*passkey.User
+}
+
+func snapshot(t *testing.T, path string, users int) storeSnapshot {
+	t.Helper()
+	s, err := storage.Open(path, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var snap storeSnapshot
+	err = s.View(func(tx *storage.Tx) error {
+		snap.AppliedSeq = tx.AppliedSeq()
+		for u := range users {
+			got, err := tx.User("user-" + strconv.Itoa(u))
+			if err != nil {
+				return err
+			}
+			snap.Users = append(snap.Users, got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
