@@ -4,7 +4,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,6 +36,9 @@ Commands:
   remove USER_ID TOKEN_ID   remove one passkey (request-reply), print the reply
   sync FILE                 sync users from a JSON Lines file ('-' for stdin),
                             one {"userId": ..., <sync body>} per line
+  revoke FILE               remove passkeys in bulk: JSON Lines {"userId","tokenId","force"}
+                            or CSV with a header userId,tokenId[,force]; running the
+                            same file again resumes (--batch, --results, --in-flight)
   list USER_ID              list a user's passkeys
   token                     mint a token with the local development key
   jwks                      print the JWKS that trusts the development key, for
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return p.remove(ctx, args[1:])
 	case "sync":
 		return p.sync(ctx, args[1:])
+	case "revoke":
+		return p.revoke(ctx, args[1:])
 	case "list":
 		return p.list(ctx, args[1:])
 	case "token":
@@ -255,70 +259,19 @@ type syncLine struct {
 }
 
 func (p *publisher) sync(ctx context.Context, args []string) int {
-	fs := p.flags("sync", "FILE", true)
+	b, fs := p.batchFlagSet("sync", "syncs")
 	if code, ok := parse(fs, args, 1); !ok {
 		return code
 	}
-	in := p.stdin
-	if name := fs.Arg(0); name != "-" {
-		f, err := os.Open(name)
-		if err != nil {
-			return p.fail(exitUsage, "%v", err)
-		}
-		defer f.Close()
-		in = f
-	}
-	nc, err := p.connect()
-	if err != nil {
-		return p.fail(exitFailed, "%v", err)
-	}
-	defer nc.Close()
+	return p.runBatch(ctx, "sync", "synced", fs.Arg(0), b, readSyncs)
+}
 
-	code := exitOK
-	worse := func(c int) {
-		if c > code {
-			code = c
-		}
+func (p *publisher) revoke(ctx context.Context, args []string) int {
+	b, fs := p.batchFlagSet("revoke", "removals")
+	if code, ok := parse(fs, args, 1); !ok {
+		return code
 	}
-	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
-	lineNo, synced, refused := 0, 0, 0
-	for sc.Scan() {
-		lineNo++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		var l syncLine
-		dec := json.NewDecoder(strings.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&l); err != nil {
-			fmt.Fprintf(p.stderr, "publisher: line %d: not a sync line: %v\n", lineNo, err)
-			worse(exitUsage)
-			continue
-		}
-		if err := passkey.ValidateUserID(l.UserID); err != nil {
-			fmt.Fprintf(p.stderr, "publisher: line %d: userId: %v\n", lineNo, err)
-			worse(exitUsage)
-			continue
-		}
-		body, _ := json.Marshal(l.SyncRequest)
-		reply, err := p.request(ctx, nc, "passkeys.sync."+l.UserID, body, nil)
-		if err != nil {
-			return p.fail(exitFailed, "line %d: %v", lineNo, err)
-		}
-		if c := p.printReply(fmt.Sprintf("line %d: %s: ", lineNo, l.UserID), reply); c != exitOK {
-			refused++
-			worse(c)
-		} else {
-			synced++
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return p.fail(exitUsage, "read %s: %v", fs.Arg(0), err)
-	}
-	fmt.Fprintf(p.stderr, "publisher: %d synced, %d refused\n", synced, refused)
-	return code
+	return p.runBatch(ctx, "revoke", "removed", fs.Arg(0), b, readRevocations)
 }
 
 func (p *publisher) token(args []string) int {

@@ -1,0 +1,521 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// job is one valid input line, ready to publish.
+type job struct {
+	line    int
+	userID  string
+	subject string // the stream subject, passkeys.cmd.<op>.<userId>
+	body    []byte
+	input   json.RawMessage // what the line asked, for the results file
+}
+
+// badLine is an input line that could not be read; it is reported, never dropped.
+type badLine struct {
+	line int
+	err  error
+}
+
+// lineResult is one line of the results file.
+type lineResult struct {
+	Line    int             `json:"line"`
+	Input   json.RawMessage `json:"input,omitempty"`
+	Outcome string          `json:"outcome"`
+	Reply   json.RawMessage `json:"reply,omitempty"`
+	Error   string          `json:"error,omitempty"`
+}
+
+// Outcome classes of the summary.
+const (
+	outcomeDone       = "done" // shown as "removed" or "synced"
+	outcomeNotFound   = "not found"
+	outcomeLast       = "last login method"
+	outcomeDenied     = "permission denied"
+	outcomeOther      = "other"
+	outcomeBadLine    = "bad line"
+	outcomeUnanswered = "unanswered"
+)
+
+// classify names the outcome a reply stands for.
+func classify(reply *nats.Msg) string {
+	if reply.Header.Get("Nats-Service-Error-Code") == "" {
+		return outcomeDone
+	}
+	var body struct {
+		Code    int
+		Details []struct{ ID string }
+	}
+	_ = json.Unmarshal(reply.Data, &body)
+	switch {
+	case len(body.Details) == 1 && body.Details[0].ID == passkey.IDPasskeyLast:
+		return outcomeLast
+	case body.Code == int(passkey.CodeNotFound):
+		return outcomeNotFound
+	case body.Code == int(passkey.CodePermissionDenied):
+		return outcomeDenied
+	default:
+		return outcomeOther
+	}
+}
+
+// readRevocations reads JSON Lines ({"userId","tokenId","force"}) or CSV with
+// a header (userId,tokenId[,force]); which one, the first non-blank
+// character tells.
+func readRevocations(r io.Reader) ([]job, []badLine, error) {
+	br := bufio.NewReader(r)
+	first, err := firstByte(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	if first == '{' {
+		return readJSONLines(br, func(line int, raw []byte) (job, error) {
+			var in struct {
+				UserID  string `json:"userId"`
+				TokenID string `json:"tokenId"`
+				Force   bool   `json:"force"`
+			}
+			if err := strictJSON(raw, &in); err != nil {
+				return job{}, err
+			}
+			return removalJob(line, in.UserID, in.TokenID, in.Force)
+		})
+	}
+	return readCSV(br)
+}
+
+func removalJob(line int, userID, tokenID string, force bool) (job, error) {
+	if err := passkey.ValidateUserID(userID); err != nil {
+		return job{}, fmt.Errorf("userId %q: %w", userID, err)
+	}
+	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: force})
+	if _, err := passkey.DecodeRemove(body); err != nil {
+		return job{}, err
+	}
+	input, _ := json.Marshal(map[string]any{"userId": userID, "tokenId": tokenID, "force": force})
+	return job{line: line, userID: userID, subject: "passkeys.cmd.remove." + userID, body: body, input: input}, nil
+}
+
+// readSyncs reads JSON Lines of {"userId": ..., <sync body>}.
+func readSyncs(r io.Reader) ([]job, []badLine, error) {
+	return readJSONLines(bufio.NewReader(r), func(line int, raw []byte) (job, error) {
+		var in syncLine
+		if err := strictJSON(raw, &in); err != nil {
+			return job{}, err
+		}
+		if err := passkey.ValidateUserID(in.UserID); err != nil {
+			return job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
+		}
+		body, _ := json.Marshal(in.SyncRequest)
+		if _, err := passkey.DecodeSync(body); err != nil {
+			return job{}, err
+		}
+		return job{line: line, userID: in.UserID, subject: "passkeys.cmd.sync." + in.UserID, body: body, input: json.RawMessage(raw)}, nil
+	})
+}
+
+func firstByte(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err == io.EOF {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if !strings.ContainsRune(" \t\r\n", rune(b)) {
+			return b, br.UnreadByte()
+		}
+	}
+}
+
+func strictJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("not a valid line: %v", err)
+	}
+	if dec.More() {
+		return errors.New("not a valid line: more than one JSON value")
+	}
+	return nil
+}
+
+// readJSONLines reads one JSON object a line; blank lines and lines starting
+// with # are skipped.
+func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (job, error)) ([]job, []badLine, error) {
+	sc := bufio.NewScanner(br)
+	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
+	var jobs []job
+	var bad []badLine
+	for n := 1; sc.Scan(); n++ {
+		raw := []byte(strings.TrimSpace(sc.Text()))
+		if len(raw) == 0 || raw[0] == '#' {
+			continue
+		}
+		j, err := parse(n, raw)
+		if err != nil {
+			bad = append(bad, badLine{n, err})
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, bad, sc.Err()
+}
+
+func readCSV(br *bufio.Reader) ([]job, []badLine, error) {
+	r := csv.NewReader(br)
+	r.FieldsPerRecord = -1
+	r.TrimLeadingSpace = true
+	header, err := r.Read()
+	if err == io.EOF {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("CSV header: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.TrimSpace(h)] = i
+	}
+	uc, ok1 := col["userId"]
+	tc, ok2 := col["tokenId"]
+	fc, hasForce := col["force"]
+	if !ok1 || !ok2 {
+		return nil, nil, fmt.Errorf("CSV header %q: want userId,tokenId[,force]", strings.Join(header, ","))
+	}
+	var jobs []job
+	var bad []badLine
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		line, _ := r.FieldPos(0)
+		if err != nil {
+			bad = append(bad, badLine{line, err})
+			continue
+		}
+		if len(rec) != len(header) {
+			bad = append(bad, badLine{line, fmt.Errorf("%d fields, the header has %d", len(rec), len(header))})
+			continue
+		}
+		force := false
+		if hasForce && strings.TrimSpace(rec[fc]) != "" {
+			if force, err = strconv.ParseBool(strings.TrimSpace(rec[fc])); err != nil {
+				bad = append(bad, badLine{line, fmt.Errorf("force %q is not true or false", rec[fc])})
+				continue
+			}
+		}
+		j, err := removalJob(line, strings.TrimSpace(rec[uc]), strings.TrimSpace(rec[tc]), force)
+		if err != nil {
+			bad = append(bad, badLine{line, err})
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, bad, nil
+}
+
+// batchName is the default batch name: the file's name without extension.
+func batchName(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
+// batchFlags are the flags revoke and sync share.
+type batchFlags struct {
+	name     string
+	inFlight int
+	results  string
+	progress string
+}
+
+func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *flag.FlagSet) {
+	fs := p.flags(name, "FILE", true)
+	b := &batchFlags{}
+	fs.StringVar(&b.name, "batch", "", "the batch's name; Nats-Msg-Id is <op>:<batch>:<line>, so running the same file again resumes (default: the file's name)")
+	fs.IntVar(&b.inFlight, "in-flight", 256, "most "+what+" published and not yet answered")
+	fs.StringVar(&b.results, "results", "", "write one JSON line per input line with its outcome to this file")
+	fs.StringVar(&b.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), bar, lines or none")
+	return b, fs
+}
+
+// runBatch publishes every job as a batch publisher does and prints the
+// summary; it returns the exit code.
+func (p *publisher) runBatch(ctx context.Context, op, done string, path string, b *batchFlags,
+	read func(io.Reader) ([]job, []badLine, error)) int {
+	in := p.stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return p.fail(exitUsage, "%v", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	jobs, bad, err := read(in)
+	if err != nil {
+		return p.fail(exitUsage, "read %s: %v", path, err)
+	}
+	for _, l := range bad {
+		fmt.Fprintf(p.stderr, "publisher: line %d: %v (skipped)\n", l.line, l.err)
+	}
+	if b.name == "" {
+		b.name = batchName(path)
+	}
+	nc, err := p.connect()
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(b.inFlight, 1)))
+	if err != nil {
+		return p.fail(exitFailed, "%v", err)
+	}
+	bar := p.newProgress(b.progress, len(jobs), done)
+	results := p.publishJobs(ctx, nc, js, op+":"+b.name, jobs, max(b.inFlight, 1), bar)
+	bar.finish()
+
+	counts := map[string]int{}
+	for _, r := range results {
+		counts[r.Outcome]++
+	}
+	counts[outcomeBadLine] = len(bad)
+	if b.results != "" {
+		for _, l := range bad {
+			results = append(results, lineResult{Line: l.line, Outcome: outcomeBadLine, Error: l.err.Error()})
+		}
+		slices.SortFunc(results, func(a, b lineResult) int { return a.Line - b.Line })
+		if err := writeResults(b.results, results); err != nil {
+			return p.fail(exitFailed, "results: %v", err)
+		}
+	}
+	fmt.Fprintf(p.stdout, "%s: %d %s, %d not found, %d last login method, %d permission denied, %d other, %d bad lines, %d unanswered\n",
+		b.name, counts[outcomeDone], done, counts[outcomeNotFound], counts[outcomeLast], counts[outcomeDenied],
+		counts[outcomeOther], counts[outcomeBadLine], counts[outcomeUnanswered])
+	switch {
+	case counts[outcomeUnanswered] > 0:
+		return exitFailed
+	case len(bad) > 0:
+		return exitUsage
+	case counts[outcomeDone] < len(jobs):
+		return exitRejected
+	}
+	return exitOK
+}
+
+func writeResults(path string, results []lineResult) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for _, r := range results {
+		if err := enc.Encode(r); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// publishJobs publishes each job to the stream with Reply-To and a
+// Nats-Msg-Id of prefix:line, at most inFlight unanswered. A line that
+// JetStream reports as a duplicate (this file was run before) gets its
+// stored outcome through the request-reply endpoint with the same id.
+func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, prefix string,
+	jobs []job, inFlight int, bar progress) []lineResult {
+	results := make([]lineResult, len(jobs))
+	slots := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	var once sync.Map // job index -> answered
+	answer := func(i int, reply *nats.Msg, err error) {
+		if _, dup := once.LoadOrStore(i, true); dup {
+			return
+		}
+		r := lineResult{Line: jobs[i].line, Input: jobs[i].input}
+		if err != nil {
+			r.Outcome, r.Error = outcomeUnanswered, err.Error()
+		} else {
+			r.Outcome, r.Reply = classify(reply), json.RawMessage(reply.Data)
+		}
+		results[i] = r
+		bar.add(1)
+		<-slots
+		wg.Done()
+	}
+	inbox := nats.NewInbox()
+	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
+		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
+			answer(i, m, nil)
+		}
+	})
+	if err != nil {
+		for i := range jobs {
+			results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: err.Error()}
+		}
+		return results
+	}
+	defer sub.Unsubscribe()
+	_ = sub.SetPendingLimits(-1, -1)
+
+publish:
+	for i, j := range jobs {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			for k := i; k < len(jobs); k++ {
+				results[k] = lineResult{Line: jobs[k].line, Input: jobs[k].input, Outcome: outcomeUnanswered, Error: "interrupted"}
+			}
+			break publish
+		}
+		wg.Add(1)
+		msgID := prefix + ":" + strconv.Itoa(j.line)
+		msg := nats.NewMsg(j.subject)
+		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
+		msg.Header.Set("Content-Type", "application/json")
+		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+		msg.Data = j.body
+		future, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			answer(i, nil, err)
+			continue
+		}
+		go func(i int, j job, msgID string) {
+			select {
+			case ack := <-future.Ok():
+				if ack.Duplicate {
+					// Stored before: JetStream dropped it, the worker will not
+					// reply; its stored outcome is the answer.
+					hdr := nats.Header{nats.MsgIdHdr: {msgID}}
+					subject := "passkeys." + strings.TrimPrefix(j.subject, "passkeys.cmd.")
+					reply, err := p.request(ctx, nc, subject, j.body, hdr)
+					answer(i, reply, err)
+				}
+			case err := <-future.Err():
+				answer(i, nil, err)
+			}
+		}(i, j, msgID)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-time.After(p.timeout + time.Duration(len(jobs))*time.Millisecond):
+	}
+	for i := range jobs {
+		if results[i].Outcome == "" {
+			if _, dup := once.LoadOrStore(i, true); !dup {
+				results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: "no reply in time"}
+			}
+		}
+	}
+	return results
+}
+
+// progress shows how a batch goes: a bar on a terminal, plain lines otherwise.
+type progress interface {
+	add(n int)
+	finish()
+}
+
+type noProgress struct{}
+
+func (noProgress) add(int) {}
+func (noProgress) finish() {}
+
+type barProgress struct{ bar *progressbar.ProgressBar }
+
+func (b barProgress) add(n int) { _ = b.bar.Add(n) }
+func (b barProgress) finish()   { _ = b.bar.Finish() }
+
+// lineProgress prints a plain progress line every interval.
+type lineProgress struct {
+	mu       sync.Mutex
+	w        io.Writer
+	total    int
+	done     int
+	start    time.Time
+	last     time.Time
+	interval time.Duration
+	unit     string
+}
+
+func (l *lineProgress) add(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.done += n
+	if now := time.Now(); now.Sub(l.last) >= l.interval {
+		l.last = now
+		l.print(now)
+	}
+}
+
+func (l *lineProgress) print(now time.Time) {
+	rate := float64(l.done) / max(now.Sub(l.start).Seconds(), 1e-3)
+	eta := "?"
+	if rate > 0 {
+		eta = (time.Duration(float64(l.total-l.done)/rate) * time.Second).Round(time.Second).String()
+	}
+	fmt.Fprintf(l.w, "progress: %d/%d %s (%.0f%%), %.0f/s, eta %s\n", l.done, l.total, l.unit,
+		100*float64(l.done)/float64(max(l.total, 1)), rate, eta)
+}
+
+func (l *lineProgress) finish() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.print(time.Now())
+}
+
+func (p *publisher) newProgress(mode string, total int, unit string) progress {
+	if mode == "auto" {
+		mode = "lines"
+		if f, ok := p.stderr.(*os.File); ok {
+			if info, err := f.Stat(); err == nil && info.Mode()&os.ModeCharDevice != 0 {
+				mode = "bar"
+			}
+		}
+	}
+	switch mode {
+	case "bar":
+		return barProgress{progressbar.NewOptions(total,
+			progressbar.OptionSetWriter(p.stderr), progressbar.OptionSetDescription(unit),
+			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString(unit),
+			progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond))}
+	case "none":
+		return noProgress{}
+	default:
+		now := time.Now()
+		return &lineProgress{w: p.stderr, total: total, start: now, last: now, interval: 2 * time.Second, unit: unit}
+	}
+}
