@@ -172,6 +172,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 
 	svc, err := (&handler.Service{
 		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+		Replayer: func(ctx context.Context, r handler.ReplayRange) (handler.ReplayReport, error) {
+			// Only what the consumer is done with: the rest it will deliver itself.
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				return handler.ReplayReport{}, err
+			}
+			r.ToSeq = min(r.ToSeq, ci.AckFloor.Stream)
+			return handler.Replay(ctx, js, proc, r, cfg.MaxBatch, log, nil)
+		},
 	}).Start(nc)
 	if err != nil {
 		return fmt.Errorf("start micro service: %w", err)

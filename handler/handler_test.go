@@ -302,3 +302,51 @@ func TestReplyFromRecord(t *testing.T) {
 		}
 	}
 }
+
+// A command that failed until it was terminated has no outcome; a replay of
+// its range applies it now, and changes nothing for the commands around it.
+func TestReplayAppliesWhatFailed(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	broken := true
+	proc.beforeDecide = func(c *Command) {
+		if broken && c.Subject == "passkeys.cmd.remove.u1" {
+			panic("a bug, since fixed")
+		}
+	}
+	f := startConsumer(t, keys, proc, 2)
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", `{"resourceOwner":"org1","password":true,"passkeys":[{"id":"pk-1","state":"ready"}]}`, "passkeys:admin")
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm", `{"tokenId":"pk-1"}`)
+	got := f.replies(t, 2)
+	testenv.WantError(t, got["rm"][0], 13, passkey.IDRetriesExhausted, "500")
+	f.settled(t)
+
+	broken = false
+	rep, err := Replay(context.Background(), f.js, proc, ReplayRange{FromSeq: 1, ToSeq: 2}, 8, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 1, Applied: 1}); rep != want {
+		t.Fatalf("replay report %+v, want %+v", rep, want)
+	}
+	again, err := Replay(context.Background(), f.js, proc, ReplayRange{FromSeq: 1, ToSeq: 2, UserID: "u1"}, 8, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 2}); again != want {
+		t.Fatalf("second replay %+v, want %+v", again, want)
+	}
+	err = proc.Store.View(func(tx *storage.Tx) error {
+		u, err := tx.User("u1")
+		if err != nil {
+			return err
+		}
+		if u.Sequence != 2 || len(u.Passkeys) != 0 {
+			t.Errorf("user after replays: sequence %d, passkeys %v", u.Sequence, u.Passkeys)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,7 +1,9 @@
 package handler
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"time"
 
@@ -33,7 +35,13 @@ type Service struct {
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
+	// Replayer, when set, serves passkeys.admin.replay.
+	Replayer func(context.Context, ReplayRange) (ReplayReport, error)
 }
+
+// ReplaySubject is the request-reply endpoint through which an operator
+// re-drives stored commands.
+const ReplaySubject = EndpointPrefix + ".admin.replay"
 
 // Start registers the passkeys micro service on nc.
 func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
@@ -57,6 +65,12 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 		err := svc.AddEndpoint(string(e.op), e.handler,
 			micro.WithEndpointSubject(EndpointPrefix+"."+string(e.op)+".*"))
 		if err != nil {
+			_ = svc.Stop()
+			return nil, err
+		}
+	}
+	if s.Replayer != nil {
+		if err := svc.AddEndpoint("replay", micro.HandlerFunc(s.replay), micro.WithEndpointSubject(ReplaySubject)); err != nil {
 			_ = svc.Stop()
 			return nil, err
 		}
@@ -215,4 +229,37 @@ func (s *Service) list(req micro.Request) {
 		return
 	}
 	respond(req, reply)
+}
+
+// replay re-drives stored commands for an operator with the passkeys:system
+// scope: those with an outcome change nothing, those without (they failed,
+// or the store was restored) are applied now. The reply is a ReplayReport.
+func (s *Service) replay(req micro.Request) {
+	p, err := s.Verifier.Verify(headerValues(nats.Header(req.Headers()), HeaderAuthorization), s.Now())
+	if err != nil {
+		respondError(req, err)
+		return
+	}
+	if !p.System {
+		respondError(req, passkey.Errorf(passkey.CodePermissionDenied, passkey.IDDeniedReplay, "only a principal with the passkeys:system scope may replay commands"))
+		return
+	}
+	var r ReplayRange
+	dec := json.NewDecoder(bytes.NewReader(req.Data()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
+		respondError(req, passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDReplayInvalid,
+			`the body must be {"fromSeq": N, "toSeq": M} with 1 <= N <= M, and may add "since", "until" (RFC 3339) and "userId"`))
+		return
+	}
+	s.Log.Warn().Str("principal", p.Subject).Uint64("from_seq", r.FromSeq).Uint64("to_seq", r.ToSeq).Str("user_id", r.UserID).Msg("replay requested")
+	rep, err := s.Replayer(context.Background(), r)
+	if err != nil {
+		s.Log.Error().Err(err).Msg("replay")
+		respondError(req, err)
+		return
+	}
+	s.Log.Warn().Interface("report", rep).Msg("replay done")
+	body, _ := json.Marshal(rep)
+	respond(req, Reply{Body: body})
 }

@@ -94,6 +94,8 @@ const (
 	IDDeniedUser         = "PERMISSION-USER"
 	IDDeniedForce        = "PERMISSION-FORCE"
 	IDDeniedSync         = "PERMISSION-SYNC"
+	IDDeniedReplay       = "PERMISSION-REPLAY"
+	IDReplayInvalid      = "REQUEST-REPLAY-INVALID"
 	IDUserNotFound       = "USER-NOT-FOUND"
 	IDPasskeyNotFound    = "PASSKEY-NOT-FOUND"
 	IDPasskeyLast        = "PASSKEY-LAST"

@@ -40,6 +40,8 @@ Commands:
                             or CSV with a header userId,tokenId[,force]; running the
                             same file again resumes (--batch, --results, --in-flight)
   list USER_ID              list a user's passkeys
+  replay                    re-drive stored commands through the worker (passkeys:system):
+                            --from-seq N --to-seq M [--since T] [--until T] [--user ID]
   token                     mint a token with the local development key
   jwks                      print the JWKS that trusts the development key, for
                             a development worker run with --nats-url and --jwks
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return p.sync(ctx, args[1:])
 	case "revoke":
 		return p.revoke(ctx, args[1:])
+	case "replay":
+		return p.replay(ctx, args[1:])
 	case "list":
 		return p.list(ctx, args[1:])
 	case "token":
@@ -328,4 +332,37 @@ func (p *publisher) jwks(args []string) int {
 	}
 	fmt.Fprintf(p.stdout, "%s\n", raw)
 	return exitOK
+}
+
+func (p *publisher) replay(ctx context.Context, args []string) int {
+	fs := p.flags("replay", "", true)
+	from := fs.Uint64("from-seq", 0, "first stream sequence to re-drive (required)")
+	to := fs.Uint64("to-seq", 0, "last stream sequence (default: as far as the worker's consumer has got)")
+	since := fs.String("since", "", "only commands stored at or after this time (RFC 3339)")
+	until := fs.String("until", "", "only commands stored before this time (RFC 3339)")
+	user := fs.String("user", "", "only this user's commands")
+	if code, ok := parse(fs, args, 0); !ok {
+		return code
+	}
+	r := map[string]any{"fromSeq": *from, "toSeq": *to}
+	if *to == 0 {
+		r["toSeq"] = uint64(1<<63 - 1)
+	}
+	for name, v := range map[string]string{"since": *since, "until": *until} {
+		if v == "" {
+			continue
+		}
+		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+			return p.fail(exitUsage, "replay: --%s %q is not an RFC 3339 time", name, v)
+		}
+		r[name] = v
+	}
+	if *user != "" {
+		r["userId"] = *user
+	}
+	body, _ := json.Marshal(r)
+	if !flagSet(fs, "timeout") {
+		p.timeout = 30 * time.Minute // a replay of a long range takes a while
+	}
+	return p.once(ctx, "passkeys.admin.replay", body, nil)
 }

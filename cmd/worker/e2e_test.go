@@ -482,3 +482,25 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/healthz %d while NATS is down", code)
 	}
 }
+
+// passkeys.admin.replay: for the passkeys:system scope only; a replay of
+// applied commands changes nothing.
+func TestReplayEndpoint(t *testing.T) {
+	e := newEnv(t)
+	adminTok := e.token(t, "a", admin)
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`))
+	system := e.token(t, "root", "passkeys:system")
+
+	testenv.WantError(t, e.request(t, "passkeys.admin.replay", adminTok, `{"fromSeq":1,"toSeq":2}`), 7, "PERMISSION-REPLAY", "403")
+	testenv.WantError(t, e.request(t, "passkeys.admin.replay", system, `{"fromSeq":2,"toSeq":1}`), 3, "REQUEST-REPLAY-INVALID", "400")
+	testenv.WantError(t, e.request(t, "passkeys.admin.replay", "", `{"fromSeq":1,"toSeq":2}`), 16, "AUTH-MISSING", "401")
+	reply := e.request(t, "passkeys.admin.replay", system, `{"fromSeq":1,"toSeq":100}`)
+	if got, want := string(reply.Data), `{"fromSeq":1,"toSeq":2,"read":2,"repeats":2,"applied":0,"refused":0,"failed":0}`; got != want {
+		t.Fatalf("replay: %s, want %s", got, want)
+	}
+	got := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`))
+	if got.Details.Sequence != "3" {
+		t.Fatalf("sequence after the replay %s, want 3", got.Details.Sequence)
+	}
+}
