@@ -170,8 +170,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 
+	outcomes := &handler.Outcomes{}
 	svc, err := (&handler.Service{
-		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait, Outcomes: outcomes,
 		Replayer: func(ctx context.Context, r handler.ReplayRange) (handler.ReplayReport, error) {
 			// Only what the consumer is done with: the rest it will deliver itself.
 			ci, err := cons.Info(ctx)
@@ -205,6 +206,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		NakDelay:     handler.DefaultNakDelay,
 		DeadLetters:  js,
 		Observer:     m,
+		Outcomes:     outcomes,
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.

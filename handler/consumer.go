@@ -37,6 +37,9 @@ type Consumer struct {
 	DeadLetters jetstream.JetStream
 	// Observer, when set, is told what happens, for metrics.
 	Observer Observer
+	// Outcomes, when set, counts the answers per operation for the micro
+	// service's STATS.
+	Outcomes *Outcomes
 }
 
 // Observer is told what the consumer does; metrics.Metrics is one.
@@ -266,6 +269,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 		c.reply(h, log, final)
 		c.Observer.Terminated()
 		c.Observer.Answered(r.Op, final.Code, h.meta.Timestamp)
+		c.Outcomes.record(r.Op, final, time.Since(h.meta.Timestamp))
 		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
 		if err := h.msg.TermWithReason(reason); err != nil {
 			log.Error().Err(err).Msg("term")
@@ -279,6 +283,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 	ev.Msg("command processed")
 	c.reply(h, log, r.Reply)
 	c.Observer.Answered(r.Op, r.Reply.Code, h.meta.Timestamp)
+	c.Outcomes.record(r.Op, r.Reply, time.Since(h.meta.Timestamp))
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}

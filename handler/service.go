@@ -35,6 +35,8 @@ type Service struct {
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
+	// Outcomes, when set, are reported in $SRV.STATS for remove and sync.
+	Outcomes *Outcomes
 	// Replayer, when set, serves passkeys.admin.replay.
 	Replayer func(context.Context, ReplayRange) (ReplayReport, error)
 }
@@ -45,11 +47,15 @@ const ReplaySubject = EndpointPrefix + ".admin.replay"
 
 // Start registers the passkeys micro service on nc.
 func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
-	svc, err := micro.AddService(nc, micro.Config{
+	cfg := micro.Config{
 		Name:        ServiceName,
 		Version:     ServiceVersion,
 		Description: "Removes passkeys from user accounts",
-	})
+	}
+	if s.Outcomes != nil {
+		cfg.StatsHandler = s.Outcomes.statsHandler
+	}
+	svc, err := micro.AddService(nc, cfg)
 	if err != nil {
 		return nil, err
 	}

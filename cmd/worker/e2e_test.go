@@ -207,8 +207,26 @@ func TestMicroServiceInfo(t *testing.T) {
 	if info.Name != "passkeys" || !subjects["passkeys.remove.*"] || !subjects["passkeys.sync.*"] || !subjects["passkeys.list.*"] {
 		t.Fatalf("info = %s", reply.Data)
 	}
-	if _, err := e.nc.Request("$SRV.STATS.passkeys", nil, 5*time.Second); err != nil {
+
+	// STATS tell what callers were answered, not only that requests came in.
+	adminTok := e.token(t, "a", admin)
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1")))
+	testenv.WantError(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`), 9, "PASSKEY-LAST", "400")
+	reply, err = e.nc.Request("$SRV.STATS.passkeys", nil, 5*time.Second)
+	if err != nil {
 		t.Fatal(err)
+	}
+	var stats micro.Stats
+	if err := json.Unmarshal(reply.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	data := map[string]string{}
+	for _, ep := range stats.Endpoints {
+		data[ep.Name] = string(ep.Data)
+	}
+	if !strings.Contains(data["sync"], `"answered":1,"errors":0`) ||
+		!strings.Contains(data["remove"], `"answered":1,"errors":1,"last_error":"the passkey is the user's last way to log in (PASSKEY-LAST)"`) {
+		t.Fatalf("STATS data: %v", data)
 	}
 }
 
