@@ -61,7 +61,9 @@ func New() *Metrics {
 			Help: "Batch transactions that failed (each retry counts).",
 		}),
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.storeErrors,
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.storeErrors)
+	// The runtime's and the process's own, under the same prefix as the rest.
+	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -488,6 +488,12 @@ func TestMetricsAndHealth(t *testing.T) {
 		!regexp.MustCompile(`(?m)^passkeys_commit_duration_seconds_count [1-9]`).MatchString(text) {
 		t.Errorf("/metrics has no batch or commit observations")
 	}
+	for _, line := range strings.Split(text, "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, "passkeys_") {
+			t.Errorf("metric %q does not begin with passkeys_", line)
+			break
+		}
+	}
 	if t.Failed() {
 		t.Logf("/metrics:\n%s", text)
 	}
