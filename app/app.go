@@ -142,32 +142,25 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var cons jetstream.Consumer
-	if cfg.CreateStream {
-		if _, err := handler.EnsureStream(setupCtx, js, handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow)); err != nil {
-			return err
-		}
-		if _, err := handler.EnsureStream(setupCtx, js, handler.DeadLetterStreamConfig()); err != nil {
-			return err
-		}
-		cons, err = handler.EnsureConsumer(setupCtx, js,
-			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultBackOff))
-	} else {
-		cons, err = js.Consumer(setupCtx, handler.StreamName, handler.ConsumerName)
-	}
+	cons, maxDeliver, err := setUpStreams(ctx, js, &cfg)
 	if err != nil {
-		return fmt.Errorf("consumer %s on stream %s: %w", handler.ConsumerName, handler.StreamName, err)
-	}
-	maxDeliver := cons.CachedInfo().Config.MaxDeliver
-	if maxDeliver <= 0 {
-		maxDeliver = handler.DefaultMaxDeliver
+		return err
 	}
 
 	proc := &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
 	if err := catchUp(ctx, js, cons, proc, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
 		return err
+	}
+
+	// Metrics and health first: once the service answers, they do too.
+	m := metrics.New()
+	registerGauges(m, cons, store, verifier)
+	if cfg.HTTPListen != "" {
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store}, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
 	}
 
 	outcomes := &handler.Outcomes{}
@@ -185,16 +178,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}).Start(nc)
 	if err != nil {
 		return fmt.Errorf("start micro service: %w", err)
-	}
-	m := metrics.New()
-	registerGauges(m, cons, store, verifier)
-	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store}, log)
-		if err != nil {
-			_ = svc.Stop()
-			return err
-		}
-		defer stopHTTP()
 	}
 	consumer := &handler.Consumer{
 		Processor:    proc,
@@ -252,6 +235,36 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	<-pruned
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// setUpStreams creates or updates the streams and the durable consumer (or,
+// with --create-stream=false, finds the consumer an operator manages) and
+// returns it with its MaxDeliver.
+func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.Consumer, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var cons jetstream.Consumer
+	var err error
+	if cfg.CreateStream {
+		if _, err := handler.EnsureStream(ctx, js, handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow)); err != nil {
+			return nil, 0, err
+		}
+		if _, err := handler.EnsureStream(ctx, js, handler.DeadLetterStreamConfig()); err != nil {
+			return nil, 0, err
+		}
+		cons, err = handler.EnsureConsumer(ctx, js,
+			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultBackOff))
+	} else {
+		cons, err = js.Consumer(ctx, handler.StreamName, handler.ConsumerName)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("consumer %s on stream %s: %w", handler.ConsumerName, handler.StreamName, err)
+	}
+	maxDeliver := cons.CachedInfo().Config.MaxDeliver
+	if maxDeliver <= 0 {
+		maxDeliver = handler.DefaultMaxDeliver
+	}
+	return cons, maxDeliver, nil
 }
 
 func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
