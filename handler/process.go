@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -171,6 +172,11 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		return res, nil
 	}
 	stored, err := tx.Outcome(pr.key)
+	if errors.Is(err, binrec.ErrCorrupt) {
+		// One damaged record must not hold up the commands batched with it.
+		res.Transient = err
+		return res, nil
+	}
 	if err != nil {
 		return res, err
 	}
@@ -181,7 +187,8 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		}
 		res.Reply, err = ReplyFromRecord(stored.Reply)
 		if err != nil {
-			return res, fmt.Errorf("outcome of %s: %w", pr.cmd.Subject, err)
+			res.Transient = fmt.Errorf("outcome of %s: %w", pr.cmd.Subject, err)
+			return res, nil
 		}
 		res.Repeat = true
 		if stored.Expires.Before(expires) {
@@ -197,6 +204,10 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		res.Reply = ErrorReply(passkey.AsError(pr.refusal))
 	} else {
 		user, err := tx.User(pr.userID)
+		if errors.Is(err, binrec.ErrCorrupt) {
+			res.Transient = err
+			return res, nil
+		}
 		if err != nil {
 			return res, err
 		}

@@ -163,3 +163,24 @@ func TestRefusalIsStored(t *testing.T) {
 		t.Fatalf("redelivery: %s", again[0].Reply.Body)
 	}
 }
+
+// A damaged outcome record fails only its own command, not the batch.
+func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
+	f := newProcessor(t)
+	err := f.p.Store.Update(func(tx *storage.Tx) error {
+		return tx.PutOutcome(MsgIDKey("damaged"), &storage.Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{9, 9}, Expires: f.now.Add(time.Hour)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := f.process(t,
+		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "damaged", map[string]any{"tokenId": "pk-1"}),
+	)
+	if got := replyID(t, res[0]); got != "seq 1" {
+		t.Fatalf("the healthy command: %s", got)
+	}
+	if res[1].Transient == nil {
+		t.Fatalf("the command with a damaged outcome: %+v, want a transient failure", res[1])
+	}
+}
