@@ -207,7 +207,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		go watchJWKS(ctx, cfg.JWKS, interval, hup, verifier, log)
 	}
 
-	log.Info().Str("nats_url", redact(clientURL)).Str("store", store.Path()).
+	log.Info().Str("nats_url", RedactURL(clientURL)).Str("store", store.Path()).
 		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")
 	if cfg.Started != nil {
 		cfg.Started(clientURL)
@@ -334,7 +334,7 @@ func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error
 	if !cfg.Embedded() {
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", redact(cfg.NATSURL), err)
+			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", RedactURL(cfg.NATSURL), err)
 		}
 		return nc, cfg.NATSURL, func() {}, nil
 	}
@@ -388,8 +388,9 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 	return ns, nil
 }
 
-// redact hides passwords and tokens in NATS URLs before they are logged.
-func redact(urls string) string {
+// RedactURL hides passwords and tokens in NATS URLs before they are logged
+// or shown.
+func RedactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {

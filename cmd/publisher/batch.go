@@ -296,8 +296,16 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 		return p.fail(exitFailed, "%v", err)
 	}
 	bar := p.newProgress(b.progress, len(jobs), done)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	p.denials.mu.Lock()
+	p.denials.any = stop // a refusal by NATS applies to every line: stop at the first
+	p.denials.mu.Unlock()
 	results := p.publishJobs(ctx, nc, js, op+":"+b.name, jobs, max(b.inFlight, 1), bar)
 	bar.finish()
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		fmt.Fprintf(p.stderr, "publisher: stopped: %v\n", cause)
+	}
 
 	counts := map[string]int{}
 	for _, r := range results {

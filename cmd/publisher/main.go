@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/passkey"
 )
@@ -106,6 +108,8 @@ type publisher struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
+	denials denials
+
 	natsURL, natsCreds, bearer, bearerFile string
 	timeout                                time.Duration
 }
@@ -164,13 +168,13 @@ func (p *publisher) connect() (*nats.Conn, error) {
 		}
 		p.bearer = strings.TrimSpace(string(raw))
 	}
-	opts := []nats.Option{nats.Name("passkeys-publisher")}
+	opts := []nats.Option{nats.Name("passkeys-publisher"), nats.ErrorHandler(p.denials.notice)}
 	if p.natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(p.natsCreds))
 	}
 	nc, err := nats.Connect(p.natsURL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", p.natsURL, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(p.natsURL), err)
 	}
 	return nc, nil
 }
@@ -189,7 +193,12 @@ func (p *publisher) request(ctx context.Context, nc *nats.Conn, subject string, 
 	msg.Data = body
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
+	ctx, deny := context.WithCancelCause(ctx)
+	defer p.denials.watch(subject, deny)()
 	reply, err := nc.RequestMsgWithContext(ctx, msg)
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		return nil, fmt.Errorf("%s: %w", subject, cause)
+	}
 	if errors.Is(err, nats.ErrNoResponders) {
 		return nil, fmt.Errorf("no worker answers %s: is it running?", subject)
 	}
@@ -365,4 +374,47 @@ func (p *publisher) replay(ctx context.Context, args []string) int {
 		p.timeout = 30 * time.Minute // a replay of a long range takes a while
 	}
 	return p.once(ctx, "passkeys.admin.replay", body, nil)
+}
+
+// denials ends a request at once when the server refuses its subject to
+// this user, instead of letting it wait for its timeout: NATS reports a
+// permissions violation asynchronously, not as the request's answer.
+type denials struct {
+	mu      sync.Mutex
+	waiting map[*context.CancelCauseFunc]string
+	// any, when set, hears of every refusal: a batch stops at the first.
+	any context.CancelCauseFunc
+}
+
+// watch cancels the request through deny if publishing to subject is
+// refused; the returned function stops watching.
+func (d *denials) watch(subject string, deny context.CancelCauseFunc) func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.waiting == nil {
+		d.waiting = map[*context.CancelCauseFunc]string{}
+	}
+	d.waiting[&deny] = subject
+	return func() {
+		d.mu.Lock()
+		delete(d.waiting, &deny)
+		d.mu.Unlock()
+	}
+}
+
+// notice is the connection's error handler.
+func (d *denials) notice(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.any != nil {
+		d.any(err)
+	}
+	for deny, subject := range d.waiting {
+		if strings.Contains(err.Error(), `"`+subject+`"`) {
+			(*deny)(err)
+		}
+	}
 }
