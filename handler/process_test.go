@@ -184,3 +184,22 @@ func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
 		t.Fatalf("the command with a damaged outcome: %+v, want a transient failure", res[1])
 	}
 }
+
+// A token is judged at the command's stream timestamp: a redelivery or a
+// replay of a command whose token has expired since is judged as the
+// original was, and a command stored after its token expired is refused.
+func TestTokenJudgedAtStreamTime(t *testing.T) {
+	f := newProcessor(t)
+	f.now = time.Now().Add(-3 * time.Hour) // the commands were stored three hours ago...
+	sync := f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
+	late := f.cmd(t, "passkeys.cmd.sync.u2", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
+	late.Timestamp = late.Timestamp.Add(2 * time.Hour) // ...but this one only after its token expired
+	f.now = time.Now()                                 // and are processed now
+	res := f.process(t, sync, late)
+	if got := replyID(t, res[0]); got != "seq 1" {
+		t.Errorf("command stored while its token was valid: %s", got)
+	}
+	if got := replyID(t, res[1]); got != passkey.IDAuthExpired {
+		t.Errorf("command stored after its token expired: %s", got)
+	}
+}

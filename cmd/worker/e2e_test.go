@@ -528,3 +528,37 @@ func TestReplayEndpoint(t *testing.T) {
 		t.Fatalf("sequence after the replay %s, want 3", got.Details.Sequence)
 	}
 }
+
+// The stream and the consumer are what the contract says; with
+// --create-stream=false the worker makes neither and says what is missing.
+func TestStreamAndConsumerSetUp(t *testing.T) {
+	e := newEnv(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream, err := js.Stream(ctx, "PASSKEYS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := stream.CachedInfo().Config
+	if len(sc.Subjects) != 1 || sc.Subjects[0] != "passkeys.cmd.>" || sc.Storage != jetstream.FileStorage || sc.Retention != jetstream.LimitsPolicy {
+		t.Errorf("stream config: subjects %v, storage %v, retention %v", sc.Subjects, sc.Storage, sc.Retention)
+	}
+	cons, err := js.Consumer(ctx, "PASSKEYS", "passkeys-worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := cons.CachedInfo().Config
+	if cc.Durable != "passkeys-worker" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver < 2 || len(cc.BackOff) == 0 {
+		t.Errorf("consumer config: %+v", cc)
+	}
+
+	bare := testenv.StartNATS(t)
+	err = run(ctx, []string{"--nats-url", bare.ClientURL(), "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
+		"--audience", testenv.Audience, "--data-dir", t.TempDir(), "--create-stream=false"}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "consumer passkeys-worker on stream PASSKEYS") {
+		t.Fatalf("--create-stream=false on a server without them: %v", err)
+	}
+}
