@@ -39,7 +39,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
-	fs.IntVar(&cfg.MaxBatch, "max-batch", 256, "most commands applied in one store transaction")
+	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
 	fs.DurationVar(&cfg.StoreTimeout, "store-lock-timeout", storage.DefaultTimeout, "how long to wait for another process's lock on the data file")

@@ -73,7 +73,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fs.IntVar(&c.removals, "removals", 100_000, "removals to publish as a batch publisher does (0: skip); at most 3 per user")
 	fs.IntVar(&c.sequential, "sequential", 2_000, "sequential request-reply removals by one client (0: skip)")
 	fs.IntVar(&c.inFlight, "in-flight", 4096, "most batch removals published and not yet answered")
-	fs.IntVar(&c.maxBatch, "max-batch", 256, "the embedded worker's --max-batch")
+	fs.IntVar(&c.maxBatch, "max-batch", 1024, "the embedded worker's --max-batch")
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
