@@ -9,29 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/passkeys/worker/internal/testenv"
 )
 
 // A user NATS refuses a subject to is told so at once, not after its timeout.
 func TestRefusedByNATSFailsFast(t *testing.T) {
-	t.Setenv("PASSKEYS_WORKER_NATS_PASSWORD", "w")
-	t.Setenv("PASSKEYS_SERVICE_NATS_PASSWORD", "s")
-	t.Setenv("PASSKEYS_ADMIN_NATS_PASSWORD", "a")
-	opts, err := server.ProcessConfigFile("../../nats.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, t.TempDir(), true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
-	url := strings.Replace(ns.ClientURL(), "nats://", "nats://passkeys-service:s@", 1)
+	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
+	password := testenv.Passwords["passkeys-service"]
+	url := strings.Replace(ns.ClientURL(), "nats://", "nats://passkeys-service:"+password+"@", 1)
 	users := filepath.Join(t.TempDir(), "users.jsonl")
 	if err := os.WriteFile(users, []byte(`{"userId":"u1","resourceOwner":"o","password":true}`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -54,7 +39,7 @@ func TestRefusedByNATSFailsFast(t *testing.T) {
 		if code != exitFailed || !strings.Contains(stderr.String(), tt.want) {
 			t.Errorf("%s as a service: exit %d, stderr %s; want %q", tt.args[0], code, stderr.String(), tt.want)
 		}
-		if strings.Contains(stderr.String(), ":s@") {
+		if strings.Contains(stderr.String(), password) {
 			t.Errorf("%s: the password is in the output: %s", tt.args[0], stderr.String())
 		}
 	}

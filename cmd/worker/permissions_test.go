@@ -54,24 +54,9 @@ func (p *permissionErrors) denied(t *testing.T, what, subject string, action fun
 // it; an administrator may batch-publish but not purge; the worker itself
 // may not purge or delete the stream, whatever a Reply-To asks of it.
 func TestNATSPermissions(t *testing.T) {
-	passwords := map[string]string{"worker": "w-secret", "service": "s-secret", "admin": "a-secret"}
-	t.Setenv("PASSKEYS_WORKER_NATS_PASSWORD", passwords["worker"])
-	t.Setenv("PASSKEYS_SERVICE_NATS_PASSWORD", passwords["service"])
-	t.Setenv("PASSKEYS_ADMIN_NATS_PASSWORD", passwords["admin"])
-	opts, err := server.ProcessConfigFile("../../nats.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, t.TempDir(), true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
+	passwords := map[string]string{"worker": testenv.Passwords["passkeys-worker"],
+		"service": testenv.Passwords["passkeys-service"], "admin": testenv.Passwords["passkeys-admin"]}
 
 	if _, err := nats.Connect(ns.ClientURL()); err == nil {
 		t.Fatal("connected without a user")

@@ -38,10 +38,33 @@ func StartNATS(tb testing.TB) *server.Server {
 // StartNATSAt is StartNATS with the JetStream store in dir.
 func StartNATSAt(tb testing.TB, dir string) *server.Server {
 	tb.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir,
-		NoLog: true, NoSigs: true,
-	})
+	return start(tb, &server.Options{JetStream: true, StoreDir: dir})
+}
+
+// Passwords are what StartNATSWithUsers gives nats.conf's three users.
+var Passwords = map[string]string{"passkeys-worker": "w-secret", "passkeys-service": "s-secret", "passkeys-admin": "a-secret"}
+
+// StartNATSWithUsers starts a server from the project's nats.conf (at
+// path), its users' passwords set to Passwords, on a random loopback port.
+func StartNATSWithUsers(tb testing.TB, path string) *server.Server {
+	tb.Helper()
+	for user, env := range map[string]string{"passkeys-worker": "PASSKEYS_WORKER_NATS_PASSWORD",
+		"passkeys-service": "PASSKEYS_SERVICE_NATS_PASSWORD", "passkeys-admin": "PASSKEYS_ADMIN_NATS_PASSWORD"} {
+		tb.Setenv(env, Passwords[user])
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.StoreDir = tb.TempDir()
+	return start(tb, opts)
+}
+
+// start runs a server with opts on a random loopback port until the test ends.
+func start(tb testing.TB, opts *server.Options) *server.Server {
+	tb.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, true, true
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
