@@ -100,14 +100,18 @@ func (p *Processor) Process(cmds []*Command) ([]Result, error) {
 	err := p.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
 		expires := p.Now().Add(p.Retention)
+		var applied uint64
 		for i := range preps {
 			r, err := p.apply(tx, &preps[i], expires)
 			if err != nil {
 				return err
 			}
 			results[i] = r
+			if r.Transient == nil {
+				applied = max(applied, preps[i].cmd.StreamSeq)
+			}
 		}
-		return nil
+		return tx.NoteAppliedSeq(applied)
 	})
 	if err != nil {
 		return nil, err
@@ -227,11 +231,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			return res, nil
 		}
 	}
-	err = tx.PutOutcome(pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
-	if err != nil {
-		return res, err
-	}
-	return res, tx.NoteAppliedSeq(pr.cmd.StreamSeq)
+	return res, tx.PutOutcome(pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
 }
 
 // decide runs the rule for one command, turning a panic into an error so a

@@ -265,23 +265,6 @@ func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
 	return n, err
 }
 
-// Stats are counts for metrics and tests.
-type Stats struct {
-	Users    int
-	Outcomes int
-}
-
-// Stats counts the records held.
-func (s *Store) Stats() (Stats, error) {
-	var st Stats
-	err := s.db.View(func(tx *bolt.Tx) error {
-		st.Users = tx.Bucket(bucketUsers).Stats().KeyN
-		st.Outcomes = tx.Bucket(bucketOutcomes).Stats().KeyN
-		return nil
-	})
-	return st, err
-}
-
 // Backup writes a consistent copy of the store to w, from one read
 // transaction, while writers go on. announce, when set, is told the size
 // before the first byte is written.

@@ -210,10 +210,10 @@ func (p *publisher) request(ctx context.Context, nc *nats.Conn, subject string, 
 
 // printReply writes the reply body as one line, and for an error reply
 // also a short line on stderr. It returns the exit code the reply means.
-func (p *publisher) printReply(prefix string, reply *nats.Msg) int {
-	fmt.Fprintf(p.stdout, "%s%s\n", prefix, reply.Data)
+func (p *publisher) printReply(reply *nats.Msg) int {
+	fmt.Fprintf(p.stdout, "%s\n", reply.Data)
 	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
-		fmt.Fprintf(p.stderr, "publisher: %s%s %s\n", prefix, code, reply.Header.Get("Nats-Service-Error"))
+		fmt.Fprintf(p.stderr, "publisher: %s %s\n", code, reply.Header.Get("Nats-Service-Error"))
 		return exitRejected
 	}
 	return exitOK
@@ -250,7 +250,7 @@ func (p *publisher) once(ctx context.Context, subject string, body []byte, hdr n
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
-	return p.printReply("", reply)
+	return p.printReply(reply)
 }
 
 func (p *publisher) list(ctx context.Context, args []string) int {
