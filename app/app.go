@@ -188,8 +188,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		StoreRetries: 3,
 		NakDelay:     handler.DefaultNakDelay,
 		DeadLetters:  js,
-		Observer:     m,
-		Outcomes:     outcomes,
+		Observer:     handler.Observers{m, outcomes},
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.

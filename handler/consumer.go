@@ -35,20 +35,18 @@ type Consumer struct {
 	// DeadLetters, when set, records each terminated command in stream
 	// PASSKEYS_DLQ.
 	DeadLetters jetstream.JetStream
-	// Observer, when set, is told what happens, for metrics.
+	// Observer, when set, is told what happens: metrics, and the
+	// micro service's STATS (Outcomes). Observers tells several.
 	Observer Observer
-	// Outcomes, when set, counts the answers per operation for the micro
-	// service's STATS.
-	Outcomes *Outcomes
 }
 
 // Observer is told what the consumer does; metrics.Metrics is one.
 type Observer interface {
 	// Batch reports one attempt at a batch transaction.
 	Batch(size int, took time.Duration, err error)
-	// Answered reports a command's answer (code 0: success), with the
-	// time the stream stored it.
-	Answered(op passkey.Op, code passkey.Code, storedAt time.Time)
+	// Answered reports a command's answer (code 0 and no text: success),
+	// with the time the stream stored it.
+	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
 	Redelivered()
 	Terminated()
 }
@@ -56,10 +54,37 @@ type Observer interface {
 // nopObserver is the Observer of a Consumer that has none.
 type nopObserver struct{}
 
-func (nopObserver) Batch(int, time.Duration, error)              {}
-func (nopObserver) Answered(passkey.Op, passkey.Code, time.Time) {}
-func (nopObserver) Redelivered()                                 {}
-func (nopObserver) Terminated()                                  {}
+func (nopObserver) Batch(int, time.Duration, error)                      {}
+func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
+func (nopObserver) Redelivered()                                         {}
+func (nopObserver) Terminated()                                          {}
+
+// Observers tells each of its members.
+type Observers []Observer
+
+func (os Observers) Batch(size int, took time.Duration, err error) {
+	for _, o := range os {
+		o.Batch(size, took, err)
+	}
+}
+
+func (os Observers) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
+	for _, o := range os {
+		o.Answered(op, code, errorText, storedAt)
+	}
+}
+
+func (os Observers) Redelivered() {
+	for _, o := range os {
+		o.Redelivered()
+	}
+}
+
+func (os Observers) Terminated() {
+	for _, o := range os {
+		o.Terminated()
+	}
+}
 
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
@@ -268,8 +293,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 		}
 		c.reply(h, log, final)
 		c.Observer.Terminated()
-		c.Observer.Answered(r.Op, final.Code, h.meta.Timestamp)
-		c.Outcomes.record(r.Op, final, time.Since(h.meta.Timestamp))
+		c.Observer.Answered(r.Op, final.Code, final.ErrorText, h.meta.Timestamp)
 		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
 		if err := h.msg.TermWithReason(reason); err != nil {
 			log.Error().Err(err).Msg("term")
@@ -282,8 +306,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 	}
 	ev.Msg("command processed")
 	c.reply(h, log, r.Reply)
-	c.Observer.Answered(r.Op, r.Reply.Code, h.meta.Timestamp)
-	c.Outcomes.record(r.Op, r.Reply, time.Since(h.meta.Timestamp))
+	c.Observer.Answered(r.Op, r.Reply.Code, r.Reply.ErrorText, h.meta.Timestamp)
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}

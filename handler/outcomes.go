@@ -36,10 +36,13 @@ type OutcomeStats struct {
 	AverageLatency time.Duration `json:"average_latency"`
 }
 
-func (o *Outcomes) record(op passkey.Op, r Reply, latency time.Duration) {
-	if o == nil || op == "" {
+// Answered counts one answer; with Batch, Redelivered and Terminated
+// (which it ignores) it makes Outcomes an Observer of the consumer.
+func (o *Outcomes) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
+	if op == "" {
 		return
 	}
+	latency := time.Since(storedAt)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.ops == nil {
@@ -52,11 +55,15 @@ func (o *Outcomes) record(op passkey.Op, r Reply, latency time.Duration) {
 	}
 	s.answered++
 	s.latency += latency
-	if r.IsError() {
+	if code != 0 {
 		s.errors++
-		s.lastError = r.ErrorText
+		s.lastError = errorText
 	}
 }
+
+func (o *Outcomes) Batch(int, time.Duration, error) {}
+func (o *Outcomes) Redelivered()                    {}
+func (o *Outcomes) Terminated()                     {}
 
 // Stats is what op's endpoint reports.
 func (o *Outcomes) Stats(op passkey.Op) OutcomeStats {

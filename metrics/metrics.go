@@ -84,7 +84,7 @@ func (m *Metrics) Batch(size int, took time.Duration, err error) {
 }
 
 // Answered records a command's answer; code is 0 for a success.
-func (m *Metrics) Answered(op passkey.Op, code passkey.Code, storedAt time.Time) {
+func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt time.Time) {
 	if op == "" {
 		op = "invalid"
 	}
