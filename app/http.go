@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,14 +46,22 @@ func (h *health) ready(ctx context.Context) error {
 
 // registerGauges adds the gauges read at scrape time.
 func registerGauges(m *metrics.Metrics, cons jetstream.Consumer, store *storage.Store, v *auth.Verifier) {
+	// Both consumer gauges come from one Info call: a scrape reads them
+	// together, so an answer younger than a second serves the second one.
+	var mu sync.Mutex
+	var last *jetstream.ConsumerInfo
+	var at time.Time
 	info := func() *jetstream.ConsumerInfo {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < time.Second {
+			return last
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		ci, err := cons.Info(ctx)
-		if err != nil {
-			return nil
-		}
-		return ci
+		last, _ = cons.Info(ctx) // nil on error: the gauges say -1
+		at = time.Now()
+		return last
 	}
 	m.Gauge("passkeys_consumer_pending", "Commands in the stream not yet delivered to the worker (-1: unknown).", func() float64 {
 		if ci := info(); ci != nil {
