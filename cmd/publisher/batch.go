@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,6 +47,8 @@ type lineResult struct {
 	Outcome string          `json:"outcome"`
 	Reply   json.RawMessage `json:"reply,omitempty"`
 	Error   string          `json:"error,omitempty"`
+
+	latency time.Duration // from publish to reply, for the bench
 }
 
 // Outcome classes of the summary.
@@ -362,6 +365,7 @@ func writeResults(path string, results []lineResult) error {
 func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, prefix string,
 	jobs []job, inFlight int, bar progress) []lineResult {
 	results := make([]lineResult, len(jobs))
+	sent := make([]atomic.Int64, len(jobs))
 	slots := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	var once sync.Map // job index -> answered
@@ -369,7 +373,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 		if _, dup := once.LoadOrStore(i, true); dup {
 			return
 		}
-		r := lineResult{Line: jobs[i].line, Input: jobs[i].input}
+		r := lineResult{Line: jobs[i].line, Input: jobs[i].input, latency: time.Duration(time.Now().UnixNano() - sent[i].Load())}
 		if err != nil {
 			r.Outcome, r.Error = outcomeUnanswered, err.Error()
 		} else {
@@ -413,6 +417,7 @@ publish:
 		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
 		msg.Header.Set(nats.MsgIdHdr, msgID)
 		msg.Data = j.body
+		sent[i].Store(time.Now().UnixNano())
 		future, err := js.PublishMsgAsync(msg)
 		if err != nil {
 			answer(i, nil, err)

@@ -15,8 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,7 +34,6 @@ type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch int
 	dataDir                                         string
 	storage, noSync                                 bool
-	timeout                                         time.Duration
 	cpuProfile                                      string
 }
 
@@ -81,7 +78,6 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	if code, ok := parse(fs, args, 0); !ok {
 		return code
 	}
-	c.timeout = p.timeout
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
@@ -142,7 +138,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	run := randomHex(4)
 	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
 	start := time.Now()
-	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, c.timeout, func(k int) (string, []byte) {
+	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
 		body, _ := json.Marshal(benchUser())
 		return "passkeys.cmd.sync." + bench.UserID(k), body
 	})
@@ -150,13 +146,13 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 		return p.fail(exitFailed, "bench: sync: %v", err)
 	}
 	rep.SyncSeconds = time.Since(start).Seconds()
-	if syncs.Outcomes["ok"] != c.users {
+	if syncs.Outcomes[outcomeDone] != c.users {
 		return p.fail(exitFailed, "bench: sync: %v", syncs.Outcomes)
 	}
 	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
 
 	if c.removals > 0 {
-		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, c.timeout, func(k int) (string, []byte) {
+		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
 			return removal(c.users, k)
 		})
 		if err != nil {
@@ -212,81 +208,29 @@ func removal(users, k int) (string, []byte) {
 	return "passkeys.cmd.remove." + bench.UserID(k%users), body
 }
 
-// publishAll publishes n commands to the stream as a batch publisher does:
-// async, with Reply-To and Nats-Msg-Id, at most inFlight unanswered, and
-// measures each from publish to reply.
+// publishAll publishes n commands to the stream as a batch publisher does
+// (publishJobs: async, Reply-To, Nats-Msg-Id, at most inFlight unanswered)
+// and measures each from publish to reply.
 func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, n, inFlight int,
-	timeout time.Duration, command func(k int) (string, []byte)) (*phaseReport, error) {
-	sent := make([]int64, n)
-	lat := make([]time.Duration, n)
-	answered := make([]atomic.Bool, n)
-	slots := make(chan struct{}, inFlight)
-	var mu sync.Mutex
-	outcomes := map[string]int{}
-	var done sync.WaitGroup
-	done.Add(n)
-	prefix := nats.NewInbox()
-	sub, err := nc.Subscribe(prefix+".*", func(m *nats.Msg) {
-		k, err := strconv.Atoi(m.Subject[len(prefix)+1:])
-		if err != nil || k < 0 || k >= n || answered[k].Swap(true) {
-			return // not ours, or a repeated reply
-		}
-		lat[k] = time.Duration(time.Now().UnixNano() - atomic.LoadInt64(&sent[k]))
-		key := "ok"
-		if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-			key = code
-		}
-		mu.Lock()
-		outcomes[key]++
-		mu.Unlock()
-		<-slots
-		done.Done()
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Unsubscribe()
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		return nil, err
+	command func(k int) (string, []byte)) (*phaseReport, error) {
+	jobs := make([]job, n)
+	for k := range jobs {
+		subject, body := command(k)
+		jobs[k] = job{line: k, subject: subject, body: body}
 	}
 	start := time.Now()
-	for k := range n {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		subject, body := command(k)
-		msg := nats.NewMsg(subject)
-		msg.Header.Set("Authorization", "Bearer "+p.bearer)
-		msg.Header.Set("Reply-To", prefix+"."+strconv.Itoa(k))
-		msg.Header.Set(nats.MsgIdHdr, run+"-"+strconv.Itoa(k))
-		msg.Data = body
-		atomic.StoreInt64(&sent[k], time.Now().UnixNano())
-		if _, err := js.PublishMsgAsync(msg); err != nil {
-			return nil, fmt.Errorf("publish %d: %w", k, err)
-		}
+	results := p.publishJobs(ctx, nc, js, run, jobs, inFlight, noProgress{})
+	elapsed := time.Since(start)
+	lat := make([]time.Duration, 0, n)
+	outcomes := map[string]int{}
+	for _, r := range results {
+		outcomes[r.Outcome]++
+		lat = append(lat, r.latency)
 	}
-	waited := make(chan struct{})
-	go func() { done.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-time.After(timeout + time.Duration(n)*time.Millisecond):
-		return nil, fmt.Errorf("%d of %d commands unanswered", n-countAnswered(answered), n)
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if u := outcomes[outcomeUnanswered]; u > 0 {
+		return nil, fmt.Errorf("%d of %d commands unanswered", u, n)
 	}
-	return summarize(lat, time.Since(start), outcomes), nil
-}
-
-func countAnswered(a []atomic.Bool) int {
-	c := 0
-	for i := range a {
-		if a[i].Load() {
-			c++
-		}
-	}
-	return c
+	return summarize(lat, elapsed, outcomes), nil
 }
 
 // requestEach sends n removals one after another through the request-reply
@@ -304,11 +248,7 @@ func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, use
 			return nil, err
 		}
 		lat[i] = time.Since(t0)
-		key := "ok"
-		if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
-			key = code
-		}
-		outcomes[key]++
+		outcomes[classify(reply)]++
 	}
 	return summarize(lat, time.Since(start), outcomes), nil
 }
