@@ -90,10 +90,7 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 	tb.Cleanup(func() {
 		cancel()
 		<-w.done
-		// Every JWT's header starts with base64 of `{"`: no log line may hold one.
-		if strings.Contains(w.log.String(), "eyJ") {
-			tb.Error("the worker's log holds a token")
-		}
+		checkLog(tb, w.log.String())
 		if tb.Failed() {
 			tb.Logf("worker log:\n%s", w.log)
 		}
@@ -111,6 +108,26 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 		if time.Now().After(deadline) {
 			tb.Fatalf("worker did not start\n%s", w.log)
 		}
+	}
+}
+
+// checkLog holds the worker's log to the contract: one JSON line per event,
+// each with a level, a time and a message, and no token in any of them
+// (every JWT's header starts with base64 of `{"`, "eyJ").
+func checkLog(tb testing.TB, log string) {
+	tb.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+		if line == "" || strings.HasPrefix(line, "worker: ") { // run's own error line, from main
+			continue
+		}
+		var ev struct{ Level, Time, Message string }
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Level == "" || ev.Time == "" || ev.Message == "" {
+			tb.Errorf("log line is not a JSON event: %.200s", line)
+			return
+		}
+	}
+	if strings.Contains(log, "eyJ") {
+		tb.Error("the worker's log holds a token")
 	}
 }
 

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -193,19 +191,5 @@ func TestNATSServerKilled(t *testing.T) {
 	if err := proc.cmd.Wait(); err != nil {
 		t.Fatalf("worker exit: %v", err)
 	}
-	log, _ := os.ReadFile(proc.log.Name())
-	if !json.Valid(firstLine(log)) && len(log) > 0 {
-		t.Errorf("worker log is not JSON lines: %.200s", log)
-	}
-
 	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
-}
-
-func firstLine(b []byte) []byte {
-	for i, c := range b {
-		if c == '\n' {
-			return b[:i]
-		}
-	}
-	return b
 }
