@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -432,12 +431,7 @@ func TestJWKSRotation(t *testing.T) {
 // /metrics counts what the worker does; /healthz answers while it runs;
 // /readyz only while it is connected and its stream, consumer and store are there.
 func TestMetricsAndHealth(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	ns := testenv.StartNATS(t)
 	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(t.TempDir(), "data")}
 	e.nc = testenv.Connect(t, e.url)

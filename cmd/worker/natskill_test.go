@@ -78,12 +78,7 @@ func TestNATSServerKilled(t *testing.T) {
 		t.Skip("starts and kills a NATS server process")
 	}
 	const users, perUser = 1000, 10
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	srv := &natsServer{bin: buildNATSServer(t), storeDir: t.TempDir(), addr: addr}
 	srv.start(t)
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,12 +20,7 @@ import (
 // the worker replays what the store missed before it takes new work, and the
 // store ends as one that never went back.
 func TestBackupRestoreCatchUp(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 	e := newEnv(t, "--http-listen", addr)
 	adminTok := e.token(t, "a", admin)
 	users := func(from, to int, f func(id string)) {
@@ -50,7 +44,7 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 		t.Fatalf("backup said %q", out.String())
 	}
 	// Without --from, the running worker's lock is in the way, and it says so.
-	err = run(context.Background(), []string{"backup", "--out", backup + "2", "--data-dir", e.dataDir}, func(string) string { return "" }, io.Discard, io.Discard)
+	err := run(context.Background(), []string{"backup", "--out", backup + "2", "--data-dir", e.dataDir}, func(string) string { return "" }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "use --from") {
 		t.Fatalf("backup of a locked store: %v", err)
 	}
