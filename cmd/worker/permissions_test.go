@@ -78,6 +78,15 @@ func TestNATSPermissions(t *testing.T) {
 	if r := e.request(t, "passkeys.list.u1", e.token(t, "u1"), nil); !strings.Contains(string(r.Data), "pk-2") {
 		t.Fatalf("list as a service: %s", r.Data)
 	}
+	// The worker's own user reads the original of a duplicate (a Nats-Msg-Id
+	// reused on another user's command) and replays stored commands.
+	e.nc = operator.nc
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u2", adminTok, syncBody(true, "pk-1"), "Nats-Msg-Id", "perm-1"))
+	testenv.WantError(t, e.request(t, "passkeys.sync.u3", adminTok, syncBody(true, "pk-1"), "Nats-Msg-Id", "perm-1"), 3, "REQUEST-MSGID-REUSED", "400")
+	replayed := e.request(t, "passkeys.admin.replay", e.token(t, "root", "passkeys:system"), `{"fromSeq":1,"toSeq":100}`)
+	if got, want := string(replayed.Data), `{"fromSeq":1,"toSeq":3,"read":3,"repeats":3,"applied":0,"refused":0,"failed":0}`; got != want {
+		t.Fatalf("replay with the worker's user: %s, want %s", got, want)
+	}
 	js, err := jetstream.New(operator.nc)
 	if err != nil {
 		t.Fatal(err)
