@@ -74,20 +74,18 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
-	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (publisher and embedded worker) to this file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (publisher and embedded worker) during the batch removals to this file")
 	if code, ok := parse(fs, args, 0); !ok {
 		return code
 	}
+	var profile *os.File
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
 			return p.fail(exitUsage, "bench: %v", err)
 		}
 		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return p.fail(exitFailed, "bench: %v", err)
-		}
-		defer pprof.StopCPUProfile()
+		profile = f
 	}
 	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
 		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
@@ -152,9 +150,17 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
 
 	if c.removals > 0 {
+		if profile != nil {
+			if err := pprof.StartCPUProfile(profile); err != nil {
+				return p.fail(exitFailed, "bench: %v", err)
+			}
+		}
 		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
 			return removal(c.users, k)
 		})
+		if profile != nil {
+			pprof.StopCPUProfile()
+		}
 		if err != nil {
 			return p.fail(exitFailed, "bench: removals: %v", err)
 		}
