@@ -442,27 +442,25 @@ func listenAddr(s string) (string, int, error) {
 	return host, port, nil
 }
 
-// pruneOutcomes deletes expired outcome records once a minute, in small
-// transactions so the consumer is never held up for long.
+// pruneInterval is how often expired outcome records are pruned. A pass
+// reads the whole store (storage.PruneOutcomes); against a retention of
+// days, an hour's delay is nothing.
+const pruneInterval = time.Hour
+
+// pruneOutcomes deletes expired outcome records at start and then every
+// pruneInterval, in small transactions so the consumer is never held up
+// for long.
 func pruneOutcomes(ctx context.Context, store *storage.Store, log zerolog.Logger) {
 	const chunk = 5000
-	tick := time.NewTicker(time.Minute)
+	tick := time.NewTicker(pruneInterval)
 	defer tick.Stop()
 	for {
-		total := 0
-		for {
-			n, err := store.PruneOutcomes(time.Now(), chunk)
-			total += n
-			if err != nil {
-				log.Error().Err(err).Msg("prune outcome records")
-				break
-			}
-			if n < chunk || ctx.Err() != nil {
-				break
-			}
-		}
-		if total > 0 {
-			log.Info().Int("pruned", total).Msg("expired outcome records pruned")
+		start := time.Now()
+		n, err := store.PruneOutcomes(start, chunk)
+		if err != nil {
+			log.Error().Err(err).Int("pruned", n).Msg("prune outcome records")
+		} else if n > 0 {
+			log.Info().Int("pruned", n).Dur("took", time.Since(start)).Msg("expired outcome records pruned")
 		}
 		select {
 		case <-ctx.Done():

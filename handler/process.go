@@ -76,7 +76,10 @@ type Processor struct {
 // prepared is a command decoded and authenticated before the transaction,
 // so that the expensive work (signatures, JSON) does not hold the write lock.
 type prepared struct {
-	cmd       *Command
+	cmd *Command
+	// owner is the user whose records hold the command's outcome: the user
+	// the subject names, or "" when it names none validly.
+	owner     string
 	key       []byte
 	op        passkey.Op
 	userID    string
@@ -141,6 +144,9 @@ func (p *Processor) prepare(c *Command) prepared {
 	}
 	op, userID, err := passkey.ParseSubject(CommandPrefix, c.Subject)
 	pr.op, pr.userID = op, userID
+	if err == nil {
+		pr.owner = userID
+	}
 	switch {
 	case err != nil:
 	case op == passkey.OpList:
@@ -175,7 +181,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		res.Transient = pr.broken
 		return res, nil
 	}
-	stored, err := tx.Outcome(pr.key)
+	stored, err := tx.Outcome(pr.owner, pr.key)
 	if errors.Is(err, binrec.ErrCorrupt) {
 		// One damaged record must not hold up the commands batched with it.
 		res.Transient = err
@@ -200,7 +206,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			// message that lives a full MaxAge from now; the record must live
 			// as long, or a later replay of that message would apply it again.
 			stored.Expires = expires
-			return res, tx.PutOutcome(pr.key, stored)
+			return res, tx.PutOutcome(pr.owner, pr.key, stored)
 		}
 		return res, nil
 	}
@@ -231,7 +237,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			return res, nil
 		}
 	}
-	return res, tx.PutOutcome(pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
+	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
 }
 
 // decide runs the rule for one command, turning a panic into an error so a

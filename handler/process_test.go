@@ -127,7 +127,7 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 		t.Fatalf("late repeat: %s, want %s", later[0].Reply.Body, first[0].Reply.Body)
 	}
 	err := f.p.Store.View(func(tx *storage.Tx) error {
-		o, err := tx.Outcome(MsgIDKey("s2"))
+		o, err := tx.Outcome("u1", MsgIDKey("s2"))
 		if err != nil {
 			return err
 		}
@@ -142,6 +142,42 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 			t.Errorf("sequence %d, want 2: the repeat changed the user", u.Sequence)
 		}
 		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A Nats-Msg-Id is a key among the records of the user the command names.
+// Within JetStream's duplicate window a reuse never reaches the worker (the
+// service answers it); past the window, the same key on another user's
+// command is that user's own command, and on another command for the same
+// user it is refused as reused, never answered with the other's reply.
+func TestMsgIDKeptPerUser(t *testing.T) {
+	f := newProcessor(t)
+	sync := map[string]any{"resourceOwner": "org1", "passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}
+	res := f.process(t,
+		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "same", sync, adminScope),
+		f.cmd(t, "passkeys.cmd.sync.u2", "admin", "same", sync, adminScope),
+		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "same", map[string]any{"tokenId": "pk-1"}),
+		f.cmd(t, "passkeys.cmd.sync.u2", "admin", "same", sync, adminScope),
+		f.cmd(t, "passkeys.cmd.sync.bad.user", "admin", "same", sync, adminScope),
+	)
+	want := []string{"seq 1", "seq 1", passkey.IDMsgIDReused, "seq 1", passkey.IDSubjectInvalid}
+	for i, w := range want {
+		if got := replyID(t, res[i]); got != w {
+			t.Errorf("command %d: %s, want %s", i, got, w)
+		}
+	}
+	if res[1].Repeat || !res[3].Repeat || !bytes.Equal(res[1].Reply.Body, res[3].Reply.Body) {
+		t.Errorf("u2's repeat is not u2's first reply")
+	}
+	err := f.p.Store.View(func(tx *storage.Tx) error {
+		u, err := tx.User("u1")
+		if err != nil || u == nil || len(u.Passkeys) != 2 {
+			t.Errorf("u1 = %+v, %v; the reused key must change nothing", u, err)
+		}
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +204,7 @@ func TestRefusalIsStored(t *testing.T) {
 func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
 	f := newProcessor(t)
 	err := f.p.Store.Update(func(tx *storage.Tx) error {
-		return tx.PutOutcome(MsgIDKey("damaged"), &storage.Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{9, 9}, Expires: f.now.Add(time.Hour)})
+		return tx.PutOutcome("u1", MsgIDKey("damaged"), &storage.Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{9, 9}, Expires: f.now.Add(time.Hour)})
 	})
 	if err != nil {
 		t.Fatal(err)

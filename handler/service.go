@@ -137,7 +137,7 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 			respondError(req, errStreamUnavailable)
 			return
 		}
-		go s.awaitPubAck(req, future, subject, msgIDs)
+		go s.awaitPubAck(req, future, subject, userID, msgIDs)
 	}
 }
 
@@ -145,12 +145,17 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 var errStreamUnavailable = passkey.Errorf(passkey.CodeUnavailable, passkey.IDStreamUnavailable,
 	"the command could not be stored; it was not applied, try again")
 
-func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject string, msgIDs []string) {
+func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID string, msgIDs []string) {
 	select {
 	case ack := <-future.Ok():
 		if ack.Duplicate && len(msgIDs) == 1 {
-			// JetStream dropped the repeat: the original's outcome is the answer.
-			s.replayOutcome(req, subject, MsgIDKey(msgIDs[0]))
+			// JetStream dropped the repeat: the original's outcome is the
+			// answer, unless the original was another command.
+			if s.originalDiffers(ack.Sequence, subject) {
+				respond(req, ErrorReply(errMsgIDReused))
+				return
+			}
+			s.replayOutcome(req, subject, userID, MsgIDKey(msgIDs[0]))
 		}
 	case err := <-future.Err():
 		s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish not acknowledged")
@@ -158,9 +163,29 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 	}
 }
 
+// originalDiffers tells whether the stored command at seq, the one a
+// duplicate's Nats-Msg-Id belongs to, is on another subject. Outcomes are
+// kept per user, so another user's command would never show its outcome
+// here: the wait would end in OUTCOME-UNAVAILABLE instead of the answer
+// that the Nats-Msg-Id was reused. When the stream cannot say, the outcome
+// lookup decides, as it would without this check.
+func (s *Service) originalDiffers(seq uint64, subject string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	stream, err := s.JS.Stream(ctx, StreamName)
+	if err == nil {
+		var orig *jetstream.RawStreamMsg
+		if orig, err = stream.GetMsg(ctx, seq); err == nil {
+			return orig.Subject != subject
+		}
+	}
+	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")
+	return false
+}
+
 // replayOutcome answers a duplicate with the stored outcome of the original,
 // waiting for it while the original is still being processed.
-func (s *Service) replayOutcome(req micro.Request, subject string, key []byte) {
+func (s *Service) replayOutcome(req micro.Request, subject, userID string, key []byte) {
 	if req.Reply() == "" {
 		return
 	}
@@ -171,7 +196,7 @@ func (s *Service) replayOutcome(req micro.Request, subject string, key []byte) {
 		var out *storage.Outcome
 		err := s.Store.View(func(tx *storage.Tx) error {
 			var err error
-			out, err = tx.Outcome(key)
+			out, err = tx.Outcome(userID, key)
 			return err
 		})
 		switch {

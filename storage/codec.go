@@ -2,6 +2,7 @@ package storage
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
@@ -95,6 +96,18 @@ func encodeOutcome(o *Outcome) []byte {
 	b = binrec.AppendTime(b, o.Expires)
 	b = binrec.AppendString(b, o.Subject)
 	return append(b, o.Reply...)
+}
+
+// outcomeExpired tells whether the encoded outcome raw expired at or before
+// now, reading only its head. A record it cannot read is not expired: it is
+// left for an operator to look at.
+func outcomeExpired(raw []byte, now time.Time) bool {
+	r := binrec.NewReader(raw)
+	if r.Byte() != outcomeRecordV1 {
+		return false
+	}
+	at := r.Time()
+	return r.Err() == nil && !at.After(now)
 }
 
 func decodeOutcome(raw []byte) (*Outcome, error) {

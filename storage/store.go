@@ -5,12 +5,14 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -21,15 +23,21 @@ import (
 // Bucket names. Every bucket is created when the store is opened, so a
 // transaction never has to.
 var (
-	// bucketUsers maps a user id to its encoded passkey.User (codec.go).
+	// bucketUsers maps a user id to its encoded passkey.User, and a user id,
+	// a zero byte and an outcome key to the encoded Outcome of one of that
+	// user's commands (codec.go). A user's outcomes sort right after the
+	// user, so a command's whole effect usually lands on one leaf page: each
+	// page a commit writes is one more disk write its fsync waits for.
 	bucketUsers = []byte("users")
-	// bucketOutcomes maps an outcome key to its encoded Outcome (codec.go).
+	// bucketOutcomes maps an outcome key to the encoded Outcome of a command
+	// that names no valid user, and holds the records of earlier versions,
+	// which kept every outcome here.
 	bucketOutcomes = []byte("outcomes")
-	// bucketExpiry indexes outcomes by expiry: 8-byte big-endian Unix
-	// nanoseconds followed by the outcome key, with an empty value.
-	bucketExpiry = []byte("outcome_expiry")
 	// bucketMeta holds single values such as the last applied stream sequence.
 	bucketMeta = []byte("meta")
+	// bucketExpiryV1 was an index of outcomes by expiry; pruning now walks
+	// the records instead, and Open deletes it.
+	bucketExpiryV1 = []byte("outcome_expiry")
 )
 
 var (
@@ -82,10 +90,13 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketExpiry, bucketMeta} {
+		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
+		}
+		if tx.Bucket(bucketExpiryV1) != nil {
+			return tx.DeleteBucket(bucketExpiryV1)
 		}
 		return nil
 	})
@@ -134,8 +145,16 @@ func (t *Tx) User(id string) (*passkey.User, error) {
 
 // PutUser writes u.
 func (t *Tx) PutUser(u *passkey.User) error {
+	if u.ID == "" || strings.IndexByte(u.ID, 0) >= 0 {
+		return fmt.Errorf("storage: user id %q: %w", u.ID, ErrBadUserID)
+	}
 	return t.tx.Bucket(bucketUsers).Put([]byte(u.ID), encodeUser(u))
 }
+
+// ErrBadUserID is returned for a user id the store cannot key: empty, or
+// holding the zero byte that separates a user from its outcome records.
+// The handler never passes one (passkey.ValidateUserID refuses them).
+var ErrBadUserID = errors.New("empty user id, or one with a zero byte")
 
 // Outcome is the reply a command got, kept so that a repeat of the command
 // gets the same bytes.
@@ -150,9 +169,22 @@ type Outcome struct {
 	Expires time.Time
 }
 
-// Outcome returns the outcome kept under key, or nil.
-func (t *Tx) Outcome(key []byte) (*Outcome, error) {
-	raw := t.tx.Bucket(bucketOutcomes).Get(key)
+// Outcome returns the outcome kept for key among userID's records, or nil.
+// userID is the user the command names, or "" for a command that names no
+// valid user. A record an earlier version kept outside the user's records
+// is found too.
+func (t *Tx) Outcome(userID string, key []byte) (*Outcome, error) {
+	var raw []byte
+	if userID != "" {
+		b, k, err := t.outcomeLocation(userID, key)
+		if err != nil {
+			return nil, err
+		}
+		raw = b.Get(k)
+	}
+	if raw == nil {
+		raw = t.tx.Bucket(bucketOutcomes).Get(key)
+	}
 	if raw == nil {
 		return nil, nil
 	}
@@ -163,22 +195,35 @@ func (t *Tx) Outcome(key []byte) (*Outcome, error) {
 	return o, nil
 }
 
-// PutOutcome keeps o under key until o.Expires.
-func (t *Tx) PutOutcome(key []byte, o *Outcome) error {
-	outcomes := t.tx.Bucket(bucketOutcomes)
-	if outcomes.Get(key) == nil {
+// PutOutcome keeps o for key among userID's records until o.Expires (and
+// until the next PruneOutcomes after it).
+func (t *Tx) PutOutcome(userID string, key []byte, o *Outcome) error {
+	b, k, err := t.outcomeLocation(userID, key)
+	if err != nil {
+		return err
+	}
+	if b.Get(k) == nil {
 		if err := t.addOutcomeCount(1); err != nil {
 			return err
 		}
 	}
-	if err := outcomes.Put(key, encodeOutcome(o)); err != nil {
-		return err
+	return b.Put(k, encodeOutcome(o))
+}
+
+// outcomeLocation is the bucket and the key of an outcome record.
+func (t *Tx) outcomeLocation(userID string, key []byte) (*bolt.Bucket, []byte, error) {
+	if len(key) == 0 {
+		return nil, nil, errors.New("storage: empty outcome key")
 	}
-	expiry := t.tx.Bucket(bucketExpiry)
-	// Expiry keys mostly grow with time: fill pages completely instead of
-	// splitting them half empty.
-	expiry.FillPercent = 0.95
-	return expiry.Put(expiryKey(o.Expires, key), nil)
+	if userID == "" {
+		return t.tx.Bucket(bucketOutcomes), key, nil
+	}
+	if strings.IndexByte(userID, 0) >= 0 {
+		return nil, nil, fmt.Errorf("storage: user id %q: %w", userID, ErrBadUserID)
+	}
+	k := make([]byte, 0, len(userID)+1+len(key))
+	k = append(append(append(k, userID...), 0), key...)
+	return t.tx.Bucket(bucketUsers), k, nil
 }
 
 // addOutcomeCount keeps the number of outcome records, so that metrics can
@@ -224,45 +269,99 @@ func (t *Tx) NoteAppliedSeq(seq uint64) error {
 	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
 }
 
-func expiryKey(at time.Time, key []byte) []byte {
-	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(key)), uint64(at.UnixNano()))
-	return append(k, key...)
-}
+// pruneScan bounds the keys one read transaction of PruneOutcomes looks at.
+var pruneScan = 20_000
 
-// PruneOutcomes deletes at most limit outcome records that expired before
-// now, in one transaction, and reports how many it deleted. Callers loop
-// until it returns fewer than limit, so no one transaction grows large.
+// PruneOutcomes deletes every outcome record that expired at or before now,
+// and reports how many it deleted. It walks the records in read
+// transactions of a bounded number of keys, and deletes what it found in
+// write transactions of at most limit records, so the consumer is never
+// held up for long. A record rewritten with a later expiry in the meantime
+// is kept.
+//
+// Walking the records costs a read of the whole file per call: a few
+// seconds at millions of users, so callers run it rarely (hourly), which
+// an outcome retention of days does not notice. It saves an expiry index
+// that every command would otherwise write, on pages of its own.
 func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
-	n := 0
-	err := s.Update(func(t *Tx) error {
-		outcomes, expiry := t.tx.Bucket(bucketOutcomes), t.tx.Bucket(bucketExpiry)
-		c := expiry.Cursor()
-		cutoff := uint64(now.UnixNano())
-		for k, _ := c.First(); k != nil && n < limit; k, _ = c.First() {
-			if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > cutoff {
+	if limit <= 0 {
+		limit = 1
+	}
+	total := 0
+	for _, name := range [][]byte{bucketUsers, bucketOutcomes} {
+		var from []byte
+		for {
+			expired, next, err := s.findExpired(name, from, now, limit)
+			if err != nil {
+				return total, err
+			}
+			n, err := s.deleteExpired(name, expired, now)
+			total += n
+			if err != nil {
+				return total, err
+			}
+			if next == nil {
 				break
 			}
-			key := append([]byte(nil), k[8:]...)
-			// The record may have been rewritten with a later expiry; only
-			// delete it if this index entry is the one it holds.
-			if o, err := t.Outcome(key); err != nil {
-				return err
-			} else if o != nil && !o.Expires.After(now) {
-				if err := outcomes.Delete(key); err != nil {
-					return err
-				}
-				if err := t.addOutcomeCount(-1); err != nil {
-					return err
-				}
+			from = next
+		}
+	}
+	return total, nil
+}
+
+// findExpired returns up to limit keys of expired outcome records in bucket
+// name, from key from on, and the key to go on from (nil at the end).
+func (s *Store) findExpired(name, from []byte, now time.Time, limit int) (expired [][]byte, next []byte, err error) {
+	err = s.View(func(t *Tx) error {
+		c := t.tx.Bucket(name).Cursor()
+		k, v := c.First()
+		if from != nil {
+			k, v = c.Seek(from)
+		}
+		for scanned := 0; k != nil; k, v = c.Next() {
+			if scanned == pruneScan || len(expired) == limit {
+				next = append([]byte(nil), k...)
+				return nil
 			}
-			if err := c.Delete(); err != nil {
+			scanned++
+			if isOutcomeKey(name, k) && outcomeExpired(v, now) {
+				expired = append(expired, append([]byte(nil), k...))
+			}
+		}
+		return nil
+	})
+	return expired, next, err
+}
+
+// deleteExpired deletes the records under keys that are still expired.
+func (s *Store) deleteExpired(name []byte, keys [][]byte, now time.Time) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	n := 0
+	err := s.Update(func(t *Tx) error {
+		n = 0
+		b := t.tx.Bucket(name)
+		for _, k := range keys {
+			if !outcomeExpired(b.Get(k), now) {
+				continue // repeated since, and kept longer
+			}
+			if err := b.Delete(k); err != nil {
 				return err
 			}
 			n++
 		}
-		return nil
+		return t.addOutcomeCount(-int64(n))
 	})
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// isOutcomeKey tells an outcome record's key from a user's in bucket name.
+func isOutcomeKey(name, k []byte) bool {
+	return !bytes.Equal(name, bucketUsers) || bytes.IndexByte(k, 0) >= 0
 }
 
 // Backup writes a consistent copy of the store to w, from one read

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -110,7 +112,15 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 		if err := tx.NoteAppliedSeq(3); err != nil {
 			return err
 		}
-		return tx.PutOutcome([]byte("k1"), &Outcome{Subject: "s", Reply: []byte{7, 8}, Expires: now.Add(time.Hour)})
+		if err := tx.PutOutcome("u1", []byte("k1"), &Outcome{Subject: "s1", Reply: []byte{7, 8}, Expires: now.Add(time.Hour)}); err != nil {
+			return err
+		}
+		// The same key among another user's records, and for a command
+		// that names no user, are other records.
+		if err := tx.PutOutcome("u1x", []byte("k1"), &Outcome{Subject: "s2", Expires: now.Add(time.Hour)}); err != nil {
+			return err
+		}
+		return tx.PutOutcome("", []byte("k2"), &Outcome{Subject: "s3", Expires: now.Add(time.Hour)})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -126,58 +136,148 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 		if got := tx.AppliedSeq(); got != 9 {
 			t.Errorf("applied seq = %d, want 9", got)
 		}
-		o, err := tx.Outcome([]byte("k1"))
-		if err != nil || string(o.Reply) != "\x07\x08" || o.Subject != "s" {
+		for _, c := range []struct {
+			user, key, subject string
+		}{{"u1", "k1", "s1"}, {"u1x", "k1", "s2"}, {"", "k2", "s3"}, {"u2", "k1", ""}} {
+			o, err := tx.Outcome(c.user, []byte(c.key))
+			if err != nil {
+				t.Errorf("outcome %s/%s: %v", c.user, c.key, err)
+				continue
+			}
+			if got := o != nil; got != (c.subject != "") {
+				t.Errorf("outcome %s/%s found = %v", c.user, c.key, got)
+			} else if o != nil && o.Subject != c.subject {
+				t.Errorf("outcome %s/%s = %+v, want subject %s", c.user, c.key, o, c.subject)
+			}
+		}
+		if o, err := tx.Outcome("u1", []byte("k1")); err != nil || string(o.Reply) != "\x07\x08" {
 			t.Errorf("outcome = %+v, %v", o, err)
+		}
+		// A record kept outside the user's records (by an earlier
+		// version) is found through the user.
+		if o, err := tx.Outcome("u1", []byte("k2")); err != nil || o == nil || o.Subject != "s3" {
+			t.Errorf("earlier version's record = %+v, %v", o, err)
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestPruneOutcomes(t *testing.T) {
-	s := MustOpenStore(t)
-	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	err := s.Update(func(tx *Tx) error {
-		for i, key := range []string{"a", "b", "c", "d", "e"} {
-			if err := tx.PutOutcome([]byte(key), &Outcome{Subject: "s", Expires: now.Add(time.Duration(i-2) * time.Minute)}); err != nil {
-				return err
-			}
-		}
-		// b was repeated later: its record now lives longer than its first index entry.
-		return tx.PutOutcome([]byte("b"), &Outcome{Subject: "s", Expires: now.Add(time.Hour)})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Index entries due: a, b (its old entry), c (exactly now). d, e and b's
-	// new entry are later.
-	n, err := s.PruneOutcomes(now, 2)
-	if err != nil || n != 2 {
-		t.Fatalf("first prune: %d, %v", n, err)
-	}
-	n, err = s.PruneOutcomes(now, 2)
-	if err != nil || n != 1 {
-		t.Fatalf("second prune: %d, %v", n, err)
 	}
 	if n, err := s.OutcomeCount(); err != nil || n != 3 {
 		t.Errorf("outcome count %d, %v; want 3", n, err)
 	}
-	err = s.View(func(tx *Tx) error {
-		for key, want := range map[string]bool{"a": false, "b": true, "c": false, "d": true, "e": true} {
-			o, err := tx.Outcome([]byte(key))
-			if err != nil {
+}
+
+func TestBadUserIDs(t *testing.T) {
+	s := MustOpenStore(t)
+	for _, id := range []string{"", "u\x00x"} {
+		err := s.Update(func(tx *Tx) error { return tx.PutUser(&passkey.User{ID: id}) })
+		if !errors.Is(err, ErrBadUserID) {
+			t.Errorf("PutUser(%q) = %v, want ErrBadUserID", id, err)
+		}
+	}
+	err := s.Update(func(tx *Tx) error { return tx.PutOutcome("u\x00x", []byte("k"), &Outcome{}) })
+	if !errors.Is(err, ErrBadUserID) {
+		t.Errorf("PutOutcome = %v, want ErrBadUserID", err)
+	}
+}
+
+func TestPruneOutcomes(t *testing.T) {
+	defer func(n int) { pruneScan = n }(pruneScan)
+	pruneScan = 3 // several read transactions over a few keys
+	s := MustOpenStore(t)
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	type rec struct{ user, key string }
+	err := s.Update(func(tx *Tx) error {
+		for _, id := range []string{"u1", "u2"} {
+			if err := tx.PutUser(&passkey.User{ID: id}); err != nil {
 				return err
 			}
-			if got := o != nil; got != want {
-				t.Errorf("outcome %s kept = %v, want %v", key, got, want)
+		}
+		for i, r := range []rec{{"u1", "a"}, {"u1", "b"}, {"u2", "c"}, {"u2", "d"}, {"", "e"}, {"", "f"}} {
+			if err := tx.PutOutcome(r.user, []byte(r.key), &Outcome{Subject: "s", Expires: now.Add(time.Duration(i-3) * time.Minute)}); err != nil {
+				return err
+			}
+		}
+		// a was repeated later: it now lives longer.
+		return tx.PutOutcome("u1", []byte("a"), &Outcome{Subject: "s", Expires: now.Add(time.Hour)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Due: b, c, d (exactly now). a was extended; e and f are later.
+	n, err := s.PruneOutcomes(now, 2)
+	if err != nil || n != 2+1 {
+		t.Fatalf("prune: %d, %v; want 3", n, err)
+	}
+	if n, err := s.PruneOutcomes(now, 2); err != nil || n != 0 {
+		t.Fatalf("second prune: %d, %v; want 0", n, err)
+	}
+	if n, err := s.OutcomeCount(); err != nil || n != 3 {
+		t.Errorf("outcome count %d, %v; want 3", n, err)
+	}
+	if n, err := s.PruneOutcomes(now.Add(2*time.Hour), 1); err != nil || n != 3 {
+		t.Fatalf("prune of the rest: %d, %v; want 3", n, err)
+	}
+	err = s.View(func(tx *Tx) error {
+		for _, id := range []string{"u1", "u2"} {
+			if u, err := tx.User(id); err != nil || u == nil {
+				t.Errorf("user %s after pruning: %v, %v", id, u, err)
+			}
+		}
+		for _, r := range []rec{{"u1", "a"}, {"u1", "b"}, {"u2", "c"}, {"u2", "d"}, {"", "e"}, {"", "f"}} {
+			if o, err := tx.Outcome(r.user, []byte(r.key)); err != nil || o != nil {
+				t.Errorf("outcome %s/%s after pruning all: %v, %v", r.user, r.key, o, err)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n, err := s.OutcomeCount(); err != nil || n != 0 {
+		t.Errorf("outcome count %d, %v; want 0", n, err)
+	}
+}
+
+// A store written by a version that indexed outcomes by expiry opens
+// without the index; its records are still found and pruned.
+func TestOpenDropsTheExpiryIndex(t *testing.T) {
+	s := MustOpenStore(t)
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		idx, err := tx.CreateBucket(bucketExpiryV1)
+		if err != nil {
+			return err
+		}
+		if err := idx.Put([]byte("some index entry"), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketOutcomes).Put([]byte("m:old"), encodeOutcome(&Outcome{Subject: "s", Expires: now}))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := s.Path()
+	s.Close()
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	err = s.View(func(tx *Tx) error {
+		if tx.tx.Bucket(bucketExpiryV1) != nil {
+			t.Error("the expiry index is still there")
+		}
+		if o, err := tx.Outcome("u1", []byte("m:old")); err != nil || o == nil {
+			t.Errorf("earlier record = %v, %v", o, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.PruneOutcomes(now, 10); err != nil || n != 1 {
+		t.Errorf("prune: %d, %v; want 1", n, err)
 	}
 }

@@ -59,6 +59,12 @@ func RemoveBatched(s *storage.Store, users, offset, n, batch int) error {
 		err := s.Update(func(tx *storage.Tx) error {
 			for k := start; k < min(start+batch, offset+n); k++ {
 				id := UserID(k % users)
+				// As the worker does: look for an outcome of the same
+				// command first.
+				key := handler.MsgIDKey("bench-" + strconv.Itoa(k))
+				if o, err := tx.Outcome(id, key); err != nil || o != nil {
+					return fmt.Errorf("removal %d: outcome %v, %v", k, o, err)
+				}
 				u, err := tx.User(id)
 				if err != nil {
 					return err
@@ -71,8 +77,7 @@ func RemoveBatched(s *storage.Store, users, offset, n, batch int) error {
 					return err
 				}
 				reply := handler.SuccessReply(next)
-				key := handler.MsgIDKey("bench-" + strconv.Itoa(k))
-				if err := tx.PutOutcome(key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Reply: reply.Record, Expires: expires}); err != nil {
+				if err := tx.PutOutcome(id, key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Reply: reply.Record, Expires: expires}); err != nil {
 					return err
 				}
 			}
