@@ -148,7 +148,20 @@ func (t *Tx) PutUser(u *passkey.User) error {
 	if u.ID == "" || strings.IndexByte(u.ID, 0) >= 0 {
 		return fmt.Errorf("storage: user id %q: %w", u.ID, ErrBadUserID)
 	}
-	return t.tx.Bucket(bucketUsers).Put([]byte(u.ID), encodeUser(u))
+	return t.users().Put([]byte(u.ID), encodeUser(u))
+}
+
+// usersFill is how full bbolt fills the users bucket's pages when it
+// splits them, instead of its default half: users mostly arrive in key
+// ranges (a sync of many users, their outcomes after them), which would
+// leave every page half empty, doubling the file and the memory it maps.
+const usersFill = 0.9
+
+// users is the users bucket, to write to.
+func (t *Tx) users() *bolt.Bucket {
+	b := t.tx.Bucket(bucketUsers)
+	b.FillPercent = usersFill
+	return b
 }
 
 // ErrBadUserID is returned for a user id the store cannot key: empty, or
@@ -223,7 +236,7 @@ func (t *Tx) outcomeLocation(userID string, key []byte) (*bolt.Bucket, []byte, e
 	}
 	k := make([]byte, 0, len(userID)+1+len(key))
 	k = append(append(append(k, userID...), 0), key...)
-	return t.tx.Bucket(bucketUsers), k, nil
+	return t.users(), k, nil
 }
 
 // addOutcomeCount keeps the number of outcome records, so that metrics can
