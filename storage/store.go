@@ -292,10 +292,11 @@ var pruneScan = 20_000
 // held up for long. A record rewritten with a later expiry in the meantime
 // is kept.
 //
-// Walking the records costs a read of the whole file per call: a few
-// seconds at millions of users, so callers run it rarely (hourly), which
-// an outcome retention of days does not notice. It saves an expiry index
-// that every command would otherwise write, on pages of its own.
+// Walking the records reads the whole file: at 1,000,000 users and
+// 1,100,000 outcomes, 0.16 s when nothing is due and 4.5 s to delete them
+// all (this project's 2-core machine). Callers run it rarely (hourly),
+// which an outcome retention of days does not notice. It saves an expiry
+// index that every command would otherwise write, on pages of its own.
 func (s *Store) PruneOutcomes(now time.Time, limit int) (int, error) {
 	if limit <= 0 {
 		limit = 1
