@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,6 +40,25 @@ type Service struct {
 	Outcomes *Outcomes
 	// Replayer, when set, serves passkeys.admin.replay.
 	Replayer func(context.Context, ReplayRange) (ReplayReport, error)
+
+	// stream is PASSKEYS, looked up once for the duplicates' originals (a
+	// resumed batch brings many).
+	streamMu sync.Mutex
+	stream   jetstream.Stream
+}
+
+// commandStream returns stream PASSKEYS.
+func (s *Service) commandStream(ctx context.Context) (jetstream.Stream, error) {
+	s.streamMu.Lock()
+	defer s.streamMu.Unlock()
+	if s.stream == nil {
+		st, err := s.JS.Stream(ctx, StreamName)
+		if err != nil {
+			return nil, err
+		}
+		s.stream = st
+	}
+	return s.stream, nil
 }
 
 // ReplaySubject is the request-reply endpoint through which an operator
@@ -172,7 +192,7 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 func (s *Service) originalDiffers(seq uint64, subject string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	stream, err := s.JS.Stream(ctx, StreamName)
+	stream, err := s.commandStream(ctx)
 	if err == nil {
 		var orig *jetstream.RawStreamMsg
 		if orig, err = stream.GetMsg(ctx, seq); err == nil {
