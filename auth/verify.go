@@ -197,7 +197,7 @@ func checkClaims(c Claims, issuer, audience string, at time.Time) (passkey.Princ
 	default:
 		return passkey.Principal{}, unauthenticated(passkey.IDAuthClaims, "the token's claims are not valid")
 	}
-	p := passkey.Principal{Subject: c.Subject, Org: c.Org}
+	p := passkey.Principal{Issuer: c.Issuer, Subject: c.Subject, Org: c.Org}
 	for _, s := range strings.Fields(c.Scope) {
 		switch s {
 		case ScopeAdmin:

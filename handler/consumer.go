@@ -206,7 +206,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
-			c.Log.Error().Err(err).Str("subject", m.Subject()).Msg("message without JetStream metadata")
+			c.Log.Error().Err(err).Str("subject", Truncate(m.Subject())).Msg("message without JetStream metadata")
 			_ = m.Term()
 			continue
 		}
@@ -223,9 +223,9 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 			}
 		}
 		h.log = c.Log.With().
-			Str("subject", h.cmd.Subject).
+			Str("subject", Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
-			Str("msg_id", h.cmd.Header.Get(HeaderMsgID)).
+			Str("msg_id", Truncate(h.cmd.Header.Get(HeaderMsgID))).
 			Uint64("num_delivered", meta.NumDelivered).
 			Logger()
 		if meta.NumDelivered > 1 {

@@ -1,9 +1,11 @@
 package handler
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,7 +88,9 @@ type prepared struct {
 	remove    passkey.RemoveRequest
 	sync      passkey.SyncRequest
 	principal passkey.Principal
-	refusal   error // a definitive refusal found before reading the store
+	// fingerprint identifies the command (passkey.Fingerprint).
+	fingerprint []byte
+	refusal     error // a definitive refusal found before reading the store
 	broken    error // preparing it panicked: retry it, alone
 }
 
@@ -137,11 +141,19 @@ func (p *Processor) prepareSafely(c *Command) (pr prepared) {
 func (p *Processor) prepare(c *Command) prepared {
 	pr := prepared{cmd: c}
 	msgIDs := c.Header.Values(HeaderMsgID)
-	if len(msgIDs) == 1 && msgIDs[0] != "" {
+	msgIDErr := checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+	if msgIDErr == nil && len(msgIDs) == 1 {
 		pr.key = MsgIDKey(msgIDs[0])
 	} else {
 		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
 	}
+	// The token is verified even when an earlier check refuses the command:
+	// its principal is part of the command's fingerprint, so that one
+	// caller's refused command is never another caller's stored answer.
+	principal, authErr := p.Verifier.Verify(headerValues(c.Header, HeaderAuthorization), c.Timestamp)
+	pr.principal = principal
+	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
+
 	op, userID, err := passkey.ParseSubject(CommandPrefix, c.Subject)
 	pr.op, pr.userID = op, userID
 	if err == nil {
@@ -150,9 +162,9 @@ func (p *Processor) prepare(c *Command) prepared {
 	switch {
 	case err != nil:
 	case op == passkey.OpList:
-		err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid, "list is a request, not a command: use passkeys.list.<userId>")
-	case len(msgIDs) > 1:
-		err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
+		err = errListNotACommand
+	case msgIDErr != nil:
+		err = msgIDErr
 	default:
 		err = checkReplyTo(headerValues(c.Header, HeaderReplyTo))
 	}
@@ -167,11 +179,31 @@ func (p *Processor) prepare(c *Command) prepared {
 		}
 	}
 	if err == nil {
-		pr.principal, err = p.Verifier.Verify(headerValues(c.Header, HeaderAuthorization), c.Timestamp)
+		err = authErr
 	}
 	pr.refusal = err
 	return pr
 }
+
+// errListNotACommand answers a list stored in the stream as a command.
+var errListNotACommand = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid,
+	"list is a request, not a command: use passkeys.list.<userId>")
+
+// checkMsgIDs checks the Nats-Msg-Id headers of a command or request: at
+// most one, and that one bounded (passkey.ValidateMsgID).
+func checkMsgIDs(ids []string, max int) error {
+	switch len(ids) {
+	case 0:
+		return nil
+	case 1:
+		return passkey.ValidateMsgID(ids[0], max)
+	default:
+		return errOneMsgID
+	}
+}
+
+// errOneMsgID answers a command or request with several Nats-Msg-Id headers.
+var errOneMsgID = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
 
 // apply runs one prepared command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
@@ -191,7 +223,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		return res, err
 	}
 	if stored != nil {
-		if stored.Subject != pr.cmd.Subject {
+		if !sameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
 			res.Reply = ErrorReply(errMsgIDReused)
 			return res, nil
 		}
@@ -237,7 +269,18 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 			return res, nil
 		}
 	}
-	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{Subject: pr.cmd.Subject, Reply: res.Reply.Record, Expires: expires})
+	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
+		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Reply: res.Reply.Record, Expires: expires})
+}
+
+// sameCommand tells whether stored is the outcome of the command with this
+// subject and fingerprint: only then is the command a repeat. A record
+// written before fingerprints were kept compares by subject alone.
+func sameCommand(stored *storage.Outcome, subject string, fingerprint []byte) bool {
+	if stored.Subject != subject {
+		return false
+	}
+	return stored.Fingerprint == nil || bytes.Equal(stored.Fingerprint, fingerprint)
 }
 
 // decide runs the rule for one command, turning a panic into an error so a
@@ -258,8 +301,9 @@ func (p *Processor) decide(pr *prepared, user *passkey.User) (next *passkey.User
 	return passkey.SyncUser(pr.principal, pr.userID, user, pr.sync, at)
 }
 
-// errMsgIDReused answers a command whose Nats-Msg-Id was already used by a
-// command on another subject; its outcome belongs to someone else.
+// errMsgIDReused answers a command whose Nats-Msg-Id was already used by
+// another command (another subject, body or principal); its outcome
+// belongs to someone else.
 var errMsgIDReused = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDMsgIDReused,
 	"the Nats-Msg-Id was already used for another command; use a new one")
 
@@ -290,11 +334,30 @@ func checkReplyTo(values []string) error {
 		return nil
 	case 1:
 		s := values[0]
-		if s != "" && !strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "passkeys.") &&
+		if s != "" && len(s) <= maxReplyToLen && !strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "passkeys.") &&
 			!strings.ContainsAny(s, "*> \t\r\n") && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..") {
 			return nil
 		}
 	}
-	return passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid,
-		"Reply-To must be one subject outside the $ and passkeys namespaces, without wildcards")
+	return errReplyTo
+}
+
+// maxReplyToLen bounds a reply subject: it is logged and kept in dead
+// letters. An inbox is far shorter.
+const maxReplyToLen = 256
+
+// errReplyTo answers a command whose Reply-To the worker will not publish to.
+var errReplyTo = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid,
+	"Reply-To must be one subject of at most 256 bytes outside the $ and passkeys namespaces, without wildcards")
+
+// maxLogValue bounds what of a caller-chosen string (a subject, a reply
+// subject, a Nats-Msg-Id) goes into a log line.
+const maxLogValue = 128
+
+// Truncate shortens a caller-chosen string for a log line.
+func Truncate(s string) string {
+	if len(s) <= maxLogValue {
+		return s
+	}
+	return s[:maxLogValue] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }

@@ -3,6 +3,7 @@ package handler
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -193,10 +194,80 @@ func TestRefusalIsStored(t *testing.T) {
 	if got := replyID(t, first[0]); got != passkey.IDBodyInvalid {
 		t.Fatalf("got %s", got)
 	}
-	c.Header.Del(HeaderAuthorization) // would now be AUTH-MISSING, but the outcome stands
 	again := f.process(t, c)
 	if !again[0].Repeat || !bytes.Equal(first[0].Reply.Body, again[0].Reply.Body) {
 		t.Fatalf("redelivery: %s", again[0].Reply.Body)
+	}
+}
+
+// A stored outcome answers only the same command: the same subject, body
+// bytes and principal (issuer and subject of the token). The same
+// Nats-Msg-Id on another body, by another principal, or without a token is
+// another command: REQUEST-MSGID-REUSED, never the first one's reply. A new
+// token of the same principal, or a new Reply-To, is still the same command.
+func TestRepeatMustBeTheSameCommand(t *testing.T) {
+	f := newProcessor(t)
+	f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
+		"passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}, adminScope))
+	first := f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"}))
+	if got := replyID(t, first[0]); got != "seq 2" {
+		t.Fatalf("first removal: %s", got)
+	}
+	retry := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"}) // a fresh token
+	retry.Header.Set(HeaderReplyTo, "_INBOX.elsewhere")
+	if res := f.process(t, retry); !res[0].Repeat || !bytes.Equal(res[0].Reply.Body, first[0].Reply.Body) {
+		t.Fatalf("retry with a new token and inbox: %s", res[0].Reply.Body)
+	}
+	noToken := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"})
+	noToken.Header.Del(HeaderAuthorization)
+	otherBytes := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", nil)
+	otherBytes.Body = []byte(`{"tokenId": "pk-1"}`)
+	for name, c := range map[string]*Command{
+		"OtherBody":          f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-2"}),
+		"SameBodyOtherBytes": otherBytes,
+		"OtherPrincipal":     f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-1", map[string]any{"tokenId": "pk-1"}, adminScope),
+		"NoToken":            noToken,
+	} {
+		t.Run(name, func(t *testing.T) {
+			res := f.process(t, c)
+			if got := replyID(t, res[0]); got != passkey.IDMsgIDReused {
+				t.Fatalf("got %s, want %s", got, passkey.IDMsgIDReused)
+			}
+		})
+	}
+	// And the refusal of a command without a token does not hold the id
+	// against the principal who uses it next.
+	bare := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-2", map[string]any{"tokenId": "pk-2"})
+	bare.Header.Del(HeaderAuthorization)
+	if got := replyID(t, f.process(t, bare)[0]); got != passkey.IDAuthMissing {
+		t.Fatalf("without a token: %s", got)
+	}
+	if got := replyID(t, f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-2", map[string]any{"tokenId": "pk-2"}, adminScope))[0]); got != passkey.IDMsgIDReused {
+		t.Fatalf("an administrator's command under the id a bare command used: %s", got)
+	}
+}
+
+// A Nats-Msg-Id that could not be a key (over the bound, or not printable
+// ASCII) is refused with REQUEST-HEADER-INVALID, and fails only its own
+// command: the others of its batch are applied.
+func TestMsgIDBounded(t *testing.T) {
+	f := newProcessor(t)
+	sync := func(user, msgID string) *Command {
+		return f.cmd(t, "passkeys.cmd.sync."+user, "admin", msgID, map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
+	}
+	res := f.process(t,
+		sync("u1", "ok-1"),
+		sync("u2", strings.Repeat("x", 40<<10)),
+		sync("u3", "with space"),
+		sync("u4", "caf\u00e9"),
+		sync("u5", strings.Repeat("y", passkey.MaxScopedMsgIDLen)),
+		sync("u6", strings.Repeat("z", passkey.MaxScopedMsgIDLen+1)),
+	)
+	want := []string{"seq 1", passkey.IDHeaderInvalid, passkey.IDHeaderInvalid, passkey.IDHeaderInvalid, "seq 1", passkey.IDHeaderInvalid}
+	for i, w := range want {
+		if got := replyID(t, res[i]); got != w {
+			t.Errorf("command %d: %s, want %s", i, got, w)
+		}
 	}
 }
 

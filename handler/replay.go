@@ -85,7 +85,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, p *Processor, r ReplayR
 			switch {
 			case res.Transient != nil:
 				rep.Failed++
-				log.Error().Err(res.Transient).Uint64("stream_seq", batch[i].StreamSeq).Str("subject", batch[i].Subject).Msg("replay: command failed again")
+				log.Error().Err(res.Transient).Uint64("stream_seq", batch[i].StreamSeq).Str("subject", Truncate(batch[i].Subject)).Msg("replay: command failed again")
 			case res.Repeat:
 				rep.Repeats++
 			case res.Reply.IsError():

@@ -88,7 +88,7 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 		{passkey.OpList, s.list},
 	}
 	for _, e := range endpoints {
-		err := svc.AddEndpoint(string(e.op), e.handler,
+		err := svc.AddEndpoint(string(e.op), s.confined(e.handler),
 			micro.WithEndpointSubject(EndpointPrefix+"."+string(e.op)+".*"))
 		if err != nil {
 			_ = svc.Stop()
@@ -96,7 +96,7 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 		}
 	}
 	if s.Replayer != nil {
-		if err := svc.AddEndpoint("replay", micro.HandlerFunc(s.replay), micro.WithEndpointSubject(ReplaySubject)); err != nil {
+		if err := svc.AddEndpoint("replay", s.confined(s.replay), micro.WithEndpointSubject(ReplaySubject)); err != nil {
 			_ = svc.Stop()
 			return nil, err
 		}
@@ -118,22 +118,53 @@ func respondError(req micro.Request, err error) {
 	respond(req, ErrorReply(passkey.AsError(err)))
 }
 
+// confined serves a request only when its reply subject is one the worker
+// may publish to, as checkReplyTo decides for a command's Reply-To: the
+// worker's connection may write into the stream, the dead-letter stream and
+// the JetStream API, and a request must not be able to aim its answer there.
+// A request with such a reply subject cannot be answered at all; it is
+// dropped and logged.
+func (s *Service) confined(h micro.HandlerFunc) micro.HandlerFunc {
+	return func(req micro.Request) {
+		if reply := req.Reply(); reply != "" && checkReplyTo([]string{reply}) != nil {
+			s.Log.Warn().Str("subject", Truncate(req.Subject())).Str("reply_to", Truncate(reply)).
+				Msg("request dropped: the worker does not publish to its reply subject")
+			return
+		}
+		h(req)
+	}
+}
+
 // forward stores the request as a command in the stream. The reply comes
 // from the consumer once the command is processed, straight to the
-// requester's inbox; only a failure to store it is answered here.
+// requester's inbox; a request refused before it is stored (a bad subject,
+// body size or Nats-Msg-Id, or a token that does not verify) and a failure
+// to store it are answered here. The token is verified first so that no
+// unauthenticated caller ever gets a command into the stream, and a
+// Nats-Msg-Id is stored scoped to the verified principal
+// (passkey.ScopeMsgID), so no caller can occupy another's ids.
 func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 	return func(req micro.Request) {
+		in := nats.Header(req.Headers())
 		gotOp, userID, err := passkey.ParseSubject(EndpointPrefix, req.Subject())
 		if err == nil && gotOp != op {
 			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid, "unexpected operation in the subject")
 		}
 		if err == nil && len(req.Data()) > passkey.MaxBodySize {
-			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDBodyTooLarge, "the body must be at most %d bytes", passkey.MaxBodySize)
+			err = passkey.ErrBodyTooLarge
 		}
-		in := nats.Header(req.Headers())
 		msgIDs := in.Values(HeaderMsgID)
-		if err == nil && len(msgIDs) > 1 {
-			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
+		if err == nil {
+			err = checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+		}
+		var principal passkey.Principal
+		if err == nil {
+			principal, err = s.Verifier.Verify(headerValues(in, HeaderAuthorization), s.Now())
+		}
+		var msgID string
+		if err == nil && len(msgIDs) == 1 {
+			msgID = passkey.ScopeMsgID(principal.Issuer, principal.Subject, msgIDs[0])
+			err = passkey.ValidateMsgID(msgID, passkey.MaxScopedMsgIDLen)
 		}
 		if err != nil {
 			respondError(req, err)
@@ -143,10 +174,12 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 		msg := nats.NewMsg(subject)
 		msg.Data = req.Data()
 		for k, v := range in {
-			switch {
-			case strings.EqualFold(k, HeaderAuthorization), strings.EqualFold(k, HeaderContentType), k == HeaderMsgID:
+			if strings.EqualFold(k, HeaderAuthorization) || strings.EqualFold(k, HeaderContentType) {
 				msg.Header[k] = v
 			}
+		}
+		if msgID != "" {
+			msg.Header.Set(HeaderMsgID, msgID)
 		}
 		if req.Reply() != "" {
 			msg.Header.Set(HeaderReplyTo, req.Reply())
@@ -157,7 +190,8 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 			respondError(req, errStreamUnavailable)
 			return
 		}
-		go s.awaitPubAck(req, future, subject, userID, msgIDs)
+		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
+		go s.awaitPubAck(req, future, subject, userID, msgID, fingerprint)
 	}
 }
 
@@ -165,17 +199,17 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 var errStreamUnavailable = passkey.Errorf(passkey.CodeUnavailable, passkey.IDStreamUnavailable,
 	"the command could not be stored; it was not applied, try again")
 
-func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID string, msgIDs []string) {
+func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
 	select {
 	case ack := <-future.Ok():
-		if ack.Duplicate && len(msgIDs) == 1 {
+		if ack.Duplicate && msgID != "" {
 			// JetStream dropped the repeat: the original's outcome is the
 			// answer, unless the original was another command.
-			if s.originalDiffers(ack.Sequence, subject) {
+			if s.originalDiffers(ack.Sequence, subject, fingerprint) {
 				respond(req, ErrorReply(errMsgIDReused))
 				return
 			}
-			s.replayOutcome(req, subject, userID, MsgIDKey(msgIDs[0]))
+			s.answerRepeat(req, subject, userID, MsgIDKey(msgID), fingerprint)
 		}
 	case err := <-future.Err():
 		s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish not acknowledged")
@@ -184,28 +218,31 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 }
 
 // originalDiffers tells whether the stored command at seq, the one a
-// duplicate's Nats-Msg-Id belongs to, is on another subject. Outcomes are
-// kept per user, so another user's command would never show its outcome
-// here: the wait would end in OUTCOME-UNAVAILABLE instead of the answer
-// that the Nats-Msg-Id was reused. When the stream cannot say, the outcome
-// lookup decides, as it would without this check.
-func (s *Service) originalDiffers(seq uint64, subject string) bool {
+// duplicate's Nats-Msg-Id belongs to, is another command: another subject,
+// body or principal (its token judged at its own stream time, as the
+// consumer judges it). Outcomes are kept per user, so another user's
+// command would never show its outcome here: the wait would end in
+// OUTCOME-UNAVAILABLE instead of the answer that the Nats-Msg-Id was
+// reused. When the stream cannot say, the outcome lookup decides, as it
+// would without this check.
+func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	stream, err := s.commandStream(ctx)
 	if err == nil {
 		var orig *jetstream.RawStreamMsg
 		if orig, err = stream.GetMsg(ctx, seq); err == nil {
-			return orig.Subject != subject
+			p, _ := s.Verifier.Verify(headerValues(orig.Header, HeaderAuthorization), orig.Time)
+			return orig.Subject != subject || !bytes.Equal(passkey.Fingerprint(orig.Subject, orig.Data, p.Issuer, p.Subject), fingerprint)
 		}
 	}
 	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")
 	return false
 }
 
-// replayOutcome answers a duplicate with the stored outcome of the original,
+// answerRepeat answers a duplicate with the stored outcome of the original,
 // waiting for it while the original is still being processed.
-func (s *Service) replayOutcome(req micro.Request, subject, userID string, key []byte) {
+func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, fingerprint []byte) {
 	if req.Reply() == "" {
 		return
 	}
@@ -224,7 +261,7 @@ func (s *Service) replayOutcome(req micro.Request, subject, userID string, key [
 			s.Log.Error().Err(err).Msg("read outcome")
 			respondError(req, err)
 			return
-		case out != nil && out.Subject != subject:
+		case out != nil && !sameCommand(out, subject, fingerprint):
 			respond(req, ErrorReply(errMsgIDReused))
 			return
 		case out != nil:

@@ -152,7 +152,7 @@ func DecodeSync(body []byte) (SyncRequest, error) {
 // values of the wrong type and anything after the object.
 func decodeStrict(body []byte, v any) error {
 	if len(body) > MaxBodySize {
-		return Errorf(CodeInvalidArgument, IDBodyTooLarge, "the body must be at most %d bytes", MaxBodySize)
+		return ErrBodyTooLarge
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 || body[0] != '{' {

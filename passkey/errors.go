@@ -117,6 +117,9 @@ var (
 	ErrDeniedForce = &Error{Code: CodePermissionDenied, ID: IDDeniedForce, Message: "only an administrator may force a removal"}
 	// ErrDeniedSync answers a non-administrator that sent a sync.
 	ErrDeniedSync = &Error{Code: CodePermissionDenied, ID: IDDeniedSync, Message: "only an administrator of the user's organisation may sync it"}
+	// ErrBodyTooLarge answers a command or request whose body is over
+	// MaxBodySize.
+	ErrBodyTooLarge = Errorf(CodeInvalidArgument, IDBodyTooLarge, "the body must be at most %d bytes", MaxBodySize)
 	// ErrUserNotFound answers a command on a user the store does not hold.
 	ErrUserNotFound = &Error{Code: CodeNotFound, ID: IDUserNotFound, Message: "user not found"}
 	// ErrPasskeyNotFound answers a removal of a passkey the user does not

@@ -61,6 +61,8 @@ func (u *User) firstFactors() int {
 
 // Principal is the authenticated caller, taken from a verified token.
 type Principal struct {
+	// Issuer is the token's iss.
+	Issuer string
 	// Subject is the acting user (the token's sub).
 	Subject string
 	// Org is the token's urn:zitadel:iam:user:resourceowner:id claim.

@@ -15,6 +15,8 @@ import (
 const (
 	userRecordV1    byte = 1
 	outcomeRecordV1 byte = 1
+	// outcomeRecordV2 adds the command's fingerprint after the subject.
+	outcomeRecordV2 byte = 2
 )
 
 const (
@@ -91,10 +93,11 @@ func decodeUser(raw []byte) (*passkey.User, error) {
 }
 
 func encodeOutcome(o *Outcome) []byte {
-	b := make([]byte, 0, 16+len(o.Subject)+len(o.Reply))
-	b = append(b, outcomeRecordV1)
+	b := make([]byte, 0, 16+len(o.Subject)+len(o.Fingerprint)+len(o.Reply))
+	b = append(b, outcomeRecordV2)
 	b = binrec.AppendTime(b, o.Expires)
 	b = binrec.AppendString(b, o.Subject)
+	b = binrec.AppendString(b, string(o.Fingerprint))
 	return append(b, o.Reply...)
 }
 
@@ -103,7 +106,7 @@ func encodeOutcome(o *Outcome) []byte {
 // left for an operator to look at.
 func outcomeExpired(raw []byte, now time.Time) bool {
 	r := binrec.NewReader(raw)
-	if r.Byte() != outcomeRecordV1 {
+	if v := r.Byte(); v != outcomeRecordV1 && v != outcomeRecordV2 {
 		return false
 	}
 	at := r.Time()
@@ -112,10 +115,16 @@ func outcomeExpired(raw []byte, now time.Time) bool {
 
 func decodeOutcome(raw []byte) (*Outcome, error) {
 	r := binrec.NewReader(raw)
-	if r.Byte() != outcomeRecordV1 {
+	v := r.Byte()
+	if v != outcomeRecordV1 && v != outcomeRecordV2 {
 		return nil, binrec.ErrCorrupt
 	}
 	o := &Outcome{Expires: r.Time(), Subject: r.String()}
+	if v == outcomeRecordV2 {
+		if fp := r.String(); fp != "" {
+			o.Fingerprint = []byte(fp)
+		}
+	}
 	if err := r.Err(); err != nil {
 		return nil, err
 	}

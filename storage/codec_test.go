@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -36,10 +37,27 @@ func TestUserCodecRoundTrip(t *testing.T) {
 }
 
 func TestOutcomeCodecRoundTrip(t *testing.T) {
-	o := &Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{2, 9, 1, 'x'}, Expires: time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)}
+	o := &Outcome{Subject: "passkeys.cmd.remove.u1", Fingerprint: []byte("0123456789abcdef"), Reply: []byte{2, 9, 1, 'x'},
+		Expires: time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)}
 	got, err := decodeOutcome(encodeOutcome(o))
 	if err != nil || !reflect.DeepEqual(got, o) {
 		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+}
+
+// Records written before fingerprints were kept still read: their
+// fingerprint is nil, and repeats compare them by subject alone.
+func TestOutcomeCodecReadsV1(t *testing.T) {
+	at := time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)
+	v1 := binrec.AppendString(binrec.AppendTime([]byte{outcomeRecordV1}, at), "passkeys.cmd.remove.u1")
+	v1 = append(v1, 2, 9, 1, 'x')
+	got, err := decodeOutcome(v1)
+	want := &Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{2, 9, 1, 'x'}, Expires: at}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("v1 record: %+v, %v; want %+v", got, err, want)
+	}
+	if !outcomeExpired(v1, at) || outcomeExpired(v1, at.Add(-time.Nanosecond)) {
+		t.Fatal("v1 record's expiry misread")
 	}
 }
 

@@ -175,6 +175,10 @@ type Outcome struct {
 	// Subject is the command's subject: a key reused for another command
 	// must not be answered with this outcome.
 	Subject string
+	// Fingerprint identifies the command (passkey.Fingerprint): only a
+	// command with the same fingerprint is a repeat. Nil in records written
+	// before fingerprints were kept; those compare by subject alone.
+	Fingerprint []byte
 	// Reply is the reply in the compact form its sender chose (the
 	// handler's reply record), from which it rebuilds the same bytes.
 	Reply []byte

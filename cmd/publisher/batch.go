@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -259,7 +262,7 @@ type batchFlags struct {
 func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *flag.FlagSet) {
 	fs := p.flags(name, "FILE", true)
 	b := &batchFlags{}
-	fs.StringVar(&b.name, "batch", "", "the batch's name; Nats-Msg-Id is <op>:<batch>:<line>, so running the same file again resumes (default: the file's name)")
+	fs.StringVar(&b.name, "batch", "", "the batch's name in the summary (default: the file's name); when given, it is also part of every Nats-Msg-Id, so the same lines under a new name are new commands")
 	fs.IntVar(&b.inFlight, "in-flight", 256, "most "+what+" published and not yet answered")
 	fs.StringVar(&b.results, "results", "", "write one JSON line per input line with its outcome to this file")
 	fs.StringVar(&b.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), bar, lines or none")
@@ -286,7 +289,14 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 	for _, l := range bad {
 		fmt.Fprintf(p.stderr, "publisher: line %d: %v (skipped)\n", l.line, l.err)
 	}
-	if b.name == "" {
+	// Ids come from what each line asks (commandID), never from the file's
+	// name: another file with the same line is the same command, and a
+	// changed line is a new one. An explicit --batch makes every line a new
+	// command, for a deliberate second run of the same content.
+	idPrefix := op
+	if b.name != "" {
+		idPrefix += ":" + b.name
+	} else {
 		b.name = batchName(path)
 	}
 	nc, err := p.connect()
@@ -304,7 +314,7 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 	p.denials.mu.Lock()
 	p.denials.any = stop // a refusal by NATS applies to every line: stop at the first
 	p.denials.mu.Unlock()
-	results := p.publishJobs(ctx, nc, js, op+":"+b.name, jobs, max(b.inFlight, 1), bar)
+	results := p.publishJobs(ctx, nc, js, idPrefix, jobs, max(b.inFlight, 1), bar)
 	bar.finish()
 	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
 		fmt.Fprintf(p.stderr, "publisher: stopped: %v\n", cause)
@@ -358,8 +368,8 @@ func writeResults(path string, results []lineResult) error {
 	return f.Close()
 }
 
-// publishJobs publishes each job to the stream with Reply-To and a
-// Nats-Msg-Id of prefix:line, at most inFlight unanswered. A line that
+// publishJobs publishes each job to the stream with Reply-To and the
+// Nats-Msg-Id commandID gives it, at most inFlight unanswered. A line that
 // JetStream reports as a duplicate (this file was run before) gets its
 // stored outcome through the request-reply endpoint with the same id.
 func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, prefix string,
@@ -384,7 +394,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 		<-slots
 		wg.Done()
 	}
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
 			answer(i, m, nil)
@@ -410,7 +420,7 @@ publish:
 			break publish
 		}
 		wg.Add(1)
-		msgID := prefix + ":" + strconv.Itoa(j.line)
+		msgID := p.commandID(prefix, j)
 		msg := nats.NewMsg(j.subject)
 		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
 		msg.Header.Set("Content-Type", "application/json")
@@ -454,6 +464,43 @@ publish:
 		}
 	}
 	return results
+}
+
+// commandID is the Nats-Msg-Id of job: prefix and a digest of what the
+// line asks (its line number, subject and body), scoped to the principal of
+// the publisher's token as the forwarding endpoints scope the ids they
+// store (passkey.ScopeMsgID), so that a repeat asked through an endpoint
+// finds the outcome of the line published straight into the stream.
+func (p *publisher) commandID(prefix string, j job) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\n%s\n", j.line, j.subject)
+	h.Write(j.body)
+	id := prefix + ":" + hex.EncodeToString(h.Sum(nil)[:16])
+	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
+		return passkey.ScopeMsgID(iss, sub, id)
+	}
+	return id
+}
+
+// tokenPrincipal reads iss and sub from the publisher's own token, without
+// verifying it: the worker verifies it, this only names the id's scope.
+func tokenPrincipal(bearer string) (iss, sub string, ok bool) {
+	parts := strings.Split(strings.TrimSpace(strings.TrimPrefix(bearer, "Bearer ")), ".")
+	if len(parts) != 3 {
+		return "", "", false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "", "", false
+	}
+	var claims struct {
+		Iss string `json:"iss"`
+		Sub string `json:"sub"`
+	}
+	if json.Unmarshal(raw, &claims) != nil || claims.Sub == "" {
+		return "", "", false
+	}
+	return claims.Iss, claims.Sub, true
 }
 
 // progress shows how a batch goes: a bar on a terminal, plain lines otherwise.

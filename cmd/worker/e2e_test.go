@@ -19,6 +19,7 @@ import (
 
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
 )
 
 const admin = "passkeys:admin"
@@ -373,7 +374,9 @@ func TestReplyToIsConfined(t *testing.T) {
 	msg := nats.NewMsg("passkeys.cmd.remove.u1")
 	msg.Header.Set("Authorization", adminTok)
 	msg.Header.Set("Reply-To", "$JS.API.STREAM.PURGE.PASSKEYS")
-	msg.Header.Set("Nats-Msg-Id", "hostile")
+	// Scoped to the administrator, as the publisher scopes its ids, so that
+	// the endpoint finds it.
+	msg.Header.Set("Nats-Msg-Id", passkey.ScopeMsgID(testenv.Issuer, "a", "hostile"))
 	msg.Data = []byte(`{"tokenId":"pk-1"}`)
 	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
@@ -381,21 +384,112 @@ func TestReplyToIsConfined(t *testing.T) {
 	// The same Nats-Msg-Id through the endpoint returns the stored outcome.
 	reply := e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "hostile")
 	testenv.WantError(t, reply, 3, "REQUEST-HEADER-INVALID", "400")
-	stream, err := js.Stream(context.Background(), "PASSKEYS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs < 2 {
-		t.Fatalf("stream holds %d messages: it was purged", info.State.Msgs)
+	if n := streamMsgs(t, js); n < 2 {
+		t.Fatalf("stream holds %d messages: it was purged", n)
 	}
 	list := e.request(t, "passkeys.list.u1", adminTok, nil)
 	if !strings.Contains(string(list.Data), "pk-1") {
 		t.Fatalf("passkey removed despite the refused command: %s", list.Data)
 	}
+}
+
+// streamMsgs is how many commands stream PASSKEYS holds.
+func streamMsgs(tb testing.TB, js jetstream.JetStream) uint64 {
+	tb.Helper()
+	stream, err := js.Stream(context.Background(), "PASSKEYS")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := stream.Info(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// The request-reply endpoints answer only reply subjects a Reply-To may
+// name: a request whose reply subject is a command subject, the JetStream
+// API or a dead-letter subject is dropped, not answered there (the worker's
+// connection may write to all three).
+func TestEndpointReplySubjectIsConfined(t *testing.T) {
+	e := newEnv(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTok := e.token(t, "a", admin)
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
+	before := streamMsgs(t, js)
+	for _, c := range []struct{ subject, reply string }{
+		{"passkeys.list.u1", "passkeys.cmd.remove.u1"},
+		{"passkeys.list.u1", "passkeys.dlq.1"},
+		{"passkeys.remove.u1", "$JS.API.STREAM.PURGE.PASSKEYS"},
+		{"passkeys.sync.u1", "passkeys.cmd.sync.u2"},
+		{"passkeys.admin.replay", "$JS.API.STREAM.PURGE.PASSKEYS"},
+	} {
+		msg := nats.NewMsg(c.subject)
+		msg.Reply = c.reply
+		msg.Header.Set("Authorization", adminTok)
+		msg.Data = []byte(`{"tokenId":"pk-1"}`)
+		if err := e.nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A request sent after them is answered, so they were handled by now.
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u3", adminTok, syncBody(true, "pk-1")))
+	if got := streamMsgs(t, js); got != before+1 {
+		t.Fatalf("stream holds %d commands, want %d: a reply subject reached the stream or the API", got, before+1)
+	}
+	if !strings.Contains(e.w.log.String(), "request dropped") {
+		t.Error("no log line for the dropped requests")
+	}
+}
+
+// The forwarding endpoints verify the token before anything is stored: an
+// unauthenticated request is answered at once and never enters the stream,
+// so it cannot occupy a Nats-Msg-Id. Ids through the endpoints are scoped to
+// the principal, so an administrator's later command under the same id is
+// its own command and is applied.
+func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
+	e := newEnv(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTok := e.token(t, "a", admin)
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u2", adminTok, syncBody(true, "pk-1", "pk-2")))
+	before := streamMsgs(t, js)
+	testenv.WantError(t, e.request(t, "passkeys.remove.u2", "", `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "revoke:incident:2"), 16, "AUTH-MISSING", "401")
+	testenv.WantError(t, e.request(t, "passkeys.remove.u2", "Bearer x.y.z", `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "revoke:incident:2"), 16, "AUTH-MALFORMED", "401")
+	// Another principal with a valid token: stored under its own scope.
+	testenv.WantError(t, e.request(t, "passkeys.remove.u2", e.token(t, "u9"), `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "revoke:incident:2"), 7, "PERMISSION-USER", "403")
+	if got := streamMsgs(t, js); got != before+1 {
+		t.Fatalf("stream holds %d commands, want %d: an unauthenticated request was stored", got, before+1)
+	}
+	// The administrator's command under the same id, straight into the
+	// stream, is applied.
+	inbox := e.nc.NewInbox()
+	sub, err := e.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("passkeys.cmd.remove.u2")
+	msg.Header.Set("Authorization", adminTok)
+	msg.Header.Set("Reply-To", inbox)
+	msg.Header.Set("Nats-Msg-Id", "revoke:incident:2")
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.WantSuccess(t, reply); got.Details.Sequence != "2" {
+		t.Fatalf("administrator's removal: sequence %s, want 2", got.Details.Sequence)
+	}
+	// A Nats-Msg-Id past the bound is refused at the endpoint.
+	testenv.WantError(t, e.request(t, "passkeys.remove.u2", adminTok, `{"tokenId":"pk-2"}`, "Nats-Msg-Id", strings.Repeat("k", 300)), 3, "REQUEST-HEADER-INVALID", "400")
 }
 
 // Keys rotate without a restart: the worker notices the JWKS file change,
