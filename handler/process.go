@@ -91,7 +91,7 @@ type prepared struct {
 	// fingerprint identifies the command (passkey.Fingerprint).
 	fingerprint []byte
 	refusal     error // a definitive refusal found before reading the store
-	broken    error // preparing it panicked: retry it, alone
+	broken      error // preparing it panicked: retry it, alone
 }
 
 // Process applies cmds, in order, in one transaction, and returns a result
