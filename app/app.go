@@ -32,14 +32,17 @@ const StoreFile = "passkeys.db"
 
 // Config is everything the worker is told.
 type Config struct {
-	NATSURL    string
-	NATSCreds  string
-	Listen     string
-	DataDir    string
-	JWKS       string
-	Issuer     string
-	Audience   string
-	NATSConfig string // a nats-server configuration file for the embedded server; "" for none
+	NATSURL   string
+	NATSCreds string
+	// InboxPrefix is where the worker's connection receives its
+	// consumer's deliveries and its API replies; "" for InboxPrefix's default.
+	InboxPrefix string
+	Listen      string
+	DataDir     string
+	JWKS        string
+	Issuer      string
+	Audience    string
+	NATSConfig  string // a nats-server configuration file for the embedded server; "" for none
 
 	Retention       time.Duration
 	DuplicateWindow time.Duration
@@ -331,6 +334,9 @@ func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error
 		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
 	}
 	if !cfg.Embedded() {
+		if prefix := InboxPrefix(cfg.InboxPrefix, cfg.NATSURL); prefix != "" {
+			opts = append(opts, nats.CustomInboxPrefix(prefix))
+		}
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", RedactURL(cfg.NATSURL), err)
@@ -401,6 +407,22 @@ func RedactURL(urls string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// InboxPrefix is the inbox prefix a connection to urls uses: prefix when
+// set, otherwise _INBOX_<user> when the first URL names a user (nats.conf
+// lets each user subscribe only below its own prefix, so no user receives
+// another's commands, replies or tokens), otherwise "" (the ordinary
+// _INBOX, as on the embedded development server).
+func InboxPrefix(prefix, urls string) string {
+	if prefix != "" {
+		return prefix
+	}
+	first, _, _ := strings.Cut(urls, ",")
+	if u, err := url.Parse(strings.TrimSpace(first)); err == nil && u.User != nil && u.User.Username() != "" {
+		return "_INBOX_" + u.User.Username()
+	}
+	return ""
 }
 
 // passwordVars are the variables nats.conf takes its users' passwords from.

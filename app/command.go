@@ -30,6 +30,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
 	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&cfg.InboxPrefix, "inbox-prefix", "", "prefix of the worker's inboxes, where its consumer's deliveries and API replies arrive (default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server (port 0: any free port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the bbolt file and the embedded server's JetStream store")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "JSON Web Key Set file that signs the callers' tokens")

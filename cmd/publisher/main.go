@@ -53,6 +53,8 @@ Commands:
 Common flags (remove, sync, list):
   --nats-url URL   NATS server (env PASSKEYS_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds F   NATS credentials file (env PASSKEYS_NATS_CREDS)
+  --inbox-prefix P prefix of reply inboxes (env PASSKEYS_INBOX_PREFIX; default
+                   _INBOX_<user> when the URL names a user, as nats.conf requires)
   --token JWT      bearer token (env PASSKEYS_TOKEN)
   --token-file F   file holding the bearer token (env PASSKEYS_TOKEN_FILE)
   --timeout D      how long to wait for each reply (default 10s)
@@ -110,8 +112,8 @@ type publisher struct {
 
 	denials denials
 
-	natsURL, natsCreds, bearer, bearerFile string
-	timeout                                time.Duration
+	natsURL, natsCreds, inboxPrefix, bearer, bearerFile string
+	timeout                                             time.Duration
 }
 
 func (p *publisher) fail(code int, format string, args ...any) int {
@@ -126,6 +128,7 @@ func (p *publisher) flags(name, args string, client bool) *flag.FlagSet {
 	if client {
 		fs.StringVar(&p.natsURL, "nats-url", envOr(p.getenv, "PASSKEYS_NATS_URL", nats.DefaultURL), "NATS server URL(s)")
 		fs.StringVar(&p.natsCreds, "nats-creds", p.getenv("PASSKEYS_NATS_CREDS"), "NATS credentials file")
+		fs.StringVar(&p.inboxPrefix, "inbox-prefix", p.getenv("PASSKEYS_INBOX_PREFIX"), "prefix of this client's reply inboxes (default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
 		fs.StringVar(&p.bearer, "token", p.getenv("PASSKEYS_TOKEN"), "bearer token (JWT); prefer --token-file, which keeps it out of the process list")
 		fs.StringVar(&p.bearerFile, "token-file", p.getenv("PASSKEYS_TOKEN_FILE"), "file holding the bearer token")
 		fs.DurationVar(&p.timeout, "timeout", 10*time.Second, "how long to wait for each reply")
@@ -171,6 +174,9 @@ func (p *publisher) connect() (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name("passkeys-publisher"), nats.ErrorHandler(p.denials.notice)}
 	if p.natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(p.natsCreds))
+	}
+	if prefix := app.InboxPrefix(p.inboxPrefix, p.natsURL); prefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(prefix))
 	}
 	nc, err := nats.Connect(p.natsURL, opts...)
 	if err != nil {

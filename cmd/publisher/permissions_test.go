@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/internal/testenv"
 )
 
@@ -41,6 +45,69 @@ func TestRefusedByNATSFailsFast(t *testing.T) {
 		}
 		if strings.Contains(stderr.String(), password) {
 			t.Errorf("%s: the password is in the output: %s", tt.args[0], stderr.String())
+		}
+	}
+}
+
+// Against nats.conf's users, each user's replies come to its own inbox
+// prefix, which the publisher takes from the URL's user: a service removes
+// and lists through request-reply, an administrator syncs and revokes in
+// bulk (stream publishes with Reply-To), and both are answered. With the
+// shared _INBOX (an --inbox-prefix that is not the user's) NATS refuses it.
+func TestPublisherInboxPrefixPerUser(t *testing.T) {
+	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
+	keys := testenv.NewKeys(t)
+	urlOf := func(user string) string {
+		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+testenv.Passwords[user]+"@", 1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var workerLog bytes.Buffer
+	go func() {
+		done <- app.Command(ctx, []string{"--nats-url", urlOf("passkeys-worker"), "--jwks", keys.JWKSPath,
+			"--issuer", testenv.Issuer, "--audience", testenv.Audience, "--data-dir", t.TempDir()},
+			func(string) string { return "" }, io.Discard, &workerLog)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	admin := testenv.Connect(t, urlOf("passkeys-admin"), nats.CustomInboxPrefix("_INBOX_passkeys-admin"))
+	for {
+		if _, err := admin.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("worker stopped: %v\n%s", err, workerLog.String())
+		default:
+		}
+	}
+
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	adminTok := write("admin.tok", keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	userTok := write("u1.tok", keys.Mint(t, testenv.Token{Subject: "u1"}))
+	users := write("users.jsonl", `{"userId":"u1","resourceOwner":"org1","password":true,"passkeys":[{"id":"pk-1","state":"ready"},{"id":"pk-2","state":"ready"}]}`+"\n")
+	incident := write("incident.csv", "userId,tokenId\nu1,pk-2\n")
+	for _, tt := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"sync", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, users}, exitOK, "1 synced"},
+		{[]string{"remove", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1", "pk-1"}, exitOK, `"sequence":"2"`},
+		{[]string{"revoke", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, incident}, exitOK, "1 removed"},
+		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1"}, exitOK, `"totalResult":"0"`},
+		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--inbox-prefix", "_INBOX", "--timeout", "2s", "--token-file", userTok, "u1"}, exitFailed, ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), tt.args, func(string) string { return "" }, nil, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stdout.String(), tt.want) {
+			t.Errorf("publisher %s: exit %d, stdout %q, stderr %q; want exit %d and %q", strings.Join(tt.args[:1], " "), code, stdout.String(), stderr.String(), tt.code, tt.want)
 		}
 	}
 }

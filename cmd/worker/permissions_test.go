@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,8 +25,13 @@ type permissionErrors struct {
 func connectAs(t *testing.T, ns *server.Server, user, password string) *permissionErrors {
 	t.Helper()
 	p := &permissionErrors{errs: make(chan error, 100)}
-	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, password),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.errs <- err }))
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case p.errs <- err:
+			default:
+			}
+		}))
 	if err != nil {
 		t.Fatalf("connect as %s: %v", user, err)
 	}
@@ -127,5 +134,121 @@ func TestNATSPermissions(t *testing.T) {
 		worker.denied(t, "the worker's user", subject, func() error {
 			return worker.nc.Publish(subject, nil)
 		})
+	}
+}
+
+// Each NATS user of nats.conf receives only its own traffic. A spy for each
+// user subscribes to everything the server lets it (the whole subject space,
+// every inbox prefix, the stream's subjects, the JetStream API), while the
+// worker serves a service's removals and lists and an administrator's sync,
+// batch publish and replay. No spy sees a message on another user's inbox or
+// any bearer token but its own user's; every user's plain request-reply with
+// its own inbox prefix works, and with the shared _INBOX it is refused.
+func TestInboxesAreConfined(t *testing.T) {
+	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
+	users := []string{"passkeys-worker", "passkeys-service", "passkeys-admin"}
+	type spy struct {
+		user string
+		nc   *nats.Conn
+		mu   sync.Mutex
+		seen []*nats.Msg
+	}
+	var spies []*spy
+	for _, user := range users {
+		sp := &spy{user: user}
+		sp.nc = connectAs(t, ns, user, testenv.Passwords[user]).nc
+		for _, subject := range []string{">", "_INBOX.>", "_INBOX_passkeys-worker.>", "_INBOX_passkeys-service.>",
+			"_INBOX_passkeys-admin.>", "_INBOX_*.>", "passkeys.>", "$JS.>", "$SRV.>", "*.>"} {
+			_, _ = sp.nc.Subscribe(subject, func(m *nats.Msg) { sp.mu.Lock(); sp.seen = append(sp.seen, m); sp.mu.Unlock() })
+		}
+		spies = append(spies, sp)
+	}
+
+	operator := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"])
+	service := connectAs(t, ns, "passkeys-service", testenv.Passwords["passkeys-service"])
+	workerURL := strings.Replace(ns.ClientURL(), "nats://", "nats://passkeys-worker:"+testenv.Passwords["passkeys-worker"]+"@", 1)
+	e := &env{url: workerURL, keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
+	e.w = e.startWorker(t)
+
+	adminTok := e.token(t, "a", admin)
+	userTok := e.token(t, "u1")
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2", "pk-3")))
+	// A batch publisher's command straight into the stream, its reply to
+	// the administrator's inbox.
+	js, err := jetstream.New(operator.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox := operator.nc.NewInbox()
+	replies, err := operator.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := nats.NewMsg("passkeys.cmd.remove.u1")
+	cmd.Header.Set("Authorization", adminTok)
+	cmd.Header.Set("Reply-To", inbox)
+	cmd.Data = []byte(`{"tokenId":"pk-3"}`)
+	if _, err := js.PublishMsg(context.Background(), cmd); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := replies.NextMsg(10 * time.Second); err != nil {
+		t.Fatal(err)
+	} else {
+		testenv.WantSuccess(t, reply)
+	}
+	// An administrator's $SRV request whose reply subject is the JetStream
+	// API: the worker may not publish there.
+	ping := nats.NewMsg("$SRV.PING.passkeys")
+	ping.Reply = "$JS.API.STREAM.PURGE.PASSKEYS"
+	if err := operator.nc.PublishMsg(ping); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := operator.nc.Request("$SRV.PING.passkeys", nil, 5*time.Second); err != nil {
+		t.Fatalf("$SRV.PING as an administrator: %v", err)
+	}
+	e.nc = service.nc
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", userTok, `{"tokenId":"pk-1"}`))
+	if r := e.request(t, "passkeys.list.u1", userTok, nil); !strings.Contains(string(r.Data), "pk-2") {
+		t.Fatalf("list as a service: %s", r.Data)
+	}
+	if n := streamMsgs(t, js); n != 3 {
+		t.Fatalf("stream PASSKEYS holds %d commands, want 3 (was it purged?)", n)
+	}
+
+	// The shared _INBOX is refused to every caller.
+	for _, user := range []string{"passkeys-service", "passkeys-admin"} {
+		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, testenv.Passwords[user]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nc.Request("passkeys.list.u1", nil, 2*time.Second); err == nil {
+			t.Errorf("%s got a reply on the shared _INBOX", user)
+		}
+		nc.Close()
+	}
+
+	tokens := map[string]string{"passkeys-admin": adminTok, "passkeys-service": userTok}
+	for _, sp := range spies {
+		if err := sp.nc.Flush(); err != nil { // every message routed before now has reached the spy
+			t.Fatal(err)
+		}
+		sp.mu.Lock()
+		if len(sp.seen) == 0 {
+			t.Errorf("%s's spy saw nothing, not even its own user's replies: it cannot have been listening", sp.user)
+		}
+		for _, m := range sp.seen {
+			// The worker's own user receives every command, token included,
+			// on its inbox: that is its job. Everyone else only their own.
+			if m.Sub.Subject != "_INBOX_"+sp.user+".>" && !(sp.user == "passkeys-worker" && m.Sub.Subject == "$SRV.>") {
+				t.Errorf("%s's spy received %s (subscribed to %s)", sp.user, m.Subject, m.Sub.Subject)
+			}
+			for owner, tok := range tokens {
+				raw := strings.TrimPrefix(tok, "Bearer ")
+				if owner != sp.user && sp.user != "passkeys-worker" && (strings.Contains(string(m.Data), raw) || strings.Contains(fmt.Sprint(m.Header), raw)) {
+					t.Errorf("%s's spy read %s's token on %s", sp.user, owner, m.Subject)
+				}
+			}
+		}
+		sp.mu.Unlock()
 	}
 }

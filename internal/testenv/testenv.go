@@ -77,9 +77,9 @@ func start(tb testing.TB, opts *server.Options) *server.Server {
 }
 
 // Connect connects a client to url, closed when the test ends.
-func Connect(tb testing.TB, url string) *nats.Conn {
+func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	tb.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
