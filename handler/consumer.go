@@ -241,6 +241,11 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 		return
 	}
 	results, err := c.processWithRetries(cmds)
+	if err != nil && len(cmds) > 1 {
+		// One command may be what breaks the commit: find it, and apply
+		// the others without it.
+		results, err = c.Processor.ProcessIsolating(cmds), nil
+	}
 	for i, h := range hand {
 		var r Result
 		if err != nil {
@@ -262,7 +267,7 @@ func (c *Consumer) processWithRetries(cmds []*Command) ([]Result, error) {
 		c.Observer.Batch(len(cmds), time.Since(start), err)
 		if err == nil || attempt >= c.StoreRetries {
 			if err != nil {
-				c.Log.Error().Err(err).Int("batch", len(cmds)).Msg("store failed; nacking the batch")
+				c.Log.Error().Err(err).Int("batch", len(cmds)).Msg("store failed after its retries")
 			}
 			return results, err
 		}

@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -39,6 +40,15 @@ type consumerFixture struct {
 
 func startConsumer(t *testing.T, keys *testenv.Keys, proc *Processor, maxDeliver int) *consumerFixture {
 	t.Helper()
+	f := newConsumerFixture(t, keys, maxDeliver)
+	f.run(t, proc, maxDeliver)
+	return f
+}
+
+// newConsumerFixture sets up the streams, the consumer and the reply inbox;
+// run starts the Consumer.
+func newConsumerFixture(t *testing.T, keys *testenv.Keys, maxDeliver int) *consumerFixture {
+	t.Helper()
 	ns := testenv.StartNATS(t)
 	f := &consumerFixture{nc: testenv.Connect(t, ns.ClientURL()), keys: keys}
 	var err error
@@ -55,6 +65,16 @@ func startConsumer(t *testing.T, keys *testenv.Keys, proc *Processor, maxDeliver
 	if f.cons, err = EnsureConsumer(ctx, f.js, ConsumerConfig(maxDeliver, 100, []time.Duration{10 * time.Second})); err != nil {
 		t.Fatal(err)
 	}
+	f.inbox = nats.NewInbox()
+	if f.sub, err = f.nc.SubscribeSync(f.inbox + ".*"); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *consumerFixture) run(t *testing.T, proc *Processor, maxDeliver int) {
+	t.Helper()
+	ctx := context.Background()
 	c := &Consumer{
 		Processor: proc, Conn: f.nc, Log: zerolog.Nop(), MaxBatch: 8, MaxDeliver: maxDeliver,
 		NakDelay:    func(uint64) time.Duration { return 10 * time.Millisecond },
@@ -64,11 +84,6 @@ func startConsumer(t *testing.T, keys *testenv.Keys, proc *Processor, maxDeliver
 	done := make(chan error, 1)
 	go func() { done <- c.Run(runCtx, f.cons) }()
 	t.Cleanup(func() { stop(); <-done })
-	f.inbox = nats.NewInbox()
-	if f.sub, err = f.nc.SubscribeSync(f.inbox + ".*"); err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 // send publishes a command to the stream with Reply-To <inbox>.<name>.
@@ -182,6 +197,36 @@ func TestPoisonCommand(t *testing.T) {
 			t.Errorf("the dead letter keeps the bearer token")
 		}
 	}
+}
+
+// A command that breaks every commit it is part of fails alone: the
+// commands batched with it are applied and answered, and only it ends with
+// the final INTERNAL reply.
+func TestBreakingCommandFailsAlone(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc.breakTx = func(c *Command) error {
+		if c.Subject == "passkeys.cmd.sync.bad" {
+			return errors.New("this command breaks the commit")
+		}
+		return nil
+	}
+	f := newConsumerFixture(t, keys, 2)
+	body := `{"resourceOwner":"org1","password":true}`
+	names := []string{"u1", "u2", "bad", "u3", "u4", "u5"}
+	for _, n := range names { // all stored before the consumer runs: one batch
+		f.send(t, "passkeys.cmd.sync."+n, "a", n, body, "passkeys:admin")
+	}
+	f.run(t, proc, 2)
+	got := f.replies(t, len(names))
+	for _, n := range names {
+		if n == "bad" {
+			testenv.WantError(t, got[n][0], 13, passkey.IDRetriesExhausted, "500")
+			continue
+		}
+		testenv.WantSuccess(t, got[n][0])
+	}
+	f.settled(t)
 }
 
 // A forwarding endpoint that cannot store the command answers UNAVAILABLE at once.

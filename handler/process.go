@@ -73,6 +73,10 @@ type Processor struct {
 	// beforeDecide, when set, runs before each rule: tests use it to make
 	// a command poison.
 	beforeDecide func(*Command)
+	// breakTx, when set, runs as each command is applied; an error it
+	// returns fails the whole transaction, as a store error would: tests
+	// use it for a command that breaks every commit it is part of.
+	breakTx func(*Command) error
 }
 
 // prepared is a command decoded and authenticated before the transaction,
@@ -125,6 +129,64 @@ func (p *Processor) Process(cmds []*Command) ([]Result, error) {
 	}
 	return results, nil
 }
+
+// ProcessIsolating is Process for a batch whose commit keeps failing. It
+// applies the batch in ever smaller parts, in stream order, so that a
+// command that breaks every transaction it is part of is found and fails
+// alone (its Result is Transient), while the commands batched with it are
+// applied. A command of a user with an earlier command that failed this way
+// is held back (Transient) too, so it never overtakes that command. When the
+// store itself is failing (a full disk), every part fails and every command
+// is Transient, as with Process.
+func (p *Processor) ProcessIsolating(cmds []*Command) []Result {
+	results := make([]Result, len(cmds))
+	idx := make([]int, len(cmds))
+	for i := range idx {
+		idx[i] = i
+	}
+	p.isolate(cmds, idx, results, map[string]bool{})
+	return results
+}
+
+// isolate applies the commands cmds[idx...] and writes their results;
+// failed holds the users with a command that failed.
+func (p *Processor) isolate(cmds []*Command, idx []int, results []Result, failed map[string]bool) {
+	run := make([]*Command, 0, len(idx))
+	runIdx := make([]int, 0, len(idx))
+	for _, i := range idx {
+		op, user, _ := passkey.ParseSubject(CommandPrefix, cmds[i].Subject)
+		if user != "" && failed[user] {
+			results[i] = Result{UserID: user, Op: op, Transient: errHeldBack}
+			continue
+		}
+		run = append(run, cmds[i])
+		runIdx = append(runIdx, i)
+	}
+	if len(run) == 0 {
+		return
+	}
+	res, err := p.Process(run)
+	switch {
+	case err == nil:
+		for k, i := range runIdx {
+			results[i] = res[k]
+		}
+	case len(run) == 1:
+		op, user, _ := passkey.ParseSubject(CommandPrefix, run[0].Subject)
+		results[runIdx[0]] = Result{UserID: user, Op: op, Transient: err}
+		if user != "" {
+			failed[user] = true
+		}
+	default:
+		mid := len(runIdx) / 2
+		p.isolate(cmds, runIdx[:mid], results, failed)
+		p.isolate(cmds, runIdx[mid:], results, failed)
+	}
+}
+
+// errHeldBack is the transient failure of a command held back behind an
+// earlier command of its user that failed.
+var errHeldBack = errors.New("held back behind an earlier command of the same user that failed")
 
 // prepareSafely is prepare, with a panic turned into a transient failure of
 // this command alone.
@@ -209,6 +271,11 @@ var errOneMsgID = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderIn
 // store failure, which aborts the batch.
 func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
+	if p.breakTx != nil {
+		if err := p.breakTx(pr.cmd); err != nil {
+			return res, err
+		}
+	}
 	if pr.broken != nil {
 		res.Transient = pr.broken
 		return res, nil

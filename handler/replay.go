@@ -79,7 +79,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, p *Processor, r ReplayR
 			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
 		}
 		if err != nil {
-			return fmt.Errorf("replay: store: %w", err)
+			// One command may be what breaks the commit: it fails alone
+			// (counted as failed) and the others are applied.
+			log.Warn().Err(err).Int("batch", len(batch)).Msg("replay: store failed; applying the batch in parts")
+			results = p.ProcessIsolating(batch)
 		}
 		for i, res := range results {
 			switch {
