@@ -28,7 +28,7 @@ type SyncRequest struct {
 // modified.
 //
 // Errors: PERMISSION_DENIED (PERMISSION-USER, PERMISSION-FORCE),
-// NOT_FOUND (USER-NOT-FOUND, PASSKEY-NOT-FOUND),
+// NOT_FOUND (USER-NOT-FOUND, for a system principal only; PASSKEY-NOT-FOUND),
 // FAILED_PRECONDITION (PASSKEY-LAST).
 func RemovePasskey(p Principal, userID string, u *User, req RemoveRequest, at time.Time) (*User, error) {
 	if !p.mayAskAbout(userID) {
@@ -38,7 +38,7 @@ func RemovePasskey(p Principal, userID string, u *User, req RemoveRequest, at ti
 		return nil, ErrDeniedForce
 	}
 	if u == nil {
-		return nil, ErrUserNotFound
+		return nil, p.unknownUser()
 	}
 	if !p.mayAct(userID, u) {
 		return nil, ErrDeniedUser
@@ -68,7 +68,9 @@ func RemovePasskey(p Principal, userID string, u *User, req RemoveRequest, at ti
 // Errors: PERMISSION_DENIED (PERMISSION-SYNC, PERMISSION-USER),
 // FAILED_PRECONDITION (USER-RESOURCEOWNER-IMMUTABLE).
 func SyncUser(p Principal, userID string, u *User, req SyncRequest, at time.Time) (*User, error) {
-	if !p.Admin && !p.System {
+	// The body's organisation is judged before the stored user is looked
+	// at, so a refusal does not tell whether the user exists elsewhere.
+	if !p.administers(req.ResourceOwner) {
 		return nil, ErrDeniedSync
 	}
 	next := &User{ID: userID, ResourceOwner: req.ResourceOwner, Sequence: 1, CreationDate: at}
@@ -81,8 +83,6 @@ func SyncUser(p Principal, userID string, u *User, req SyncRequest, at time.Time
 		}
 		next.Sequence = u.Sequence + 1
 		next.CreationDate = u.CreationDate
-	} else if !p.administers(req.ResourceOwner) {
-		return nil, ErrDeniedSync
 	}
 	next.ChangeDate = at
 	next.Password = req.Password
@@ -96,13 +96,14 @@ func SyncUser(p Principal, userID string, u *User, req SyncRequest, at time.Time
 // ListPasskeys returns the passkeys of user userID (stored as u, nil when
 // unknown) if p may see them.
 //
-// Errors: PERMISSION_DENIED (PERMISSION-USER), NOT_FOUND (USER-NOT-FOUND).
+// Errors: PERMISSION_DENIED (PERMISSION-USER), NOT_FOUND (USER-NOT-FOUND,
+// for a system principal only).
 func ListPasskeys(p Principal, userID string, u *User) ([]Passkey, error) {
 	if !p.mayAskAbout(userID) {
 		return nil, ErrDeniedUser
 	}
 	if u == nil {
-		return nil, ErrUserNotFound
+		return nil, p.unknownUser()
 	}
 	if !p.mayAct(userID, u) {
 		return nil, ErrDeniedUser

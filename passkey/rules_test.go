@@ -56,8 +56,9 @@ func TestRemovePasskey(t *testing.T) {
 		{"OtherOrgAdminDenied", otherOrg, "u1", user(nil), RemoveRequest{TokenID: "pk-1"}, ErrDeniedUser},
 		{"OtherOrgAdminForceDenied", otherOrg, "u1", user(nil), RemoveRequest{TokenID: "pk-1", Force: true}, ErrDeniedUser},
 		{"AdminWithoutOrgDenied", adminNoOr, "u1", user(func(u *User) { u.Password = true }), RemoveRequest{TokenID: "pk-1"}, ErrDeniedUser},
-		{"UnknownUser", self, "u1", nil, RemoveRequest{TokenID: "pk-1"}, ErrUserNotFound},
-		{"UnknownUserForAdmin", orgAdmin, "u1", nil, RemoveRequest{TokenID: "pk-1"}, ErrUserNotFound},
+		{"UnknownUser", self, "u1", nil, RemoveRequest{TokenID: "pk-1"}, ErrDeniedUser},
+		{"UnknownUserForAdmin", orgAdmin, "u1", nil, RemoveRequest{TokenID: "pk-1"}, ErrDeniedUser},
+		{"UnknownUserForSystem", sysAdmin, "u1", nil, RemoveRequest{TokenID: "pk-1"}, ErrUserNotFound},
 		{"UnknownPasskey", self, "u1", user(func(u *User) { u.Password = true }), RemoveRequest{TokenID: "pk-9"}, ErrPasskeyNotFound},
 	}
 	for _, tt := range tests {
@@ -153,7 +154,9 @@ func TestListPasskeys(t *testing.T) {
 		{"StrangerDenied", stranger, user(nil), ErrDeniedUser},
 		{"StrangerOnUnknownDenied", stranger, nil, ErrDeniedUser},
 		{"OtherOrgAdminDenied", otherOrg, user(nil), ErrDeniedUser},
-		{"Unknown", self, nil, ErrUserNotFound},
+		{"Unknown", self, nil, ErrDeniedUser},
+		{"UnknownForAdmin", orgAdmin, nil, ErrDeniedUser},
+		{"UnknownForSystem", sysAdmin, nil, ErrUserNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -92,3 +92,13 @@ func (p Principal) mayAct(userID string, u *User) bool {
 func (p Principal) mayAskAbout(userID string) bool {
 	return p.Subject == userID || p.Admin || p.System
 }
+
+// unknownUser is the answer about a user the store does not hold: only a
+// system principal learns that it does not exist; anyone else is told no
+// more than about a user it may not see.
+func (p Principal) unknownUser() *Error {
+	if p.System {
+		return ErrUserNotFound
+	}
+	return ErrDeniedUser
+}

@@ -345,10 +345,10 @@ func TestJWKSReloadOnSIGHUP(t *testing.T) {
 		return err == nil
 	})
 	es := testenv.Bearer(e.keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1"}))
-	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 5, "USER-NOT-FOUND", "404")
+	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 7, "PERMISSION-USER", "403") // verified: no such user
 
 	e.keys.WriteJWKS(t, "EdDSA")
-	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 5, "USER-NOT-FOUND", "404") // not reloaded yet
+	testenv.WantError(t, e.request(t, "passkeys.list.u1", es, nil), 7, "PERMISSION-USER", "403") // not reloaded yet
 	if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
