@@ -167,11 +167,18 @@ func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgo
 			continue
 		}
 		tried = true
-		var c Claims
-		if err := tok.Claims(k.Key, &c); err == nil {
-			v.cache.put(cacheKey, c)
-			return c, nil
+		if err := tok.Claims(k.Key); err != nil {
+			continue // not this key's signature
 		}
+		// The signature holds; claims of the wrong type (exp as a string,
+		// a numeric sub, scope as an array) are bad claims, not a bad
+		// signature.
+		var c Claims
+		if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
+			return Claims{}, unauthenticated(passkey.IDAuthClaims, "the token's claims are not of the types a JWT's claims have")
+		}
+		v.cache.put(cacheKey, c)
+		return c, nil
 	}
 	if !tried {
 		return Claims{}, unauthenticated(passkey.IDAuthKeyUnknown, "no trusted key matches the token's key id")

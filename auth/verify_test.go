@@ -25,6 +25,30 @@ func unsigned(claims map[string]any) string {
 	return head + "." + base64.RawURLEncoding.EncodeToString(body) + "."
 }
 
+// signClaims signs arbitrary claims with the EdDSA test key, validly.
+func signClaims(tb testing.TB, keys *testenv.Keys, claims map[string]any) string {
+	tb.Helper()
+	key := keys.Private["EdDSA"]
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key.Key},
+		(&jose.SignerOptions{}).WithHeader("kid", "EdDSA").WithType("JWT"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body, err := json.Marshal(claims)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	jws, err := signer.Sign(body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, err := jws.CompactSerialize()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
 // hmacWithPublicKey signs a token with HS256, using the RSA key's public
 // half as the secret: the classic algorithm-confusion attack.
 func hmacWithPublicKey(tb testing.TB, keys *testenv.Keys) string {
@@ -112,6 +136,10 @@ func TestVerify(t *testing.T) {
 		{"Expired", mint(testenv.Token{Now: at.Add(-time.Hour - 31*time.Second)}), passkey.Principal{}, passkey.IDAuthExpired},
 		{"NotYetValid", mint(testenv.Token{Now: at.Add(31 * time.Second)}), passkey.Principal{}, passkey.IDAuthNotYetValid},
 		{"NoSubject", []string{testenv.Bearer(noSub)}, passkey.Principal{}, passkey.IDAuthClaims},
+		// Validly signed, but a claim of the wrong type: bad claims, not a bad signature.
+		{"ExpAsString", []string{testenv.Bearer(signClaims(t, keys, map[string]any{"sub": "u1", "iss": testenv.Issuer, "aud": testenv.Audience, "exp": "tomorrow"}))}, passkey.Principal{}, passkey.IDAuthClaims},
+		{"NumericSub", []string{testenv.Bearer(signClaims(t, keys, map[string]any{"sub": 42, "iss": testenv.Issuer, "aud": testenv.Audience, "exp": at.Add(time.Hour).Unix()}))}, passkey.Principal{}, passkey.IDAuthClaims},
+		{"ScopeAsArray", []string{testenv.Bearer(signClaims(t, keys, map[string]any{"sub": "u1", "iss": testenv.Issuer, "aud": testenv.Audience, "exp": at.Add(time.Hour).Unix(), "scope": []string{"passkeys:admin"}}))}, passkey.Principal{}, passkey.IDAuthClaims},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
