@@ -333,9 +333,7 @@ func (s *Service) replay(req micro.Request) {
 		return
 	}
 	var r ReplayRange
-	dec := json.NewDecoder(bytes.NewReader(req.Data()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
+	if err := passkey.DecodeStrict(req.Data(), &r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
 		respondError(req, passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDReplayInvalid,
 			`the body must be {"fromSeq": N, "toSeq": M} with 1 <= N <= M, and may add "since", "until" (RFC 3339) and "userId"`))
 		return

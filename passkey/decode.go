@@ -1,11 +1,10 @@
 package passkey
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"mime"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -148,25 +147,13 @@ func DecodeSync(body []byte) (SyncRequest, error) {
 	return req, nil
 }
 
-// decodeStrict decodes one JSON object into v, refusing unknown fields,
-// values of the wrong type and anything after the object.
+// decodeStrict decodes one JSON object into v (DecodeStrict), after
+// checking the body's size.
 func decodeStrict(body []byte, v any) error {
 	if len(body) > MaxBodySize {
 		return ErrBodyTooLarge
 	}
-	body = bytes.TrimSpace(body)
-	if len(body) == 0 || body[0] != '{' {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body must be a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: %s", describeJSONError(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body must hold exactly one JSON object")
-	}
-	return nil
+	return DecodeStrict(body, v)
 }
 
 // describeJSONError names what was wrong without echoing the caller's data.
@@ -179,7 +166,11 @@ func describeJSONError(err error) string {
 	case errors.As(err, &syntaxErr):
 		return "malformed JSON"
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ")
+		name, uerr := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		if uerr != nil {
+			return "unknown field"
+		}
+		return "unknown field " + quoteShort(name)
 	default:
 		return "malformed JSON"
 	}

@@ -47,6 +47,13 @@ func TestDecodeRemove(t *testing.T) {
 		{"TokenID201", `{"tokenId":"` + strings.Repeat("a", 201) + `"}`, IDTokenIDTooLong},
 		{"ControlChar", `{"tokenId":"pk\u0001"}`, IDTokenIDInvalid},
 		{"TooLarge", `{"tokenId":"pk-1","force":false}` + strings.Repeat(" ", MaxBodySize), IDBodyTooLarge},
+		// Exact keys only, each once: encoding/json alone matches any case
+		// and keeps the last of two.
+		{"KeyInOtherCase", `{"TOKENID":"pk-1"}`, IDBodyInvalid},
+		{"ForceInOtherCase", `{"tokenId":"pk-1","Force":true}`, IDBodyInvalid},
+		{"DuplicateKey", `{"tokenId":"pk-1","tokenId":"pk-2"}`, IDBodyInvalid},
+		{"DuplicateForce", `{"tokenId":"pk-1","force":false,"force":true}`, IDBodyInvalid},
+		{"TrailingGarbage", `{"tokenId":"pk-1"}x`, IDBodyInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,6 +77,9 @@ func TestDecodeSync(t *testing.T) {
 		{"EmptyPasskeyID", `{"resourceOwner":"o","passkeys":[{"id":"","state":"ready"}]}`, IDSyncInvalid},
 		{"EmptyIdP", `{"resourceOwner":"o","idpLinks":[""]}`, IDSyncInvalid},
 		{"UnknownField", `{"resourceOwner":"o","email":"x"}`, IDBodyInvalid},
+		{"NestedKeyInOtherCase", `{"resourceOwner":"o","passkeys":[{"ID":"pk-1","state":"ready"}]}`, IDBodyInvalid},
+		{"NestedDuplicateKey", `{"resourceOwner":"o","passkeys":[{"id":"pk-1","id":"pk-2","state":"ready"}]}`, IDBodyInvalid},
+		{"DuplicateOwner", `{"resourceOwner":"o","resourceOwner":"p"}`, IDBodyInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,5 +145,23 @@ func TestHTTPStatus(t *testing.T) {
 		if got := code.HTTPStatus(); got != want {
 			t.Errorf("code %d: HTTP %d, want %d", code, got, want)
 		}
+	}
+}
+
+// An unknown field's name is quoted by a short prefix only: the message
+// travels in the reply, its header, the stored outcome and the log.
+func TestUnknownFieldNameIsShortened(t *testing.T) {
+	long := strings.Repeat("n", 30<<10)
+	for name, body := range map[string]string{
+		"Unknown":   `{"tokenId":"pk-1","` + long + `":1}`,
+		"Duplicate": `{"tokenId":"pk-1","` + long + `":1,"` + long + `":1}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := DecodeRemove([]byte(body))
+			wantID(t, err, CodeInvalidArgument, IDBodyInvalid)
+			if msg := err.Error(); len(msg) > 200 {
+				t.Fatalf("message of %d bytes: %.100s...", len(msg), msg)
+			}
+		})
 	}
 }

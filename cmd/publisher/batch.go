@@ -158,13 +158,8 @@ func firstByte(br *bufio.Reader) (byte, error) {
 }
 
 func strictJSON(raw []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := passkey.DecodeStrict(raw, v); err != nil {
 		return fmt.Errorf("not a valid line: %v", err)
-	}
-	if dec.More() {
-		return errors.New("not a valid line: more than one JSON value")
 	}
 	return nil
 }

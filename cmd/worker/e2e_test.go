@@ -284,13 +284,19 @@ func TestErrorTable(t *testing.T) {
 		{"OtherOrgAdmin", "passkeys.remove.u1", mint(testenv.Token{Subject: "a2", Org: "org2", Scopes: []string{admin}}), `{"tokenId":"pk-1"}`, nil, 7, "PERMISSION-USER", "403"},
 		{"ForceBySelf", "passkeys.remove.u1", self, `{"tokenId":"pk-1","force":true}`, nil, 7, "PERMISSION-FORCE", "403"},
 		{"SyncBySelf", "passkeys.sync.u1", self, syncBody(true), nil, 7, "PERMISSION-SYNC", "403"},
-		{"UnknownUser", "passkeys.remove.nobody", adminTok, `{"tokenId":"pk-1"}`, nil, 5, "USER-NOT-FOUND", "404"},
+		// An organisation administrator is not told whether a user outside
+		// its organisation exists; only a system principal is.
+		{"UnknownUser", "passkeys.remove.nobody", adminTok, `{"tokenId":"pk-1"}`, nil, 7, "PERMISSION-USER", "403"},
+		{"UnknownUserForSystem", "passkeys.remove.nobody", e.token(t, "root", "passkeys:system"), `{"tokenId":"pk-1"}`, nil, 5, "USER-NOT-FOUND", "404"},
+		{"OtherOrgUserSync", "passkeys.sync.u1", mint(testenv.Token{Subject: "a2", Org: "org2", Scopes: []string{admin}}), map[string]any{"resourceOwner": "org1"}, nil, 7, "PERMISSION-SYNC", "403"},
+		{"UnknownUserSyncOtherOrg", "passkeys.sync.nobody", mint(testenv.Token{Subject: "a2", Org: "org2", Scopes: []string{admin}}), map[string]any{"resourceOwner": "org1"}, nil, 7, "PERMISSION-SYNC", "403"},
 		{"UnknownPasskey", "passkeys.remove.u1", self, `{"tokenId":"pk-9"}`, nil, 5, "PASSKEY-NOT-FOUND", "404"},
 		{"AlreadyRemoved", "passkeys.remove.u3", adminTok, `{"tokenId":"pk-1"}`, nil, 5, "PASSKEY-NOT-FOUND", "404"},
 		{"LastLoginMethod", "passkeys.remove.u1", self, `{"tokenId":"pk-1"}`, nil, 9, "PASSKEY-LAST", "400"},
 		{"ResourceOwnerChange", "passkeys.sync.u1", e.token(t, "root", "passkeys:system"), map[string]any{"resourceOwner": "org2"}, nil, 9, "USER-RESOURCEOWNER-IMMUTABLE", "400"},
 		{"ListOtherUser", "passkeys.list.u1", e.token(t, "u2"), nil, nil, 7, "PERMISSION-USER", "403"},
-		{"ListUnknown", "passkeys.list.nobody", adminTok, nil, nil, 5, "USER-NOT-FOUND", "404"},
+		{"ListUnknown", "passkeys.list.nobody", adminTok, nil, nil, 7, "PERMISSION-USER", "403"},
+		{"ListUnknownForSystem", "passkeys.list.nobody", e.token(t, "root", "passkeys:system"), nil, nil, 5, "USER-NOT-FOUND", "404"},
 		{"ListNoAuthorization", "passkeys.list.u1", "", nil, nil, 16, "AUTH-MISSING", "401"},
 		// Bad input of every kind a caller can send.
 		{"EmptyBody", "passkeys.remove.u1", self, ``, nil, 3, "REQUEST-BODY-INVALID", "400"},
@@ -616,7 +622,10 @@ func TestReplayEndpoint(t *testing.T) {
 	system := e.token(t, "root", "passkeys:system")
 
 	testenv.WantError(t, e.request(t, "passkeys.admin.replay", adminTok, `{"fromSeq":1,"toSeq":2}`), 7, "PERMISSION-REPLAY", "403")
-	testenv.WantError(t, e.request(t, "passkeys.admin.replay", system, `{"fromSeq":2,"toSeq":1}`), 3, "REQUEST-REPLAY-INVALID", "400")
+	for _, body := range []string{`{"fromSeq":2,"toSeq":1}`, `{"fromSeq":1,"toSeq":2}x`, `{"fromSeq":1,"toSeq":2} {}`,
+		`{"FROMSEQ":1,"toSeq":2}`, `{"fromSeq":1,"toSeq":2,"toSeq":9}`} {
+		testenv.WantError(t, e.request(t, "passkeys.admin.replay", system, body), 3, "REQUEST-REPLAY-INVALID", "400")
+	}
 	testenv.WantError(t, e.request(t, "passkeys.admin.replay", "", `{"fromSeq":1,"toSeq":2}`), 16, "AUTH-MISSING", "401")
 	reply := e.request(t, "passkeys.admin.replay", system, `{"fromSeq":1,"toSeq":100}`)
 	if got, want := string(reply.Data), `{"fromSeq":1,"toSeq":2,"read":2,"repeats":2,"applied":0,"refused":0,"failed":0}`; got != want {
