@@ -158,8 +158,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	// Metrics and health first: once the service answers, they do too.
 	m := metrics.New()
 	registerGauges(m, cons, store, verifier)
+	writes := &storeWrites{}
 	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store}, log)
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store, writes: writes}, cfg.DataDir, log)
 		if err != nil {
 			return err
 		}
@@ -191,7 +192,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		StoreRetries: 3,
 		NakDelay:     handler.DefaultNakDelay,
 		DeadLetters:  js,
-		Observer:     handler.Observers{m, outcomes},
+		Observer:     handler.Observers{m, outcomes, writes},
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.

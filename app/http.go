@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	stdlog "log"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,18 +18,46 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/netutil"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/metrics"
+	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
 // health answers /healthz and /readyz.
 type health struct {
-	nc    *nats.Conn
-	cons  jetstream.Consumer
-	store *storage.Store
+	nc     *nats.Conn
+	cons   jetstream.Consumer
+	store  *storage.Store
+	writes *storeWrites
 }
+
+// storeWrites remembers whether the consumer's last store transaction
+// failed: a worker whose commits fail (a full disk, a failing device) takes
+// commands only to retry them, and must not say it is ready. It is one more
+// Observer of the consumer.
+type storeWrites struct {
+	mu      sync.Mutex
+	lastErr error
+}
+
+func (w *storeWrites) Batch(_ int, _ time.Duration, err error) {
+	w.mu.Lock()
+	w.lastErr = err
+	w.mu.Unlock()
+}
+
+func (w *storeWrites) failing() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr
+}
+
+func (*storeWrites) Answered(passkey.Op, passkey.Code, string, time.Time) {}
+func (*storeWrites) Redelivered()                                         {}
+func (*storeWrites) Terminated()                                          {}
 
 // ready reports why the worker cannot take work, or nil: it must be
 // connected to NATS, its stream and consumer must exist, its store be open.
@@ -40,6 +72,9 @@ func (h *health) ready(ctx context.Context) error {
 	}
 	if err := h.store.View(func(*storage.Tx) error { return nil }); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if err := h.writes.failing(); err != nil {
+		return fmt.Errorf("store: the last commit failed: %w", err)
 	}
 	return nil
 }
@@ -87,8 +122,75 @@ func registerGauges(m *metrics.Metrics, cons jetstream.Consumer, store *storage.
 	})
 }
 
-// serveHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
-func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, log zerolog.Logger) (func(), error) {
+// maxHTTPConns bounds the HTTP connections open at once: a scraper, a
+// probe or two, an operator's backup.
+const maxHTTPConns = 64
+
+// backupWriteTimeout bounds the transfer of one backup.
+const backupWriteTimeout = 30 * time.Minute
+
+// serveBackup copies the store to a file in the data directory, from one
+// read transaction, and then sends the file: no read transaction is held
+// open while a slow client reads (it would keep the store from reusing
+// pages and so grow it). The file is removed afterwards.
+func serveBackup(w http.ResponseWriter, r *http.Request, store *storage.Store, dataDir string, log zerolog.Logger) {
+	f, err := os.CreateTemp(dataDir, ".backup-*.tmp")
+	if err != nil {
+		log.Error().Err(err).Msg("backup: temporary file")
+		http.Error(w, "backup failed; see the worker's log", http.StatusInternalServerError)
+		return
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := f.Chmod(0o600); err != nil {
+		log.Error().Err(err).Msg("backup: temporary file")
+		http.Error(w, "backup failed; see the worker's log", http.StatusInternalServerError)
+		return
+	}
+	n, err := store.Backup(f, nil)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		log.Error().Err(err).Int64("written", n).Msg("backup")
+		http.Error(w, "backup failed; see the worker's log", http.StatusInternalServerError)
+		return
+	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(backupWriteTimeout))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	sent, err := io.Copy(w, f)
+	if err != nil {
+		log.Warn().Err(err).Int64("sent", sent).Int64("bytes", n).Msg("backup: the client did not take it all")
+		return
+	}
+	log.Info().Int64("bytes", n).Msg("backup served")
+}
+
+// newHTTPServer is the worker's HTTP server: every phase of a request has a
+// deadline, idle connections are closed, and headers are small.
+func newHTTPServer(h http.Handler, log zerolog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second, // /backup sets its own, longer
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          stdlog.New(warnWriter{log}, "", 0),
+	}
+}
+
+// warnWriter turns the HTTP server's own error lines into warn events.
+type warnWriter struct{ log zerolog.Logger }
+
+func (w warnWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Str("component", "http").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// serveHTTP serves /metrics, /healthz, /readyz and /backup on addr until ctx ends.
+func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, dataDir string, log zerolog.Logger) (func(), error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -101,6 +203,7 @@ func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, 
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	backups := make(chan struct{}, 1) // one backup at a time: each holds a copy of the store on disk
 	mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
 		// The whole user database: only for a client on this machine.
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -108,19 +211,23 @@ func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, 
 			http.Error(w, "backups are served to loopback clients only", http.StatusForbidden)
 			return
 		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		n, err := h.store.Backup(w, func(size int64) { w.Header().Set("Content-Length", strconv.FormatInt(size, 10)) })
-		if err != nil {
-			log.Error().Err(err).Int64("written", n).Msg("backup")
+		select {
+		case backups <- struct{}{}:
+			defer func() { <-backups }()
+		default:
+			http.Error(w, "a backup is already being taken; try again when it is done", http.StatusServiceUnavailable)
 			return
 		}
-		log.Info().Int64("bytes", n).Msg("backup served")
+		serveBackup(w, r, h.store, dataDir, log)
 	})
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-listen: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Bounded, so that idle or slow clients cannot take the worker's file
+	// descriptors (which its embedded NATS server shares) or its time.
+	l = netutil.LimitListener(l, maxHTTPConns)
+	srv := newHTTPServer(mux, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

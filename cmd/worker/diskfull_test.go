@@ -69,7 +69,8 @@ func TestDiskFull(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(small, "data")}
 	e.nc = testenv.Connect(t, e.url)
-	e.w = e.startWorker(t)
+	httpAddr := freeAddr(t)
+	e.w = e.startWorker(t, "--http-listen", httpAddr)
 	admin := e.token(t, "a", admin)
 	js, err := jetstream.New(e.nc)
 	if err != nil {
@@ -84,18 +85,21 @@ func TestDiskFull(t *testing.T) {
 		publish(t, js, "passkeys.cmd.sync.v"+strconv.Itoa(u), admin, inbox+"."+strconv.Itoa(u), "full-"+strconv.Itoa(u),
 			syncBody(true, "pk-1", "pk-2", "pk-3", strings.Repeat("x", 150)))
 	}
-	time.Sleep(3 * time.Second)
+	// The worker says so: in its log, and /readyz is not ready.
+	waitFor(t, func() bool { return strings.Contains(e.w.log.String(), "store failed") })
+	waitFor(t, func() bool {
+		code, body := httpGet(t, httpAddr, "/readyz")
+		return code == 503 && strings.Contains(body, "store")
+	})
 	whileFull := synced.count()
 	if whileFull == users {
 		t.Fatal("every command was answered: the file system never filled")
-	}
-	if !strings.Contains(e.w.log.String(), "store failed") {
-		t.Fatal("the worker did not report the store failing")
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
 	waitCount(t, synced, users, 60*time.Second)
+	waitFor(t, func() bool { code, _ := httpGet(t, httpAddr, "/readyz"); return code == 200 })
 	t.Logf("%d of %d commands answered while the disk was full, the rest once there was room", whileFull, users)
 	synced.mu.Lock()
 	defer synced.mu.Unlock()

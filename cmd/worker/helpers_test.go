@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -211,4 +213,19 @@ func syncBody(password bool, passkeys ...string) map[string]any {
 		pks = append(pks, map[string]string{"id": id, "name": "key " + id, "state": "ready"})
 	}
 	return map[string]any{"resourceOwner": "org1", "password": password, "passkeys": pks}
+}
+
+// httpGet is the status and body of the worker's HTTP path at addr.
+func httpGet(tb testing.TB, addr, path string) (int, string) {
+	tb.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
 }
