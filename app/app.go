@@ -256,7 +256,7 @@ func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jet
 			return nil, 0, err
 		}
 		cons, err = handler.EnsureConsumer(ctx, js,
-			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultBackOff))
+			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait))
 	} else {
 		cons, err = js.Consumer(ctx, handler.StreamName, handler.ConsumerName)
 	}

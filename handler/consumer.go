@@ -90,7 +90,12 @@ func (os Observers) Terminated() {
 // in its buffer.
 var DrainTimeout = 5 * time.Second
 
-// DefaultNakDelay doubles from one second, up to 30 seconds.
+// DefaultNakDelay is the one retry schedule of a command that failed for a
+// reason of this machine: 1 s, 2 s, 4 s, 8 s after its first to fourth
+// deliveries, so that with DefaultMaxDeliver (5) its final answer comes
+// within about 20 s (the store's retries in place add up to a second per
+// delivery). It doubles on up to 30 s for a consumer an operator gave a
+// larger MaxDeliver.
 func DefaultNakDelay(delivered uint64) time.Duration {
 	d := time.Second << min(delivered-1, 5)
 	return min(d, 30*time.Second)

@@ -62,7 +62,7 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, maxDeliver int) *consu
 	if _, err := EnsureStream(ctx, f.js, DeadLetterStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if f.cons, err = EnsureConsumer(ctx, f.js, ConsumerConfig(maxDeliver, 100, []time.Duration{10 * time.Second})); err != nil {
+	if f.cons, err = EnsureConsumer(ctx, f.js, ConsumerConfig(maxDeliver, 100, DefaultAckWait)); err != nil {
 		t.Fatal(err)
 	}
 	f.inbox = nats.NewInbox()
@@ -393,5 +393,26 @@ func TestReplayAppliesWhatFailed(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// One retry schedule: the consumer has no BackOff (the server would offset
+// every nak's delay by it), and the nak delays are 1 s, 2 s, 4 s, 8 s, so a
+// command that keeps failing gets its final answer on its fifth delivery,
+// within about 20 s.
+func TestRetrySchedule(t *testing.T) {
+	cfg := ConsumerConfig(DefaultMaxDeliver, DefaultMaxAckPending, DefaultAckWait)
+	if len(cfg.BackOff) != 0 || cfg.AckWait != 10*time.Second || cfg.MaxDeliver != 5 || cfg.AckPolicy != jetstream.AckExplicitPolicy {
+		t.Fatalf("consumer: BackOff %v, AckWait %s, MaxDeliver %d, AckPolicy %v", cfg.BackOff, cfg.AckWait, cfg.MaxDeliver, cfg.AckPolicy)
+	}
+	var total time.Duration
+	for d, want := range map[uint64]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second} {
+		if got := DefaultNakDelay(d); got != want {
+			t.Errorf("after delivery %d: %s, want %s", d, got, want)
+		}
+		total += want
+	}
+	if total > time.Minute {
+		t.Errorf("a poison command waits %s for its final answer", total)
 	}
 }

@@ -17,13 +17,15 @@ const (
 	DeadLetterPrefix     = "passkeys.dlq"
 )
 
-// Consumer settings. BackOff[0] is also the ack wait of a first delivery:
-// far longer than a batch takes to commit (milliseconds, a second with the
-// store's retries), and short enough that the commands a crashed worker
-// held come back soon after it restarts.
-var (
+// Consumer settings. The ack wait is far longer than a batch takes to
+// commit (milliseconds, a second with the store's retries), and short
+// enough that the commands a crashed worker held come back soon after it
+// restarts. There is no BackOff: the server offsets a nak's delay by it
+// (a nak of 2 s came back after 2 s - AckWait + BackOff[n], 22 s), so the
+// one retry schedule is NakDelay's.
+const (
 	DefaultMaxDeliver    = 5
-	DefaultBackOff       = []time.Duration{10 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
+	DefaultAckWait       = 10 * time.Second
 	DefaultMaxAckPending = 20000
 )
 
@@ -58,13 +60,12 @@ func DeadLetterStreamConfig() jetstream.StreamConfig {
 }
 
 // ConsumerConfig is the durable pull consumer the worker reads.
-func ConsumerConfig(maxDeliver, maxAckPending int, backOff []time.Duration) jetstream.ConsumerConfig {
+func ConsumerConfig(maxDeliver, maxAckPending int, ackWait time.Duration) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       ConsumerName,
 		Description:   "passkeys worker",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       backOff[0],
-		BackOff:       backOff,
+		AckWait:       ackWait,
 		MaxDeliver:    maxDeliver,
 		MaxAckPending: maxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
