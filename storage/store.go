@@ -17,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -66,9 +67,25 @@ type Store struct {
 	path string
 }
 
+// ErrCorrupt is wrapped by every error about a damaged data file or record:
+// what the store read is not what it wrote.
+var ErrCorrupt = binrec.ErrCorrupt
+
+// damaged is the error for a data file bbolt panicked on.
+func damaged(path string, r any) error {
+	return fmt.Errorf("the data file %s is damaged (%v); stop the worker and restore the file from a backup "+
+		"(README, \"Backup and restore\"), or move it aside to start with an empty store that the stream then refills [%w]", path, r, ErrCorrupt)
+}
+
 // Open opens or creates the store at path, creating its directory (0700),
-// the file (0600) and every bucket.
-func Open(path string, opts Options) (*Store, error) {
+// the file (0600) and every bucket. A damaged file is refused with an
+// error that wraps ErrCorrupt, not a panic.
+func Open(path string, opts Options) (s *Store, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, damaged(path, r)
+		}
+	}()
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
@@ -114,14 +131,28 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in one read-write transaction, committed (and synced) when
-// fn returns nil and rolled back otherwise.
-func (s *Store) Update(fn func(*Tx) error) error {
+// fn returns nil and rolled back otherwise. A damaged page that makes bbolt
+// panic rolls the transaction back and is returned as an error wrapping
+// ErrCorrupt.
+func (s *Store) Update(fn func(*Tx) error) (err error) {
+	defer s.recoverDamage(&err)
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
 }
 
-// View runs fn in a read-only transaction.
-func (s *Store) View(fn func(*Tx) error) error {
+// View runs fn in a read-only transaction; a damaged page is an error
+// wrapping ErrCorrupt, as in Update.
+func (s *Store) View(fn func(*Tx) error) (err error) {
+	defer s.recoverDamage(&err)
 	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// recoverDamage turns a panic inside bbolt (which rolls its transaction
+// back first) into an error. A panic of the caller's own code inside fn is
+// reported the same way; callers that run rules recover those themselves.
+func (s *Store) recoverDamage(err *error) {
+	if r := recover(); r != nil {
+		*err = damaged(s.path, r)
+	}
 }
 
 // Tx is a transaction on the store. Values it returns are copies, safe to

@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -279,5 +281,45 @@ func TestOpenDropsTheExpiryIndex(t *testing.T) {
 	}
 	if n, err := s.PruneOutcomes(now, 10); err != nil || n != 1 {
 		t.Errorf("prune: %d, %v; want 1", n, err)
+	}
+}
+
+// A damaged data file is refused with an error that names it and says what
+// to do, not a panic.
+func TestOpenDamagedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "passkeys.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Update(func(tx *Tx) error {
+		for i := range 3000 {
+			if err := tx.PutUser(&passkey.User{ID: "u" + strconv.Itoa(i), ResourceOwner: "o", Sequence: 1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xab}, 6*4096), 4*4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s, err = Open(path, Options{})
+	if err == nil {
+		s.Close()
+		t.Fatal("a damaged file opened")
+	}
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "backup") {
+		t.Fatalf("error %q: want ErrCorrupt, the file's path and what to do", err)
 	}
 }
