@@ -74,7 +74,7 @@ var ErrCorrupt = binrec.ErrCorrupt
 // damaged is the error for a data file bbolt panicked on.
 func damaged(path string, r any) error {
 	return fmt.Errorf("the data file %s is damaged (%v); stop the worker and restore the file from a backup "+
-		"(README, \"Backup and restore\"), the worker then replays from the stream what the backup lacks [%w]", path, r, ErrCorrupt)
+		"(README, \"Backup and restore\"): the worker then replays from the stream what the backup lacks [%w]", path, r, ErrCorrupt)
 }
 
 // Open opens or creates the store at path, creating its directory (0700),
