@@ -122,12 +122,10 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var hup <-chan os.Signal
-	if !cfg.DevMode() {
-		var stopHUP func()
-		hup, stopHUP = notifyHUP()
-		defer stopHUP()
-	}
+	// SIGHUP reloads the JWKS; in the development mode there is nothing to
+	// reload, but it must not end the worker without its drain either.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
 	store, err := storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
 	if err != nil {
 		return err
@@ -208,6 +206,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			interval = 10 * time.Second
 		}
 		go watchJWKS(ctx, cfg.JWKS, interval, hup, verifier, log)
+	} else {
+		go ignoreHUP(ctx, hup, log)
 	}
 
 	log.Info().Str("nats_url", RedactURL(clientURL)).Str("store", store.Path()).
@@ -391,6 +391,13 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded NATS did not start listening on %s within 10s", cfg.Listen)
 	}
 	log.Info().Str("client_url", ns.ClientURL()).Str("store_dir", opts.StoreDir).Msg("embedded NATS server with JetStream started")
+	ev := log.Warn().Str("client_url", ns.ClientURL())
+	if cfg.JWKS != "" {
+		ev = ev.Str("jwks", cfg.JWKS)
+	}
+	ev.Msg("EMBEDDED NATS SERVER WITHOUT USERS: any process on this machine can connect, read every caller's bearer token " +
+		"from stream PASSKEYS, and purge it. For one machine's development only; in production run nats-server -c nats.conf " +
+		"and give the worker --nats-url")
 	return ns, nil
 }
 

@@ -60,6 +60,19 @@ func watchJWKS(ctx context.Context, path string, interval time.Duration, hup <-c
 	}
 }
 
+// ignoreHUP answers SIGHUP in the development mode, where there is no key
+// set file to reload.
+func ignoreHUP(ctx context.Context, hup <-chan os.Signal, log zerolog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			log.Info().Msg("SIGHUP: nothing to reload in the development mode (the development key stays); use SIGINT or SIGTERM to stop")
+		}
+	}
+}
+
 func fileHash(path string) []byte {
 	raw, err := os.ReadFile(path)
 	if err != nil {

@@ -48,6 +48,13 @@ func TestScripts(t *testing.T) {
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitworker": waitWorker,
+			// hup sends SIGHUP to the background commands (testscript's kill
+			// knows no HUP).
+			"hup": func(ts *testscript.TestScript, neg bool, args []string) {
+				for _, c := range ts.BackgroundCmds() {
+					ts.Check(c.Process.Signal(syscall.SIGHUP))
+				}
+			},
 		},
 	})
 }
