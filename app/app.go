@@ -249,14 +249,7 @@ func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jet
 	var cons jetstream.Consumer
 	var err error
 	if cfg.CreateStream {
-		if _, err := handler.EnsureStream(ctx, js, handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow)); err != nil {
-			return nil, 0, err
-		}
-		if _, err := handler.EnsureStream(ctx, js, handler.DeadLetterStreamConfig()); err != nil {
-			return nil, 0, err
-		}
-		cons, err = handler.EnsureConsumer(ctx, js,
-			handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait))
+		cons, err = provisionStreams(ctx, js, cfg.Retention, cfg.DuplicateWindow)
 	} else {
 		cons, err = js.Consumer(ctx, handler.StreamName, handler.ConsumerName)
 	}
@@ -268,6 +261,21 @@ func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jet
 		maxDeliver = handler.DefaultMaxDeliver
 	}
 	return cons, maxDeliver, nil
+}
+
+// provisionStreams creates or updates streams PASSKEYS and PASSKEYS_DLQ and
+// the durable consumer: what the worker does at start-up, or what `worker
+// provision` does for an administrator, so that the worker's own NATS user
+// needs no right to change a stream (an update to max_msgs 1 would purge it).
+func provisionStreams(ctx context.Context, js jetstream.JetStream, retention, duplicates time.Duration) (jetstream.Consumer, error) {
+	if _, err := handler.EnsureStream(ctx, js, handler.StreamConfig(retention, duplicates)); err != nil {
+		return nil, err
+	}
+	if _, err := handler.EnsureStream(ctx, js, handler.DeadLetterStreamConfig()); err != nil {
+		return nil, err
+	}
+	return handler.EnsureConsumer(ctx, js,
+		handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait))
 }
 
 func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
@@ -434,7 +442,8 @@ func InboxPrefix(prefix, urls string) string {
 }
 
 // passwordVars are the variables nats.conf takes its users' passwords from.
-var passwordVars = []string{"PASSKEYS_WORKER_NATS_PASSWORD", "PASSKEYS_SERVICE_NATS_PASSWORD", "PASSKEYS_ADMIN_NATS_PASSWORD"}
+var passwordVars = []string{"PASSKEYS_WORKER_NATS_PASSWORD", "PASSKEYS_SERVICE_NATS_PASSWORD", "PASSKEYS_ADMIN_NATS_PASSWORD",
+	"PASSKEYS_PROVISIONER_NATS_PASSWORD"}
 
 // loadEmbeddedConfig reads a nats-server configuration for the embedded
 // server: its limits and JetStream settings apply, its users do not (the

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/handler"
@@ -23,6 +24,9 @@ import (
 func Command(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "backup" {
 		return backupCommand(args[1:], getenv, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "provision" {
+		return provisionCommand(ctx, args[1:], getenv, stdout, stderr)
 	}
 	var cfg Config
 	var logLevel string
@@ -48,30 +52,13 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address for Prometheus /metrics, /healthz and /readyz (empty: none)")
 	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
+		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n       worker provision --nats-url URL [--outcome-retention D] [--duplicate-window D]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
 		fs.VisitAll(func(f *flag.Flag) {
 			fmt.Fprintf(stderr, "  --%s (%s)\n    \t%s (default %q)\n", f.Name, envName(f.Name), f.Usage, f.DefValue)
 		})
 	}
-	// The environment sets a flag unless the command line does.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envName(f.Name)); v != "" && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return envErr
-	}
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil // --help asked for the usage text, and got it
-	} else if err != nil {
+	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	if cfg.NATSConfig == "" && cfg.Embedded() {
 		if _, err := os.Stat("nats.conf"); err == nil {
@@ -84,6 +71,77 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	log := zerolog.New(stderr).Level(level).With().Timestamp().Str("service", "passkeys-worker").Logger()
 	return Run(ctx, cfg, log)
+}
+
+// parseWithEnv parses args into fs, each flag also settable by its
+// environment variable (the command line wins). done is set when --help was
+// asked for and answered.
+func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) (done bool, err error) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" && err == nil {
+			if serr := f.Value.Set(v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
+			}
+		}
+	})
+	if err != nil {
+		return false, err
+	}
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return true, nil // --help asked for the usage text, and got it
+	} else if err != nil {
+		return false, err
+	}
+	if fs.NArg() > 0 {
+		return false, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	return false, nil
+}
+
+// provisionCommand is `worker provision`: an administrator creates or
+// updates the streams and the durable consumer with a NATS user that may
+// (nats.conf's passkeys-provisioner), so that the workers run with
+// --create-stream=false under a user that cannot change a stream.
+func provisionCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("worker provision", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "NATS server URL(s), with a user that may create the streams (required)")
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&cfg.InboxPrefix, "inbox-prefix", "", "prefix of the connection's inboxes (default: _INBOX_<user> when --nats-url names a user)")
+	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "the workers' outcome retention: the stream's max age")
+	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates streams %s and %s and consumer %s, then exits.\n\nFlags:\n",
+			handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
+		fs.PrintDefaults()
+	}
+	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
+		return err
+	}
+	if cfg.NATSURL == "" {
+		return errors.New("provision: --nats-url is required (the embedded server's worker provisions its own streams)")
+	}
+	if cfg.Retention <= 0 || cfg.DuplicateWindow <= 0 || cfg.DuplicateWindow > cfg.Retention {
+		return errors.New("provision: --outcome-retention and --duplicate-window must be positive, the window at most the retention")
+	}
+	log := zerolog.New(stderr).With().Timestamp().Str("service", "passkeys-provision").Logger()
+	nc, _, _, err := connect(&cfg, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := provisionStreams(ctx, js, cfg.Retention, cfg.DuplicateWindow); err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	fmt.Fprintf(stdout, "provisioned: stream %s, stream %s, consumer %s\n", handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
+	return nil
 }
 
 // envName is the environment variable of a flag: PASSKEYS_ and the flag's

@@ -57,15 +57,18 @@ func TestRefusedByNATSFailsFast(t *testing.T) {
 func TestPublisherInboxPrefixPerUser(t *testing.T) {
 	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
 	keys := testenv.NewKeys(t)
-	urlOf := func(user string) string {
-		return strings.Replace(ns.ClientURL(), "nats://", "nats://"+user+":"+testenv.Passwords[user]+"@", 1)
+	urlOf := func(user string) string { return testenv.UserURL(ns.ClientURL(), user) }
+	var provisioned bytes.Buffer
+	if err := app.Command(context.Background(), []string{"provision", "--nats-url", urlOf("passkeys-provisioner")},
+		func(string) string { return "" }, &provisioned, io.Discard); err != nil {
+		t.Fatalf("worker provision: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var workerLog bytes.Buffer
 	go func() {
 		done <- app.Command(ctx, []string{"--nats-url", urlOf("passkeys-worker"), "--jwks", keys.JWKSPath,
-			"--issuer", testenv.Issuer, "--audience", testenv.Audience, "--data-dir", t.TempDir()},
+			"--issuer", testenv.Issuer, "--audience", testenv.Audience, "--data-dir", t.TempDir(), "--create-stream=false"},
 			func(string) string { return "" }, io.Discard, &workerLog)
 	}()
 	t.Cleanup(func() { cancel(); <-done })

@@ -646,7 +646,10 @@ func TestStreamAndConsumerSetUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := cons.CachedInfo().Config
-	if cc.Durable != "passkeys-worker" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver < 2 || len(cc.BackOff) == 0 {
+	// The README's settings: explicit ack, ack wait 10 s, MaxDeliver 5, no
+	// BackOff (the retry schedule is the worker's nak delays).
+	if cc.Durable != "passkeys-worker" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver != 5 ||
+		cc.AckWait != 10*time.Second || len(cc.BackOff) != 0 {
 		t.Errorf("consumer config: %+v", cc)
 	}
 

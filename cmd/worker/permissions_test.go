@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -70,9 +71,10 @@ func TestNATSPermissions(t *testing.T) {
 	}
 	operator := connectAs(t, ns, "passkeys-admin", passwords["admin"])
 	service := connectAs(t, ns, "passkeys-service", passwords["service"])
-	workerURL := strings.Replace(ns.ClientURL(), "nats://", "nats://passkeys-worker:"+passwords["worker"]+"@", 1)
+	workerURL := testenv.UserURL(ns.ClientURL(), "passkeys-worker")
 	e := &env{url: workerURL, keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
-	e.w = e.startWorker(t) // the worker does all of its job with its own user
+	provision(t, ns.ClientURL())
+	e.w = e.startWorker(t, "--create-stream=false") // the worker does all of its job with its own user
 	if strings.Contains(e.w.log.String(), passwords["worker"]) {
 		t.Error("the worker logged its NATS password")
 	}
@@ -130,7 +132,8 @@ func TestNATSPermissions(t *testing.T) {
 		return err
 	})
 	worker := connectAs(t, ns, "passkeys-worker", passwords["worker"])
-	for _, subject := range []string{"$JS.API.STREAM.PURGE.PASSKEYS", "$JS.API.STREAM.DELETE.PASSKEYS", "$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker"} {
+	for _, subject := range []string{"$JS.API.STREAM.PURGE.PASSKEYS", "$JS.API.STREAM.DELETE.PASSKEYS", "$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker",
+		"$JS.API.STREAM.UPDATE.PASSKEYS", "$JS.API.STREAM.CREATE.PASSKEYS", "$JS.API.STREAM.UPDATE.PASSKEYS_DLQ"} {
 		worker.denied(t, "the worker's user", subject, func() error {
 			return worker.nc.Publish(subject, nil)
 		})
@@ -146,7 +149,7 @@ func TestNATSPermissions(t *testing.T) {
 // its own inbox prefix works, and with the shared _INBOX it is refused.
 func TestInboxesAreConfined(t *testing.T) {
 	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
-	users := []string{"passkeys-worker", "passkeys-service", "passkeys-admin"}
+	users := []string{"passkeys-worker", "passkeys-service", "passkeys-admin", "passkeys-provisioner"}
 	type spy struct {
 		user string
 		nc   *nats.Conn
@@ -158,7 +161,7 @@ func TestInboxesAreConfined(t *testing.T) {
 		sp := &spy{user: user}
 		sp.nc = connectAs(t, ns, user, testenv.Passwords[user]).nc
 		for _, subject := range []string{">", "_INBOX.>", "_INBOX_passkeys-worker.>", "_INBOX_passkeys-service.>",
-			"_INBOX_passkeys-admin.>", "_INBOX_*.>", "passkeys.>", "$JS.>", "$SRV.>", "*.>"} {
+			"_INBOX_passkeys-admin.>", "_INBOX_passkeys-provisioner.>", "_INBOX_*.>", "passkeys.>", "$JS.>", "$SRV.>", "*.>"} {
 			_, _ = sp.nc.Subscribe(subject, func(m *nats.Msg) { sp.mu.Lock(); sp.seen = append(sp.seen, m); sp.mu.Unlock() })
 		}
 		spies = append(spies, sp)
@@ -166,9 +169,9 @@ func TestInboxesAreConfined(t *testing.T) {
 
 	operator := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"])
 	service := connectAs(t, ns, "passkeys-service", testenv.Passwords["passkeys-service"])
-	workerURL := strings.Replace(ns.ClientURL(), "nats://", "nats://passkeys-worker:"+testenv.Passwords["passkeys-worker"]+"@", 1)
-	e := &env{url: workerURL, keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
-	e.w = e.startWorker(t)
+	e := &env{url: testenv.UserURL(ns.ClientURL(), "passkeys-worker"), keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
+	provision(t, ns.ClientURL())
+	e.w = e.startWorker(t, "--create-stream=false")
 
 	adminTok := e.token(t, "a", admin)
 	userTok := e.token(t, "u1")
@@ -250,5 +253,17 @@ func TestInboxesAreConfined(t *testing.T) {
 			}
 		}
 		sp.mu.Unlock()
+	}
+}
+
+// provision runs `worker provision` as nats.conf's provisioner user, as the
+// production recipe does before the workers start with --create-stream=false.
+func provision(tb testing.TB, url string) {
+	tb.Helper()
+	var out, errs bytes.Buffer
+	err := run(context.Background(), []string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner")},
+		func(string) string { return "" }, &out, &errs)
+	if err != nil || !strings.Contains(out.String(), "provisioned") {
+		tb.Fatalf("worker provision: %v\n%s%s", err, out.String(), errs.String())
 	}
 }

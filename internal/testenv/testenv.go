@@ -42,14 +42,16 @@ func StartNATSAt(tb testing.TB, dir string) *server.Server {
 }
 
 // Passwords are what StartNATSWithUsers gives nats.conf's three users.
-var Passwords = map[string]string{"passkeys-worker": "w-secret", "passkeys-service": "s-secret", "passkeys-admin": "a-secret"}
+var Passwords = map[string]string{"passkeys-worker": "w-secret", "passkeys-service": "s-secret", "passkeys-admin": "a-secret",
+	"passkeys-provisioner": "p-secret"}
 
 // StartNATSWithUsers starts a server from the project's nats.conf (at
 // path), its users' passwords set to Passwords, on a random loopback port.
 func StartNATSWithUsers(tb testing.TB, path string) *server.Server {
 	tb.Helper()
 	for user, env := range map[string]string{"passkeys-worker": "PASSKEYS_WORKER_NATS_PASSWORD",
-		"passkeys-service": "PASSKEYS_SERVICE_NATS_PASSWORD", "passkeys-admin": "PASSKEYS_ADMIN_NATS_PASSWORD"} {
+		"passkeys-service": "PASSKEYS_SERVICE_NATS_PASSWORD", "passkeys-admin": "PASSKEYS_ADMIN_NATS_PASSWORD",
+		"passkeys-provisioner": "PASSKEYS_PROVISIONER_NATS_PASSWORD"} {
 		tb.Setenv(env, Passwords[user])
 	}
 	opts, err := server.ProcessConfigFile(path)
@@ -58,6 +60,11 @@ func StartNATSWithUsers(tb testing.TB, path string) *server.Server {
 	}
 	opts.StoreDir = tb.TempDir()
 	return start(tb, opts)
+}
+
+// UserURL is url with user's name and password of Passwords in it.
+func UserURL(url, user string) string {
+	return strings.Replace(url, "nats://", "nats://"+user+":"+Passwords[user]+"@", 1)
 }
 
 // start runs a server with opts on a random loopback port until the test ends.
