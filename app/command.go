@@ -32,9 +32,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	var logLevel string
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.NATSURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded NATS server with JetStream")
-	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&cfg.InboxPrefix, "inbox-prefix", "", "prefix of the worker's inboxes, where its consumer's deliveries and API replies arrive (default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
+	natsFlags(fs, &cfg, "comma-separated; empty starts an embedded NATS server with JetStream")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server (port 0: any free port)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the bbolt file and the embedded server's JetStream store")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "JSON Web Key Set file that signs the callers' tokens")
@@ -73,6 +71,14 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	return Run(ctx, cfg, log)
 }
 
+// natsFlags adds the connection flags; urlNote finishes --nats-url's usage.
+func natsFlags(fs *flag.FlagSet, cfg *Config, urlNote string) {
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "NATS server URL(s), "+urlNote)
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&cfg.InboxPrefix, "inbox-prefix", "", "prefix of the connection's inboxes, where its deliveries and replies arrive "+
+		"(default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
+}
+
 // parseWithEnv parses args into fs, each flag also settable by its
 // environment variable (the command line wins). done is set when --help was
 // asked for and answered.
@@ -106,9 +112,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	var cfg Config
 	fs := flag.NewFlagSet("worker provision", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.NATSURL, "nats-url", "", "NATS server URL(s), with a user that may create the streams (required)")
-	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&cfg.InboxPrefix, "inbox-prefix", "", "prefix of the connection's inboxes (default: _INBOX_<user> when --nats-url names a user)")
+	natsFlags(fs, &cfg, "with a user that may create the streams (required)")
 	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "the workers' outcome retention: the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	fs.Usage = func() {

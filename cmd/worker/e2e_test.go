@@ -473,23 +473,7 @@ func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
 	}
 	// The administrator's command under the same id, straight into the
 	// stream, is applied.
-	inbox := e.nc.NewInbox()
-	sub, err := e.nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := nats.NewMsg("passkeys.cmd.remove.u2")
-	msg.Header.Set("Authorization", adminTok)
-	msg.Header.Set("Reply-To", inbox)
-	msg.Header.Set("Nats-Msg-Id", "revoke:incident:2")
-	msg.Data = []byte(`{"tokenId":"pk-1"}`)
-	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
-		t.Fatal(err)
-	}
-	reply, err := sub.NextMsg(10 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reply := streamRequest(t, e.nc, "passkeys.cmd.remove.u2", adminTok, "revoke:incident:2", `{"tokenId":"pk-1"}`)
 	if got := testenv.WantSuccess(t, reply); got.Details.Sequence != "2" {
 		t.Fatalf("administrator's removal: sequence %s, want 2", got.Details.Sequence)
 	}

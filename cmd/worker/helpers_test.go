@@ -229,3 +229,35 @@ func httpGet(tb testing.TB, addr, path string) (int, string) {
 	}
 	return resp.StatusCode, string(body)
 }
+
+// streamRequest publishes a command straight into the stream, as a batch
+// publisher does, with Reply-To an inbox of nc (its own prefix) and, when
+// msgID is set, a Nats-Msg-Id; it returns the worker's reply.
+func streamRequest(tb testing.TB, nc *nats.Conn, subject, auth, msgID, body string) *nats.Msg {
+	tb.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	msg := nats.NewMsg(subject)
+	msg.Header.Set("Authorization", auth)
+	msg.Header.Set("Reply-To", inbox)
+	if msgID != "" {
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+	}
+	msg.Data = []byte(body)
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		tb.Fatal(err)
+	}
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return reply
+}
