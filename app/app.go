@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -343,7 +344,7 @@ func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error
 		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
 	}
 	if !cfg.Embedded() {
-		if prefix := InboxPrefix(cfg.InboxPrefix, cfg.NATSURL); prefix != "" {
+		if prefix := InboxPrefix(cfg.InboxPrefix, cfg.NATSURL, cfg.NATSCreds); prefix != "" {
 			opts = append(opts, nats.CustomInboxPrefix(prefix))
 		}
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
@@ -425,18 +426,28 @@ func RedactURL(urls string) string {
 	return strings.Join(parts, ",")
 }
 
-// InboxPrefix is the inbox prefix a connection to urls uses: prefix when
-// set, otherwise _INBOX_<user> when the first URL names a user (nats.conf
-// lets each user subscribe only below its own prefix, so no user receives
-// another's commands, replies or tokens), otherwise "" (the ordinary
-// _INBOX, as on the embedded development server).
-func InboxPrefix(prefix, urls string) string {
+// InboxPrefix is the inbox prefix a connection uses: prefix when set,
+// otherwise _INBOX_<user> when the first URL names a user or the
+// credentials file's user JWT has a name (nats.conf lets each user
+// subscribe only below its own prefix, so no user receives another's
+// commands, replies or tokens), otherwise "" (the ordinary _INBOX, as on
+// the embedded development server).
+func InboxPrefix(prefix, urls, credsFile string) string {
 	if prefix != "" {
 		return prefix
 	}
 	first, _, _ := strings.Cut(urls, ",")
 	if u, err := url.Parse(strings.TrimSpace(first)); err == nil && u.User != nil && u.User.Username() != "" {
 		return "_INBOX_" + u.User.Username()
+	}
+	if credsFile != "" {
+		if raw, err := os.ReadFile(credsFile); err == nil {
+			if tok, err := natsjwt.ParseDecoratedJWT(raw); err == nil {
+				if uc, err := natsjwt.DecodeUserClaims(tok); err == nil && uc.Name != "" {
+					return "_INBOX_" + uc.Name
+				}
+			}
+		}
 	}
 	return ""
 }

@@ -128,7 +128,7 @@ func (p *publisher) flags(name, args string, client bool) *flag.FlagSet {
 	if client {
 		fs.StringVar(&p.natsURL, "nats-url", envOr(p.getenv, "PASSKEYS_NATS_URL", nats.DefaultURL), "NATS server URL(s)")
 		fs.StringVar(&p.natsCreds, "nats-creds", p.getenv("PASSKEYS_NATS_CREDS"), "NATS credentials file")
-		fs.StringVar(&p.inboxPrefix, "inbox-prefix", p.getenv("PASSKEYS_INBOX_PREFIX"), "prefix of this client's reply inboxes (default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
+		fs.StringVar(&p.inboxPrefix, "inbox-prefix", p.getenv("PASSKEYS_INBOX_PREFIX"), "prefix of this client's reply inboxes (default: _INBOX_<user> when --nats-url or --nats-creds names a user, else _INBOX)")
 		fs.StringVar(&p.bearer, "token", p.getenv("PASSKEYS_TOKEN"), "bearer token (JWT); prefer --token-file, which keeps it out of the process list")
 		fs.StringVar(&p.bearerFile, "token-file", p.getenv("PASSKEYS_TOKEN_FILE"), "file holding the bearer token")
 		fs.DurationVar(&p.timeout, "timeout", 10*time.Second, "how long to wait for each reply")
@@ -175,7 +175,7 @@ func (p *publisher) connect() (*nats.Conn, error) {
 	if p.natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(p.natsCreds))
 	}
-	if prefix := app.InboxPrefix(p.inboxPrefix, p.natsURL); prefix != "" {
+	if prefix := app.InboxPrefix(p.inboxPrefix, p.natsURL, p.natsCreds); prefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(prefix))
 	}
 	nc, err := nats.Connect(p.natsURL, opts...)
