@@ -65,7 +65,7 @@ func TestPublisherInboxPrefixPerUser(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var workerLog bytes.Buffer
+	var workerLog testenv.SyncBuffer
 	go func() {
 		done <- app.Command(ctx, []string{"--nats-url", urlOf("passkeys-worker"), "--jwks", keys.JWKSPath,
 			"--issuer", testenv.Issuer, "--audience", testenv.Audience, "--data-dir", t.TempDir(), "--create-stream=false"},

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,30 +17,12 @@ import (
 	"github.com/passkeys/worker/internal/testenv"
 )
 
-// syncBuffer collects the worker's log lines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // worker is a worker started through run, as main starts it.
 type worker struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run returned, with err set
 	err    error
-	log    *syncBuffer
+	log    *testenv.SyncBuffer
 }
 
 // stop sends the equivalent of SIGTERM and waits for run to return.
@@ -85,7 +65,7 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 		"--data-dir", e.dataDir, "--log-level", "debug",
 	}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &worker{cancel: cancel, done: make(chan struct{}), log: &syncBuffer{}}
+	w := &worker{cancel: cancel, done: make(chan struct{}), log: &testenv.SyncBuffer{}}
 	go func() {
 		defer close(w.done)
 		w.err = run(ctx, args, func(string) string { return "" }, w.log, w.log)

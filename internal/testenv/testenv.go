@@ -3,6 +3,7 @@
 package testenv
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,4 +255,23 @@ func WantError(tb testing.TB, msg *nats.Msg, code int, id, http string) {
 	if strings.Contains(string(msg.Data), "goroutine") || strings.Contains(string(msg.Data), ".go:") {
 		tb.Errorf("reply looks like it holds a stack trace: %s", msg.Data)
 	}
+}
+
+// SyncBuffer collects what several goroutines write, such as a worker's
+// log lines.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
