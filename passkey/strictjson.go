@@ -3,12 +3,11 @@ package passkey
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -25,82 +24,170 @@ func DecodeStrict(body []byte, v any) error {
 		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body must be a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := checkKeys(dec, reflect.TypeOf(v)); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body must hold exactly one JSON object")
-	}
-	dec = json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: %s", describeJSONError(err))
 	}
+	// The body is valid JSON whose keys all name fields in some letter
+	// case: what is left to check is the case, repeats and the end.
+	s := keyScanner{b: body}
+	if err := s.value(reflect.TypeOf(v)); err != nil {
+		return err
+	}
+	if s.ws(); s.i != len(s.b) {
+		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body must hold exactly one JSON object")
+	}
 	return nil
 }
 
-// checkKeys reads one JSON value from dec and checks every object in it
-// against t: each key once, and, where t is a struct, each key exactly a
-// field's JSON name.
-func checkKeys(dec *json.Decoder, t reflect.Type) error {
+// keyScanner walks JSON that encoding/json has already accepted and checks
+// every object's keys against the Go type it decoded into: each key once,
+// and exactly a field's JSON name. It allocates only for a key written with
+// escapes.
+type keyScanner struct {
+	b []byte
+	i int
+}
+
+func (s *keyScanner) ws() {
+	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
+		s.i++
+	}
+}
+
+// value checks the value at s.i, which decoded into type t (nil: unknown).
+func (s *keyScanner) value(t reflect.Type) error {
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	tok, err := dec.Token()
-	if err != nil {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: malformed JSON")
+	s.ws()
+	if s.i >= len(s.b) {
+		return errMalformed
 	}
-	switch tok {
-	case json.Delim('{'):
-		fields := jsonFields(t)
-		seen := map[string]bool{}
-		for dec.More() {
-			k, err := dec.Token()
-			if err != nil {
-				return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: malformed JSON")
-			}
-			key := k.(string)
-			if seen[key] {
-				return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: field %s appears twice", quoteShort(key))
-			}
-			seen[key] = true
-			var ft reflect.Type
-			if fields != nil {
-				var ok bool
-				if ft, ok = fields[key]; !ok {
-					return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: unknown field %s", quoteShort(key))
-				}
-			} else if t != nil && t.Kind() == reflect.Map {
-				ft = t.Elem()
-			}
-			if err := checkKeys(dec, ft); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token() // '}'
-	case json.Delim('['):
-		var et reflect.Type
+	switch s.b[s.i] {
+	case '{':
+		return s.object(t)
+	case '[':
+		s.i++
+		var elem reflect.Type
 		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			et = t.Elem()
+			elem = t.Elem()
 		}
-		for dec.More() {
-			if err := checkKeys(dec, et); err != nil {
+		for {
+			s.ws()
+			if s.i < len(s.b) && s.b[s.i] == ']' {
+				s.i++
+				return nil
+			}
+			if err := s.value(elem); err != nil {
 				return err
 			}
+			s.ws()
+			if s.i < len(s.b) && s.b[s.i] == ',' {
+				s.i++
+			}
 		}
-		_, err = dec.Token() // ']'
+	case '"':
+		_, err := s.str()
+		return err
+	default: // a number, true, false or null
+		for s.i < len(s.b) && !strings.ContainsRune(",}] \t\r\n", rune(s.b[s.i])) {
+			s.i++
+		}
+		return nil
 	}
-	if err != nil {
-		return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: malformed JSON")
-	}
-	return nil
 }
 
-// jsonFields maps the JSON names of struct type t's fields to their types;
-// nil when t is not a struct (or is one that decodes itself, as time.Time).
+func (s *keyScanner) object(t reflect.Type) error {
+	s.i++ // '{'
+	fields := jsonFields(t)
+	var seenBuf [8][]byte
+	seen := seenBuf[:0]
+	for {
+		s.ws()
+		if s.i >= len(s.b) {
+			return errMalformed
+		}
+		if s.b[s.i] == '}' {
+			s.i++
+			return nil
+		}
+		key, err := s.str()
+		if err != nil {
+			return err
+		}
+		for _, k := range seen {
+			if bytes.Equal(k, key) {
+				return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: field %s appears twice", quoteShort(string(key)))
+			}
+		}
+		seen = append(seen, key)
+		var ft reflect.Type
+		if fields != nil {
+			var ok bool
+			if ft, ok = fields[string(key)]; !ok {
+				return Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: unknown field %s", quoteShort(string(key)))
+			}
+		} else if t != nil && t.Kind() == reflect.Map {
+			ft = t.Elem()
+		}
+		s.ws()
+		if s.i >= len(s.b) || s.b[s.i] != ':' {
+			return errMalformed
+		}
+		s.i++
+		if err := s.value(ft); err != nil {
+			return err
+		}
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == ',' {
+			s.i++
+		}
+	}
+}
+
+// str reads the string at s.i and returns its value.
+func (s *keyScanner) str() ([]byte, error) {
+	start := s.i
+	s.i++ // '"'
+	escaped := false
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case '\\':
+			escaped = true
+			s.i += 2
+			continue
+		case '"':
+			s.i++
+			raw := s.b[start:s.i]
+			if !escaped {
+				return raw[1 : len(raw)-1], nil
+			}
+			var v string
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return nil, errMalformed
+			}
+			return []byte(v), nil
+		}
+		s.i++
+	}
+	return nil, errMalformed
+}
+
+var errMalformed = Errorf(CodeInvalidArgument, IDBodyInvalid, "the body is not a valid request: malformed JSON")
+
+// fieldCache holds jsonFields' answer per type.
+var fieldCache sync.Map // reflect.Type -> map[string]reflect.Type
+
+// jsonFields maps the JSON names of struct type t's fields (promoted ones
+// included) to their types; nil when t is not a struct, or is one that
+// decodes itself (time.Time).
 func jsonFields(t reflect.Type) map[string]reflect.Type {
 	if t == nil || t.Kind() != reflect.Struct || reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
 		return nil
+	}
+	if f, ok := fieldCache.Load(t); ok {
+		return f.(map[string]reflect.Type)
 	}
 	fields := map[string]reflect.Type{}
 	for i := range t.NumField() {
@@ -120,6 +207,7 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 		}
 		fields[name] = f.Type
 	}
+	fieldCache.Store(t, fields)
 	return fields
 }
 

@@ -389,6 +389,10 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 		<-slots
 		wg.Done()
 	}
+	scope := ""
+	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
+		scope = passkey.MsgIDScope(iss, sub)
+	}
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
@@ -415,7 +419,7 @@ publish:
 			break publish
 		}
 		wg.Add(1)
-		msgID := p.commandID(prefix, j)
+		msgID := commandID(scope, prefix, j)
 		msg := nats.NewMsg(j.subject)
 		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
 		msg.Header.Set("Content-Type", "application/json")
@@ -462,19 +466,15 @@ publish:
 }
 
 // commandID is the Nats-Msg-Id of job: prefix and a digest of what the
-// line asks (its line number, subject and body), scoped to the principal of
-// the publisher's token as the forwarding endpoints scope the ids they
-// store (passkey.ScopeMsgID), so that a repeat asked through an endpoint
-// finds the outcome of the line published straight into the stream.
-func (p *publisher) commandID(prefix string, j job) string {
+// line asks (its line number, subject and body), after scope: the
+// principal of the publisher's token (passkey.MsgIDScope), as the forwarding
+// endpoints scope the ids they store, so that a repeat asked through an
+// endpoint finds the outcome of the line published straight into the stream.
+func commandID(scope, prefix string, j job) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%d\n%s\n", j.line, j.subject)
 	h.Write(j.body)
-	id := prefix + ":" + hex.EncodeToString(h.Sum(nil)[:16])
-	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
-		return passkey.ScopeMsgID(iss, sub, id)
-	}
-	return id
+	return scope + prefix + ":" + hex.EncodeToString(h.Sum(nil)[:8]) // 64 bits: unique among one principal's lines
 }
 
 // tokenPrincipal reads iss and sub from the publisher's own token, without
