@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -298,11 +299,31 @@ func TestCheckReplyTo(t *testing.T) {
 		{[]string{""}, false},
 		{[]string{"a..b"}, false},
 		{[]string{"_INBOX.a", "_INBOX.b"}, false},
+		{[]string{"_INBOX_passkeys-service.abc"}, true},
+		{[]string{"_INBOX." + strings.Repeat("a", 250)}, false},
 	} {
 		if got := checkReplyTo(tt.values) == nil; got != tt.ok {
 			t.Errorf("checkReplyTo(%q) ok = %v, want %v", tt.values, got, tt.ok)
 		}
 	}
+}
+
+// Whatever a caller puts in Reply-To, what checkReplyTo lets through is one
+// plain subject the worker may publish to: not in the $ or passkeys
+// namespaces, no wildcard, no empty token, bounded.
+func FuzzCheckReplyTo(f *testing.F) {
+	for _, s := range []string{"_INBOX.abc", "$JS.API.STREAM.PURGE.PASSKEYS", "passkeys.cmd.remove.u1", "a.>", "a..b", " ", "passkeys.", ".x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if checkReplyTo([]string{s}) != nil {
+			return
+		}
+		if s == "" || len(s) > maxReplyToLen || strings.HasPrefix(s, "$") || strings.HasPrefix(s, "passkeys.") ||
+			strings.ContainsAny(s, "*> \t\r\n") || slices.Contains(strings.Split(s, "."), "") {
+			t.Fatalf("checkReplyTo accepted %q", s)
+		}
+	})
 }
 
 // The bytes of a success reply are pinned: a repeat rebuilds them from the
