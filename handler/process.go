@@ -85,8 +85,15 @@ type prepared struct {
 	cmd *Command
 	// owner is the user whose records hold the command's outcome: the user
 	// the subject names, or "" when it names none validly.
-	owner     string
-	key       []byte
+	owner string
+	// key is the outcome's key: the Nats-Msg-Id scoped to the verified
+	// principal (so a principal's ids are its own, whether it published
+	// into the stream with a plain id or through an endpoint, which scopes
+	// it), the plain id when no token verifies, or the stream sequence.
+	key []byte
+	// plainKey is the key under the id as sent, where a version before ids
+	// were scoped kept its outcome; nil when it is key.
+	plainKey  []byte
 	op        passkey.Op
 	userID    string
 	remove    passkey.RemoveRequest
@@ -202,19 +209,25 @@ func (p *Processor) prepareSafely(c *Command) (pr prepared) {
 // prepare checks everything that does not need the store.
 func (p *Processor) prepare(c *Command) prepared {
 	pr := prepared{cmd: c}
-	msgIDs := c.Header.Values(HeaderMsgID)
-	msgIDErr := checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
-	if msgIDErr == nil && len(msgIDs) == 1 {
-		pr.key = MsgIDKey(msgIDs[0])
-	} else {
-		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
-	}
 	// The token is verified even when an earlier check refuses the command:
-	// its principal is part of the command's fingerprint, so that one
-	// caller's refused command is never another caller's stored answer.
+	// its principal scopes the command's Nats-Msg-Id and is part of its
+	// fingerprint, so that one caller's command is never another's answer.
 	principal, authErr := p.Verifier.Verify(headerValues(c.Header, HeaderAuthorization), c.Timestamp)
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
+	msgIDs := c.Header.Values(HeaderMsgID)
+	msgIDErr := checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+	switch {
+	case msgIDErr != nil || len(msgIDs) == 0:
+		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
+	case authErr != nil:
+		pr.key = MsgIDKey(msgIDs[0])
+	default:
+		pr.key = MsgIDKey(passkey.ScopeMsgID(principal.Issuer, principal.Subject, msgIDs[0]))
+		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
+			pr.plainKey = plain
+		}
+	}
 
 	op, userID, err := passkey.ParseSubject(CommandPrefix, c.Subject)
 	pr.op, pr.userID = op, userID
@@ -280,7 +293,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		res.Transient = pr.broken
 		return res, nil
 	}
-	stored, err := tx.Outcome(pr.owner, pr.key)
+	stored, err := p.storedOutcome(tx, pr)
 	if errors.Is(err, binrec.ErrCorrupt) {
 		// One damaged record must not hold up the commands batched with it.
 		res.Transient = err
@@ -338,6 +351,23 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 	}
 	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
 		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Reply: res.Reply.Record, Expires: expires})
+}
+
+// storedOutcome is the outcome kept for pr's key, or, where none is, one
+// that a version before ids were scoped kept under the plain id (records
+// without a fingerprint, compared by subject alone): a command committed
+// before an upgrade and redelivered after it is a repeat, not a second
+// change.
+func (p *Processor) storedOutcome(tx *storage.Tx, pr *prepared) (*storage.Outcome, error) {
+	stored, err := tx.Outcome(pr.owner, pr.key)
+	if stored != nil || err != nil || pr.plainKey == nil {
+		return stored, err
+	}
+	old, err := tx.Outcome(pr.owner, pr.plainKey)
+	if err != nil || old == nil || old.Fingerprint != nil {
+		return nil, err // a fingerprinted record under a plain id is an unverified command's: not this principal's
+	}
+	return old, nil
 }
 
 // sameCommand tells whether stored is the outcome of the command with this

@@ -129,7 +129,7 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 		t.Fatalf("late repeat: %s, want %s", later[0].Reply.Body, first[0].Reply.Body)
 	}
 	err := f.p.Store.View(func(tx *storage.Tx) error {
-		o, err := tx.Outcome("u1", MsgIDKey("s2"))
+		o, err := tx.Outcome("u1", MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "admin", "s2")))
 		if err != nil {
 			return err
 		}
@@ -150,22 +150,25 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 	}
 }
 
-// A Nats-Msg-Id is a key among the records of the user the command names.
-// Within JetStream's duplicate window a reuse never reaches the worker (the
-// service answers it); past the window, the same key on another user's
-// command is that user's own command, and on another command for the same
-// user it is refused as reused, never answered with the other's reply.
+// A Nats-Msg-Id is a key among the records of the user the command names,
+// scoped to the principal. Within JetStream's duplicate window a reuse never
+// reaches the worker (the service answers it); past the window, the same
+// key on another user's command is that user's own command, the same key
+// by another principal is that principal's own command, and the same key
+// on another command by the same principal for the same user is refused as
+// reused, never answered with the other's reply.
 func TestMsgIDKeptPerUser(t *testing.T) {
 	f := newProcessor(t)
 	sync := map[string]any{"resourceOwner": "org1", "passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}
 	res := f.process(t,
 		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "same", sync, adminScope),
 		f.cmd(t, "passkeys.cmd.sync.u2", "admin", "same", sync, adminScope),
-		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "same", map[string]any{"tokenId": "pk-1"}),
+		f.cmd(t, "passkeys.cmd.remove.u1", "admin", "same", map[string]any{"tokenId": "pk-1"}, adminScope),
 		f.cmd(t, "passkeys.cmd.sync.u2", "admin", "same", sync, adminScope),
 		f.cmd(t, "passkeys.cmd.sync.bad.user", "admin", "same", sync, adminScope),
+		f.cmd(t, "passkeys.cmd.remove.u2", "u2", "same", map[string]any{"tokenId": "pk-1"}),
 	)
-	want := []string{"seq 1", "seq 1", passkey.IDMsgIDReused, "seq 1", passkey.IDSubjectInvalid}
+	want := []string{"seq 1", "seq 1", passkey.IDMsgIDReused, "seq 1", passkey.IDSubjectInvalid, "seq 2"}
 	for i, w := range want {
 		if got := replyID(t, res[i]); got != w {
 			t.Errorf("command %d: %s, want %s", i, got, w)
@@ -223,28 +226,69 @@ func TestRepeatMustBeTheSameCommand(t *testing.T) {
 	noToken.Header.Del(HeaderAuthorization)
 	otherBytes := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", nil)
 	otherBytes.Body = []byte(`{"tokenId": "pk-1"}`)
-	for name, c := range map[string]*Command{
-		"OtherBody":          f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-2"}),
-		"SameBodyOtherBytes": otherBytes,
-		"OtherPrincipal":     f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-1", map[string]any{"tokenId": "pk-1"}, adminScope),
-		"NoToken":            noToken,
+	for _, c := range []struct {
+		name string
+		cmd  *Command
+		want string
+	}{
+		// The same principal, another command: refused, not answered.
+		{"OtherBody", f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-2"}), passkey.IDMsgIDReused},
+		{"SameBodyOtherBytes", otherBytes, passkey.IDMsgIDReused},
+		// Another principal, or none: its own command, never the first one's reply.
+		{"OtherPrincipal", f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-1", map[string]any{"tokenId": "pk-1"}, adminScope), passkey.IDPasskeyNotFound},
+		{"NoToken", noToken, passkey.IDAuthMissing},
 	} {
-		t.Run(name, func(t *testing.T) {
-			res := f.process(t, c)
-			if got := replyID(t, res[0]); got != passkey.IDMsgIDReused {
-				t.Fatalf("got %s, want %s", got, passkey.IDMsgIDReused)
+		t.Run(c.name, func(t *testing.T) {
+			res := f.process(t, c.cmd)
+			if got := replyID(t, res[0]); got != c.want {
+				t.Fatalf("got %s, want %s", got, c.want)
+			}
+			if res[0].Repeat {
+				t.Fatal("answered as a repeat")
 			}
 		})
 	}
-	// And the refusal of a command without a token does not hold the id
-	// against the principal who uses it next.
+	// A command without a token does not occupy the id of the principal who
+	// uses it next.
 	bare := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-2", map[string]any{"tokenId": "pk-2"})
 	bare.Header.Del(HeaderAuthorization)
 	if got := replyID(t, f.process(t, bare)[0]); got != passkey.IDAuthMissing {
 		t.Fatalf("without a token: %s", got)
 	}
-	if got := replyID(t, f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-2", map[string]any{"tokenId": "pk-2"}, adminScope))[0]); got != passkey.IDMsgIDReused {
-		t.Fatalf("an administrator's command under the id a bare command used: %s", got)
+	if got := replyID(t, f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-2", map[string]any{"tokenId": "pk-2"}, adminScope))[0]); got != "seq 3" {
+		t.Fatalf("an administrator's command under the id a bare command used: %s, want applied", got)
+	}
+}
+
+// A principal's plain id (published straight into the stream) and the same
+// id scoped to it (as the endpoints and the publisher store it) are one key:
+// either way, the second is a repeat of the first.
+func TestPlainAndScopedIDsAreOneKey(t *testing.T) {
+	f := newProcessor(t)
+	body := map[string]any{"resourceOwner": "org1", "password": true}
+	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "batch-7", body, adminScope))
+	again := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", passkey.ScopeMsgID(testenv.Issuer, "admin", "batch-7"), body, adminScope))
+	if !again[0].Repeat || !bytes.Equal(first[0].Reply.Body, again[0].Reply.Body) {
+		t.Fatalf("the scoped form of a plain id: %s, want the repeat of %s", again[0].Reply.Body, first[0].Reply.Body)
+	}
+}
+
+// An outcome that a version before scoped ids kept under the plain id (a
+// record without a fingerprint) still answers that command's redelivery
+// after an upgrade: it is not applied twice.
+func TestOutcomeUnderPlainIDFromBefore(t *testing.T) {
+	f := newProcessor(t)
+	body := map[string]any{"resourceOwner": "org1", "password": true}
+	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", body, adminScope))
+	err := f.p.Store.Update(func(tx *storage.Tx) error {
+		return tx.PutOutcome("u1", MsgIDKey("old-1"), &storage.Outcome{Subject: "passkeys.cmd.sync.u1", Reply: first[0].Reply.Record, Expires: f.now.Add(time.Hour)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "old-1", body, adminScope))
+	if !res[0].Repeat || !bytes.Equal(res[0].Reply.Body, first[0].Reply.Body) {
+		t.Fatalf("redelivery after the upgrade: %s", res[0].Reply.Body)
 	}
 }
 

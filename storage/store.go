@@ -79,7 +79,11 @@ func damaged(path string, r any) error {
 
 // Open opens or creates the store at path, creating its directory (0700),
 // the file (0600) and every bucket. A damaged file is refused with an
-// error that wraps ErrCorrupt, not a panic.
+// error that wraps ErrCorrupt, not a panic: opening walks every page (the
+// freelist is rebuilt from them, NoFreelistSync), so damage anywhere in the
+// tree shows here. (Some kinds of damage bbolt's walk reports by panicking
+// in a goroutine of its own, which no recover can catch; those still end
+// the process with bbolt's message.)
 func Open(path string, opts Options) (s *Store, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -131,28 +135,14 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in one read-write transaction, committed (and synced) when
-// fn returns nil and rolled back otherwise. A damaged page that makes bbolt
-// panic rolls the transaction back and is returned as an error wrapping
-// ErrCorrupt.
-func (s *Store) Update(fn func(*Tx) error) (err error) {
-	defer s.recoverDamage(&err)
+// fn returns nil and rolled back otherwise.
+func (s *Store) Update(fn func(*Tx) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
 }
 
-// View runs fn in a read-only transaction; a damaged page is an error
-// wrapping ErrCorrupt, as in Update.
-func (s *Store) View(fn func(*Tx) error) (err error) {
-	defer s.recoverDamage(&err)
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
-}
-
-// recoverDamage turns a panic inside bbolt (which rolls its transaction
-// back first) into an error. A panic of the caller's own code inside fn is
-// reported the same way; callers that run rules recover those themselves.
-func (s *Store) recoverDamage(err *error) {
-	if r := recover(); r != nil {
-		*err = damaged(s.path, r)
-	}
 }
 
 // Tx is a transaction on the store. Values it returns are copies, safe to
