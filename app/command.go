@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/storage"
@@ -29,7 +28,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 		return provisionCommand(ctx, args[1:], getenv, stdout, stderr)
 	}
 	var cfg Config
-	var logLevel string
+	var logLevel, logFormat string
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsFlags(fs, &cfg, "comma-separated; empty starts an embedded NATS server with JetStream")
@@ -40,6 +39,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	fs.StringVar(&cfg.Audience, "audience", "", "required member of every token's aud")
 	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
 	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
@@ -63,11 +63,10 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 			cfg.NATSConfig = "nats.conf"
 		}
 	}
-	level, err := zerolog.ParseLevel(logLevel)
-	if err != nil || level == zerolog.NoLevel {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+	log, err := NewLogger(stderr, logFormat, logLevel, "passkeys-worker")
+	if err != nil {
+		return err
 	}
-	log := zerolog.New(stderr).Level(level).With().Timestamp().Str("service", "passkeys-worker").Logger()
 	return Run(ctx, cfg, log)
 }
 
@@ -129,7 +128,10 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if cfg.Retention <= 0 || cfg.DuplicateWindow <= 0 || cfg.DuplicateWindow > cfg.Retention {
 		return errors.New("provision: --outcome-retention and --duplicate-window must be positive, the window at most the retention")
 	}
-	log := zerolog.New(stderr).With().Timestamp().Str("service", "passkeys-provision").Logger()
+	log, err := NewLogger(stderr, LogAuto, "info", "passkeys-provision")
+	if err != nil {
+		return err
+	}
 	nc, _, _, err := connect(&cfg, log)
 	if err != nil {
 		return err

@@ -19,7 +19,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/auth"
@@ -301,6 +300,10 @@ func storageRate(users, removals, batch int) (float64, error) {
 // startEmbeddedWorker runs a worker in this process, embedded NATS on a
 // free loopback port, and returns how to stop it and where NATS is.
 func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (func(), string, error) {
+	log, err := app.NewLogger(stderr, app.LogJSON, "warn", "passkeys-worker")
+	if err != nil {
+		return nil, "", err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	started := make(chan string, 1)
 	done := make(chan error, 1)
@@ -309,7 +312,6 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
 		Started: func(url string) { started <- url },
 	}
-	log := zerolog.New(stderr).Level(zerolog.WarnLevel).With().Timestamp().Str("service", "passkeys-worker").Logger()
 	go func() { done <- app.Run(ctx, cfg, log) }()
 	select {
 	case url := <-started:
