@@ -373,18 +373,30 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	sent := make([]atomic.Int64, len(jobs))
 	slots := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
-	var once sync.Map // job index -> answered
-	answer := func(i int, reply *nats.Msg, err error) {
-		if _, dup := once.LoadOrStore(i, true); dup {
-			return
+	// settled guards results: each line is settled once, by its reply, an
+	// error, or the final timeout, whichever comes first; after the timeout
+	// has settled the rest, no late reply writes any more.
+	var mu sync.Mutex
+	settled := make([]bool, len(jobs))
+	settle := func(i int, r lineResult) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if settled[i] {
+			return false
 		}
+		settled[i], results[i] = true, r
+		return true
+	}
+	answer := func(i int, reply *nats.Msg, err error) {
 		r := lineResult{Line: jobs[i].line, Input: jobs[i].input, latency: time.Duration(time.Now().UnixNano() - sent[i].Load())}
 		if err != nil {
 			r.Outcome, r.Error = outcomeUnanswered, err.Error()
 		} else {
 			r.Outcome, r.Reply = classify(reply), json.RawMessage(reply.Data)
 		}
-		results[i] = r
+		if !settle(i, r) {
+			return
+		}
 		bar.add(1)
 		<-slots
 		wg.Done()
@@ -414,7 +426,7 @@ publish:
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			for k := i; k < len(jobs); k++ {
-				results[k] = lineResult{Line: jobs[k].line, Input: jobs[k].input, Outcome: outcomeUnanswered, Error: "interrupted"}
+				settle(k, lineResult{Line: jobs[k].line, Input: jobs[k].input, Outcome: outcomeUnanswered, Error: "interrupted"})
 			}
 			break publish
 		}
@@ -456,11 +468,7 @@ publish:
 	case <-time.After(p.timeout + time.Duration(len(jobs))*time.Millisecond):
 	}
 	for i := range jobs {
-		if results[i].Outcome == "" {
-			if _, dup := once.LoadOrStore(i, true); !dup {
-				results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: "no reply in time"}
-			}
-		}
+		settle(i, lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: "no reply in time"})
 	}
 	return results
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/testenv"
+)
+
+// publishJobs settles every line exactly once, even when replies are still
+// arriving as its overall wait runs out: a reply and the timeout never both
+// write a line (run under -race, this is where they would meet). A stand-in
+// worker answers every other command, so half the lines are unanswered and
+// the wait always runs out.
+func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PASSKEYS", Subjects: []string{"passkeys.cmd.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
+		if err == nil && meta.Sequence.Stream%2 == 0 {
+			_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1"}}`))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+
+	const n = 300
+	jobs := make([]job, n)
+	for i := range jobs {
+		jobs[i] = job{line: i + 1, userID: "u" + strconv.Itoa(i), subject: "passkeys.cmd.remove.u" + strconv.Itoa(i), body: []byte(`{"tokenId":"pk-1"}`)}
+	}
+	p := &publisher{stderr: io.Discard, timeout: time.Millisecond}
+	results := p.publishJobs(ctx, nc, js, "test", jobs, n, noProgress{})
+	counts := map[string]int{}
+	for i, r := range results {
+		if r.Line != i+1 {
+			t.Fatalf("result %d is for line %d", i, r.Line)
+		}
+		counts[r.Outcome]++
+		if (r.Outcome == outcomeDone) != (r.Reply != nil) {
+			t.Fatalf("line %d: outcome %q with reply %s", r.Line, r.Outcome, r.Reply)
+		}
+	}
+	if counts[outcomeDone]+counts[outcomeUnanswered] != n || counts[outcomeUnanswered] < n/2 {
+		t.Fatalf("outcomes %v: want every line settled once, at least half unanswered", counts)
+	}
+}
