@@ -147,19 +147,35 @@ func envOr(getenv func(string) string, key, def string) string {
 	return def
 }
 
-// parse parses flags and checks the number of positional arguments.
+// parse parses flags, before and after the arguments alike (`remove u1
+// pk-1 --force`, as the README writes it), and checks the number of
+// positional arguments; after "--" everything is an argument. The
+// arguments are then fs.Args().
 func parse(fs *flag.FlagSet, args []string, positional int) (int, bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK, false
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK, false
+			}
+			return exitUsage, false
 		}
-		return exitUsage, false
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
 	}
-	if fs.NArg() != positional {
-		fmt.Fprintf(fs.Output(), "publisher %s: want %d argument(s), got %d\n", fs.Name(), positional, fs.NArg())
+	if len(pos) != positional {
+		fmt.Fprintf(fs.Output(), "publisher %s: want %d argument(s), got %d\n", fs.Name(), positional, len(pos))
 		fs.Usage()
 		return exitUsage, false
 	}
+	_ = fs.Parse(append([]string{"--"}, pos...)) // so fs.Arg(i) are the arguments
 	return exitOK, true
 }
 
