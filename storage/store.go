@@ -16,6 +16,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
@@ -104,7 +105,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		// every commit, which saves pages (and fsync time) on every commit.
 		NoFreelistSync: true,
 	})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, path, opts.Timeout)
 	}
 	if err != nil {
