@@ -459,18 +459,27 @@ var passwordVars = []string{"PASSKEYS_WORKER_NATS_PASSWORD", "PASSKEYS_SERVICE_N
 // loadEmbeddedConfig reads a nats-server configuration for the embedded
 // server: its limits and JetStream settings apply, its users do not (the
 // embedded server listens on loopback only, and the worker connects to it
-// in-process). Password variables that are not set are given a throwaway
-// value for the parse alone, since their users are dropped anyway.
+// in-process). Password variables the environment does not set get a
+// throwaway value for the parse alone, defined in front of the file's text
+// (a definition in the file wins over the environment), since their users
+// are dropped anyway; the process's environment is left alone.
 func loadEmbeddedConfig(path string) (*server.Options, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("NATS configuration: %w", err)
+	}
+	var defs strings.Builder
 	for _, v := range passwordVars {
 		if _, ok := os.LookupEnv(v); !ok {
-			os.Setenv(v, "unused-by-the-embedded-server")
-			defer os.Unsetenv(v)
+			fmt.Fprintf(&defs, "%s: \"unused-by-the-embedded-server\"\n", v)
 		}
 	}
-	opts, err := server.ProcessConfigFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("NATS configuration %s: %w", path, err)
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(defs.String() + string(raw)); err != nil {
+		// Warnings alone (a field the embedded server does not use) are not a failure.
+		if cerr, ok := err.(interface{ Errors() []error }); !ok || len(cerr.Errors()) > 0 {
+			return nil, fmt.Errorf("NATS configuration %s: %w", path, err)
+		}
 	}
 	opts.Users, opts.Nkeys, opts.Username, opts.Password, opts.Authorization, opts.NoAuthUser = nil, nil, "", "", "", ""
 	return opts, nil

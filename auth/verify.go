@@ -37,10 +37,11 @@ const (
 // OrgClaim names the claim that holds the principal's organisation.
 const OrgClaim = "urn:zitadel:iam:user:resourceowner:id"
 
-// AllowedAlgorithms are the only signature algorithms a token may use. HMAC
+// allowedAlgorithms are the only signature algorithms a token may use (unexported:
+// a security allow-list no other package may append to). HMAC
 // and "none" are refused: a verifier holding public keys must never accept a
 // token "signed" with one of them.
-var AllowedAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA}
+var allowedAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA}
 
 // Claims are the claims this service reads from a token.
 type Claims struct {
@@ -114,7 +115,7 @@ func checkPublicKeys(keys jose.JSONWebKeySet) error {
 		if !k.Valid() || !k.IsPublic() {
 			return fmt.Errorf("key %d (kid %q) is not a valid public key", i, k.KeyID)
 		}
-		if k.Algorithm != "" && !slices.Contains(AllowedAlgorithms, jose.SignatureAlgorithm(k.Algorithm)) {
+		if k.Algorithm != "" && !slices.Contains(allowedAlgorithms, jose.SignatureAlgorithm(k.Algorithm)) {
 			return fmt.Errorf("key %d (kid %q) has algorithm %q, allowed are RS256, PS256, ES256, EdDSA", i, k.KeyID, k.Algorithm)
 		}
 	}
@@ -140,10 +141,10 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil {
 		return passkey.Principal{}, err
 	}
-	if !slices.Contains(AllowedAlgorithms, alg) {
+	if !slices.Contains(allowedAlgorithms, alg) {
 		return passkey.Principal{}, unauthenticated(passkey.IDAuthAlgorithm, "the token's signature algorithm is not allowed")
 	}
-	tok, err := jwt.ParseSigned(raw, AllowedAlgorithms)
+	tok, err := jwt.ParseSigned(raw, allowedAlgorithms)
 	if err != nil || len(tok.Headers) != 1 {
 		return passkey.Principal{}, unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
 	}

@@ -88,7 +88,7 @@ func (os Observers) Terminated() {
 
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
-var DrainTimeout = 5 * time.Second
+const DrainTimeout = 5 * time.Second
 
 // DefaultNakDelay is the one retry schedule of a command that failed for a
 // reason of this machine: 1 s, 2 s, 4 s, 8 s after its first to fourth
