@@ -24,6 +24,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/storage"
 )
@@ -188,8 +189,8 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		Log:          log,
 		MaxBatch:     cfg.MaxBatch,
 		MaxDeliver:   maxDeliver,
-		StoreRetries: 3,
-		NakDelay:     handler.DefaultNakDelay,
+		StoreRetry:   retry.InPlace,
+		Redelivery:   retry.Redelivery,
 		DeadLetters:  js,
 		Observer:     handler.Observers{m, outcomes, writes},
 	}

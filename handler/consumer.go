@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -27,11 +28,11 @@ type Consumer struct {
 	// MaxDeliver is the consumer's MaxDeliver: the delivery on which a
 	// command that still fails gets its final INTERNAL reply.
 	MaxDeliver int
-	// StoreRetries is how many times a batch whose commit failed is tried
-	// again in place before its commands are nacked.
-	StoreRetries int
-	// NakDelay is the redelivery delay after the given delivery failed.
-	NakDelay func(delivered uint64) time.Duration
+	// StoreRetry is how a batch whose commit failed is tried again in
+	// place before it is applied in parts (retry.InPlace).
+	StoreRetry retry.Policy
+	// Redelivery gives the nak delay after a failed delivery (retry.Redelivery).
+	Redelivery retry.Policy
 	// DeadLetters, when set, records each terminated command in stream
 	// PASSKEYS_DLQ.
 	DeadLetters jetstream.JetStream
@@ -89,17 +90,6 @@ func (os Observers) Terminated() {
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
 const DrainTimeout = 5 * time.Second
-
-// DefaultNakDelay is the one retry schedule of a command that failed for a
-// reason of this machine: 1 s, 2 s, 4 s, 8 s after its first to fourth
-// deliveries, so that with DefaultMaxDeliver (5) its final answer comes
-// within about 20 s (the store's retries in place add up to a second per
-// delivery). It doubles on up to 30 s for a consumer an operator gave a
-// larger MaxDeliver.
-func DefaultNakDelay(delivered uint64) time.Duration {
-	d := time.Second << min(delivered-1, 5)
-	return min(d, 30*time.Second)
-}
 
 // Run consumes until ctx ends, then stops pulling, finishes the commands in
 // hand and returns nil. It returns an error if consumption stops for another
@@ -185,7 +175,7 @@ consume:
 				break fill
 			}
 		}
-		c.handleBatch(batch)
+		c.handleBatch(ctx, batch)
 	}
 	if err := <-pumpErr; err != nil {
 		return fmt.Errorf("consume: %w", err)
@@ -205,7 +195,7 @@ type inHand struct {
 	log     zerolog.Logger
 }
 
-func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
+func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 	hand := make([]inHand, 0, len(msgs))
 	cmds := make([]*Command, 0, len(msgs))
 	for _, m := range msgs {
@@ -245,7 +235,7 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 	if len(cmds) == 0 {
 		return
 	}
-	results, err := c.processWithRetries(cmds)
+	results, err := c.processWithRetries(ctx, cmds)
 	if err != nil && len(cmds) > 1 {
 		// One command may be what breaks the commit: find it, and apply
 		// the others without it.
@@ -263,23 +253,24 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg) {
 }
 
 // processWithRetries tries a batch again in place when the store fails, so a
-// brief fault does not reorder a user's commands through redelivery.
-func (c *Consumer) processWithRetries(cmds []*Command) ([]Result, error) {
-	wait := 50 * time.Millisecond
-	for attempt := 0; ; attempt++ {
+// brief fault does not reorder a user's commands through redelivery. A
+// stopping worker (ctx ended) does not wait out a pause: the batch is then
+// nacked and comes back to the next worker.
+func (c *Consumer) processWithRetries(ctx context.Context, cmds []*Command) ([]Result, error) {
+	attempt := 0
+	results, err := retry.Do(ctx, c.StoreRetry, func() ([]Result, error) {
+		attempt++
 		start := time.Now()
 		results, err := c.Processor.Process(cmds)
 		c.Observer.Batch(len(cmds), time.Since(start), err)
-		if err == nil || attempt >= c.StoreRetries {
-			if err != nil {
-				c.Log.Error().Err(err).Int("batch", len(cmds)).Msg("store failed after its retries")
-			}
-			return results, err
-		}
-		c.Log.Warn().Err(err).Int("batch", len(cmds)).Int("attempt", attempt+1).Msg("store failed; retrying the batch")
-		time.Sleep(wait)
-		wait *= 4
+		return results, err
+	}, func(err error, next time.Duration) {
+		c.Log.Warn().Err(err).Int("batch", len(cmds)).Int("attempt", attempt).Dur("retry_in", next).Msg("store failed; retrying the batch")
+	})
+	if err != nil {
+		c.Log.Error().Err(err).Int("batch", len(cmds)).Int("attempts", attempt).Msg("store failed after its retries")
 	}
+	return results, err
 }
 
 // finish replies to and settles one message, after its batch committed.
@@ -287,7 +278,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 	log := h.log.With().Str("user_id", r.UserID).Logger()
 	if r.Transient != nil {
 		if h.meta.NumDelivered < uint64(c.MaxDeliver) {
-			delay := c.NakDelay(h.meta.NumDelivered)
+			delay := c.Redelivery.After(h.meta.NumDelivered)
 			log.Warn().Err(r.Transient).Dur("retry_in", delay).Msg("command failed; will retry")
 			if err := h.msg.NakWithDelay(delay); err != nil {
 				log.Error().Err(err).Msg("nak")

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -78,7 +79,7 @@ func (f *consumerFixture) run(t *testing.T, proc *Processor, maxDeliver int) {
 	ctx := context.Background()
 	c := &Consumer{
 		Processor: proc, Conn: f.nc, Log: zerolog.Nop(), MaxBatch: 8, MaxDeliver: maxDeliver,
-		NakDelay:    func(uint64) time.Duration { return 10 * time.Millisecond },
+		Redelivery:  retry.Policy{First: 10 * time.Millisecond, Factor: 1, Max: 10 * time.Millisecond},
 		DeadLetters: f.js,
 	}
 	runCtx, stop := context.WithCancel(ctx)
@@ -418,22 +419,19 @@ func TestReplayAppliesWhatFailed(t *testing.T) {
 }
 
 // One retry schedule: the consumer has no BackOff (the server would offset
-// every nak's delay by it), and the nak delays are 1 s, 2 s, 4 s, 8 s, so a
-// command that keeps failing gets its final answer on its fifth delivery,
-// within about 20 s.
+// every nak's delay by it), and the worker naks after 1 s, 2 s, 4 s, 8 s
+// (retry.Redelivery), so a command that keeps failing gets its final answer
+// on its fifth delivery, within about 20 s.
 func TestRetrySchedule(t *testing.T) {
 	cfg := ConsumerConfig(DefaultMaxDeliver, DefaultMaxAckPending, DefaultAckWait)
 	if len(cfg.BackOff) != 0 || cfg.AckWait != 10*time.Second || cfg.MaxDeliver != 5 || cfg.AckPolicy != jetstream.AckExplicitPolicy {
 		t.Fatalf("consumer: BackOff %v, AckWait %s, MaxDeliver %d, AckPolicy %v", cfg.BackOff, cfg.AckWait, cfg.MaxDeliver, cfg.AckPolicy)
 	}
 	var total time.Duration
-	for d, want := range map[uint64]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second} {
-		if got := DefaultNakDelay(d); got != want {
-			t.Errorf("after delivery %d: %s, want %s", d, got, want)
-		}
-		total += want
+	for d := uint64(1); d < uint64(cfg.MaxDeliver); d++ {
+		total += retry.Redelivery.After(d)
 	}
-	if total > time.Minute {
-		t.Errorf("a poison command waits %s for its final answer", total)
+	if total != 15*time.Second {
+		t.Errorf("a poison command waits %s in all for its final answer, want 15 s", total)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/retry"
 )
 
 // ReplayRange picks stored commands to run through the processor again: a
@@ -70,13 +72,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, p *Processor, r ReplayR
 		if len(batch) == 0 {
 			return nil
 		}
-		var results []Result
-		var err error
-		for attempt := range 3 {
-			if results, err = p.Process(batch); err == nil {
-				break
-			}
-			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+		results, err := retry.Do(ctx, retry.InPlace, func() ([]Result, error) { return p.Process(batch) }, nil)
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("replay: %w", ctx.Err())
 		}
 		if err != nil {
 			// One command may be what breaks the commit: it fails alone

@@ -3,6 +3,7 @@ package handler
 import (
 	"bytes"
 	"context"
+	"errors"
 	"encoding/json"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -241,15 +243,15 @@ func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte
 }
 
 // answerRepeat answers a duplicate with the stored outcome of the original,
-// waiting for it while the original is still being processed.
+// waiting for it (up to OutcomeWait) while the original is still being
+// processed.
 func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, fingerprint []byte) {
 	if req.Reply() == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
-	wait := 2 * time.Millisecond
-	for {
+	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := s.Store.View(func(tx *storage.Tx) error {
 			var err error
@@ -258,32 +260,38 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 		})
 		switch {
 		case err != nil:
-			s.Log.Error().Err(err).Msg("read outcome")
+			return nil, retry.Permanent(err)
+		case out == nil:
+			return nil, errNotProcessedYet
+		}
+		return out, nil
+	}, nil)
+	switch {
+	case errors.Is(err, errNotProcessedYet) || errors.Is(err, context.DeadlineExceeded):
+		respondError(req, passkey.Errorf(passkey.CodeUnavailable, passkey.IDOutcomeUnavailable,
+			"the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"))
+	case err != nil:
+		s.Log.Error().Err(err).Msg("read outcome")
+		respondError(req, err)
+	case !sameCommand(out, subject, fingerprint):
+		respond(req, ErrorReply(errMsgIDReused))
+	default:
+		reply, err := ReplyFromRecord(out.Reply)
+		if err != nil {
+			s.Log.Error().Err(err).Str("subject", subject).Msg("decode outcome")
 			respondError(req, err)
 			return
-		case out != nil && !sameCommand(out, subject, fingerprint):
-			respond(req, ErrorReply(errMsgIDReused))
-			return
-		case out != nil:
-			reply, err := ReplyFromRecord(out.Reply)
-			if err != nil {
-				s.Log.Error().Err(err).Str("subject", subject).Msg("decode outcome")
-				respondError(req, err)
-				return
-			}
-			respond(req, reply)
-			return
 		}
-		select {
-		case <-ctx.Done():
-			respondError(req, passkey.Errorf(passkey.CodeUnavailable, passkey.IDOutcomeUnavailable,
-				"the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"))
-			return
-		case <-time.After(wait):
-			wait = min(2*wait, 100*time.Millisecond)
-		}
+		respond(req, reply)
 	}
 }
+
+// outcomePoll is how often a repeat looks for its original's outcome: soon
+// at first (the original is usually a batch away), then every 100 ms.
+var outcomePoll = retry.Policy{First: 2 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}
+
+// errNotProcessedYet is a repeat's original not yet processed.
+var errNotProcessedYet = errors.New("the original command has no outcome yet")
 
 // list answers from the store; the token is judged at the time of the request.
 func (s *Service) list(req micro.Request) {

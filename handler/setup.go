@@ -22,7 +22,7 @@ const (
 // enough that the commands a crashed worker held come back soon after it
 // restarts. There is no BackOff: the server offsets a nak's delay by it
 // (a nak of 2 s came back after 2 s - AckWait + BackOff[n], 22 s), so the
-// one retry schedule is NakDelay's.
+// one retry schedule is the worker's nak delay (retry.Redelivery).
 const (
 	DefaultMaxDeliver    = 5
 	DefaultAckWait       = 10 * time.Second

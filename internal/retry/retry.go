@@ -1,0 +1,67 @@
+// Package retry is the worker's one way of trying again: a schedule of
+// pauses that grow by a factor up to a cap, and Do, which retries an
+// operation on that schedule (github.com/cenkalti/backoff/v5 underneath)
+// and stops waiting as soon as its context ends, so a shutdown never sits
+// out a pause.
+package retry
+
+import (
+	"context"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+)
+
+// Policy is a schedule: the pause after the first failure is First, each
+// next one Factor times the one before, never more than Max. Tries bounds
+// the attempts Do makes (0: until the context ends or MaxElapsed). The zero
+// Policy tries once.
+type Policy struct {
+	Tries      uint
+	First, Max time.Duration
+	Factor     float64
+	// MaxElapsed, when set, ends Do once the next pause would pass it.
+	MaxElapsed time.Duration
+}
+
+// InPlace is the schedule of a store transaction that failed: tried again
+// where it is, 3 times, 50 ms, 200 ms and 800 ms later, so that a brief
+// fault does not reorder a user's commands through redelivery.
+var InPlace = Policy{Tries: 4, First: 50 * time.Millisecond, Factor: 4, Max: 800 * time.Millisecond}
+
+// Redelivery is the schedule of a command that failed for a reason of
+// this machine, as its nak's delay: 1 s, 2 s, 4 s, 8 s after its first to
+// fourth delivery, so that with MaxDeliver 5 its final answer comes within
+// about 20 s; it doubles on to 30 s for a consumer given more deliveries.
+var Redelivery = Policy{First: time.Second, Factor: 2, Max: 30 * time.Second}
+
+// After is the pause after the n-th failure (n from 1).
+func (p Policy) After(n uint64) time.Duration {
+	d := float64(p.First)
+	for i := uint64(1); i < n && time.Duration(d) < p.Max; i++ {
+		d *= p.Factor
+	}
+	return min(time.Duration(d), p.Max)
+}
+
+// Do runs op until it succeeds, or the policy's tries or time run out, or
+// ctx ends, and returns its last result and error (ctx's cause when the
+// context ended a pause). notify, when set, hears of each failure that
+// will be tried again and of the pause before the next try.
+func Do[T any](ctx context.Context, p Policy, op func() (T, error), notify func(err error, next time.Duration)) (T, error) {
+	if p.First <= 0 {
+		return op()
+	}
+	b := &backoff.ExponentialBackOff{InitialInterval: p.First, Multiplier: p.Factor, MaxInterval: p.Max}
+	opts := []backoff.RetryOption{backoff.WithBackOff(b), backoff.WithMaxElapsedTime(p.MaxElapsed)}
+	if p.Tries > 0 {
+		opts = append(opts, backoff.WithMaxTries(p.Tries))
+	}
+	if notify != nil {
+		opts = append(opts, backoff.WithNotify(backoff.Notify(notify)))
+	}
+	return backoff.Retry(ctx, backoff.Operation[T](op), opts...)
+}
+
+// Permanent marks err as not worth another try: Do returns it at once.
+func Permanent(err error) error { return backoff.Permanent(err) }

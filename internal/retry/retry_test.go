@@ -1,0 +1,59 @@
+package retry
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestSchedules(t *testing.T) {
+	for _, tt := range []struct {
+		p    Policy
+		want []time.Duration
+	}{
+		{Redelivery, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}},
+		{InPlace, []time.Duration{50 * time.Millisecond, 200 * time.Millisecond, 800 * time.Millisecond, 800 * time.Millisecond}},
+	} {
+		for i, want := range tt.want {
+			if got := tt.p.After(uint64(i + 1)); got != want {
+				t.Errorf("%+v: after failure %d: %s, want %s", tt.p, i+1, got, want)
+			}
+		}
+	}
+}
+
+// Do makes the policy's tries and waits the schedule's pauses between them.
+func TestDoTries(t *testing.T) {
+	var pauses []time.Duration
+	calls := 0
+	_, err := Do(context.Background(), Policy{Tries: 3, First: time.Millisecond, Factor: 2, Max: time.Second},
+		func() (int, error) { calls++; return 0, errors.New("store failed") },
+		func(_ error, next time.Duration) { pauses = append(pauses, next) })
+	if err == nil || calls != 3 || len(pauses) != 2 || pauses[0] != time.Millisecond || pauses[1] != 2*time.Millisecond {
+		t.Fatalf("err %v, %d calls, pauses %v", err, calls, pauses)
+	}
+	calls = 0
+	if _, err := Do(context.Background(), Policy{}, func() (int, error) { calls++; return 0, errors.New("x") }, nil); err == nil || calls != 1 {
+		t.Fatalf("the zero policy: %d calls, %v; want one try", calls, err)
+	}
+	n, err := Do(context.Background(), InPlace, func() (int, error) { calls++; return 7, nil }, nil)
+	if err != nil || n != 7 {
+		t.Fatalf("a success: %d, %v", n, err)
+	}
+}
+
+// A context that ends cuts the pause short: a stopping worker does not sit
+// out a retry's wait.
+func TestDoStopsWithTheContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := Do(ctx, Policy{Tries: 2, First: time.Hour, Factor: 1, Max: time.Hour},
+			func() (int, error) { return 0, errors.New("store failed") }, func(error, time.Duration) { cancel() })
+		done <- err
+	}()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want the context's end", err)
+	}
+}
