@@ -184,15 +184,15 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("start micro service: %w", err)
 	}
 	consumer := &handler.Consumer{
-		Processor:    proc,
-		Conn:         nc,
-		Log:          log,
-		MaxBatch:     cfg.MaxBatch,
-		MaxDeliver:   maxDeliver,
-		StoreRetry:   retry.InPlace,
-		Redelivery:   retry.Redelivery,
-		DeadLetters:  js,
-		Observer:     handler.Observers{m, outcomes, writes},
+		Processor:   proc,
+		Conn:        nc,
+		Log:         log,
+		MaxBatch:    cfg.MaxBatch,
+		MaxDeliver:  maxDeliver,
+		StoreRetry:  retry.InPlace,
+		Redelivery:  retry.Redelivery,
+		DeadLetters: js,
+		Observer:    handler.Observers{m, outcomes, writes},
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.
