@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -145,21 +147,29 @@ func TestNATSServerKilled(t *testing.T) {
 	}
 	srv.kill(t)
 	t.Logf("killed the NATS server with %d replies of %d stored", removals.count(), total/2)
-	time.Sleep(500 * time.Millisecond)
+	waitFor(t, func() bool { // the worker has noticed the outage
+		raw, _ := os.ReadFile(proc.log.Name())
+		return strings.Contains(string(raw), "disconnected from NATS")
+	})
 	srv.start(t)
 	for k := total / 2; k < total; k++ {
 		storeCommand(removal(k))
 	}
 
-	// Wait for the worker to finish; then ask again, through the endpoint,
+	// Wait for the worker to finish (its consumer has nothing pending or
+	// unacknowledged: a reply is sent before its ack), take in every reply
+	// routed before that (a flush), then ask again, through the endpoint,
 	// for the replies lost with the server.
-	waitFor60 := time.Now().Add(60 * time.Second)
-	for removals.count() < total && time.Now().Before(waitFor60) {
-		last := removals.count()
-		time.Sleep(time.Second)
-		if removals.count() == last {
-			break // settled: what is missing was lost in flight
-		}
+	cons, err := js.Consumer(context.Background(), "PASSKEYS", "passkeys-worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWithin(t, 60*time.Second, func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
 	}
 	lost := 0
 	for k := range total {
