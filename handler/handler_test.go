@@ -370,6 +370,27 @@ func TestReplyFromRecord(t *testing.T) {
 	}
 }
 
+// Whatever bytes an outcome record holds (a damaged page, an old version),
+// ReplyFromRecord either refuses them or rebuilds a reply whose record is
+// those same bytes: a repeat's reply is a function of its record, never a
+// panic.
+func FuzzReplyFromRecord(f *testing.F) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 1, time.UTC)
+	f.Add(SuccessReply(&passkey.User{Sequence: 3, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}).Record)
+	f.Add(ErrorReply(passkey.ErrPasskeyLast).Record)
+	f.Add([]byte{recordErrorV1, 9, 200})
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		r, err := ReplyFromRecord(rec)
+		if err != nil {
+			return
+		}
+		again, err := ReplyFromRecord(r.Record)
+		if err != nil || string(again.Body) != string(r.Body) || again.ErrorText != r.ErrorText || again.ErrorCode != r.ErrorCode {
+			t.Fatalf("record %x rebuilt %s, its own record %x rebuilt %s (%v)", rec, r.Body, r.Record, again.Body, err)
+		}
+	})
+}
+
 // A command that failed until it was terminated has no outcome; a replay of
 // its range applies it now, and changes nothing for the commands around it.
 func TestReplayAppliesWhatFailed(t *testing.T) {
