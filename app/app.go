@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/metrics"
@@ -150,7 +151,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return err
 	}
 
-	proc := &handler.Processor{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
+	proc := &command.Applier{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
 	if err := catchUp(ctx, js, cons, proc, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
 		return err
 	}
@@ -167,14 +168,14 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		defer stopHTTP()
 	}
 
-	outcomes := &handler.Outcomes{}
+	answers := &handler.AnswerStats{}
 	svc, err := (&handler.Service{
-		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait, Outcomes: outcomes,
-		Replayer: func(ctx context.Context, r handler.ReplayRange) (handler.ReplayReport, error) {
+		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers,
+		Replayer: func(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
 			// Only what the consumer is done with: the rest it will deliver itself.
 			ci, err := cons.Info(ctx)
 			if err != nil {
-				return handler.ReplayReport{}, err
+				return command.ReplayReport{}, err
 			}
 			r.ToSeq = min(r.ToSeq, ci.AckFloor.Stream)
 			return handler.Replay(ctx, js, proc, r, cfg.MaxBatch, log, nil)
@@ -184,7 +185,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("start micro service: %w", err)
 	}
 	consumer := &handler.Consumer{
-		Processor:   proc,
+		Applier:     proc,
 		Conn:        nc,
 		Log:         log,
 		MaxBatch:    cfg.MaxBatch,
@@ -192,7 +193,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		StoreRetry:  retry.InPlace,
 		Redelivery:  retry.Redelivery,
 		DeadLetters: js,
-		Observer:    handler.Observers{m, outcomes, writes},
+		Observer:    handler.Observers{m, answers, writes},
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/storage"
 )
@@ -18,7 +19,7 @@ import (
 // (its token and changeDate judged at its stream timestamp), so the store
 // ends as one that never went back. Nobody is replied to: the requesters
 // were answered the first time.
-func catchUp(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, proc *handler.Processor,
+func catchUp(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, proc *command.Applier,
 	maxBatch int, allowGap bool, log zerolog.Logger) error {
 	ackFloor := cons.CachedInfo().AckFloor.Stream
 	var applied uint64
@@ -44,8 +45,8 @@ func catchUp(ctx context.Context, js jetstream.JetStream, cons jetstream.Consume
 	start := max(applied+1, first)
 	log.Warn().Uint64("applied_seq", applied).Uint64("ack_floor", ackFloor).Uint64("from_seq", start).
 		Msg("the store is behind the consumer (restored from a backup?): replaying the gap before taking new work")
-	rep, err := handler.Replay(ctx, js, proc, handler.ReplayRange{FromSeq: start, ToSeq: ackFloor}, maxBatch, log,
-		func(rep handler.ReplayReport, seq uint64) {
+	rep, err := handler.Replay(ctx, js, proc, command.ReplayRange{FromSeq: start, ToSeq: ackFloor}, maxBatch, log,
+		func(rep command.ReplayReport, seq uint64) {
 			if rep.Read%10000 < maxBatch {
 				log.Info().Int("replayed", rep.Read).Uint64("stream_seq", seq).Uint64("ack_floor", ackFloor).Msg("catch-up progress")
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/storage"
 )
@@ -40,7 +41,7 @@ func Command(ctx context.Context, args []string, getenv func(string) string, std
 	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
-	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
+	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
@@ -112,7 +113,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs := flag.NewFlagSet("worker provision", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsFlags(fs, &cfg, "with a user that may create the streams (required)")
-	fs.DurationVar(&cfg.Retention, "outcome-retention", handler.DefaultRetention, "the workers' outcome retention: the stream's max age")
+	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "the workers' outcome retention: the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates streams %s and %s and consumer %s, then exits.\n\nFlags:\n",

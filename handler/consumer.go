@@ -11,15 +11,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/passkey"
 )
 
 // Consumer reads commands from the durable consumer in batches, has the
-// Processor apply each batch in one transaction, and only then replies to
+// Applier apply each batch in one transaction, and only then replies to
 // and acknowledges each command.
 type Consumer struct {
-	Processor *Processor
+	Applier *command.Applier
 	// Conn publishes replies.
 	Conn *nats.Conn
 	Log  zerolog.Logger
@@ -186,41 +187,39 @@ consume:
 	return nil
 }
 
-// inHand is a message with what the adapter read from it.
-type inHand struct {
+// delivery is a message with what the adapter read from it.
+type delivery struct {
 	msg     jetstream.Msg
 	meta    *jetstream.MsgMetadata
-	cmd     *Command
+	cmd     *command.Command
 	replyTo string
 	log     zerolog.Logger
 }
 
 func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
-	hand := make([]inHand, 0, len(msgs))
-	cmds := make([]*Command, 0, len(msgs))
+	hand := make([]delivery, 0, len(msgs))
+	cmds := make([]*command.Command, 0, len(msgs))
 	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
-			c.Log.Error().Err(err).Str("subject", Truncate(m.Subject())).Msg("message without JetStream metadata")
+			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message without JetStream metadata")
 			_ = m.Term()
 			continue
 		}
-		h := inHand{msg: m, meta: meta, cmd: &Command{
+		h := delivery{msg: m, meta: meta, cmd: &command.Command{
 			Subject:   m.Subject(),
-			Header:    m.Headers(),
+			Header:    command.Header(m.Headers()),
 			Body:      m.Data(),
 			StreamSeq: meta.Sequence.Stream,
 			Timestamp: meta.Timestamp,
 		}}
-		if checkReplyTo(headerValues(h.cmd.Header, HeaderReplyTo)) == nil {
-			if v := headerValues(h.cmd.Header, HeaderReplyTo); len(v) == 1 {
-				h.replyTo = v[0]
-			}
+		if replyTo := h.cmd.Header.ValuesFold(command.HeaderReplyTo); command.CheckReplyTo(replyTo) == nil && len(replyTo) == 1 {
+			h.replyTo = replyTo[0]
 		}
 		h.log = c.Log.With().
-			Str("subject", Truncate(h.cmd.Subject)).
+			Str("subject", command.Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
-			Str("msg_id", Truncate(h.cmd.Header.Get(HeaderMsgID))).
+			Str("msg_id", command.Truncate(nats.Header(h.cmd.Header).Get(command.HeaderMsgID))).
 			Uint64("num_delivered", meta.NumDelivered).
 			Logger()
 		if meta.NumDelivered > 1 {
@@ -235,14 +234,14 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 	if len(cmds) == 0 {
 		return
 	}
-	results, err := c.processWithRetries(ctx, cmds)
+	results, err := c.applyWithRetries(ctx, cmds)
 	if err != nil && len(cmds) > 1 {
 		// One command may be what breaks the commit: find it, and apply
 		// the others without it.
-		results, err = c.Processor.ProcessIsolating(cmds), nil
+		results, err = c.Applier.ApplyIsolating(cmds), nil
 	}
 	for i, h := range hand {
-		var r Result
+		var r command.Result
 		if err != nil {
 			r.Transient = err
 		} else {
@@ -252,16 +251,16 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// processWithRetries tries a batch again in place when the store fails, so a
+// applyWithRetries tries a batch again in place when the store fails, so a
 // brief fault does not reorder a user's commands through redelivery. A
 // stopping worker (ctx ended) does not wait out a pause: the batch is then
 // nacked and comes back to the next worker.
-func (c *Consumer) processWithRetries(ctx context.Context, cmds []*Command) ([]Result, error) {
+func (c *Consumer) applyWithRetries(ctx context.Context, cmds []*command.Command) ([]command.Result, error) {
 	attempt := 0
-	results, err := retry.Do(ctx, c.StoreRetry, func() ([]Result, error) {
+	results, err := retry.Do(ctx, c.StoreRetry, func() ([]command.Result, error) {
 		attempt++
 		start := time.Now()
-		results, err := c.Processor.Process(cmds)
+		results, err := c.Applier.Apply(cmds)
 		c.Observer.Batch(len(cmds), time.Since(start), err)
 		return results, err
 	}, func(err error, next time.Duration) {
@@ -274,7 +273,7 @@ func (c *Consumer) processWithRetries(ctx context.Context, cmds []*Command) ([]R
 }
 
 // finish replies to and settles one message, after its batch committed.
-func (c *Consumer) finish(h inHand, r Result) {
+func (c *Consumer) finish(h delivery, r command.Result) {
 	log := h.log.With().Str("user_id", r.UserID).Logger()
 	if r.Transient != nil {
 		if h.meta.NumDelivered < uint64(c.MaxDeliver) {
@@ -285,8 +284,7 @@ func (c *Consumer) finish(h inHand, r Result) {
 			}
 			return
 		}
-		final := ErrorReply(passkey.Errorf(passkey.CodeInternal, passkey.IDRetriesExhausted,
-			"the command could not be processed; it was not applied"))
+		final := ErrorReply(passkey.ErrRetriesExhausted)
 		reason := fmt.Sprintf("failed %d deliveries: %v", h.meta.NumDelivered, r.Transient)
 		if err := c.deadLetter(h, reason); err != nil {
 			// The server delivers it no more: this log line is the record.
@@ -301,13 +299,16 @@ func (c *Consumer) finish(h inHand, r Result) {
 		}
 		return
 	}
+	// Rendered after the commit: no reply body is built under the store's
+	// write lock.
+	reply := Render(r.Answer)
 	ev := log.Info().Str("op", string(r.Op)).Bool("repeat", r.Repeat)
-	if r.Reply.IsError() {
-		ev = ev.Str("error_code", r.Reply.ErrorCode).Str("error", r.Reply.ErrorText)
+	if reply.IsError() {
+		ev = ev.Str("error_code", reply.ErrorCode).Str("error", reply.ErrorText)
 	}
 	ev.Msg("command processed")
-	c.reply(h, log, r.Reply)
-	c.Observer.Answered(r.Op, r.Reply.Code, r.Reply.ErrorText, h.meta.Timestamp)
+	c.reply(h, log, reply)
+	c.Observer.Answered(r.Op, reply.Code, reply.ErrorText, h.meta.Timestamp)
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}
@@ -329,7 +330,7 @@ const (
 
 // deadLetter records a terminated command in PASSKEYS_DLQ: its subject,
 // headers (less Authorization), body, stream sequence and the reason.
-func (c *Consumer) deadLetter(h inHand, reason string) error {
+func (c *Consumer) deadLetter(h delivery, reason string) error {
 	if c.DeadLetters == nil {
 		return nil
 	}
@@ -341,19 +342,19 @@ func (c *Consumer) deadLetter(h inHand, reason string) error {
 	msg.Header.Set(HeaderDLQTimestamp, h.meta.Timestamp.UTC().Format(time.RFC3339Nano))
 	msg.Header.Set(HeaderDLQDelivered, strconv.FormatUint(h.meta.NumDelivered, 10))
 	msg.Header.Set(HeaderDLQReason, reason)
-	for name, from := range map[string]string{HeaderDLQMsgID: HeaderMsgID, HeaderDLQReplyTo: HeaderReplyTo, HeaderDLQContentType: HeaderContentType} {
-		for _, v := range headerValues(h.cmd.Header, from) {
+	for name, from := range map[string]string{HeaderDLQMsgID: command.HeaderMsgID, HeaderDLQReplyTo: command.HeaderReplyTo, HeaderDLQContentType: command.HeaderContentType} {
+		for _, v := range h.cmd.Header.ValuesFold(from) {
 			msg.Header.Add(name, v)
 		}
 	}
-	msg.Header.Set(HeaderMsgID, "dlq-"+seq) // a second worker's record of it is a duplicate
+	msg.Header.Set(command.HeaderMsgID, "dlq-"+seq) // a second worker's record of it is a duplicate
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := c.DeadLetters.PublishMsg(ctx, msg)
 	return err
 }
 
-func (c *Consumer) reply(h inHand, log zerolog.Logger, r Reply) {
+func (c *Consumer) reply(h delivery, log zerolog.Logger, r Reply) {
 	if h.replyTo == "" {
 		return
 	}

@@ -3,8 +3,6 @@ package handler
 import (
 	"context"
 	"errors"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,21 +11,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
-
-func mustOpenStore(tb testing.TB) *storage.Store {
-	tb.Helper()
-	s, err := storage.Open(filepath.Join(tb.TempDir(), "passkeys.db"), storage.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { s.Close() })
-	return s
-}
 
 // consumerFixture is a Consumer reading a real stream on an in-process
 // NATS server, with the dead-letter stream in place.
@@ -40,7 +29,7 @@ type consumerFixture struct {
 	sub   *nats.Subscription
 }
 
-func startConsumer(t *testing.T, keys *testenv.Keys, proc *Processor, maxDeliver int) *consumerFixture {
+func startConsumer(t *testing.T, keys *testenv.Keys, proc *command.Applier, maxDeliver int) *consumerFixture {
 	t.Helper()
 	f := newConsumerFixture(t, keys, maxDeliver)
 	f.run(t, proc, maxDeliver)
@@ -74,11 +63,11 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, maxDeliver int) *consu
 	return f
 }
 
-func (f *consumerFixture) run(t *testing.T, proc *Processor, maxDeliver int) {
+func (f *consumerFixture) run(t *testing.T, proc *command.Applier, maxDeliver int) {
 	t.Helper()
 	ctx := context.Background()
 	c := &Consumer{
-		Processor: proc, Conn: f.nc, Log: zerolog.Nop(), MaxBatch: 8, MaxDeliver: maxDeliver,
+		Applier: proc, Conn: f.nc, Log: zerolog.Nop(), MaxBatch: 8, MaxDeliver: maxDeliver,
 		Redelivery:  retry.Policy{First: 10 * time.Millisecond, Factor: 1, Max: 10 * time.Millisecond},
 		DeadLetters: f.js,
 	}
@@ -96,9 +85,9 @@ func (f *consumerFixture) send(t *testing.T, subject, sub, name, body string, sc
 	if len(scopes) > 0 {
 		org = "org1"
 	}
-	msg.Header.Set(HeaderAuthorization, testenv.Bearer(f.keys.Mint(t, testenv.Token{Subject: sub, Org: org, Scopes: scopes})))
-	msg.Header.Set(HeaderReplyTo, f.inbox+"."+name)
-	msg.Header.Set(HeaderMsgID, "id-"+name)
+	msg.Header.Set(command.HeaderAuthorization, testenv.Bearer(f.keys.Mint(t, testenv.Token{Subject: sub, Org: org, Scopes: scopes})))
+	msg.Header.Set(command.HeaderReplyTo, f.inbox+"."+name)
+	msg.Header.Set(command.HeaderMsgID, "id-"+name)
 	msg.Data = []byte(body)
 	if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
@@ -138,9 +127,9 @@ func (f *consumerFixture) settled(t *testing.T) {
 // delivery it gets one INTERNAL reply and is terminated.
 func TestRetriesExhausted(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	store := mustOpenStore(t)
+	store := testenv.MustOpenStore(t)
 	store.Close() // every transaction now fails, as on a broken disk
-	proc := &Processor{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
 	f := startConsumer(t, keys, proc, 2)
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm", `{"tokenId":"pk-1"}`)
 	got := f.replies(t, 1)
@@ -153,8 +142,8 @@ func TestRetriesExhausted(t *testing.T) {
 // terminated, and is recorded in PASSKEYS_DLQ without its token.
 func TestPoisonCommand(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
-	proc.beforeDecide = func(c *Command) {
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc.BeforeDecide = func(c *command.Command) {
 		if c.Subject == "passkeys.cmd.remove.poison" {
 			panic("poison")
 		}
@@ -195,7 +184,7 @@ func TestPoisonCommand(t *testing.T) {
 		t.Errorf("dead letter body %s", rec.Data)
 	}
 	for name := range rec.Header {
-		if strings.EqualFold(name, HeaderAuthorization) {
+		if strings.EqualFold(name, command.HeaderAuthorization) {
 			t.Errorf("the dead letter keeps the bearer token")
 		}
 	}
@@ -206,8 +195,8 @@ func TestPoisonCommand(t *testing.T) {
 // the final INTERNAL reply.
 func TestBreakingCommandFailsAlone(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
-	proc.breakTx = func(c *Command) error {
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc.BreakTx = func(c *command.Command) error {
 		if c.Subject == "passkeys.cmd.sync.bad" {
 			return errors.New("this command breaks the commit")
 		}
@@ -240,13 +229,13 @@ func TestForwardUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := testenv.NewKeys(t)
-	svc, err := (&Service{JS: js, Store: mustOpenStore(t), Verifier: keys.Verifier(t), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
+	svc, err := (&Service{JS: js, Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer svc.Stop()
 	msg := nats.NewMsg("passkeys.remove.u1")
-	msg.Header.Set(HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
+	msg.Header.Set(command.HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
 	msg.Data = []byte(`{"tokenId":"pk-1"}`)
 	reply, err := nc.RequestMsg(msg, 10*time.Second)
 	if err != nil {
@@ -284,54 +273,11 @@ func TestErrorReplyShape(t *testing.T) {
 	}
 }
 
-func TestCheckReplyTo(t *testing.T) {
-	for _, tt := range []struct {
-		values []string
-		ok     bool
-	}{
-		{nil, true},
-		{[]string{"_INBOX.abc.def"}, true},
-		{[]string{"replies.svc1"}, true},
-		{[]string{"$JS.API.STREAM.PURGE.PASSKEYS"}, false},
-		{[]string{"$SYS.REQ.SERVER.PING"}, false},
-		{[]string{"passkeys.cmd.remove.u1"}, false},
-		{[]string{"_INBOX.*"}, false},
-		{[]string{"a.>"}, false},
-		{[]string{""}, false},
-		{[]string{"a..b"}, false},
-		{[]string{"_INBOX.a", "_INBOX.b"}, false},
-		{[]string{"_INBOX_passkeys-service.abc"}, true},
-		{[]string{"_INBOX." + strings.Repeat("a", 250)}, false},
-	} {
-		if got := checkReplyTo(tt.values) == nil; got != tt.ok {
-			t.Errorf("checkReplyTo(%q) ok = %v, want %v", tt.values, got, tt.ok)
-		}
-	}
-}
-
-// Whatever a caller puts in Reply-To, what checkReplyTo lets through is one
-// plain subject the worker may publish to: not in the $ or passkeys
-// namespaces, no wildcard, no empty token, bounded.
-func FuzzCheckReplyTo(f *testing.F) {
-	for _, s := range []string{"_INBOX.abc", "$JS.API.STREAM.PURGE.PASSKEYS", "passkeys.cmd.remove.u1", "a.>", "a..b", " ", "passkeys.", ".x"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if checkReplyTo([]string{s}) != nil {
-			return
-		}
-		if s == "" || len(s) > maxReplyToLen || strings.HasPrefix(s, "$") || strings.HasPrefix(s, "passkeys.") ||
-			strings.ContainsAny(s, "*> \t\r\n") || slices.Contains(strings.Split(s, "."), "") {
-			t.Fatalf("checkReplyTo accepted %q", s)
-		}
-	})
-}
-
 // The bytes of a success reply are pinned: a repeat rebuilds them from the
 // stored record, so a change here would change old commands' replies.
 func TestSuccessReplyShape(t *testing.T) {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 123456000, time.UTC)
-	r := SuccessReply(&passkey.User{Sequence: 3, CreationDate: at, ChangeDate: time.Date(2026, 11, 27, 10, 5, 0, 654321000, time.UTC), ResourceOwner: "69629023906488334"})
+	r := Render(passkey.Changed(&passkey.User{Sequence: 3, CreationDate: at, ChangeDate: time.Date(2026, 11, 27, 10, 5, 0, 654321000, time.UTC), ResourceOwner: "69629023906488334"}))
 	want := `{"details":{"sequence":"3","creationDate":"2026-11-27T10:00:00.123456Z","changeDate":"2026-11-27T10:05:00.654321Z","resourceOwner":"69629023906488334"}}`
 	if string(r.Body) != want {
 		t.Errorf("body\n got %s\nwant %s", r.Body, want)
@@ -342,62 +288,33 @@ func TestSuccessReplyShape(t *testing.T) {
 }
 
 // A reply rebuilt from its record is the reply, byte for byte.
-func TestReplyFromRecord(t *testing.T) {
+// Render is a function of the answer alone: what a repeat rebuilds from a
+// stored answer is the first reply, byte for byte, headers included.
+func TestRenderRepeatsByteForByte(t *testing.T) {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 1, time.UTC)
-	replies := []Reply{
-		SuccessReply(&passkey.User{Sequence: 1, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}),
-		SuccessReply(&passkey.User{Sequence: 1 << 40, CreationDate: at, ChangeDate: at.Add(time.Hour), ResourceOwner: "org-é"}),
-		ErrorReply(passkey.ErrPasskeyLast),
-		ErrorReply(passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSyncInvalid, "passkeys[%d].state must be %q", 3, "ready")),
-		ErrorReply(passkey.Errorf(passkey.CodeUnauthenticated, passkey.IDAuthExpired, "the token had expired")),
-	}
-	for i, want := range replies {
-		got, err := ReplyFromRecord(want.Record)
-		if err != nil {
-			t.Fatalf("reply %d: %v", i, err)
+	for i, a := range []passkey.Answer{
+		passkey.Changed(&passkey.User{Sequence: 1, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}),
+		passkey.Changed(&passkey.User{Sequence: 1 << 40, CreationDate: at, ChangeDate: at.Add(time.Hour), ResourceOwner: "org-é"}),
+		passkey.Refused(passkey.ErrPasskeyLast),
+		passkey.Refused(passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSyncInvalid, "passkeys[%d].state must be %q", 3, "ready")),
+	} {
+		first, again := Render(a), Render(a)
+		if string(first.Body) != string(again.Body) || first.ErrorCode != again.ErrorCode || first.ErrorText != again.ErrorText {
+			t.Errorf("answer %d rendered two ways", i)
 		}
-		if string(got.Body) != string(want.Body) || got.ErrorCode != want.ErrorCode || got.ErrorText != want.ErrorText {
-			t.Errorf("reply %d rebuilt as\n%s %q %q\nwant\n%s %q %q", i, got.Body, got.ErrorCode, got.ErrorText, want.Body, want.ErrorCode, want.ErrorText)
-		}
-		if len(want.Record) >= len(want.Body) {
-			t.Errorf("reply %d: record of %d bytes for a body of %d", i, len(want.Record), len(want.Body))
+		if (a.Err != nil) != first.IsError() {
+			t.Errorf("answer %d: error reply %v", i, first.IsError())
 		}
 	}
-	for _, bad := range [][]byte{nil, {9}, {recordSuccessV1}, {recordErrorV1, 9, 200}} {
-		if _, err := ReplyFromRecord(bad); err == nil {
-			t.Errorf("record %x decoded", bad)
-		}
-	}
-}
-
-// Whatever bytes an outcome record holds (a damaged page, an old version),
-// ReplyFromRecord either refuses them or rebuilds a reply whose record is
-// those same bytes: a repeat's reply is a function of its record, never a
-// panic.
-func FuzzReplyFromRecord(f *testing.F) {
-	at := time.Date(2026, 11, 27, 10, 0, 0, 1, time.UTC)
-	f.Add(SuccessReply(&passkey.User{Sequence: 3, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}).Record)
-	f.Add(ErrorReply(passkey.ErrPasskeyLast).Record)
-	f.Add([]byte{recordErrorV1, 9, 200})
-	f.Fuzz(func(t *testing.T, rec []byte) {
-		r, err := ReplyFromRecord(rec)
-		if err != nil {
-			return
-		}
-		again, err := ReplyFromRecord(r.Record)
-		if err != nil || string(again.Body) != string(r.Body) || again.ErrorText != r.ErrorText || again.ErrorCode != r.ErrorCode {
-			t.Fatalf("record %x rebuilt %s, its own record %x rebuilt %s (%v)", rec, r.Body, r.Record, again.Body, err)
-		}
-	})
 }
 
 // A command that failed until it was terminated has no outcome; a replay of
 // its range applies it now, and changes nothing for the commands around it.
 func TestReplayAppliesWhatFailed(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &Processor{Store: mustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Now: time.Now, Log: zerolog.Nop()}
 	broken := true
-	proc.beforeDecide = func(c *Command) {
+	proc.BeforeDecide = func(c *command.Command) {
 		if broken && c.Subject == "passkeys.cmd.remove.u1" {
 			panic("a bug, since fixed")
 		}
@@ -410,18 +327,18 @@ func TestReplayAppliesWhatFailed(t *testing.T) {
 	f.settled(t)
 
 	broken = false
-	rep, err := Replay(context.Background(), f.js, proc, ReplayRange{FromSeq: 1, ToSeq: 2}, 8, zerolog.Nop(), nil)
+	rep, err := Replay(context.Background(), f.js, proc, command.ReplayRange{FromSeq: 1, ToSeq: 2}, 8, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 1, Applied: 1}); rep != want {
+	if want := (command.ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 1, Applied: 1}); rep != want {
 		t.Fatalf("replay report %+v, want %+v", rep, want)
 	}
-	again, err := Replay(context.Background(), f.js, proc, ReplayRange{FromSeq: 1, ToSeq: 2, UserID: "u1"}, 8, zerolog.Nop(), nil)
+	again, err := Replay(context.Background(), f.js, proc, command.ReplayRange{FromSeq: 1, ToSeq: 2, UserID: "u1"}, 8, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 2}); again != want {
+	if want := (command.ReplayReport{FromSeq: 1, ToSeq: 2, Read: 2, Repeats: 2}); again != want {
 		t.Fatalf("second replay %+v, want %+v", again, want)
 	}
 	err = proc.Store.View(func(tx *storage.Tx) error {

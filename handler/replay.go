@@ -4,147 +4,59 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"io"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/command"
 )
 
-// ReplayRange picks stored commands to run through the processor again: a
-// stream sequence range, optionally narrowed to a time window and one user.
-type ReplayRange struct {
-	FromSeq uint64    `json:"fromSeq"`
-	ToSeq   uint64    `json:"toSeq"` // inclusive
-	Since   time.Time `json:"since,omitzero"`
-	Until   time.Time `json:"until,omitzero"`
-	UserID  string    `json:"userId,omitempty"`
-}
-
-// ReplayReport says what a replay did.
-type ReplayReport struct {
-	FromSeq uint64 `json:"fromSeq"`
-	ToSeq   uint64 `json:"toSeq"`
-	// Read counts the commands in range that matched the filters.
-	Read int `json:"read"`
-	// Repeats already had an outcome: they changed nothing.
-	Repeats int `json:"repeats"`
-	// Applied and Refused had none (they had failed, or the store was
-	// restored) and got a definitive answer now.
-	Applied int `json:"applied"`
-	Refused int `json:"refused"`
-	// Failed failed again and stay unapplied.
-	Failed int `json:"failed"`
-}
-
-// Replay runs the stored commands in r through p, in stream order, in
-// batches of maxBatch. Each is judged as the first time (its token and
-// changeDate at its stream timestamp); one that already has an outcome
-// changes nothing. Nobody is replied to. progress, when set, is called after
-// each batch.
-func Replay(ctx context.Context, js jetstream.JetStream, p *Processor, r ReplayRange, maxBatch int,
-	log zerolog.Logger, progress func(ReplayReport, uint64)) (ReplayReport, error) {
-	rep := ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
+// Replay runs the stored commands in r through a, read from stream PASSKEYS
+// through an ordered consumer from r.FromSeq on (command.Replay says what
+// is done with them). It is the operator's passkeys.admin.replay and the
+// catch-up after a restore.
+func Replay(ctx context.Context, js jetstream.JetStream, a *command.Applier, r command.ReplayRange, maxBatch int,
+	log zerolog.Logger, progress func(command.ReplayReport, uint64)) (command.ReplayReport, error) {
 	if r.FromSeq == 0 || r.ToSeq < r.FromSeq {
-		return rep, nil
+		return command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}, nil
 	}
 	stream, err := js.Stream(ctx, StreamName)
 	if err != nil {
-		return rep, fmt.Errorf("replay: %w", err)
+		return command.ReplayReport{}, fmt.Errorf("replay: %w", err)
 	}
 	oc, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: r.FromSeq,
 	})
 	if err != nil {
-		return rep, fmt.Errorf("replay: %w", err)
+		return command.ReplayReport{}, fmt.Errorf("replay: %w", err)
 	}
 	iter, err := oc.Messages()
 	if err != nil {
-		return rep, fmt.Errorf("replay: %w", err)
+		return command.ReplayReport{}, fmt.Errorf("replay: %w", err)
 	}
 	defer iter.Stop()
+	return command.Replay(ctx, a, streamSource(iter), r, maxBatch, log, progress)
+}
 
-	batch := make([]*Command, 0, maxBatch)
-	flush := func(lastSeq uint64) error {
-		if len(batch) == 0 {
-			return nil
-		}
-		results, err := retry.Do(ctx, retry.InPlace, func() ([]Result, error) { return p.Process(batch) }, nil)
-		if err != nil && ctx.Err() != nil {
-			return fmt.Errorf("replay: %w", ctx.Err())
-		}
-		if err != nil {
-			// One command may be what breaks the commit: it fails alone
-			// (counted as failed) and the others are applied.
-			log.Warn().Err(err).Int("batch", len(batch)).Msg("replay: store failed; applying the batch in parts")
-			results = p.ProcessIsolating(batch)
-		}
-		for i, res := range results {
-			switch {
-			case res.Transient != nil:
-				rep.Failed++
-				log.Error().Err(res.Transient).Uint64("stream_seq", batch[i].StreamSeq).Str("subject", Truncate(batch[i].Subject)).Msg("replay: command failed again")
-			case res.Repeat:
-				rep.Repeats++
-			case res.Reply.IsError():
-				rep.Refused++
-			default:
-				rep.Applied++
-			}
-		}
-		batch = batch[:0]
-		if progress != nil {
-			progress(rep, lastSeq)
-		}
-		return nil
-	}
-	for {
+// streamSource yields the commands an ordered consumer reads; io.EOF when
+// the stream has had nothing more for a while (the range's end is not in it).
+func streamSource(iter jetstream.MessagesContext) command.Source {
+	return func(context.Context) (*command.Command, error) {
 		msg, err := iter.Next(jetstream.NextMaxWait(5 * time.Second))
 		if errors.Is(err, nats.ErrTimeout) {
-			break // the rest of the range is not in the stream
+			return nil, io.EOF
 		}
 		if err != nil {
-			return rep, fmt.Errorf("replay: %w", err)
+			return nil, err
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return rep, fmt.Errorf("replay: %w", err)
+			return nil, err
 		}
-		seq := meta.Sequence.Stream
-		if seq > r.ToSeq {
-			break
-		}
-		if r.matches(msg.Subject(), meta.Timestamp) {
-			rep.Read++
-			batch = append(batch, &Command{Subject: msg.Subject(), Header: msg.Headers(), Body: msg.Data(), StreamSeq: seq, Timestamp: meta.Timestamp})
-		}
-		if len(batch) == maxBatch {
-			if err := flush(seq); err != nil {
-				return rep, err
-			}
-		}
-		if seq == r.ToSeq {
-			break
-		}
-		if err := ctx.Err(); err != nil {
-			return rep, err
-		}
+		return &command.Command{Subject: msg.Subject(), Header: command.Header(msg.Headers()), Body: msg.Data(),
+			StreamSeq: meta.Sequence.Stream, Timestamp: meta.Timestamp}, nil
 	}
-	return rep, flush(r.ToSeq)
-}
-
-func (r ReplayRange) matches(subject string, at time.Time) bool {
-	if r.UserID != "" && !strings.HasSuffix(subject, "."+r.UserID) {
-		return false
-	}
-	if !r.Since.IsZero() && at.Before(r.Since) {
-		return false
-	}
-	if !r.Until.IsZero() && !at.Before(r.Until) {
-		return false
-	}
-	return true
 }

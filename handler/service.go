@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -38,10 +39,10 @@ type Service struct {
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
-	// Outcomes, when set, are reported in $SRV.STATS for remove and sync.
-	Outcomes *Outcomes
+	// Answers, when set, are reported in $SRV.STATS for remove and sync.
+	Answers *AnswerStats
 	// Replayer, when set, serves passkeys.admin.replay.
-	Replayer func(context.Context, ReplayRange) (ReplayReport, error)
+	Replayer func(context.Context, command.ReplayRange) (command.ReplayReport, error)
 
 	// stream is PASSKEYS, looked up once for the duplicates' originals (a
 	// resumed batch brings many).
@@ -65,7 +66,7 @@ func (s *Service) commandStream(ctx context.Context) (jetstream.Stream, error) {
 
 // ReplaySubject is the request-reply endpoint through which an operator
 // re-drives stored commands.
-const ReplaySubject = EndpointPrefix + ".admin.replay"
+const ReplaySubject = command.EndpointPrefix + ".admin.replay"
 
 // Start registers the passkeys micro service on nc.
 func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
@@ -74,8 +75,8 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 		Version:     ServiceVersion,
 		Description: "Removes passkeys from user accounts",
 	}
-	if s.Outcomes != nil {
-		cfg.StatsHandler = s.Outcomes.statsHandler
+	if s.Answers != nil {
+		cfg.StatsHandler = s.Answers.statsHandler
 	}
 	svc, err := micro.AddService(nc, cfg)
 	if err != nil {
@@ -91,7 +92,7 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 	}
 	for _, e := range endpoints {
 		err := svc.AddEndpoint(string(e.op), s.confined(e.handler),
-			micro.WithEndpointSubject(EndpointPrefix+"."+string(e.op)+".*"))
+			micro.WithEndpointSubject(command.EndpointPrefix+"."+string(e.op)+".*"))
 		if err != nil {
 			_ = svc.Stop()
 			return nil, err
@@ -128,8 +129,8 @@ func respondError(req micro.Request, err error) {
 // dropped and logged.
 func (s *Service) confined(h micro.HandlerFunc) micro.HandlerFunc {
 	return func(req micro.Request) {
-		if reply := req.Reply(); reply != "" && checkReplyTo([]string{reply}) != nil {
-			s.Log.Warn().Str("subject", Truncate(req.Subject())).Str("reply_to", Truncate(reply)).
+		if reply := req.Reply(); reply != "" && command.CheckReplyTo([]string{reply}) != nil {
+			s.Log.Warn().Str("subject", command.Truncate(req.Subject())).Str("reply_to", command.Truncate(reply)).
 				Msg("request dropped: the worker does not publish to its reply subject")
 			return
 		}
@@ -147,21 +148,21 @@ func (s *Service) confined(h micro.HandlerFunc) micro.HandlerFunc {
 // (passkey.ScopeMsgID), so no caller can occupy another's ids.
 func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 	return func(req micro.Request) {
-		in := nats.Header(req.Headers())
-		gotOp, userID, err := passkey.ParseSubject(EndpointPrefix, req.Subject())
+		in := command.Header(req.Headers())
+		gotOp, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
 		if err == nil && gotOp != op {
-			err = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid, "unexpected operation in the subject")
+			err = passkey.ErrWrongOperation
 		}
 		if err == nil && len(req.Data()) > passkey.MaxBodySize {
 			err = passkey.ErrBodyTooLarge
 		}
-		msgIDs := in.Values(HeaderMsgID)
+		msgIDs := in.Values(command.HeaderMsgID)
 		if err == nil {
-			err = checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+			err = command.CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
 		}
 		var principal passkey.Principal
 		if err == nil {
-			principal, err = s.Verifier.Verify(headerValues(in, HeaderAuthorization), s.Now())
+			principal, err = s.Verifier.Verify(in.ValuesFold(command.HeaderAuthorization), s.Now())
 		}
 		var msgID string
 		if err == nil && len(msgIDs) == 1 {
@@ -172,34 +173,30 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 			respondError(req, err)
 			return
 		}
-		subject := CommandPrefix + "." + string(op) + "." + userID
+		subject := command.Prefix + "." + string(op) + "." + userID
 		msg := nats.NewMsg(subject)
 		msg.Data = req.Data()
 		for k, v := range in {
-			if strings.EqualFold(k, HeaderAuthorization) || strings.EqualFold(k, HeaderContentType) {
+			if strings.EqualFold(k, command.HeaderAuthorization) || strings.EqualFold(k, command.HeaderContentType) {
 				msg.Header[k] = v
 			}
 		}
 		if msgID != "" {
-			msg.Header.Set(HeaderMsgID, msgID)
+			msg.Header.Set(command.HeaderMsgID, msgID)
 		}
 		if req.Reply() != "" {
-			msg.Header.Set(HeaderReplyTo, req.Reply())
+			msg.Header.Set(command.HeaderReplyTo, req.Reply())
 		}
 		future, err := s.JS.PublishMsgAsync(msg)
 		if err != nil {
 			s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish")
-			respondError(req, errStreamUnavailable)
+			respondError(req, passkey.ErrStreamUnavailable)
 			return
 		}
 		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
 		go s.awaitPubAck(req, future, subject, userID, msgID, fingerprint)
 	}
 }
-
-// errStreamUnavailable answers a request that could not be stored.
-var errStreamUnavailable = passkey.Errorf(passkey.CodeUnavailable, passkey.IDStreamUnavailable,
-	"the command could not be stored; it was not applied, try again")
 
 func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
 	select {
@@ -208,14 +205,14 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 			// JetStream dropped the repeat: the original's outcome is the
 			// answer, unless the original was another command.
 			if s.originalDiffers(ack.Sequence, subject, fingerprint) {
-				respond(req, ErrorReply(errMsgIDReused))
+				respond(req, ErrorReply(passkey.ErrMsgIDReused))
 				return
 			}
-			s.answerRepeat(req, subject, userID, MsgIDKey(msgID), fingerprint)
+			s.answerRepeat(req, subject, userID, command.MsgIDKey(msgID), fingerprint)
 		}
 	case err := <-future.Err():
 		s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish not acknowledged")
-		respondError(req, errStreamUnavailable)
+		respondError(req, passkey.ErrStreamUnavailable)
 	}
 }
 
@@ -234,7 +231,7 @@ func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte
 	if err == nil {
 		var orig *jetstream.RawStreamMsg
 		if orig, err = stream.GetMsg(ctx, seq); err == nil {
-			p, _ := s.Verifier.Verify(headerValues(orig.Header, HeaderAuthorization), orig.Time)
+			p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
 			return orig.Subject != subject || !bytes.Equal(passkey.Fingerprint(orig.Subject, orig.Data, p.Issuer, p.Subject), fingerprint)
 		}
 	}
@@ -268,21 +265,14 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 	}, nil)
 	switch {
 	case errors.Is(err, errNotProcessedYet) || errors.Is(err, context.DeadlineExceeded):
-		respondError(req, passkey.Errorf(passkey.CodeUnavailable, passkey.IDOutcomeUnavailable,
-			"the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"))
+		respondError(req, passkey.ErrOutcomeUnavailable)
 	case err != nil:
 		s.Log.Error().Err(err).Msg("read outcome")
 		respondError(req, err)
-	case !sameCommand(out, subject, fingerprint):
-		respond(req, ErrorReply(errMsgIDReused))
+	case !command.SameCommand(out, subject, fingerprint):
+		respond(req, ErrorReply(passkey.ErrMsgIDReused))
 	default:
-		reply, err := ReplyFromRecord(out.Reply)
-		if err != nil {
-			s.Log.Error().Err(err).Str("subject", subject).Msg("decode outcome")
-			respondError(req, err)
-			return
-		}
-		respond(req, reply)
+		respond(req, Render(out.Answer))
 	}
 }
 
@@ -295,12 +285,12 @@ var errNotProcessedYet = errors.New("the original command has no outcome yet")
 
 // list answers from the store; the token is judged at the time of the request.
 func (s *Service) list(req micro.Request) {
-	_, userID, err := passkey.ParseSubject(EndpointPrefix, req.Subject())
+	_, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
 	if err != nil {
 		respondError(req, err)
 		return
 	}
-	p, err := s.Verifier.Verify(headerValues(nats.Header(req.Headers()), HeaderAuthorization), s.Now())
+	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
 	if err != nil {
 		respondError(req, err)
 		return
@@ -331,19 +321,18 @@ func (s *Service) list(req micro.Request) {
 // scope: those with an outcome change nothing, those without (they failed,
 // or the store was restored) are applied now. The reply is a ReplayReport.
 func (s *Service) replay(req micro.Request) {
-	p, err := s.Verifier.Verify(headerValues(nats.Header(req.Headers()), HeaderAuthorization), s.Now())
+	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
 	if err != nil {
 		respondError(req, err)
 		return
 	}
 	if !p.System {
-		respondError(req, passkey.Errorf(passkey.CodePermissionDenied, passkey.IDDeniedReplay, "only a principal with the passkeys:system scope may replay commands"))
+		respondError(req, passkey.ErrDeniedReplay)
 		return
 	}
-	var r ReplayRange
+	var r command.ReplayRange
 	if err := passkey.DecodeStrict(req.Data(), &r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
-		respondError(req, passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDReplayInvalid,
-			`the body must be {"fromSeq": N, "toSeq": M} with 1 <= N <= M, and may add "since", "until" (RFC 3339) and "userId"`))
+		respondError(req, passkey.ErrReplayInvalid)
 		return
 	}
 	s.Log.Warn().Str("principal", p.Subject).Uint64("from_seq", r.FromSeq).Uint64("to_seq", r.ToSeq).Str("user_id", r.UserID).Msg("replay requested")

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/command"
 )
 
 // Names of the contract's stream and durable consumer, and of the stream
@@ -36,7 +38,7 @@ func StreamConfig(retention, duplicates time.Duration) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "Passkey removal and sync commands",
-		Subjects:    []string{CommandPrefix + ".>"},
+		Subjects:    []string{command.Prefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      retention,
@@ -69,7 +71,7 @@ func ConsumerConfig(maxDeliver, maxAckPending int, ackWait time.Duration) jetstr
 		MaxDeliver:    maxDeliver,
 		MaxAckPending: maxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: CommandPrefix + ".>",
+		FilterSubject: command.Prefix + ".>",
 	}
 }
 

@@ -131,4 +131,41 @@ var (
 	// ErrOwnerImmutable answers a sync that would move a user to another
 	// organisation.
 	ErrOwnerImmutable = &Error{Code: CodeFailedPrecondition, ID: IDOwnerImmutable, Message: "a user's resourceOwner cannot change"}
+
+	// ErrListNotACommand answers a list stored in the stream as a command.
+	ErrListNotACommand = &Error{Code: CodeInvalidArgument, ID: IDSubjectInvalid,
+		Message: "list is a request, not a command: use passkeys.list.<userId>"}
+	// ErrWrongOperation answers a request whose subject names an operation
+	// other than its endpoint's.
+	ErrWrongOperation = &Error{Code: CodeInvalidArgument, ID: IDSubjectInvalid, Message: "unexpected operation in the subject"}
+	// ErrOneMsgID answers a command or request with several Nats-Msg-Id
+	// headers.
+	ErrOneMsgID = &Error{Code: CodeInvalidArgument, ID: IDHeaderInvalid, Message: "only one Nats-Msg-Id header is allowed"}
+	// ErrReplyTo answers a command whose Reply-To the worker will not
+	// publish to.
+	ErrReplyTo = &Error{Code: CodeInvalidArgument, ID: IDHeaderInvalid,
+		Message: "Reply-To must be one subject of at most 256 bytes outside the $ and passkeys namespaces, without wildcards"}
+	// ErrMsgIDReused answers a command whose Nats-Msg-Id was already used by
+	// another command (another subject, body or principal): its outcome
+	// belongs to someone else.
+	ErrMsgIDReused = &Error{Code: CodeInvalidArgument, ID: IDMsgIDReused,
+		Message: "the Nats-Msg-Id was already used for another command; use a new one"}
+	// ErrReplayInvalid answers a replay request without a valid range.
+	ErrReplayInvalid = &Error{Code: CodeInvalidArgument, ID: IDReplayInvalid,
+		Message: `the body must be {"fromSeq": N, "toSeq": M} with 1 <= N <= M, and may add "since", "until" (RFC 3339) and "userId"`}
+	// ErrDeniedReplay answers a replay by a principal without the
+	// passkeys:system scope.
+	ErrDeniedReplay = &Error{Code: CodePermissionDenied, ID: IDDeniedReplay,
+		Message: "only a principal with the passkeys:system scope may replay commands"}
+	// ErrRetriesExhausted is the final answer of a command that failed on
+	// every delivery.
+	ErrRetriesExhausted = &Error{Code: CodeInternal, ID: IDRetriesExhausted, Message: "the command could not be processed; it was not applied"}
+	// ErrStreamUnavailable answers a request a forwarding endpoint could not
+	// store.
+	ErrStreamUnavailable = &Error{Code: CodeUnavailable, ID: IDStreamUnavailable,
+		Message: "the command could not be stored; it was not applied, try again"}
+	// ErrOutcomeUnavailable answers a repeat whose original was not
+	// processed within the wait.
+	ErrOutcomeUnavailable = &Error{Code: CodeUnavailable, ID: IDOutcomeUnavailable,
+		Message: "the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"}
 )

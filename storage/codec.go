@@ -93,12 +93,48 @@ func decodeUser(raw []byte) (*passkey.User, error) {
 }
 
 func encodeOutcome(o *Outcome) []byte {
-	b := make([]byte, 0, 16+len(o.Subject)+len(o.Fingerprint)+len(o.Reply))
+	b := make([]byte, 0, 64+len(o.Subject)+len(o.Fingerprint))
 	b = append(b, outcomeRecordV2)
 	b = binrec.AppendTime(b, o.Expires)
 	b = binrec.AppendString(b, o.Subject)
 	b = binrec.AppendString(b, string(o.Fingerprint))
-	return append(b, o.Reply...)
+	return appendAnswer(b, o.Answer)
+}
+
+// Kinds of answer record, the tail of an outcome record. Repeats must be
+// byte-identical for the outcome retention, so these bytes never change
+// meaning: a change of either shape needs a new kind, and the old kinds
+// keep decoding as they do.
+const (
+	answerSuccessV1 byte = 1
+	answerErrorV1   byte = 2
+)
+
+func appendAnswer(b []byte, a passkey.Answer) []byte {
+	if a.Err != nil {
+		b = append(b, answerErrorV1, byte(a.Err.Code))
+		b = binrec.AppendString(b, a.Err.ID)
+		return binrec.AppendString(b, a.Err.Message)
+	}
+	b = binary.AppendUvarint(append(b, answerSuccessV1), a.Sequence)
+	b = binrec.AppendTime(b, a.CreationDate)
+	b = binrec.AppendTime(b, a.ChangeDate)
+	return binrec.AppendString(b, a.ResourceOwner)
+}
+
+// decodeAnswer reads an answer record, which must end raw.
+func decodeAnswer(raw []byte) (passkey.Answer, error) {
+	r := binrec.NewReader(raw)
+	var a passkey.Answer
+	switch r.Byte() {
+	case answerSuccessV1:
+		a = passkey.Answer{Sequence: r.Uvarint(), CreationDate: r.Time(), ChangeDate: r.Time(), ResourceOwner: r.String()}
+	case answerErrorV1:
+		a.Err = &passkey.Error{Code: passkey.Code(r.Byte()), ID: r.String(), Message: r.String()}
+	default:
+		return passkey.Answer{}, binrec.ErrCorrupt
+	}
+	return a, r.Done()
 }
 
 // outcomeExpired tells whether the encoded outcome raw expired at or before
@@ -128,6 +164,10 @@ func decodeOutcome(raw []byte) (*Outcome, error) {
 	if err := r.Err(); err != nil {
 		return nil, err
 	}
-	o.Reply = r.Rest()
+	a, err := decodeAnswer(r.Rest())
+	if err != nil {
+		return nil, err
+	}
+	o.Answer = a
 	return o, nil
 }

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/hex"
 	"reflect"
 	"testing"
 	"time"
@@ -37,11 +38,37 @@ func TestUserCodecRoundTrip(t *testing.T) {
 }
 
 func TestOutcomeCodecRoundTrip(t *testing.T) {
-	o := &Outcome{Subject: "passkeys.cmd.remove.u1", Fingerprint: []byte("0123456789abcdef"), Reply: []byte{2, 9, 1, 'x'},
-		Expires: time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)}
-	got, err := decodeOutcome(encodeOutcome(o))
-	if err != nil || !reflect.DeepEqual(got, o) {
-		t.Fatalf("round trip: %+v, %v", got, err)
+	for _, a := range []passkey.Answer{passkey.Refused(passkey.ErrPasskeyLast), passkey.Changed(sampleUser())} {
+		o := &Outcome{Subject: "passkeys.cmd.remove.u1", Fingerprint: []byte("0123456789abcdef"), Answer: a,
+			Expires: time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)}
+		got, err := decodeOutcome(encodeOutcome(o))
+		if err != nil || !reflect.DeepEqual(got, o) {
+			t.Fatalf("round trip: %+v, %v", got, err)
+		}
+	}
+}
+
+// An answer's record bytes are pinned: outcomes written by earlier versions
+// (these bytes are what f814a73 wrote) must decode to the same answer for
+// as long as they are kept, or a repeat would get other bytes.
+func TestAnswerRecordBytes(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 123456789, time.UTC)
+	for _, tt := range []struct {
+		answer passkey.Answer
+		hex    string
+	}{
+		{passkey.Answer{Sequence: 300, CreationDate: at, ChangeDate: at.Add(time.Hour), ResourceOwner: "org-é"},
+			"01ac02aab490c6e5a4efeb31aab4d5d1abf6f0eb31066f72672dc3a9"},
+		{passkey.Refused(passkey.ErrPasskeyLast),
+			"02090c504153534b45592d4c4153542c74686520706173736b65792069732074686520757365722773206c6173742077617920746f206c6f6720696e"},
+	} {
+		if got := hex.EncodeToString(appendAnswer(nil, tt.answer)); got != tt.hex {
+			t.Errorf("answer %+v: record %s, want %s", tt.answer, got, tt.hex)
+		}
+		raw, _ := hex.DecodeString(tt.hex)
+		if got, err := decodeAnswer(raw); err != nil || !reflect.DeepEqual(got, tt.answer) {
+			t.Errorf("record %s: %+v, %v", tt.hex, got, err)
+		}
 	}
 }
 
@@ -50,9 +77,9 @@ func TestOutcomeCodecRoundTrip(t *testing.T) {
 func TestOutcomeCodecReadsV1(t *testing.T) {
 	at := time.Date(2026, 12, 4, 10, 0, 0, 1, time.UTC)
 	v1 := binrec.AppendString(binrec.AppendTime([]byte{outcomeRecordV1}, at), "passkeys.cmd.remove.u1")
-	v1 = append(v1, 2, 9, 1, 'x')
+	v1 = appendAnswer(v1, passkey.Refused(passkey.ErrPasskeyLast))
 	got, err := decodeOutcome(v1)
-	want := &Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{2, 9, 1, 'x'}, Expires: at}
+	want := &Outcome{Subject: "passkeys.cmd.remove.u1", Answer: passkey.Refused(passkey.ErrPasskeyLast), Expires: at}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("v1 record: %+v, %v; want %+v", got, err, want)
 	}
@@ -72,8 +99,8 @@ func TestCodecRefusesTruncated(t *testing.T) {
 	if _, err := decodeUser(append(raw, 0)); err == nil {
 		t.Error("decoded a user record with a trailing byte")
 	}
-	out := encodeOutcome(&Outcome{Subject: "s"})
-	for n := range len(out) { // a record whose reply is empty still has its header
+	out := encodeOutcome(&Outcome{Subject: "s", Answer: passkey.Refused(passkey.ErrPasskeyLast)})
+	for n := range len(out) {
 		if _, err := decodeOutcome(out[:n]); err == nil {
 			t.Errorf("decoded an outcome record cut at %d of %d bytes", n, len(out))
 		}
@@ -92,6 +119,26 @@ func FuzzDecodeUser(f *testing.F) {
 		again, err := decodeUser(encodeUser(u))
 		if err != nil || !reflect.DeepEqual(again, u) {
 			t.Fatalf("round trip of a decoded record: %+v, %v; want %+v", again, err, u)
+		}
+	})
+}
+
+// Whatever bytes an answer record holds (a damaged page, an old version),
+// decodeAnswer refuses them or reads an answer that survives being written
+// and read again: a repeat's reply is a function of its record, never a
+// panic.
+func FuzzDecodeAnswer(f *testing.F) {
+	f.Add(appendAnswer(nil, passkey.Changed(sampleUser())))
+	f.Add(appendAnswer(nil, passkey.Refused(passkey.ErrPasskeyLast)))
+	f.Add([]byte{answerErrorV1, 9, 200})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		a, err := decodeAnswer(raw)
+		if err != nil {
+			return
+		}
+		again, err := decodeAnswer(appendAnswer(nil, a))
+		if err != nil || !reflect.DeepEqual(again, a) {
+			t.Fatalf("record %x read as %+v, written and read again as %+v (%v)", raw, a, again, err)
 		}
 	})
 }

@@ -191,8 +191,8 @@ func (t *Tx) users() *bolt.Bucket {
 // The handler never passes one (passkey.ValidateUserID refuses them).
 var ErrBadUserID = errors.New("empty user id, or one with a zero byte")
 
-// Outcome is the reply a command got, kept so that a repeat of the command
-// gets the same bytes.
+// Outcome is the answer a command got, kept so that a repeat of the
+// command gets the same reply, byte for byte.
 type Outcome struct {
 	// Subject is the command's subject: a key reused for another command
 	// must not be answered with this outcome.
@@ -201,9 +201,9 @@ type Outcome struct {
 	// command with the same fingerprint is a repeat. Nil in records written
 	// before fingerprints were kept; those compare by subject alone.
 	Fingerprint []byte
-	// Reply is the reply in the compact form its sender chose (the
-	// handler's reply record), from which it rebuilds the same bytes.
-	Reply []byte
+	// Answer is what the command got; the reply's bytes are a function of
+	// it, so a repeat gets the same bytes.
+	Answer passkey.Answer
 	// Expires is when the record may be pruned.
 	Expires time.Time
 }

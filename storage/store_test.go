@@ -114,7 +114,7 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 		if err := tx.NoteAppliedSeq(3); err != nil {
 			return err
 		}
-		if err := tx.PutOutcome("u1", []byte("k1"), &Outcome{Subject: "s1", Reply: []byte{7, 8}, Expires: now.Add(time.Hour)}); err != nil {
+		if err := tx.PutOutcome("u1", []byte("k1"), &Outcome{Subject: "s1", Answer: passkey.Refused(passkey.ErrPasskeyLast), Expires: now.Add(time.Hour)}); err != nil {
 			return err
 		}
 		// The same key among another user's records, and for a command
@@ -152,7 +152,7 @@ func TestUserAndOutcomeRoundTrip(t *testing.T) {
 				t.Errorf("outcome %s/%s = %+v, want subject %s", c.user, c.key, o, c.subject)
 			}
 		}
-		if o, err := tx.Outcome("u1", []byte("k1")); err != nil || string(o.Reply) != "\x07\x08" {
+		if o, err := tx.Outcome("u1", []byte("k1")); err != nil || o.Answer.Err == nil || o.Answer.Err.ID != passkey.IDPasskeyLast {
 			t.Errorf("outcome = %+v, %v", o, err)
 		}
 		// A record kept outside the user's records (by an earlier

@@ -22,7 +22,7 @@ import (
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/auth"
-	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/bench"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -308,7 +308,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	started := make(chan string, 1)
 	done := make(chan error, 1)
 	cfg := app.Config{
-		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: handler.DefaultRetention, DuplicateWindow: 2 * time.Minute,
+		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
 		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
 		Started: func(url string) { started <- url },
 	}

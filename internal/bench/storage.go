@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -54,14 +54,14 @@ func SeedUsers(s *storage.Store, users int) error {
 func RemoveBatched(s *storage.Store, users, offset, n, batch int) error {
 	p := passkey.Principal{Subject: "bench-admin", Org: "bench-org", Admin: true}
 	at := time.Now().UTC()
-	expires := at.Add(handler.DefaultRetention)
+	expires := at.Add(command.DefaultRetention)
 	for start := offset; start < offset+n; start += batch {
 		err := s.Update(func(tx *storage.Tx) error {
 			for k := start; k < min(start+batch, offset+n); k++ {
 				id := UserID(k % users)
 				// As the worker does: look for an outcome of the same
 				// command first.
-				key := handler.MsgIDKey("bench-" + strconv.Itoa(k))
+				key := command.MsgIDKey("bench-" + strconv.Itoa(k))
 				if o, err := tx.Outcome(id, key); err != nil || o != nil {
 					return fmt.Errorf("removal %d: outcome %v, %v", k, o, err)
 				}
@@ -76,8 +76,7 @@ func RemoveBatched(s *storage.Store, users, offset, n, batch int) error {
 				if err := tx.PutUser(next); err != nil {
 					return err
 				}
-				reply := handler.SuccessReply(next)
-				if err := tx.PutOutcome(id, key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Reply: reply.Record, Expires: expires}); err != nil {
+				if err := tx.PutOutcome(id, key, &storage.Outcome{Subject: "passkeys.cmd.remove." + id, Answer: passkey.Changed(next), Expires: expires}); err != nil {
 					return err
 				}
 			}

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/storage"
 )
 
 // Issuer and Audience the test keys' tokens carry.
@@ -274,4 +275,16 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// MustOpenStore opens a store in a temporary directory, closed when the
+// test ends.
+func MustOpenStore(tb testing.TB) *storage.Store {
+	tb.Helper()
+	s, err := storage.Open(filepath.Join(tb.TempDir(), "passkeys.db"), storage.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
 }

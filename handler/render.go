@@ -1,11 +1,6 @@
-// Package handler adapts the passkey rules to NATS: it decodes commands from
-// the PASSKEYS stream and requests to the passkeys micro service, runs them
-// against the store, and encodes every answer in ZITADEL's shapes. It is the
-// one place where an error becomes a wire body and Nats-Service-Error headers.
 package handler
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -14,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -29,11 +23,6 @@ type Reply struct {
 	Body      []byte
 	ErrorCode string
 	ErrorText string
-	// Record is the compact form kept as a command's outcome: the few
-	// values Body and the headers are a pure function of (see
-	// ReplyFromRecord), a fifth of the size. Empty for replies that are
-	// never kept.
-	Record []byte
 }
 
 // IsError reports whether r is an error reply.
@@ -59,7 +48,27 @@ type statusBody struct {
 	Details []errorDetail `json:"details"`
 }
 
-// ErrorReply encodes e as google.rpc.Status, the way ZITADEL's gateway does.
+// Render encodes a command's answer as ZITADEL's gateway would. The bytes
+// are a function of the answer alone, so a repeat, rendered from the stored
+// answer, gets the first reply byte for byte; TestSuccessReplyShape and
+// TestErrorReplyShape pin them.
+func Render(a passkey.Answer) Reply {
+	if a.Err != nil {
+		return ErrorReply(a.Err)
+	}
+	body, _ := json.Marshal(struct { // a struct of strings cannot fail to encode
+		Details objectDetails `json:"details"`
+	}{objectDetails{
+		Sequence:      strconv.FormatUint(a.Sequence, 10),
+		CreationDate:  Timestamp(a.CreationDate),
+		ChangeDate:    Timestamp(a.ChangeDate),
+		ResourceOwner: a.ResourceOwner,
+	}})
+	return Reply{Body: body}
+}
+
+// ErrorReply encodes e as google.rpc.Status, the way ZITADEL's gateway does,
+// with the HTTP status grpc-gateway maps its code to.
 func ErrorReply(e *passkey.Error) Reply {
 	msg := e.Message + " (" + e.ID + ")"
 	body, _ := json.Marshal(statusBody{ // a struct of strings cannot fail to encode
@@ -67,10 +76,7 @@ func ErrorReply(e *passkey.Error) Reply {
 		Message: msg,
 		Details: []errorDetail{{Type: errorDetailType, ID: e.ID, Message: e.Message}},
 	})
-	rec := append([]byte{recordErrorV1}, byte(e.Code))
-	rec = binrec.AppendString(rec, e.ID)
-	rec = binrec.AppendString(rec, e.Message)
-	return Reply{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(e.Code.HTTPStatus()), ErrorText: msg, Record: rec}
+	return Reply{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(e.Code.HTTPStatus()), ErrorText: msg}
 }
 
 type objectDetails struct {
@@ -78,53 +84,6 @@ type objectDetails struct {
 	CreationDate  string `json:"creationDate"`
 	ChangeDate    string `json:"changeDate"`
 	ResourceOwner string `json:"resourceOwner"`
-}
-
-// SuccessReply encodes the details of a change that left the user as u.
-func SuccessReply(u *passkey.User) Reply {
-	body, _ := json.Marshal(struct {
-		Details objectDetails `json:"details"`
-	}{objectDetails{
-		Sequence:      strconv.FormatUint(u.Sequence, 10),
-		CreationDate:  Timestamp(u.CreationDate),
-		ChangeDate:    Timestamp(u.ChangeDate),
-		ResourceOwner: u.ResourceOwner,
-	}})
-	rec := binary.AppendUvarint([]byte{recordSuccessV1}, u.Sequence)
-	rec = binrec.AppendTime(rec, u.CreationDate)
-	rec = binrec.AppendTime(rec, u.ChangeDate)
-	rec = binrec.AppendString(rec, u.ResourceOwner)
-	return Reply{Body: body, Record: rec}
-}
-
-// Kinds of reply record. The bytes a record expands to are part of the
-// contract (a repeat returns the first reply byte for byte), so the shapes
-// of SuccessReply and ErrorReply are pinned by tests, and a change to either
-// needs a new record kind that keeps expanding old records the old way.
-const (
-	recordSuccessV1 byte = 1
-	recordErrorV1   byte = 2
-)
-
-// ReplyFromRecord rebuilds the reply a record was made from.
-func ReplyFromRecord(rec []byte) (Reply, error) {
-	r := binrec.NewReader(rec)
-	switch r.Byte() {
-	case recordSuccessV1:
-		u := &passkey.User{Sequence: r.Uvarint(), CreationDate: r.Time(), ChangeDate: r.Time(), ResourceOwner: r.String()}
-		if err := r.Done(); err != nil {
-			return Reply{}, err
-		}
-		return SuccessReply(u), nil
-	case recordErrorV1:
-		e := &passkey.Error{Code: passkey.Code(r.Byte()), ID: r.String(), Message: r.String()}
-		if err := r.Done(); err != nil {
-			return Reply{}, err
-		}
-		return ErrorReply(e), nil
-	default:
-		return Reply{}, binrec.ErrCorrupt
-	}
 }
 
 type listDetails struct {

@@ -9,23 +9,23 @@ import (
 	"github.com/passkeys/worker/passkey"
 )
 
-// Outcomes counts, per operation, the answers the consumer sent. The micro
+// AnswerStats counts, per operation, the answers the consumer sent. The micro
 // service's own counters only see the forwarding endpoints' handlers, which
 // return once a command is stored; its STATS carry these in each
 // endpoint's data, so they tell what callers were actually answered.
-type Outcomes struct {
+type AnswerStats struct {
 	mu  sync.Mutex
-	ops map[passkey.Op]*opOutcomes
+	ops map[passkey.Op]*opAnswers
 }
 
-type opOutcomes struct {
+type opAnswers struct {
 	answered, errors uint64
 	lastError        string
 	latency          time.Duration
 }
 
-// OutcomeStats is an endpoint's data in $SRV.STATS.
-type OutcomeStats struct {
+// EndpointAnswers is an endpoint's data in $SRV.STATS.
+type EndpointAnswers struct {
 	// Answered counts the commands of this operation the worker answered,
 	// whether they came through the endpoint or straight into the stream.
 	Answered uint64 `json:"answered"`
@@ -37,8 +37,8 @@ type OutcomeStats struct {
 }
 
 // Answered counts one answer; with Batch, Redelivered and Terminated
-// (which it ignores) it makes Outcomes an Observer of the consumer.
-func (o *Outcomes) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
+// (which it ignores) it makes AnswerStats an Observer of the consumer.
+func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
 	if op == "" {
 		return
 	}
@@ -46,11 +46,11 @@ func (o *Outcomes) Answered(op passkey.Op, code passkey.Code, errorText string, 
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.ops == nil {
-		o.ops = map[passkey.Op]*opOutcomes{}
+		o.ops = map[passkey.Op]*opAnswers{}
 	}
 	s := o.ops[op]
 	if s == nil {
-		s = &opOutcomes{}
+		s = &opAnswers{}
 		o.ops[op] = s
 	}
 	s.answered++
@@ -61,19 +61,19 @@ func (o *Outcomes) Answered(op passkey.Op, code passkey.Code, errorText string, 
 	}
 }
 
-func (o *Outcomes) Batch(int, time.Duration, error) {}
-func (o *Outcomes) Redelivered()                    {}
-func (o *Outcomes) Terminated()                     {}
+func (o *AnswerStats) Batch(int, time.Duration, error) {}
+func (o *AnswerStats) Redelivered()                    {}
+func (o *AnswerStats) Terminated()                     {}
 
 // Stats is what op's endpoint reports.
-func (o *Outcomes) Stats(op passkey.Op) OutcomeStats {
+func (o *AnswerStats) Stats(op passkey.Op) EndpointAnswers {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := o.ops[op]
 	if s == nil {
-		return OutcomeStats{}
+		return EndpointAnswers{}
 	}
-	st := OutcomeStats{Answered: s.answered, Errors: s.errors, LastError: s.lastError}
+	st := EndpointAnswers{Answered: s.answered, Errors: s.errors, LastError: s.lastError}
 	if s.answered > 0 {
 		st.AverageLatency = s.latency / time.Duration(s.answered)
 	}
@@ -81,7 +81,7 @@ func (o *Outcomes) Stats(op passkey.Op) OutcomeStats {
 }
 
 // statsHandler gives the forwarding endpoints their consumer-side outcomes.
-func (o *Outcomes) statsHandler(e *micro.Endpoint) any {
+func (o *AnswerStats) statsHandler(e *micro.Endpoint) any {
 	switch op := passkey.Op(e.Name); op {
 	case passkey.OpRemove, passkey.OpSync:
 		return o.Stats(op)

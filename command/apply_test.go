@@ -1,40 +1,42 @@
-package handler
+package command
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
-// processorFixture is a Processor on a real store with a pinned clock.
-type processorFixture struct {
-	p    *Processor
+// applierFixture is an Applier on a real store with a pinned clock.
+type applierFixture struct {
+	a    *Applier
 	keys *testenv.Keys
 	now  time.Time
 	seq  uint64
 }
 
-func newProcessor(tb testing.TB) *processorFixture {
+func newApplier(tb testing.TB) *applierFixture {
 	tb.Helper()
 	keys := testenv.NewKeys(tb)
-	f := &processorFixture{keys: keys, now: time.Now().UTC()}
-	f.p = &Processor{Store: mustOpenStore(tb), Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour,
+	f := &applierFixture{keys: keys, now: time.Now().UTC()}
+	f.a = &Applier{Store: testenv.MustOpenStore(tb), Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour,
 		Now: func() time.Time { return f.now }, Log: zerolog.Nop()}
 	return f
 }
 
 // cmd builds the next stream command, stored "now".
-func (f *processorFixture) cmd(tb testing.TB, subject, sub, msgID string, body any, scopes ...string) *Command {
+func (f *applierFixture) cmd(tb testing.TB, subject, sub, msgID string, body any, scopes ...string) *Command {
 	tb.Helper()
 	f.seq++
 	raw, err := json.Marshal(body)
@@ -50,12 +52,12 @@ func (f *processorFixture) cmd(tb testing.TB, subject, sub, msgID string, body a
 	if msgID != "" {
 		h.Set(HeaderMsgID, msgID)
 	}
-	return &Command{Subject: subject, Header: h, Body: raw, StreamSeq: f.seq, Timestamp: f.now}
+	return &Command{Subject: subject, Header: Header(h), Body: raw, StreamSeq: f.seq, Timestamp: f.now}
 }
 
-func (f *processorFixture) process(tb testing.TB, cmds ...*Command) []Result {
+func (f *applierFixture) apply(tb testing.TB, cmds ...*Command) []Result {
 	tb.Helper()
-	res, err := f.p.Process(cmds)
+	res, err := f.a.Apply(cmds)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -67,18 +69,10 @@ func replyID(tb testing.TB, r Result) string {
 	if r.Transient != nil {
 		tb.Fatalf("transient: %v", r.Transient)
 	}
-	if !r.Reply.IsError() {
-		var ok struct{ Details struct{ Sequence string } }
-		if err := json.Unmarshal(r.Reply.Body, &ok); err != nil {
-			tb.Fatal(err)
-		}
-		return "seq " + ok.Details.Sequence
+	if r.Answer.Err == nil {
+		return "seq " + strconv.FormatUint(r.Answer.Sequence, 10)
 	}
-	var e struct{ Details []struct{ ID string } }
-	if err := json.Unmarshal(r.Reply.Body, &e); err != nil || len(e.Details) != 1 {
-		tb.Fatalf("bad error body %s", r.Reply.Body)
-	}
-	return e.Details[0].ID
+	return r.Answer.Err.ID
 }
 
 const adminScope = "passkeys:admin"
@@ -86,9 +80,9 @@ const adminScope = "passkeys:admin"
 // One batch holds several commands for one user: each sees the ones before
 // it, in stream order, and each applied change takes the next sequence.
 func TestProcessBatchInOrder(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	sync := map[string]any{"resourceOwner": "org1", "passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}
-	res := f.process(t,
+	res := f.apply(t,
 		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", sync, adminScope),
 		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "m1", map[string]any{"tokenId": "pk-1"}),
 		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "", map[string]any{"tokenId": "pk-2"}),
@@ -102,10 +96,10 @@ func TestProcessBatchInOrder(t *testing.T) {
 			t.Errorf("command %d: %s, want %s", i, got, w)
 		}
 	}
-	if !res[3].Repeat || !bytes.Equal(res[3].Reply.Body, res[1].Reply.Body) {
+	if !res[3].Repeat || !reflect.DeepEqual(res[3].Answer, res[1].Answer) {
 		t.Errorf("the repeat of m1 in the same batch is not the first reply")
 	}
-	err := f.p.Store.View(func(tx *storage.Tx) error {
+	err := f.a.Store.View(func(tx *storage.Tx) error {
 		if got := tx.AppliedSeq(); got != f.seq {
 			t.Errorf("applied seq %d, want %d", got, f.seq)
 		}
@@ -120,20 +114,20 @@ func TestProcessBatchInOrder(t *testing.T) {
 // new stream message: it gets the first reply, and the outcome record is
 // kept a full retention from then, as long as that message can be replayed.
 func TestRepeatExtendsOutcome(t *testing.T) {
-	f := newProcessor(t)
-	f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s1", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
-	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	f := newApplier(t)
+	f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s1", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	first := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
 	f.now = f.now.Add(5 * 24 * time.Hour)
-	later := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
-	if !later[0].Repeat || !bytes.Equal(first[0].Reply.Body, later[0].Reply.Body) {
-		t.Fatalf("late repeat: %s, want %s", later[0].Reply.Body, first[0].Reply.Body)
+	later := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "s2", map[string]any{"resourceOwner": "org1", "password": true}, adminScope))
+	if !later[0].Repeat || !reflect.DeepEqual(first[0].Answer, later[0].Answer) {
+		t.Fatalf("late repeat: %+v, want %+v", later[0].Answer, first[0].Answer)
 	}
-	err := f.p.Store.View(func(tx *storage.Tx) error {
+	err := f.a.Store.View(func(tx *storage.Tx) error {
 		o, err := tx.Outcome("u1", MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "admin", "s2")))
 		if err != nil {
 			return err
 		}
-		if want := f.now.Add(f.p.Retention); !o.Expires.Equal(want) {
+		if want := f.now.Add(f.a.Retention); !o.Expires.Equal(want) {
 			t.Errorf("outcome expires %v, want %v", o.Expires, want)
 		}
 		u, err := tx.User("u1")
@@ -158,9 +152,9 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 // on another command by the same principal for the same user is refused as
 // reused, never answered with the other's reply.
 func TestMsgIDKeptPerUser(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	sync := map[string]any{"resourceOwner": "org1", "passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}
-	res := f.process(t,
+	res := f.apply(t,
 		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "same", sync, adminScope),
 		f.cmd(t, "passkeys.cmd.sync.u2", "admin", "same", sync, adminScope),
 		f.cmd(t, "passkeys.cmd.remove.u1", "admin", "same", map[string]any{"tokenId": "pk-1"}, adminScope),
@@ -174,10 +168,10 @@ func TestMsgIDKeptPerUser(t *testing.T) {
 			t.Errorf("command %d: %s, want %s", i, got, w)
 		}
 	}
-	if res[1].Repeat || !res[3].Repeat || !bytes.Equal(res[1].Reply.Body, res[3].Reply.Body) {
+	if res[1].Repeat || !res[3].Repeat || !reflect.DeepEqual(res[1].Answer, res[3].Answer) {
 		t.Errorf("u2's repeat is not u2's first reply")
 	}
-	err := f.p.Store.View(func(tx *storage.Tx) error {
+	err := f.a.Store.View(func(tx *storage.Tx) error {
 		u, err := tx.User("u1")
 		if err != nil || u == nil || len(u.Passkeys) != 2 {
 			t.Errorf("u1 = %+v, %v; the reused key must change nothing", u, err)
@@ -192,15 +186,15 @@ func TestMsgIDKeptPerUser(t *testing.T) {
 // A refusal found before the store is read (bad token, bad body) is still
 // a definitive outcome: stored, and repeated as it was.
 func TestRefusalIsStored(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	c := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "bad", "not an object")
-	first := f.process(t, c)
+	first := f.apply(t, c)
 	if got := replyID(t, first[0]); got != passkey.IDBodyInvalid {
 		t.Fatalf("got %s", got)
 	}
-	again := f.process(t, c)
-	if !again[0].Repeat || !bytes.Equal(first[0].Reply.Body, again[0].Reply.Body) {
-		t.Fatalf("redelivery: %s", again[0].Reply.Body)
+	again := f.apply(t, c)
+	if !again[0].Repeat || !reflect.DeepEqual(first[0].Answer, again[0].Answer) {
+		t.Fatalf("redelivery: %+v", again[0].Answer)
 	}
 }
 
@@ -210,20 +204,20 @@ func TestRefusalIsStored(t *testing.T) {
 // another command: REQUEST-MSGID-REUSED, never the first one's reply. A new
 // token of the same principal, or a new Reply-To, is still the same command.
 func TestRepeatMustBeTheSameCommand(t *testing.T) {
-	f := newProcessor(t)
-	f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
+	f := newApplier(t)
+	f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
 		"passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}, {"id": "pk-2", "state": "ready"}}}, adminScope))
-	first := f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"}))
+	first := f.apply(t, f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"}))
 	if got := replyID(t, first[0]); got != "seq 2" {
 		t.Fatalf("first removal: %s", got)
 	}
 	retry := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"}) // a fresh token
-	retry.Header.Set(HeaderReplyTo, "_INBOX.elsewhere")
-	if res := f.process(t, retry); !res[0].Repeat || !bytes.Equal(res[0].Reply.Body, first[0].Reply.Body) {
-		t.Fatalf("retry with a new token and inbox: %s", res[0].Reply.Body)
+	nats.Header(retry.Header).Set(HeaderReplyTo, "_INBOX.elsewhere")
+	if res := f.apply(t, retry); !res[0].Repeat || !reflect.DeepEqual(res[0].Answer, first[0].Answer) {
+		t.Fatalf("retry with a new token and inbox: %+v", res[0].Answer)
 	}
 	noToken := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", map[string]any{"tokenId": "pk-1"})
-	noToken.Header.Del(HeaderAuthorization)
+	nats.Header(noToken.Header).Del(HeaderAuthorization)
 	otherBytes := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-1", nil)
 	otherBytes.Body = []byte(`{"tokenId": "pk-1"}`)
 	for _, c := range []struct {
@@ -239,7 +233,7 @@ func TestRepeatMustBeTheSameCommand(t *testing.T) {
 		{"NoToken", noToken, passkey.IDAuthMissing},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			res := f.process(t, c.cmd)
+			res := f.apply(t, c.cmd)
 			if got := replyID(t, res[0]); got != c.want {
 				t.Fatalf("got %s, want %s", got, c.want)
 			}
@@ -251,11 +245,11 @@ func TestRepeatMustBeTheSameCommand(t *testing.T) {
 	// A command without a token does not occupy the id of the principal who
 	// uses it next.
 	bare := f.cmd(t, "passkeys.cmd.remove.u1", "u1", "rm-2", map[string]any{"tokenId": "pk-2"})
-	bare.Header.Del(HeaderAuthorization)
-	if got := replyID(t, f.process(t, bare)[0]); got != passkey.IDAuthMissing {
+	nats.Header(bare.Header).Del(HeaderAuthorization)
+	if got := replyID(t, f.apply(t, bare)[0]); got != passkey.IDAuthMissing {
 		t.Fatalf("without a token: %s", got)
 	}
-	if got := replyID(t, f.process(t, f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-2", map[string]any{"tokenId": "pk-2"}, adminScope))[0]); got != "seq 3" {
+	if got := replyID(t, f.apply(t, f.cmd(t, "passkeys.cmd.remove.u1", "admin", "rm-2", map[string]any{"tokenId": "pk-2"}, adminScope))[0]); got != "seq 3" {
 		t.Fatalf("an administrator's command under the id a bare command used: %s, want applied", got)
 	}
 }
@@ -264,12 +258,12 @@ func TestRepeatMustBeTheSameCommand(t *testing.T) {
 // id scoped to it (as the endpoints and the publisher store it) are one key:
 // either way, the second is a repeat of the first.
 func TestPlainAndScopedIDsAreOneKey(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	body := map[string]any{"resourceOwner": "org1", "password": true}
-	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "batch-7", body, adminScope))
-	again := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", passkey.ScopeMsgID(testenv.Issuer, "admin", "batch-7"), body, adminScope))
-	if !again[0].Repeat || !bytes.Equal(first[0].Reply.Body, again[0].Reply.Body) {
-		t.Fatalf("the scoped form of a plain id: %s, want the repeat of %s", again[0].Reply.Body, first[0].Reply.Body)
+	first := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "batch-7", body, adminScope))
+	again := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", passkey.ScopeMsgID(testenv.Issuer, "admin", "batch-7"), body, adminScope))
+	if !again[0].Repeat || !reflect.DeepEqual(first[0].Answer, again[0].Answer) {
+		t.Fatalf("the scoped form of a plain id: %+v, want the repeat of %+v", again[0].Answer, first[0].Answer)
 	}
 }
 
@@ -277,18 +271,18 @@ func TestPlainAndScopedIDsAreOneKey(t *testing.T) {
 // record without a fingerprint) still answers that command's redelivery
 // after an upgrade: it is not applied twice.
 func TestOutcomeUnderPlainIDFromBefore(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	body := map[string]any{"resourceOwner": "org1", "password": true}
-	first := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", body, adminScope))
-	err := f.p.Store.Update(func(tx *storage.Tx) error {
-		return tx.PutOutcome("u1", MsgIDKey("old-1"), &storage.Outcome{Subject: "passkeys.cmd.sync.u1", Reply: first[0].Reply.Record, Expires: f.now.Add(time.Hour)})
+	first := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", body, adminScope))
+	err := f.a.Store.Update(func(tx *storage.Tx) error {
+		return tx.PutOutcome("u1", MsgIDKey("old-1"), &storage.Outcome{Subject: "passkeys.cmd.sync.u1", Answer: first[0].Answer, Expires: f.now.Add(time.Hour)})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := f.process(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "old-1", body, adminScope))
-	if !res[0].Repeat || !bytes.Equal(res[0].Reply.Body, first[0].Reply.Body) {
-		t.Fatalf("redelivery after the upgrade: %s", res[0].Reply.Body)
+	res := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "old-1", body, adminScope))
+	if !res[0].Repeat || !reflect.DeepEqual(res[0].Answer, first[0].Answer) {
+		t.Fatalf("redelivery after the upgrade: %+v", res[0].Answer)
 	}
 }
 
@@ -296,11 +290,11 @@ func TestOutcomeUnderPlainIDFromBefore(t *testing.T) {
 // ASCII) is refused with REQUEST-HEADER-INVALID, and fails only its own
 // command: the others of its batch are applied.
 func TestMsgIDBounded(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	sync := func(user, msgID string) *Command {
 		return f.cmd(t, "passkeys.cmd.sync."+user, "admin", msgID, map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
 	}
-	res := f.process(t,
+	res := f.apply(t,
 		sync("u1", "ok-1"),
 		sync("u2", strings.Repeat("x", 40<<10)),
 		sync("u3", "with space"),
@@ -318,14 +312,33 @@ func TestMsgIDBounded(t *testing.T) {
 
 // A damaged outcome record fails only its own command, not the batch.
 func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
-	f := newProcessor(t)
-	err := f.p.Store.Update(func(tx *storage.Tx) error {
-		return tx.PutOutcome("u1", MsgIDKey("damaged"), &storage.Outcome{Subject: "passkeys.cmd.remove.u1", Reply: []byte{9, 9}, Expires: f.now.Add(time.Hour)})
+	f := newApplier(t)
+	// A record of bytes the store never writes, where u1's command with
+	// Nats-Msg-Id "damaged" keeps its outcome (storage's layout: the users
+	// bucket, the user id, a zero byte, the outcome key).
+	path := f.a.Store.Path()
+	if err := f.a.Store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		key := append([]byte("u1\x00"), MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "u1", "damaged"))...)
+		return tx.Bucket([]byte("users")).Put(key, []byte{9, 9})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := f.process(t,
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if f.a.Store, err = storage.Open(path, storage.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.a.Store.Close() })
+	res := f.apply(t,
 		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope),
 		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "damaged", map[string]any{"tokenId": "pk-1"}),
 	)
@@ -341,13 +354,13 @@ func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
 // replay of a command whose token has expired since is judged as the
 // original was, and a command stored after its token expired is refused.
 func TestTokenJudgedAtStreamTime(t *testing.T) {
-	f := newProcessor(t)
+	f := newApplier(t)
 	f.now = time.Now().Add(-3 * time.Hour) // the commands were stored three hours ago...
 	sync := f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
 	late := f.cmd(t, "passkeys.cmd.sync.u2", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope)
 	late.Timestamp = late.Timestamp.Add(2 * time.Hour) // ...but this one only after its token expired
 	f.now = time.Now()                                 // and are processed now
-	res := f.process(t, sync, late)
+	res := f.apply(t, sync, late)
 	if got := replyID(t, res[0]); got != "seq 1" {
 		t.Errorf("command stored while its token was valid: %s", got)
 	}
@@ -361,8 +374,8 @@ func TestTokenJudgedAtStreamTime(t *testing.T) {
 // a later command of the same user is held back behind it, never applied
 // ahead of it.
 func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
-	f := newProcessor(t)
-	f.p.breakTx = func(c *Command) error {
+	f := newApplier(t)
+	f.a.BreakTx = func(c *Command) error {
 		if c.Subject == "passkeys.cmd.sync.u2" {
 			return errors.New("this command breaks the commit")
 		}
@@ -374,10 +387,10 @@ func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
 	}
 	batch := []*Command{sync("u1"), sync("u2"), sync("u3"), f.cmd(t, "passkeys.cmd.remove.u2", "u2", "", map[string]any{"tokenId": "pk-1"}),
 		sync("u4"), sync("u5"), sync("u6")}
-	if _, err := f.p.Process(batch); err == nil {
+	if _, err := f.a.Apply(batch); err == nil {
 		t.Fatal("the batch committed as a whole; the test's broken command broke nothing")
 	}
-	res := f.p.ProcessIsolating(batch)
+	res := f.a.ApplyIsolating(batch)
 	for _, i := range []int{0, 2, 4, 5, 6} {
 		if got := replyID(t, res[i]); got != "seq 1" {
 			t.Errorf("command %d (%s): %s, want applied", i, batch[i].Subject, got)
@@ -389,7 +402,7 @@ func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
 	if !errors.Is(res[3].Transient, errHeldBack) {
 		t.Errorf("u2's later command: %+v, want held back", res[3])
 	}
-	err := f.p.Store.View(func(tx *storage.Tx) error {
+	err := f.a.Store.View(func(tx *storage.Tx) error {
 		u, err := tx.User("u2")
 		if u != nil {
 			t.Errorf("u2 = %+v, want nothing applied", u)

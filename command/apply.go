@@ -1,56 +1,24 @@
-package handler
+package command
 
 import (
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
-	"github.com/passkeys/worker/internal/binrec"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
-// Subject prefixes of the contract.
-const (
-	CommandPrefix  = "passkeys.cmd"
-	EndpointPrefix = "passkeys"
-)
-
-// Header names of the contract.
-const (
-	HeaderAuthorization = "Authorization"
-	HeaderReplyTo       = "Reply-To"
-	HeaderContentType   = "Content-Type"
-	HeaderMsgID         = nats.MsgIdHdr
-)
-
-// DefaultRetention is how long an outcome record is kept.
-const DefaultRetention = 7 * 24 * time.Hour
-
-// Command is one stored command, as read from the stream.
-type Command struct {
-	Subject   string
-	Header    nats.Header
-	Body      []byte
-	StreamSeq uint64
-	// Timestamp is when the stream stored the command: the command's
-	// changeDate, and the time its token is judged at.
-	Timestamp time.Time
-}
-
 // Result is what became of a command.
 type Result struct {
-	// Reply is the answer to send; empty when Transient is set.
-	Reply Reply
-	// Repeat tells that Reply is the stored outcome of an earlier delivery.
+	// Answer is what the command got; zero when Transient is set.
+	Answer passkey.Answer
+	// Repeat tells that Answer is the stored outcome of an earlier delivery.
 	Repeat bool
 	// Transient is set when the command could not be processed now and
 	// should be retried; nothing of it was committed.
@@ -60,9 +28,9 @@ type Result struct {
 	Op     passkey.Op
 }
 
-// Processor applies batches of commands to the store. It holds no
+// Applier applies batches of commands to the store. It holds no
 // transport: the consumer adapter feeds it and sends what it returns.
-type Processor struct {
+type Applier struct {
 	Store     *storage.Store
 	Verifier  *auth.Verifier
 	Retention time.Duration
@@ -70,18 +38,18 @@ type Processor struct {
 	Now func() time.Time
 	Log zerolog.Logger
 
-	// beforeDecide, when set, runs before each rule: tests use it to make
-	// a command poison.
-	beforeDecide func(*Command)
-	// breakTx, when set, runs as each command is applied; an error it
-	// returns fails the whole transaction, as a store error would: tests
-	// use it for a command that breaks every commit it is part of.
-	breakTx func(*Command) error
+	// Fault injection, for tests only (nil otherwise). BeforeDecide runs
+	// before each rule: a panic in it makes a command poison. BreakTx runs
+	// as each command is applied; an error from it fails the whole
+	// transaction, as a store error would: a command that breaks every
+	// commit it is part of.
+	BeforeDecide func(*Command)
+	BreakTx      func(*Command) error
 }
 
-// prepared is a command decoded and authenticated before the transaction,
+// checked is a command decoded and authenticated before the transaction,
 // so that the expensive work (signatures, JSON) does not hold the write lock.
-type prepared struct {
+type checked struct {
 	cmd *Command
 	// owner is the user whose records hold the command's outcome: the user
 	// the subject names, or "" when it names none validly.
@@ -105,22 +73,22 @@ type prepared struct {
 	broken      error // preparing it panicked: retry it, alone
 }
 
-// Process applies cmds, in order, in one transaction, and returns a result
+// Apply applies cmds, in order, in one transaction, and returns a result
 // for each. A failure of the store fails the whole batch: it returns the
 // error and nothing was committed. A panic while deciding one command makes
 // only that command transient.
-func (p *Processor) Process(cmds []*Command) ([]Result, error) {
-	preps := make([]prepared, len(cmds))
+func (a *Applier) Apply(cmds []*Command) ([]Result, error) {
+	preps := make([]checked, len(cmds))
 	for i, c := range cmds {
-		preps[i] = p.prepareSafely(c)
+		preps[i] = a.checkSafely(c)
 	}
 	results := make([]Result, len(cmds))
-	err := p.Store.Update(func(tx *storage.Tx) error {
+	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
-		expires := p.Now().Add(p.Retention)
+		expires := a.Now().Add(a.Retention)
 		var applied uint64
 		for i := range preps {
-			r, err := p.apply(tx, &preps[i], expires)
+			r, err := a.apply(tx, &preps[i], expires)
 			if err != nil {
 				return err
 			}
@@ -137,31 +105,31 @@ func (p *Processor) Process(cmds []*Command) ([]Result, error) {
 	return results, nil
 }
 
-// ProcessIsolating is Process for a batch whose commit keeps failing. It
+// ApplyIsolating is Apply for a batch whose commit keeps failing. It
 // applies the batch in ever smaller parts, in stream order, so that a
 // command that breaks every transaction it is part of is found and fails
 // alone (its Result is Transient), while the commands batched with it are
 // applied. A command of a user with an earlier command that failed this way
 // is held back (Transient) too, so it never overtakes that command. When the
 // store itself is failing (a full disk), every part fails and every command
-// is Transient, as with Process.
-func (p *Processor) ProcessIsolating(cmds []*Command) []Result {
+// is Transient, as with Apply.
+func (a *Applier) ApplyIsolating(cmds []*Command) []Result {
 	results := make([]Result, len(cmds))
 	idx := make([]int, len(cmds))
 	for i := range idx {
 		idx[i] = i
 	}
-	p.isolate(cmds, idx, results, map[string]bool{})
+	a.isolate(cmds, idx, results, map[string]bool{})
 	return results
 }
 
 // isolate applies the commands cmds[idx...] and writes their results;
 // failed holds the users with a command that failed.
-func (p *Processor) isolate(cmds []*Command, idx []int, results []Result, failed map[string]bool) {
+func (a *Applier) isolate(cmds []*Command, idx []int, results []Result, failed map[string]bool) {
 	run := make([]*Command, 0, len(idx))
 	runIdx := make([]int, 0, len(idx))
 	for _, i := range idx {
-		op, user, _ := passkey.ParseSubject(CommandPrefix, cmds[i].Subject)
+		op, user, _ := passkey.ParseSubject(Prefix, cmds[i].Subject)
 		if user != "" && failed[user] {
 			results[i] = Result{UserID: user, Op: op, Transient: errHeldBack}
 			continue
@@ -172,22 +140,22 @@ func (p *Processor) isolate(cmds []*Command, idx []int, results []Result, failed
 	if len(run) == 0 {
 		return
 	}
-	res, err := p.Process(run)
+	res, err := a.Apply(run)
 	switch {
 	case err == nil:
 		for k, i := range runIdx {
 			results[i] = res[k]
 		}
 	case len(run) == 1:
-		op, user, _ := passkey.ParseSubject(CommandPrefix, run[0].Subject)
+		op, user, _ := passkey.ParseSubject(Prefix, run[0].Subject)
 		results[runIdx[0]] = Result{UserID: user, Op: op, Transient: err}
 		if user != "" {
 			failed[user] = true
 		}
 	default:
 		mid := len(runIdx) / 2
-		p.isolate(cmds, runIdx[:mid], results, failed)
-		p.isolate(cmds, runIdx[mid:], results, failed)
+		a.isolate(cmds, runIdx[:mid], results, failed)
+		a.isolate(cmds, runIdx[mid:], results, failed)
 	}
 }
 
@@ -195,28 +163,28 @@ func (p *Processor) isolate(cmds []*Command, idx []int, results []Result, failed
 // earlier command of its user that failed.
 var errHeldBack = errors.New("held back behind an earlier command of the same user that failed")
 
-// prepareSafely is prepare, with a panic turned into a transient failure of
+// checkSafely is check, with a panic turned into a transient failure of
 // this command alone.
-func (p *Processor) prepareSafely(c *Command) (pr prepared) {
+func (a *Applier) checkSafely(c *Command) (pr checked) {
 	defer func() {
 		if r := recover(); r != nil {
-			pr = prepared{cmd: c, broken: fmt.Errorf("panic while preparing command: %v", r)}
+			pr = checked{cmd: c, broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
-	return p.prepare(c)
+	return a.check(c)
 }
 
-// prepare checks everything that does not need the store.
-func (p *Processor) prepare(c *Command) prepared {
-	pr := prepared{cmd: c}
+// check checks everything that does not need the store.
+func (a *Applier) check(c *Command) checked {
+	pr := checked{cmd: c}
 	// The token is verified even when an earlier check refuses the command:
 	// its principal scopes the command's Nats-Msg-Id and is part of its
 	// fingerprint, so that one caller's command is never another's answer.
-	principal, authErr := p.Verifier.Verify(headerValues(c.Header, HeaderAuthorization), c.Timestamp)
+	principal, authErr := a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp)
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
 	msgIDs := c.Header.Values(HeaderMsgID)
-	msgIDErr := checkMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+	msgIDErr := CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
 	switch {
 	case msgIDErr != nil || len(msgIDs) == 0:
 		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
@@ -229,7 +197,7 @@ func (p *Processor) prepare(c *Command) prepared {
 		}
 	}
 
-	op, userID, err := passkey.ParseSubject(CommandPrefix, c.Subject)
+	op, userID, err := passkey.ParseSubject(Prefix, c.Subject)
 	pr.op, pr.userID = op, userID
 	if err == nil {
 		pr.owner = userID
@@ -237,14 +205,14 @@ func (p *Processor) prepare(c *Command) prepared {
 	switch {
 	case err != nil:
 	case op == passkey.OpList:
-		err = errListNotACommand
+		err = passkey.ErrListNotACommand
 	case msgIDErr != nil:
 		err = msgIDErr
 	default:
-		err = checkReplyTo(headerValues(c.Header, HeaderReplyTo))
+		err = CheckReplyTo(c.Header.ValuesFold(HeaderReplyTo))
 	}
 	if err == nil {
-		err = passkey.ValidateContentType(headerValues(c.Header, HeaderContentType))
+		err = passkey.ValidateContentType(c.Header.ValuesFold(HeaderContentType))
 	}
 	if err == nil {
 		if op == passkey.OpRemove {
@@ -260,32 +228,12 @@ func (p *Processor) prepare(c *Command) prepared {
 	return pr
 }
 
-// errListNotACommand answers a list stored in the stream as a command.
-var errListNotACommand = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSubjectInvalid,
-	"list is a request, not a command: use passkeys.list.<userId>")
-
-// checkMsgIDs checks the Nats-Msg-Id headers of a command or request: at
-// most one, and that one bounded (passkey.ValidateMsgID).
-func checkMsgIDs(ids []string, max int) error {
-	switch len(ids) {
-	case 0:
-		return nil
-	case 1:
-		return passkey.ValidateMsgID(ids[0], max)
-	default:
-		return errOneMsgID
-	}
-}
-
-// errOneMsgID answers a command or request with several Nats-Msg-Id headers.
-var errOneMsgID = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid, "only one Nats-Msg-Id header is allowed")
-
-// apply runs one prepared command inside tx. It returns an error only for a
+// apply runs one checked command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
-func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Result, error) {
+func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
-	if p.breakTx != nil {
-		if err := p.breakTx(pr.cmd); err != nil {
+	if a.BreakTx != nil {
+		if err := a.BreakTx(pr.cmd); err != nil {
 			return res, err
 		}
 	}
@@ -293,8 +241,8 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		res.Transient = pr.broken
 		return res, nil
 	}
-	stored, err := p.storedOutcome(tx, pr)
-	if errors.Is(err, binrec.ErrCorrupt) {
+	stored, err := a.storedOutcome(tx, pr)
+	if errors.Is(err, storage.ErrCorrupt) {
 		// One damaged record must not hold up the commands batched with it.
 		res.Transient = err
 		return res, nil
@@ -303,16 +251,11 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		return res, err
 	}
 	if stored != nil {
-		if !sameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
-			res.Reply = ErrorReply(errMsgIDReused)
+		if !SameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
+			res.Answer = passkey.Refused(passkey.ErrMsgIDReused)
 			return res, nil
 		}
-		res.Reply, err = ReplyFromRecord(stored.Reply)
-		if err != nil {
-			res.Transient = fmt.Errorf("outcome of %s: %w", pr.cmd.Subject, err)
-			return res, nil
-		}
-		res.Repeat = true
+		res.Answer, res.Repeat = stored.Answer, true
 		if stored.Expires.Before(expires) {
 			// A repeat stored past JetStream's duplicate window is a new stream
 			// message that lives a full MaxAge from now; the record must live
@@ -323,26 +266,26 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		return res, nil
 	}
 	if pr.refusal != nil {
-		res.Reply = ErrorReply(passkey.AsError(pr.refusal))
+		res.Answer = passkey.Refused(passkey.AsError(pr.refusal))
 	} else {
 		user, err := tx.User(pr.userID)
-		if errors.Is(err, binrec.ErrCorrupt) {
+		if errors.Is(err, storage.ErrCorrupt) {
 			res.Transient = err
 			return res, nil
 		}
 		if err != nil {
 			return res, err
 		}
-		next, err := p.decide(pr, user)
+		next, err := a.decide(pr, user)
 		var perr *passkey.Error
 		switch {
 		case err == nil:
 			if err := tx.PutUser(next); err != nil {
 				return res, err
 			}
-			res.Reply = SuccessReply(next)
+			res.Answer = passkey.Changed(next)
 		case errors.As(err, &perr):
-			res.Reply = ErrorReply(perr)
+			res.Answer = passkey.Refused(perr)
 		default:
 			// Not a rule's answer: something broke. Retry it, alone.
 			res.Transient = err
@@ -350,7 +293,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 		}
 	}
 	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
-		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Reply: res.Reply.Record, Expires: expires})
+		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
 }
 
 // storedOutcome is the outcome kept for pr's key, or, where none is, one
@@ -358,7 +301,7 @@ func (p *Processor) apply(tx *storage.Tx, pr *prepared, expires time.Time) (Resu
 // without a fingerprint, compared by subject alone): a command committed
 // before an upgrade and redelivered after it is a repeat, not a second
 // change.
-func (p *Processor) storedOutcome(tx *storage.Tx, pr *prepared) (*storage.Outcome, error) {
+func (a *Applier) storedOutcome(tx *storage.Tx, pr *checked) (*storage.Outcome, error) {
 	stored, err := tx.Outcome(pr.owner, pr.key)
 	if stored != nil || err != nil || pr.plainKey == nil {
 		return stored, err
@@ -370,10 +313,10 @@ func (p *Processor) storedOutcome(tx *storage.Tx, pr *prepared) (*storage.Outcom
 	return old, nil
 }
 
-// sameCommand tells whether stored is the outcome of the command with this
+// SameCommand tells whether stored is the outcome of the command with this
 // subject and fingerprint: only then is the command a repeat. A record
 // written before fingerprints were kept compares by subject alone.
-func sameCommand(stored *storage.Outcome, subject string, fingerprint []byte) bool {
+func SameCommand(stored *storage.Outcome, subject string, fingerprint []byte) bool {
 	if stored.Subject != subject {
 		return false
 	}
@@ -382,79 +325,18 @@ func sameCommand(stored *storage.Outcome, subject string, fingerprint []byte) bo
 
 // decide runs the rule for one command, turning a panic into an error so a
 // poison command cannot take the worker down.
-func (p *Processor) decide(pr *prepared, user *passkey.User) (next *passkey.User, err error) {
+func (a *Applier) decide(pr *checked, user *passkey.User) (next *passkey.User, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic while deciding command: %v", r)
 		}
 	}()
-	if p.beforeDecide != nil {
-		p.beforeDecide(pr.cmd)
+	if a.BeforeDecide != nil {
+		a.BeforeDecide(pr.cmd)
 	}
 	at := pr.cmd.Timestamp.UTC()
 	if pr.op == passkey.OpRemove {
 		return passkey.RemovePasskey(pr.principal, pr.userID, user, pr.remove, at)
 	}
 	return passkey.SyncUser(pr.principal, pr.userID, user, pr.sync, at)
-}
-
-// errMsgIDReused answers a command whose Nats-Msg-Id was already used by
-// another command (another subject, body or principal); its outcome
-// belongs to someone else.
-var errMsgIDReused = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDMsgIDReused,
-	"the Nats-Msg-Id was already used for another command; use a new one")
-
-// MsgIDKey is the outcome key of a command that carries Nats-Msg-Id id.
-func MsgIDKey(id string) []byte { return []byte("m:" + id) }
-
-// headerValues collects the values of header name under any spelling of its
-// case: NATS headers are case-sensitive, callers are not always careful, and
-// a second spelling must not slip past the one-value checks.
-func headerValues(h nats.Header, name string) []string {
-	var vals []string
-	for k, v := range h {
-		if strings.EqualFold(k, name) {
-			vals = append(vals, v...)
-		}
-	}
-	return vals
-}
-
-// checkReplyTo refuses a Reply-To the worker must not publish to: more than
-// one, a wildcard, or a subject in the system, JetStream or passkeys
-// namespaces. The worker's connection may publish to the JetStream API, so a
-// Reply-To of $JS.API.STREAM.PURGE.PASSKEYS would otherwise turn every
-// caller into an operator.
-func checkReplyTo(values []string) error {
-	switch len(values) {
-	case 0:
-		return nil
-	case 1:
-		s := values[0]
-		if s != "" && len(s) <= maxReplyToLen && !strings.HasPrefix(s, "$") && !strings.HasPrefix(s, "passkeys.") &&
-			!strings.ContainsAny(s, "*> \t\r\n") && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..") {
-			return nil
-		}
-	}
-	return errReplyTo
-}
-
-// maxReplyToLen bounds a reply subject: it is logged and kept in dead
-// letters. An inbox is far shorter.
-const maxReplyToLen = 256
-
-// errReplyTo answers a command whose Reply-To the worker will not publish to.
-var errReplyTo = passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDHeaderInvalid,
-	"Reply-To must be one subject of at most 256 bytes outside the $ and passkeys namespaces, without wildcards")
-
-// maxLogValue bounds what of a caller-chosen string (a subject, a reply
-// subject, a Nats-Msg-Id) goes into a log line.
-const maxLogValue = 128
-
-// Truncate shortens a caller-chosen string for a log line.
-func Truncate(s string) string {
-	if len(s) <= maxLogValue {
-		return s
-	}
-	return s[:maxLogValue] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }
