@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -117,8 +118,16 @@ func respond(req micro.Request, r Reply) {
 	_ = req.Respond(r.Body)
 }
 
-func respondError(req micro.Request, err error) {
-	respond(req, ErrorReply(passkey.AsError(err)))
+// respondError answers a request with err. An error that is not a
+// definitive *passkey.Error is INTERNAL to the caller, with a generic
+// message, and logged here once with its detail (WTF Dial's http.Error):
+// no other place logs what it answers.
+func (s *Service) respondError(req micro.Request, err error) {
+	e := passkey.AsError(err)
+	if e.Code == passkey.CodeInternal {
+		s.Log.Error().Err(err).Str("subject", command.Truncate(req.Subject())).Msg("request failed")
+	}
+	respond(req, ErrorReply(e))
 }
 
 // confined serves a request only when its reply subject is one the worker
@@ -170,7 +179,7 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 			err = passkey.ValidateMsgID(msgID, passkey.MaxScopedMsgIDLen)
 		}
 		if err != nil {
-			respondError(req, err)
+			s.respondError(req, err)
 			return
 		}
 		subject := command.Prefix + "." + string(op) + "." + userID
@@ -190,7 +199,7 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 		future, err := s.JS.PublishMsgAsync(msg)
 		if err != nil {
 			s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish")
-			respondError(req, passkey.ErrStreamUnavailable)
+			s.respondError(req, passkey.ErrStreamUnavailable)
 			return
 		}
 		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
@@ -212,7 +221,7 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 		}
 	case err := <-future.Err():
 		s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish not acknowledged")
-		respondError(req, passkey.ErrStreamUnavailable)
+		s.respondError(req, passkey.ErrStreamUnavailable)
 	}
 }
 
@@ -265,10 +274,9 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 	}, nil)
 	switch {
 	case errors.Is(err, errNotProcessedYet) || errors.Is(err, context.DeadlineExceeded):
-		respondError(req, passkey.ErrOutcomeUnavailable)
+		s.respondError(req, passkey.ErrOutcomeUnavailable)
 	case err != nil:
-		s.Log.Error().Err(err).Msg("read outcome")
-		respondError(req, err)
+		s.respondError(req, fmt.Errorf("read outcome: %w", err))
 	case !command.SameCommand(out, subject, fingerprint):
 		respond(req, ErrorReply(passkey.ErrMsgIDReused))
 	default:
@@ -287,12 +295,12 @@ var errNotProcessedYet = errors.New("the original command has no outcome yet")
 func (s *Service) list(req micro.Request) {
 	_, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
 	if err != nil {
-		respondError(req, err)
+		s.respondError(req, err)
 		return
 	}
 	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
 	if err != nil {
-		respondError(req, err)
+		s.respondError(req, err)
 		return
 	}
 	var reply Reply
@@ -310,8 +318,7 @@ func (s *Service) list(req micro.Request) {
 		return nil
 	})
 	if err != nil {
-		s.Log.Error().Err(err).Str("user_id", userID).Msg("list: read store")
-		respondError(req, err)
+		s.respondError(req, fmt.Errorf("list %s: read store: %w", userID, err))
 		return
 	}
 	respond(req, reply)
@@ -323,23 +330,22 @@ func (s *Service) list(req micro.Request) {
 func (s *Service) replay(req micro.Request) {
 	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
 	if err != nil {
-		respondError(req, err)
+		s.respondError(req, err)
 		return
 	}
 	if !p.System {
-		respondError(req, passkey.ErrDeniedReplay)
+		s.respondError(req, passkey.ErrDeniedReplay)
 		return
 	}
 	var r command.ReplayRange
 	if err := passkey.DecodeStrict(req.Data(), &r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
-		respondError(req, passkey.ErrReplayInvalid)
+		s.respondError(req, passkey.ErrReplayInvalid)
 		return
 	}
 	s.Log.Warn().Str("principal", p.Subject).Uint64("from_seq", r.FromSeq).Uint64("to_seq", r.ToSeq).Str("user_id", r.UserID).Msg("replay requested")
 	rep, err := s.Replayer(context.Background(), r)
 	if err != nil {
-		s.Log.Error().Err(err).Msg("replay")
-		respondError(req, err)
+		s.respondError(req, fmt.Errorf("replay: %w", err))
 		return
 	}
 	s.Log.Warn().Interface("report", rep).Msg("replay done")

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -88,7 +89,8 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 	if op == "" {
 		op = "invalid"
 	}
-	m.commands.WithLabelValues(string(op), codeName(code)).Inc()
+	_, name := handler.Status(code)
+	m.commands.WithLabelValues(string(op), name).Inc()
 	m.latency.Observe(time.Since(storedAt).Seconds())
 }
 
@@ -97,26 +99,3 @@ func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
 
 // Terminated records a command terminated after its last delivery.
 func (m *Metrics) Terminated() { m.terminated.Inc() }
-
-func codeName(c passkey.Code) string {
-	switch c {
-	case 0:
-		return "OK"
-	case passkey.CodeInvalidArgument:
-		return "INVALID_ARGUMENT"
-	case passkey.CodeNotFound:
-		return "NOT_FOUND"
-	case passkey.CodePermissionDenied:
-		return "PERMISSION_DENIED"
-	case passkey.CodeFailedPrecondition:
-		return "FAILED_PRECONDITION"
-	case passkey.CodeInternal:
-		return "INTERNAL"
-	case passkey.CodeUnavailable:
-		return "UNAVAILABLE"
-	case passkey.CodeUnauthenticated:
-		return "UNAUTHENTICATED"
-	default:
-		return "UNKNOWN"
-	}
-}

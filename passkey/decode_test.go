@@ -137,17 +137,6 @@ func TestValidateContentType(t *testing.T) {
 	}
 }
 
-func TestHTTPStatus(t *testing.T) {
-	for code, want := range map[Code]int{
-		CodeInvalidArgument: 400, CodeUnauthenticated: 401, CodePermissionDenied: 403, CodeNotFound: 404,
-		CodeFailedPrecondition: 400, CodeInternal: 500, CodeUnavailable: 503,
-	} {
-		if got := code.HTTPStatus(); got != want {
-			t.Errorf("code %d: HTTP %d, want %d", code, got, want)
-		}
-	}
-}
-
 // An unknown field's name is quoted by a short prefix only: the message
 // travels in the reply, its header, the stored outcome and the log.
 func TestUnknownFieldNameIsShortened(t *testing.T) {

@@ -23,25 +23,6 @@ const (
 	CodeUnauthenticated    Code = 16
 )
 
-// HTTPStatus is the HTTP status grpc-gateway maps the code to; it travels in
-// the Nats-Service-Error-Code header.
-func (c Code) HTTPStatus() int {
-	switch c {
-	case CodeInvalidArgument, CodeFailedPrecondition:
-		return 400
-	case CodeUnauthenticated:
-		return 401
-	case CodePermissionDenied:
-		return 403
-	case CodeNotFound:
-		return 404
-	case CodeUnavailable:
-		return 503
-	default:
-		return 500
-	}
-}
-
 // Error is a definitive answer that is not a success. ID is stable: clients
 // and tests match on it, so an ID, once published, never changes meaning.
 type Error struct {
