@@ -17,11 +17,11 @@ import (
 	"github.com/passkeys/worker/storage"
 )
 
-// Command is the worker's command line: it parses args (flags, each also
+// Main is the worker's command line: it parses args (flags, each also
 // settable by its environment variable), then runs the worker until ctx
 // ends. cmd/worker is this and signal handling; tests and the publisher's
 // benchmark start a worker through it too.
-func Command(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "backup" {
 		return backupCommand(args[1:], getenv, stdout, stderr)
 	}

@@ -45,30 +45,30 @@ type badLine struct {
 
 // lineResult is one line of the results file.
 type lineResult struct {
-	Line    int             `json:"line"`
-	Input   json.RawMessage `json:"input,omitempty"`
-	Outcome string          `json:"outcome"`
-	Reply   json.RawMessage `json:"reply,omitempty"`
-	Error   string          `json:"error,omitempty"`
+	Line  int             `json:"line"`
+	Input json.RawMessage `json:"input,omitempty"`
+	Class string          `json:"outcome"` // classDone ... classUnanswered
+	Reply json.RawMessage `json:"reply,omitempty"`
+	Error string          `json:"error,omitempty"`
 
 	latency time.Duration // from publish to reply, for the bench
 }
 
-// Outcome classes of the summary.
+// Classes of reply, the summary's columns (the results file's "outcome").
 const (
-	outcomeDone       = "done" // shown as "removed" or "synced"
-	outcomeNotFound   = "not found"
-	outcomeLast       = "last login method"
-	outcomeDenied     = "permission denied"
-	outcomeOther      = "other"
-	outcomeBadLine    = "bad line"
-	outcomeUnanswered = "unanswered"
+	classDone       = "done" // shown as "removed" or "synced"
+	classNotFound   = "not found"
+	classLast       = "last login method"
+	classDenied     = "permission denied"
+	classOther      = "other"
+	classBadLine    = "bad line"
+	classUnanswered = "unanswered"
 )
 
-// classify names the outcome a reply stands for.
+// classify names the class of reply.
 func classify(reply *nats.Msg) string {
 	if reply.Header.Get("Nats-Service-Error-Code") == "" {
-		return outcomeDone
+		return classDone
 	}
 	var body struct {
 		Code    int
@@ -77,13 +77,13 @@ func classify(reply *nats.Msg) string {
 	_ = json.Unmarshal(reply.Data, &body)
 	switch {
 	case len(body.Details) == 1 && body.Details[0].ID == passkey.IDPasskeyLast:
-		return outcomeLast
+		return classLast
 	case body.Code == int(passkey.CodeNotFound):
-		return outcomeNotFound
+		return classNotFound
 	case body.Code == int(passkey.CodePermissionDenied):
-		return outcomeDenied
+		return classDenied
 	default:
-		return outcomeOther
+		return classOther
 	}
 }
 
@@ -317,12 +317,12 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 
 	counts := map[string]int{}
 	for _, r := range results {
-		counts[r.Outcome]++
+		counts[r.Class]++
 	}
-	counts[outcomeBadLine] = len(bad)
+	counts[classBadLine] = len(bad)
 	if b.results != "" {
 		for _, l := range bad {
-			results = append(results, lineResult{Line: l.line, Outcome: outcomeBadLine, Error: l.err.Error()})
+			results = append(results, lineResult{Line: l.line, Class: classBadLine, Error: l.err.Error()})
 		}
 		slices.SortFunc(results, func(a, b lineResult) int { return a.Line - b.Line })
 		if err := writeResults(b.results, results); err != nil {
@@ -330,14 +330,14 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 		}
 	}
 	fmt.Fprintf(p.stdout, "%s: %d %s, %d not found, %d last login method, %d permission denied, %d other, %d bad lines, %d unanswered\n",
-		b.name, counts[outcomeDone], done, counts[outcomeNotFound], counts[outcomeLast], counts[outcomeDenied],
-		counts[outcomeOther], counts[outcomeBadLine], counts[outcomeUnanswered])
+		b.name, counts[classDone], done, counts[classNotFound], counts[classLast], counts[classDenied],
+		counts[classOther], counts[classBadLine], counts[classUnanswered])
 	switch {
-	case counts[outcomeUnanswered] > 0:
+	case counts[classUnanswered] > 0:
 		return exitFailed
 	case len(bad) > 0:
 		return exitUsage
-	case counts[outcomeDone] < len(jobs):
+	case counts[classDone] < len(jobs):
 		return exitRejected
 	}
 	return exitOK
@@ -390,9 +390,9 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	answer := func(i int, reply *nats.Msg, err error) {
 		r := lineResult{Line: jobs[i].line, Input: jobs[i].input, latency: time.Duration(time.Now().UnixNano() - sent[i].Load())}
 		if err != nil {
-			r.Outcome, r.Error = outcomeUnanswered, err.Error()
+			r.Class, r.Error = classUnanswered, err.Error()
 		} else {
-			r.Outcome, r.Reply = classify(reply), json.RawMessage(reply.Data)
+			r.Class, r.Reply = classify(reply), json.RawMessage(reply.Data)
 		}
 		if !settle(i, r) {
 			return
@@ -413,7 +413,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	})
 	if err != nil {
 		for i := range jobs {
-			results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: err.Error()}
+			results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Class: classUnanswered, Error: err.Error()}
 		}
 		return results
 	}
@@ -426,7 +426,7 @@ publish:
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			for k := i; k < len(jobs); k++ {
-				settle(k, lineResult{Line: jobs[k].line, Input: jobs[k].input, Outcome: outcomeUnanswered, Error: "interrupted"})
+				settle(k, lineResult{Line: jobs[k].line, Input: jobs[k].input, Class: classUnanswered, Error: "interrupted"})
 			}
 			break publish
 		}
@@ -468,7 +468,7 @@ publish:
 	case <-time.After(p.timeout + time.Duration(len(jobs))*time.Millisecond):
 	}
 	for i := range jobs {
-		settle(i, lineResult{Line: jobs[i].line, Input: jobs[i].input, Outcome: outcomeUnanswered, Error: "no reply in time"})
+		settle(i, lineResult{Line: jobs[i].line, Input: jobs[i].input, Class: classUnanswered, Error: "no reply in time"})
 	}
 	return results
 }

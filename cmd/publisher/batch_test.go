@@ -56,12 +56,12 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 		if r.Line != i+1 {
 			t.Fatalf("result %d is for line %d", i, r.Line)
 		}
-		counts[r.Outcome]++
-		if (r.Outcome == outcomeDone) != (r.Reply != nil) {
-			t.Fatalf("line %d: outcome %q with reply %s", r.Line, r.Outcome, r.Reply)
+		counts[r.Class]++
+		if (r.Class == classDone) != (r.Reply != nil) {
+			t.Fatalf("line %d: outcome %q with reply %s", r.Line, r.Class, r.Reply)
 		}
 	}
-	if counts[outcomeDone]+counts[outcomeUnanswered] != n || counts[outcomeUnanswered] < n/2 {
-		t.Fatalf("outcomes %v: want every line settled once, at least half unanswered", counts)
+	if counts[classDone]+counts[classUnanswered] != n || counts[classUnanswered] < n/2 {
+		t.Fatalf("classes %v: want every line settled once, at least half unanswered", counts)
 	}
 }

@@ -59,7 +59,7 @@ type phaseReport struct {
 	P90ms     float64        `json:"p90_ms"`
 	P99ms     float64        `json:"p99_ms"`
 	MaxMs     float64        `json:"max_ms"`
-	Outcomes  map[string]int `json:"outcomes"`
+	Classes   map[string]int `json:"outcomes"`
 }
 
 func (p *publisher) bench(ctx context.Context, args []string) int {
@@ -143,8 +143,8 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 		return p.fail(exitFailed, "bench: sync: %v", err)
 	}
 	rep.SyncSeconds = time.Since(start).Seconds()
-	if syncs.Outcomes[outcomeDone] != c.users {
-		return p.fail(exitFailed, "bench: sync: %v", syncs.Outcomes)
+	if syncs.Classes[classDone] != c.users {
+		return p.fail(exitFailed, "bench: sync: %v", syncs.Classes)
 	}
 	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
 
@@ -227,22 +227,22 @@ func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.
 	results := p.publishJobs(ctx, nc, js, run, jobs, inFlight, noProgress{})
 	elapsed := time.Since(start)
 	lat := make([]time.Duration, 0, n)
-	outcomes := map[string]int{}
+	classes := map[string]int{}
 	for _, r := range results {
-		outcomes[r.Outcome]++
+		classes[r.Class]++
 		lat = append(lat, r.latency)
 	}
-	if u := outcomes[outcomeUnanswered]; u > 0 {
+	if u := classes[classUnanswered]; u > 0 {
 		return nil, fmt.Errorf("%d of %d commands unanswered", u, n)
 	}
-	return summarize(lat, elapsed, outcomes), nil
+	return summarize(lat, elapsed, classes), nil
 }
 
 // requestEach sends n removals one after another through the request-reply
 // endpoint, starting after the first `skip` removals.
 func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, users int) (*phaseReport, error) {
 	lat := make([]time.Duration, n)
-	outcomes := map[string]int{}
+	classes := map[string]int{}
 	start := time.Now()
 	for i := range n {
 		subject, body := removal(users, skip+i)
@@ -253,25 +253,25 @@ func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, use
 			return nil, err
 		}
 		lat[i] = time.Since(t0)
-		outcomes[classify(reply)]++
+		classes[classify(reply)]++
 	}
-	return summarize(lat, time.Since(start), outcomes), nil
+	return summarize(lat, time.Since(start), classes), nil
 }
 
-func summarize(lat []time.Duration, elapsed time.Duration, outcomes map[string]int) *phaseReport {
+func summarize(lat []time.Duration, elapsed time.Duration, classes map[string]int) *phaseReport {
 	slices.Sort(lat)
 	at := func(q float64) float64 {
 		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))]) / 1e6
 	}
 	return &phaseReport{
 		Count: len(lat), Seconds: elapsed.Seconds(), PerSecond: float64(len(lat)) / elapsed.Seconds(),
-		P50ms: at(0.50), P90ms: at(0.90), P99ms: at(0.99), MaxMs: float64(lat[len(lat)-1]) / 1e6, Outcomes: outcomes,
+		P50ms: at(0.50), P90ms: at(0.90), P99ms: at(0.99), MaxMs: float64(lat[len(lat)-1]) / 1e6, Classes: classes,
 	}
 }
 
 func printPhase(w io.Writer, name string, r *phaseReport) {
 	fmt.Fprintf(w, "%s: %d in %.2fs = %.0f/s; latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms; outcomes %v\n",
-		name, r.Count, r.Seconds, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Outcomes)
+		name, r.Count, r.Seconds, r.PerSecond, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.Classes)
 }
 
 // storageRate measures the storage layer alone: the same removals, batch

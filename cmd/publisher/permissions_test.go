@@ -59,7 +59,7 @@ func TestPublisherInboxPrefixPerUser(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	urlOf := func(user string) string { return testenv.UserURL(ns.ClientURL(), user) }
 	var provisioned bytes.Buffer
-	if err := app.Command(context.Background(), []string{"provision", "--nats-url", urlOf("passkeys-provisioner")},
+	if err := app.Main(context.Background(), []string{"provision", "--nats-url", urlOf("passkeys-provisioner")},
 		func(string) string { return "" }, &provisioned, io.Discard); err != nil {
 		t.Fatalf("worker provision: %v", err)
 	}
@@ -67,7 +67,7 @@ func TestPublisherInboxPrefixPerUser(t *testing.T) {
 	done := make(chan error, 1)
 	var workerLog testenv.SyncBuffer
 	go func() {
-		done <- app.Command(ctx, []string{"--nats-url", urlOf("passkeys-worker"), "--jwks", keys.JWKSPath,
+		done <- app.Main(ctx, []string{"--nats-url", urlOf("passkeys-worker"), "--jwks", keys.JWKSPath,
 			"--issuer", testenv.Issuer, "--audience", testenv.Audience, "--data-dir", t.TempDir(), "--create-stream=false"},
 			func(string) string { return "" }, io.Discard, &workerLog)
 	}()

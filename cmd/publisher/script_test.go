@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 		// worker is cmd/worker's command line, so scripts can run the real thing.
 		"worker": func() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			err := app.Command(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+			err := app.Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 			stop()
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "worker:", err)

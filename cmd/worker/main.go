@@ -26,5 +26,5 @@ func main() {
 
 // run runs the worker's command line until ctx ends; tests call it directly.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return app.Command(ctx, args, getenv, stdout, stderr)
+	return app.Main(ctx, args, getenv, stdout, stderr)
 }
