@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
@@ -118,129 +119,186 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	w := &worker{cfg: cfg, log: log}
+	defer w.close()
+	if err := w.open(ctx); err != nil {
+		return err
+	}
+	return w.serve(ctx)
+}
+
+// worker is a running worker's parts (WTF Dial's Main): open brings them up
+// in order, serve runs them until the context ends, close takes down what
+// open brought up, in reverse.
+type worker struct {
+	cfg Config
+	log zerolog.Logger
+
+	hup        <-chan os.Signal
+	verifier   *auth.Verifier
+	store      *storage.Store
+	nc         *nats.Conn
+	clientURL  string
+	js         jetstream.JetStream
+	cons       jetstream.Consumer
+	maxDeliver int
+	applier    *command.Applier
+	metrics    *metrics.Metrics
+	writes     *storeWrites
+	answers    *handler.AnswerStats
+	svc        micro.Service
+
+	closers []func() // what close undoes, in the order it was done
+}
+
+// onClose has close undo something open did.
+func (w *worker) onClose(f func()) { w.closers = append(w.closers, f) }
+
+func (w *worker) close() {
+	for i := len(w.closers) - 1; i >= 0; i-- {
+		w.closers[i]()
+	}
+}
+
+// open brings the worker's parts up: data directory, keys, store, NATS,
+// streams and consumer, the catch-up after a restore, metrics and health,
+// and the micro service.
+func (w *worker) open(ctx context.Context) error {
+	cfg, log := &w.cfg, w.log
 	if err := prepareDataDir(cfg.DataDir, log); err != nil {
 		return err
 	}
-	verifier, err := buildVerifier(&cfg, log)
-	if err != nil {
+	var err error
+	if w.verifier, err = buildVerifier(cfg, log); err != nil {
 		return err
 	}
 	// SIGHUP reloads the JWKS; in the development mode there is nothing to
 	// reload, but it must not end the worker without its drain either.
 	hup, stopHUP := notifyHUP()
-	defer stopHUP()
-	store, err := storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
+	w.hup = hup
+	w.onClose(stopHUP)
+	w.store, err = storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-
-	nc, clientURL, shutdownServer, err := connect(&cfg, log)
+	w.onClose(func() { w.store.Close() })
+	nc, clientURL, shutdownServer, err := connect(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer shutdownServer()
-	defer nc.Close()
-
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
+	w.onClose(shutdownServer)
+	w.onClose(nc.Close)
+	w.nc, w.clientURL = nc, clientURL
+	if w.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	cons, maxDeliver, err := setUpStreams(ctx, js, &cfg)
-	if err != nil {
+	if w.cons, w.maxDeliver, err = setUpStreams(ctx, w.js, cfg); err != nil {
 		return err
 	}
-
-	proc := &command.Applier{Store: store, Verifier: verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
-	if err := catchUp(ctx, js, cons, proc, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
+	w.applier = &command.Applier{Store: w.store, Verifier: w.verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
+	if err := catchUp(ctx, w.js, w.cons, w.applier, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
 		return err
 	}
-
 	// Metrics and health first: once the service answers, they do too.
-	m := metrics.New()
-	registerGauges(m, cons, store, verifier)
-	writes := &storeWrites{}
+	w.metrics, w.writes = metrics.New(), &storeWrites{}
+	registerGauges(w.metrics, w.cons, w.store, w.verifier)
 	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, m, &health{nc: nc, cons: cons, store: store, writes: writes}, cfg.DataDir, log)
+		h := &health{nc: nc, cons: w.cons, store: w.store, writes: w.writes}
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, w.metrics, h, cfg.DataDir, log)
 		if err != nil {
 			return err
 		}
-		defer stopHTTP()
+		w.onClose(stopHTTP)
 	}
-
-	answers := &handler.AnswerStats{}
-	svc, err := (&handler.Service{
-		JS: js, Store: store, Verifier: verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers,
-		Replayer: func(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
-			// Only what the consumer is done with: the rest it will deliver itself.
-			ci, err := cons.Info(ctx)
-			if err != nil {
-				return command.ReplayReport{}, err
-			}
-			r.ToSeq = min(r.ToSeq, ci.AckFloor.Stream)
-			return handler.Replay(ctx, js, proc, r, cfg.MaxBatch, log, nil)
-		},
+	w.answers = &handler.AnswerStats{}
+	w.svc, err = (&handler.Service{
+		JS: w.js, Store: w.store, Verifier: w.verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+		Answers: w.answers, Replayer: w.replay,
 	}).Start(nc)
 	if err != nil {
 		return fmt.Errorf("start micro service: %w", err)
 	}
+	return nil
+}
+
+// replay serves passkeys.admin.replay: only what the consumer is done with;
+// the rest it will deliver itself.
+func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
+	ci, err := w.cons.Info(ctx)
+	if err != nil {
+		return command.ReplayReport{}, err
+	}
+	r.ToSeq = min(r.ToSeq, ci.AckFloor.Stream)
+	return handler.Replay(ctx, w.js, w.applier, r, w.cfg.MaxBatch, w.log, nil)
+}
+
+// serve runs the consumer, the pruning of expired outcomes and the JWKS
+// watch until ctx ends (or the consumer stops by itself), then stops in
+// order and returns the consumer's error.
+func (w *worker) serve(ctx context.Context) error {
+	log := w.log
 	consumer := &handler.Consumer{
-		Applier:     proc,
-		Conn:        nc,
+		Applier:     w.applier,
+		Conn:        w.nc,
 		Log:         log,
-		MaxBatch:    cfg.MaxBatch,
-		MaxDeliver:  maxDeliver,
+		MaxBatch:    w.cfg.MaxBatch,
+		MaxDeliver:  w.maxDeliver,
 		StoreRetry:  retry.InPlace,
 		Redelivery:  retry.Redelivery,
-		DeadLetters: js,
-		Observer:    handler.Observers{m, answers, writes},
+		DeadLetters: w.js,
+		Observer:    handler.Observers{w.metrics, w.answers, w.writes},
 	}
 	// A consumer that stops by itself (its consumer was deleted, say) stops
 	// the whole worker, so a supervisor restarts it and it sets up again.
 	ctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
 	consumed := make(chan error, 1)
-	go func() { consumed <- consumer.Run(ctx, cons); stopAll() }()
+	go func() { consumed <- consumer.Run(ctx, w.cons); stopAll() }()
 	pruned := make(chan struct{})
-	go func() { defer close(pruned); pruneOutcomes(ctx, store, log) }()
-	if !cfg.DevMode() {
-		interval := cfg.JWKSReload
+	go func() { defer close(pruned); pruneOutcomes(ctx, w.store, log) }()
+	if !w.cfg.DevMode() {
+		interval := w.cfg.JWKSReload
 		if interval <= 0 {
 			interval = 10 * time.Second
 		}
-		go watchJWKS(ctx, cfg.JWKS, interval, hup, verifier, log)
+		go watchJWKS(ctx, w.cfg.JWKS, interval, w.hup, w.verifier, log)
 	} else {
-		go ignoreHUP(ctx, hup, log)
+		go ignoreHUP(ctx, w.hup, log)
 	}
-
-	log.Info().Str("nats_url", RedactURL(clientURL)).Str("store", store.Path()).
+	log.Info().Str("nats_url", RedactURL(w.clientURL)).Str("store", w.store.Path()).
 		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")
-	if cfg.Started != nil {
-		cfg.Started(clientURL)
+	if w.cfg.Started != nil {
+		w.cfg.Started(w.clientURL)
 	}
 
 	<-ctx.Done()
 	log.Info().Msg("stopping: no new requests or commands")
-	if err := svc.Stop(); err != nil {
+	if err := w.svc.Stop(); err != nil {
 		log.Warn().Err(err).Msg("stop micro service")
 	}
 	runErr := <-consumed
 	log.Debug().Msg("consumer stopped")
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(5 * time.Second):
-		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("forwarded requests still unacknowledged at shutdown")
-	}
-	if nc.IsConnected() {
-		if err := nc.FlushTimeout(5 * time.Second); err != nil {
-			log.Warn().Err(err).Msg("flush")
-		}
-	} else {
-		log.Warn().Msg("stopping while disconnected from NATS: replies still buffered are lost; their commands were committed and repeat their outcome")
-	}
+	w.flush()
 	<-pruned
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// flush waits for the forwarded requests' acknowledgements and sends the
+// replies still buffered, each for a bounded time.
+func (w *worker) flush() {
+	select {
+	case <-w.js.PublishAsyncComplete():
+	case <-time.After(5 * time.Second):
+		w.log.Warn().Int("pending", w.js.PublishAsyncPending()).Msg("forwarded requests still unacknowledged at shutdown")
+	}
+	if !w.nc.IsConnected() {
+		w.log.Warn().Msg("stopping while disconnected from NATS: replies still buffered are lost; their commands were committed and repeat their outcome")
+		return
+	}
+	if err := w.nc.FlushTimeout(5 * time.Second); err != nil {
+		w.log.Warn().Err(err).Msg("flush")
+	}
 }
 
 // setUpStreams creates or updates the streams and the durable consumer (or,
