@@ -103,88 +103,112 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	msgs := make(chan jetstream.Msg, c.MaxBatch)
-	pumpErr := make(chan error, 1)
-	pumpDone := make(chan struct{})
-	abandon := make(chan struct{})
-	go func() {
-		defer close(pumpDone)
-		defer close(msgs)
-		for {
-			msg, err := iter.Next()
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				pumpErr <- nil
-				return
-			}
-			if err != nil {
-				c.Log.Warn().Err(err).Msg("pull from consumer")
-				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-					iter.Stop()
-					pumpErr <- err
-					return
-				}
-				continue
-			}
-			select {
-			case msgs <- msg:
-			case <-abandon:
-				pumpErr <- nil
-				return
-			}
-		}
-	}()
-	// On shutdown, stop pulling and let the buffered commands through. If
-	// the drain cannot finish (NATS is gone), give up on them after
-	// DrainTimeout: unacknowledged, they come back to the next worker.
-	stop := context.AfterFunc(ctx, func() {
-		iter.Drain()
-		t := time.NewTimer(DrainTimeout)
-		defer t.Stop()
-		select {
-		case <-pumpDone:
-		case <-t.C:
-			iter.Stop()
-			close(abandon)
-		}
-	})
-	defer stop()
+	p := &pump{iter: iter, msgs: make(chan jetstream.Msg, c.MaxBatch), err: make(chan error, 1),
+		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
+	go p.run()
+	defer context.AfterFunc(ctx, p.drain)()
 
 	batch := make([]jetstream.Msg, 0, c.MaxBatch)
-consume:
 	for {
-		var first jetstream.Msg
-		select {
-		case m, ok := <-msgs:
-			if !ok {
-				break consume
-			}
-			first = m
-		case <-abandon:
-			c.Log.Warn().Dur("waited", DrainTimeout).Msg("stopping without the commands still buffered; they will be redelivered")
-			return nil
-		}
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < c.MaxBatch {
-			select {
-			case m, ok := <-msgs:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, m)
-			default:
-				break fill
-			}
+		var ok bool
+		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
+			break
 		}
 		c.handleBatch(ctx, batch)
 	}
-	if err := <-pumpErr; err != nil {
+	select {
+	case <-p.abandon:
+		c.Log.Warn().Dur("waited", DrainTimeout).Msg("stopping without the commands still buffered; they will be redelivered")
+		return nil
+	default:
+	}
+	if err := <-p.err; err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
 	if ctx.Err() == nil {
 		return errors.New("consume: the message iterator closed")
 	}
 	return nil
+}
+
+// nextBatch waits for a command, then takes whatever else is in hand, up to
+// MaxBatch, without waiting: a batch is what arrived while the last one
+// committed. ok is false once the pump has stopped or was abandoned.
+func (c *Consumer) nextBatch(p *pump, batch []jetstream.Msg) ([]jetstream.Msg, bool) {
+	select {
+	case m, ok := <-p.msgs:
+		if !ok {
+			return batch, false
+		}
+		batch = append(batch, m)
+	case <-p.abandon:
+		return batch, false
+	}
+	for len(batch) < c.MaxBatch {
+		select {
+		case m, ok := <-p.msgs:
+			if !ok {
+				return batch, true
+			}
+			batch = append(batch, m)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
+// pump moves messages from the pull iterator into a channel, so a batch can
+// fill without blocking on the iterator.
+type pump struct {
+	iter    jetstream.MessagesContext
+	msgs    chan jetstream.Msg
+	err     chan error    // the reason the pump stopped; nil for a drain
+	done    chan struct{} // closed when the pump has stopped
+	abandon chan struct{} // closed when a stopping consumer gives up on the buffer
+	log     zerolog.Logger
+}
+
+func (p *pump) run() {
+	defer close(p.done)
+	defer close(p.msgs)
+	for {
+		msg, err := p.iter.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			p.err <- nil
+			return
+		}
+		if err != nil {
+			p.log.Warn().Err(err).Msg("pull from consumer")
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				p.iter.Stop()
+				p.err <- err
+				return
+			}
+			continue
+		}
+		select {
+		case p.msgs <- msg:
+		case <-p.abandon:
+			p.err <- nil
+			return
+		}
+	}
+}
+
+// drain stops pulling and lets the buffered commands through. If the drain
+// cannot finish (NATS is gone), it gives up on them after DrainTimeout:
+// unacknowledged, they come back to the next worker.
+func (p *pump) drain() {
+	p.iter.Drain()
+	t := time.NewTimer(DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		p.iter.Stop()
+		close(p.abandon)
+	}
 }
 
 // delivery is a message with what the adapter read from it.
