@@ -369,108 +369,123 @@ func writeResults(path string, results []lineResult) error {
 // stored outcome through the request-reply endpoint with the same id.
 func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, prefix string,
 	jobs []job, inFlight int, bar progress) []lineResult {
-	results := make([]lineResult, len(jobs))
-	sent := make([]atomic.Int64, len(jobs))
-	slots := make(chan struct{}, inFlight)
-	var wg sync.WaitGroup
-	// settled guards results: each line is settled once, by its reply, an
-	// error, or the final timeout, whichever comes first; after the timeout
-	// has settled the rest, no late reply writes any more.
-	var mu sync.Mutex
-	settled := make([]bool, len(jobs))
-	settle := func(i int, r lineResult) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if settled[i] {
-			return false
-		}
-		settled[i], results[i] = true, r
-		return true
-	}
-	answer := func(i int, reply *nats.Msg, err error) {
-		r := lineResult{Line: jobs[i].line, Input: jobs[i].input, latency: time.Duration(time.Now().UnixNano() - sent[i].Load())}
-		if err != nil {
-			r.Class, r.Error = classUnanswered, err.Error()
-		} else {
-			r.Class, r.Reply = classify(reply), json.RawMessage(reply.Data)
-		}
-		if !settle(i, r) {
-			return
-		}
-		bar.add(1)
-		<-slots
-		wg.Done()
-	}
-	scope := ""
-	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
-		scope = passkey.MsgIDScope(iss, sub)
-	}
+	b := &batchRun{jobs: jobs, results: make([]lineResult, len(jobs)), settled: make([]bool, len(jobs)),
+		sent: make([]atomic.Int64, len(jobs)), slots: make(chan struct{}, inFlight), bar: bar}
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
-			answer(i, m, nil)
+			b.answer(i, m, nil)
 		}
 	})
 	if err != nil {
-		for i := range jobs {
-			results[i] = lineResult{Line: jobs[i].line, Input: jobs[i].input, Class: classUnanswered, Error: err.Error()}
-		}
-		return results
+		b.settleRest(err.Error())
+		return b.results
 	}
 	defer sub.Unsubscribe()
 	_ = sub.SetPendingLimits(-1, -1)
 
-publish:
+	scope := ""
+	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
+		scope = passkey.MsgIDScope(iss, sub)
+	}
 	for i, j := range jobs {
 		select {
-		case slots <- struct{}{}:
+		case b.slots <- struct{}{}:
 		case <-ctx.Done():
-			for k := i; k < len(jobs); k++ {
-				settle(k, lineResult{Line: jobs[k].line, Input: jobs[k].input, Class: classUnanswered, Error: "interrupted"})
-			}
-			break publish
+			b.settleRest("interrupted")
+			return b.results
 		}
-		wg.Add(1)
-		msgID := commandID(scope, prefix, j)
-		msg := nats.NewMsg(j.subject)
-		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
-		msg.Header.Set("Content-Type", "application/json")
-		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
-		msg.Header.Set(nats.MsgIdHdr, msgID)
-		msg.Data = j.body
-		sent[i].Store(time.Now().UnixNano())
-		future, err := js.PublishMsgAsync(msg)
-		if err != nil {
-			answer(i, nil, err)
-			continue
-		}
-		go func(i int, j job, msgID string) {
-			select {
-			case ack := <-future.Ok():
-				if ack.Duplicate {
-					// Stored before: JetStream dropped it, the worker will not
-					// reply; its stored outcome is the answer.
-					hdr := nats.Header{nats.MsgIdHdr: {msgID}}
-					subject := "passkeys." + strings.TrimPrefix(j.subject, "passkeys.cmd.")
-					reply, err := p.request(ctx, nc, subject, j.body, hdr)
-					answer(i, reply, err)
-				}
-			case err := <-future.Err():
-				answer(i, nil, err)
-			}
-		}(i, j, msgID)
+		b.wg.Add(1)
+		p.publishJob(ctx, nc, js, b, i, j, inbox, commandID(scope, prefix, j))
 	}
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { b.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
 	case <-time.After(p.timeout + time.Duration(len(jobs))*time.Millisecond):
 	}
-	for i := range jobs {
-		settle(i, lineResult{Line: jobs[i].line, Input: jobs[i].input, Class: classUnanswered, Error: "no reply in time"})
+	b.settleRest("no reply in time")
+	return b.results
+}
+
+// publishJob publishes job i and has b answered when its reply comes: from
+// the worker on the inbox, or, for a duplicate, from the stored outcome.
+func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, b *batchRun, i int, j job, inbox, msgID string) {
+	msg := nats.NewMsg(j.subject)
+	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
+	msg.Header.Set(nats.MsgIdHdr, msgID)
+	msg.Data = j.body
+	b.sent[i].Store(time.Now().UnixNano())
+	future, err := js.PublishMsgAsync(msg)
+	if err != nil {
+		b.answer(i, nil, err)
+		return
 	}
-	return results
+	go func() {
+		select {
+		case ack := <-future.Ok():
+			if ack.Duplicate {
+				// Stored before: JetStream dropped it, the worker will not
+				// reply; its stored outcome is the answer.
+				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
+				subject := "passkeys." + strings.TrimPrefix(j.subject, "passkeys.cmd.")
+				reply, err := p.request(ctx, nc, subject, j.body, hdr)
+				b.answer(i, reply, err)
+			}
+		case err := <-future.Err():
+			b.answer(i, nil, err)
+		}
+	}()
+}
+
+// batchRun is one publishJobs: each line is settled once, by its reply, an
+// error, or the final timeout, whichever comes first; after settleRest, no
+// late reply writes any more (mu guards results and settled).
+type batchRun struct {
+	jobs    []job
+	sent    []atomic.Int64 // when each was published, for its latency
+	slots   chan struct{}  // one per line published and not yet answered
+	wg      sync.WaitGroup // the lines published and not yet answered
+	bar     progress
+	mu      sync.Mutex
+	results []lineResult
+	settled []bool
+}
+
+func (b *batchRun) settle(i int, r lineResult) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.settled[i] {
+		return false
+	}
+	b.settled[i], b.results[i] = true, r
+	return true
+}
+
+// answer settles line i with its reply or the error that ended it.
+func (b *batchRun) answer(i int, reply *nats.Msg, err error) {
+	r := lineResult{Line: b.jobs[i].line, Input: b.jobs[i].input, latency: time.Duration(time.Now().UnixNano() - b.sent[i].Load())}
+	if err != nil {
+		r.Class, r.Error = classUnanswered, err.Error()
+	} else {
+		r.Class, r.Reply = classify(reply), json.RawMessage(reply.Data)
+	}
+	if !b.settle(i, r) {
+		return
+	}
+	b.bar.add(1)
+	<-b.slots
+	b.wg.Done()
+}
+
+// settleRest settles every line not settled yet as unanswered, for why.
+func (b *batchRun) settleRest(why string) {
+	for i, j := range b.jobs {
+		b.settle(i, lineResult{Line: j.line, Input: j.input, Class: classUnanswered, Error: why})
+	}
 }
 
 // commandID is the Nats-Msg-Id of job: prefix and a digest of what the
