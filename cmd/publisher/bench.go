@@ -77,6 +77,9 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	if code, ok := parse(fs, args, 0); !ok {
 		return code
 	}
+	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
+		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
+	}
 	var profile *os.File
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
@@ -86,41 +89,11 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 		defer f.Close()
 		profile = f
 	}
-	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
-		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
-	}
 	embedded := !flagSet(fs, "nats-url") && p.getenv("PASSKEYS_NATS_URL") == ""
-	if embedded {
-		if c.dataDir == "" {
-			dir, err := os.MkdirTemp("", "passkeys-bench-")
-			if err != nil {
-				return p.fail(exitFailed, "bench: %v", err)
-			}
-			defer os.RemoveAll(dir)
-			c.dataDir = dir
-		}
-		stopWorker, url, err := startEmbeddedWorker(ctx, c, p.stderr)
-		if err != nil {
-			return p.fail(exitFailed, "bench: start the embedded worker: %v", err)
-		}
-		defer stopWorker()
-		p.natsURL = url
-	}
-	if p.bearer == "" && p.bearerFile == "" {
-		dir := c.dataDir
-		if dir == "" {
-			dir = "./data"
-		}
-		key, err := auth.LoadDevKey(dir)
-		if err != nil {
-			return p.fail(exitUsage, "bench: no --token and no development key in %s: %v", dir, err)
-		}
-		tok, err := auth.Mint(key, auth.TokenRequest{Subject: "bench-admin", Org: "bench-org", Scopes: []string{auth.ScopeAdmin},
-			Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: 24 * time.Hour})
-		if err != nil {
-			return p.fail(exitFailed, "bench: %v", err)
-		}
-		p.bearer = tok
+	cleanup, code, err := p.prepareBench(ctx, &c, embedded)
+	defer cleanup()
+	if err != nil {
+		return p.fail(code, "bench: %v", err)
 	}
 	nc, err := p.connect()
 	if err != nil {
@@ -131,27 +104,87 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
-
-	run := randomHex(4)
 	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
+	if err := p.runBench(ctx, nc, js, c, profile, &rep); err != nil {
+		return p.fail(exitFailed, "bench: %v", err)
+	}
+	rep.PeakRSSMB = peakRSSMB()
+	if rep.PeakRSSMB > 0 {
+		fmt.Fprintf(p.stdout, "peak resident set of this process: %.0f MB\n", rep.PeakRSSMB)
+	}
+	line, _ := json.Marshal(rep)
+	fmt.Fprintf(p.stdout, "%s\n", line)
+	return exitOK
+}
+
+// prepareBench starts the embedded worker (in a new temporary data
+// directory unless --data-dir says) when no NATS URL was given, and mints a
+// token with the development key when none was given. cleanup undoes it;
+// on an error, code is the exit status.
+func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, embedded bool) (cleanup func(), code int, err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	if embedded {
+		if c.dataDir == "" {
+			dir, err := os.MkdirTemp("", "passkeys-bench-")
+			if err != nil {
+				return cleanup, exitFailed, err
+			}
+			undo = append(undo, func() { os.RemoveAll(dir) })
+			c.dataDir = dir
+		}
+		stopWorker, url, err := startEmbeddedWorker(ctx, *c, p.stderr)
+		if err != nil {
+			return cleanup, exitFailed, fmt.Errorf("start the embedded worker: %w", err)
+		}
+		undo = append(undo, stopWorker)
+		p.natsURL = url
+	}
+	if p.bearer == "" && p.bearerFile == "" {
+		dir := c.dataDir
+		if dir == "" {
+			dir = "./data"
+		}
+		key, err := auth.LoadDevKey(dir)
+		if err != nil {
+			return cleanup, exitUsage, fmt.Errorf("no --token and no development key in %s: %w", dir, err)
+		}
+		tok, err := auth.Mint(key, auth.TokenRequest{Subject: "bench-admin", Org: "bench-org", Scopes: []string{auth.ScopeAdmin},
+			Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: 24 * time.Hour})
+		if err != nil {
+			return cleanup, exitFailed, err
+		}
+		p.bearer = tok
+	}
+	return cleanup, exitOK, nil
+}
+
+// runBench runs the phases: users created through sync, batch removals
+// (with the CPU profile, when asked for), sequential removals, and the
+// storage layer alone; each phase's figures go into rep and to stdout.
+func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c benchConfig, profile *os.File, rep *benchReport) error {
+	run := randomHex(4)
 	start := time.Now()
 	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
 		body, _ := json.Marshal(benchUser())
 		return "passkeys.cmd.sync." + bench.UserID(k), body
 	})
 	if err != nil {
-		return p.fail(exitFailed, "bench: sync: %v", err)
+		return fmt.Errorf("sync: %w", err)
 	}
 	rep.SyncSeconds = time.Since(start).Seconds()
 	if syncs.Classes[classDone] != c.users {
-		return p.fail(exitFailed, "bench: sync: %v", syncs.Classes)
+		return fmt.Errorf("sync: %v", syncs.Classes)
 	}
 	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
-
 	if c.removals > 0 {
 		if profile != nil {
 			if err := pprof.StartCPUProfile(profile); err != nil {
-				return p.fail(exitFailed, "bench: %v", err)
+				return err
 			}
 		}
 		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
@@ -161,34 +194,27 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 			pprof.StopCPUProfile()
 		}
 		if err != nil {
-			return p.fail(exitFailed, "bench: removals: %v", err)
+			return fmt.Errorf("removals: %w", err)
 		}
 		printPhase(p.stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
 	}
 	if c.sequential > 0 {
-		rep.Sequential, err = p.requestEach(ctx, nc, c.removals, c.sequential, c.users)
-		if err != nil {
-			return p.fail(exitFailed, "bench: sequential: %v", err)
+		if rep.Sequential, err = p.requestEach(ctx, nc, c.removals, c.sequential, c.users); err != nil {
+			return fmt.Errorf("sequential: %w", err)
 		}
 		printPhase(p.stdout, "sequential removals (one client, request-reply)", rep.Sequential)
 	}
 	if c.storage && c.removals > 0 {
 		rate, err := storageRate(c.users, c.removals, c.maxBatch)
 		if err != nil {
-			return p.fail(exitFailed, "bench: storage: %v", err)
+			return fmt.Errorf("storage: %w", err)
 		}
 		rep.StorageRate, rep.StorageBatch = rate, c.maxBatch
 		rep.RatioToStorage = rep.Batch.PerSecond / rate
 		fmt.Fprintf(p.stdout, "storage layer alone, %d removals per transaction: %.0f removals/s; end to end is %.2f of it\n",
 			c.maxBatch, rate, rep.RatioToStorage)
 	}
-	rep.PeakRSSMB = peakRSSMB()
-	if rep.PeakRSSMB > 0 {
-		fmt.Fprintf(p.stdout, "peak resident set of this process: %.0f MB\n", rep.PeakRSSMB)
-	}
-	line, _ := json.Marshal(rep)
-	fmt.Fprintf(p.stdout, "%s\n", line)
-	return exitOK
+	return nil
 }
 
 // flagSet reports whether the command line set flag name.
