@@ -20,19 +20,17 @@ func backupCommand(args []string, getenv func(string) string, stdout, stderr io.
 	fs.SetOutput(stderr)
 	out := fs.String("out", "", "file to write the copy to (required; replaced atomically, mode 0600)")
 	from := fs.String("from", "", "a running worker's --http-listen address, e.g. 127.0.0.1:9090 (it holds the store's lock)")
-	dataDir := fs.String("data-dir", envOr(getenv, "PASSKEYS_DATA_DIR", "./data"), "the data directory, when no worker is running on it")
+	dataDir := fs.String("data-dir", "./data", "the data directory, when no worker is running on it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
+	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
 		return err
 	}
-	if *out == "" || fs.NArg() > 0 {
+	if *out == "" {
 		fs.Usage()
-		return errors.New("backup: --out is required and takes no arguments")
+		return errors.New("backup: --out is required")
 	}
 	var n int64
 	var err error
@@ -100,11 +98,4 @@ func backupFrom(addr, out string) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-func envOr(getenv func(string) string, key, def string) string {
-	if v := getenv(key); v != "" {
-		return v
-	}
-	return def
 }

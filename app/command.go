@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -53,7 +53,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n       worker provision --nats-url URL [--outcome-retention D] [--duplicate-window D]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
 		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(stderr, "  --%s (%s)\n    \t%s (default %q)\n", f.Name, envName(f.Name), f.Usage, f.DefValue)
+			fmt.Fprintf(stderr, "  --%s (%s)\n    \t%s (default %q)\n", f.Name, cli.EnvName(f.Name), f.Usage, f.DefValue)
 		})
 	}
 	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
@@ -80,26 +80,18 @@ func natsFlags(fs *flag.FlagSet, cfg *Config, urlNote string) {
 }
 
 // parseWithEnv parses args into fs, each flag also settable by its
-// environment variable (the command line wins). done is set when --help was
-// asked for and answered.
+// environment variable (cli.Parse); the worker's commands take no
+// arguments. done is set when --help was asked for and answered.
 func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) (done bool, err error) {
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envName(f.Name)); v != "" && err == nil {
-			if serr := f.Value.Set(v); serr != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
-			}
-		}
-	})
+	pos, err := cli.Parse(fs, args, getenv, nil)
+	if cli.IsHelp(err) {
+		return true, nil // --help asked for the usage text, and got it
+	}
 	if err != nil {
 		return false, err
 	}
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return true, nil // --help asked for the usage text, and got it
-	} else if err != nil {
-		return false, err
-	}
-	if fs.NArg() > 0 {
-		return false, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	if len(pos) > 0 {
+		return false, fmt.Errorf("unexpected argument %q (see --help)", pos[0])
 	}
 	return false, nil
 }
@@ -149,10 +141,4 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	fmt.Fprintf(stdout, "provisioned: stream %s, stream %s, consumer %s\n", handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
 	return nil
-}
-
-// envName is the environment variable of a flag: PASSKEYS_ and the flag's
-// name in upper case with '_' for '-'.
-func envName(flagName string) string {
-	return "PASSKEYS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

@@ -254,19 +254,20 @@ type batchFlags struct {
 	progress string
 }
 
-func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *flag.FlagSet) {
-	fs := p.flags(name, "FILE", true)
+func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *client, *flag.FlagSet) {
+	fs := p.flags(name, "FILE")
+	c := clientFlags(fs)
 	b := &batchFlags{}
 	fs.StringVar(&b.name, "batch", "", "the batch's name in the summary (default: the file's name); when given, it is also part of every Nats-Msg-Id, so the same lines under a new name are new commands")
 	fs.IntVar(&b.inFlight, "in-flight", 256, "most "+what+" published and not yet answered")
 	fs.StringVar(&b.results, "results", "", "write one JSON line per input line with its outcome to this file")
 	fs.StringVar(&b.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), bar, lines or none")
-	return b, fs
+	return b, c, fs
 }
 
 // runBatch publishes every job as a batch publisher does and prints the
 // summary; it returns the exit code.
-func (p *publisher) runBatch(ctx context.Context, op, done string, path string, b *batchFlags,
+func (p *publisher) runBatch(ctx context.Context, c *client, op, done string, path string, b *batchFlags,
 	read func(io.Reader) ([]job, []badLine, error)) int {
 	in := p.stdin
 	if path != "-" {
@@ -294,7 +295,7 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 	} else {
 		b.name = batchName(path)
 	}
-	nc, err := p.connect()
+	nc, err := p.connect(c)
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
@@ -309,7 +310,7 @@ func (p *publisher) runBatch(ctx context.Context, op, done string, path string, 
 	p.denials.mu.Lock()
 	p.denials.any = stop // a refusal by NATS applies to every line: stop at the first
 	p.denials.mu.Unlock()
-	results := p.publishJobs(ctx, nc, js, idPrefix, jobs, max(b.inFlight, 1), bar)
+	results := p.publishJobs(ctx, nc, js, c, idPrefix, jobs, max(b.inFlight, 1), bar)
 	bar.finish()
 	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
 		fmt.Fprintf(p.stderr, "publisher: stopped: %v\n", cause)
@@ -367,7 +368,7 @@ func writeResults(path string, results []lineResult) error {
 // Nats-Msg-Id commandID gives it, at most inFlight unanswered. A line that
 // JetStream reports as a duplicate (this file was run before) gets its
 // stored outcome through the request-reply endpoint with the same id.
-func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, prefix string,
+func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *client, prefix string,
 	jobs []job, inFlight int, bar progress) []lineResult {
 	b := &batchRun{jobs: jobs, results: make([]lineResult, len(jobs)), settled: make([]bool, len(jobs)),
 		sent: make([]atomic.Int64, len(jobs)), slots: make(chan struct{}, inFlight), bar: bar}
@@ -385,7 +386,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	_ = sub.SetPendingLimits(-1, -1)
 
 	scope := ""
-	if iss, sub, ok := tokenPrincipal(p.bearer); ok {
+	if iss, sub, ok := tokenPrincipal(c.bearer); ok {
 		scope = passkey.MsgIDScope(iss, sub)
 	}
 	for i, j := range jobs {
@@ -396,14 +397,14 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 			return b.results
 		}
 		b.wg.Add(1)
-		p.publishJob(ctx, nc, js, b, i, j, inbox, commandID(scope, prefix, j))
+		p.publishJob(ctx, nc, js, c, b, i, j, inbox, commandID(scope, prefix, j))
 	}
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
-	case <-time.After(p.timeout + time.Duration(len(jobs))*time.Millisecond):
+	case <-time.After(c.timeout + time.Duration(len(jobs))*time.Millisecond):
 	}
 	b.settleRest("no reply in time")
 	return b.results
@@ -411,9 +412,9 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 
 // publishJob publishes job i and has b answered when its reply comes: from
 // the worker on the inbox, or, for a duplicate, from the stored outcome.
-func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, b *batchRun, i int, j job, inbox, msgID string) {
+func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *client, b *batchRun, i int, j job, inbox, msgID string) {
 	msg := nats.NewMsg(j.subject)
-	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
+	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(c.bearer, "Bearer "))
 	msg.Header.Set("Content-Type", "application/json")
 	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
 	msg.Header.Set(nats.MsgIdHdr, msgID)
@@ -432,7 +433,7 @@ func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 				// reply; its stored outcome is the answer.
 				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
 				subject := "passkeys." + strings.TrimPrefix(j.subject, "passkeys.cmd.")
-				reply, err := p.request(ctx, nc, subject, j.body, hdr)
+				reply, err := p.request(ctx, nc, c, subject, j.body, hdr)
 				b.answer(i, reply, err)
 			}
 		case err := <-future.Err():

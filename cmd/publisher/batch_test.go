@@ -49,8 +49,8 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 	for i := range jobs {
 		jobs[i] = job{line: i + 1, userID: "u" + strconv.Itoa(i), subject: "passkeys.cmd.remove.u" + strconv.Itoa(i), body: []byte(`{"tokenId":"pk-1"}`)}
 	}
-	p := &publisher{stderr: io.Discard, timeout: time.Millisecond}
-	results := p.publishJobs(ctx, nc, js, "test", jobs, n, noProgress{})
+	p := &publisher{stderr: io.Discard}
+	results := p.publishJobs(ctx, nc, js, &client{timeout: time.Millisecond}, "test", jobs, n, noProgress{})
 	counts := map[string]int{}
 	for i, r := range results {
 		if r.Line != i+1 {

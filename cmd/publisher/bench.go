@@ -64,7 +64,8 @@ type phaseReport struct {
 
 func (p *publisher) bench(ctx context.Context, args []string) int {
 	var c benchConfig
-	fs := p.flags("bench", "", true)
+	fs := p.flags("bench", "")
+	cl := clientFlags(fs)
 	fs.IntVar(&c.users, "users", 100_000, "users to create (each with 3 passkeys and a password) before measuring")
 	fs.IntVar(&c.removals, "removals", 100_000, "removals to publish as a batch publisher does (0: skip); at most 3 per user")
 	fs.IntVar(&c.sequential, "sequential", 2_000, "sequential request-reply removals by one client (0: skip)")
@@ -74,7 +75,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (publisher and embedded worker) during the batch removals to this file")
-	if code, ok := parse(fs, args, 0); !ok {
+	if code, ok := p.parse(fs, args, 0); !ok {
 		return code
 	}
 	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
@@ -90,12 +91,12 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 		profile = f
 	}
 	embedded := !flagSet(fs, "nats-url") && p.getenv("PASSKEYS_NATS_URL") == ""
-	cleanup, code, err := p.prepareBench(ctx, &c, embedded)
+	cleanup, code, err := p.prepareBench(ctx, &c, cl, embedded)
 	defer cleanup()
 	if err != nil {
 		return p.fail(code, "bench: %v", err)
 	}
-	nc, err := p.connect()
+	nc, err := p.connect(cl)
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
@@ -105,7 +106,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 		return p.fail(exitFailed, "%v", err)
 	}
 	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
-	if err := p.runBench(ctx, nc, js, c, profile, &rep); err != nil {
+	if err := p.runBench(ctx, nc, js, cl, c, profile, &rep); err != nil {
 		return p.fail(exitFailed, "bench: %v", err)
 	}
 	rep.PeakRSSMB = peakRSSMB()
@@ -121,7 +122,7 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 // directory unless --data-dir says) when no NATS URL was given, and mints a
 // token with the development key when none was given. cleanup undoes it;
 // on an error, code is the exit status.
-func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, embedded bool) (cleanup func(), code int, err error) {
+func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, cl *client, embedded bool) (cleanup func(), code int, err error) {
 	var undo []func()
 	cleanup = func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -142,9 +143,9 @@ func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, embedded b
 			return cleanup, exitFailed, fmt.Errorf("start the embedded worker: %w", err)
 		}
 		undo = append(undo, stopWorker)
-		p.natsURL = url
+		cl.natsURL = url
 	}
-	if p.bearer == "" && p.bearerFile == "" {
+	if cl.bearer == "" && cl.bearerFile == "" {
 		dir := c.dataDir
 		if dir == "" {
 			dir = "./data"
@@ -158,7 +159,7 @@ func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, embedded b
 		if err != nil {
 			return cleanup, exitFailed, err
 		}
-		p.bearer = tok
+		cl.bearer = tok
 	}
 	return cleanup, exitOK, nil
 }
@@ -166,10 +167,10 @@ func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, embedded b
 // runBench runs the phases: users created through sync, batch removals
 // (with the CPU profile, when asked for), sequential removals, and the
 // storage layer alone; each phase's figures go into rep and to stdout.
-func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c benchConfig, profile *os.File, rep *benchReport) error {
+func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *client, c benchConfig, profile *os.File, rep *benchReport) error {
 	run := randomHex(4)
 	start := time.Now()
-	syncs, err := p.publishAll(ctx, nc, js, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
+	syncs, err := p.publishAll(ctx, nc, js, cl, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
 		body, _ := json.Marshal(benchUser())
 		return "passkeys.cmd.sync." + bench.UserID(k), body
 	})
@@ -187,7 +188,7 @@ func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.Je
 				return err
 			}
 		}
-		rep.Batch, err = p.publishAll(ctx, nc, js, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
+		rep.Batch, err = p.publishAll(ctx, nc, js, cl, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
 			return removal(c.users, k)
 		})
 		if profile != nil {
@@ -199,7 +200,7 @@ func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.Je
 		printPhase(p.stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
 	}
 	if c.sequential > 0 {
-		if rep.Sequential, err = p.requestEach(ctx, nc, c.removals, c.sequential, c.users); err != nil {
+		if rep.Sequential, err = p.requestEach(ctx, nc, cl, c.removals, c.sequential, c.users); err != nil {
 			return fmt.Errorf("sequential: %w", err)
 		}
 		printPhase(p.stdout, "sequential removals (one client, request-reply)", rep.Sequential)
@@ -242,7 +243,7 @@ func removal(users, k int) (string, []byte) {
 // publishAll publishes n commands to the stream as a batch publisher does
 // (publishJobs: async, Reply-To, Nats-Msg-Id, at most inFlight unanswered)
 // and measures each from publish to reply.
-func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, n, inFlight int,
+func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *client, run string, n, inFlight int,
 	command func(k int) (string, []byte)) (*phaseReport, error) {
 	jobs := make([]job, n)
 	for k := range jobs {
@@ -250,7 +251,7 @@ func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.
 		jobs[k] = job{line: k, subject: subject, body: body}
 	}
 	start := time.Now()
-	results := p.publishJobs(ctx, nc, js, run, jobs, inFlight, noProgress{})
+	results := p.publishJobs(ctx, nc, js, cl, run, jobs, inFlight, noProgress{})
 	elapsed := time.Since(start)
 	lat := make([]time.Duration, 0, n)
 	classes := map[string]int{}
@@ -266,7 +267,7 @@ func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.
 
 // requestEach sends n removals one after another through the request-reply
 // endpoint, starting after the first `skip` removals.
-func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, users int) (*phaseReport, error) {
+func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, cl *client, skip, n, users int) (*phaseReport, error) {
 	lat := make([]time.Duration, n)
 	classes := map[string]int{}
 	start := time.Now()
@@ -274,7 +275,7 @@ func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, skip, n, use
 		subject, body := removal(users, skip+i)
 		subject = "passkeys.remove." + strings.TrimPrefix(subject, "passkeys.cmd.remove.")
 		t0 := time.Now()
-		reply, err := p.request(ctx, nc, subject, body, nil)
+		reply, err := p.request(ctx, nc, cl, subject, body, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -111,28 +112,30 @@ type publisher struct {
 	stdout, stderr io.Writer
 
 	denials denials
-
-	natsURL, natsCreds, inboxPrefix, bearer, bearerFile string
-	timeout                                             time.Duration
 }
+
+// client is the connection flags of a command that talks to NATS: where,
+// as which NATS user, with which bearer token, and how long to wait.
+type client struct {
+	natsURL, natsCreds, inboxPrefix string
+	bearer, bearerFile              string
+	timeout                         time.Duration
+}
+
+// envFlags are the publisher's flags an environment variable may set
+// (cli.EnvName): where and as whom, never what a command does.
+var envFlags = map[string]bool{"nats-url": true, "nats-creds": true, "inbox-prefix": true, "token": true, "token-file": true,
+	"data-dir": true, "issuer": true, "audience": true}
 
 func (p *publisher) fail(code int, format string, args ...any) int {
 	fmt.Fprintf(p.stderr, "publisher: "+format+"\n", args...)
 	return code
 }
 
-// flags makes a command's flag set; client adds the connection flags.
-func (p *publisher) flags(name, args string, client bool) *flag.FlagSet {
+// flags makes a command's flag set.
+func (p *publisher) flags(name, args string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(p.stderr)
-	if client {
-		fs.StringVar(&p.natsURL, "nats-url", envOr(p.getenv, "PASSKEYS_NATS_URL", nats.DefaultURL), "NATS server URL(s)")
-		fs.StringVar(&p.natsCreds, "nats-creds", p.getenv("PASSKEYS_NATS_CREDS"), "NATS credentials file")
-		fs.StringVar(&p.inboxPrefix, "inbox-prefix", p.getenv("PASSKEYS_INBOX_PREFIX"), "prefix of this client's reply inboxes (default: _INBOX_<user> when --nats-url or --nats-creds names a user, else _INBOX)")
-		fs.StringVar(&p.bearer, "token", p.getenv("PASSKEYS_TOKEN"), "bearer token (JWT); prefer --token-file, which keeps it out of the process list")
-		fs.StringVar(&p.bearerFile, "token-file", p.getenv("PASSKEYS_TOKEN_FILE"), "file holding the bearer token")
-		fs.DurationVar(&p.timeout, "timeout", 10*time.Second, "how long to wait for each reply")
-	}
 	fs.Usage = func() {
 		fmt.Fprintf(p.stderr, "Usage: publisher %s [flags] %s\n\nFlags:\n", name, args)
 		fs.PrintDefaults()
@@ -140,35 +143,33 @@ func (p *publisher) flags(name, args string, client bool) *flag.FlagSet {
 	return fs
 }
 
-func envOr(getenv func(string) string, key, def string) string {
-	if v := getenv(key); v != "" {
-		return v
-	}
-	return def
+// clientFlags adds the connection flags to fs and returns where they land.
+func clientFlags(fs *flag.FlagSet) *client {
+	c := &client{}
+	fs.StringVar(&c.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s) (env PASSKEYS_NATS_URL)")
+	fs.StringVar(&c.natsCreds, "nats-creds", "", "NATS credentials file (env PASSKEYS_NATS_CREDS)")
+	fs.StringVar(&c.inboxPrefix, "inbox-prefix", "", "prefix of this client's reply inboxes (env PASSKEYS_INBOX_PREFIX; default: _INBOX_<user> when --nats-url or --nats-creds names a user, else _INBOX)")
+	fs.StringVar(&c.bearer, "token", "", "bearer token (JWT) (env PASSKEYS_TOKEN); prefer --token-file, which keeps it out of the process list")
+	fs.StringVar(&c.bearerFile, "token-file", "", "file holding the bearer token (env PASSKEYS_TOKEN_FILE)")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for each reply")
+	return c
 }
 
 // parse parses flags, before and after the arguments alike (`remove u1
-// pk-1 --force`, as the README writes it), and checks the number of
-// positional arguments; after "--" everything is an argument. The
+// pk-1 --force`, as the README writes it; after "--" everything is an
+// argument), the connection flags and the data directory also from the
+// environment, and checks the number of positional arguments. The
 // arguments are then fs.Args().
-func parse(fs *flag.FlagSet, args []string, positional int) (int, bool) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK, false
-			}
-			return exitUsage, false
+func (p *publisher) parse(fs *flag.FlagSet, args []string, positional int) (int, bool) {
+	pos, err := cli.Parse(fs, args, p.getenv, func(name string) bool { return envFlags[name] })
+	if cli.IsHelp(err) {
+		return exitOK, false
+	}
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "PASSKEYS_") { // the flag package has said what otherwise
+			fmt.Fprintf(fs.Output(), "publisher %s: %v\n", fs.Name(), err)
 		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		if len(rest) == 0 {
-			break
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
+		return exitUsage, false
 	}
 	if len(pos) != positional {
 		fmt.Fprintf(fs.Output(), "publisher %s: want %d argument(s), got %d\n", fs.Name(), positional, len(pos))
@@ -179,41 +180,42 @@ func parse(fs *flag.FlagSet, args []string, positional int) (int, bool) {
 	return exitOK, true
 }
 
-func (p *publisher) connect() (*nats.Conn, error) {
-	if p.bearerFile != "" {
-		raw, err := os.ReadFile(p.bearerFile)
+// connect reads the token file, if any, and connects to NATS as c says.
+func (p *publisher) connect(c *client) (*nats.Conn, error) {
+	if c.bearerFile != "" {
+		raw, err := os.ReadFile(c.bearerFile)
 		if err != nil {
 			return nil, fmt.Errorf("token file: %w", err)
 		}
-		p.bearer = strings.TrimSpace(string(raw))
+		c.bearer = strings.TrimSpace(string(raw))
 	}
 	opts := []nats.Option{nats.Name("passkeys-publisher"), nats.ErrorHandler(p.denials.notice)}
-	if p.natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(p.natsCreds))
+	if c.natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(c.natsCreds))
 	}
-	if prefix := app.InboxPrefix(p.inboxPrefix, p.natsURL, p.natsCreds); prefix != "" {
+	if prefix := app.InboxPrefix(c.inboxPrefix, c.natsURL, c.natsCreds); prefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(prefix))
 	}
-	nc, err := nats.Connect(p.natsURL, opts...)
+	nc, err := nats.Connect(c.natsURL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(p.natsURL), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(c.natsURL), err)
 	}
 	return nc, nil
 }
 
 // request sends one request and returns the reply, or an error when there
 // was none.
-func (p *publisher) request(ctx context.Context, nc *nats.Conn, subject string, body []byte, hdr nats.Header) (*nats.Msg, error) {
+func (p *publisher) request(ctx context.Context, nc *nats.Conn, c *client, subject string, body []byte, hdr nats.Header) (*nats.Msg, error) {
 	msg := nats.NewMsg(subject)
 	for k, v := range hdr {
 		msg.Header[k] = v
 	}
-	if p.bearer != "" {
-		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(p.bearer, "Bearer "))
+	if c.bearer != "" {
+		msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(c.bearer, "Bearer "))
 	}
 	msg.Header.Set("Content-Type", "application/json")
 	msg.Data = body
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	ctx, deny := context.WithCancelCause(ctx)
 	defer p.denials.watch(subject, deny)()
@@ -242,10 +244,11 @@ func (p *publisher) printReply(reply *nats.Msg) int {
 }
 
 func (p *publisher) remove(ctx context.Context, args []string) int {
-	fs := p.flags("remove", "USER_ID TOKEN_ID", true)
+	fs := p.flags("remove", "USER_ID TOKEN_ID")
+	c := clientFlags(fs)
 	force := fs.Bool("force", false, "skip the last-login-method check (administrators only)")
 	msgID := fs.String("msg-id", "", "Nats-Msg-Id: repeat a removal with the same id to get its first reply")
-	if code, ok := parse(fs, args, 2); !ok {
+	if code, ok := p.parse(fs, args, 2); !ok {
 		return code
 	}
 	userID, tokenID := fs.Arg(0), fs.Arg(1)
@@ -257,18 +260,18 @@ func (p *publisher) remove(ctx context.Context, args []string) int {
 	if *msgID != "" {
 		hdr.Set(nats.MsgIdHdr, *msgID)
 	}
-	return p.once(ctx, "passkeys.remove."+userID, body, hdr)
+	return p.once(ctx, c, "passkeys.remove."+userID, body, hdr)
 }
 
 // once connects, sends one request, prints the reply and returns the exit
 // code it means.
-func (p *publisher) once(ctx context.Context, subject string, body []byte, hdr nats.Header) int {
-	nc, err := p.connect()
+func (p *publisher) once(ctx context.Context, c *client, subject string, body []byte, hdr nats.Header) int {
+	nc, err := p.connect(c)
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
 	defer nc.Close()
-	reply, err := p.request(ctx, nc, subject, body, hdr)
+	reply, err := p.request(ctx, nc, c, subject, body, hdr)
 	if err != nil {
 		return p.fail(exitFailed, "%v", err)
 	}
@@ -276,15 +279,16 @@ func (p *publisher) once(ctx context.Context, subject string, body []byte, hdr n
 }
 
 func (p *publisher) list(ctx context.Context, args []string) int {
-	fs := p.flags("list", "USER_ID", true)
-	if code, ok := parse(fs, args, 1); !ok {
+	fs := p.flags("list", "USER_ID")
+	c := clientFlags(fs)
+	if code, ok := p.parse(fs, args, 1); !ok {
 		return code
 	}
 	userID := fs.Arg(0)
 	if err := passkey.ValidateUserID(userID); err != nil {
 		return p.fail(exitUsage, "user id %q: %v", userID, err)
 	}
-	return p.once(ctx, "passkeys.list."+userID, nil, nil)
+	return p.once(ctx, c, "passkeys.list."+userID, nil, nil)
 }
 
 // syncLine is one line of a sync file: the user id beside the sync body.
@@ -294,32 +298,32 @@ type syncLine struct {
 }
 
 func (p *publisher) sync(ctx context.Context, args []string) int {
-	b, fs := p.batchFlagSet("sync", "syncs")
-	if code, ok := parse(fs, args, 1); !ok {
+	b, c, fs := p.batchFlagSet("sync", "syncs")
+	if code, ok := p.parse(fs, args, 1); !ok {
 		return code
 	}
-	return p.runBatch(ctx, "sync", "synced", fs.Arg(0), b, readSyncs)
+	return p.runBatch(ctx, c, "sync", "synced", fs.Arg(0), b, readSyncs)
 }
 
 func (p *publisher) revoke(ctx context.Context, args []string) int {
-	b, fs := p.batchFlagSet("revoke", "removals")
-	if code, ok := parse(fs, args, 1); !ok {
+	b, c, fs := p.batchFlagSet("revoke", "removals")
+	if code, ok := p.parse(fs, args, 1); !ok {
 		return code
 	}
-	return p.runBatch(ctx, "revoke", "removed", fs.Arg(0), b, readRevocations)
+	return p.runBatch(ctx, c, "revoke", "removed", fs.Arg(0), b, readRevocations)
 }
 
 func (p *publisher) token(args []string) int {
-	fs := p.flags("token", "", false)
+	fs := p.flags("token", "")
 	sub := fs.String("sub", "", "the acting user (required)")
 	org := fs.String("org", "", "the principal's organisation (urn:zitadel:iam:user:resourceowner:id)")
 	admin := fs.Bool("admin", false, "add scope passkeys:admin (administrator of --org)")
 	system := fs.Bool("system", false, "add scope passkeys:system (administrator of every organisation)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
-	dataDir := fs.String("data-dir", envOr(p.getenv, "PASSKEYS_DATA_DIR", "./data"), "the worker's data directory, which holds the development key")
-	issuer := fs.String("issuer", envOr(p.getenv, "PASSKEYS_ISSUER", auth.DevIssuer), "iss claim")
-	audience := fs.String("audience", envOr(p.getenv, "PASSKEYS_AUDIENCE", auth.DevAudience), "aud claim")
-	if code, ok := parse(fs, args, 0); !ok {
+	dataDir := fs.String("data-dir", "./data", "the worker's data directory, which holds the development key (env PASSKEYS_DATA_DIR)")
+	issuer := fs.String("issuer", auth.DevIssuer, "iss claim (env PASSKEYS_ISSUER)")
+	audience := fs.String("audience", auth.DevAudience, "aud claim (env PASSKEYS_AUDIENCE)")
+	if code, ok := p.parse(fs, args, 0); !ok {
 		return code
 	}
 	if *sub == "" {
@@ -348,9 +352,9 @@ func (p *publisher) token(args []string) int {
 }
 
 func (p *publisher) jwks(args []string) int {
-	fs := p.flags("jwks", "", false)
-	dataDir := fs.String("data-dir", envOr(p.getenv, "PASSKEYS_DATA_DIR", "./data"), "the directory that holds the development key")
-	if code, ok := parse(fs, args, 0); !ok {
+	fs := p.flags("jwks", "")
+	dataDir := fs.String("data-dir", "./data", "the directory that holds the development key (env PASSKEYS_DATA_DIR)")
+	if code, ok := p.parse(fs, args, 0); !ok {
 		return code
 	}
 	key, err := auth.LoadDevKey(*dataDir)
@@ -366,13 +370,14 @@ func (p *publisher) jwks(args []string) int {
 }
 
 func (p *publisher) replay(ctx context.Context, args []string) int {
-	fs := p.flags("replay", "", true)
+	fs := p.flags("replay", "")
+	c := clientFlags(fs)
 	from := fs.Uint64("from-seq", 0, "first stream sequence to re-drive (required)")
 	to := fs.Uint64("to-seq", 0, "last stream sequence (default: as far as the worker's consumer has got)")
 	since := fs.String("since", "", "only commands stored at or after this time (RFC 3339)")
 	until := fs.String("until", "", "only commands stored before this time (RFC 3339)")
 	user := fs.String("user", "", "only this user's commands")
-	if code, ok := parse(fs, args, 0); !ok {
+	if code, ok := p.parse(fs, args, 0); !ok {
 		return code
 	}
 	r := map[string]any{"fromSeq": *from, "toSeq": *to}
@@ -393,9 +398,9 @@ func (p *publisher) replay(ctx context.Context, args []string) int {
 	}
 	body, _ := json.Marshal(r)
 	if !flagSet(fs, "timeout") {
-		p.timeout = 30 * time.Minute // a replay of a long range takes a while
+		c.timeout = 30 * time.Minute // a replay of a long range takes a while
 	}
-	return p.once(ctx, "passkeys.admin.replay", body, nil)
+	return p.once(ctx, c, "passkeys.admin.replay", body, nil)
 }
 
 // denials ends a request at once when the server refuses its subject to
