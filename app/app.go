@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,6 +24,7 @@ import (
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/storage"
@@ -265,7 +264,7 @@ func (w *worker) serve(ctx context.Context) error {
 	} else {
 		go ignoreHUP(ctx, w.hup, log)
 	}
-	log.Info().Str("nats_url", RedactURL(w.clientURL)).Str("store", w.store.Path()).
+	log.Info().Str("nats_url", natsconn.RedactURL(w.clientURL)).Str("store", w.store.Path()).
 		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")
 	if w.cfg.Started != nil {
 		w.cfg.Started(w.clientURL)
@@ -404,12 +403,12 @@ func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error
 		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
 	}
 	if !cfg.Embedded() {
-		if prefix := InboxPrefix(cfg.InboxPrefix, cfg.NATSURL, cfg.NATSCreds); prefix != "" {
+		if prefix := natsconn.InboxPrefix(cfg.InboxPrefix, cfg.NATSURL, cfg.NATSCreds); prefix != "" {
 			opts = append(opts, nats.CustomInboxPrefix(prefix))
 		}
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
 		if err != nil {
-			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", RedactURL(cfg.NATSURL), err)
+			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
 		}
 		return nc, cfg.NATSURL, func() {}, nil
 	}
@@ -468,48 +467,6 @@ func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
 		"from stream PASSKEYS, and purge it. For one machine's development only; in production run nats-server -c nats.conf " +
 		"and give the worker --nats-url")
 	return ns, nil
-}
-
-// RedactURL hides passwords and tokens in NATS URLs before they are logged
-// or shown.
-func RedactURL(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
-			if _, hasPass := u.User.Password(); !hasPass {
-				u.User = url.User("redacted")
-				parts[i] = u.String()
-			}
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
-// InboxPrefix is the inbox prefix a connection uses: prefix when set,
-// otherwise _INBOX_<user> when the first URL names a user or the
-// credentials file's user JWT has a name (nats.conf lets each user
-// subscribe only below its own prefix, so no user receives another's
-// commands, replies or tokens), otherwise "" (the ordinary _INBOX, as on
-// the embedded development server).
-func InboxPrefix(prefix, urls, credsFile string) string {
-	if prefix != "" {
-		return prefix
-	}
-	first, _, _ := strings.Cut(urls, ",")
-	if u, err := url.Parse(strings.TrimSpace(first)); err == nil && u.User != nil && u.User.Username() != "" {
-		return "_INBOX_" + u.User.Username()
-	}
-	if credsFile != "" {
-		if raw, err := os.ReadFile(credsFile); err == nil {
-			if tok, err := natsjwt.ParseDecoratedJWT(raw); err == nil {
-				if uc, err := natsjwt.DecodeUserClaims(tok); err == nil && uc.Name != "" {
-					return "_INBOX_" + uc.Name
-				}
-			}
-		}
-	}
-	return ""
 }
 
 // passwordVars are the variables nats.conf takes its users' passwords from.

@@ -22,6 +22,7 @@ import (
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/cli"
+	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -193,12 +194,12 @@ func (p *publisher) connect(c *client) (*nats.Conn, error) {
 	if c.natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(c.natsCreds))
 	}
-	if prefix := app.InboxPrefix(c.inboxPrefix, c.natsURL, c.natsCreds); prefix != "" {
+	if prefix := natsconn.InboxPrefix(c.inboxPrefix, c.natsURL, c.natsCreds); prefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(prefix))
 	}
 	nc, err := nats.Connect(c.natsURL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", app.RedactURL(c.natsURL), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(c.natsURL), err)
 	}
 	return nc, nil
 }
