@@ -8,6 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/passkeys/worker/app"
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/publisher"
 )
 
 // The exit status tells a script what happened: 0 done, 1 the worker
@@ -15,18 +20,14 @@ import (
 // Flags go before or after the arguments, as the README writes them.
 func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
-	stop, url, err := startEmbeddedWorker(context.Background(), benchConfig{dataDir: dir, maxBatch: 64}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	url := startEmbeddedWorker(t, dir)
 	call := func(env map[string]string, args ...string) (int, string, string) {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), args, func(k string) string { return env[k] }, nil, &stdout, &stderr)
 		return code, stdout.String(), stderr.String()
 	}
 	code, tok, _ := call(nil, "token", "--data-dir", dir, "--sub", "admin-1", "--org", "org1", "--admin")
-	if code != exitOK {
+	if code != publisher.ExitOK {
 		t.Fatalf("token: exit %d", code)
 	}
 	tokFile := filepath.Join(dir, "admin.tok")
@@ -46,18 +47,18 @@ func TestExitCodes(t *testing.T) {
 		code int
 		want string
 	}{
-		{"Help", nil, []string{"help"}, exitOK, "remove USER_ID TOKEN_ID"},
-		{"Sync", nil, []string{"sync", "--nats-url", url, "--token-file", tokFile, users}, exitOK, "1 synced"},
+		{"Help", nil, []string{"help"}, publisher.ExitOK, "remove USER_ID TOKEN_ID"},
+		{"Sync", nil, []string{"sync", "--nats-url", url, "--token-file", tokFile, users}, publisher.ExitOK, "1 synced"},
 		// The README's own syntax: flags after the arguments.
-		{"FlagsAfterArguments", nil, []string{"remove", "u1", "pk-1", "--nats-url", url, "--token-file", tokFile}, exitOK, `"sequence":"2"`},
-		{"Refused", nil, []string{"remove", "--nats-url", url, "--token-file", tokFile, "u1", "pk-2"}, exitRejected, "PASSKEY-LAST"},
-		{"FromEnvironment", fromEnv, []string{"remove", "u1", "pk-2"}, exitRejected, "PASSKEY-LAST"}, // PASSKEYS_FORCE does not force
-		{"ForceAfterArguments", nil, []string{"remove", "--nats-url", url, "u1", "pk-2", "--force", "--token-file", tokFile}, exitOK, `"sequence":"3"`},
-		{"DoubleDash", nil, []string{"remove", "--nats-url", url, "--token-file", tokFile, "--", "u1", "--force"}, exitRejected, "PASSKEY-NOT-FOUND"},
-		{"MissingArgument", nil, []string{"remove", "u1"}, exitUsage, "want 2 argument(s), got 1"},
-		{"ExtraArgument", nil, []string{"remove", "u1", "pk-1", "pk-2"}, exitUsage, "want 2 argument(s), got 3"},
-		{"UnknownFlag", nil, []string{"remove", "u1", "pk-1", "--frobnicate"}, exitUsage, "flag provided but not defined"},
-		{"Unreachable", nil, []string{"remove", "--nats-url", "nats://127.0.0.1:1", "--token", "x", "u1", "pk-1"}, exitFailed, "connect to NATS"},
+		{"FlagsAfterArguments", nil, []string{"remove", "u1", "pk-1", "--nats-url", url, "--token-file", tokFile}, publisher.ExitOK, `"sequence":"2"`},
+		{"Refused", nil, []string{"remove", "--nats-url", url, "--token-file", tokFile, "u1", "pk-2"}, publisher.ExitRejected, "PASSKEY-LAST"},
+		{"FromEnvironment", fromEnv, []string{"remove", "u1", "pk-2"}, publisher.ExitRejected, "PASSKEY-LAST"}, // PASSKEYS_FORCE does not force
+		{"ForceAfterArguments", nil, []string{"remove", "--nats-url", url, "u1", "pk-2", "--force", "--token-file", tokFile}, publisher.ExitOK, `"sequence":"3"`},
+		{"DoubleDash", nil, []string{"remove", "--nats-url", url, "--token-file", tokFile, "--", "u1", "--force"}, publisher.ExitRejected, "PASSKEY-NOT-FOUND"},
+		{"MissingArgument", nil, []string{"remove", "u1"}, publisher.ExitUsage, "want 2 argument(s), got 1"},
+		{"ExtraArgument", nil, []string{"remove", "u1", "pk-1", "pk-2"}, publisher.ExitUsage, "want 2 argument(s), got 3"},
+		{"UnknownFlag", nil, []string{"remove", "u1", "pk-1", "--frobnicate"}, publisher.ExitUsage, "flag provided but not defined"},
+		{"Unreachable", nil, []string{"remove", "--nats-url", "nats://127.0.0.1:1", "--token", "x", "u1", "pk-1"}, publisher.ExitFailed, "connect to NATS"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, stdout, stderr := call(tt.env, tt.args...)
@@ -65,5 +66,29 @@ func TestExitCodes(t *testing.T) {
 				t.Fatalf("exit %d, want %d; stdout %q stderr %q, want %q", code, tt.code, stdout, stderr, tt.want)
 			}
 		})
+	}
+}
+
+// startEmbeddedWorker runs the development default (embedded NATS, the
+// development key in dir) in this process until the test ends, and returns
+// its NATS URL.
+func startEmbeddedWorker(tb testing.TB, dir string) string {
+	tb.Helper()
+	log, err := app.NewLogger(io.Discard, app.LogJSON, "warn", "passkeys-worker")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started, done := make(chan string, 1), make(chan error, 1)
+	cfg := app.Config{Listen: "127.0.0.1:0", DataDir: dir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
+		MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second, Started: func(url string) { started <- url }}
+	go func() { done <- app.Run(ctx, cfg, log) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	select {
+	case url := <-started:
+		return url
+	case err := <-done:
+		tb.Fatalf("embedded worker: %v", err)
+		return ""
 	}
 }

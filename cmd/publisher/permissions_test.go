@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/passkeys/worker/app"
+	"github.com/passkeys/worker/internal/publisher"
 	"github.com/passkeys/worker/internal/testenv"
 )
 
@@ -40,7 +41,7 @@ func TestRefusedByNATSFailsFast(t *testing.T) {
 		if took := time.Since(start); took > 10*time.Second {
 			t.Errorf("%s: took %s, waited for its timeout", tt.args[0], took)
 		}
-		if code != exitFailed || !strings.Contains(stderr.String(), tt.want) {
+		if code != publisher.ExitFailed || !strings.Contains(stderr.String(), tt.want) {
 			t.Errorf("%s as a service: exit %d, stderr %s; want %q", tt.args[0], code, stderr.String(), tt.want)
 		}
 		if strings.Contains(stderr.String(), password) {
@@ -101,11 +102,11 @@ func TestPublisherInboxPrefixPerUser(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"sync", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, users}, exitOK, "1 synced"},
-		{[]string{"remove", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1", "pk-1"}, exitOK, `"sequence":"2"`},
-		{[]string{"revoke", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, incident}, exitOK, "1 removed"},
-		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1"}, exitOK, `"totalResult":"0"`},
-		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--inbox-prefix", "_INBOX", "--timeout", "2s", "--token-file", userTok, "u1"}, exitFailed, ""},
+		{[]string{"sync", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, users}, publisher.ExitOK, "1 synced"},
+		{[]string{"remove", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1", "pk-1"}, publisher.ExitOK, `"sequence":"2"`},
+		{[]string{"revoke", "--nats-url", urlOf("passkeys-admin"), "--token-file", adminTok, incident}, publisher.ExitOK, "1 removed"},
+		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--token-file", userTok, "u1"}, publisher.ExitOK, `"totalResult":"0"`},
+		{[]string{"list", "--nats-url", urlOf("passkeys-service"), "--inbox-prefix", "_INBOX", "--timeout", "2s", "--token-file", userTok, "u1"}, publisher.ExitFailed, ""},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), tt.args, func(string) string { return "" }, nil, &stdout, &stderr)

@@ -14,12 +14,20 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/passkeys/worker/app"
+	"github.com/passkeys/worker/internal/benchcmd"
 )
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"publisher": func() {
 			os.Exit(run(context.Background(), os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr))
+		},
+		// bench is cmd/bench's command line.
+		"bench": func() {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			code := benchcmd.Run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+			stop()
+			os.Exit(code)
 		},
 		// worker is cmd/worker's command line, so scripts can run the real thing.
 		"worker": func() {

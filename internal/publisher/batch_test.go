@@ -1,4 +1,4 @@
-package main
+package publisher
 
 import (
 	"context"
@@ -45,23 +45,23 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 	defer cc.Stop()
 
 	const n = 300
-	jobs := make([]job, n)
+	jobs := make([]Job, n)
 	for i := range jobs {
-		jobs[i] = job{line: i + 1, userID: "u" + strconv.Itoa(i), subject: "passkeys.cmd.remove.u" + strconv.Itoa(i), body: []byte(`{"tokenId":"pk-1"}`)}
+		jobs[i] = Job{Line: i + 1, UserID: "u" + strconv.Itoa(i), Subject: "passkeys.cmd.remove.u" + strconv.Itoa(i), Body: []byte(`{"tokenId":"pk-1"}`)}
 	}
-	p := &publisher{stderr: io.Discard}
-	results := p.publishJobs(ctx, nc, js, &client{timeout: time.Millisecond}, "test", jobs, n, noProgress{})
+	p := &Publisher{Stderr: io.Discard}
+	results := p.PublishJobs(ctx, nc, js, &Client{Timeout: time.Millisecond}, "test", jobs, n, NoProgress{})
 	counts := map[string]int{}
 	for i, r := range results {
 		if r.Line != i+1 {
 			t.Fatalf("result %d is for line %d", i, r.Line)
 		}
 		counts[r.Class]++
-		if (r.Class == classDone) != (r.Reply != nil) {
+		if (r.Class == ClassDone) != (r.Reply != nil) {
 			t.Fatalf("line %d: outcome %q with reply %s", r.Line, r.Class, r.Reply)
 		}
 	}
-	if counts[classDone]+counts[classUnanswered] != n || counts[classUnanswered] < n/2 {
+	if counts[ClassDone]+counts[ClassUnanswered] != n || counts[ClassUnanswered] < n/2 {
 		t.Fatalf("classes %v: want every line settled once, at least half unanswered", counts)
 	}
 }

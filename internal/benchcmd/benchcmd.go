@@ -1,4 +1,8 @@
-package main
+// Package benchcmd is the benchmark's command line (cmd/bench): it measures
+// throughput and latency of an embedded worker, or of the worker behind
+// --nats-url, publishing through the same code as publisher revoke and
+// sync (package publisher), beside the storage layer alone.
+package benchcmd
 
 import (
 	"context"
@@ -6,7 +10,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -24,11 +27,12 @@ import (
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/bench"
+	"github.com/passkeys/worker/internal/publisher"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
-// benchConfig is what `publisher bench` was asked to do.
+// benchConfig is what bench was asked to do.
 type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch int
 	dataDir                                         string
@@ -62,10 +66,19 @@ type phaseReport struct {
 	Classes   map[string]int `json:"outcomes"`
 }
 
-func (p *publisher) bench(ctx context.Context, args []string) int {
+// Bench is the benchmark, a publisher with more to do.
+type Bench struct{ *publisher.Publisher }
+
+// Run is bench's command line; it returns the exit status.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	p := &Bench{&publisher.Publisher{Program: "bench", Getenv: getenv, Stdout: stdout, Stderr: stderr}}
+	return p.bench(ctx, args)
+}
+
+func (p *Bench) bench(ctx context.Context, args []string) int {
 	var c benchConfig
-	fs := p.flags("bench", "")
-	cl := clientFlags(fs)
+	fs := p.Flags("", "")
+	cl := publisher.ClientFlags(fs)
 	fs.IntVar(&c.users, "users", 100_000, "users to create (each with 3 passkeys and a password) before measuring")
 	fs.IntVar(&c.removals, "removals", 100_000, "removals to publish as a batch publisher does (0: skip); at most 3 per user")
 	fs.IntVar(&c.sequential, "sequential", 2_000, "sequential request-reply removals by one client (0: skip)")
@@ -74,55 +87,55 @@ func (p *publisher) bench(ctx context.Context, args []string) int {
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
-	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (publisher and embedded worker) during the batch removals to this file")
-	if code, ok := p.parse(fs, args, 0); !ok {
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (bench and its embedded worker) during the batch removals to this file")
+	if code, ok := p.Parse(fs, args, 0); !ok {
 		return code
 	}
 	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
-		return p.fail(exitUsage, "bench: --removals plus --sequential may be at most 3 × --users")
+		return p.Fail(publisher.ExitUsage, "--removals plus --sequential may be at most 3 × --users")
 	}
 	var profile *os.File
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
 		if err != nil {
-			return p.fail(exitUsage, "bench: %v", err)
+			return p.Fail(publisher.ExitUsage, "%v", err)
 		}
 		defer f.Close()
 		profile = f
 	}
-	embedded := !flagSet(fs, "nats-url") && p.getenv("PASSKEYS_NATS_URL") == ""
+	embedded := !publisher.FlagSet(fs, "nats-url") && p.Getenv("PASSKEYS_NATS_URL") == ""
 	cleanup, code, err := p.prepareBench(ctx, &c, cl, embedded)
 	defer cleanup()
 	if err != nil {
-		return p.fail(code, "bench: %v", err)
+		return p.Fail(code, "%v", err)
 	}
-	nc, err := p.connect(cl)
+	nc, err := p.Connect(cl)
 	if err != nil {
-		return p.fail(exitFailed, "%v", err)
+		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(c.inFlight))
 	if err != nil {
-		return p.fail(exitFailed, "%v", err)
+		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
 	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
 	if err := p.runBench(ctx, nc, js, cl, c, profile, &rep); err != nil {
-		return p.fail(exitFailed, "bench: %v", err)
+		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
 	rep.PeakRSSMB = peakRSSMB()
 	if rep.PeakRSSMB > 0 {
-		fmt.Fprintf(p.stdout, "peak resident set of this process: %.0f MB\n", rep.PeakRSSMB)
+		fmt.Fprintf(p.Stdout, "peak resident set of this process: %.0f MB\n", rep.PeakRSSMB)
 	}
 	line, _ := json.Marshal(rep)
-	fmt.Fprintf(p.stdout, "%s\n", line)
-	return exitOK
+	fmt.Fprintf(p.Stdout, "%s\n", line)
+	return publisher.ExitOK
 }
 
 // prepareBench starts the embedded worker (in a new temporary data
 // directory unless --data-dir says) when no NATS URL was given, and mints a
 // token with the development key when none was given. cleanup undoes it;
 // on an error, code is the exit status.
-func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, cl *client, embedded bool) (cleanup func(), code int, err error) {
+func (p *Bench) prepareBench(ctx context.Context, c *benchConfig, cl *publisher.Client, embedded bool) (cleanup func(), code int, err error) {
 	var undo []func()
 	cleanup = func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -133,41 +146,41 @@ func (p *publisher) prepareBench(ctx context.Context, c *benchConfig, cl *client
 		if c.dataDir == "" {
 			dir, err := os.MkdirTemp("", "passkeys-bench-")
 			if err != nil {
-				return cleanup, exitFailed, err
+				return cleanup, publisher.ExitFailed, err
 			}
 			undo = append(undo, func() { os.RemoveAll(dir) })
 			c.dataDir = dir
 		}
-		stopWorker, url, err := startEmbeddedWorker(ctx, *c, p.stderr)
+		stopWorker, url, err := startEmbeddedWorker(ctx, *c, p.Stderr)
 		if err != nil {
-			return cleanup, exitFailed, fmt.Errorf("start the embedded worker: %w", err)
+			return cleanup, publisher.ExitFailed, fmt.Errorf("start the embedded worker: %w", err)
 		}
 		undo = append(undo, stopWorker)
-		cl.natsURL = url
+		cl.NATSURL = url
 	}
-	if cl.bearer == "" && cl.bearerFile == "" {
+	if cl.Bearer == "" && cl.BearerFile == "" {
 		dir := c.dataDir
 		if dir == "" {
 			dir = "./data"
 		}
 		key, err := auth.LoadDevKey(dir)
 		if err != nil {
-			return cleanup, exitUsage, fmt.Errorf("no --token and no development key in %s: %w", dir, err)
+			return cleanup, publisher.ExitUsage, fmt.Errorf("no --token and no development key in %s: %w", dir, err)
 		}
 		tok, err := auth.Mint(key, auth.TokenRequest{Subject: "bench-admin", Org: "bench-org", Scopes: []string{auth.ScopeAdmin},
 			Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: 24 * time.Hour})
 		if err != nil {
-			return cleanup, exitFailed, err
+			return cleanup, publisher.ExitFailed, err
 		}
-		cl.bearer = tok
+		cl.Bearer = tok
 	}
-	return cleanup, exitOK, nil
+	return cleanup, publisher.ExitOK, nil
 }
 
 // runBench runs the phases: users created through sync, batch removals
 // (with the CPU profile, when asked for), sequential removals, and the
 // storage layer alone; each phase's figures go into rep and to stdout.
-func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *client, c benchConfig, profile *os.File, rep *benchReport) error {
+func (p *Bench) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *publisher.Client, c benchConfig, profile *os.File, rep *benchReport) error {
 	run := randomHex(4)
 	start := time.Now()
 	syncs, err := p.publishAll(ctx, nc, js, cl, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
@@ -178,10 +191,10 @@ func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.Je
 		return fmt.Errorf("sync: %w", err)
 	}
 	rep.SyncSeconds = time.Since(start).Seconds()
-	if syncs.Classes[classDone] != c.users {
+	if syncs.Classes[publisher.ClassDone] != c.users {
 		return fmt.Errorf("sync: %v", syncs.Classes)
 	}
-	fmt.Fprintf(p.stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
+	fmt.Fprintf(p.Stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
 	if c.removals > 0 {
 		if profile != nil {
 			if err := pprof.StartCPUProfile(profile); err != nil {
@@ -197,13 +210,13 @@ func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.Je
 		if err != nil {
 			return fmt.Errorf("removals: %w", err)
 		}
-		printPhase(p.stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
+		printPhase(p.Stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
 	}
 	if c.sequential > 0 {
 		if rep.Sequential, err = p.requestEach(ctx, nc, cl, c.removals, c.sequential, c.users); err != nil {
 			return fmt.Errorf("sequential: %w", err)
 		}
-		printPhase(p.stdout, "sequential removals (one client, request-reply)", rep.Sequential)
+		printPhase(p.Stdout, "sequential removals (one client, request-reply)", rep.Sequential)
 	}
 	if c.storage && c.removals > 0 {
 		rate, err := storageRate(c.users, c.removals, c.maxBatch)
@@ -212,17 +225,10 @@ func (p *publisher) runBench(ctx context.Context, nc *nats.Conn, js jetstream.Je
 		}
 		rep.StorageRate, rep.StorageBatch = rate, c.maxBatch
 		rep.RatioToStorage = rep.Batch.PerSecond / rate
-		fmt.Fprintf(p.stdout, "storage layer alone, %d removals per transaction: %.0f removals/s; end to end is %.2f of it\n",
+		fmt.Fprintf(p.Stdout, "storage layer alone, %d removals per transaction: %.0f removals/s; end to end is %.2f of it\n",
 			c.maxBatch, rate, rep.RatioToStorage)
 	}
 	return nil
-}
-
-// flagSet reports whether the command line set flag name.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	found := false
-	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
-	return found
 }
 
 func benchUser() passkey.SyncRequest {
@@ -243,23 +249,23 @@ func removal(users, k int) (string, []byte) {
 // publishAll publishes n commands to the stream as a batch publisher does
 // (publishJobs: async, Reply-To, Nats-Msg-Id, at most inFlight unanswered)
 // and measures each from publish to reply.
-func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *client, run string, n, inFlight int,
+func (p *Bench) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *publisher.Client, run string, n, inFlight int,
 	command func(k int) (string, []byte)) (*phaseReport, error) {
-	jobs := make([]job, n)
+	jobs := make([]publisher.Job, n)
 	for k := range jobs {
 		subject, body := command(k)
-		jobs[k] = job{line: k, subject: subject, body: body}
+		jobs[k] = publisher.Job{Line: k, Subject: subject, Body: body}
 	}
 	start := time.Now()
-	results := p.publishJobs(ctx, nc, js, cl, run, jobs, inFlight, noProgress{})
+	results := p.PublishJobs(ctx, nc, js, cl, run, jobs, inFlight, publisher.NoProgress{})
 	elapsed := time.Since(start)
 	lat := make([]time.Duration, 0, n)
 	classes := map[string]int{}
 	for _, r := range results {
 		classes[r.Class]++
-		lat = append(lat, r.latency)
+		lat = append(lat, r.Latency)
 	}
-	if u := classes[classUnanswered]; u > 0 {
+	if u := classes[publisher.ClassUnanswered]; u > 0 {
 		return nil, fmt.Errorf("%d of %d commands unanswered", u, n)
 	}
 	return summarize(lat, elapsed, classes), nil
@@ -267,7 +273,7 @@ func (p *publisher) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.
 
 // requestEach sends n removals one after another through the request-reply
 // endpoint, starting after the first `skip` removals.
-func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, cl *client, skip, n, users int) (*phaseReport, error) {
+func (p *Bench) requestEach(ctx context.Context, nc *nats.Conn, cl *publisher.Client, skip, n, users int) (*phaseReport, error) {
 	lat := make([]time.Duration, n)
 	classes := map[string]int{}
 	start := time.Now()
@@ -275,12 +281,12 @@ func (p *publisher) requestEach(ctx context.Context, nc *nats.Conn, cl *client, 
 		subject, body := removal(users, skip+i)
 		subject = "passkeys.remove." + strings.TrimPrefix(subject, "passkeys.cmd.remove.")
 		t0 := time.Now()
-		reply, err := p.request(ctx, nc, cl, subject, body, nil)
+		reply, err := p.Request(ctx, nc, cl, subject, body, nil)
 		if err != nil {
 			return nil, err
 		}
 		lat[i] = time.Since(t0)
-		classes[classify(reply)]++
+		classes[publisher.Classify(reply)]++
 	}
 	return summarize(lat, time.Since(start), classes), nil
 }

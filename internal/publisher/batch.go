@@ -1,4 +1,4 @@
-package main
+package publisher
 
 import (
 	"bufio"
@@ -28,47 +28,47 @@ import (
 	"github.com/passkeys/worker/passkey"
 )
 
-// job is one valid input line, ready to publish.
-type job struct {
-	line    int
-	userID  string
-	subject string // the stream subject, passkeys.cmd.<op>.<userId>
-	body    []byte
-	input   json.RawMessage // what the line asked, for the results file
+// Job is one valid input line, ready to publish.
+type Job struct {
+	Line    int
+	UserID  string
+	Subject string // the stream subject, passkeys.cmd.<op>.<userId>
+	Body    []byte
+	Input   json.RawMessage // what the line asked, for the results file
 }
 
 // badLine is an input line that could not be read; it is reported, never dropped.
 type badLine struct {
-	line int
+	Line int
 	err  error
 }
 
-// lineResult is one line of the results file.
-type lineResult struct {
+// LineResult is one line of the results file.
+type LineResult struct {
 	Line  int             `json:"line"`
 	Input json.RawMessage `json:"input,omitempty"`
-	Class string          `json:"outcome"` // classDone ... classUnanswered
+	Class string          `json:"outcome"` // ClassDone ... ClassUnanswered
 	Reply json.RawMessage `json:"reply,omitempty"`
 	Error string          `json:"error,omitempty"`
 
-	latency time.Duration // from publish to reply, for the bench
+	Latency time.Duration `json:"-"` // from publish to reply, for the bench
 }
 
 // Classes of reply, the summary's columns (the results file's "outcome").
 const (
-	classDone       = "done" // shown as "removed" or "synced"
+	ClassDone       = "done" // shown as "removed" or "synced"
 	classNotFound   = "not found"
 	classLast       = "last login method"
 	classDenied     = "permission denied"
 	classOther      = "other"
 	classBadLine    = "bad line"
-	classUnanswered = "unanswered"
+	ClassUnanswered = "unanswered"
 )
 
-// classify names the class of reply.
-func classify(reply *nats.Msg) string {
+// Classify names the class of reply.
+func Classify(reply *nats.Msg) string {
 	if reply.Header.Get("Nats-Service-Error-Code") == "" {
-		return classDone
+		return ClassDone
 	}
 	var body struct {
 		Code    int
@@ -90,21 +90,21 @@ func classify(reply *nats.Msg) string {
 // readRevocations reads JSON Lines ({"userId","tokenId","force"}) or CSV with
 // a header (userId,tokenId[,force]); which one, the first non-blank
 // character tells.
-func readRevocations(r io.Reader) ([]job, []badLine, error) {
+func readRevocations(r io.Reader) ([]Job, []badLine, error) {
 	br := bufio.NewReader(r)
 	first, err := firstByte(br)
 	if err != nil {
 		return nil, nil, err
 	}
 	if first == '{' {
-		return readJSONLines(br, func(line int, raw []byte) (job, error) {
+		return readJSONLines(br, func(line int, raw []byte) (Job, error) {
 			var in struct {
 				UserID  string `json:"userId"`
 				TokenID string `json:"tokenId"`
 				Force   bool   `json:"force"`
 			}
 			if err := strictJSON(raw, &in); err != nil {
-				return job{}, err
+				return Job{}, err
 			}
 			return removalJob(line, in.UserID, in.TokenID, in.Force)
 		})
@@ -112,33 +112,33 @@ func readRevocations(r io.Reader) ([]job, []badLine, error) {
 	return readCSV(br)
 }
 
-func removalJob(line int, userID, tokenID string, force bool) (job, error) {
+func removalJob(line int, userID, tokenID string, force bool) (Job, error) {
 	if err := passkey.ValidateUserID(userID); err != nil {
-		return job{}, fmt.Errorf("userId %q: %w", userID, err)
+		return Job{}, fmt.Errorf("userId %q: %w", userID, err)
 	}
 	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: force})
 	if _, err := passkey.DecodeRemove(body); err != nil {
-		return job{}, err
+		return Job{}, err
 	}
 	input, _ := json.Marshal(map[string]any{"userId": userID, "tokenId": tokenID, "force": force})
-	return job{line: line, userID: userID, subject: "passkeys.cmd.remove." + userID, body: body, input: input}, nil
+	return Job{Line: line, UserID: userID, Subject: "passkeys.cmd.remove." + userID, Body: body, Input: input}, nil
 }
 
 // readSyncs reads JSON Lines of {"userId": ..., <sync body>}.
-func readSyncs(r io.Reader) ([]job, []badLine, error) {
-	return readJSONLines(bufio.NewReader(r), func(line int, raw []byte) (job, error) {
+func readSyncs(r io.Reader) ([]Job, []badLine, error) {
+	return readJSONLines(bufio.NewReader(r), func(line int, raw []byte) (Job, error) {
 		var in syncLine
 		if err := strictJSON(raw, &in); err != nil {
-			return job{}, err
+			return Job{}, err
 		}
 		if err := passkey.ValidateUserID(in.UserID); err != nil {
-			return job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
+			return Job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
 		}
 		body, _ := json.Marshal(in.SyncRequest)
 		if _, err := passkey.DecodeSync(body); err != nil {
-			return job{}, err
+			return Job{}, err
 		}
-		return job{line: line, userID: in.UserID, subject: "passkeys.cmd.sync." + in.UserID, body: body, input: json.RawMessage(raw)}, nil
+		return Job{Line: line, UserID: in.UserID, Subject: "passkeys.cmd.sync." + in.UserID, Body: body, Input: json.RawMessage(raw)}, nil
 	})
 }
 
@@ -166,10 +166,10 @@ func strictJSON(raw []byte, v any) error {
 
 // readJSONLines reads one JSON object a line; blank lines and lines starting
 // with # are skipped.
-func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (job, error)) ([]job, []badLine, error) {
+func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (Job, error)) ([]Job, []badLine, error) {
 	sc := bufio.NewScanner(br)
 	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
-	var jobs []job
+	var jobs []Job
 	var bad []badLine
 	for n := 1; sc.Scan(); n++ {
 		raw := []byte(strings.TrimSpace(sc.Text()))
@@ -186,7 +186,7 @@ func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (job, erro
 	return jobs, bad, sc.Err()
 }
 
-func readCSV(br *bufio.Reader) ([]job, []badLine, error) {
+func readCSV(br *bufio.Reader) ([]Job, []badLine, error) {
 	r := csv.NewReader(br)
 	r.FieldsPerRecord = -1
 	r.TrimLeadingSpace = true
@@ -207,7 +207,7 @@ func readCSV(br *bufio.Reader) ([]job, []badLine, error) {
 	if !ok1 || !ok2 {
 		return nil, nil, fmt.Errorf("CSV header %q: want userId,tokenId[,force]", strings.Join(header, ","))
 	}
-	var jobs []job
+	var jobs []Job
 	var bad []badLine
 	for {
 		rec, err := r.Read()
@@ -254,9 +254,9 @@ type batchFlags struct {
 	progress string
 }
 
-func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *client, *flag.FlagSet) {
-	fs := p.flags(name, "FILE")
-	c := clientFlags(fs)
+func (p *Publisher) batchFlagSet(name, what string) (*batchFlags, *Client, *flag.FlagSet) {
+	fs := p.Flags(name, "FILE")
+	c := ClientFlags(fs)
 	b := &batchFlags{}
 	fs.StringVar(&b.name, "batch", "", "the batch's name in the summary (default: the file's name); when given, it is also part of every Nats-Msg-Id, so the same lines under a new name are new commands")
 	fs.IntVar(&b.inFlight, "in-flight", 256, "most "+what+" published and not yet answered")
@@ -267,23 +267,23 @@ func (p *publisher) batchFlagSet(name, what string) (*batchFlags, *client, *flag
 
 // runBatch publishes every job as a batch publisher does and prints the
 // summary; it returns the exit code.
-func (p *publisher) runBatch(ctx context.Context, c *client, op, done string, path string, b *batchFlags,
-	read func(io.Reader) ([]job, []badLine, error)) int {
-	in := p.stdin
+func (p *Publisher) runBatch(ctx context.Context, c *Client, op, done string, path string, b *batchFlags,
+	read func(io.Reader) ([]Job, []badLine, error)) int {
+	in := p.Stdin
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
-			return p.fail(exitUsage, "%v", err)
+			return p.Fail(ExitUsage, "%v", err)
 		}
 		defer f.Close()
 		in = f
 	}
 	jobs, bad, err := read(in)
 	if err != nil {
-		return p.fail(exitUsage, "read %s: %v", path, err)
+		return p.Fail(ExitUsage, "read %s: %v", path, err)
 	}
 	for _, l := range bad {
-		fmt.Fprintf(p.stderr, "publisher: line %d: %v (skipped)\n", l.line, l.err)
+		fmt.Fprintf(p.Stderr, "publisher: line %d: %v (skipped)\n", l.Line, l.err)
 	}
 	// Ids come from what each line asks (commandID), never from the file's
 	// name: another file with the same line is the same command, and a
@@ -295,25 +295,25 @@ func (p *publisher) runBatch(ctx context.Context, c *client, op, done string, pa
 	} else {
 		b.name = batchName(path)
 	}
-	nc, err := p.connect(c)
+	nc, err := p.Connect(c)
 	if err != nil {
-		return p.fail(exitFailed, "%v", err)
+		return p.Fail(ExitFailed, "%v", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(b.inFlight, 1)))
 	if err != nil {
-		return p.fail(exitFailed, "%v", err)
+		return p.Fail(ExitFailed, "%v", err)
 	}
 	bar := p.newProgress(b.progress, len(jobs), done)
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	p.denials.mu.Lock()
-	p.denials.any = stop // a refusal by NATS applies to every line: stop at the first
+	p.denials.any = stop // a refusal by NATS applies to every Line: stop at the first
 	p.denials.mu.Unlock()
-	results := p.publishJobs(ctx, nc, js, c, idPrefix, jobs, max(b.inFlight, 1), bar)
+	results := p.PublishJobs(ctx, nc, js, c, idPrefix, jobs, max(b.inFlight, 1), bar)
 	bar.finish()
 	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
-		fmt.Fprintf(p.stderr, "publisher: stopped: %v\n", cause)
+		fmt.Fprintf(p.Stderr, "publisher: stopped: %v\n", cause)
 	}
 
 	counts := map[string]int{}
@@ -323,28 +323,28 @@ func (p *publisher) runBatch(ctx context.Context, c *client, op, done string, pa
 	counts[classBadLine] = len(bad)
 	if b.results != "" {
 		for _, l := range bad {
-			results = append(results, lineResult{Line: l.line, Class: classBadLine, Error: l.err.Error()})
+			results = append(results, LineResult{Line: l.Line, Class: classBadLine, Error: l.err.Error()})
 		}
-		slices.SortFunc(results, func(a, b lineResult) int { return a.Line - b.Line })
+		slices.SortFunc(results, func(a, b LineResult) int { return a.Line - b.Line })
 		if err := writeResults(b.results, results); err != nil {
-			return p.fail(exitFailed, "results: %v", err)
+			return p.Fail(ExitFailed, "results: %v", err)
 		}
 	}
-	fmt.Fprintf(p.stdout, "%s: %d %s, %d not found, %d last login method, %d permission denied, %d other, %d bad lines, %d unanswered\n",
-		b.name, counts[classDone], done, counts[classNotFound], counts[classLast], counts[classDenied],
-		counts[classOther], counts[classBadLine], counts[classUnanswered])
+	fmt.Fprintf(p.Stdout, "%s: %d %s, %d not found, %d last login method, %d permission denied, %d other, %d bad lines, %d unanswered\n",
+		b.name, counts[ClassDone], done, counts[classNotFound], counts[classLast], counts[classDenied],
+		counts[classOther], counts[classBadLine], counts[ClassUnanswered])
 	switch {
-	case counts[classUnanswered] > 0:
-		return exitFailed
+	case counts[ClassUnanswered] > 0:
+		return ExitFailed
 	case len(bad) > 0:
-		return exitUsage
-	case counts[classDone] < len(jobs):
-		return exitRejected
+		return ExitUsage
+	case counts[ClassDone] < len(jobs):
+		return ExitRejected
 	}
-	return exitOK
+	return ExitOK
 }
 
-func writeResults(path string, results []lineResult) error {
+func writeResults(path string, results []LineResult) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -364,13 +364,13 @@ func writeResults(path string, results []lineResult) error {
 	return f.Close()
 }
 
-// publishJobs publishes each job to the stream with Reply-To and the
+// PublishJobs publishes each job to the stream with Reply-To and the
 // Nats-Msg-Id commandID gives it, at most inFlight unanswered. A line that
 // JetStream reports as a duplicate (this file was run before) gets its
 // stored outcome through the request-reply endpoint with the same id.
-func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *client, prefix string,
-	jobs []job, inFlight int, bar progress) []lineResult {
-	b := &batchRun{jobs: jobs, results: make([]lineResult, len(jobs)), settled: make([]bool, len(jobs)),
+func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *Client, prefix string,
+	jobs []Job, inFlight int, bar progress) []LineResult {
+	b := &batchRun{jobs: jobs, results: make([]LineResult, len(jobs)), settled: make([]bool, len(jobs)),
 		sent: make([]atomic.Int64, len(jobs)), slots: make(chan struct{}, inFlight), bar: bar}
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
@@ -386,7 +386,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	_ = sub.SetPendingLimits(-1, -1)
 
 	scope := ""
-	if iss, sub, ok := tokenPrincipal(c.bearer); ok {
+	if iss, sub, ok := tokenPrincipal(c.Bearer); ok {
 		scope = passkey.MsgIDScope(iss, sub)
 	}
 	for i, j := range jobs {
@@ -404,7 +404,7 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	select {
 	case <-done:
 	case <-ctx.Done():
-	case <-time.After(c.timeout + time.Duration(len(jobs))*time.Millisecond):
+	case <-time.After(c.Timeout + time.Duration(len(jobs))*time.Millisecond):
 	}
 	b.settleRest("no reply in time")
 	return b.results
@@ -412,13 +412,13 @@ func (p *publisher) publishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 
 // publishJob publishes job i and has b answered when its reply comes: from
 // the worker on the inbox, or, for a duplicate, from the stored outcome.
-func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *client, b *batchRun, i int, j job, inbox, msgID string) {
-	msg := nats.NewMsg(j.subject)
-	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(c.bearer, "Bearer "))
+func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *Client, b *batchRun, i int, j Job, inbox, msgID string) {
+	msg := nats.NewMsg(j.Subject)
+	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(c.Bearer, "Bearer "))
 	msg.Header.Set("Content-Type", "application/json")
 	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
 	msg.Header.Set(nats.MsgIdHdr, msgID)
-	msg.Data = j.body
+	msg.Data = j.Body
 	b.sent[i].Store(time.Now().UnixNano())
 	future, err := js.PublishMsgAsync(msg)
 	if err != nil {
@@ -432,8 +432,8 @@ func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 				// Stored before: JetStream dropped it, the worker will not
 				// reply; its stored outcome is the answer.
 				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
-				subject := "passkeys." + strings.TrimPrefix(j.subject, "passkeys.cmd.")
-				reply, err := p.request(ctx, nc, c, subject, j.body, hdr)
+				subject := "passkeys." + strings.TrimPrefix(j.Subject, "passkeys.cmd.")
+				reply, err := p.Request(ctx, nc, c, subject, j.Body, hdr)
 				b.answer(i, reply, err)
 			}
 		case err := <-future.Err():
@@ -446,17 +446,17 @@ func (p *publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 // error, or the final timeout, whichever comes first; after settleRest, no
 // late reply writes any more (mu guards results and settled).
 type batchRun struct {
-	jobs    []job
+	jobs    []Job
 	sent    []atomic.Int64 // when each was published, for its latency
 	slots   chan struct{}  // one per line published and not yet answered
 	wg      sync.WaitGroup // the lines published and not yet answered
 	bar     progress
 	mu      sync.Mutex
-	results []lineResult
+	results []LineResult
 	settled []bool
 }
 
-func (b *batchRun) settle(i int, r lineResult) bool {
+func (b *batchRun) settle(i int, r LineResult) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.settled[i] {
@@ -468,11 +468,11 @@ func (b *batchRun) settle(i int, r lineResult) bool {
 
 // answer settles line i with its reply or the error that ended it.
 func (b *batchRun) answer(i int, reply *nats.Msg, err error) {
-	r := lineResult{Line: b.jobs[i].line, Input: b.jobs[i].input, latency: time.Duration(time.Now().UnixNano() - b.sent[i].Load())}
+	r := LineResult{Line: b.jobs[i].Line, Input: b.jobs[i].Input, Latency: time.Duration(time.Now().UnixNano() - b.sent[i].Load())}
 	if err != nil {
-		r.Class, r.Error = classUnanswered, err.Error()
+		r.Class, r.Error = ClassUnanswered, err.Error()
 	} else {
-		r.Class, r.Reply = classify(reply), json.RawMessage(reply.Data)
+		r.Class, r.Reply = Classify(reply), json.RawMessage(reply.Data)
 	}
 	if !b.settle(i, r) {
 		return
@@ -485,7 +485,7 @@ func (b *batchRun) answer(i int, reply *nats.Msg, err error) {
 // settleRest settles every line not settled yet as unanswered, for why.
 func (b *batchRun) settleRest(why string) {
 	for i, j := range b.jobs {
-		b.settle(i, lineResult{Line: j.line, Input: j.input, Class: classUnanswered, Error: why})
+		b.settle(i, LineResult{Line: j.Line, Input: j.Input, Class: ClassUnanswered, Error: why})
 	}
 }
 
@@ -494,10 +494,10 @@ func (b *batchRun) settleRest(why string) {
 // principal of the publisher's token (passkey.MsgIDScope), as the forwarding
 // endpoints scope the ids they store, so that a repeat asked through an
 // endpoint finds the outcome of the line published straight into the stream.
-func commandID(scope, prefix string, j job) string {
+func commandID(scope, prefix string, j Job) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%d\n%s\n", j.line, j.subject)
-	h.Write(j.body)
+	fmt.Fprintf(h, "%d\n%s\n", j.Line, j.Subject)
+	h.Write(j.Body)
 	return scope + prefix + ":" + hex.EncodeToString(h.Sum(nil)[:8]) // 64 bits: unique among one principal's lines
 }
 
@@ -528,10 +528,11 @@ type progress interface {
 	finish()
 }
 
-type noProgress struct{}
+// NoProgress shows nothing (the bench, and --progress none).
+type NoProgress struct{}
 
-func (noProgress) add(int) {}
-func (noProgress) finish() {}
+func (NoProgress) add(int) {}
+func (NoProgress) finish() {}
 
 type barProgress struct{ bar *progressbar.ProgressBar }
 
@@ -576,10 +577,10 @@ func (l *lineProgress) finish() {
 	l.print(time.Now())
 }
 
-func (p *publisher) newProgress(mode string, total int, unit string) progress {
+func (p *Publisher) newProgress(mode string, total int, unit string) progress {
 	if mode == "auto" {
 		mode = "lines"
-		if f, ok := p.stderr.(*os.File); ok {
+		if f, ok := p.Stderr.(*os.File); ok {
 			if info, err := f.Stat(); err == nil && info.Mode()&os.ModeCharDevice != 0 {
 				mode = "bar"
 			}
@@ -588,13 +589,13 @@ func (p *publisher) newProgress(mode string, total int, unit string) progress {
 	switch mode {
 	case "bar":
 		return barProgress{progressbar.NewOptions(total,
-			progressbar.OptionSetWriter(p.stderr), progressbar.OptionSetDescription(unit),
+			progressbar.OptionSetWriter(p.Stderr), progressbar.OptionSetDescription(unit),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString(unit),
 			progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond))}
 	case "none":
-		return noProgress{}
+		return NoProgress{}
 	default:
 		now := time.Now()
-		return &lineProgress{w: p.stderr, total: total, start: now, last: now, interval: 2 * time.Second, unit: unit}
+		return &lineProgress{w: p.Stderr, total: total, start: now, last: now, interval: 2 * time.Second, unit: unit}
 	}
 }
