@@ -26,7 +26,7 @@ const Leeway = 30 * time.Second
 
 // MaxTokenSize bounds the Authorization header, so a hostile caller cannot
 // make the worker parse megabytes of base64.
-const MaxTokenSize = 8 << 10
+const MaxTokenSize = passkey.MaxTokenSize
 
 // Scopes that widen what a principal may do.
 const (
@@ -142,11 +142,11 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 		return passkey.Principal{}, err
 	}
 	if !slices.Contains(allowedAlgorithms, alg) {
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthAlgorithm, "the token's signature algorithm is not allowed")
+		return passkey.Principal{}, passkey.ErrAuthAlgorithm
 	}
 	tok, err := jwt.ParseSigned(raw, allowedAlgorithms)
 	if err != nil || len(tok.Headers) != 1 {
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
+		return passkey.Principal{}, passkey.ErrAuthNotJWT
 	}
 	claims, err := v.verifySignature(tok, alg, key)
 	if err != nil {
@@ -176,34 +176,34 @@ func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgo
 		// signature.
 		var c Claims
 		if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
-			return Claims{}, unauthenticated(passkey.IDAuthClaims, "the token's claims are not of the types a JWT's claims have")
+			return Claims{}, passkey.ErrAuthClaimTypes
 		}
 		v.cache.put(cacheKey, c)
 		return c, nil
 	}
 	if !tried {
-		return Claims{}, unauthenticated(passkey.IDAuthKeyUnknown, "no trusted key matches the token's key id")
+		return Claims{}, passkey.ErrAuthKeyUnknown
 	}
-	return Claims{}, unauthenticated(passkey.IDAuthSignature, "the token's signature is not valid")
+	return Claims{}, passkey.ErrAuthSignature
 }
 
 func checkClaims(c Claims, issuer, audience string, at time.Time) (passkey.Principal, error) {
 	if c.Subject == "" || c.Expiry == nil {
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthClaims, "the token must carry sub and exp")
+		return passkey.Principal{}, passkey.ErrAuthNoSubOrExp
 	}
 	err := c.ValidateWithLeeway(jwt.Expected{Issuer: issuer, AnyAudience: jwt.Audience{audience}, Time: at}, Leeway)
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrInvalidIssuer):
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthIssuer, "the token's issuer is not trusted")
+		return passkey.Principal{}, passkey.ErrAuthIssuer
 	case errors.Is(err, jwt.ErrInvalidAudience):
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthAudience, "the token is not meant for this service")
+		return passkey.Principal{}, passkey.ErrAuthAudience
 	case errors.Is(err, jwt.ErrExpired):
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthExpired, "the token had expired when the command was sent")
+		return passkey.Principal{}, passkey.ErrAuthExpired
 	case errors.Is(err, jwt.ErrNotValidYet), errors.Is(err, jwt.ErrIssuedInTheFuture):
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthNotYetValid, "the token was not yet valid when the command was sent")
+		return passkey.Principal{}, passkey.ErrAuthNotYetValid
 	default:
-		return passkey.Principal{}, unauthenticated(passkey.IDAuthClaims, "the token's claims are not valid")
+		return passkey.Principal{}, passkey.ErrAuthClaims
 	}
 	p := passkey.Principal{Issuer: c.Issuer, Subject: c.Subject, Org: c.Org}
 	for _, s := range strings.Fields(c.Scope) {
@@ -221,18 +221,18 @@ func checkClaims(c Claims, issuer, audience string, at time.Time) (passkey.Princ
 func bearer(values []string) (string, error) {
 	switch len(values) {
 	case 0:
-		return "", unauthenticated(passkey.IDAuthMissing, "the Authorization header is required")
+		return "", passkey.ErrAuthMissing
 	case 1:
 	default:
-		return "", unauthenticated(passkey.IDAuthMalformed, "only one Authorization header is allowed")
+		return "", passkey.ErrAuthTwice
 	}
 	scheme, token, ok := strings.Cut(values[0], " ")
 	token = strings.TrimSpace(token)
 	switch {
 	case !ok || !strings.EqualFold(scheme, "Bearer") || token == "":
-		return "", unauthenticated(passkey.IDAuthMalformed, "the Authorization header must be 'Bearer <JWT>'")
+		return "", passkey.ErrAuthNotBearer
 	case len(token) > MaxTokenSize:
-		return "", unauthenticated(passkey.IDAuthMalformed, "the token is larger than %d bytes", MaxTokenSize)
+		return "", passkey.ErrAuthTooLarge
 	}
 	return token, nil
 }
@@ -246,11 +246,7 @@ func headerAlgorithm(token string) (jose.SignatureAlgorithm, error) {
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(head)
 	if !ok || err != nil || json.Unmarshal(raw, &h) != nil || h.Alg == "" {
-		return "", unauthenticated(passkey.IDAuthMalformed, "the token is not a well-formed signed JWT")
+		return "", passkey.ErrAuthNotJWT
 	}
 	return jose.SignatureAlgorithm(h.Alg), nil
-}
-
-func unauthenticated(id, format string, args ...any) *passkey.Error {
-	return passkey.Errorf(passkey.CodeUnauthenticated, id, format, args...)
 }

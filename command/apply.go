@@ -69,8 +69,12 @@ type checked struct {
 	principal passkey.Principal
 	// fingerprint identifies the command (passkey.Fingerprint).
 	fingerprint []byte
-	refusal     error // a definitive refusal found before reading the store
-	broken      error // preparing it panicked: retry it, alone
+	// refusal is a definitive refusal found before reading the store.
+	// Typed: only a rule's *passkey.Error can become a stored outcome; any
+	// other error makes the command broken (tried again), never a
+	// permanent INTERNAL answer by accident.
+	refusal *passkey.Error
+	broken  error // preparing it panicked: retry it, alone
 }
 
 // Apply applies cmds, in order, in one transaction, and returns a result
@@ -224,7 +228,13 @@ func (a *Applier) check(c *Command) checked {
 	if err == nil {
 		err = authErr
 	}
-	pr.refusal = err
+	var perr *passkey.Error
+	switch {
+	case errors.As(err, &perr):
+		pr.refusal = perr
+	case err != nil:
+		pr.broken = err
+	}
 	return pr
 }
 
@@ -266,7 +276,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result,
 		return res, nil
 	}
 	if pr.refusal != nil {
-		res.Answer = passkey.Refused(passkey.AsError(pr.refusal))
+		res.Answer = passkey.Refused(pr.refusal)
 	} else {
 		user, err := tx.User(pr.userID)
 		if errors.Is(err, storage.ErrCorrupt) {

@@ -87,6 +87,10 @@ const (
 	IDOutcomeUnavailable = "OUTCOME-UNAVAILABLE"
 )
 
+// MaxTokenSize bounds a bearer token, so a hostile caller cannot make the
+// worker parse megabytes of base64.
+const MaxTokenSize = 8 << 10
+
 // Shared errors that carry no per-request detail.
 var (
 	// ErrInternal is what every unexpected failure looks like to a client.
@@ -145,6 +149,23 @@ var (
 	// store.
 	ErrStreamUnavailable = &Error{Code: CodeUnavailable, ID: IDStreamUnavailable,
 		Message: "the command could not be stored; it was not applied, try again"}
+	// Token refusals (package auth): UNAUTHENTICATED, by what is wrong.
+	ErrAuthMissing     = &Error{Code: CodeUnauthenticated, ID: IDAuthMissing, Message: "the Authorization header is required"}
+	ErrAuthTwice       = &Error{Code: CodeUnauthenticated, ID: IDAuthMalformed, Message: "only one Authorization header is allowed"}
+	ErrAuthNotBearer   = &Error{Code: CodeUnauthenticated, ID: IDAuthMalformed, Message: "the Authorization header must be 'Bearer <JWT>'"}
+	ErrAuthTooLarge    = Errorf(CodeUnauthenticated, IDAuthMalformed, "the token is larger than %d bytes", MaxTokenSize)
+	ErrAuthNotJWT      = &Error{Code: CodeUnauthenticated, ID: IDAuthMalformed, Message: "the token is not a well-formed signed JWT"}
+	ErrAuthAlgorithm   = &Error{Code: CodeUnauthenticated, ID: IDAuthAlgorithm, Message: "the token's signature algorithm is not allowed"}
+	ErrAuthKeyUnknown  = &Error{Code: CodeUnauthenticated, ID: IDAuthKeyUnknown, Message: "no trusted key matches the token's key id"}
+	ErrAuthSignature   = &Error{Code: CodeUnauthenticated, ID: IDAuthSignature, Message: "the token's signature is not valid"}
+	ErrAuthClaimTypes  = &Error{Code: CodeUnauthenticated, ID: IDAuthClaims, Message: "the token's claims are not of the types a JWT's claims have"}
+	ErrAuthNoSubOrExp  = &Error{Code: CodeUnauthenticated, ID: IDAuthClaims, Message: "the token must carry sub and exp"}
+	ErrAuthClaims      = &Error{Code: CodeUnauthenticated, ID: IDAuthClaims, Message: "the token's claims are not valid"}
+	ErrAuthIssuer      = &Error{Code: CodeUnauthenticated, ID: IDAuthIssuer, Message: "the token's issuer is not trusted"}
+	ErrAuthAudience    = &Error{Code: CodeUnauthenticated, ID: IDAuthAudience, Message: "the token is not meant for this service"}
+	ErrAuthExpired     = &Error{Code: CodeUnauthenticated, ID: IDAuthExpired, Message: "the token had expired when the command was sent"}
+	ErrAuthNotYetValid = &Error{Code: CodeUnauthenticated, ID: IDAuthNotYetValid, Message: "the token was not yet valid when the command was sent"}
+
 	// ErrOutcomeUnavailable answers a repeat whose original was not
 	// processed within the wait.
 	ErrOutcomeUnavailable = &Error{Code: CodeUnavailable, ID: IDOutcomeUnavailable,
