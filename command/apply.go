@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -82,23 +85,64 @@ type checked struct {
 // error and nothing was committed. A panic while deciding one command makes
 // only that command transient.
 func (a *Applier) Apply(cmds []*Command) ([]Result, error) {
-	preps := make([]checked, len(cmds))
-	for i, c := range cmds {
-		preps[i] = a.checkSafely(c)
+	return a.Commit(a.Check(cmds))
+}
+
+// Checked is a batch whose commands have been checked (Check) and wait for
+// their transaction (Commit).
+type Checked struct {
+	cmds    []*Command
+	checked []checked
+}
+
+// Commands are the batch's commands, in stream order.
+func (c *Checked) Commands() []*Command { return c.cmds }
+
+// Check checks every command of a batch: subject, headers, body and token,
+// all that needs no store. It is the expensive part (signatures, JSON) and
+// runs in parallel, on up to GOMAXPROCS goroutines, so that a batch's
+// commit (its fsyncs) can overlap the next batch's Check; the order of the
+// commands is kept for Commit.
+func (a *Applier) Check(cmds []*Command) *Checked {
+	c := &Checked{cmds: cmds, checked: make([]checked, len(cmds))}
+	workers := min(runtime.GOMAXPROCS(0), len(cmds))
+	if workers < 2 {
+		for i, cmd := range cmds {
+			c.checked[i] = a.checkSafely(cmd)
+		}
+		return c
 	}
-	results := make([]Result, len(cmds))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(cmds); i = int(next.Add(1) - 1) {
+				c.checked[i] = a.checkSafely(cmds[i])
+			}
+		})
+	}
+	wg.Wait()
+	return c
+}
+
+// Commit applies a checked batch, in order, in one transaction, and returns
+// a result for each command. A failure of the store fails the whole batch:
+// it returns the error and nothing was committed; the batch may be
+// committed again.
+func (a *Applier) Commit(c *Checked) ([]Result, error) {
+	results := make([]Result, len(c.cmds))
 	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
 		expires := a.Now().Add(a.Retention)
 		var applied uint64
-		for i := range preps {
-			r, err := a.apply(tx, &preps[i], expires)
+		for i := range c.checked {
+			r, err := a.apply(tx, &c.checked[i], expires)
 			if err != nil {
 				return err
 			}
 			results[i] = r
 			if r.Transient == nil {
-				applied = max(applied, preps[i].cmd.StreamSeq)
+				applied = max(applied, c.checked[i].cmd.StreamSeq)
 			}
 		}
 		return tx.NoteAppliedSeq(applied)

@@ -413,3 +413,28 @@ func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Check runs in parallel; every command still gets its own answer, in its
+// place, and commits in stream order.
+func TestCheckInParallelKeepsOrder(t *testing.T) {
+	f := newApplier(t)
+	var cmds []*Command
+	for i := range 300 {
+		user := "u" + strconv.Itoa(i)
+		cmds = append(cmds, f.cmd(t, "passkeys.cmd.sync."+user, "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
+			"passkeys": []map[string]string{{"id": "pk-" + user, "state": "ready"}}}, adminScope))
+		if i%3 == 0 { // and a removal of that user's passkey right behind its sync
+			cmds = append(cmds, f.cmd(t, "passkeys.cmd.remove."+user, user, "", map[string]any{"tokenId": "pk-" + user}))
+		}
+	}
+	res := f.apply(t, cmds...)
+	for i, c := range cmds {
+		want := "seq 1"
+		if strings.Contains(c.Subject, ".remove.") {
+			want = "seq 2"
+		}
+		if got := replyID(t, res[i]); got != want || res[i].UserID != c.Subject[strings.LastIndex(c.Subject, ".")+1:] {
+			t.Fatalf("command %d (%s): %s for %s, want %s", i, c.Subject, got, res[i].UserID, want)
+		}
+	}
+}

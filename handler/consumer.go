@@ -108,14 +108,30 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
 
+	// Two stages: this loop takes a batch and checks it (signatures, JSON;
+	// in parallel), the committer applies the batches in order, each in one
+	// transaction, and replies and acks; so one batch's fsyncs overlap the
+	// next one's checks, and a user's commands still commit in stream order.
+	checkedBatches := make(chan checkedBatch, 1)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		for b := range checkedBatches {
+			c.commitBatch(ctx, b)
+		}
+	}()
 	batch := make([]jetstream.Msg, 0, c.MaxBatch)
 	for {
 		var ok bool
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
 			break
 		}
-		c.handleBatch(ctx, batch)
+		if b, ok := c.checkBatch(batch); ok {
+			checkedBatches <- b
+		}
 	}
+	close(checkedBatches)
+	<-committed
 	select {
 	case <-p.abandon:
 		c.Log.Warn().Dur("waited", DrainTimeout).Msg("stopping without the commands still buffered; they will be redelivered")
@@ -220,7 +236,16 @@ type delivery struct {
 	log     zerolog.Logger
 }
 
-func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
+// checkedBatch is a batch that was checked and waits for its commit.
+type checkedBatch struct {
+	hand    []delivery
+	checked *command.Checked
+}
+
+// checkBatch reads each message (its metadata, reply subject, log fields)
+// and has the Applier check the batch; ok is false when no message was a
+// command.
+func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
 	for _, m := range msgs {
@@ -256,15 +281,22 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 		cmds = append(cmds, h.cmd)
 	}
 	if len(cmds) == 0 {
-		return
+		return checkedBatch{}, false
 	}
-	results, err := c.applyWithRetries(ctx, cmds)
-	if err != nil && len(cmds) > 1 {
+	return checkedBatch{hand: hand, checked: c.Applier.Check(cmds)}, true
+}
+
+// commitBatch commits a checked batch (retrying in place, then in parts
+// when one command breaks the commit), then replies to and settles each
+// command.
+func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
+	results, err := c.commitWithRetries(ctx, b.checked)
+	if cmds := b.checked.Commands(); err != nil && len(cmds) > 1 {
 		// One command may be what breaks the commit: find it, and apply
 		// the others without it.
 		results, err = c.Applier.ApplyIsolating(cmds), nil
 	}
-	for i, h := range hand {
+	for i, h := range b.hand {
 		var r command.Result
 		if err != nil {
 			r.Transient = err
@@ -275,23 +307,24 @@ func (c *Consumer) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// applyWithRetries tries a batch again in place when the store fails, so a
-// brief fault does not reorder a user's commands through redelivery. A
-// stopping worker (ctx ended) does not wait out a pause: the batch is then
-// nacked and comes back to the next worker.
-func (c *Consumer) applyWithRetries(ctx context.Context, cmds []*command.Command) ([]command.Result, error) {
+// commitWithRetries tries a batch's commit again in place when the store
+// fails, so a brief fault does not reorder a user's commands through
+// redelivery. A stopping worker (ctx ended) does not wait out a pause: the
+// batch is then nacked and comes back to the next worker.
+func (c *Consumer) commitWithRetries(ctx context.Context, checked *command.Checked) ([]command.Result, error) {
+	n := len(checked.Commands())
 	attempt := 0
 	results, err := retry.Do(ctx, c.StoreRetry, func() ([]command.Result, error) {
 		attempt++
 		start := time.Now()
-		results, err := c.Applier.Apply(cmds)
-		c.Observer.Batch(len(cmds), time.Since(start), err)
+		results, err := c.Applier.Commit(checked)
+		c.Observer.Batch(n, time.Since(start), err)
 		return results, err
 	}, func(err error, next time.Duration) {
-		c.Log.Warn().Err(err).Int("batch", len(cmds)).Int("attempt", attempt).Dur("retry_in", next).Msg("store failed; retrying the batch")
+		c.Log.Warn().Err(err).Int("batch", n).Int("attempt", attempt).Dur("retry_in", next).Msg("store failed; retrying the batch")
 	})
 	if err != nil {
-		c.Log.Error().Err(err).Int("batch", len(cmds)).Int("attempts", attempt).Msg("store failed after its retries")
+		c.Log.Error().Err(err).Int("batch", n).Int("attempts", attempt).Msg("store failed after its retries")
 	}
 	return results, err
 }
