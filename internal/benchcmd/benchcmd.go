@@ -24,7 +24,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/app"
-	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/bench"
 	"github.com/passkeys/worker/internal/publisher"
@@ -36,8 +35,11 @@ import (
 type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch int
 	dataDir                                         string
-	storage, noSync                                 bool
+	storage, noSync, ceiling                        bool
 	cpuProfile                                      string
+	tokens, alg                                     string // per-user or one; EdDSA or RS256
+
+	keys *benchKeys // the embedded worker's keys; nil against --nats-url
 }
 
 // benchReport is the one JSON line bench prints.
@@ -52,6 +54,14 @@ type benchReport struct {
 	StorageBatch   int          `json:"storage_batch,omitempty"`
 	RatioToStorage float64      `json:"ratio_to_storage,omitempty"`
 	PeakRSSMB      float64      `json:"peak_rss_mb,omitempty"`
+	Tokens         string       `json:"tokens"`
+	Alg            string       `json:"alg"`
+	// The transport's ceiling (a stand-in that only replies and acks) and
+	// what the worker reaches of it, in the same run.
+	CeilingBatch      *phaseReport `json:"ceiling_batch,omitempty"`
+	CeilingSequential *phaseReport `json:"ceiling_sequential,omitempty"`
+	RatioToCeiling    float64      `json:"ratio_to_ceiling,omitempty"`
+	P50AboveCeilingMs float64      `json:"sequential_p50_above_ceiling_ms,omitempty"`
 }
 
 // phaseReport sums up one measured phase.
@@ -88,11 +98,20 @@ func (p *Bench) bench(ctx context.Context, args []string) int {
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (bench and its embedded worker) during the batch removals to this file")
+	fs.StringVar(&c.tokens, "tokens", "per-user", "per-user: each removal signed with its user's own token (self-service, as request-reply traffic is); one: every removal under one administrator token (a batch publisher)")
+	fs.StringVar(&c.alg, "alg", "EdDSA", "the tokens' algorithm, EdDSA or RS256 (ZITADEL's default; about 1 ms a signature to mint); against --nats-url only EdDSA (the development key)")
+	fs.BoolVar(&c.ceiling, "ceiling", true, "also measure the transport's ceiling: a stand-in consumer that only replies and acks, on a stream BENCH_CEILING the bench creates on its server")
 	if code, ok := p.Parse(fs, args, 0); !ok {
 		return code
 	}
 	if c.removals+c.sequential > c.users*bench.PasskeysPerUser {
 		return p.Fail(publisher.ExitUsage, "--removals plus --sequential may be at most 3 × --users")
+	}
+	if c.tokens != "per-user" && c.tokens != "one" {
+		return p.Fail(publisher.ExitUsage, "--tokens %q: want per-user or one", c.tokens)
+	}
+	if c.alg != "EdDSA" && c.alg != "RS256" {
+		return p.Fail(publisher.ExitUsage, "--alg %q: want EdDSA or RS256", c.alg)
 	}
 	var profile *os.File
 	if c.cpuProfile != "" {
@@ -118,7 +137,8 @@ func (p *Bench) bench(ctx context.Context, args []string) int {
 	if err != nil {
 		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
-	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync}
+	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, NoSync: c.noSync,
+		Tokens: c.tokens, Alg: c.alg}
 	if err := p.runBench(ctx, nc, js, cl, c, profile, &rep); err != nil {
 		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
@@ -151,28 +171,34 @@ func (p *Bench) prepareBench(ctx context.Context, c *benchConfig, cl *publisher.
 			undo = append(undo, func() { os.RemoveAll(dir) })
 			c.dataDir = dir
 		}
+		if c.keys, err = newBenchKeys(c.dataDir); err != nil {
+			return cleanup, publisher.ExitFailed, err
+		}
 		stopWorker, url, err := startEmbeddedWorker(ctx, *c, p.Stderr)
 		if err != nil {
 			return cleanup, publisher.ExitFailed, fmt.Errorf("start the embedded worker: %w", err)
 		}
 		undo = append(undo, stopWorker)
 		cl.NATSURL = url
-	}
-	if cl.Bearer == "" && cl.BearerFile == "" {
-		dir := c.dataDir
-		if dir == "" {
-			dir = "./data"
-		}
-		key, err := auth.LoadDevKey(dir)
-		if err != nil {
-			return cleanup, publisher.ExitUsage, fmt.Errorf("no --token and no development key in %s: %w", dir, err)
-		}
-		tok, err := auth.Mint(key, auth.TokenRequest{Subject: "bench-admin", Org: "bench-org", Scopes: []string{auth.ScopeAdmin},
-			Issuer: auth.DevIssuer, Audience: auth.DevAudience, TTL: 24 * time.Hour})
-		if err != nil {
+		if cl.Bearer, err = c.keys.mint(c.alg, "bench-admin", true); err != nil {
 			return cleanup, publisher.ExitFailed, err
 		}
-		cl.Bearer = tok
+		return cleanup, publisher.ExitOK, nil
+	}
+	// Against --nats-url: the development key in --data-dir (./data), which
+	// a worker run with --jwks from `publisher jwks` trusts, signs unless a
+	// token was given.
+	dir := c.dataDir
+	if dir == "" {
+		dir = "./data"
+	}
+	if c.keys, err = devKeys(dir); err != nil && (c.tokens == "per-user" || cl.Bearer == "" && cl.BearerFile == "") {
+		return cleanup, publisher.ExitUsage, fmt.Errorf("no development key in %s to sign tokens with: %w", dir, err)
+	}
+	if cl.Bearer == "" && cl.BearerFile == "" {
+		if cl.Bearer, err = c.keys.mint(c.alg, "bench-admin", true); err != nil {
+			return cleanup, publisher.ExitUsage, err
+		}
 	}
 	return cleanup, publisher.ExitOK, nil
 }
@@ -182,10 +208,19 @@ func (p *Bench) prepareBench(ctx context.Context, c *benchConfig, cl *publisher.
 // storage layer alone; each phase's figures go into rep and to stdout.
 func (p *Bench) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *publisher.Client, c benchConfig, profile *os.File, rep *benchReport) error {
 	run := randomHex(4)
+	var tokens []string // per user, when --tokens per-user
+	if c.tokens == "per-user" {
+		start := time.Now()
+		var err error
+		if tokens, err = c.keys.userTokens(c.alg, c.users); err != nil {
+			return err
+		}
+		fmt.Fprintf(p.Stdout, "minted %d %s tokens, one per user, in %.1fs\n", c.users, c.alg, time.Since(start).Seconds())
+	}
 	start := time.Now()
-	syncs, err := p.publishAll(ctx, nc, js, cl, run+"-sync", c.users, c.inFlight, func(k int) (string, []byte) {
+	syncs, err := p.publishAll(ctx, nc, js, cl, run+"-sync", c.users, c.inFlight, func(k int) publisher.Job {
 		body, _ := json.Marshal(benchUser())
-		return "passkeys.cmd.sync." + bench.UserID(k), body
+		return publisher.Job{Subject: "passkeys.cmd.sync." + bench.UserID(k), Body: body}
 	})
 	if err != nil {
 		return fmt.Errorf("sync: %w", err)
@@ -195,15 +230,21 @@ func (p *Bench) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStr
 		return fmt.Errorf("sync: %v", syncs.Classes)
 	}
 	fmt.Fprintf(p.Stdout, "created %d users with %d passkeys each in %.1fs\n", c.users, bench.PasskeysPerUser, rep.SyncSeconds)
+	removalJob := func(k int) publisher.Job {
+		subject, body := removal(c.users, k)
+		j := publisher.Job{Subject: subject, Body: body}
+		if tokens != nil {
+			j.Bearer = tokens[k%c.users]
+		}
+		return j
+	}
 	if c.removals > 0 {
 		if profile != nil {
 			if err := pprof.StartCPUProfile(profile); err != nil {
 				return err
 			}
 		}
-		rep.Batch, err = p.publishAll(ctx, nc, js, cl, run+"-rm", c.removals, c.inFlight, func(k int) (string, []byte) {
-			return removal(c.users, k)
-		})
+		rep.Batch, err = p.publishAll(ctx, nc, js, cl, run+"-rm", c.removals, c.inFlight, removalJob)
 		if profile != nil {
 			pprof.StopCPUProfile()
 		}
@@ -212,11 +253,21 @@ func (p *Bench) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStr
 		}
 		printPhase(p.Stdout, "batch removals (async JetStream publishes, Reply-To, Nats-Msg-Id)", rep.Batch)
 	}
+	sequential := func(k int) publisher.Job {
+		j := removalJob(c.removals + k)
+		j.Subject = "passkeys.remove." + strings.TrimPrefix(j.Subject, "passkeys.cmd.remove.")
+		return j
+	}
 	if c.sequential > 0 {
-		if rep.Sequential, err = p.requestEach(ctx, nc, cl, c.removals, c.sequential, c.users); err != nil {
+		if rep.Sequential, err = p.requestEach(ctx, nc, cl, c.sequential, sequential); err != nil {
 			return fmt.Errorf("sequential: %w", err)
 		}
 		printPhase(p.Stdout, "sequential removals (one client, request-reply)", rep.Sequential)
+	}
+	if c.ceiling {
+		if err := p.measureCeiling(ctx, nc, js, cl, c, run, removalJob, sequential, rep); err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
 	}
 	if c.storage && c.removals > 0 {
 		rate, err := storageRate(c.users, c.removals, c.maxBatch)
@@ -227,6 +278,41 @@ func (p *Bench) runBench(ctx context.Context, nc *nats.Conn, js jetstream.JetStr
 		rep.RatioToStorage = rep.Batch.PerSecond / rate
 		fmt.Fprintf(p.Stdout, "storage layer alone, %d removals per transaction: %.0f removals/s; end to end is %.2f of it\n",
 			c.maxBatch, rate, rep.RatioToStorage)
+	}
+	return nil
+}
+
+// measureCeiling runs the same batch and sequential removals against the
+// stand-in (ceiling.go) and states the worker's figures as a share of it.
+func (p *Bench) measureCeiling(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *publisher.Client, c benchConfig, run string,
+	removalJob, sequential func(int) publisher.Job, rep *benchReport) error {
+	s, err := startStandIn(ctx, nc, js, command.DefaultRetention)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	onCeiling := func(job func(int) publisher.Job) func(int) publisher.Job {
+		return func(k int) publisher.Job {
+			j := job(k)
+			j.Subject = toCeiling(j.Subject)
+			return j
+		}
+	}
+	if c.removals > 0 {
+		if rep.CeilingBatch, err = p.publishAll(ctx, nc, js, cl, run+"-ceil", c.removals, c.inFlight, onCeiling(removalJob)); err != nil {
+			return err
+		}
+		rep.RatioToCeiling = rep.Batch.PerSecond / rep.CeilingBatch.PerSecond
+		printPhase(p.Stdout, "the transport alone, batch (a stand-in that only replies and acks)", rep.CeilingBatch)
+		fmt.Fprintf(p.Stdout, "batch removals reach %.2f of the transport's rate\n", rep.RatioToCeiling)
+	}
+	if c.sequential > 0 {
+		if rep.CeilingSequential, err = p.requestEach(ctx, nc, cl, c.sequential, onCeiling(sequential)); err != nil {
+			return err
+		}
+		rep.P50AboveCeilingMs = rep.Sequential.P50ms - rep.CeilingSequential.P50ms
+		printPhase(p.Stdout, "the transport alone, sequential", rep.CeilingSequential)
+		fmt.Fprintf(p.Stdout, "sequential p50 is %.2f ms above the transport's\n", rep.P50AboveCeilingMs)
 	}
 	return nil
 }
@@ -247,14 +333,14 @@ func removal(users, k int) (string, []byte) {
 }
 
 // publishAll publishes n commands to the stream as a batch publisher does
-// (publishJobs: async, Reply-To, Nats-Msg-Id, at most inFlight unanswered)
+// (PublishJobs: async, Reply-To, Nats-Msg-Id, at most inFlight unanswered)
 // and measures each from publish to reply.
 func (p *Bench) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cl *publisher.Client, run string, n, inFlight int,
-	command func(k int) (string, []byte)) (*phaseReport, error) {
+	job func(k int) publisher.Job) (*phaseReport, error) {
 	jobs := make([]publisher.Job, n)
 	for k := range jobs {
-		subject, body := command(k)
-		jobs[k] = publisher.Job{Line: k, Subject: subject, Body: body}
+		jobs[k] = job(k)
+		jobs[k].Line = k
 	}
 	start := time.Now()
 	results := p.PublishJobs(ctx, nc, js, cl, run, jobs, inFlight, publisher.NoProgress{})
@@ -271,17 +357,20 @@ func (p *Bench) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetS
 	return summarize(lat, elapsed, classes), nil
 }
 
-// requestEach sends n removals one after another through the request-reply
-// endpoint, starting after the first `skip` removals.
-func (p *Bench) requestEach(ctx context.Context, nc *nats.Conn, cl *publisher.Client, skip, n, users int) (*phaseReport, error) {
+// requestEach sends n requests one after another, as one client waiting
+// for each reply does.
+func (p *Bench) requestEach(ctx context.Context, nc *nats.Conn, cl *publisher.Client, n int, job func(k int) publisher.Job) (*phaseReport, error) {
 	lat := make([]time.Duration, n)
 	classes := map[string]int{}
 	start := time.Now()
 	for i := range n {
-		subject, body := removal(users, skip+i)
-		subject = "passkeys.remove." + strings.TrimPrefix(subject, "passkeys.cmd.remove.")
+		j := job(i)
+		jc := *cl
+		if j.Bearer != "" {
+			jc.Bearer = j.Bearer
+		}
 		t0 := time.Now()
-		reply, err := p.Request(ctx, nc, cl, subject, body, nil)
+		reply, err := p.Request(ctx, nc, &jc, j.Subject, j.Body, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -343,6 +432,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
 		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
+		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience,
 		Started: func(url string) { started <- url },
 	}
 	go func() { done <- app.Run(ctx, cfg, log) }()

@@ -35,6 +35,9 @@ type Job struct {
 	Subject string // the stream subject, passkeys.cmd.<op>.<userId>
 	Body    []byte
 	Input   json.RawMessage // what the line asked, for the results file
+	// Bearer, when set, is this line's own token (the benchmark's
+	// self-service removals); otherwise the client's.
+	Bearer string
 }
 
 // badLine is an input line that could not be read; it is reported, never dropped.
@@ -397,7 +400,14 @@ func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 			return b.results
 		}
 		b.wg.Add(1)
-		p.publishJob(ctx, nc, js, c, b, i, j, inbox, commandID(scope, prefix, j))
+		jobScope := scope
+		if j.Bearer != "" {
+			jobScope = ""
+			if iss, sub, ok := tokenPrincipal(j.Bearer); ok {
+				jobScope = passkey.MsgIDScope(iss, sub)
+			}
+		}
+		p.publishJob(ctx, nc, js, c, b, i, j, inbox, commandID(jobScope, prefix, j))
 	}
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
@@ -414,7 +424,11 @@ func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 // the worker on the inbox, or, for a duplicate, from the stored outcome.
 func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *Client, b *batchRun, i int, j Job, inbox, msgID string) {
 	msg := nats.NewMsg(j.Subject)
-	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(c.Bearer, "Bearer "))
+	bearer := c.Bearer
+	if j.Bearer != "" {
+		bearer = j.Bearer
+	}
+	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(bearer, "Bearer "))
 	msg.Header.Set("Content-Type", "application/json")
 	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
 	msg.Header.Set(nats.MsgIdHdr, msgID)
@@ -433,7 +447,9 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 				// reply; its stored outcome is the answer.
 				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
 				subject := "passkeys." + strings.TrimPrefix(j.Subject, "passkeys.cmd.")
-				reply, err := p.Request(ctx, nc, c, subject, j.Body, hdr)
+				jc := *c
+				jc.Bearer = bearer
+				reply, err := p.Request(ctx, nc, &jc, subject, j.Body, hdr)
 				b.answer(i, reply, err)
 			}
 		case err := <-future.Err():
