@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/passkeys/worker/passkey"
@@ -144,11 +145,11 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if !slices.Contains(allowedAlgorithms, alg) {
 		return passkey.Principal{}, passkey.ErrAuthAlgorithm
 	}
-	tok, err := jwt.ParseSigned(raw, allowedAlgorithms)
-	if err != nil || len(tok.Headers) != 1 {
+	jws, err := jose.ParseSigned(raw, allowedAlgorithms)
+	if err != nil || len(jws.Signatures) != 1 {
 		return passkey.Principal{}, passkey.ErrAuthNotJWT
 	}
-	claims, err := v.verifySignature(tok, alg, key)
+	claims, err := v.verifySignature(jws, alg, key)
 	if err != nil {
 		return passkey.Principal{}, err
 	}
@@ -157,25 +158,26 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 
 // verifySignature finds the key the token names (or, without a kid, tries
 // every key of a matching algorithm) and returns the claims it signed.
-func (v *Verifier) verifySignature(tok *jwt.JSONWebToken, alg jose.SignatureAlgorithm, cacheKey [sha256.Size]byte) (Claims, error) {
+func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.SignatureAlgorithm, cacheKey [sha256.Size]byte) (Claims, error) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	keys := v.keys.Keys
-	kid := tok.Headers[0].KeyID
+	kid := jws.Signatures[0].Header.KeyID
 	tried := false
 	for _, k := range keys {
 		if (kid != "" && k.KeyID != kid) || (k.Algorithm != "" && k.Algorithm != string(alg)) {
 			continue
 		}
 		tried = true
-		if err := tok.Claims(k.Key); err != nil {
+		payload, err := jws.Verify(k.Key)
+		if err != nil {
 			continue // not this key's signature
 		}
 		// The signature holds; claims of the wrong type (exp as a string,
 		// a numeric sub, scope as an array) are bad claims, not a bad
-		// signature.
+		// signature. go-jose's own json matches keys case-sensitively.
 		var c Claims
-		if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
+		if err := josejson.Unmarshal(payload, &c); err != nil {
 			return Claims{}, passkey.ErrAuthClaimTypes
 		}
 		v.cache.put(cacheKey, c)
