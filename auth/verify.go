@@ -145,7 +145,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if !slices.Contains(allowedAlgorithms, alg) {
 		return passkey.Principal{}, passkey.ErrAuthAlgorithm
 	}
-	jws, err := jose.ParseSigned(raw, allowedAlgorithms)
+	jws, err := jose.ParseSignedCompact(raw, allowedAlgorithms)
 	if err != nil || len(jws.Signatures) != 1 {
 		return passkey.Principal{}, passkey.ErrAuthNotJWT
 	}
