@@ -49,14 +49,20 @@ type Config struct {
 
 	Retention       time.Duration
 	DuplicateWindow time.Duration
-	MaxBatch        int
-	CreateStream    bool
-	OutcomeWait     time.Duration
-	StoreTimeout    time.Duration
-	JWKSReload      time.Duration // how often the JWKS file is checked for changes
-	HTTPListen      string        // address of /metrics, /healthz, /readyz, /backup; "" for none
-	AllowStoreGap   bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync          bool          // benchmarks of the layers above the disk only
+	// EventsRetention is how long stream PASSKEYS_EVENTS keeps an event;
+	// EventsDuplicates its duplicate window: how late a second publication
+	// of an event is still dropped. Zero: DefaultEventsRetention and
+	// DefaultEventsDuplicates.
+	EventsRetention  time.Duration
+	EventsDuplicates time.Duration
+	MaxBatch         int
+	CreateStream     bool
+	OutcomeWait      time.Duration
+	StoreTimeout     time.Duration
+	JWKSReload       time.Duration // how often the JWKS file is checked for changes
+	HTTPListen       string        // address of /metrics, /healthz, /readyz, /backup; "" for none
+	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
+	NoSync           bool          // benchmarks of the layers above the disk only
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
@@ -69,8 +75,20 @@ func (c *Config) Embedded() bool { return c.NATSURL == "" }
 // DevMode reports whether the worker trusts the development key.
 func (c *Config) DevMode() bool { return c.NATSURL == "" && c.JWKS == "" }
 
+// Defaults of the events stream.
+const (
+	DefaultEventsRetention  = 365 * 24 * time.Hour
+	DefaultEventsDuplicates = 24 * time.Hour
+)
+
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
+	if c.EventsRetention == 0 {
+		c.EventsRetention = DefaultEventsRetention
+	}
+	if c.EventsDuplicates == 0 {
+		c.EventsDuplicates = DefaultEventsDuplicates
+	}
 	if c.DevMode() {
 		if c.Issuer == "" {
 			c.Issuer = auth.DevIssuer
@@ -98,6 +116,8 @@ func (c *Config) Validate() error {
 		return errors.New("--duplicate-window must be positive and at most the outcome retention")
 	case c.MaxBatch < 1:
 		return errors.New("--max-batch must be at least 1")
+	case c.EventsRetention <= 0 || c.EventsDuplicates <= 0 || c.EventsDuplicates > c.EventsRetention:
+		return errors.New("--events-retention and --events-dedup-window must be positive, the window at most the retention")
 	}
 	if c.Embedded() {
 		host, _, err := listenAddr(c.Listen)
@@ -236,7 +256,13 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 // order and returns the consumer's error.
 func (w *worker) serve(ctx context.Context) error {
 	log := w.log
+	events, err := jetstream.New(w.nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		return err
+	}
+	publisher := handler.NewEventPublisher(events, w.store, log, w.metrics)
 	consumer := &handler.Consumer{
+		Committed:   publisher.Wake,
 		Applier:     w.applier,
 		Conn:        w.nc,
 		Log:         log,
@@ -255,6 +281,8 @@ func (w *worker) serve(ctx context.Context) error {
 	go func() { consumed <- consumer.Run(ctx, w.cons); stopAll() }()
 	pruned := make(chan struct{})
 	go func() { defer close(pruned); pruneOutcomes(ctx, w.store, log) }()
+	published := make(chan struct{})
+	go func() { defer close(published); publisher.Run(ctx) }()
 	if !w.cfg.DevMode() {
 		interval := w.cfg.JWKSReload
 		if interval <= 0 {
@@ -279,6 +307,7 @@ func (w *worker) serve(ctx context.Context) error {
 	log.Debug().Msg("consumer stopped")
 	w.flush()
 	<-pruned
+	<-published
 	log.Info().Msg("stopped")
 	return runErr
 }
@@ -309,7 +338,7 @@ func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jet
 	var cons jetstream.Consumer
 	var err error
 	if cfg.CreateStream {
-		cons, err = provisionStreams(ctx, js, cfg.Retention, cfg.DuplicateWindow)
+		cons, err = provisionStreams(ctx, js, cfg)
 	} else {
 		cons, err = js.Consumer(ctx, handler.StreamName, handler.ConsumerName)
 	}
@@ -327,12 +356,15 @@ func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jet
 // the durable consumer: what the worker does at start-up, or what `worker
 // provision` does for an administrator, so that the worker's own NATS user
 // needs no right to change a stream (an update to max_msgs 1 would purge it).
-func provisionStreams(ctx context.Context, js jetstream.JetStream, retention, duplicates time.Duration) (jetstream.Consumer, error) {
-	if _, err := handler.EnsureStream(ctx, js, handler.StreamConfig(retention, duplicates)); err != nil {
-		return nil, err
-	}
-	if _, err := handler.EnsureStream(ctx, js, handler.DeadLetterStreamConfig()); err != nil {
-		return nil, err
+func provisionStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.Consumer, error) {
+	for _, sc := range []jetstream.StreamConfig{
+		handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow),
+		handler.DeadLetterStreamConfig(),
+		handler.EventsStreamConfig(cfg.EventsRetention, cfg.EventsDuplicates),
+	} {
+		if _, err := handler.EnsureStream(ctx, js, sc); err != nil {
+			return nil, err
+		}
 	}
 	return handler.EnsureConsumer(ctx, js,
 		handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait))

@@ -43,6 +43,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.StringVar(&logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
 	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
+	eventFlags(fs, &cfg)
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
@@ -69,6 +70,13 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 		return err
 	}
 	return Run(ctx, cfg, log)
+}
+
+// eventFlags adds the flags of stream PASSKEYS_EVENTS.
+func eventFlags(fs *flag.FlagSet, cfg *Config) {
+	fs.DurationVar(&cfg.EventsRetention, "events-retention", DefaultEventsRetention, "how long stream PASSKEYS_EVENTS keeps an event")
+	fs.DurationVar(&cfg.EventsDuplicates, "events-dedup-window", DefaultEventsDuplicates,
+		"PASSKEYS_EVENTS' duplicate window: how late a second publication of an event (after a crash, or a restore's catch-up) is still dropped")
 }
 
 // natsFlags adds the connection flags; urlNote finishes --nats-url's usage.
@@ -107,6 +115,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	natsFlags(fs, &cfg, "with a user that may create the streams (required)")
 	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "the workers' outcome retention: the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
+	eventFlags(fs, &cfg)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates streams %s and %s and consumer %s, then exits.\n\nFlags:\n",
 			handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
@@ -118,8 +127,9 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if cfg.NATSURL == "" {
 		return errors.New("provision: --nats-url is required (the embedded server's worker provisions its own streams)")
 	}
-	if cfg.Retention <= 0 || cfg.DuplicateWindow <= 0 || cfg.DuplicateWindow > cfg.Retention {
-		return errors.New("provision: --outcome-retention and --duplicate-window must be positive, the window at most the retention")
+	if cfg.Retention <= 0 || cfg.DuplicateWindow <= 0 || cfg.DuplicateWindow > cfg.Retention ||
+		cfg.EventsRetention <= 0 || cfg.EventsDuplicates <= 0 || cfg.EventsDuplicates > cfg.EventsRetention {
+		return errors.New("provision: retentions and duplicate windows must be positive, each window at most its retention")
 	}
 	log, err := NewLogger(stderr, LogAuto, "info", "passkeys-provision")
 	if err != nil {
@@ -136,9 +146,10 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := provisionStreams(ctx, js, cfg.Retention, cfg.DuplicateWindow); err != nil {
+	if _, err := provisionStreams(ctx, js, &cfg); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "provisioned: stream %s, stream %s, consumer %s\n", handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
+	fmt.Fprintf(stdout, "provisioned: stream %s, stream %s, stream %s, consumer %s\n",
+		handler.StreamName, handler.DeadLetterStreamName, handler.EventsStreamName, handler.ConsumerName)
 	return nil
 }

@@ -117,6 +117,13 @@ func registerGauges(m *metrics.Metrics, cons jetstream.Consumer, store *storage.
 		}
 		return float64(n)
 	})
+	m.Gauge("passkeys_events_waiting", "Events in the outbox, written with their change and not yet published (-1: unknown).", func() float64 {
+		n, err := store.OutboxLen()
+		if err != nil {
+			return -1
+		}
+		return float64(n)
+	})
 	m.Gauge("passkeys_tokens_cached", "Verified tokens in the signature cache.", func() float64 {
 		return float64(v.CachedTokens())
 	})

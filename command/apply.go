@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -64,7 +66,10 @@ type checked struct {
 	key []byte
 	// plainKey is the key under the id as sent, where a version before ids
 	// were scoped kept its outcome; nil when it is key.
-	plainKey  []byte
+	plainKey []byte
+	// msgID is the caller's Nats-Msg-Id, without the scope of its
+	// principal, for the change's event; "" without one.
+	msgID     string
 	op        passkey.Op
 	userID    string
 	remove    passkey.RemoveRequest
@@ -243,6 +248,7 @@ func (a *Applier) check(c *Command) checked {
 		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
 			pr.plainKey = plain
 		}
+		pr.msgID = strings.TrimPrefix(msgIDs[0], passkey.MsgIDScope(principal.Issuer, principal.Subject))
 	}
 
 	op, userID, err := passkey.ParseSubject(Prefix, c.Subject)
@@ -337,6 +343,11 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result,
 			if err := tx.PutUser(next); err != nil {
 				return res, err
 			}
+			// The change's event, in the same transaction (an outbox):
+			// published after the commit, never lost, never made twice.
+			if err := tx.PutEvent(next.ID, next.Sequence, changeEvent(pr, user, next)); err != nil {
+				return res, err
+			}
 			res.Answer = passkey.Changed(next)
 		case errors.As(err, &perr):
 			res.Answer = passkey.Refused(perr)
@@ -348,6 +359,21 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result,
 	}
 	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
 		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
+}
+
+// changeEvent is the event of the change from before to after that pr made.
+func changeEvent(pr *checked, before, after *passkey.User) []byte {
+	actor := event.ActorOf(pr.principal, pr.userID)
+	if pr.op == passkey.OpSync {
+		return event.Synced(after, actor, pr.msgID)
+	}
+	var removed passkey.Passkey
+	for _, pk := range before.Passkeys {
+		if pk.ID == pr.remove.TokenID {
+			removed = pk
+		}
+	}
+	return event.Removed(after, removed, pr.remove.Force, actor, pr.msgID)
 }
 
 // storedOutcome is the outcome kept for pr's key, or, where none is, one

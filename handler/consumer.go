@@ -38,8 +38,11 @@ type Consumer struct {
 	// PASSKEYS_DLQ.
 	DeadLetters jetstream.JetStream
 	// Observer, when set, is told what happens: metrics, and the
-	// micro service's STATS (Outcomes). Observers tells several.
+	// micro service's STATS (AnswerStats). Observers tells several.
 	Observer Observer
+	// Committed, when set, is called after each batch that committed: the
+	// event publisher's Wake.
+	Committed func()
 }
 
 // Observer is told what the consumer does; metrics.Metrics is one.
@@ -291,6 +294,9 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 // command.
 func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
 	results, err := c.commitWithRetries(ctx, b.checked)
+	if err == nil && c.Committed != nil {
+		c.Committed()
+	}
 	if cmds := b.checked.Commands(); err != nil && len(cmds) > 1 {
 		// One command may be what breaks the commit: find it, and apply
 		// the others without it.

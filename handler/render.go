@@ -3,12 +3,12 @@ package handler
 import (
 	"encoding/json"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -146,18 +146,6 @@ func ListReply(u *passkey.User, keys []passkey.Passkey) Reply {
 	return Reply{Body: body}
 }
 
-// Timestamp writes t as proto3 JSON writes a google.protobuf.Timestamp: UTC,
-// "Z", and 0, 3, 6 or 9 fractional digits, the fewest that hold t exactly.
-func Timestamp(t time.Time) string {
-	t = t.UTC()
-	s := t.Format("2006-01-02T15:04:05.000000000")
-	switch ns := t.Nanosecond(); {
-	case ns == 0:
-		s = strings.TrimSuffix(s, ".000000000")
-	case ns%1e6 == 0:
-		s = s[:len(s)-6]
-	case ns%1e3 == 0:
-		s = s[:len(s)-3]
-	}
-	return s + "Z"
-}
+// Timestamp writes t as proto3 JSON writes a google.protobuf.Timestamp
+// (event.Timestamp: replies and events write times alike).
+func Timestamp(t time.Time) string { return event.Timestamp(t) }

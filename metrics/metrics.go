@@ -22,6 +22,7 @@ type Metrics struct {
 	commit       prometheus.Histogram
 	redeliveries prometheus.Counter
 	terminated   prometheus.Counter
+	published    prometheus.Counter
 	storeErrors  prometheus.Counter
 }
 
@@ -57,12 +58,16 @@ func New() *Metrics {
 			Name: "passkeys_commands_terminated_total",
 			Help: "Commands that failed on their last delivery and were terminated (and recorded in PASSKEYS_DLQ).",
 		}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_events_published_total",
+			Help: "Removal and sync events published to PASSKEYS_EVENTS and taken out of the outbox.",
+		}),
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passkeys_store_errors_total",
 			Help: "Batch transactions that failed (each retry counts).",
 		}),
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.storeErrors)
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.published, m.storeErrors)
 	// The runtime's and the process's own, under the same prefix as the rest.
 	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -96,6 +101,9 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 
 // Redelivered records a command received again.
 func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
+
+// EventsPublished records events published from the outbox.
+func (m *Metrics) EventsPublished(n int) { m.published.Add(float64(n)) }
 
 // Terminated records a command terminated after its last delivery.
 func (m *Metrics) Terminated() { m.terminated.Inc() }

@@ -52,7 +52,7 @@ func RemovePasskey(p Principal, userID string, u *User, req RemoveRequest, at ti
 	}
 	next := u.clone()
 	next.Passkeys = slices.Delete(next.Passkeys, i, i+1)
-	if !req.Force && u.Passkeys[i].State == StateReady && next.firstFactors() == 0 {
+	if !req.Force && u.Passkeys[i].State == StateReady && next.FirstFactors() == 0 {
 		return nil, ErrPasskeyLast
 	}
 	next.Sequence++

@@ -44,9 +44,9 @@ func (u *User) clone() *User {
 	return &c
 }
 
-// firstFactors counts the methods that let the user log in on their own:
+// FirstFactors counts the methods that let the user log in on their own:
 // a password, a ready passkey, an IdP link. U2F and OTP are second factors.
-func (u *User) firstFactors() int {
+func (u *User) FirstFactors() int {
 	n := len(u.IDPLinks)
 	if u.Password {
 		n++

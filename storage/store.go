@@ -37,6 +37,12 @@ var (
 	bucketOutcomes = []byte("outcomes")
 	// bucketMeta holds single values such as the last applied stream sequence.
 	bucketMeta = []byte("meta")
+	// bucketOutbox holds the events of applied changes not yet published:
+	// a user id, a zero byte and the change's sequence (big-endian, so a
+	// user's events sort in order) to the event's document. An event is
+	// written in the same transaction as its change and deleted once
+	// JetStream has acknowledged it.
+	bucketOutbox = []byte("outbox")
 	// bucketExpiryV1 was an index of outcomes by expiry; pruning now walks
 	// the records instead, and Open deletes it.
 	bucketExpiryV1 = []byte("outcome_expiry")
@@ -112,7 +118,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta} {
+		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta, bucketOutbox} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
@@ -306,6 +312,67 @@ func (t *Tx) NoteAppliedSeq(seq uint64) error {
 		return nil
 	}
 	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+}
+
+// PutEvent keeps the event doc of user userID's change to sequence seq in
+// the outbox, to be published after the commit.
+func (t *Tx) PutEvent(userID string, seq uint64, doc []byte) error {
+	if userID == "" || strings.IndexByte(userID, 0) >= 0 {
+		return fmt.Errorf("storage: user id %q: %w", userID, ErrBadUserID)
+	}
+	return t.tx.Bucket(bucketOutbox).Put(eventKey(userID, seq), doc)
+}
+
+func eventKey(userID string, seq uint64) []byte {
+	k := append(append(make([]byte, 0, len(userID)+9), userID...), 0)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// PendingEvent is an event in the outbox.
+type PendingEvent struct {
+	Key    []byte // for DeleteEvents
+	UserID string
+	Seq    uint64
+	Doc    []byte
+}
+
+// PendingEvents returns up to max events of the outbox, each user's in the
+// order of its changes.
+func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
+	var evs []PendingEvent
+	err := s.View(func(t *Tx) error {
+		c := t.tx.Bucket(bucketOutbox).Cursor()
+		for k, v := c.First(); k != nil && len(evs) < max; k, v = c.Next() {
+			sep := bytes.IndexByte(k, 0)
+			if sep < 0 || len(k) != sep+9 {
+				return fmt.Errorf("storage: outbox key %x: %w", k, ErrCorrupt)
+			}
+			evs = append(evs, PendingEvent{Key: bytes.Clone(k), UserID: string(k[:sep]),
+				Seq: binary.BigEndian.Uint64(k[sep+1:]), Doc: bytes.Clone(v)})
+		}
+		return nil
+	})
+	return evs, err
+}
+
+// DeleteEvents removes published events from the outbox.
+func (s *Store) DeleteEvents(keys [][]byte) error {
+	return s.Update(func(t *Tx) error {
+		b := t.tx.Bucket(bucketOutbox)
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// OutboxLen is how many events wait to be published.
+func (s *Store) OutboxLen() (int, error) {
+	n := 0
+	err := s.View(func(t *Tx) error { n = t.tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
+	return n, err
 }
 
 // pruneScan bounds the keys one read transaction of PruneOutcomes looks at.

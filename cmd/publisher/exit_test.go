@@ -79,16 +79,17 @@ func startEmbeddedWorker(tb testing.TB, dir string) string {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	started, done := make(chan string, 1), make(chan error, 1)
+	started, stopped := make(chan string, 1), make(chan struct{})
+	var runErr error
 	cfg := app.Config{Listen: "127.0.0.1:0", DataDir: dir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
 		MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second, Started: func(url string) { started <- url }}
-	go func() { done <- app.Run(ctx, cfg, log) }()
-	tb.Cleanup(func() { cancel(); <-done })
+	go func() { runErr = app.Run(ctx, cfg, log); close(stopped) }()
+	tb.Cleanup(func() { cancel(); <-stopped })
 	select {
 	case url := <-started:
 		return url
-	case err := <-done:
-		tb.Fatalf("embedded worker: %v", err)
+	case <-stopped:
+		tb.Fatalf("embedded worker: %v", runErr)
 		return ""
 	}
 }

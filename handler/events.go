@@ -1,0 +1,152 @@
+package handler
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/event"
+	"github.com/passkeys/worker/storage"
+)
+
+// Stream and subjects of the removal events.
+const (
+	EventsStreamName = "PASSKEYS_EVENTS"
+	EventsPrefix     = "passkeys.events"
+)
+
+// EventsStreamConfig is PASSKEYS_EVENTS: one CloudEvent per applied change
+// on passkeys.events.<userId>, kept for retention. Its duplicate window is
+// how late a second publication of an event (after a crash between publish
+// and the outbox's cleanup, or a restore and catch-up) is still dropped.
+func EventsStreamConfig(retention, duplicates time.Duration) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        EventsStreamName,
+		Description: "Passkey removal and sync events (CloudEvents 1.0, JSON)",
+		Subjects:    []string{EventsPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      retention,
+		Duplicates:  duplicates,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// EventObserver is told what the event publisher does; metrics.Metrics is one.
+type EventObserver interface {
+	EventsPublished(n int)
+}
+
+// EventPublisher publishes the events the store's outbox holds to stream
+// PASSKEYS_EVENTS, each with Nats-Msg-Id equal to its id, and deletes each
+// from the outbox once JetStream has acknowledged it. A user's events go
+// out in the order of its changes: a round publishes at most one event of
+// each user, so an event that fails is tried again before that user's next.
+// Replies never wait for events.
+type EventPublisher struct {
+	JS       jetstream.JetStream
+	Store    *storage.Store
+	Log      zerolog.Logger
+	Observer EventObserver
+
+	wake chan struct{}
+}
+
+// maxEventsRound bounds the events one round publishes.
+const maxEventsRound = 1024
+
+// Wake has the publisher look at the outbox now (after a commit); it never
+// blocks.
+func (e *EventPublisher) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run publishes until ctx ends: at once when woken, and every second in
+// any case (an outage, events left by a crash).
+func (e *EventPublisher) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		for {
+			n, err := e.publishRound(ctx)
+			if err != nil {
+				e.Log.Warn().Err(err).Msg("events not published yet; they stay in the outbox and are tried again")
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// NewEventPublisher returns a publisher; Run starts it.
+func NewEventPublisher(js jetstream.JetStream, store *storage.Store, log zerolog.Logger, o EventObserver) *EventPublisher {
+	return &EventPublisher{JS: js, Store: store, Log: log, Observer: o, wake: make(chan struct{}, 1)}
+}
+
+// publishRound publishes the first waiting event of each user (of the
+// first maxEventsRound waiting) and deletes the acknowledged ones; it
+// returns how many it published.
+func (e *EventPublisher) publishRound(ctx context.Context) (int, error) {
+	pending, err := e.Store.PendingEvents(maxEventsRound)
+	if err != nil || len(pending) == 0 {
+		return 0, err
+	}
+	type inFlight struct {
+		key    []byte
+		future jetstream.PubAckFuture
+	}
+	var sent []inFlight
+	last := ""
+	for i, ev := range pending {
+		if i > 0 && ev.UserID == last {
+			continue // that user's next event waits for this round's
+		}
+		last = ev.UserID
+		msg := nats.NewMsg(EventsPrefix + "." + ev.UserID)
+		msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
+		msg.Header.Set("Content-Type", "application/cloudevents+json")
+		msg.Data = ev.Doc
+		f, err := e.JS.PublishMsgAsync(msg)
+		if err != nil {
+			break
+		}
+		sent = append(sent, inFlight{ev.Key, f})
+	}
+	var done [][]byte
+	var firstErr error
+	for _, s := range sent {
+		select {
+		case <-s.future.Ok():
+			done = append(done, s.key)
+		case err := <-s.future.Err():
+			if firstErr == nil {
+				firstErr = err
+			}
+		case <-ctx.Done():
+			return len(done), ctx.Err()
+		}
+	}
+	if len(done) > 0 {
+		if err := e.Store.DeleteEvents(done); err != nil {
+			return len(done), err
+		}
+		if e.Observer != nil {
+			e.Observer.EventsPublished(len(done))
+		}
+	}
+	return len(done), firstErr
+}
