@@ -1,0 +1,92 @@
+package handler
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/storage"
+)
+
+// Events wait in the outbox while they cannot be published (here: no
+// stream to take them, as in an outage) and are all published, each user's
+// in order, once they can; published ones leave the outbox, and a second
+// publication of one is dropped as a duplicate.
+func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := testenv.MustOpenStore(t)
+	for seq := uint64(1); seq <= 3; seq++ {
+		for _, user := range []string{"u1", "u2"} {
+			doc := []byte(`{"id":"` + user + ":" + strconv.FormatUint(seq, 10) + `"}`)
+			if err := store.Update(func(tx *storage.Tx) error { return tx.PutEvent(user, seq, doc) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	p := NewEventPublisher(js, store, zerolog.Nop(), nil)
+	ctx := context.Background()
+	if n, err := p.publishRound(ctx); err == nil || n != 0 {
+		t.Fatalf("published %d with no stream (%v)", n, err)
+	}
+	if n, _ := store.OutboxLen(); n != 6 {
+		t.Fatalf("outbox holds %d events after a failed round, want 6", n)
+	}
+	stream, err := js.CreateStream(ctx, EventsStreamConfig(time.Hour, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := p.publishRound(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if n, _ := store.OutboxLen(); n != 0 {
+		t.Fatalf("outbox holds %d events after publishing", n)
+	}
+	for _, user := range []string{"u1", "u2"} {
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{EventsPrefix + "." + user}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch, err := cons.FetchNoWait(10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for m := range batch.Messages() {
+			ids = append(ids, m.Headers().Get("Nats-Msg-Id"))
+		}
+		if want := []string{user + ":1", user + ":2", user + ":3"}; len(ids) != 3 || ids[0] != want[0] || ids[1] != want[1] || ids[2] != want[2] {
+			t.Fatalf("%s's events %v, want %v in order", user, ids, want)
+		}
+	}
+	// The same event again (a crash before the outbox was cleared, a
+	// restore): dropped.
+	if err := store.Update(func(tx *storage.Tx) error { return tx.PutEvent("u1", 2, []byte(`{"id":"u1:2"}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.publishRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 6 {
+		t.Fatalf("stream holds %d events, want 6: a second publication was not dropped", info.State.Msgs)
+	}
+}
