@@ -165,6 +165,7 @@ type worker struct {
 	metrics    *metrics.Metrics
 	writes     *storeWrites
 	answers    *handler.AnswerStats
+	events     *handler.EventPublisher
 	svc        micro.Service
 
 	closers []func() // what close undoes, in the order it was done
@@ -220,9 +221,14 @@ func (w *worker) open(ctx context.Context) error {
 	}
 	// Metrics and health first: once the service answers, they do too.
 	w.metrics, w.writes = metrics.New(), &storeWrites{}
+	eventsJS, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	w.events = handler.NewEventPublisher(eventsJS, w.store, log, w.metrics)
 	registerGauges(w.metrics, w.cons, w.store, w.verifier)
 	if cfg.HTTPListen != "" {
-		h := &health{nc: nc, cons: w.cons, store: w.store, writes: w.writes}
+		h := &health{nc: nc, cons: w.cons, store: w.store, writes: w.writes, events: w.events}
 		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, w.metrics, h, cfg.DataDir, log)
 		if err != nil {
 			return err
@@ -256,11 +262,7 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 // order and returns the consumer's error.
 func (w *worker) serve(ctx context.Context) error {
 	log := w.log
-	events, err := jetstream.New(w.nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
-	if err != nil {
-		return err
-	}
-	publisher := handler.NewEventPublisher(events, w.store, log, w.metrics)
+	publisher := w.events
 	consumer := &handler.Consumer{
 		Committed:   publisher.Wake,
 		Applier:     w.applier,

@@ -32,7 +32,12 @@ type health struct {
 	cons   jetstream.Consumer
 	store  *storage.Store
 	writes *storeWrites
+	events interface{ Waiting() time.Duration } // nil: not checked
 }
+
+// maxEventsWaiting is how long events may wait in the outbox before the
+// worker says it is not ready.
+const maxEventsWaiting = time.Minute
 
 // storeWrites remembers whether the consumer's last store transaction
 // failed: a worker whose commits fail (a full disk, a failing device) takes
@@ -75,6 +80,11 @@ func (h *health) ready(ctx context.Context) error {
 	}
 	if err := h.writes.failing(); err != nil {
 		return fmt.Errorf("store: the last commit failed: %w", err)
+	}
+	if h.events != nil {
+		if d := h.events.Waiting(); d > maxEventsWaiting {
+			return fmt.Errorf("events have waited %s in the outbox without it being emptied", d.Round(time.Second))
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,6 +54,32 @@ type EventPublisher struct {
 	Observer EventObserver
 
 	wake chan struct{}
+
+	mu         sync.Mutex
+	notDrained time.Time // since when the outbox has not been emptied; zero while it is
+}
+
+// Waiting tells how long events have waited in the outbox without it
+// being emptied (zero when it was emptied on the last try): /readyz says
+// not ready past a minute.
+func (e *EventPublisher) Waiting() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.notDrained.IsZero() {
+		return 0
+	}
+	return time.Since(e.notDrained)
+}
+
+func (e *EventPublisher) noteDrained(drained bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case drained:
+		e.notDrained = time.Time{}
+	case e.notDrained.IsZero():
+		e.notDrained = time.Now()
+	}
 }
 
 // maxEventsRound bounds the events one round publishes.
@@ -77,9 +104,11 @@ func (e *EventPublisher) Run(ctx context.Context) {
 			n, err := e.publishRound(ctx)
 			if err != nil {
 				e.Log.Warn().Err(err).Msg("events not published yet; they stay in the outbox and are tried again")
+				e.noteDrained(false)
 				break
 			}
 			if n == 0 {
+				e.noteDrained(true)
 				break
 			}
 		}

@@ -47,11 +47,13 @@ Commands:
   list USER_ID              list a user's passkeys
   replay                    re-drive stored commands through the worker (passkeys:system):
                             --from-seq N --to-seq M [--since T] [--until T] [--user ID]
+  events                    print removal and sync events (stream PASSKEYS_EVENTS) as JSON
+                            lines: [--follow] [--since TIME|SEQ] [--user ID]
   token                     mint a token with the local development key
   jwks                      print the JWKS that trusts the development key, for
                             a development worker run with --nats-url and --jwks
 
-Common flags (remove, list, sync, revoke, replay):
+Common flags (remove, list, sync, revoke, replay, events):
   --nats-url URL   NATS server (env PASSKEYS_NATS_URL, default nats://127.0.0.1:4222)
   --nats-creds F   NATS credentials file (env PASSKEYS_NATS_CREDS)
   --inbox-prefix P prefix of reply inboxes (env PASSKEYS_INBOX_PREFIX; default
@@ -82,6 +84,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return p.revoke(ctx, args[1:])
 	case "replay":
 		return p.replay(ctx, args[1:])
+	case "events":
+		return p.events(ctx, args[1:])
 	case "list":
 		return p.list(ctx, args[1:])
 	case "token":
