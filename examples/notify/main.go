@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,7 +30,7 @@ type removal struct {
 	Type    string `json:"type"`
 	Subject string `json:"subject"`
 	Data    struct {
-		Name  string `json:"name"`
+		Name  string                `json:"name"`
 		Actor struct{ Role string } `json:"actor"`
 	} `json:"data"`
 }
@@ -38,16 +39,17 @@ func main() {
 	url := flag.String("nats-url", nats.DefaultURL, "NATS server URL")
 	state := flag.String("state", "notify.state", "file of the event ids already handled")
 	durable := flag.String("durable", "notify", "the durable consumer's name")
+	ackWait := flag.Duration("ack-wait", 30*time.Second, "how soon an event handed out and not acknowledged (a crash) comes again")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *url, *state, *durable); err != nil {
+	if err := run(ctx, *url, *state, *durable, *ackWait); err != nil {
 		fmt.Fprintln(os.Stderr, "notify:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, url, statePath, durable string) error {
+func run(ctx context.Context, url, statePath, durable string, ackWait time.Duration) error {
 	handled, state, err := openState(statePath)
 	if err != nil {
 		return err
@@ -63,7 +65,7 @@ func run(ctx context.Context, url, statePath, durable string) error {
 		return err
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, "PASSKEYS_EVENTS", jetstream.ConsumerConfig{
-		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "passkeys.events.>",
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait, FilterSubject: "passkeys.events.>",
 	})
 	if err != nil {
 		return err

@@ -54,7 +54,7 @@ func TestNotifyHandlesEachEventOnce(t *testing.T) {
 
 	state := filepath.Join(dir, "notify.state")
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--nats-url", ns.ClientURL(), "--state", state)
+		cmd := exec.Command(bin, "--nats-url", ns.ClientURL(), "--state", state, "--ack-wait", "2s")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
