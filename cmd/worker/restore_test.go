@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -59,6 +61,11 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 	users(50, 60, func(id string) {
 		testenv.WantSuccess(t, e.request(t, "passkeys.sync."+id, adminTok, syncBody(false, "pk-9")))
 	})
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := eventsPublished(t, js, addr)
 	e.w.stop(t)
 	live := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
 
@@ -73,6 +80,11 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 	e.w = e.startWorker(t, "--http-listen", addr)
 	if log := e.w.log.String(); !strings.Contains(log, `"replayed":85,"failed":0,`) || !strings.Contains(log, "catch-up done") {
 		t.Fatalf("no catch-up of the 85 commands after the backup in the log:\n%s", e.w.log)
+	}
+	// The catch-up re-applied 85 commands and wrote their events again:
+	// the same ids, so the stream dropped them.
+	if got := eventsPublished(t, js, addr); got != events {
+		t.Fatalf("PASSKEYS_EVENTS holds %d events after the restore, %d before: the catch-up published new ones", got, events)
 	}
 	e.w.stop(t)
 	restored := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
@@ -117,4 +129,23 @@ func snapshot(t *testing.T, path string, users int) storeSnapshot {
 		t.Fatal(err)
 	}
 	return snap
+}
+
+// eventsPublished waits until the worker's outbox is empty (its metrics at
+// addr) and returns how many events stream PASSKEYS_EVENTS holds.
+func eventsPublished(tb testing.TB, js jetstream.JetStream, addr string) uint64 {
+	tb.Helper()
+	waitFor(tb, func() bool {
+		_, body := httpGet(tb, addr, "/metrics")
+		return strings.Contains(body, "\npasskeys_events_waiting 0\n")
+	})
+	stream, err := js.Stream(context.Background(), "PASSKEYS_EVENTS")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := stream.Info(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info.State.Msgs
 }
