@@ -63,6 +63,7 @@ type Config struct {
 	HTTPListen       string        // address of /metrics, /healthz, /readyz, /backup; "" for none
 	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
 	NoSync           bool          // benchmarks of the layers above the disk only
+	HoldEvents       bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
@@ -226,6 +227,7 @@ func (w *worker) open(ctx context.Context) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	w.events = handler.NewEventPublisher(eventsJS, w.store, log, w.metrics)
+	w.events.Hold = cfg.HoldEvents
 	registerGauges(w.metrics, w.cons, w.store, w.verifier)
 	if cfg.HTTPListen != "" {
 		h := &health{nc: nc, cons: w.cons, store: w.store, writes: w.writes, events: w.events}

@@ -69,6 +69,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	if err != nil {
 		return err
 	}
+	// A test hook, no flag: the process-kill test of the events holds them
+	// in the outbox, as a worker that died between commit and publish would.
+	cfg.HoldEvents = getenv("PASSKEYS_TEST_HOLD_EVENTS") == "1"
 	return Run(ctx, cfg, log)
 }
 

@@ -52,6 +52,9 @@ type EventPublisher struct {
 	Store    *storage.Store
 	Log      zerolog.Logger
 	Observer EventObserver
+	// Hold, for tests only, publishes nothing: the events stay in the
+	// outbox, as when the worker dies between a commit and its publish.
+	Hold bool
 
 	wake chan struct{}
 
@@ -97,6 +100,11 @@ func (e *EventPublisher) Wake() {
 // Run publishes until ctx ends: at once when woken, and every second in
 // any case (an outage, events left by a crash).
 func (e *EventPublisher) Run(ctx context.Context) {
+	if e.Hold {
+		e.Log.Warn().Msg("TEST HOOK: events are held in the outbox, not published (PASSKEYS_TEST_HOLD_EVENTS)")
+		<-ctx.Done()
+		return
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

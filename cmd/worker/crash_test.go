@@ -63,6 +63,12 @@ type process struct {
 
 func (e *env) startProcess(tb testing.TB, bin string, extra ...string) *process {
 	tb.Helper()
+	return e.startProcessEnv(tb, bin, nil, extra...)
+}
+
+// startProcessEnv is startProcess with more environment variables.
+func (e *env) startProcessEnv(tb testing.TB, bin string, env []string, extra ...string) *process {
+	tb.Helper()
 	log, err := os.CreateTemp(tb.TempDir(), "worker-*.log")
 	if err != nil {
 		tb.Fatal(err)
@@ -70,6 +76,7 @@ func (e *env) startProcess(tb testing.TB, bin string, extra ...string) *process 
 	args := append([]string{"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
 		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn"}, extra...)
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
