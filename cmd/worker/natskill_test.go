@@ -194,6 +194,10 @@ func TestNATSServerKilled(t *testing.T) {
 	}
 	t.Logf("%d replies were lost with the server and asked for again", lost)
 
+	// The events of the changes made around the outage all arrive, one per
+	// change, each user's in order.
+	verifyEvents(t, js, users, 1+perUser)
+
 	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -201,4 +205,52 @@ func TestNATSServerKilled(t *testing.T) {
 		t.Fatalf("worker exit: %v", err)
 	}
 	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
+}
+
+// verifyEvents waits for stream PASSKEYS_EVENTS to hold perUser events of
+// each of users users (user-0 ...), and checks that each user's are its
+// sequences 1..perUser, in order, once each.
+func verifyEvents(t *testing.T, js jetstream.JetStream, users, perUser int) {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := js.Stream(ctx, "PASSKEYS_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWithin(t, 60*time.Second, func() bool {
+		info, err := stream.Info(ctx)
+		return err == nil && info.State.Msgs >= uint64(users*perUser)
+	})
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := map[string]int{}
+	for read := 0; read < users*perUser; {
+		batch, err := cons.FetchNoWait(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			user, seq, _ := strings.Cut(m.Headers().Get("Nats-Msg-Id"), ":")
+			next[user]++
+			if seq != strconv.Itoa(next[user]) {
+				t.Fatalf("%s's event %s came as its %d-th", user, m.Headers().Get("Nats-Msg-Id"), next[user])
+			}
+		}
+		if n == 0 {
+			break
+		}
+		read += n
+	}
+	if len(next) != users {
+		t.Fatalf("events of %d users, want %d", len(next), users)
+	}
+	for user, n := range next {
+		if n != perUser {
+			t.Fatalf("%s has %d events, want %d", user, n, perUser)
+		}
+	}
 }
