@@ -62,6 +62,7 @@ func (w *storeWrites) failing() error {
 
 func (*storeWrites) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (*storeWrites) Redelivered()                                         {}
+func (*storeWrites) Changed()                                             {}
 func (*storeWrites) Terminated()                                          {}
 
 // ready reports why the worker cannot take work, or nil: it must be

@@ -54,6 +54,9 @@ type Observer interface {
 	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
 	Redelivered()
 	Terminated()
+	// Changed reports a change the consumer applied: one event written
+	// into the outbox.
+	Changed()
 }
 
 // nopObserver is the Observer of a Consumer that has none.
@@ -62,6 +65,7 @@ type nopObserver struct{}
 func (nopObserver) Batch(int, time.Duration, error)                      {}
 func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (nopObserver) Redelivered()                                         {}
+func (nopObserver) Changed()                                             {}
 func (nopObserver) Terminated()                                          {}
 
 // Observers tells each of its members.
@@ -82,6 +86,12 @@ func (os Observers) Answered(op passkey.Op, code passkey.Code, errorText string,
 func (os Observers) Redelivered() {
 	for _, o := range os {
 		o.Redelivered()
+	}
+}
+
+func (os Observers) Changed() {
+	for _, o := range os {
+		o.Changed()
 	}
 }
 
@@ -372,6 +382,9 @@ func (c *Consumer) finish(h delivery, r command.Result) {
 	ev.Msg("command processed")
 	c.reply(h, log, reply)
 	c.Observer.Answered(r.Op, reply.Code, reply.ErrorText, h.meta.Timestamp)
+	if !r.Repeat && r.Answer.Err == nil {
+		c.Observer.Changed()
+	}
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}

@@ -63,6 +63,7 @@ func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText strin
 
 func (o *AnswerStats) Batch(int, time.Duration, error) {}
 func (o *AnswerStats) Redelivered()                    {}
+func (o *AnswerStats) Changed()                        {}
 func (o *AnswerStats) Terminated()                     {}
 
 // Stats is what op's endpoint reports.

@@ -23,6 +23,7 @@ type Metrics struct {
 	redeliveries prometheus.Counter
 	terminated   prometheus.Counter
 	published    prometheus.Counter
+	written      prometheus.Counter
 	storeErrors  prometheus.Counter
 }
 
@@ -58,6 +59,10 @@ func New() *Metrics {
 			Name: "passkeys_commands_terminated_total",
 			Help: "Commands that failed on their last delivery and were terminated (and recorded in PASSKEYS_DLQ).",
 		}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_events_written_total",
+			Help: "Events written into the outbox with the changes the consumer applied (catch-up and replay not counted).",
+		}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passkeys_events_published_total",
 			Help: "Removal and sync events published to PASSKEYS_EVENTS and taken out of the outbox.",
@@ -67,7 +72,7 @@ func New() *Metrics {
 			Help: "Batch transactions that failed (each retry counts).",
 		}),
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.published, m.storeErrors)
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.written, m.published, m.storeErrors)
 	// The runtime's and the process's own, under the same prefix as the rest.
 	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -101,6 +106,9 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 
 // Redelivered records a command received again.
 func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
+
+// Changed records a change applied, whose event went into the outbox.
+func (m *Metrics) Changed() { m.written.Inc() }
 
 // EventsPublished records events published from the outbox.
 func (m *Metrics) EventsPublished(n int) { m.published.Add(float64(n)) }
