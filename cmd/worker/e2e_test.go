@@ -403,7 +403,13 @@ func TestReplyToIsConfined(t *testing.T) {
 // streamMsgs is how many commands stream PASSKEYS holds.
 func streamMsgs(tb testing.TB, js jetstream.JetStream) uint64 {
 	tb.Helper()
-	stream, err := js.Stream(context.Background(), "PASSKEYS")
+	return streamLen(tb, js, "PASSKEYS")
+}
+
+// streamLen is how many messages stream name holds.
+func streamLen(tb testing.TB, js jetstream.JetStream, name string) uint64 {
+	tb.Helper()
+	stream, err := js.Stream(context.Background(), name)
 	if err != nil {
 		tb.Fatal(err)
 	}

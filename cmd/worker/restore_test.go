@@ -139,13 +139,5 @@ func eventsPublished(tb testing.TB, js jetstream.JetStream, addr string) uint64 
 		_, body := httpGet(tb, addr, "/metrics")
 		return strings.Contains(body, "\npasskeys_events_waiting 0\n")
 	})
-	stream, err := js.Stream(context.Background(), "PASSKEYS_EVENTS")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	info, err := stream.Info(context.Background())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return info.State.Msgs
+	return streamLen(tb, js, "PASSKEYS_EVENTS")
 }
