@@ -244,11 +244,14 @@ func (a *Applier) check(c *Command) checked {
 	case authErr != nil:
 		pr.key = MsgIDKey(msgIDs[0])
 	default:
-		pr.key = MsgIDKey(passkey.ScopeMsgID(principal.Issuer, principal.Subject, msgIDs[0]))
+		// One hash of the principal per command: the scope serves the key
+		// and, taken off, the caller's own id for the event.
+		scope := passkey.MsgIDScope(principal.Issuer, principal.Subject)
+		pr.msgID = strings.TrimPrefix(msgIDs[0], scope)
+		pr.key = MsgIDKey(scope + pr.msgID)
 		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
 			pr.plainKey = plain
 		}
-		pr.msgID = strings.TrimPrefix(msgIDs[0], passkey.MsgIDScope(principal.Issuer, principal.Subject))
 	}
 
 	op, userID, err := passkey.ParseSubject(Prefix, c.Subject)
