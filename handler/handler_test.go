@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -288,19 +289,34 @@ func TestSuccessReplyShape(t *testing.T) {
 }
 
 // A reply rebuilt from its record is the reply, byte for byte.
-// Render is a function of the answer alone: what a repeat rebuilds from a
-// stored answer is the first reply, byte for byte, headers included.
-func TestRenderRepeatsByteForByte(t *testing.T) {
-	at := time.Date(2026, 11, 27, 10, 0, 0, 1, time.UTC)
-	for i, a := range []passkey.Answer{
+// A repeat's reply is rendered from the answer the store kept: after a
+// round trip through a real store (times in another zone, nanoseconds,
+// non-ASCII, a 40-bit sequence) it is the first reply, byte for byte,
+// headers included.
+func TestRepeatRendersTheFirstReply(t *testing.T) {
+	store := testenv.MustOpenStore(t)
+	at := time.Date(2026, 11, 27, 11, 0, 0, 123456789, time.FixedZone("CET", 3600))
+	answers := []passkey.Answer{
 		passkey.Changed(&passkey.User{Sequence: 1, CreationDate: at, ChangeDate: at, ResourceOwner: "o"}),
-		passkey.Changed(&passkey.User{Sequence: 1 << 40, CreationDate: at, ChangeDate: at.Add(time.Hour), ResourceOwner: "org-é"}),
+		passkey.Changed(&passkey.User{Sequence: 1 << 40, CreationDate: at, ChangeDate: at.Add(time.Hour + 1), ResourceOwner: "org-é"}),
 		passkey.Refused(passkey.ErrPasskeyLast),
 		passkey.Refused(passkey.Errorf(passkey.CodeInvalidArgument, passkey.IDSyncInvalid, "passkeys[%d].state must be %q", 3, "ready")),
-	} {
-		first, again := Render(a), Render(a)
+	}
+	for i, a := range answers {
+		key := command.MsgIDKey("k" + strconv.Itoa(i))
+		err := store.Update(func(tx *storage.Tx) error {
+			return tx.PutOutcome("u1", key, &storage.Outcome{Subject: "passkeys.cmd.remove.u1", Answer: a, Expires: at.Add(time.Hour)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kept *storage.Outcome
+		if err := store.View(func(tx *storage.Tx) (err error) { kept, err = tx.Outcome("u1", key); return err }); err != nil || kept == nil {
+			t.Fatalf("answer %d: outcome %v, %v", i, kept, err)
+		}
+		first, again := Render(a), Render(kept.Answer)
 		if string(first.Body) != string(again.Body) || first.ErrorCode != again.ErrorCode || first.ErrorText != again.ErrorText {
-			t.Errorf("answer %d rendered two ways", i)
+			t.Errorf("answer %d: first reply %s %q, repeat %s %q", i, first.Body, first.ErrorText, again.Body, again.ErrorText)
 		}
 		if (a.Err != nil) != first.IsError() {
 			t.Errorf("answer %d: error reply %v", i, first.IsError())
