@@ -25,8 +25,8 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/natsconn"
-	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/metrics"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -56,6 +56,14 @@ type Config struct {
 	EventsRetention  time.Duration
 	EventsDuplicates time.Duration
 	MaxBatch         int
+	// Partitions is the number of partitions (fixed when stream PASSKEYS
+	// is created); Replicas the JetStream replicas of what the worker
+	// creates.
+	Partitions int
+	Replicas   int
+	// SnapshotInterval is how often a partition's snapshot is written;
+	// zero for snapshotInterval.
+	SnapshotInterval time.Duration
 	CreateStream     bool
 	OutcomeWait      time.Duration
 	StoreTimeout     time.Duration
@@ -84,6 +92,12 @@ const (
 
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
+	if c.Partitions == 0 {
+		c.Partitions = partition.DefaultCount
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
 	if c.EventsRetention == 0 {
 		c.EventsRetention = DefaultEventsRetention
 	}
@@ -117,6 +131,10 @@ func (c *Config) Validate() error {
 		return errors.New("--duplicate-window must be positive and at most the outcome retention")
 	case c.MaxBatch < 1:
 		return errors.New("--max-batch must be at least 1")
+	case partition.ValidateCount(c.Partitions) != nil:
+		return partition.ValidateCount(c.Partitions)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("--replicas must be between 1 and 5, not %d", c.Replicas)
 	case c.EventsRetention <= 0 || c.EventsDuplicates <= 0 || c.EventsDuplicates > c.EventsRetention:
 		return errors.New("--events-retention and --events-dedup-window must be positive, the window at most the retention")
 	}
@@ -154,20 +172,19 @@ type worker struct {
 	cfg Config
 	log zerolog.Logger
 
-	hup        <-chan os.Signal
-	verifier   *auth.Verifier
-	store      *storage.Store
-	nc         *nats.Conn
-	clientURL  string
-	js         jetstream.JetStream
-	cons       jetstream.Consumer
-	maxDeliver int
-	applier    *command.Applier
-	metrics    *metrics.Metrics
-	writes     *storeWrites
-	answers    *handler.AnswerStats
-	events     *handler.EventPublisher
-	svc        micro.Service
+	hup       <-chan os.Signal
+	verifier  *auth.Verifier
+	nc        *nats.Conn
+	clientURL string
+	js        jetstream.JetStream
+	eventsJS  jetstream.JetStream
+	stream    jetstream.Stream
+	parts     *partitionSet
+	metrics   *metrics.Metrics
+	writes    *storeWrites
+	answers   *handler.AnswerStats
+	service   *handler.Service
+	svc       micro.Service
 
 	closers []func() // what close undoes, in the order it was done
 }
@@ -181,9 +198,10 @@ func (w *worker) close() {
 	}
 }
 
-// open brings the worker's parts up: data directory, keys, store, NATS,
-// streams and consumer, the catch-up after a restore, metrics and health,
-// and the micro service.
+// open brings the worker's parts up: data directory, keys, NATS, streams,
+// consumers and buckets, the migration of a store from before partitions,
+// metrics and health, and the micro service. The partitions are taken in
+// serve.
 func (w *worker) open(ctx context.Context) error {
 	cfg, log := &w.cfg, w.log
 	if err := prepareDataDir(cfg.DataDir, log); err != nil {
@@ -198,11 +216,6 @@ func (w *worker) open(ctx context.Context) error {
 	hup, stopHUP := notifyHUP()
 	w.hup = hup
 	w.onClose(stopHUP)
-	w.store, err = storage.Open(filepath.Join(cfg.DataDir, StoreFile), storage.Options{Timeout: cfg.StoreTimeout, NoSync: cfg.NoSync})
-	if err != nil {
-		return err
-	}
-	w.onClose(func() { w.store.Close() })
 	nc, clientURL, shutdownServer, err := connect(cfg, log)
 	if err != nil {
 		return err
@@ -213,24 +226,29 @@ func (w *worker) open(ctx context.Context) error {
 	if w.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if w.cons, w.maxDeliver, err = setUpStreams(ctx, w.js, cfg); err != nil {
+	if w.eventsJS, err = jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second)); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	set, err := setUp(ctx, w.js, cfg)
+	if err != nil {
 		return err
 	}
-	w.applier = &command.Applier{Store: w.store, Verifier: w.verifier, Retention: cfg.Retention, Now: time.Now, Log: log}
-	if err := catchUp(ctx, w.js, w.cons, w.applier, cfg.MaxBatch, cfg.AllowStoreGap, log); err != nil {
+	w.stream = set.stream
+	id, err := workerID(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.stream, leases: set.leases, snaps: set.snaps,
+		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{},
+		log: log.With().Str("worker_id", id).Logger()}
+	if err := w.migrateLegacy(ctx); err != nil {
 		return err
 	}
 	// Metrics and health first: once the service answers, they do too.
 	w.metrics, w.writes = metrics.New(), &storeWrites{}
-	eventsJS, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	w.events = handler.NewEventPublisher(eventsJS, w.store, log, w.metrics)
-	w.events.Hold = cfg.HoldEvents
-	registerGauges(w.metrics, w.cons, w.store, w.verifier)
+	registerGauges(w.metrics, w.parts, w.verifier)
 	if cfg.HTTPListen != "" {
-		h := &health{nc: nc, cons: w.cons, store: w.store, writes: w.writes, events: w.events}
+		h := &health{nc: nc, stream: w.stream, parts: w.parts, writes: w.writes}
 		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, w.metrics, h, cfg.DataDir, log)
 		if err != nil {
 			return err
@@ -238,55 +256,61 @@ func (w *worker) open(ctx context.Context) error {
 		w.onClose(stopHTTP)
 	}
 	w.answers = &handler.AnswerStats{}
-	w.svc, err = (&handler.Service{
-		JS: w.js, Store: w.store, Verifier: w.verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+	w.service = &handler.Service{
+		JS: w.js, Conn: nc, Partitions: w.parts, Verifier: w.verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
 		Answers: w.answers, Replayer: w.replay,
-	}).Start(nc)
-	if err != nil {
+	}
+	if w.svc, err = w.service.Start(nc); err != nil {
 		return fmt.Errorf("start micro service: %w", err)
 	}
 	return nil
 }
 
-// replay serves passkeys.admin.replay: only what the consumer is done with;
-// the rest it will deliver itself.
-func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
-	ci, err := w.cons.Info(ctx)
-	if err != nil {
-		return command.ReplayReport{}, err
+// snapshotEvery is the partitions' snapshot interval.
+func (w *worker) snapshotEvery() time.Duration {
+	if w.cfg.SnapshotInterval > 0 {
+		return w.cfg.SnapshotInterval
 	}
-	r.ToSeq = min(r.ToSeq, ci.AckFloor.Stream)
-	return handler.Replay(ctx, w.js, w.applier, r, w.cfg.MaxBatch, w.log, nil)
+	return snapshotInterval
 }
 
-// serve runs the consumer, the pruning of expired outcomes and the JWKS
-// watch until ctx ends (or the consumer stops by itself), then stops in
-// order and returns the consumer's error.
+// replay serves passkeys.admin.replay for the partitions this worker
+// serves: only what each has applied; the rest its consumer applies itself.
+func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
+	total := command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
+	for _, pt := range w.parts.parts() {
+		if !pt.serving.Load() {
+			continue
+		}
+		var applied uint64
+		if err := pt.store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
+			return total, err
+		}
+		pr := r
+		pr.ToSeq = min(r.ToSeq, applied)
+		if pr.ToSeq < pr.FromSeq {
+			continue
+		}
+		rep, err := handler.ReplayFiltered(ctx, w.js, pt.applier, partition.Filter(pt.p), pr, w.cfg.MaxBatch, w.log, nil)
+		if err != nil {
+			return total, err
+		}
+		total.Add(rep)
+	}
+	total.Partitions = w.parts.Held()
+	return total, nil
+}
+
+// serve takes and serves partitions, prunes expired outcomes and watches
+// the JWKS until ctx ends, then stops in order: no new requests, each
+// partition finishes what it has in hand and writes its snapshot, the
+// membership is left.
 func (w *worker) serve(ctx context.Context) error {
 	log := w.log
-	publisher := w.events
-	consumer := &handler.Consumer{
-		Committed:   publisher.Wake,
-		Applier:     w.applier,
-		Conn:        w.nc,
-		Log:         log,
-		MaxBatch:    w.cfg.MaxBatch,
-		MaxDeliver:  w.maxDeliver,
-		StoreRetry:  retry.InPlace,
-		Redelivery:  retry.Redelivery,
-		DeadLetters: w.js,
-		Observer:    handler.Observers{w.metrics, w.answers, w.writes},
-	}
-	// A consumer that stops by itself (its consumer was deleted, say) stops
-	// the whole worker, so a supervisor restarts it and it sets up again.
-	ctx, stopAll := context.WithCancel(ctx)
-	defer stopAll()
-	consumed := make(chan error, 1)
-	go func() { consumed <- consumer.Run(ctx, w.cons); stopAll() }()
+	parted := make(chan struct{})
+	go func() { defer close(parted); w.parts.run(ctx) }()
 	pruned := make(chan struct{})
-	go func() { defer close(pruned); pruneOutcomes(ctx, w.store, log) }()
-	published := make(chan struct{})
-	go func() { defer close(published); publisher.Run(ctx) }()
+	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, log) }()
 	if !w.cfg.DevMode() {
 		interval := w.cfg.JWKSReload
 		if interval <= 0 {
@@ -296,8 +320,8 @@ func (w *worker) serve(ctx context.Context) error {
 	} else {
 		go ignoreHUP(ctx, w.hup, log)
 	}
-	log.Info().Str("nats_url", natsconn.RedactURL(w.clientURL)).Str("store", w.store.Path()).
-		Str("stream", handler.StreamName).Str("consumer", handler.ConsumerName).Msg("worker started")
+	log.Info().Str("nats_url", natsconn.RedactURL(w.clientURL)).Str("data_dir", w.cfg.DataDir).
+		Str("stream", handler.StreamName).Int("partitions", w.cfg.Partitions).Str("worker_id", w.parts.id).Msg("worker started")
 	if w.cfg.Started != nil {
 		w.cfg.Started(w.clientURL)
 	}
@@ -307,13 +331,12 @@ func (w *worker) serve(ctx context.Context) error {
 	if err := w.svc.Stop(); err != nil {
 		log.Warn().Err(err).Msg("stop micro service")
 	}
-	runErr := <-consumed
-	log.Debug().Msg("consumer stopped")
+	<-parted
+	log.Debug().Msg("partitions let go of")
 	w.flush()
 	<-pruned
-	<-published
 	log.Info().Msg("stopped")
-	return runErr
+	return nil
 }
 
 // flush waits for the forwarded requests' acknowledgements and sends the
@@ -333,45 +356,122 @@ func (w *worker) flush() {
 	}
 }
 
-// setUpStreams creates or updates the streams and the durable consumer (or,
-// with --create-stream=false, finds the consumer an operator manages) and
-// returns it with its MaxDeliver.
-func setUpStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.Consumer, int, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var cons jetstream.Consumer
-	var err error
-	if cfg.CreateStream {
-		cons, err = provisionStreams(ctx, js, cfg)
-	} else {
-		cons, err = js.Consumer(ctx, handler.StreamName, handler.ConsumerName)
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("consumer %s on stream %s: %w", handler.ConsumerName, handler.StreamName, err)
-	}
-	maxDeliver := cons.CachedInfo().Config.MaxDeliver
-	if maxDeliver <= 0 {
-		maxDeliver = handler.DefaultMaxDeliver
-	}
-	return cons, maxDeliver, nil
+// setUpResult is what the worker found or created in JetStream.
+type setUpResult struct {
+	stream jetstream.Stream
+	leases jetstream.KeyValue
+	snaps  jetstream.ObjectStore
 }
 
-// provisionStreams creates or updates streams PASSKEYS and PASSKEYS_DLQ and
-// the durable consumer: what the worker does at start-up, or what `worker
-// provision` does for an administrator, so that the worker's own NATS user
-// needs no right to change a stream (an update to max_msgs 1 would purge it).
-func provisionStreams(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.Consumer, error) {
-	for _, sc := range []jetstream.StreamConfig{
-		handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow),
-		handler.DeadLetterStreamConfig(),
-		handler.EventsStreamConfig(cfg.EventsRetention, cfg.EventsDuplicates),
-	} {
-		if _, err := handler.EnsureStream(ctx, js, sc); err != nil {
-			return nil, err
+// setUp creates or updates the streams, consumers and buckets (or, with
+// --create-stream=false, finds those an operator provisioned), and checks
+// that the stream is split into as many partitions as the worker is told.
+func setUp(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if cfg.CreateStream {
+		return provision(ctx, js, cfg)
+	}
+	var r setUpResult
+	var err error
+	if r.stream, err = js.Stream(ctx, handler.StreamName); err != nil {
+		return r, fmt.Errorf("stream %s: %w (run `worker provision` first)", handler.StreamName, err)
+	}
+	if err := checkPartitions(r.stream.CachedInfo().Config, cfg.Partitions); err != nil {
+		return r, err
+	}
+	if r.leases, err = js.KeyValue(ctx, LeaseBucket); err != nil {
+		return r, fmt.Errorf("key-value bucket %s: %w (run `worker provision` first)", LeaseBucket, err)
+	}
+	if r.snaps, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
+		return r, fmt.Errorf("object store %s: %w (run `worker provision` first)", SnapshotBucket, err)
+	}
+	return r, nil
+}
+
+// checkPartitions refuses a stream split into another number of partitions.
+func checkPartitions(sc jetstream.StreamConfig, want int) error {
+	got, err := handler.StreamPartitions(sc)
+	if err != nil {
+		return err
+	}
+	switch {
+	case got == 0:
+		return fmt.Errorf("stream %s is not split into partitions yet: run `worker provision` (or a worker with --create-stream) to upgrade it", handler.StreamName)
+	case got != want:
+		return fmt.Errorf("stream %s is split into %d partitions, but this worker was started with --partitions %d: "+
+			"the count is fixed when the stream is created; start every worker with --partitions %d", handler.StreamName, got, want, got)
+	}
+	return nil
+}
+
+// provision creates or updates streams PASSKEYS (split into partitions),
+// PASSKEYS_DLQ and PASSKEYS_EVENTS, a durable consumer per partition, the
+// lease bucket and the snapshot store: what the worker does at start-up,
+// or what `worker provision` does for an administrator, so that the
+// worker's own NATS user needs no right to change a stream (an update to
+// max_msgs 1 would purge it). A stream from before partitions is upgraded
+// in place: it keeps its commands, and records where they end
+// (handler.MetaLegacyUntil) for the migration of the old store.
+func provision(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpResult, error) {
+	var r setUpResult
+	sc := handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow, cfg.Partitions, cfg.Replicas)
+	existing, err := js.Stream(ctx, handler.StreamName)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return r, fmt.Errorf("stream %s: %w", handler.StreamName, err)
+	default:
+		old := existing.CachedInfo()
+		got, err := handler.StreamPartitions(old.Config)
+		if err != nil {
+			return r, err
+		}
+		switch {
+		case got == 0:
+			// Before partitions: its commands so far stay where they are,
+			// under their old subjects, for the migration.
+			if old.State.LastSeq > 0 {
+				sc.Metadata[handler.MetaLegacyUntil] = strconv.FormatUint(old.State.LastSeq, 10)
+			}
+		case got != cfg.Partitions:
+			return r, checkPartitions(old.Config, cfg.Partitions)
+		default:
+			if v, ok := old.Config.Metadata[handler.MetaLegacyUntil]; ok {
+				sc.Metadata[handler.MetaLegacyUntil] = v
+			}
 		}
 	}
-	return handler.EnsureConsumer(ctx, js,
-		handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait))
+	if r.stream, err = handler.EnsureStream(ctx, js, sc); err != nil {
+		return r, err
+	}
+	for _, c := range []jetstream.StreamConfig{
+		handler.DeadLetterStreamConfig(cfg.Replicas),
+		handler.EventsStreamConfig(cfg.EventsRetention, cfg.EventsDuplicates, cfg.Replicas),
+	} {
+		if _, err := handler.EnsureStream(ctx, js, c); err != nil {
+			return r, err
+		}
+	}
+	for p := range cfg.Partitions {
+		if _, err := handler.EnsureConsumer(ctx, js,
+			handler.PartitionConsumerConfig(p, handler.DefaultMaxAckPending, cfg.Replicas, handler.DefaultAckWait)); err != nil {
+			return r, err
+		}
+	}
+	if r.leases, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: LeaseBucket, Description: "passkeys workers: membership and partition leases",
+		TTL: leaseTTL, History: 1, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	}); err != nil {
+		return r, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
+	}
+	if r.snaps, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: SnapshotBucket, Description: "passkeys workers: the newest snapshot of each partition's state",
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	}); err != nil {
+		return r, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
+	}
+	return r, nil
 }
 
 func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
@@ -559,25 +659,32 @@ func listenAddr(s string) (string, int, error) {
 // days, an hour's delay is nothing.
 const pruneInterval = time.Hour
 
-// pruneOutcomes deletes expired outcome records at start and then every
-// pruneInterval, in small transactions so the consumer is never held up
-// for long.
-func pruneOutcomes(ctx context.Context, store *storage.Store, log zerolog.Logger) {
+// pruneOutcomes deletes expired outcome records of the partitions held, at
+// start and then every pruneInterval, in small transactions so the
+// consumers are never held up for long. A record expired as of a command's
+// time is ignored by that command whether or not it was pruned yet, so
+// pruning on one worker's clock changes no answer.
+func pruneOutcomes(ctx context.Context, parts *partitionSet, log zerolog.Logger) {
 	const chunk = 5000
 	tick := time.NewTicker(pruneInterval)
 	defer tick.Stop()
 	for {
-		start := time.Now()
-		n, err := store.PruneOutcomes(start, chunk)
-		if err != nil {
-			log.Error().Err(err).Int("pruned", n).Msg("prune outcome records")
-		} else if n > 0 {
-			log.Info().Int("pruned", n).Dur("took", time.Since(start)).Msg("expired outcome records pruned")
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		for _, pt := range parts.parts() {
+			if !pt.serving.Load() {
+				continue
+			}
+			start := time.Now()
+			n, err := pt.store.PruneOutcomes(start, chunk)
+			if err != nil {
+				log.Error().Err(err).Int("partition", pt.p).Int("pruned", n).Msg("prune outcome records")
+			} else if n > 0 {
+				log.Info().Int("partition", pt.p).Int("pruned", n).Dur("took", time.Since(start)).Msg("expired outcome records pruned")
+			}
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/cli"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -44,6 +45,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	eventFlags(fs, &cfg)
+	clusterFlags(fs, &cfg)
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
@@ -80,6 +82,13 @@ func eventFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.DurationVar(&cfg.EventsRetention, "events-retention", DefaultEventsRetention, "how long stream PASSKEYS_EVENTS keeps an event")
 	fs.DurationVar(&cfg.EventsDuplicates, "events-dedup-window", DefaultEventsDuplicates,
 		"PASSKEYS_EVENTS' duplicate window: how late a second publication of an event (after a crash, or a restore's catch-up) is still dropped")
+}
+
+// clusterFlags adds the flags of partitions and replicas.
+func clusterFlags(fs *flag.FlagSet, cfg *Config) {
+	fs.IntVar(&cfg.Partitions, "partitions", partition.DefaultCount, "how many partitions the users are split into; fixed when stream PASSKEYS is created")
+	fs.IntVar(&cfg.Replicas, "replicas", 1, "JetStream replicas of everything the worker creates (streams, consumers, buckets): 3 on a three-node cluster")
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", snapshotInterval, "how often each partition's state is written to object store "+SnapshotBucket)
 }
 
 // natsFlags adds the connection flags; urlNote finishes --nats-url's usage.
@@ -119,6 +128,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "the workers' outcome retention: the stream's max age")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	eventFlags(fs, &cfg)
+	clusterFlags(fs, &cfg)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates streams %s and %s and consumer %s, then exits.\n\nFlags:\n",
 			handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
@@ -149,10 +159,16 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := provisionStreams(ctx, js, &cfg); err != nil {
+	if err := partition.ValidateCount(cfg.Partitions); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "provisioned: stream %s, stream %s, stream %s, consumer %s\n",
-		handler.StreamName, handler.DeadLetterStreamName, handler.EventsStreamName, handler.ConsumerName)
+	if cfg.Replicas < 1 || cfg.Replicas > 5 {
+		return fmt.Errorf("provision: --replicas must be between 1 and 5, not %d", cfg.Replicas)
+	}
+	if _, err := provision(ctx, js, &cfg); err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	fmt.Fprintf(stdout, "provisioned: stream %s (%d partitions, %d replicas), stream %s, stream %s, a consumer per partition, bucket %s, object store %s\n",
+		handler.StreamName, cfg.Partitions, cfg.Replicas, handler.DeadLetterStreamName, handler.EventsStreamName, LeaseBucket, SnapshotBucket)
 	return nil
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,10 +30,9 @@ import (
 // health answers /healthz and /readyz.
 type health struct {
 	nc     *nats.Conn
-	cons   jetstream.Consumer
-	store  *storage.Store
+	stream jetstream.Stream
+	parts  *partitionSet
 	writes *storeWrites
-	events interface{ Waiting() time.Duration } // nil: not checked
 }
 
 // maxEventsWaiting is how long events may wait in the outbox before the
@@ -65,75 +65,81 @@ func (*storeWrites) Redelivered()                                         {}
 func (*storeWrites) Changed()                                             {}
 func (*storeWrites) Terminated()                                          {}
 
+// maxSnapshotAgeFactor: a partition whose snapshot is older than this many
+// snapshot intervals makes the worker not ready.
+const maxSnapshotAgeFactor = 10
+
 // ready reports why the worker cannot take work, or nil: it must be
-// connected to NATS, its stream and consumer must exist, its store be open.
+// connected to NATS, its stream must exist, the store of every partition it
+// serves be open and its last commit have succeeded, the outboxes be
+// emptied and the snapshots be recent.
 func (h *health) ready(ctx context.Context) error {
 	if !h.nc.IsConnected() {
 		return errors.New("not connected to NATS")
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, err := h.cons.Info(ctx); err != nil {
-		return fmt.Errorf("stream or consumer: %w", err)
-	}
-	if err := h.store.View(func(*storage.Tx) error { return nil }); err != nil {
-		return fmt.Errorf("store: %w", err)
+	if _, err := h.stream.Info(ctx); err != nil {
+		return fmt.Errorf("stream: %w", err)
 	}
 	if err := h.writes.failing(); err != nil {
 		return fmt.Errorf("store: the last commit failed: %w", err)
 	}
-	if h.events != nil {
-		if d := h.events.Waiting(); d > maxEventsWaiting {
-			return fmt.Errorf("events have waited %s in the outbox without it being emptied", d.Round(time.Second))
+	maxAge := maxSnapshotAgeFactor * h.parts.w.snapshotEvery()
+	for _, pt := range h.parts.parts() {
+		if !pt.serving.Load() {
+			continue
+		}
+		if err := pt.store.View(func(*storage.Tx) error { return nil }); err != nil {
+			return fmt.Errorf("store of partition %d: %w", pt.p, err)
+		}
+		if d := pt.events.Waiting(); d > maxEventsWaiting {
+			return fmt.Errorf("partition %d: events have waited %s in the outbox without it being emptied", pt.p, d.Round(time.Second))
+		}
+		if d := time.Since(pt.snapAge()); h.parts.snaps != nil && d > maxAge {
+			return fmt.Errorf("partition %d: its last snapshot is %s old", pt.p, d.Round(time.Second))
 		}
 	}
 	return nil
 }
 
 // registerGauges adds the gauges read at scrape time.
-func registerGauges(m *metrics.Metrics, cons jetstream.Consumer, store *storage.Store, v *auth.Verifier) {
-	// Both consumer gauges come from one Info call: a scrape reads them
-	// together, so an answer younger than a second serves the second one.
-	var mu sync.Mutex
-	var last *jetstream.ConsumerInfo
-	var at time.Time
-	info := func() *jetstream.ConsumerInfo {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(at) < time.Second {
-			return last
+func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier) {
+	sum := func(f func(*storage.Store) (int, error)) float64 {
+		total := 0
+		for _, pt := range parts.parts() {
+			if !pt.serving.Load() {
+				continue
+			}
+			n, err := f(pt.store)
+			if err != nil {
+				return -1
+			}
+			total += n
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		last, _ = cons.Info(ctx) // nil on error: the gauges say -1
-		at = time.Now()
-		return last
+		return float64(total)
 	}
-	m.Gauge("passkeys_consumer_pending", "Commands in the stream not yet delivered to the worker (-1: unknown).", func() float64 {
-		if ci := info(); ci != nil {
-			return float64(ci.NumPending)
-		}
-		return -1
+	m.Gauge("passkeys_partitions_served", "Partitions this worker serves.", func() float64 {
+		return float64(len(parts.Held()))
 	})
-	m.Gauge("passkeys_consumer_ack_pending", "Commands delivered and not yet acknowledged (-1: unknown).", func() float64 {
-		if ci := info(); ci != nil {
-			return float64(ci.NumAckPending)
-		}
-		return -1
+	m.GaugeVec("passkeys_partition_snapshot_age_seconds", "Age of the newest snapshot of each partition this worker serves.", "partition",
+		func() map[string]float64 {
+			out := map[string]float64{}
+			for _, pt := range parts.parts() {
+				if pt.serving.Load() {
+					out[strconv.Itoa(pt.p)] = time.Since(pt.snapAge()).Seconds()
+				}
+			}
+			return out
+		})
+	m.Gauge("passkeys_snapshot_failures", "Snapshots that could not be written since the worker started.", func() float64 {
+		return float64(parts.failures.Load())
 	})
-	m.Gauge("passkeys_outcome_records", "Outcome records held for repeats (-1: unknown).", func() float64 {
-		n, err := store.OutcomeCount()
-		if err != nil {
-			return -1
-		}
-		return float64(n)
+	m.Gauge("passkeys_outcome_records", "Outcome records held for repeats, in the partitions this worker serves (-1: unknown).", func() float64 {
+		return sum(func(s *storage.Store) (int, error) { n, err := s.OutcomeCount(); return int(n), err })
 	})
-	m.Gauge("passkeys_events_waiting", "Events in the outbox, written with their change and not yet published (-1: unknown).", func() float64 {
-		n, err := store.OutboxLen()
-		if err != nil {
-			return -1
-		}
-		return float64(n)
+	m.Gauge("passkeys_events_waiting", "Events in the outboxes, written with their change and not yet published (-1: unknown).", func() float64 {
+		return sum(func(s *storage.Store) (int, error) { return s.OutboxLen() })
 	})
 	m.Gauge("passkeys_tokens_cached", "Verified tokens in the signature cache.", func() float64 {
 		return float64(v.CachedTokens())
@@ -236,7 +242,18 @@ func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, 
 			http.Error(w, "a backup is already being taken; try again when it is done", http.StatusServiceUnavailable)
 			return
 		}
-		serveBackup(w, r, h.store, dataDir, log)
+		p, err := strconv.Atoi(r.URL.Query().Get("partition"))
+		store, ok := h.parts.servedStore(p)
+		if err != nil || !ok {
+			http.Error(w, fmt.Sprintf("name one of the partitions this worker serves: /backup?partition=N, N in %v", h.parts.Held()),
+				http.StatusNotFound)
+			return
+		}
+		serveBackup(w, r, store, dataDir, log)
+	})
+	mux.HandleFunc("GET /partitions", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(h.parts.status())
 	})
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

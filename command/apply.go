@@ -25,6 +25,10 @@ type Result struct {
 	Answer passkey.Answer
 	// Repeat tells that Answer is the stored outcome of an earlier delivery.
 	Repeat bool
+	// Skipped tells that the store had applied the stream past this
+	// command and keeps no outcome for it: nothing to apply, nothing to
+	// answer with.
+	Skipped bool
 	// Transient is set when the command could not be processed now and
 	// should be retried; nothing of it was committed.
 	Transient error
@@ -38,10 +42,11 @@ type Result struct {
 type Applier struct {
 	Store     *storage.Store
 	Verifier  *auth.Verifier
+	// Retention is how long after its command was stored an outcome is
+	// kept: it expires at the command's stream timestamp plus Retention, so
+	// every worker that applies the same commands keeps the same records.
 	Retention time.Duration
-	// Now is the clock for outcome expiry; tests pin it.
-	Now func() time.Time
-	Log zerolog.Logger
+	Log       zerolog.Logger
 
 	// Fault injection, for tests only (nil otherwise). BeforeDecide runs
 	// before each rule: a panic in it makes a command poison. BreakTx runs
@@ -134,21 +139,36 @@ func (a *Applier) Check(cmds []*Command) *Checked {
 // a result for each command. A failure of the store fails the whole batch:
 // it returns the error and nothing was committed; the batch may be
 // committed again.
+//
+// A command that cannot be applied now (a damaged record: a fault of this
+// machine, not of the command) stops the batch there: it and every later
+// command are Transient and not committed, the ones before it are. So a
+// later command never overtakes it; the caller tries the rest again
+// (CommitFrom).
 func (a *Applier) Commit(c *Checked) ([]Result, error) {
+	return a.CommitFrom(c, 0)
+}
+
+// CommitFrom is Commit of the batch's commands from index start on; the
+// results before start are zero.
+func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
 	results := make([]Result, len(c.cmds))
 	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
-		expires := a.Now().Add(a.Retention)
 		var applied uint64
-		for i := range c.checked {
-			r, err := a.apply(tx, &c.checked[i], expires)
+		for i := start; i < len(c.checked); i++ {
+			r, err := a.apply(tx, &c.checked[i])
 			if err != nil {
 				return err
 			}
 			results[i] = r
-			if r.Transient == nil {
-				applied = max(applied, c.checked[i].cmd.StreamSeq)
+			if r.Transient != nil {
+				for k := i + 1; k < len(c.checked); k++ {
+					results[k] = Result{UserID: c.checked[k].userID, Op: c.checked[k].op, Transient: errHeldBack}
+				}
+				break
 			}
+			applied = max(applied, c.checked[i].cmd.StreamSeq)
 		}
 		return tx.NoteAppliedSeq(applied)
 	})
@@ -214,14 +234,15 @@ func (a *Applier) isolate(cmds []*Command, idx []int, results []Result, failed m
 
 // errHeldBack is the transient failure of a command held back behind an
 // earlier command of its user that failed.
-var errHeldBack = errors.New("held back behind an earlier command of the same user that failed")
+var errHeldBack = errors.New("held back behind an earlier command that could not be applied")
 
-// checkSafely is check, with a panic turned into a transient failure of
-// this command alone.
+// checkSafely is check, with a panic turned into the command's INTERNAL
+// answer: the same command panics the same way on every worker, so it is a
+// fact about the command, stored like any refusal.
 func (a *Applier) checkSafely(c *Command) (pr checked) {
 	defer func() {
 		if r := recover(); r != nil {
-			pr = checked{cmd: c, broken: fmt.Errorf("panic while checking command: %v", r)}
+			pr = checked{cmd: c, key: binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq), broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
 	return a.check(c)
@@ -293,16 +314,20 @@ func (a *Applier) check(c *Command) checked {
 
 // apply runs one checked command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
-func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result, error) {
+func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
 	if a.BreakTx != nil {
 		if err := a.BreakTx(pr.cmd); err != nil {
 			return res, err
 		}
 	}
+	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken != nil {
-		res.Transient = pr.broken
-		return res, nil
+		a.Log.Error().Err(pr.broken).Uint64("stream_seq", pr.cmd.StreamSeq).Str("subject", Truncate(pr.cmd.Subject)).
+			Msg("command failed; answered INTERNAL")
+		res.Answer = passkey.Refused(passkey.ErrInternal)
+		return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
+			Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
 	}
 	stored, err := a.storedOutcome(tx, pr)
 	if errors.Is(err, storage.ErrCorrupt) {
@@ -312,6 +337,13 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result,
 	}
 	if err != nil {
 		return res, err
+	}
+	if stored == nil && pr.cmd.StreamSeq != 0 && pr.cmd.StreamSeq <= tx.AppliedSeq() {
+		// The store has applied the stream past this command, yet keeps no
+		// outcome for it: whatever became of it is in the state already.
+		// Applying it now would apply it twice, or out of order.
+		res.Skipped = true
+		return res, nil
 	}
 	if stored != nil {
 		if !SameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
@@ -355,9 +387,11 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked, expires time.Time) (Result,
 		case errors.As(err, &perr):
 			res.Answer = passkey.Refused(perr)
 		default:
-			// Not a rule's answer: something broke. Retry it, alone.
-			res.Transient = err
-			return res, nil
+			// Not a rule's answer: the rule broke (a panic). It breaks
+			// the same way on every worker, so it is the command's answer.
+			a.Log.Error().Err(err).Uint64("stream_seq", pr.cmd.StreamSeq).Str("subject", Truncate(pr.cmd.Subject)).
+				Msg("command failed; answered INTERNAL")
+			res.Answer = passkey.Refused(passkey.ErrInternal)
 		}
 	}
 	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
@@ -386,10 +420,18 @@ func changeEvent(pr *checked, before, after *passkey.User) []byte {
 // change.
 func (a *Applier) storedOutcome(tx *storage.Tx, pr *checked) (*storage.Outcome, error) {
 	stored, err := tx.Outcome(pr.owner, pr.key)
+	if stored != nil && stored.Expires.Before(pr.cmd.Timestamp) {
+		// Expired as of the command's own time: gone, on every worker,
+		// whether or not this one has pruned it yet.
+		stored = nil
+	}
 	if stored != nil || err != nil || pr.plainKey == nil {
 		return stored, err
 	}
 	old, err := tx.Outcome(pr.owner, pr.plainKey)
+	if old != nil && old.Expires.Before(pr.cmd.Timestamp) {
+		old = nil
+	}
 	if err != nil || old == nil || old.Fingerprint != nil {
 		return nil, err // a fingerprinted record under a plain id is an unverified command's: not this principal's
 	}

@@ -31,7 +31,7 @@ func newApplier(tb testing.TB) *applierFixture {
 	keys := testenv.NewKeys(tb)
 	f := &applierFixture{keys: keys, now: time.Now().UTC()}
 	f.a = &Applier{Store: testenv.MustOpenStore(tb), Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour,
-		Now: func() time.Time { return f.now }, Log: zerolog.Nop()}
+		Log: zerolog.Nop()}
 	return f
 }
 
@@ -233,6 +233,8 @@ func TestRepeatMustBeTheSameCommand(t *testing.T) {
 		{"NoToken", noToken, passkey.IDAuthMissing},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			f.seq++
+			c.cmd.StreamSeq = f.seq // in stream order, after the commands made before it
 			res := f.apply(t, c.cmd)
 			if got := replyID(t, res[0]); got != c.want {
 				t.Fatalf("got %s, want %s", got, c.want)

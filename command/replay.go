@@ -37,6 +37,18 @@ type ReplayReport struct {
 	Refused int `json:"refused"`
 	// Failed failed again and stay unapplied.
 	Failed int `json:"failed"`
+	// Partitions are the partitions the report covers: those of the
+	// worker that answered.
+	Partitions []int `json:"partitions,omitempty"`
+}
+
+// Add adds o's counts to r's.
+func (r *ReplayReport) Add(o ReplayReport) {
+	r.Read += o.Read
+	r.Repeats += o.Repeats
+	r.Applied += o.Applied
+	r.Refused += o.Refused
+	r.Failed += o.Failed
 }
 
 // Source yields stored commands in stream order, from the range's first

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -26,17 +26,16 @@ type Consumer struct {
 	Log  zerolog.Logger
 	// MaxBatch bounds the commands applied in one transaction.
 	MaxBatch int
-	// MaxDeliver is the consumer's MaxDeliver: the delivery on which a
-	// command that still fails gets its final INTERNAL reply.
-	MaxDeliver int
-	// StoreRetry is how a batch whose commit failed is tried again in
-	// place before it is applied in parts (retry.InPlace).
+	// StoreRetry is how long the partition waits before it tries a command
+	// that could not be applied again (retry.Wait): as long as it takes.
 	StoreRetry retry.Policy
-	// Redelivery gives the nak delay after a failed delivery (retry.Redelivery).
-	Redelivery retry.Policy
-	// DeadLetters, when set, records each terminated command in stream
-	// PASSKEYS_DLQ.
-	DeadLetters jetstream.JetStream
+	// PriorityGroup is the group the consumer is pulled with, when it has
+	// priority groups (PriorityGroup).
+	PriorityGroup string
+	// Order, when set, makes sure the partition's commands are applied in
+	// stream order with none left out, even when another worker took some
+	// of them or the server redelivers late (see OrderGuard).
+	Order *OrderGuard
 	// Observer, when set, is told what happens: metrics, and the
 	// micro service's STATS (AnswerStats). Observers tells several.
 	Observer Observer
@@ -53,7 +52,6 @@ type Observer interface {
 	// with the time the stream stored it.
 	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
 	Redelivered()
-	Terminated()
 	// Changed reports a change the consumer applied: one event written
 	// into the outbox.
 	Changed()
@@ -66,7 +64,6 @@ func (nopObserver) Batch(int, time.Duration, error)                      {}
 func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (nopObserver) Redelivered()                                         {}
 func (nopObserver) Changed()                                             {}
-func (nopObserver) Terminated()                                          {}
 
 // Observers tells each of its members.
 type Observers []Observer
@@ -95,12 +92,6 @@ func (os Observers) Changed() {
 	}
 }
 
-func (os Observers) Terminated() {
-	for _, o := range os {
-		o.Terminated()
-	}
-}
-
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
 const DrainTimeout = 5 * time.Second
@@ -112,7 +103,11 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(2 * c.MaxBatch))
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.MaxBatch)}
+	if c.PriorityGroup != "" {
+		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
+	}
+	iter, err := cons.Messages(opts...)
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
@@ -268,8 +263,14 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 			_ = m.Term()
 			continue
 		}
+		_, subject, err := partition.Original(m.Subject())
+		if err != nil {
+			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message on a subject that holds no command")
+			_ = m.Term()
+			continue
+		}
 		h := delivery{msg: m, meta: meta, cmd: &command.Command{
-			Subject:   m.Subject(),
+			Subject:   subject,
 			Header:    command.Header(m.Headers()),
 			Body:      m.Data(),
 			StreamSeq: meta.Sequence.Stream,
@@ -299,76 +300,82 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 	return checkedBatch{hand: hand, checked: c.Applier.Check(cmds)}, true
 }
 
-// commitBatch commits a checked batch (retrying in place, then in parts
-// when one command breaks the commit), then replies to and settles each
-// command.
+// commitBatch applies a checked batch in stream order: first whatever the
+// partition's stream holds before it that this worker has not applied
+// (fillGap), then the batch itself, each command replied to and
+// acknowledged only after its transaction committed. A fault of this machine
+// (the store fails, a record is damaged) makes the partition wait and try
+// again: nothing is nacked or given up, so no later command overtakes one
+// that is not applied. Only a stopping worker leaves a batch unfinished: its
+// commands stay unacknowledged and come back.
 func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
-	results, err := c.commitWithRetries(ctx, b.checked)
-	if err == nil && c.Committed != nil {
-		c.Committed()
-	}
-	if cmds := b.checked.Commands(); err != nil && len(cmds) > 1 {
-		// One command may be what breaks the commit: find it, and apply
-		// the others without it.
-		results, err = c.Applier.ApplyIsolating(cmds), nil
-	}
-	for i, h := range b.hand {
-		var r command.Result
-		if err != nil {
-			r.Transient = err
-		} else {
-			r = results[i]
-		}
-		c.finish(h, r)
-	}
-}
-
-// commitWithRetries tries a batch's commit again in place when the store
-// fails, so a brief fault does not reorder a user's commands through
-// redelivery. A stopping worker (ctx ended) does not wait out a pause: the
-// batch is then nacked and comes back to the next worker.
-func (c *Consumer) commitWithRetries(ctx context.Context, checked *command.Checked) ([]command.Result, error) {
-	n := len(checked.Commands())
-	attempt := 0
-	results, err := retry.Do(ctx, c.StoreRetry, func() ([]command.Result, error) {
-		attempt++
-		start := time.Now()
-		results, err := c.Applier.Commit(checked)
-		c.Observer.Batch(n, time.Since(start), err)
-		return results, err
-	}, func(err error, next time.Duration) {
-		c.Log.Warn().Err(err).Int("batch", n).Int("attempt", attempt).Dur("retry_in", next).Msg("store failed; retrying the batch")
-	})
-	if err != nil {
-		c.Log.Error().Err(err).Int("batch", n).Int("attempts", attempt).Msg("store failed after its retries")
-	}
-	return results, err
-}
-
-// finish replies to and settles one message, after its batch committed.
-func (c *Consumer) finish(h delivery, r command.Result) {
-	log := h.log.With().Str("user_id", r.UserID).Logger()
-	if r.Transient != nil {
-		if h.meta.NumDelivered < uint64(c.MaxDeliver) {
-			delay := c.Redelivery.After(h.meta.NumDelivered)
-			log.Warn().Err(r.Transient).Dur("retry_in", delay).Msg("command failed; will retry")
-			if err := h.msg.NakWithDelay(delay); err != nil {
-				log.Error().Err(err).Msg("nak")
-			}
+	if c.Order != nil {
+		if !c.fillGap(ctx, b) {
 			return
 		}
-		final := ErrorReply(passkey.ErrRetriesExhausted)
-		reason := fmt.Sprintf("failed %d deliveries: %v", h.meta.NumDelivered, r.Transient)
-		if err := c.deadLetter(h, reason); err != nil {
-			// The server delivers it no more: this log line is the record.
-			log.Error().Err(err).Str("reason", reason).Msg("could not record the terminated command in " + DeadLetterStreamName)
+	}
+	start, attempt := 0, 0
+	for start < len(b.hand) {
+		t := time.Now()
+		results, err := c.Applier.CommitFrom(b.checked, start)
+		c.Observer.Batch(len(b.hand)-start, time.Since(t), err)
+		if err == nil {
+			if c.Committed != nil {
+				c.Committed()
+			}
+			next := len(b.hand)
+			for i := start; i < len(b.hand); i++ {
+				if results[i].Transient != nil {
+					next, err = i, results[i].Transient
+					break
+				}
+				c.finish(b.hand[i], results[i])
+			}
+			if c.Order != nil {
+				c.Order.committed(b.hand[start:next])
+			}
+			if next == len(b.hand) {
+				return
+			}
+			start = next
 		}
-		c.reply(h, log, final)
-		c.Observer.Terminated()
-		c.Observer.Answered(r.Op, final.Code, final.ErrorText, h.meta.Timestamp)
-		log.Error().Err(r.Transient).Msg("command failed on its last delivery; terminated")
-		if err := h.msg.TermWithReason(reason); err != nil {
-			log.Error().Err(err).Msg("term")
+		attempt++
+		delay := c.StoreRetry.After(uint64(attempt))
+		c.Log.Error().Err(err).Int("batch", len(b.hand)-start).Int("attempt", attempt).Dur("retry_in", delay).
+			Uint64("stream_seq", b.hand[start].meta.Sequence.Stream).
+			Msg("could not apply the partition's next command (a fault of this worker's machine); the partition waits and tries again")
+		if !c.wait(ctx, b.hand[start:], delay) {
+			return
+		}
+	}
+}
+
+// wait waits delay before the next attempt at the commands in hand, telling
+// the server they are in progress so that it does not redeliver them
+// meanwhile. It returns false when the worker stops.
+func (c *Consumer) wait(ctx context.Context, hand []delivery, delay time.Duration) bool {
+	for _, h := range hand {
+		_ = h.msg.InProgress()
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		c.Log.Warn().Int("unfinished", len(hand)).Msg("stopping with commands not applied; they stay unacknowledged and come back")
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// finish replies to and acknowledges one message, after its transaction
+// committed.
+func (c *Consumer) finish(h delivery, r command.Result) {
+	log := h.log.With().Str("user_id", r.UserID).Logger()
+	if r.Skipped {
+		log.Warn().Msg("command skipped: the store applied the stream past it and keeps no outcome for it")
+		if err := h.msg.Ack(); err != nil {
+			log.Error().Err(err).Msg("ack")
 		}
 		return
 	}
@@ -388,46 +395,6 @@ func (c *Consumer) finish(h delivery, r command.Result) {
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")
 	}
-}
-
-// Headers of a dead-letter record. The original's Authorization is not
-// kept: a bearer token does not belong at rest; an operator re-drives a
-// command with a token of their own.
-const (
-	HeaderDLQSubject     = "Passkeys-Subject"
-	HeaderDLQStreamSeq   = "Passkeys-Stream-Seq"
-	HeaderDLQTimestamp   = "Passkeys-Timestamp"
-	HeaderDLQDelivered   = "Passkeys-Num-Delivered"
-	HeaderDLQReason      = "Passkeys-Reason"
-	HeaderDLQMsgID       = "Passkeys-Msg-Id"
-	HeaderDLQReplyTo     = "Passkeys-Reply-To"
-	HeaderDLQContentType = "Passkeys-Content-Type"
-)
-
-// deadLetter records a terminated command in PASSKEYS_DLQ: its subject,
-// headers (less Authorization), body, stream sequence and the reason.
-func (c *Consumer) deadLetter(h delivery, reason string) error {
-	if c.DeadLetters == nil {
-		return nil
-	}
-	seq := strconv.FormatUint(h.meta.Sequence.Stream, 10)
-	msg := nats.NewMsg(DeadLetterPrefix + "." + seq)
-	msg.Data = h.cmd.Body
-	msg.Header.Set(HeaderDLQSubject, h.cmd.Subject)
-	msg.Header.Set(HeaderDLQStreamSeq, seq)
-	msg.Header.Set(HeaderDLQTimestamp, h.meta.Timestamp.UTC().Format(time.RFC3339Nano))
-	msg.Header.Set(HeaderDLQDelivered, strconv.FormatUint(h.meta.NumDelivered, 10))
-	msg.Header.Set(HeaderDLQReason, reason)
-	for name, from := range map[string]string{HeaderDLQMsgID: command.HeaderMsgID, HeaderDLQReplyTo: command.HeaderReplyTo, HeaderDLQContentType: command.HeaderContentType} {
-		for _, v := range h.cmd.Header.ValuesFold(from) {
-			msg.Header.Add(name, v)
-		}
-	}
-	msg.Header.Set(command.HeaderMsgID, "dlq-"+seq) // a second worker's record of it is a duplicate
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err := c.DeadLetters.PublishMsg(ctx, msg)
-	return err
 }
 
 func (c *Consumer) reply(h delivery, log zerolog.Logger, r Reply) {

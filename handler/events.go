@@ -23,7 +23,7 @@ const (
 // on passkeys.events.<userId>, kept for retention. Its duplicate window is
 // how late a second publication of an event (after a crash between publish
 // and the outbox's cleanup, or a restore and catch-up) is still dropped.
-func EventsStreamConfig(retention, duplicates time.Duration) jetstream.StreamConfig {
+func EventsStreamConfig(retention, duplicates time.Duration, replicas int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        EventsStreamName,
 		Description: "Passkey removal and sync events (CloudEvents 1.0, JSON)",
@@ -33,6 +33,7 @@ func EventsStreamConfig(retention, duplicates time.Duration) jetstream.StreamCon
 		MaxAge:      retention,
 		Duplicates:  duplicates,
 		Discard:     jetstream.DiscardOld,
+		Replicas:    replicas,
 	}
 }
 

@@ -41,7 +41,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 	if n, _ := store.OutboxLen(); n != 6 {
 		t.Fatalf("outbox holds %d events after a failed round, want 6", n)
 	}
-	stream, err := js.CreateStream(ctx, EventsStreamConfig(time.Hour, time.Hour))
+	stream, err := js.CreateStream(ctx, EventsStreamConfig(time.Hour, time.Hour, 1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
 )
 
 // Replay runs the stored commands in r through a, read from stream PASSKEYS
@@ -20,6 +22,13 @@ import (
 // catch-up after a restore.
 func Replay(ctx context.Context, js jetstream.JetStream, a *command.Applier, r command.ReplayRange, maxBatch int,
 	log zerolog.Logger, progress func(command.ReplayReport, uint64)) (command.ReplayReport, error) {
+	return ReplayFiltered(ctx, js, a, "", r, maxBatch, log, progress)
+}
+
+// ReplayFiltered is Replay of the commands on subjects filter only (""
+// for all): one partition's.
+func ReplayFiltered(ctx context.Context, js jetstream.JetStream, a *command.Applier, filter string, r command.ReplayRange, maxBatch int,
+	log zerolog.Logger, progress func(command.ReplayReport, uint64)) (command.ReplayReport, error) {
 	if r.FromSeq == 0 || r.ToSeq < r.FromSeq {
 		return command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}, nil
 	}
@@ -27,9 +36,11 @@ func Replay(ctx context.Context, js jetstream.JetStream, a *command.Applier, r c
 	if err != nil {
 		return command.ReplayReport{}, fmt.Errorf("replay: %w", err)
 	}
-	oc, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: r.FromSeq,
-	})
+	occ := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: r.FromSeq}
+	if filter != "" {
+		occ.FilterSubjects = []string{filter}
+	}
+	oc, err := stream.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return command.ReplayReport{}, fmt.Errorf("replay: %w", err)
 	}
@@ -56,7 +67,93 @@ func streamSource(iter jetstream.MessagesContext) command.Source {
 		if err != nil {
 			return nil, err
 		}
-		return &command.Command{Subject: msg.Subject(), Header: command.Header(msg.Headers()), Body: msg.Data(),
+		_, subject, err := partition.Original(msg.Subject())
+		if err != nil {
+			return nil, err
+		}
+		return &command.Command{Subject: subject, Header: command.Header(msg.Headers()), Body: msg.Data(),
 			StreamSeq: meta.Sequence.Stream, Timestamp: meta.Timestamp}, nil
 	}
+}
+
+// CatchUp applies the partition's stored commands (filter) that follow
+// applied, in stream order, up to the last one the stream holds when it
+// gets there: what a worker does when it takes a partition over (from its
+// own older store, or a snapshot), before it consumes. Nobody is replied to:
+// the commands still unacknowledged come back through the consumer and get
+// their stored outcomes. A fault of this machine makes it wait and try
+// again (policy wait), never skip. The report's ToSeq is the last sequence
+// applied.
+func CatchUp(ctx context.Context, stream jetstream.Stream, a *command.Applier, filter string, applied uint64,
+	maxBatch int, wait retry.Policy, log zerolog.Logger) (command.ReplayReport, error) {
+	rep := command.ReplayReport{FromSeq: applied + 1, ToSeq: applied}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	first, err := stream.GetMsg(gctx, applied+1, jetstream.WithGetMsgSubject(filter))
+	cancel()
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return rep, nil
+	}
+	if err != nil {
+		return rep, fmt.Errorf("catch-up: %w", err)
+	}
+	oc, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: first.Sequence,
+	})
+	if err != nil {
+		return rep, fmt.Errorf("catch-up: %w", err)
+	}
+	iter, err := oc.Messages()
+	if err != nil {
+		return rep, fmt.Errorf("catch-up: %w", err)
+	}
+	defer iter.Stop()
+	for done := false; !done; {
+		var cmds []*command.Command
+		for len(cmds) < maxBatch && !done {
+			msg, err := iter.Next()
+			if err != nil {
+				return rep, fmt.Errorf("catch-up: %w", err)
+			}
+			meta, err := msg.Metadata()
+			if err != nil {
+				return rep, fmt.Errorf("catch-up: %w", err)
+			}
+			_, subject, err := partition.Original(msg.Subject())
+			if err != nil {
+				return rep, fmt.Errorf("catch-up: %w", err)
+			}
+			cmds = append(cmds, &command.Command{Subject: subject, Header: command.Header(msg.Headers()), Body: msg.Data(),
+				StreamSeq: meta.Sequence.Stream, Timestamp: meta.Timestamp})
+			done = meta.NumPending == 0
+		}
+		checked := a.Check(cmds)
+		for start, attempt := 0, 1; start < len(cmds); attempt++ {
+			results, err := a.CommitFrom(checked, start)
+			if err == nil {
+				next := len(cmds)
+				for i := start; i < len(cmds); i++ {
+					if results[i].Transient != nil {
+						next, err = i, results[i].Transient
+						break
+					}
+					rep.Read++
+					rep.ToSeq = cmds[i].StreamSeq
+				}
+				start = next
+				if err == nil {
+					break
+				}
+			}
+			delay := wait.After(uint64(attempt))
+			log.Error().Err(err).Uint64("stream_seq", cmds[start].StreamSeq).Dur("retry_in", delay).
+				Msg("catch-up: could not apply the partition's next command; waiting to try again")
+			select {
+			case <-ctx.Done():
+				return rep, ctx.Err()
+			case <-time.After(delay):
+			}
+		}
+	}
+	return rep, nil
 }

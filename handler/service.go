@@ -32,9 +32,14 @@ const (
 // sync into the stream with the requester's inbox as Reply-To, and answers
 // list from the store.
 type Service struct {
-	JS       jetstream.JetStream
-	Store    *storage.Store
-	Verifier *auth.Verifier
+	JS jetstream.JetStream
+	// Conn carries the requests to the worker that holds a user's
+	// partition, when it is another.
+	Conn *nats.Conn
+	// Partitions tells which partition a user is in and whether this
+	// worker serves it.
+	Partitions Router
+	Verifier   *auth.Verifier
 	Log      zerolog.Logger
 	Now      func() time.Time
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
@@ -255,11 +260,23 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 	if req.Reply() == "" {
 		return
 	}
+	store, p, local := s.Partitions.Local(userID)
+	if !local {
+		body, _ := json.Marshal(outcomeQuery{Subject: subject, Key: key, Fingerprint: fingerprint})
+		s.askHolder(req, p, "outcome", userID, nil, body)
+		return
+	}
+	respond(req, s.storedAnswer(store, subject, userID, key, fingerprint))
+}
+
+// storedAnswer is the reply a repeat gets from the store of the user's
+// partition: the original's outcome, once it has one.
+func (s *Service) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) Reply {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
-		err := s.Store.View(func(tx *storage.Tx) error {
+		err := store.View(func(tx *storage.Tx) error {
 			var err error
 			out, err = tx.Outcome(userID, key)
 			return err
@@ -274,13 +291,14 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 	}, nil)
 	switch {
 	case errors.Is(err, errNotProcessedYet) || errors.Is(err, context.DeadlineExceeded):
-		s.respondError(req, passkey.ErrOutcomeUnavailable)
+		return ErrorReply(passkey.ErrOutcomeUnavailable)
 	case err != nil:
-		s.respondError(req, fmt.Errorf("read outcome: %w", err))
+		s.Log.Error().Err(err).Str("user_id", userID).Msg("read outcome")
+		return ErrorReply(passkey.ErrInternal)
 	case !command.SameCommand(out, subject, fingerprint):
-		respond(req, ErrorReply(passkey.ErrMsgIDReused))
+		return ErrorReply(passkey.ErrMsgIDReused)
 	default:
-		respond(req, Render(out.Answer))
+		return Render(out.Answer)
 	}
 }
 
@@ -298,13 +316,25 @@ func (s *Service) list(req micro.Request) {
 		s.respondError(req, err)
 		return
 	}
-	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
+	auth := command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization)
+	p, err := s.Verifier.Verify(auth, s.Now())
 	if err != nil {
 		s.respondError(req, err)
 		return
 	}
+	store, part, local := s.Partitions.Local(userID)
+	if !local {
+		s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: auth}, nil)
+		return
+	}
+	respond(req, s.listFrom(store, p, userID))
+}
+
+// listFrom is the list reply for principal p from the store of userID's
+// partition.
+func (s *Service) listFrom(store *storage.Store, p passkey.Principal, userID string) Reply {
 	var reply Reply
-	err = s.Store.View(func(tx *storage.Tx) error {
+	err := store.View(func(tx *storage.Tx) error {
 		u, err := tx.User(userID)
 		if err != nil {
 			return err
@@ -318,15 +348,12 @@ func (s *Service) list(req micro.Request) {
 		return nil
 	})
 	if err != nil {
-		s.respondError(req, fmt.Errorf("list %s: read store: %w", userID, err))
-		return
+		s.Log.Error().Err(err).Str("user_id", userID).Msg("list: read store")
+		return ErrorReply(passkey.ErrInternal)
 	}
-	respond(req, reply)
+	return reply
 }
 
-// replay re-drives stored commands for an operator with the passkeys:system
-// scope: those with an outcome change nothing, those without (they failed,
-// or the store was restored) are applied now. The reply is a ReplayReport.
 func (s *Service) replay(req micro.Request) {
 	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
 	if err != nil {

@@ -16,15 +16,15 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	commands     *prometheus.CounterVec
-	latency      prometheus.Histogram
-	batchSize    prometheus.Histogram
-	commit       prometheus.Histogram
-	redeliveries prometheus.Counter
-	terminated   prometheus.Counter
-	published    prometheus.Counter
-	written      prometheus.Counter
-	storeErrors  prometheus.Counter
+	commands         *prometheus.CounterVec
+	latency          prometheus.Histogram
+	batchSize        prometheus.Histogram
+	commit           prometheus.Histogram
+	redeliveries     prometheus.Counter
+	partitionChanges *prometheus.CounterVec
+	published        prometheus.Counter
+	written          prometheus.Counter
+	storeErrors      prometheus.Counter
 }
 
 // New makes the collectors and registers them, with the Go and process
@@ -55,10 +55,10 @@ func New() *Metrics {
 			Name: "passkeys_redeliveries_total",
 			Help: "Commands received on a second or later delivery.",
 		}),
-		terminated: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_commands_terminated_total",
-			Help: "Commands that failed on their last delivery and were terminated (and recorded in PASSKEYS_DLQ).",
-		}),
+		partitionChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passkeys_partition_changes_total",
+			Help: "Partitions this worker took (change=taken) or let go of (change=released): failovers and rebalancing.",
+		}, []string{"change"}),
 		written: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "passkeys_events_written_total",
 			Help: "Events written into the outbox with the changes the consumer applied (catch-up and replay not counted).",
@@ -72,7 +72,7 @@ func New() *Metrics {
 			Help: "Batch transactions that failed (each retry counts).",
 		}),
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.terminated, m.written, m.published, m.storeErrors)
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.partitionChanges, m.written, m.published, m.storeErrors)
 	// The runtime's and the process's own, under the same prefix as the rest.
 	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -113,5 +113,24 @@ func (m *Metrics) Changed() { m.written.Inc() }
 // EventsPublished records events published from the outbox.
 func (m *Metrics) EventsPublished(n int) { m.published.Add(float64(n)) }
 
-// Terminated records a command terminated after its last delivery.
-func (m *Metrics) Terminated() { m.terminated.Inc() }
+// Failover records a partition taken or let go of.
+func (m *Metrics) Failover(change string) { m.partitionChanges.WithLabelValues(change).Inc() }
+
+// GaugeVec registers a gauge with one label whose values are read at each
+// scrape: values returns the label values and their gauges.
+func (m *Metrics) GaugeVec(name, help, label string, values func() map[string]float64) {
+	m.Registry.MustRegister(&gaugeVecFunc{desc: prometheus.NewDesc(name, help, []string{label}, nil), values: values})
+}
+
+type gaugeVecFunc struct {
+	desc   *prometheus.Desc
+	values func() map[string]float64
+}
+
+func (g *gaugeVecFunc) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g *gaugeVecFunc) Collect(ch chan<- prometheus.Metric) {
+	for label, v := range g.values() {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, v, label)
+	}
+}

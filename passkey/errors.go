@@ -52,39 +52,40 @@ func AsError(err error) *Error {
 // Stable error ids. The table in ../shared/CONTRACT.md names the cases; these
 // are the ids a client matches on.
 const (
-	IDBodyInvalid        = "REQUEST-BODY-INVALID"
-	IDBodyTooLarge       = "REQUEST-BODY-TOO-LARGE"
-	IDContentType        = "REQUEST-CONTENT-TYPE"
-	IDSubjectInvalid     = "REQUEST-SUBJECT-INVALID"
-	IDTokenIDMissing     = "REQUEST-TOKENID-MISSING"
-	IDTokenIDTooLong     = "REQUEST-TOKENID-TOO-LONG"
-	IDTokenIDInvalid     = "REQUEST-TOKENID-INVALID"
-	IDHeaderInvalid      = "REQUEST-HEADER-INVALID"
-	IDMsgIDReused        = "REQUEST-MSGID-REUSED"
-	IDSyncInvalid        = "REQUEST-SYNC-INVALID"
-	IDAuthMissing        = "AUTH-MISSING"
-	IDAuthMalformed      = "AUTH-MALFORMED"
-	IDAuthAlgorithm      = "AUTH-ALGORITHM"
-	IDAuthKeyUnknown     = "AUTH-KEY-UNKNOWN"
-	IDAuthSignature      = "AUTH-SIGNATURE"
-	IDAuthIssuer         = "AUTH-ISSUER"
-	IDAuthAudience       = "AUTH-AUDIENCE"
-	IDAuthExpired        = "AUTH-EXPIRED"
-	IDAuthNotYetValid    = "AUTH-NOT-YET-VALID"
-	IDAuthClaims         = "AUTH-CLAIMS"
-	IDDeniedUser         = "PERMISSION-USER"
-	IDDeniedForce        = "PERMISSION-FORCE"
-	IDDeniedSync         = "PERMISSION-SYNC"
-	IDDeniedReplay       = "PERMISSION-REPLAY"
-	IDReplayInvalid      = "REQUEST-REPLAY-INVALID"
-	IDUserNotFound       = "USER-NOT-FOUND"
-	IDPasskeyNotFound    = "PASSKEY-NOT-FOUND"
-	IDPasskeyLast        = "PASSKEY-LAST"
-	IDOwnerImmutable     = "USER-RESOURCEOWNER-IMMUTABLE"
-	IDInternal           = "INTERNAL"
-	IDRetriesExhausted   = "COMMAND-RETRIES-EXHAUSTED"
-	IDStreamUnavailable  = "STREAM-UNAVAILABLE"
-	IDOutcomeUnavailable = "OUTCOME-UNAVAILABLE"
+	IDBodyInvalid          = "REQUEST-BODY-INVALID"
+	IDBodyTooLarge         = "REQUEST-BODY-TOO-LARGE"
+	IDContentType          = "REQUEST-CONTENT-TYPE"
+	IDSubjectInvalid       = "REQUEST-SUBJECT-INVALID"
+	IDTokenIDMissing       = "REQUEST-TOKENID-MISSING"
+	IDTokenIDTooLong       = "REQUEST-TOKENID-TOO-LONG"
+	IDTokenIDInvalid       = "REQUEST-TOKENID-INVALID"
+	IDHeaderInvalid        = "REQUEST-HEADER-INVALID"
+	IDMsgIDReused          = "REQUEST-MSGID-REUSED"
+	IDSyncInvalid          = "REQUEST-SYNC-INVALID"
+	IDAuthMissing          = "AUTH-MISSING"
+	IDAuthMalformed        = "AUTH-MALFORMED"
+	IDAuthAlgorithm        = "AUTH-ALGORITHM"
+	IDAuthKeyUnknown       = "AUTH-KEY-UNKNOWN"
+	IDAuthSignature        = "AUTH-SIGNATURE"
+	IDAuthIssuer           = "AUTH-ISSUER"
+	IDAuthAudience         = "AUTH-AUDIENCE"
+	IDAuthExpired          = "AUTH-EXPIRED"
+	IDAuthNotYetValid      = "AUTH-NOT-YET-VALID"
+	IDAuthClaims           = "AUTH-CLAIMS"
+	IDDeniedUser           = "PERMISSION-USER"
+	IDDeniedForce          = "PERMISSION-FORCE"
+	IDDeniedSync           = "PERMISSION-SYNC"
+	IDDeniedReplay         = "PERMISSION-REPLAY"
+	IDReplayInvalid        = "REQUEST-REPLAY-INVALID"
+	IDUserNotFound         = "USER-NOT-FOUND"
+	IDPasskeyNotFound      = "PASSKEY-NOT-FOUND"
+	IDPasskeyLast          = "PASSKEY-LAST"
+	IDOwnerImmutable       = "USER-RESOURCEOWNER-IMMUTABLE"
+	IDInternal             = "INTERNAL"
+	IDRetriesExhausted     = "COMMAND-RETRIES-EXHAUSTED"
+	IDStreamUnavailable    = "STREAM-UNAVAILABLE"
+	IDOutcomeUnavailable   = "OUTCOME-UNAVAILABLE"
+	IDPartitionUnavailable = "PARTITION-UNAVAILABLE"
 )
 
 // MaxTokenSize bounds a bearer token, so a hostile caller cannot make the
@@ -170,4 +171,8 @@ var (
 	// processed within the wait.
 	ErrOutcomeUnavailable = &Error{Code: CodeUnavailable, ID: IDOutcomeUnavailable,
 		Message: "the command is stored but not processed yet; repeat it with the same Nats-Msg-Id for its outcome"}
+	// ErrPartitionUnavailable answers a read of a user whose partition no
+	// worker serves at the moment (a failover under way).
+	ErrPartitionUnavailable = &Error{Code: CodeUnavailable, ID: IDPartitionUnavailable,
+		Message: "no worker serves this user's partition at the moment; try again shortly"}
 )

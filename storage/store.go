@@ -487,6 +487,19 @@ func (s *Store) Backup(w io.Writer, announce func(size int64)) (int64, error) {
 	return n, err
 }
 
+// BackupApplied is Backup, and sets *applied to the AppliedSeq of the
+// state copied, read in the same transaction.
+func (s *Store) BackupApplied(w io.Writer, applied *uint64) (int64, error) {
+	var n int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		*applied = (&Tx{tx: tx}).AppliedSeq()
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
+
 // WriteFileAtomic writes what fill produces to path (mode 0600) through a
 // temporary file that is synced and then renamed, so path is either the old
 // file or the complete new one, never a partial copy.

@@ -37,7 +37,7 @@ func TestNotifyHandlesEachEventOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, handler.EventsStreamConfig(time.Hour, time.Hour)); err != nil {
+	if _, err := js.CreateStream(ctx, handler.EventsStreamConfig(time.Hour, time.Hour, 1)); err != nil {
 		t.Fatal(err)
 	}
 	const n = 1000

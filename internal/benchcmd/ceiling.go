@@ -35,14 +35,16 @@ func (s *standIn) stop() {
 
 // startStandIn creates the ceiling's stream and consumer and serves them.
 func startStandIn(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, retention time.Duration) (*standIn, error) {
-	sc := handler.StreamConfig(retention, 2*time.Minute)
+	sc := handler.StreamConfig(retention, 2*time.Minute, 1, 1)
 	sc.Name, sc.Subjects, sc.Description = ceilingStream, []string{ceilingCommands + ".>"}, "bench: the transport's ceiling"
+	sc.SubjectTransform, sc.Metadata = nil, nil
 	stream, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
-	cc := handler.ConsumerConfig(handler.DefaultMaxDeliver, handler.DefaultMaxAckPending, handler.DefaultAckWait)
+	cc := handler.PartitionConsumerConfig(0, handler.DefaultMaxAckPending, 1, handler.DefaultAckWait)
 	cc.Durable, cc.FilterSubject, cc.Description = "bench-ceiling", ceilingCommands+".>", "bench: a stand-in that only replies and acks"
+	cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
 	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)
 	if err != nil {
 		return nil, err

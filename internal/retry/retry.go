@@ -29,6 +29,10 @@ type Policy struct {
 // fault does not reorder a user's commands through redelivery.
 var InPlace = Policy{Tries: 4, First: 50 * time.Millisecond, Factor: 4, Max: 800 * time.Millisecond}
 
+// Wait is how a partition waits on a command it could not apply (a fault
+// of the machine): tried again, and again, never given up on or passed.
+var Wait = Policy{First: 200 * time.Millisecond, Factor: 2, Max: 8 * time.Second}
+
 // Redelivery is the schedule of a command that failed for a reason of
 // this machine, as its nak's delay: 1 s, 2 s, 4 s, 8 s after its first to
 // fourth delivery, so that with MaxDeliver 5 its final answer comes within

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"github.com/rs/zerolog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -287,4 +288,9 @@ func MustOpenStore(tb testing.TB) *storage.Store {
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
+}
+
+// Logger is a logger that writes to the test's log.
+func Logger(tb testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(tb)).With().Timestamp().Logger()
 }

@@ -1,0 +1,555 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/storage"
+)
+
+// PartitionsDir is where the partitions' stores live inside the data
+// directory, one bbolt file each (partition.Name + ".db").
+const PartitionsDir = "partitions"
+
+// Lease timing. A member renews its membership and its leases every
+// leaseRenew; a key not renewed for leaseTTL expires with the bucket's
+// MaxAge, so a dead worker's partitions are free within leaseTTL and taken
+// at the survivors' next renewal.
+const (
+	leaseTTL   = 6 * time.Second
+	leaseRenew = 2 * time.Second
+)
+
+// Names of the JetStream buckets the workers coordinate through.
+const (
+	LeaseBucket    = "PASSKEYS_LEASES"
+	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
+)
+
+// Keys of the lease bucket.
+func memberKey(id string) string { return "members." + id }
+func leaseKey(p int) string      { return "partitions." + strconv.Itoa(p) }
+
+// snapshotMetaApplied is the object metadata holding a snapshot's applied
+// stream sequence.
+const snapshotMetaApplied = "applied-seq"
+
+// partitionSet is the partitions this worker serves: it keeps the worker's
+// membership and its partitions' leases in the lease bucket, takes the
+// partitions the rendezvous assignment gives it once their leases are free,
+// and lets go of those it no longer gets.
+type partitionSet struct {
+	w      *worker
+	n      int
+	id     string
+	stream jetstream.Stream
+	leases jetstream.KeyValue
+	snaps  jetstream.ObjectStore
+	// legacyUntil is the stream's MetaLegacyUntil: a partition's state
+	// must have applied that far before it may serve.
+	legacyUntil uint64
+	log         zerolog.Logger
+
+	mu       sync.RWMutex
+	held     map[int]*part // taken: starting, serving or stopping
+	failures atomic.Int64  // snapshots that could not be written
+	wg       sync.WaitGroup
+}
+
+// part is one partition this worker holds.
+type part struct {
+	p       int
+	rev     uint64 // the lease's revision
+	store   *storage.Store
+	applier *command.Applier
+	events  *handler.EventPublisher
+	serving atomic.Bool // caught up, consuming and answering reads
+	stop    context.CancelFunc
+	done    chan struct{}
+	// stopping is set when the worker lets go of the partition; leaseLost
+	// when its lease was taken from it.
+	stopping, leaseLost bool
+
+	snapMu      sync.Mutex
+	snapApplied uint64    // applied sequence of the last snapshot taken
+	snapAt      time.Time // when it was taken, or when the part started
+}
+
+func (ps *partitionSet) storePath(p int) string {
+	return filepath.Join(ps.w.cfg.DataDir, PartitionsDir, partition.Name(p)+".db")
+}
+
+// Local is the store of userID's partition when this worker serves it.
+func (ps *partitionSet) Local(userID string) (*storage.Store, int, bool) {
+	p := partition.Of(userID, ps.n)
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	if pt := ps.held[p]; pt != nil && pt.serving.Load() {
+		return pt.store, p, true
+	}
+	return nil, p, false
+}
+
+// Held lists the partitions this worker serves, in order.
+func (ps *partitionSet) Held() []int {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	var out []int
+	for p, pt := range ps.held {
+		if pt.serving.Load() {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// parts is a snapshot of the held parts.
+func (ps *partitionSet) parts() []*part {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	out := make([]*part, 0, len(ps.held))
+	for _, pt := range ps.held {
+		out = append(out, pt)
+	}
+	return out
+}
+
+// run keeps membership and leases until ctx ends, then lets go of every
+// partition (each finishes what it has in hand and writes a snapshot) and
+// leaves the membership, so the others take over at once.
+func (ps *partitionSet) run(ctx context.Context) {
+	tick := time.NewTicker(leaseRenew)
+	defer tick.Stop()
+	for {
+		ps.round(ctx)
+		select {
+		case <-ctx.Done():
+			ps.leave()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// round is one renewal: membership, the assignment, leases renewed, let go
+// of or taken.
+func (ps *partitionSet) round(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, leaseRenew)
+	defer cancel()
+	if _, err := ps.leases.Put(rctx, memberKey(ps.id), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		ps.log.Warn().Err(err).Msg("could not renew membership")
+		return
+	}
+	members, err := ps.members(rctx)
+	if err != nil {
+		ps.log.Warn().Err(err).Msg("could not read the members")
+		return
+	}
+	want := map[int]bool{}
+	for _, p := range partition.Owned(ps.id, members, ps.n) {
+		want[p] = true
+	}
+	for _, pt := range ps.parts() {
+		ps.mu.RLock()
+		stopping := pt.stopping
+		ps.mu.RUnlock()
+		if stopping {
+			continue
+		}
+		if !want[pt.p] {
+			ps.release(pt, "assigned to another worker")
+			continue
+		}
+		rev, err := ps.leases.Update(rctx, leaseKey(pt.p), []byte(ps.id), pt.rev)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			ps.log.Warn().Err(err).Int("partition", pt.p).Msg("lease lost: another worker holds the partition now, or it expired")
+			ps.mu.Lock()
+			pt.leaseLost = true
+			ps.mu.Unlock()
+			ps.release(pt, "lease lost")
+			continue
+		}
+		pt.rev = rev
+	}
+	for p := range ps.n {
+		if !want[p] {
+			continue
+		}
+		ps.mu.RLock()
+		_, held := ps.held[p]
+		ps.mu.RUnlock()
+		if held {
+			continue
+		}
+		rev, err := ps.acquire(rctx, p)
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				ps.log.Warn().Err(err).Int("partition", p).Msg("could not take the partition's lease")
+			}
+			continue
+		}
+		ps.take(ctx, p, rev)
+	}
+}
+
+// members lists the live members, sorted.
+func (ps *partitionSet) members(ctx context.Context) ([]string, error) {
+	lister, err := ps.leases.ListKeysFiltered(ctx, "members.*")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return []string{ps.id}, nil
+		}
+		return nil, err
+	}
+	defer func() { _ = lister.Stop() }()
+	var out []string
+	for k := range lister.Keys() {
+		out = append(out, k[len("members."):])
+	}
+	return partition.SortedMembers(append(out, ps.id)), nil
+}
+
+// acquire takes partition p's lease: free, or left by this worker's last
+// run (same id).
+func (ps *partitionSet) acquire(ctx context.Context, p int) (uint64, error) {
+	rev, err := ps.leases.Create(ctx, leaseKey(p), []byte(ps.id))
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return rev, err
+	}
+	e, gerr := ps.leases.Get(ctx, leaseKey(p))
+	if gerr != nil || string(e.Value()) != ps.id {
+		return 0, err
+	}
+	return ps.leases.Update(ctx, leaseKey(p), []byte(ps.id), e.Revision())
+}
+
+// take starts serving partition p under the lease of revision rev.
+func (ps *partitionSet) take(ctx context.Context, p int, rev uint64) {
+	pctx, stop := context.WithCancel(ctx)
+	pt := &part{p: p, rev: rev, stop: stop, done: make(chan struct{}), snapAt: time.Now()}
+	ps.mu.Lock()
+	ps.held[p] = pt
+	ps.mu.Unlock()
+	ps.log.Info().Int("partition", p).Str("worker_id", ps.id).Msg("partition taken: loading its state")
+	ps.w.metrics.Failover("taken")
+	ps.wg.Go(func() {
+		defer close(pt.done)
+		err := ps.serve(pctx, pt)
+		if err != nil && pctx.Err() == nil {
+			ps.log.Error().Err(err).Int("partition", p).Msg("partition stopped; letting go of it")
+		}
+		ps.finish(pt)
+		ps.mu.Lock()
+		delete(ps.held, p)
+		lost := pt.leaseLost
+		ps.mu.Unlock()
+		if !lost {
+			ps.dropLease(pt)
+		}
+	})
+}
+
+// release lets go of a partition: its consumer finishes what it has in hand,
+// a snapshot is written, the lease is deleted and the consumer unpinned, so
+// the next owner starts at once.
+func (ps *partitionSet) release(pt *part, why string) {
+	ps.mu.Lock()
+	pt.stopping = true
+	ps.mu.Unlock()
+	ps.log.Info().Int("partition", pt.p).Str("why", why).Msg("letting go of the partition")
+	ps.w.metrics.Failover("released")
+	pt.stop()
+}
+
+// dropLease deletes the lease (if it is still ours) and unpins the
+// partition's consumer.
+func (ps *partitionSet) dropLease(pt *part) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = ps.leases.Delete(ctx, leaseKey(pt.p), jetstream.LastRevision(pt.rev))
+	if err := ps.stream.UnpinConsumer(ctx, handler.PartitionConsumerName(pt.p), handler.PriorityGroup); err != nil {
+		ps.log.Debug().Err(err).Int("partition", pt.p).Msg("unpin")
+	}
+}
+
+// leave lets go of every partition and leaves the membership.
+func (ps *partitionSet) leave() {
+	for _, pt := range ps.parts() {
+		pt.stop()
+	}
+	ps.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = ps.leases.Delete(ctx, memberKey(ps.id))
+}
+
+// serve loads partition pt's state, catches up with the stream, and then
+// consumes its commands until ctx ends.
+func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
+	w, log := ps.w, ps.log.With().Int("partition", pt.p).Logger()
+	snapApplied, err := ps.loadSnapshot(ctx, pt.p, log)
+	if err != nil {
+		return err
+	}
+	store, err := storage.Open(ps.storePath(pt.p), storage.Options{Timeout: w.cfg.StoreTimeout, NoSync: w.cfg.NoSync})
+	if err != nil {
+		return err
+	}
+	pt.store = store
+	var applied uint64
+	if err := store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
+		return err
+	}
+	pt.snapMu.Lock()
+	pt.snapApplied = snapApplied
+	pt.snapMu.Unlock()
+	if applied < ps.legacyUntil {
+		return fmt.Errorf("the partition's state has applied the stream up to %d, but the stream held commands up to %d "+
+			"before it was partitioned, and no snapshot covers them: start the worker that holds the data directory of "+
+			"the version before (its %s is migrated at start) first", applied, ps.legacyUntil, StoreFile)
+	}
+	pt.applier = &command.Applier{Store: store, Verifier: w.verifier, Retention: w.cfg.Retention, Log: log}
+	caught, err := handler.CatchUp(ctx, ps.stream, pt.applier, partition.Filter(pt.p), applied, w.cfg.MaxBatch, retry.Wait, log)
+	if err != nil {
+		return err
+	}
+	if caught.Read > 0 {
+		log.Info().Int("applied", caught.Read).Uint64("applied_seq", caught.ToSeq).Msg("caught up with the stream")
+		applied = caught.ToSeq
+	}
+	cons, err := ps.stream.Consumer(ctx, handler.PartitionConsumerName(pt.p))
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", handler.PartitionConsumerName(pt.p), err)
+	}
+	pt.events = handler.NewEventPublisher(w.eventsJS, store, log, w.metrics)
+	pt.events.Hold = w.cfg.HoldEvents
+	sub, err := w.service.ServeInternal(pt.p, store)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	published := make(chan struct{})
+	go func() { defer close(published); pt.events.Run(ctx) }()
+	defer func() { <-published }()
+	snapped := make(chan struct{})
+	go func() { defer close(snapped); ps.snapshotLoop(ctx, pt, log) }()
+	defer func() { <-snapped }()
+
+	consumer := &handler.Consumer{
+		Committed:     pt.events.Wake,
+		Applier:       pt.applier,
+		Conn:          w.nc,
+		Log:           log,
+		MaxBatch:      w.cfg.MaxBatch,
+		StoreRetry:    retry.Wait,
+		PriorityGroup: handler.PriorityGroup,
+		Order:         &handler.OrderGuard{Stream: ps.stream, Filter: partition.Filter(pt.p), Applied: applied},
+		Observer:      handler.Observers{w.metrics, w.answers, w.writes},
+	}
+	pt.serving.Store(true)
+	defer pt.serving.Store(false)
+	log.Info().Uint64("applied_seq", applied).Str("worker_id", ps.id).Msg("serving the partition")
+	return consumer.Run(ctx, cons)
+}
+
+// finish ends a part: a last snapshot when it applied anything since the
+// last one, then its store is closed.
+func (ps *partitionSet) finish(pt *part) {
+	if pt.store == nil {
+		return
+	}
+	if ps.snaps != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := ps.snapshot(ctx, pt); err != nil {
+			ps.log.Warn().Err(err).Int("partition", pt.p).Msg("could not write the partition's snapshot while letting go of it")
+		}
+		cancel()
+	}
+	if err := pt.store.Close(); err != nil {
+		ps.log.Warn().Err(err).Int("partition", pt.p).Msg("close store")
+	}
+}
+
+// snapshotInterval is how often a partition's snapshot is written, when it
+// applied anything since the last one.
+const snapshotInterval = time.Minute
+
+// snapshotLoop writes the partition's snapshot every snapshotInterval
+// while it changes.
+func (ps *partitionSet) snapshotLoop(ctx context.Context, pt *part, log zerolog.Logger) {
+	if ps.snaps == nil {
+		return
+	}
+	tick := time.NewTicker(ps.w.snapshotEvery())
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := ps.snapshot(ctx, pt); err != nil && ctx.Err() == nil {
+			ps.failures.Add(1)
+			log.Error().Err(err).Dur("snapshot_age", time.Since(pt.snapAge())).
+				Msg("could not write the partition's snapshot: a worker that takes it over must apply more of the stream, and once the stream's MaxAge passes it cannot")
+		}
+	}
+}
+
+func (pt *part) snapAge() time.Time {
+	pt.snapMu.Lock()
+	defer pt.snapMu.Unlock()
+	return pt.snapAt
+}
+
+// snapshot copies the partition's store to a local file (one read
+// transaction, no network) and uploads the file to the snapshot bucket,
+// with the stream sequence it has applied.
+func (ps *partitionSet) snapshot(ctx context.Context, pt *part) error {
+	pt.snapMu.Lock()
+	defer pt.snapMu.Unlock()
+	var applied uint64
+	if err := pt.store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
+		return err
+	}
+	if applied == pt.snapApplied {
+		pt.snapAt = time.Now() // nothing new: the last snapshot is the state
+		return nil
+	}
+	tmp := ps.storePath(pt.p) + ".snapshot"
+	defer os.Remove(tmp)
+	// Copied under the transaction that read applied: the file holds
+	// exactly that state.
+	err := storage.WriteFileAtomic(tmp, func(f io.Writer) error {
+		_, err := pt.store.BackupApplied(f, &applied)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("snapshot: copy the store: %w", err)
+	}
+	if applied == pt.snapApplied {
+		pt.snapAt = time.Now()
+		return nil
+	}
+	if err := ps.uploadFile(ctx, pt.p, tmp, applied); err != nil {
+		return fmt.Errorf("snapshot: upload: %w", err)
+	}
+	pt.snapApplied, pt.snapAt = applied, time.Now()
+	ps.log.Debug().Int("partition", pt.p).Uint64("applied_seq", applied).Msg("snapshot written")
+	return nil
+}
+
+// loadSnapshot replaces the partition's local store with the newest
+// snapshot when that has applied more of the stream (or there is no local
+// store): a worker takes a partition over with no operator step, even on an
+// empty data directory.
+func (ps *partitionSet) loadSnapshot(ctx context.Context, p int, log zerolog.Logger) (uint64, error) {
+	if ps.snaps == nil {
+		return 0, nil
+	}
+	info, err := ps.snaps.GetInfo(ctx, partition.Name(p))
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s: %w", partition.Name(p), err)
+	}
+	snapApplied, _ := strconv.ParseUint(info.Metadata[snapshotMetaApplied], 10, 64)
+	path := ps.storePath(p)
+	var local uint64
+	if _, err := os.Stat(path); err == nil {
+		s, err := storage.Open(path, storage.Options{Timeout: ps.w.cfg.StoreTimeout})
+		if err != nil {
+			return 0, err
+		}
+		err = s.View(func(tx *storage.Tx) error { local = tx.AppliedSeq(); return nil })
+		s.Close()
+		if err != nil {
+			return 0, err
+		}
+	}
+	if snapApplied <= local {
+		return snapApplied, nil
+	}
+	tmp := path + ".loading"
+	defer os.Remove(tmp)
+	err = storage.WriteFileAtomic(tmp, func(f io.Writer) error {
+		obj, err := ps.snaps.Get(ctx, partition.Name(p))
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		_, err = io.Copy(f, obj)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("load snapshot of %s: %w", partition.Name(p), err)
+	}
+	s, err := storage.Open(tmp, storage.Options{Timeout: time.Second})
+	if err != nil {
+		return 0, fmt.Errorf("snapshot of %s does not open: %w", partition.Name(p), err)
+	}
+	s.Close()
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, err
+	}
+	log.Info().Uint64("local_applied_seq", local).Uint64("snapshot_applied_seq", snapApplied).
+		Msg("partition state loaded from its snapshot")
+	return snapApplied, nil
+}
+
+// servedStore is partition p's store when this worker serves it.
+func (ps *partitionSet) servedStore(p int) (*storage.Store, bool) {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	if pt := ps.held[p]; pt != nil && pt.serving.Load() {
+		return pt.store, true
+	}
+	return nil, false
+}
+
+// partitionStatus is one partition in /partitions.
+type partitionStatus struct {
+	Partition       int     `json:"partition"`
+	AppliedSeq      uint64  `json:"appliedSeq"`
+	SnapshotSeq     uint64  `json:"snapshotSeq"`
+	SnapshotAgeSecs float64 `json:"snapshotAgeSeconds"`
+}
+
+// status is what /partitions reports: this worker and what it serves.
+func (ps *partitionSet) status() map[string]any {
+	var served []partitionStatus
+	for _, pt := range ps.parts() {
+		if !pt.serving.Load() {
+			continue
+		}
+		st := partitionStatus{Partition: pt.p, SnapshotAgeSecs: time.Since(pt.snapAge()).Seconds()}
+		_ = pt.store.View(func(tx *storage.Tx) error { st.AppliedSeq = tx.AppliedSeq(); return nil })
+		pt.snapMu.Lock()
+		st.SnapshotSeq = pt.snapApplied
+		pt.snapMu.Unlock()
+		served = append(served, st)
+	}
+	slices.SortFunc(served, func(a, b partitionStatus) int { return a.Partition - b.Partition })
+	return map[string]any{"workerId": ps.id, "partitions": ps.n, "served": served}
+}

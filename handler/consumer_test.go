@@ -1,0 +1,333 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// consumerFixture is a Consumer of partition 0 of a real partitioned
+// stream (one partition: every user is in it) on an in-process NATS server.
+type consumerFixture struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cons   jetstream.Consumer
+	keys   *testenv.Keys
+	inbox  string
+	sub    *nats.Subscription
+}
+
+// newConsumerFixture sets up the stream, partition 0's consumer (with
+// ackWait, and without a priority group when plain, so a test can pull
+// from it as a second worker would) and the reply inbox.
+func newConsumerFixture(t *testing.T, keys *testenv.Keys, ackWait time.Duration, plain bool) *consumerFixture {
+	t.Helper()
+	ns := testenv.StartNATS(t)
+	f := &consumerFixture{nc: testenv.Connect(t, ns.ClientURL()), keys: keys}
+	var err error
+	if f.js, err = jetstream.New(f.nc); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if f.stream, err = EnsureStream(ctx, f.js, StreamConfig(time.Hour, time.Minute, 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	cc := PartitionConsumerConfig(0, 100, 1, ackWait)
+	if plain {
+		cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
+	}
+	if f.cons, err = EnsureConsumer(ctx, f.js, cc); err != nil {
+		t.Fatal(err)
+	}
+	f.inbox = nats.NewInbox()
+	if f.sub, err = f.nc.SubscribeSync(f.inbox + ".*"); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// run starts a Consumer with proc, stopped at the test's end.
+func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string) {
+	t.Helper()
+	var applied uint64
+	if err := proc.Store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	c := &Consumer{
+		Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
+		StoreRetry:    retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
+		PriorityGroup: group,
+		Order:         &OrderGuard{Stream: f.stream, Filter: partition.Filter(0), Applied: applied},
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx, f.cons) }()
+	t.Cleanup(func() { stop(); <-done })
+}
+
+// send publishes a command to the stream with Reply-To <inbox>.<name>.
+func (f *consumerFixture) send(t *testing.T, subject, sub, name, body string, scopes ...string) {
+	t.Helper()
+	msg := nats.NewMsg(subject)
+	org := ""
+	if len(scopes) > 0 {
+		org = "org1"
+	}
+	msg.Header.Set(command.HeaderAuthorization, testenv.Bearer(f.keys.Mint(t, testenv.Token{Subject: sub, Org: org, Scopes: scopes})))
+	msg.Header.Set(command.HeaderReplyTo, f.inbox+"."+name)
+	msg.Header.Set(command.HeaderMsgID, "id-"+name)
+	msg.Data = []byte(body)
+	if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next waits for the next reply.
+func (f *consumerFixture) next(t *testing.T) *nats.Msg {
+	t.Helper()
+	m, err := f.sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("waiting for a reply: %v", err)
+	}
+	return m
+}
+
+// replies waits for n replies and files them by name.
+func (f *consumerFixture) replies(t *testing.T, n int) map[string][]*nats.Msg {
+	t.Helper()
+	got := map[string][]*nats.Msg{}
+	for range n {
+		m := f.next(t)
+		name := m.Subject[len(f.inbox)+1:]
+		got[name] = append(got[name], m)
+	}
+	return got
+}
+
+// settled waits until the consumer has nothing pending or unacknowledged.
+func (f *consumerFixture) settled(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := f.cons.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending == 0 && info.NumPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer not settled: ack pending %d, pending %d", info.NumAckPending, info.NumPending)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, not a guess at a duration
+	}
+}
+
+const syncU1 = `{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"},{"id":"pk-2","state":"ready"}]}`
+
+// A fault of the machine (every commit fails for a while) makes the
+// partition wait: no reply, no nak, nothing given up; once the store
+// works, the commands are applied in stream order.
+func TestStoreFaultMakesThePartitionWait(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	var failing atomic.Bool
+	var attempts atomic.Int64
+	failing.Store(true)
+	proc.BreakTx = func(*command.Command) error {
+		if failing.Load() {
+			attempts.Add(1)
+			return errors.New("disk full")
+		}
+		return nil
+	}
+	f := newConsumerFixture(t, keys, time.Second, false)
+	f.run(t, proc, PriorityGroup)
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
+	// Several attempts, spanning the ack wait (1 s): the commands are kept
+	// in progress, not redelivered past each other.
+	for attempts.Load() < 15 {
+		if _, err := f.sub.NextMsg(50 * time.Millisecond); err == nil {
+			t.Fatal("a reply while the store fails")
+		}
+	}
+	failing.Store(false)
+	// The commands still buffered past the ack wait come back meanwhile:
+	// their second replies are repeats, byte for byte. The first replies
+	// come in stream order.
+	var order []string
+	first := map[string]string{}
+	for len(order) < 3 {
+		m := f.next(t)
+		name := m.Subject[len(f.inbox)+1:]
+		if prev, ok := first[name]; ok {
+			if prev != string(m.Data) {
+				t.Fatalf("a second reply to %s differs: %s, first %s", name, m.Data, prev)
+			}
+			continue
+		}
+		first[name] = string(m.Data)
+		order = append(order, name)
+	}
+	want := map[string]string{"sync": `{"details":{"sequence":"1"`, "rm1": `{"details":{"sequence":"2"`, "rm2": `{"code":9,"message":"the pa`}
+	if strings.Join(order, " ") != "sync rm1 rm2" {
+		t.Fatalf("replies in the order %v", order)
+	}
+	for name, prefix := range want {
+		if !strings.HasPrefix(first[name], prefix) {
+			t.Errorf("%s: %s, want %s...", name, first[name], prefix)
+		}
+	}
+	f.settled(t)
+}
+
+// A command whose rule panics fails the same way on every worker: its
+// answer is INTERNAL, stored like any refusal (a redelivery or replay gets
+// it again); the commands after it are applied.
+func TestPoisonCommand(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	proc.BeforeDecide = func(c *command.Command) {
+		if strings.HasSuffix(c.Subject, ".poison") {
+			panic("a bug")
+		}
+	}
+	f := newConsumerFixture(t, keys, time.Second, false)
+	f.run(t, proc, PriorityGroup)
+	f.send(t, "passkeys.cmd.sync.poison", "a", "poison", syncU1, "passkeys:admin")
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	got := f.replies(t, 2)
+	testenv.WantError(t, got["poison"][0], 13, passkey.IDInternal, "500")
+	if !strings.Contains(string(got["sync"][0].Data), `"sequence":"1"`) {
+		t.Fatalf("the command after the poison one: %s", got["sync"][0].Data)
+	}
+	f.settled(t)
+	// Its answer is kept: a redelivery or a replay repeats it.
+	err := proc.Store.View(func(tx *storage.Tx) error {
+		o, err := tx.Outcome("poison", command.MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "a", "id-poison")))
+		if err != nil {
+			return err
+		}
+		if o == nil || Render(o.Answer).ErrorCode != "500" || string(Render(o.Answer).Body) != string(got["poison"][0].Data) {
+			t.Errorf("stored outcome of the poison command: %+v", o)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two workers both pulling one partition (a pin is not exclusive): the
+// first takes the partition's first commands and dies before it applies
+// them; the second is delivered the later ones first. It applies the
+// earlier ones from the stream before them, in order, and when they come
+// back after the ack wait they are repeats with the same replies.
+func TestLaterCommandNeverOvertakes(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 2*time.Second, true)
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
+	// The first worker: takes both, never acks (it died).
+	batch, err := f.cons.FetchNoWait(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range batch.Messages() {
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("the first worker took %d commands, want 2", n)
+	}
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
+	f.run(t, proc, "")
+	first := f.next(t)
+	if name := first.Subject[len(f.inbox)+1:]; name != "rm2" {
+		t.Fatalf("first reply to %s, want rm2 (the only command delivered at first)", name)
+	}
+	// rm2 came after sync and rm1: with both applied first, it would leave
+	// u1 without a first factor.
+	testenv.WantError(t, first, 9, passkey.IDPasskeyLast, "400")
+	// After the ack wait the first worker's commands come back: repeats.
+	got := f.replies(t, 2)
+	if !strings.Contains(string(got["sync"][0].Data), `"sequence":"1"`) || !strings.Contains(string(got["rm1"][0].Data), `"sequence":"2"`) {
+		t.Fatalf("the redelivered commands: sync %s, rm1 %s", got["sync"][0].Data, got["rm1"][0].Data)
+	}
+	f.settled(t)
+	err = proc.Store.View(func(tx *storage.Tx) error {
+		u, err := tx.User("u1")
+		if err != nil {
+			return err
+		}
+		if u.Sequence != 2 || len(u.Passkeys) != 1 || u.Passkeys[0].ID != "pk-2" {
+			t.Errorf("u1: sequence %d, passkeys %+v", u.Sequence, u.Passkeys)
+		}
+		if tx.AppliedSeq() != 3 {
+			t.Errorf("applied sequence %d, want 3", tx.AppliedSeq())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A partition's consumer takes only its partition's commands, stored under
+// subjects nobody can publish to; the publisher's subjects are mapped
+// exactly as partition.Of computes.
+func TestStreamPartitionsAsPartitionOf(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const n = 7
+	stream, err := EnsureStream(ctx, js, StreamConfig(time.Hour, time.Minute, n, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := []string{"u1", "u2", "alice", "bob", "69629023906488334", "x", "user-with-dashes", "ünïcode"}
+	for _, u := range users {
+		if _, err := js.Publish(ctx, "passkeys.cmd.remove."+u, []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, u := range users {
+		m, err := stream.GetMsg(ctx, uint64(i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, orig, err := partition.Original(m.Subject)
+		if err != nil || p != partition.Of(u, n) || orig != "passkeys.cmd.remove."+u {
+			t.Errorf("%s stored as %s: partition %d, original %q (%v); want partition %d", u, m.Subject, p, orig, err, partition.Of(u, n))
+		}
+	}
+	// The stored subjects are outside the capture: a publish there is refused.
+	if _, err := js.Publish(ctx, "passkeys.part.0.remove.u1", []byte("{}")); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Errorf("publish straight into a partition: %v, want no stream", err)
+	}
+	if got, err := StreamPartitions(stream.CachedInfo().Config); err != nil || got != n {
+		t.Errorf("partitions kept with the stream: %d (%v)", got, err)
+	}
+}

@@ -1,0 +1,152 @@
+package handler
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/partition"
+)
+
+// OrderGuard keeps a partition's state a prefix of its stream: a command is
+// applied only once every earlier command of the partition is. The pin on a
+// partition's consumer is no guarantee of that: for moments two workers may
+// both pull from it, and the commands a crashed worker held come back after
+// the ack wait, behind newer ones. So before the consumer applies a command
+// past what the store has applied, it makes sure that command is the next
+// one of the partition in the stream, and if it is not, first applies what
+// lies between, read from the stream in order. What comes back later is then
+// a repeat (its stored outcome is its answer).
+//
+// The check costs nothing in the usual case: the consumer's first
+// deliveries come in stream order, so a command delivered for the first time
+// right after (consumer sequence + 1) the partition's last applied command
+// follows it in the stream. Otherwise one read of the stream (the next
+// message of the partition after the applied one) settles it.
+type OrderGuard struct {
+	Stream jetstream.Stream
+	// Filter is the partition's stored subjects (partition.Filter).
+	Filter string
+	// Applied is the last stream sequence the partition's store has
+	// applied (its AppliedSeq at start); the guard advances it.
+	Applied uint64
+
+	prevDeliver uint64 // consumer sequence of the last command seen
+	prevFirst   uint64 // its stream sequence when it was a first delivery at Applied, else 0
+}
+
+// fillGap applies, before batch b, the partition's commands that the stream
+// holds ahead of b's first new command and this worker has not applied. It
+// returns false when the worker stops first.
+func (c *Consumer) fillGap(ctx context.Context, b checkedBatch) bool {
+	g := c.Order
+	front, prevD, prevFirst := g.Applied, g.prevDeliver, g.prevFirst
+	for _, h := range b.hand {
+		s, d := h.meta.Sequence.Stream, h.meta.Sequence.Consumer
+		first := h.meta.NumDelivered == 1
+		if s > front {
+			proven := first && prevFirst != 0 && prevFirst == front && d == prevD+1
+			if !proven {
+				var ok bool
+				if front, ok = c.applyBetween(ctx, front, s); !ok {
+					return false
+				}
+			}
+			front = s
+		}
+		prevD = d
+		prevFirst = 0
+		if first && s == front {
+			prevFirst = s
+		}
+	}
+	g.prevDeliver, g.prevFirst = prevD, prevFirst
+	return true
+}
+
+// committed advances the guard past commands that were applied.
+func (g *OrderGuard) committed(hand []delivery) {
+	for _, h := range hand {
+		g.Applied = max(g.Applied, h.meta.Sequence.Stream)
+	}
+}
+
+// applyBetween reads the partition's commands after front and before
+// until from the stream and applies them, waiting out faults. It returns the
+// new front; false when the worker stops first.
+func (c *Consumer) applyBetween(ctx context.Context, front, until uint64) (uint64, bool) {
+	g := c.Order
+	for attempt := 1; ; attempt++ {
+		cmds, err := g.readBetween(ctx, front, until)
+		if err == nil && len(cmds) == 0 {
+			return front, true
+		}
+		if err == nil {
+			c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
+				Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order")
+			checked := c.Applier.Check(cmds)
+			var results []command.Result
+			if results, err = c.Applier.Commit(checked); err == nil {
+				for i, r := range results {
+					if r.Transient != nil {
+						err = r.Transient
+						break
+					}
+					front = max(front, cmds[i].StreamSeq)
+				}
+				g.Applied = max(g.Applied, front)
+				if c.Committed != nil {
+					c.Committed()
+				}
+				if err == nil {
+					continue // there may be more than one read brought
+				}
+			}
+		}
+		delay := c.StoreRetry.After(uint64(attempt))
+		c.Log.Error().Err(err).Uint64("applied_seq", front).Dur("retry_in", delay).
+			Msg("could not apply the partition's commands ahead of a delivered one; the partition waits and tries again")
+		select {
+		case <-ctx.Done():
+			return front, false
+		case <-time.After(delay):
+		}
+	}
+}
+
+// readBetween reads up to 256 commands of the partition after front and
+// before until, in stream order, one next-by-subject read each.
+func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*command.Command, error) {
+	var cmds []*command.Command
+	for seq := front + 1; seq < until && len(cmds) < 256; {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := g.Stream.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(g.Filter))
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		if m.Sequence >= until {
+			break
+		}
+		cmd, err := rawCommand(m)
+		if err != nil {
+			return nil, err
+		}
+		cmds = append(cmds, cmd)
+		seq = m.Sequence + 1
+	}
+	return cmds, nil
+}
+
+// rawCommand is the command a stream message holds, under the subject its
+// publisher used.
+func rawCommand(m *jetstream.RawStreamMsg) (*command.Command, error) {
+	_, subject, err := partition.Original(m.Subject)
+	if err != nil {
+		return nil, err
+	}
+	return &command.Command{Subject: subject, Header: command.Header(m.Header), Body: m.Data,
+		StreamSeq: m.Sequence, Timestamp: m.Time}, nil
+}

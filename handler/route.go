@@ -1,0 +1,118 @@
+package handler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/storage"
+)
+
+// Router tells which partition a user is in, and gives the partition's
+// store when this worker serves it.
+type Router interface {
+	Local(userID string) (store *storage.Store, partition int, ok bool)
+}
+
+// OneStore is the Router of one store that holds every user: tests, and
+// tools that read a store directly.
+type OneStore struct{ Store *storage.Store }
+
+// Local returns the store.
+func (o OneStore) Local(string) (*storage.Store, int, bool) { return o.Store, 0, true }
+
+// InternalPrefix is where a worker asks the worker that serves a partition
+// for what only that one knows: passkeys.internal.<partition>.<kind>.<userId>.
+// Only the workers' NATS user may publish or subscribe here.
+const InternalPrefix = "passkeys.internal"
+
+// holderWait is how long a read waits for a partition that has no holder
+// (a failover under way) before it answers UNAVAILABLE.
+const holderWait = 5 * time.Second
+
+// outcomeQuery asks a partition's holder for a stored outcome.
+type outcomeQuery struct {
+	Subject     string `json:"subject"`
+	Key         []byte `json:"key"`
+	Fingerprint []byte `json:"fingerprint"`
+}
+
+// askHolder has the worker that serves partition p answer req (a list or
+// a repeat's outcome), and relays its reply as it is. While no worker
+// serves p, it asks again until holderWait, then answers UNAVAILABLE.
+func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nats.Header, body []byte) {
+	subject := InternalPrefix + "." + strconv.Itoa(p) + "." + kind + "." + userID
+	ctx, cancel := context.WithTimeout(context.Background(), holderWait)
+	defer cancel()
+	for {
+		msg := &nats.Msg{Subject: subject, Header: h, Data: body}
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := s.Conn.RequestMsgWithContext(rctx, msg)
+		rcancel()
+		if err == nil {
+			if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
+				_ = req.Error(code, resp.Header.Get(micro.ErrorHeader), resp.Data)
+				return
+			}
+			_ = req.Respond(resp.Data)
+			return
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			s.Log.Warn().Err(err).Int("partition", p).Msg("ask the partition's holder")
+		}
+		select {
+		case <-ctx.Done():
+			respond(req, ErrorReply(passkey.ErrPartitionUnavailable))
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// ServeInternal answers, from store, what other workers ask about
+// partition p while this worker serves it. The caller unsubscribes when it
+// lets go of p.
+func (s *Service) ServeInternal(p int, store *storage.Store) (*nats.Subscription, error) {
+	prefix := InternalPrefix + "." + strconv.Itoa(p) + "."
+	return s.Conn.Subscribe(prefix+"*.*", func(m *nats.Msg) {
+		rest := m.Subject[len(prefix):]
+		kind, userID := rest, ""
+		for i := range len(rest) {
+			if rest[i] == '.' {
+				kind, userID = rest[:i], rest[i+1:]
+				break
+			}
+		}
+		var reply Reply
+		switch kind {
+		case "list":
+			principal, err := s.Verifier.Verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization), s.Now())
+			if err != nil {
+				reply = ErrorReply(passkey.AsError(err))
+			} else {
+				reply = s.listFrom(store, principal, userID)
+			}
+		case "outcome":
+			var q outcomeQuery
+			if err := json.Unmarshal(m.Data, &q); err != nil {
+				reply = ErrorReply(passkey.ErrInternal)
+				break
+			}
+			go func() { // it may wait for the outcome: the subscription goes on meanwhile
+				r := s.storedAnswer(store, q.Subject, userID, q.Key, q.Fingerprint)
+				_ = m.RespondMsg(&nats.Msg{Header: r.Header(), Data: r.Body})
+			}()
+			return
+		default:
+			return
+		}
+		_ = m.RespondMsg(&nats.Msg{Header: reply.Header(), Data: reply.Body})
+	})
+}

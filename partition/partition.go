@@ -1,0 +1,137 @@
+// Package partition splits users into partitions as the PASSKEYS stream
+// does (NATS deterministic subject partitioning), names what belongs to a
+// partition (its stored subjects, consumer, snapshot) and assigns
+// partitions to workers. It holds no NATS connection.
+package partition
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// DefaultCount is the number of partitions a new stream is split into.
+const DefaultCount = 8
+
+// MaxCount bounds --partitions: each partition has a consumer, a store and
+// a lease, and a worker holds them all on its own.
+const MaxCount = 256
+
+// Subject prefixes: publishers send to CommandPrefix; the stream stores
+// under StoredPrefix.<partition>, outside what it captures, so nobody can
+// publish straight into a partition.
+const (
+	CommandPrefix = "passkeys.cmd"
+	StoredPrefix  = "passkeys.part"
+)
+
+// ValidateCount checks a --partitions value.
+func ValidateCount(n int) error {
+	if n < 1 || n > MaxCount {
+		return fmt.Errorf("--partitions must be between 1 and %d, not %d", MaxCount, n)
+	}
+	return nil
+}
+
+// Of is the partition of userID among n: FNV-1a (32 bits) of the user id
+// token, modulo n, exactly as nats-server computes {{partition(n,2)}}.
+func Of(userID string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(userID))
+	return int(h.Sum32() % uint32(n))
+}
+
+// Transform is the stream's subject transform destination for n
+// partitions: passkeys.cmd.<op>.<user> is stored as
+// passkeys.part.<partition>.<op>.<user>.
+func Transform(n int) (source, destination string) {
+	return CommandPrefix + ".*.*", StoredPrefix + ".{{partition(" + strconv.Itoa(n) + ",2)}}.{{wildcard(1)}}.{{wildcard(2)}}"
+}
+
+// Filter is the subject filter of partition p's stored commands.
+func Filter(p int) string { return StoredPrefix + "." + strconv.Itoa(p) + ".>" }
+
+// Name is how logs, metrics, files and consumers name partition p.
+func Name(p int) string { return fmt.Sprintf("p%03d", p) }
+
+// ErrNotStored tells that a subject is not a partition's stored subject.
+var ErrNotStored = errors.New("not a partitioned command subject")
+
+// Original maps a stored subject back to the subject its publisher used:
+// passkeys.part.3.remove.u1 is partition 3's passkeys.cmd.remove.u1. A
+// subject from before the stream was partitioned (passkeys.cmd...) is
+// returned as it is, with partition -1.
+func Original(stored string) (int, string, error) {
+	if strings.HasPrefix(stored, CommandPrefix+".") {
+		return -1, stored, nil
+	}
+	rest, ok := strings.CutPrefix(stored, StoredPrefix+".")
+	if !ok {
+		return 0, "", ErrNotStored
+	}
+	num, tail, ok := strings.Cut(rest, ".")
+	p, err := strconv.Atoi(num)
+	if !ok || err != nil || p < 0 {
+		return 0, "", ErrNotStored
+	}
+	return p, CommandPrefix + "." + tail, nil
+}
+
+// Assign is the rendezvous (highest random weight) assignment of partition
+// p to one of members: every worker that sees the same members computes
+// the same owner, and when a member leaves only its partitions move.
+// It returns "" when there are no members.
+func Assign(p int, members []string) string {
+	var best string
+	var bestScore uint64
+	for _, m := range members {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(m))
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write([]byte(strconv.Itoa(p)))
+		s := mix(h.Sum64())
+		if best == "" || s > bestScore || (s == bestScore && m < best) {
+			best, bestScore = m, s
+		}
+	}
+	return best
+}
+
+// mix spreads FNV's output (splitmix64's finaliser), so that members whose
+// names differ in one character do not get correlated scores.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// Owned lists the partitions of n that Assign gives to member.
+func Owned(member string, members []string, n int) []int {
+	var ps []int
+	for p := range n {
+		if Assign(p, members) == member {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// SortedMembers returns members sorted and without repeats.
+func SortedMembers(members []string) []string {
+	out := append([]string(nil), members...)
+	sort.Strings(out)
+	k := 0
+	for i, m := range out {
+		if i == 0 || m != out[k-1] {
+			out[k] = m
+			k++
+		}
+	}
+	return out[:k]
+}

@@ -1,0 +1,75 @@
+package partition
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+)
+
+func TestOriginal(t *testing.T) {
+	for _, c := range []struct {
+		stored, want string
+		p            int
+		err          bool
+	}{
+		{"passkeys.part.3.remove.u1", "passkeys.cmd.remove.u1", 3, false},
+		{"passkeys.part.0.sync.a-b", "passkeys.cmd.sync.a-b", 0, false},
+		{"passkeys.cmd.remove.u1", "passkeys.cmd.remove.u1", -1, false}, // from before partitions
+		{"passkeys.part.x.remove.u1", "", 0, true},
+		{"passkeys.part.-1.remove.u1", "", 0, true},
+		{"passkeys.part.3", "", 0, true},
+		{"other.subject", "", 0, true},
+	} {
+		p, got, err := Original(c.stored)
+		if (err != nil) != c.err || got != c.want || (!c.err && p != c.p) {
+			t.Errorf("Original(%q) = %d, %q, %v; want %d, %q, error %v", c.stored, p, got, err, c.p, c.want, c.err)
+		}
+	}
+}
+
+// Rendezvous: every member computes the same owner; the partitions spread
+// about evenly; when a member leaves, only its partitions move.
+func TestAssign(t *testing.T) {
+	members := []string{"w-a1", "w-b2", "w-c3"}
+	const n = 240
+	count := map[string]int{}
+	owner := map[int]string{}
+	for p := range n {
+		o := Assign(p, members)
+		if o2 := Assign(p, []string{"w-c3", "w-a1", "w-b2"}); o2 != o {
+			t.Fatalf("partition %d: %s, or %s with the members in another order", p, o, o2)
+		}
+		owner[p] = o
+		count[o]++
+	}
+	for _, m := range members {
+		if count[m] < n/3-n/6 || count[m] > n/3+n/6 {
+			t.Errorf("%s owns %d of %d partitions: %v", m, count[m], n, count)
+		}
+	}
+	for p := range n {
+		if got := Assign(p, []string{"w-a1", "w-c3"}); owner[p] != "w-b2" && got != owner[p] {
+			t.Errorf("partition %d moved from %s to %s when w-b2 left", p, owner[p], got)
+		}
+	}
+	if Assign(0, nil) != "" {
+		t.Error("an owner without members")
+	}
+	if got := Owned("w-a1", members, n); len(got) != count["w-a1"] || !slices.IsSorted(got) {
+		t.Errorf("Owned: %v", got)
+	}
+}
+
+func TestSortedMembers(t *testing.T) {
+	if got := fmt.Sprint(SortedMembers([]string{"b", "a", "b", "c", "a"})); got != "[a b c]" {
+		t.Errorf("SortedMembers: %s", got)
+	}
+}
+
+func TestValidateCount(t *testing.T) {
+	for n, ok := range map[int]bool{0: false, 1: true, 8: true, MaxCount: true, MaxCount + 1: false, -3: false} {
+		if (ValidateCount(n) == nil) != ok {
+			t.Errorf("ValidateCount(%d): %v", n, ValidateCount(n))
+		}
+	}
+}
