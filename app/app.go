@@ -239,7 +239,7 @@ func (w *worker) open(ctx context.Context) error {
 		return err
 	}
 	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.stream, leases: set.leases, snaps: set.snaps,
-		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{},
+		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}),
 		log: log.With().Str("worker_id", id).Logger()}
 	if err := w.migrateLegacy(ctx); err != nil {
 		return err
@@ -260,11 +260,12 @@ func (w *worker) open(ctx context.Context) error {
 		JS: w.js, Conn: nc, Partitions: w.parts, Verifier: w.verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
 		Answers: w.answers, Replayer: w.replay,
 	}
-	if w.svc, err = w.service.Start(nc); err != nil {
-		return fmt.Errorf("start micro service: %w", err)
-	}
 	return nil
 }
+
+// startWait bounds how long a starting worker waits for its first
+// partitions to be served before it answers requests anyway.
+const startWait = time.Minute
 
 // snapshotEvery is the partitions' snapshot interval.
 func (w *worker) snapshotEvery() time.Duration {
@@ -278,6 +279,7 @@ func (w *worker) snapshotEvery() time.Duration {
 // serves: only what each has applied; the rest its consumer applies itself.
 func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
 	total := command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
+	var maxApplied uint64
 	for _, pt := range w.parts.parts() {
 		if !pt.serving.Load() {
 			continue
@@ -296,7 +298,9 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 			return total, err
 		}
 		total.Add(rep)
+		maxApplied = max(maxApplied, applied)
 	}
+	total.ToSeq = min(r.ToSeq, maxApplied)
 	total.Partitions = w.parts.Held()
 	return total, nil
 }
@@ -307,8 +311,20 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 // membership is left.
 func (w *worker) serve(ctx context.Context) error {
 	log := w.log
+	ctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
 	parted := make(chan struct{})
 	go func() { defer close(parted); w.parts.run(ctx) }()
+	// The first partitions this worker is given are served before it
+	// answers requests (a lone worker: all of them), so that its first
+	// answers do not wait for its own start.
+	w.parts.awaitFirstRound(ctx, startWait)
+	var err error
+	if w.svc, err = w.service.Start(w.nc); err != nil {
+		stopAll()
+		<-parted
+		return fmt.Errorf("start micro service: %w", err)
+	}
 	pruned := make(chan struct{})
 	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, log) }()
 	if !w.cfg.DevMode() {
@@ -326,7 +342,17 @@ func (w *worker) serve(ctx context.Context) error {
 		w.cfg.Started(w.clientURL)
 	}
 
-	<-ctx.Done()
+	var runErr error
+	select {
+	case runErr = <-w.parts.fatal:
+		stopAll()
+	default:
+	}
+	select {
+	case <-ctx.Done():
+	case runErr = <-w.parts.fatal:
+		stopAll()
+	}
 	log.Info().Msg("stopping: no new requests or commands")
 	if err := w.svc.Stop(); err != nil {
 		log.Warn().Err(err).Msg("stop micro service")
@@ -336,7 +362,7 @@ func (w *worker) serve(ctx context.Context) error {
 	w.flush()
 	<-pruned
 	log.Info().Msg("stopped")
-	return nil
+	return runErr
 }
 
 // flush waits for the forwarded requests' acknowledgements and sends the

@@ -1,28 +1,35 @@
 package app
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
 )
 
-// backupCommand is `worker backup`: a consistent copy of the store, from a
-// running worker's /backup, or from the data directory when no worker holds it.
+// backupCommand is `worker backup`: a consistent copy of each partition's
+// store, into a directory (one file per partition, partition.Name + ".db",
+// what a data directory's partitions/ holds), from a running worker's
+// /backup (the partitions it serves), or from a data directory no worker
+// holds.
 func backupCommand(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker backup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	out := fs.String("out", "", "file to write the copy to (required; replaced atomically, mode 0600)")
-	from := fs.String("from", "", "a running worker's --http-listen address, e.g. 127.0.0.1:9090 (it holds the store's lock)")
+	out := fs.String("out", "", "directory to write the copies to, one file per partition (required; each replaced atomically, mode 0600)")
+	from := fs.String("from", "", "a running worker's --http-listen address, e.g. 127.0.0.1:9090: the partitions it serves")
 	dataDir := fs.String("data-dir", "./data", "the data directory, when no worker is running on it")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n\n")
+		fmt.Fprintf(stderr, "Usage: worker backup --out DIR [--from HOST:PORT | --data-dir DIR]\n\n")
 		fs.PrintDefaults()
 	}
 	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
@@ -32,26 +39,87 @@ func backupCommand(args []string, getenv func(string) string, stdout, stderr io.
 		fs.Usage()
 		return errors.New("backup: --out is required")
 	}
-	var n int64
-	var err error
-	if *from != "" {
-		n, err = backupFrom(*from, *out)
-	} else {
-		n, err = backupLocal(filepath.Join(*dataDir, StoreFile), *out)
-	}
-	if err != nil {
+	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
+	var files []string
+	if *from != "" {
+		parts, err := servedPartitions(*from)
+		if err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+		for _, p := range parts {
+			name := partition.Name(p) + ".db"
+			if _, err := backupFrom(*from, p, filepath.Join(*out, name)); err != nil {
+				return fmt.Errorf("backup of partition %d: %w", p, err)
+			}
+			files = append(files, name)
+		}
+	} else {
+		stores, err := filepath.Glob(filepath.Join(*dataDir, PartitionsDir, "p*.db"))
+		if err != nil {
+			return err
+		}
+		if len(stores) == 0 {
+			return fmt.Errorf("backup: no partition stores in %s", filepath.Join(*dataDir, PartitionsDir))
+		}
+		for _, path := range stores {
+			if _, err := backupLocal(path, filepath.Join(*out, filepath.Base(path))); err != nil {
+				return fmt.Errorf("backup: %w", err)
+			}
+			files = append(files, filepath.Base(path))
+		}
+	}
 	// A copy that does not open is no backup.
-	s, err := storage.Open(*out, storage.Options{Timeout: time.Second})
-	if err != nil {
-		return fmt.Errorf("backup: the copy does not open: %w", err)
+	var total int64
+	for _, name := range files {
+		path := filepath.Join(*out, name)
+		s, err := storage.Open(path, storage.Options{Timeout: time.Second})
+		if err != nil {
+			return fmt.Errorf("backup: the copy %s does not open: %w", path, err)
+		}
+		if err := s.Close(); err != nil {
+			return err
+		}
+		if info, err := os.Stat(path); err == nil {
+			total += info.Size()
+		}
 	}
-	if err := s.Close(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "backup: %d bytes written to %s\n", n, *out)
+	fmt.Fprintf(stdout, "backup: %d partitions, %d bytes written to %s\n", len(files), total, *out)
 	return nil
+}
+
+// servedPartitions asks a running worker which partitions it serves.
+func servedPartitions(addr string) ([]int, error) {
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(baseURL(addr) + "/partitions")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Served []struct {
+			Partition int `json:"partition"`
+		} `json:"served"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("%s/partitions: %w", baseURL(addr), err)
+	}
+	var out []int
+	for _, s := range st.Served {
+		out = append(out, s.Partition)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("the worker at %s serves no partition at the moment", addr)
+	}
+	return out, nil
+}
+
+func baseURL(addr string) string {
+	url := strings.TrimSuffix(addr, "/")
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	return url
 }
 
 func backupLocal(path, out string) (int64, error) {
@@ -72,12 +140,9 @@ func backupLocal(path, out string) (int64, error) {
 	return n, err
 }
 
-func backupFrom(addr, out string) (int64, error) {
-	url := strings.TrimSuffix(addr, "/")
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Get(url + "/backup")
+func backupFrom(addr string, p int, out string) (int64, error) {
+	url := baseURL(addr)
+	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Get(url + "/backup?partition=" + strconv.Itoa(p))
 	if err != nil {
 		return 0, err
 	}

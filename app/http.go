@@ -119,6 +119,44 @@ func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier) {
 		}
 		return float64(total)
 	}
+	// Both consumer gauges come from one Info call per partition: a scrape
+	// reads them together, so an answer younger than a second serves the
+	// second one.
+	var mu sync.Mutex
+	var pending, ackPending float64
+	var at time.Time
+	consumers := func() (float64, float64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(at) < time.Second {
+			return pending, ackPending
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		pending, ackPending = 0, 0
+		for _, pt := range parts.parts() {
+			if !pt.serving.Load() {
+				continue
+			}
+			ci, err := pt.cons.Info(ctx)
+			if err != nil {
+				pending, ackPending = -1, -1
+				break
+			}
+			pending += float64(ci.NumPending)
+			ackPending += float64(ci.NumAckPending)
+		}
+		at = time.Now()
+		return pending, ackPending
+	}
+	m.Gauge("passkeys_consumer_pending", "Commands of the partitions this worker serves not yet delivered to it (-1: unknown).", func() float64 {
+		p, _ := consumers()
+		return p
+	})
+	m.Gauge("passkeys_consumer_ack_pending", "Commands delivered and not yet acknowledged (-1: unknown).", func() float64 {
+		_, a := consumers()
+		return a
+	})
 	m.Gauge("passkeys_partitions_served", "Partitions this worker serves.", func() float64 {
 		return float64(len(parts.Held()))
 	})

@@ -70,7 +70,15 @@ type partitionSet struct {
 	held     map[int]*part // taken: starting, serving or stopping
 	failures atomic.Int64  // snapshots that could not be written
 	wg       sync.WaitGroup
+	// fatal receives an error that no retry mends (the state misses
+	// commands): the worker stops with it.
+	fatal chan error
+	// firstRound is closed after the first round of leases.
+	firstRound chan struct{}
 }
+
+// fatal is an error of a partition that stops the worker.
+type fatal struct{ error }
 
 // part is one partition this worker holds.
 type part struct {
@@ -79,7 +87,9 @@ type part struct {
 	store   *storage.Store
 	applier *command.Applier
 	events  *handler.EventPublisher
-	serving atomic.Bool // caught up, consuming and answering reads
+	cons    jetstream.Consumer
+	serving atomic.Bool   // caught up, consuming and answering reads
+	started chan struct{} // closed when serving starts
 	stop    context.CancelFunc
 	done    chan struct{}
 	// stopping is set when the worker lets go of the partition; leaseLost
@@ -137,8 +147,11 @@ func (ps *partitionSet) parts() []*part {
 func (ps *partitionSet) run(ctx context.Context) {
 	tick := time.NewTicker(leaseRenew)
 	defer tick.Stop()
-	for {
+	for first := true; ; first = false {
 		ps.round(ctx)
+		if first {
+			close(ps.firstRound)
+		}
 		select {
 		case <-ctx.Done():
 			ps.leave()
@@ -212,6 +225,29 @@ func (ps *partitionSet) round(ctx context.Context) {
 	}
 }
 
+// awaitFirstRound waits until the partitions taken in the first round are
+// served or given up on, at most wait.
+func (ps *partitionSet) awaitFirstRound(ctx context.Context, wait time.Duration) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ps.firstRound:
+	case <-ctx.Done():
+		return
+	}
+	for _, pt := range ps.parts() {
+		select {
+		case <-pt.started:
+		case <-pt.done:
+		case <-timer.C:
+			ps.log.Warn().Dur("waited", wait).Msg("answering requests before every partition taken is served")
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // members lists the live members, sorted.
 func (ps *partitionSet) members(ctx context.Context) ([]string, error) {
 	lister, err := ps.leases.ListKeysFiltered(ctx, "members.*")
@@ -246,7 +282,7 @@ func (ps *partitionSet) acquire(ctx context.Context, p int) (uint64, error) {
 // take starts serving partition p under the lease of revision rev.
 func (ps *partitionSet) take(ctx context.Context, p int, rev uint64) {
 	pctx, stop := context.WithCancel(ctx)
-	pt := &part{p: p, rev: rev, stop: stop, done: make(chan struct{}), snapAt: time.Now()}
+	pt := &part{p: p, rev: rev, stop: stop, done: make(chan struct{}), started: make(chan struct{}), snapAt: time.Now()}
 	ps.mu.Lock()
 	ps.held[p] = pt
 	ps.mu.Unlock()
@@ -257,6 +293,13 @@ func (ps *partitionSet) take(ctx context.Context, p int, rev uint64) {
 		err := ps.serve(pctx, pt)
 		if err != nil && pctx.Err() == nil {
 			ps.log.Error().Err(err).Int("partition", p).Msg("partition stopped; letting go of it")
+			var f fatal
+			if errors.As(err, &f) {
+				select {
+				case ps.fatal <- f.error:
+				default:
+				}
+			}
 		}
 		ps.finish(pt)
 		ps.mu.Lock()
@@ -324,9 +367,16 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 	pt.snapApplied = snapApplied
 	pt.snapMu.Unlock()
 	if applied < ps.legacyUntil {
-		return fmt.Errorf("the partition's state has applied the stream up to %d, but the stream held commands up to %d "+
+		return fatal{fmt.Errorf("the partition's state has applied the stream up to %d, but the stream held commands up to %d "+
 			"before it was partitioned, and no snapshot covers them: start the worker that holds the data directory of "+
-			"the version before (its %s is migrated at start) first", applied, ps.legacyUntil, StoreFile)
+			"the version before (its %s is migrated at start) first", applied, ps.legacyUntil, StoreFile)}
+	}
+	cons, err := ps.stream.Consumer(ctx, handler.PartitionConsumerName(pt.p))
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", handler.PartitionConsumerName(pt.p), err)
+	}
+	if err := ps.checkGap(ctx, cons, applied, log); err != nil {
+		return err
 	}
 	pt.applier = &command.Applier{Store: store, Verifier: w.verifier, Retention: w.cfg.Retention, Log: log}
 	caught, err := handler.CatchUp(ctx, ps.stream, pt.applier, partition.Filter(pt.p), applied, w.cfg.MaxBatch, retry.Wait, log)
@@ -337,10 +387,7 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 		log.Info().Int("applied", caught.Read).Uint64("applied_seq", caught.ToSeq).Msg("caught up with the stream")
 		applied = caught.ToSeq
 	}
-	cons, err := ps.stream.Consumer(ctx, handler.PartitionConsumerName(pt.p))
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", handler.PartitionConsumerName(pt.p), err)
-	}
+	pt.cons = cons
 	pt.events = handler.NewEventPublisher(w.eventsJS, store, log, w.metrics)
 	pt.events.Hold = w.cfg.HoldEvents
 	sub, err := w.service.ServeInternal(pt.p, store)
@@ -367,9 +414,36 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 		Observer:      handler.Observers{w.metrics, w.answers, w.writes},
 	}
 	pt.serving.Store(true)
+	close(pt.started)
 	defer pt.serving.Store(false)
 	log.Info().Uint64("applied_seq", applied).Str("worker_id", ps.id).Msg("serving the partition")
 	return consumer.Run(ctx, cons)
+}
+
+// checkGap refuses a partition state (restored from an old backup, with no
+// newer snapshot) that misses commands the stream no longer holds: the
+// partition's consumer acknowledged past what the state applied, and the
+// stream has since dropped them (MaxAge). --allow-store-gap accepts the loss.
+func (ps *partitionSet) checkGap(ctx context.Context, cons jetstream.Consumer, applied uint64, log zerolog.Logger) error {
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	si, err := ps.stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	ackFloor, first := ci.AckFloor.Stream, si.State.FirstSeq
+	if ackFloor <= applied || first <= applied+1 {
+		return nil
+	}
+	msg := fmt.Sprintf("the partition's state has applied the stream up to sequence %d, its consumer acknowledged up to %d, "+
+		"but the stream now starts at %d: commands between are gone and cannot be applied", applied, ackFloor, first)
+	if !ps.w.cfg.AllowStoreGap {
+		return fatal{errors.New(msg + "; restore a newer backup, or start with --allow-store-gap to accept the loss")}
+	}
+	log.Error().Msg(msg + "; going on as --allow-store-gap says")
+	return nil
 }
 
 // finish ends a part: a last snapshot when it applied anything since the

@@ -18,6 +18,7 @@ import (
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -245,8 +246,12 @@ func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte
 	if err == nil {
 		var orig *jetstream.RawStreamMsg
 		if orig, err = stream.GetMsg(ctx, seq); err == nil {
+			_, origSubject, perr := partition.Original(orig.Subject)
+			if perr != nil {
+				return true
+			}
 			p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
-			return orig.Subject != subject || !bytes.Equal(passkey.Fingerprint(orig.Subject, orig.Data, p.Issuer, p.Subject), fingerprint)
+			return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
 		}
 	}
 	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -183,12 +185,27 @@ func TestSequenceAcrossRestart(t *testing.T) {
 	}
 	e.w.stop(t)
 
-	info, err := os.Stat(filepath.Join(e.dataDir, "passkeys.db"))
-	if err != nil {
-		t.Fatal(err)
+	stores, err := filepath.Glob(filepath.Join(e.dataDir, "partitions", "p*.db"))
+	if err != nil || len(stores) != 8 {
+		t.Fatalf("partition stores %v (%v), want 8", stores, err)
 	}
-	if mode := info.Mode().Perm(); mode != 0o600 {
-		t.Errorf("store file mode %v, want 0600", mode)
+	for _, f := range append(stores, filepath.Join(e.dataDir, "worker-id")) {
+		info, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := info.Mode().Perm(); mode != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", f, mode)
+		}
+	}
+	for _, d := range []string{e.dataDir, filepath.Join(e.dataDir, "partitions")} {
+		info, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := info.Mode().Perm(); mode != 0o700 {
+			t.Errorf("%s: mode %v, want 0700", d, mode)
+		}
 	}
 	dir, err := os.Stat(e.dataDir)
 	if err != nil {
@@ -340,7 +357,6 @@ func TestStreamCommandErrors(t *testing.T) {
 		code          int
 		id, http      string
 	}{
-		{"ExtraSubjectToken", "passkeys.cmd.remove.u1.x", nil, `{"tokenId":"pk-1"}`, 3, "REQUEST-SUBJECT-INVALID", "400"},
 		{"UnknownOperation", "passkeys.cmd.erase.u1", nil, `{"tokenId":"pk-1"}`, 3, "REQUEST-SUBJECT-INVALID", "400"},
 		{"BodyOver64KiB", "passkeys.cmd.remove.u1", nil, `{"tokenId":"pk-1"}` + strings.Repeat(" ", 64<<10), 3, "REQUEST-BODY-TOO-LARGE", "400"},
 		{"TwoMsgIDs", "passkeys.cmd.remove.u1", []string{"Nats-Msg-Id", "a", "Nats-Msg-Id", "b"}, `{"tokenId":"pk-1"}`, 3, "REQUEST-HEADER-INVALID", "400"},
@@ -365,6 +381,15 @@ func TestStreamCommandErrors(t *testing.T) {
 			}
 			testenv.WantError(t, reply, tt.code, tt.id, tt.http)
 		})
+	}
+	// The stream captures passkeys.cmd.<op>.<userId> only (the contract's
+	// passkeys.cmd.*.*): a subject with more tokens is never stored, and
+	// its publisher learns so at once.
+	msg := nats.NewMsg("passkeys.cmd.remove.u1.x")
+	msg.Header.Set("Authorization", self)
+	msg.Data = []byte(`{"tokenId":"pk-1"}`)
+	if _, err := js.PublishMsg(context.Background(), msg); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Errorf("publish to a subject with an extra token: %v, want no stream", err)
 	}
 }
 
@@ -608,7 +633,7 @@ func TestReplayEndpoint(t *testing.T) {
 	}
 	testenv.WantError(t, e.request(t, "passkeys.admin.replay", "", `{"fromSeq":1,"toSeq":2}`), 16, "AUTH-MISSING", "401")
 	reply := e.request(t, "passkeys.admin.replay", system, `{"fromSeq":1,"toSeq":100}`)
-	if got, want := string(reply.Data), `{"fromSeq":1,"toSeq":2,"read":2,"repeats":2,"applied":0,"refused":0,"failed":0}`; got != want {
+	if got, want := string(reply.Data), `{"fromSeq":1,"toSeq":2,"read":2,"repeats":2,"applied":0,"refused":0,"failed":0,"partitions":[0,1,2,3,4,5,6,7]}`; got != want {
 		t.Fatalf("replay: %s, want %s", got, want)
 	}
 	got := testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`))
@@ -631,25 +656,38 @@ func TestStreamAndConsumerSetUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc := stream.CachedInfo().Config
-	if len(sc.Subjects) != 1 || sc.Subjects[0] != "passkeys.cmd.>" || sc.Storage != jetstream.FileStorage || sc.Retention != jetstream.LimitsPolicy {
-		t.Errorf("stream config: subjects %v, storage %v, retention %v", sc.Subjects, sc.Storage, sc.Retention)
+	if len(sc.Subjects) != 1 || sc.Subjects[0] != "passkeys.cmd.*.*" || sc.Storage != jetstream.FileStorage || sc.Retention != jetstream.LimitsPolicy ||
+		sc.SubjectTransform == nil || sc.SubjectTransform.Destination != "passkeys.part.{{partition(8,2)}}.{{wildcard(1)}}.{{wildcard(2)}}" ||
+		sc.Metadata["passkeys.partitions"] != "8" {
+		t.Errorf("stream config: subjects %v, storage %v, retention %v, transform %+v, metadata %v", sc.Subjects, sc.Storage, sc.Retention, sc.SubjectTransform, sc.Metadata)
 	}
-	cons, err := js.Consumer(ctx, "PASSKEYS", "passkeys-worker")
-	if err != nil {
-		t.Fatal(err)
+	for p := range 8 {
+		cons, err := js.Consumer(ctx, "PASSKEYS", fmt.Sprintf("passkeys-worker-p%03d", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := cons.CachedInfo().Config
+		// The README's settings: explicit ack, ack wait 10 s, no MaxDeliver
+		// (a command is never given up on), no BackOff, pinned to one
+		// worker at a time, unpinned 5 s after it stops pulling.
+		if cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver != -1 || cc.AckWait != 10*time.Second || len(cc.BackOff) != 0 ||
+			cc.FilterSubject != fmt.Sprintf("passkeys.part.%d.>", p) || cc.PriorityPolicy != jetstream.PriorityPolicyPinned ||
+			cc.PinnedTTL != 5*time.Second || len(cc.PriorityGroups) != 1 || cc.PriorityGroups[0] != "passkeys" {
+			t.Errorf("consumer config: %+v", cc)
+		}
 	}
-	cc := cons.CachedInfo().Config
-	// The README's settings: explicit ack, ack wait 10 s, MaxDeliver 5, no
-	// BackOff (the retry schedule is the worker's nak delays).
-	if cc.Durable != "passkeys-worker" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver != 5 ||
-		cc.AckWait != 10*time.Second || len(cc.BackOff) != 0 {
-		t.Errorf("consumer config: %+v", cc)
+
+	// The count is fixed with the stream: another one is refused, clearly.
+	err = run(ctx, []string{"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
+		"--audience", testenv.Audience, "--data-dir", t.TempDir(), "--partitions", "4"}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "split into 8 partitions, but this worker was started with --partitions 4") {
+		t.Fatalf("a worker with another partition count: %v", err)
 	}
 
 	bare := testenv.StartNATS(t)
 	err = run(ctx, []string{"--nats-url", bare.ClientURL(), "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
 		"--audience", testenv.Audience, "--data-dir", t.TempDir(), "--create-stream=false"}, func(string) string { return "" }, io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "consumer passkeys-worker on stream PASSKEYS") {
+	if err == nil || !strings.Contains(err.Error(), "stream PASSKEYS: nats: API error: code=404 err_code=10059 description=stream not found (run `worker provision` first)") {
 		t.Fatalf("--create-stream=false on a server without them: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,13 +15,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
-// Backup while the worker runs, more traffic, restore the backup, restart:
-// the worker replays what the store missed before it takes new work, and the
-// store ends as one that never went back.
+// Backup while the worker runs, more traffic, lose everything but the
+// stream (data directory and snapshots), restore the backup, restart: each
+// partition applies what its store missed before it takes new work, and
+// the stores end as ones that never went back.
 func TestBackupRestoreCatchUp(t *testing.T) {
 	addr := freeAddr(t)
 	e := newEnv(t, "--http-listen", addr)
@@ -37,12 +40,12 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 		testenv.WantSuccess(t, e.request(t, "passkeys.remove."+id, adminTok, `{"tokenId":"pk-0"}`))
 	})
 
-	backup := filepath.Join(t.TempDir(), "backup.db")
+	backup := filepath.Join(t.TempDir(), "backup")
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"backup", "--out", backup, "--from", addr}, func(string) string { return "" }, &out, io.Discard); err != nil {
 		t.Fatalf("backup from the running worker: %v", err)
 	}
-	if !strings.Contains(out.String(), "bytes written to "+backup) {
+	if !strings.Contains(out.String(), "backup: 8 partitions, ") || !strings.Contains(out.String(), "bytes written to "+backup) {
 		t.Fatalf("backup said %q", out.String())
 	}
 	// Without --from, the running worker's lock is in the way, and it says so.
@@ -67,27 +70,41 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 	}
 	events := eventsPublished(t, js, addr)
 	e.w.stop(t)
-	live := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
+	live := snapshotAll(t, e.dataDir, 60)
 
-	// Restore, restart, catch up.
-	raw, err := os.ReadFile(backup)
-	if err != nil {
+	// The data directory and the snapshots are lost; the stream is not.
+	if err := os.RemoveAll(e.dataDir); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(e.dataDir, "passkeys.db"), raw, 0o600); err != nil {
+	if err := js.DeleteObjectStore(context.Background(), "PASSKEYS_SNAPSHOTS"); err != nil {
 		t.Fatal(err)
+	}
+	// Restore, restart, catch up.
+	files, err := filepath.Glob(filepath.Join(backup, "p*.db"))
+	if err != nil || len(files) != 8 {
+		t.Fatalf("backup files %v (%v)", files, err)
+	}
+	if err := os.MkdirAll(filepath.Join(e.dataDir, "partitions"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(e.dataDir, "partitions", filepath.Base(f)), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e.w = e.startWorker(t, "--http-listen", addr)
-	if log := e.w.log.String(); !strings.Contains(log, `"replayed":85,"failed":0,`) || !strings.Contains(log, "catch-up done") {
-		t.Fatalf("no catch-up of the 85 commands after the backup in the log:\n%s", e.w.log)
-	}
+	waitFor(t, func() bool { return caughtUp(e.w.log.String()) == 85 })
 	// The catch-up re-applied 85 commands and wrote their events again:
 	// the same ids, so the stream dropped them.
 	if got := eventsPublished(t, js, addr); got != events {
 		t.Fatalf("PASSKEYS_EVENTS holds %d events after the restore, %d before: the catch-up published new ones", got, events)
 	}
 	e.w.stop(t)
-	restored := snapshot(t, filepath.Join(e.dataDir, "passkeys.db"), 60)
+	restored := snapshotAll(t, e.dataDir, 60)
 	if !reflect.DeepEqual(restored, live) {
 		t.Fatalf("the restored store differs from the one that never went back:\n%+v\n%+v", restored, live)
 	}
@@ -102,33 +119,57 @@ func TestBackupRestoreCatchUp(t *testing.T) {
 }
 
 type storeSnapshot struct {
-	AppliedSeq uint64
+	AppliedSeq []uint64 // per partition
 	Users      []*passkey.User
 }
 
-func snapshot(t *testing.T, path string, users int) storeSnapshot {
+// snapshotAll reads the partition stores of a data directory: each one's
+// applied sequence, and users user-0 to user-<users-1> from the
+// partition each is in.
+func snapshotAll(t *testing.T, dataDir string, users int) storeSnapshot {
 	t.Helper()
-	s, err := storage.Open(path, storage.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	var snap storeSnapshot
-	err = s.View(func(tx *storage.Tx) error {
-		snap.AppliedSeq = tx.AppliedSeq()
-		for u := range users {
-			got, err := tx.User("user-" + strconv.Itoa(u))
-			if err != nil {
-				return err
-			}
-			snap.Users = append(snap.Users, got)
+	stores := make([]*storage.Store, 8)
+	for p := range stores {
+		s, err := storage.Open(filepath.Join(dataDir, "partitions", partition.Name(p)+".db"), storage.Options{})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		defer s.Close()
+		stores[p] = s
+		err = s.View(func(tx *storage.Tx) error { snap.AppliedSeq = append(snap.AppliedSeq, tx.AppliedSeq()); return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for u := range users {
+		id := "user-" + strconv.Itoa(u)
+		err := stores[partition.Of(id, 8)].View(func(tx *storage.Tx) error {
+			got, err := tx.User(id)
+			snap.Users = append(snap.Users, got)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	return snap
+}
+
+// caughtUp sums the commands the partitions' catch-ups applied, from the
+// worker's log.
+func caughtUp(log string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, `"message":"caught up with the stream"`) {
+			continue
+		}
+		var ev struct{ Applied int }
+		if json.Unmarshal([]byte(line), &ev) == nil {
+			n += ev.Applied
+		}
+	}
+	return n
 }
 
 // eventsPublished waits until the worker's outbox is empty (its metrics at
