@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -223,26 +224,66 @@ func verifyExactlyOnce(t *testing.T, removals *replies, users, perUser int, data
 		}
 		seqs[u][r.Details.Sequence] = true
 	}
-	store, err := storage.Open(filepath.Join(dataDir, "passkeys.db"), storage.Options{})
+	err := viewUsers(t, []string{dataDir}, func(id string, got *passkey.User) error {
+		var u int
+		fmt.Sscanf(id, "user-%d", &u)
+		if got == nil || got.Sequence != uint64(1+perUser) || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
+			return fmt.Errorf("user %d: %+v", u, got)
+		}
+		return nil
+	}, users)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
-	err = store.View(func(tx *storage.Tx) error {
-		for u := range users {
-			got, err := tx.User("user-" + strconv.Itoa(u))
+}
+
+// viewUsers calls f with each user user-0..user-<users-1> as the partition
+// stores hold it: in the first of dataDirs whose store of the user's
+// partition has applied the most of the stream.
+func viewUsers(t *testing.T, dataDirs []string, f func(id string, u *passkey.User) error, users int) error {
+	t.Helper()
+	var stores [8]*storage.Store
+	for p := range stores {
+		var best uint64
+		for _, dir := range dataDirs {
+			path := filepath.Join(dir, "partitions", partition.Name(p)+".db")
+			if _, err := os.Stat(path); err != nil {
+				continue
+			}
+			s, err := storage.Open(path, storage.Options{})
 			if err != nil {
 				return err
 			}
-			if got.Sequence != uint64(1+perUser) || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
-				return fmt.Errorf("user %d: sequence %d, passkeys %v", u, got.Sequence, got.Passkeys)
+			var applied uint64
+			_ = s.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil })
+			if stores[p] == nil || applied > best {
+				if stores[p] != nil {
+					stores[p].Close()
+				}
+				stores[p], best = s, applied
+			} else {
+				s.Close()
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		if stores[p] == nil {
+			return fmt.Errorf("no store of partition %d", p)
+		}
+		defer stores[p].Close()
 	}
+	for u := range users {
+		id := "user-" + strconv.Itoa(u)
+		err := stores[partition.Of(id, 8)].View(func(tx *storage.Tx) error {
+			got, err := tx.User(id)
+			if err != nil {
+				return err
+			}
+			return f(id, got)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // syncUsers creates users user-0.. each with a password and perUser+1
@@ -262,18 +303,18 @@ func syncUsers(t *testing.T, nc *nats.Conn, store func(subject, replyTo, msgID s
 	waitCount(t, synced, users, 60*time.Second)
 }
 
+// waitReady waits until a worker answers $SRV.PING: it has served the
+// partitions it took at start.
 func waitReady(tb testing.TB, js jetstream.JetStream) {
 	tb.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := js.Consumer(ctx, "PASSKEYS", "passkeys-worker")
-		cancel()
+		_, err := js.Conn().Request("$SRV.PING.passkeys", nil, time.Second)
 		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("the worker did not create its consumer: %v", err)
+			tb.Fatalf("no worker answers: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -57,9 +57,9 @@ func fill(t *testing.T, dir string) string {
 	return path
 }
 
-// A full disk during commits: the commands are not applied, nobody gets a
-// reply for them, they are retried, and once there is room each is applied
-// once and answered.
+// A full disk during commits: the partitions wait; the commands are not
+// applied, nobody gets a reply for them, nothing is nacked past or
+// dead-lettered, and once there is room each is applied once and answered.
 func TestDiskFull(t *testing.T) {
 	if testing.Short() {
 		t.Skip("mounts a file system")
@@ -86,7 +86,7 @@ func TestDiskFull(t *testing.T) {
 			syncBody(true, "pk-1", "pk-2", "pk-3", strings.Repeat("x", 150)))
 	}
 	// The worker says so: in its log, and /readyz is not ready.
-	waitFor(t, func() bool { return strings.Contains(e.w.log.String(), "store failed") })
+	waitFor(t, func() bool { return strings.Contains(e.w.log.String(), "the partition waits and tries again") })
 	waitFor(t, func() bool {
 		code, body := httpGet(t, httpAddr, "/readyz")
 		return code == 503 && strings.Contains(body, "store")
@@ -101,6 +101,9 @@ func TestDiskFull(t *testing.T) {
 	waitCount(t, synced, users, 60*time.Second)
 	waitFor(t, func() bool { code, _ := httpGet(t, httpAddr, "/readyz"); return code == 200 })
 	t.Logf("%d of %d commands answered while the disk was full, the rest once there was room", whileFull, users)
+	if n := streamLen(t, js, "PASSKEYS_DLQ"); n != 0 {
+		t.Errorf("%d commands dead-lettered", n)
+	}
 	synced.mu.Lock()
 	defer synced.mu.Unlock()
 	for u := range users {

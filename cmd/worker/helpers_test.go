@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -240,4 +241,25 @@ func streamRequest(tb testing.TB, nc *nats.Conn, subject, auth, msgID, body stri
 		tb.Fatal(err)
 	}
 	return reply
+}
+
+// partitionsSettled tells whether every partition's consumer has nothing
+// pending or unacknowledged: each command was applied and replied to.
+func partitionsSettled(js jetstream.JetStream) bool {
+	for p := range 8 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		info, err := js.Consumer(ctx, "PASSKEYS", fmt.Sprintf("passkeys-worker-p%03d", p))
+		if err == nil {
+			var ci *jetstream.ConsumerInfo
+			if ci, err = info.Info(ctx); err == nil && (ci.NumPending != 0 || ci.NumAckPending != 0) {
+				cancel()
+				return false
+			}
+		}
+		cancel()
+		if err != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -160,14 +160,7 @@ func TestNATSServerKilled(t *testing.T) {
 	// unacknowledged: a reply is sent before its ack), take in every reply
 	// routed before that (a flush), then ask again, through the endpoint,
 	// for the replies lost with the server.
-	cons, err := js.Consumer(context.Background(), "PASSKEYS", "passkeys-worker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitWithin(t, 60*time.Second, func() bool {
-		info, err := cons.Info(context.Background())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	})
+	waitWithin(t, 60*time.Second, func() bool { return partitionsSettled(js) })
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
