@@ -198,6 +198,13 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 // with exactly the passkey no command removed and sequence 1+perUser.
 func verifyExactlyOnce(t *testing.T, removals *replies, users, perUser int, dataDir string) {
 	t.Helper()
+	verifyExactlyOnceIn(t, removals, users, perUser, []string{dataDir})
+}
+
+// verifyExactlyOnceIn is verifyExactlyOnce over several workers' data
+// directories: each partition's newest store among them holds its users.
+func verifyExactlyOnceIn(t *testing.T, removals *replies, users, perUser int, dataDirs []string) {
+	t.Helper()
 	seqs := map[int]map[string]bool{}
 	removals.mu.Lock()
 	defer removals.mu.Unlock()
@@ -224,7 +231,7 @@ func verifyExactlyOnce(t *testing.T, removals *replies, users, perUser int, data
 		}
 		seqs[u][r.Details.Sequence] = true
 	}
-	err := viewUsers(t, []string{dataDir}, func(id string, got *passkey.User) error {
+	err := viewUsers(t, dataDirs, func(id string, got *passkey.User) error {
 		var u int
 		fmt.Sscanf(id, "user-%d", &u)
 		if got == nil || got.Sequence != uint64(1+perUser) || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {

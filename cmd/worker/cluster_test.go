@@ -1,0 +1,328 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/passkey"
+)
+
+// clusterNode is one nats-server process of a three-node JetStream cluster.
+type clusterNode struct {
+	name, bin, conf, addr string
+	cmd                   *exec.Cmd
+}
+
+// startCluster starts three nats-server processes, clustered, each with
+// JetStream on its own store, and waits until JetStream answers.
+func startCluster(t *testing.T) []*clusterNode {
+	t.Helper()
+	bin := buildNATSServer(t)
+	var clients, routes []string
+	for range 3 {
+		clients = append(clients, freeAddr(t))
+		routes = append(routes, freeAddr(t))
+	}
+	var nodes []*clusterNode
+	for i := range 3 {
+		dir := t.TempDir()
+		var rs []string
+		for j, r := range routes {
+			if j != i {
+				rs = append(rs, "nats-route://"+r)
+			}
+		}
+		host, port, _ := net.SplitHostPort(clients[i])
+		rhost, rport, _ := net.SplitHostPort(routes[i])
+		conf := fmt.Sprintf(`server_name: n%d
+host: %s
+port: %s
+jetstream { store_dir: %q }
+cluster { name: passkeys, host: %s, port: %s, routes: [%s] }
+`, i+1, host, port, filepath.Join(dir, "js"), rhost, rport, strings.Join(rs, ", "))
+		path := filepath.Join(dir, "node.conf")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, &clusterNode{name: fmt.Sprintf("n%d", i+1), bin: bin, conf: path, addr: clients[i]})
+	}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	nc := testenv.Connect(t, clusterURL(nodes))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWithin(t, 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
+	})
+	return nodes
+}
+
+func clusterURL(nodes []*clusterNode) string {
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, "nats://"+n.addr)
+	}
+	return strings.Join(urls, ",")
+}
+
+func (n *clusterNode) start(t *testing.T) {
+	t.Helper()
+	n.cmd = exec.Command(n.bin, "-c", n.conf)
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := n.cmd
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	waitWithin(t, 20*time.Second, func() bool {
+		c, err := net.Dial("tcp", n.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+func (n *clusterNode) kill(t *testing.T) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = n.cmd.Wait()
+}
+
+// served asks a worker's /partitions which partitions it serves; nil
+// when it does not answer.
+func served(addr string) []int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/partitions")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Served []struct{ Partition int }
+	}
+	if json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return nil
+	}
+	out := []int{}
+	for _, s := range st.Served {
+		out = append(out, s.Partition)
+	}
+	return out
+}
+
+// allServed tells whether the workers at addrs serve every one of 8
+// partitions, each by one of them, each worker at least one.
+func allServed(addrs []string) bool {
+	seen := map[int]int{}
+	for _, a := range addrs {
+		ps := served(a)
+		if len(ps) == 0 {
+			return false
+		}
+		for _, p := range ps {
+			seen[p]++
+		}
+	}
+	if len(seen) != 8 {
+		return false
+	}
+	for _, n := range seen {
+		if n != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// Three workers on a three-node cluster with R3 streams, consumers and
+// buckets, under a batch revocation with Reply-To and Nats-Msg-Id: one
+// worker is killed (SIGKILL), then one NATS node is killed and restarted.
+// Every command is applied exactly once, every user's sequence has no gap
+// or repeat, every requester is answered (asking again with the same
+// Nats-Msg-Id where a reply was lost), repeats are identical, and every user
+// lists correctly through any worker.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a three-node cluster and three worker processes")
+	}
+	const users, perUser = 300, 6
+	nodes := startCluster(t)
+	url := clusterURL(nodes)
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testenv.NewKeys(t)
+	if err := run(context.Background(), []string{"provision", "--nats-url", url, "--replicas", "3"}, func(string) string { return "" },
+		&bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	bin := buildWorker(t)
+	var procs []*process
+	var httpAddrs, dataDirs []string
+	for range 3 {
+		e := &env{url: url, keys: keys, dataDir: t.TempDir()}
+		addr := freeAddr(t)
+		procs = append(procs, e.startProcess(t, bin, "--create-stream=false", "--http-listen", addr, "--snapshot-interval", "2s"))
+		httpAddrs, dataDirs = append(httpAddrs, addr), append(dataDirs, e.dataDir)
+	}
+	// The partitions spread over the three, each served by one.
+	waitWithin(t, 30*time.Second, func() bool { return allServed(httpAddrs) })
+	for i, a := range httpAddrs {
+		t.Logf("worker %d serves %v", i, served(a))
+	}
+
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "admin", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	storeCommand := func(subject, replyTo, msgID string, body any) {
+		msg := nats.NewMsg(subject)
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set("Reply-To", replyTo)
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+		msg.Data = encode(t, body)
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := js.PublishMsg(ctx, msg)
+			cancel()
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("publish %s: %v", msgID, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	syncUsers(t, nc, storeCommand, users, perUser)
+
+	removals := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, nc, removals)
+	total := users * perUser
+	msgID := func(k int) string { return passkey.ScopeMsgID(testenv.Issuer, "admin", "rm-"+strconv.Itoa(k)) }
+	var failover time.Duration
+	for k := range total {
+		storeCommand("passkeys.cmd.remove.user-"+strconv.Itoa(k%users), inbox+"."+strconv.Itoa(k), msgID(k),
+			map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		switch k {
+		case total / 3:
+			waitCount(t, removals, total/6, 60*time.Second)
+			// A new user in one of the partitions worker 0 serves: its
+			// sync, sent right after the kill, is answered by the new owner.
+			var probe string
+			for owned, i := served(httpAddrs[0]), 0; probe == ""; i++ {
+				if id := "probe-" + strconv.Itoa(i); slices.Contains(owned, partition.Of(id, 8)) {
+					probe = id
+				}
+			}
+			if err := procs[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed := time.Now()
+			_ = procs[0].cmd.Wait()
+			msg := nats.NewMsg("passkeys.sync." + probe)
+			msg.Header.Set("Authorization", admin)
+			msg.Data = []byte(`{"resourceOwner":"org1","password":true}`)
+			reply, err := nc.RequestMsg(msg, 40*time.Second)
+			if err != nil {
+				t.Fatalf("the probe's sync after the kill: %v", err)
+			}
+			failover = time.Since(killed)
+			testenv.WantSuccess(t, reply)
+			t.Logf("killed worker 0 after %d replies; first reply from the new owner of its partition %d after %s",
+				removals.count(), partition.Of(probe, 8), failover.Round(time.Millisecond))
+			waitWithin(t, 30*time.Second, func() bool { return allServed(httpAddrs[1:]) })
+		case 2 * total / 3:
+			nodes[1].kill(t)
+			t.Logf("killed NATS node n2 after %d replies", removals.count())
+			nodes[1].start(t)
+		}
+	}
+	if failover > 30*time.Second {
+		t.Errorf("failover took %s, more than the contract's 30 s", failover)
+	}
+	waitWithin(t, 90*time.Second, func() bool { return partitionsSettled(js) })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lost := 0
+	for k := range total {
+		removals.mu.Lock()
+		_, ok := removals.got[k]
+		removals.mu.Unlock()
+		if ok {
+			continue
+		}
+		lost++
+		msg := nats.NewMsg("passkeys.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		reply, err := nc.RequestMsg(msg, 15*time.Second)
+		if err != nil {
+			t.Fatalf("asking again for removal %d: %v", k, err)
+		}
+		removals.mu.Lock()
+		removals.got[k] = append(removals.got[k], reply.Data)
+		removals.mu.Unlock()
+	}
+	t.Logf("%d replies were lost and asked for again", lost)
+
+	// Every user lists correctly, through whichever worker answers.
+	for u := range users {
+		msg := nats.NewMsg("passkeys.list.user-" + strconv.Itoa(u))
+		msg.Header.Set("Authorization", admin)
+		reply, err := nc.RequestMsg(msg, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`"processedSequence":"%d"`, 1+perUser)
+		if !strings.Contains(string(reply.Data), want) || !strings.Contains(string(reply.Data), `"id":"pk-`+strconv.Itoa(perUser)+`"`) ||
+			strings.Count(string(reply.Data), `"id":`) != 1 {
+			t.Fatalf("list user-%d: %s", u, reply.Data)
+		}
+	}
+	for _, p := range procs[1:] {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Fatalf("worker exit: %v", err)
+		}
+	}
+	verifyExactlyOnceIn(t, removals, users, perUser, dataDirs)
+}
