@@ -40,8 +40,8 @@ type Result struct {
 // Applier applies batches of commands to the store. It holds no
 // transport: the consumer adapter feeds it and sends what it returns.
 type Applier struct {
-	Store     *storage.Store
-	Verifier  *auth.Verifier
+	Store    *storage.Store
+	Verifier *auth.Verifier
 	// Retention is how long after its command was stored an outcome is
 	// kept: it expires at the command's stream timestamp plus Retention, so
 	// every worker that applies the same commands keeps the same records.

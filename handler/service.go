@@ -41,8 +41,8 @@ type Service struct {
 	// worker serves it.
 	Partitions Router
 	Verifier   *auth.Verifier
-	Log      zerolog.Logger
-	Now      func() time.Time
+	Log        zerolog.Logger
+	Now        func() time.Time
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
