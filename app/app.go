@@ -180,6 +180,7 @@ type worker struct {
 	eventsJS  jetstream.JetStream
 	stream    jetstream.Stream
 	parts     *partitionSet
+	keyHist   *keyHistory
 	metrics   *metrics.Metrics
 	writes    *storeWrites
 	answers   *handler.AnswerStats
@@ -207,8 +208,11 @@ func (w *worker) open(ctx context.Context) error {
 	if err := prepareDataDir(cfg.DataDir, log); err != nil {
 		return err
 	}
-	var err error
-	if w.verifier, err = buildVerifier(cfg, log); err != nil {
+	keys, err := buildKeys(cfg, log)
+	if err != nil {
+		return err
+	}
+	if w.verifier, err = auth.NewVerifier(keys, cfg.Issuer, cfg.Audience); err != nil {
 		return err
 	}
 	// SIGHUP reloads the JWKS; in the development mode there is nothing to
@@ -234,6 +238,15 @@ func (w *worker) open(ctx context.Context) error {
 		return err
 	}
 	w.stream = set.stream
+	// The keys that judge each command come from the shared history, in
+	// force from when they were published, not from this worker's file.
+	w.keyHist = &keyHistory{kv: set.keys, v: w.verifier, log: log}
+	if err := w.keyHist.publish(ctx, keys); err != nil {
+		return err
+	}
+	if err := w.keyHist.load(ctx); err != nil {
+		return err
+	}
 	id, err := workerID(cfg.DataDir)
 	if err != nil {
 		return err
@@ -327,12 +340,13 @@ func (w *worker) serve(ctx context.Context) error {
 	}
 	pruned := make(chan struct{})
 	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, log) }()
+	go w.keyHist.watch(ctx)
 	if !w.cfg.DevMode() {
 		interval := w.cfg.JWKSReload
 		if interval <= 0 {
 			interval = 10 * time.Second
 		}
-		go watchJWKS(ctx, w.cfg.JWKS, interval, w.hup, w.verifier, log)
+		go watchJWKS(ctx, w.cfg.JWKS, interval, w.hup, w.keyHist, log)
 	} else {
 		go ignoreHUP(ctx, w.hup, log)
 	}
@@ -387,6 +401,7 @@ type setUpResult struct {
 	stream jetstream.Stream
 	leases jetstream.KeyValue
 	snaps  jetstream.ObjectStore
+	keys   jetstream.KeyValue
 }
 
 // setUp creates or updates the streams, consumers and buckets (or, with
@@ -411,6 +426,9 @@ func setUp(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpResul
 	}
 	if r.snaps, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
 		return r, fmt.Errorf("object store %s: %w (run `worker provision` first)", SnapshotBucket, err)
+	}
+	if r.keys, err = js.KeyValue(ctx, KeyHistoryBucket); err != nil {
+		return r, fmt.Errorf("key-value bucket %s: %w (run `worker provision` first)", KeyHistoryBucket, err)
 	}
 	return r, nil
 }
@@ -497,15 +515,23 @@ func provision(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpR
 	}); err != nil {
 		return r, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
+	if r.keys, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: KeyHistoryBucket, Description: "passkeys workers: every trusted key set, under the time it took effect",
+		History: 1, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
+	}); err != nil {
+		return r, fmt.Errorf("key-value bucket %s: %w", KeyHistoryBucket, err)
+	}
 	return r, nil
 }
 
-func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
+// buildKeys is the key set this worker is given: its --jwks file, or the
+// development key.
+func buildKeys(cfg *Config, log zerolog.Logger) (jose.JSONWebKeySet, error) {
 	var keys jose.JSONWebKeySet
 	if cfg.DevMode() {
 		key, created, err := auth.LoadOrCreateDevKey(cfg.DataDir)
 		if err != nil {
-			return nil, fmt.Errorf("development key: %w", err)
+			return keys, fmt.Errorf("development key: %w", err)
 		}
 		log.Warn().Bool("created", created).Str("key_file", filepath.Join(cfg.DataDir, auth.DevKeyFile)).
 			Str("issuer", cfg.Issuer).Str("audience", cfg.Audience).
@@ -514,10 +540,10 @@ func buildVerifier(cfg *Config, log zerolog.Logger) (*auth.Verifier, error) {
 	} else {
 		var err error
 		if keys, err = auth.LoadJWKS(cfg.JWKS); err != nil {
-			return nil, err
+			return keys, err
 		}
 	}
-	return auth.NewVerifier(keys, cfg.Issuer, cfg.Audience)
+	return keys, nil
 }
 
 // prepareDataDir creates the data directory private to this user, and warns

@@ -24,8 +24,10 @@ func notifyHUP() (<-chan os.Signal, func()) {
 
 // watchJWKS reloads the key set file on SIGHUP and whenever its content
 // changes (checked every interval), so a key can be rotated in or out
-// without a restart. A file that does not load leaves the old keys in force.
-func watchJWKS(ctx context.Context, path string, interval time.Duration, hup <-chan os.Signal, v *auth.Verifier, log zerolog.Logger) {
+// without a restart: the new set goes into the shared key history, in
+// force keySetGrace later, and every worker's watch of the history takes
+// it from there. A file that does not load leaves the old keys in force.
+func watchJWKS(ctx context.Context, path string, interval time.Duration, hup <-chan os.Signal, h *keyHistory, log zerolog.Logger) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	last := fileHash(path)
@@ -46,7 +48,11 @@ func watchJWKS(ctx context.Context, path string, interval time.Duration, hup <-c
 		last = fileHash(path)
 		keys, err := auth.LoadJWKS(path)
 		if err == nil {
-			err = v.SetKeys(keys)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err = h.publish(pctx, keys); err == nil {
+				err = h.load(pctx) // at once here; the other workers through their watch
+			}
+			cancel()
 		}
 		if err != nil {
 			log.Error().Err(err).Str("jwks", path).Str("trigger", why).Msg("JWKS not reloaded; the previous keys stay in force")

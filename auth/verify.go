@@ -5,6 +5,7 @@ package auth
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -53,14 +54,27 @@ type Claims struct {
 
 // Verifier checks tokens against a JSON Web Key Set, an issuer and an
 // audience. It is safe for concurrent use; SetKeys swaps the key set.
+//
+// It may hold a history of key sets (SetHistory), each in force from a
+// time on: a token is judged by the key set in force at the time given to
+// Verify (a command's stream timestamp), so a command replayed after a
+// rotation is judged by the keys trusted when it was stored, on every
+// worker alike.
 type Verifier struct {
 	issuer   string
 	audience string
 
 	mu   sync.RWMutex
-	keys jose.JSONWebKeySet
+	eras []KeyEra // sorted by From; eras[0] is in force before its From too
+	gen  uint64   // bumped with every change, part of the cache key
 
 	cache *tokenCache
+}
+
+// KeyEra is a key set and the time from which it is in force.
+type KeyEra struct {
+	From time.Time
+	Keys jose.JSONWebKeySet
 }
 
 // NewVerifier returns a Verifier that trusts keys, requires iss to equal
@@ -72,21 +86,45 @@ func NewVerifier(keys jose.JSONWebKeySet, issuer, audience string) (*Verifier, e
 	if err := checkPublicKeys(keys); err != nil {
 		return nil, err
 	}
-	return &Verifier{issuer: issuer, audience: audience, keys: keys, cache: newTokenCache(DefaultCacheSize)}, nil
+	return &Verifier{issuer: issuer, audience: audience, eras: []KeyEra{{Keys: keys}}, cache: newTokenCache(DefaultCacheSize)}, nil
 }
 
-// SetKeys replaces the trusted key set, for a JWKS rotation.
+// SetKeys replaces the trusted keys with one key set, in force at every
+// time.
 func (v *Verifier) SetKeys(keys jose.JSONWebKeySet) error {
-	if err := checkPublicKeys(keys); err != nil {
-		return err
+	return v.SetHistory([]KeyEra{{Keys: keys}})
+}
+
+// SetHistory replaces the trusted keys with a history of key sets. The
+// first is in force before its From too.
+func (v *Verifier) SetHistory(eras []KeyEra) error {
+	if len(eras) == 0 {
+		return errors.New("auth: an empty key history")
 	}
+	for _, e := range eras {
+		if err := checkPublicKeys(e.Keys); err != nil {
+			return err
+		}
+	}
+	sorted := slices.Clone(eras)
+	slices.SortStableFunc(sorted, func(a, b KeyEra) int { return a.From.Compare(b.From) })
 	v.mu.Lock()
-	v.keys = keys
+	v.eras = sorted
+	v.gen++
 	// Under the lock, so no verification against the old keys can refill
 	// the cache after it is cleared.
 	v.cache.clear()
 	v.mu.Unlock()
 	return nil
+}
+
+// keysAt is the key set in force at time at, and its cache generation.
+func (v *Verifier) keysAt(at time.Time) ([]jose.JSONWebKey, uint64) {
+	i := len(v.eras) - 1
+	for i > 0 && v.eras[i].From.After(at) {
+		i--
+	}
+	return v.eras[i].Keys.Keys, v.gen<<16 | uint64(i)
 }
 
 // LoadJWKS reads a JSON Web Key Set file holding public keys.
@@ -134,7 +172,18 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil {
 		return passkey.Principal{}, err
 	}
-	key := sha256.Sum256([]byte(raw))
+	v.mu.RLock()
+	keys, era := v.keysAt(at)
+	v.mu.RUnlock()
+	// The same token may verify under one key set and not another: the
+	// cache keeps it per key set.
+	var eraBytes [8]byte
+	binary.BigEndian.PutUint64(eraBytes[:], era)
+	h := sha256.New()
+	h.Write(eraBytes[:])
+	h.Write([]byte(raw))
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
 	if claims, ok := v.cache.get(key); ok {
 		return checkClaims(claims, v.issuer, v.audience, at)
 	}
@@ -149,7 +198,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil || len(jws.Signatures) != 1 {
 		return passkey.Principal{}, passkey.ErrAuthNotJWT
 	}
-	claims, err := v.verifySignature(jws, alg, key)
+	claims, err := v.verifySignature(jws, alg, keys, era, key)
 	if err != nil {
 		return passkey.Principal{}, err
 	}
@@ -158,10 +207,8 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 
 // verifySignature finds the key the token names (or, without a kid, tries
 // every key of a matching algorithm) and returns the claims it signed.
-func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.SignatureAlgorithm, cacheKey [sha256.Size]byte) (Claims, error) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	keys := v.keys.Keys
+func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.SignatureAlgorithm, keys []jose.JSONWebKey, era uint64,
+	cacheKey [sha256.Size]byte) (Claims, error) {
 	kid := jws.Signatures[0].Header.KeyID
 	tried := false
 	for _, k := range keys {
@@ -180,7 +227,11 @@ func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.Signatur
 		if err := josejson.Unmarshal(payload, &c); err != nil {
 			return Claims{}, passkey.ErrAuthClaimTypes
 		}
-		v.cache.put(cacheKey, c)
+		v.mu.RLock()
+		if _, now := v.keysAt(time.Time{}); now>>16 == era>>16 { // not cached past a change of keys
+			v.cache.put(cacheKey, c)
+		}
+		v.mu.RUnlock()
 		return c, nil
 	}
 	if !tried {

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -255,4 +256,41 @@ func FuzzVerify(f *testing.F) {
 			t.Fatal("a principal without a subject")
 		}
 	})
+}
+
+// A key history: each token is judged by the key set in force at the time
+// given (a command's stream timestamp), however often the keys rotated
+// since, and the cache never answers for one key set what another decided.
+func TestKeyHistory(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	v := keys.Verifier(t)
+	rotated := time.Now().Add(-time.Hour)
+	if err := v.SetHistory([]auth.KeyEra{
+		{From: rotated, Keys: keys.PublicSet("ES256")}, // out of order on purpose
+		{From: time.Time{}, Keys: keys.PublicSet("EdDSA")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "EdDSA", Subject: "u1", Now: rotated.Add(-time.Minute)}))}
+	fresh := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: rotated.Add(-time.Minute)}))}
+	for _, c := range []struct {
+		name string
+		tok  []string
+		at   time.Time
+		want error
+	}{
+		{"OldKeyBeforeRotation", old, rotated.Add(-time.Second), nil},
+		{"OldKeyAfterRotation", old, rotated.Add(time.Second), passkey.ErrAuthKeyUnknown},
+		{"OldKeyBeforeRotationAgain", old, rotated.Add(-time.Second), nil}, // the cache does not carry the refusal over
+		{"NewKeyAfterRotation", fresh, rotated.Add(time.Second), nil},
+		{"NewKeyBeforeRotation", fresh, rotated.Add(-time.Second), passkey.ErrAuthKeyUnknown},
+		{"NewKeyAfterRotationAgain", fresh, rotated.Add(time.Second), nil},
+	} {
+		if _, err := v.Verify(c.tok, c.at); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if err := v.SetHistory(nil); err == nil {
+		t.Error("an empty history accepted")
+	}
 }

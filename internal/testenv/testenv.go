@@ -131,14 +131,20 @@ func NewKeys(tb testing.TB) *Keys {
 	return k
 }
 
-// WriteJWKS rewrites the JWKS file with the public halves of the named keys.
-func (k *Keys) WriteJWKS(tb testing.TB, kids ...string) {
-	tb.Helper()
+// PublicSet is the public halves of the named keys.
+func (k *Keys) PublicSet(kids ...string) jose.JSONWebKeySet {
 	var set jose.JSONWebKeySet
 	for _, kid := range kids {
 		key := k.Private[kid]
 		set.Keys = append(set.Keys, key.Public())
 	}
+	return set
+}
+
+// WriteJWKS rewrites the JWKS file with the public halves of the named keys.
+func (k *Keys) WriteJWKS(tb testing.TB, kids ...string) {
+	tb.Helper()
+	set := k.PublicSet(kids...)
 	raw, err := json.Marshal(set)
 	if err != nil {
 		tb.Fatal(err)
