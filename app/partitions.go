@@ -565,6 +565,9 @@ func (ps *partitionSet) loadSnapshot(ctx context.Context, p int, log zerolog.Log
 	if snapApplied <= local {
 		return snapApplied, nil
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return 0, err
+	}
 	tmp := path + ".loading"
 	defer os.Remove(tmp)
 	err = storage.WriteFileAtomic(tmp, func(f io.Writer) error {
