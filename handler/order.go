@@ -49,8 +49,7 @@ func (c *Consumer) fillGap(ctx context.Context, b checkedBatch) bool {
 		if s > front {
 			proven := first && prevFirst != 0 && prevFirst == front && d == prevD+1
 			if !proven {
-				var ok bool
-				if front, ok = c.applyBetween(ctx, front, s); !ok {
+				if _, ok := c.applyBetween(ctx, front, s); !ok {
 					return false
 				}
 			}

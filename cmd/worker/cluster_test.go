@@ -326,3 +326,94 @@ func TestClusterFailover(t *testing.T) {
 	}
 	verifyExactlyOnceIn(t, removals, users, perUser, dataDirs)
 }
+
+// Two workers both act on one partition: the owner freezes (SIGSTOP, as a
+// long pause would) with commands in hand, its lease expires, the other
+// takes the partition over and serves it; then the first wakes up and
+// finishes the batch it held before it notices the lease is gone. Nothing
+// is applied twice, no later command overtakes an earlier one, and every
+// reply, however often sent, is the same.
+func TestPausedOwnerOverlaps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts worker processes")
+	}
+	const users, perUser = 200, 6
+	bin := buildWorker(t)
+	ns := testenv.StartNATS(t)
+	keys := testenv.NewKeys(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var procs []*process
+	var addrs, dataDirs []string
+	for range 2 {
+		e := &env{url: ns.ClientURL(), keys: keys, dataDir: t.TempDir()}
+		addr := freeAddr(t)
+		procs = append(procs, e.startProcess(t, bin, "--partitions", "1", "--http-listen", addr, "--snapshot-interval", "1s"))
+		addrs, dataDirs = append(addrs, addr), append(dataDirs, e.dataDir)
+	}
+	// The owner the assignment settles on, once both are members.
+	var ids []string
+	waitWithin(t, 30*time.Second, func() bool {
+		ids = ids[:0]
+		for _, d := range dataDirs {
+			raw, err := os.ReadFile(filepath.Join(d, "worker-id"))
+			if err != nil {
+				return false
+			}
+			ids = append(ids, strings.TrimSpace(string(raw)))
+		}
+		return true
+	})
+	owner := slices.Index(ids, partition.Assign(0, ids))
+	other := 1 - owner
+	waitWithin(t, 30*time.Second, func() bool { return len(served(addrs[owner])) == 1 && len(served(addrs[other])) == 0 })
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "admin", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	syncUsers(t, nc, func(subject, replyTo, msgID string, body any) { publish(t, js, subject, admin, replyTo, msgID, body) }, users, perUser)
+
+	removals := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, nc, removals)
+	total := users * perUser
+	for k := range total {
+		publish(t, js, "passkeys.cmd.remove.user-"+strconv.Itoa(k%users), admin, inbox+"."+strconv.Itoa(k), "rm-"+strconv.Itoa(k),
+			map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		if k == total/3 {
+			waitCount(t, removals, total/6, 60*time.Second)
+			if err := procs[owner].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("froze the owner after %d replies", removals.count())
+			waitWithin(t, 30*time.Second, func() bool { return len(served(addrs[other])) == 1 })
+			t.Logf("the other worker serves the partition after %d replies", removals.count())
+		}
+		if k == 2*total/3 {
+			if err := procs[owner].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishes not acknowledged")
+	}
+	waitCount(t, removals, total, 90*time.Second)
+	// The partition settles on one of them (the assignment gives it back to
+	// the first, once it is a member again).
+	waitWithin(t, 60*time.Second, func() bool { return len(served(addrs[owner]))+len(served(addrs[other])) == 1 })
+	for _, p := range procs {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Fatalf("worker exit: %v", err)
+		}
+	}
+	logOwner := readFile(t, procs[owner].log.Name())
+	if !strings.Contains(logOwner, "lease lost") {
+		t.Errorf("the frozen owner never noticed it lost its lease")
+	}
+	verifyExactlyOnceIn(t, removals, users, perUser, dataDirs)
+}

@@ -187,6 +187,12 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 			t.Errorf("repeat of command %d (%s): %s, first reply %s", k, cm.msgID, reply.Data, got.got[k][0])
 		}
 	}
+	if err := procC.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := procC.cmd.Wait(); err != nil {
+		t.Fatalf("worker C exit: %v", err)
+	}
 }
 
 func readFile(t *testing.T, path string) string {
