@@ -324,7 +324,7 @@ func TestClusterFailover(t *testing.T) {
 			t.Fatalf("worker exit: %v", err)
 		}
 	}
-	verifyExactlyOnceIn(t, removals, users, perUser, dataDirs)
+	verifyExactlyOnceIn(t, removals, users, perUser, 8, dataDirs)
 }
 
 // Two workers both act on one partition: the owner freezes (SIGSTOP, as a
@@ -415,5 +415,5 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 	if !strings.Contains(logOwner, "lease lost") {
 		t.Errorf("the frozen owner never noticed it lost its lease")
 	}
-	verifyExactlyOnceIn(t, removals, users, perUser, dataDirs)
+	verifyExactlyOnceIn(t, removals, users, perUser, 1, dataDirs)
 }

@@ -198,12 +198,13 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 // with exactly the passkey no command removed and sequence 1+perUser.
 func verifyExactlyOnce(t *testing.T, removals *replies, users, perUser int, dataDir string) {
 	t.Helper()
-	verifyExactlyOnceIn(t, removals, users, perUser, []string{dataDir})
+	verifyExactlyOnceIn(t, removals, users, perUser, 8, []string{dataDir})
 }
 
 // verifyExactlyOnceIn is verifyExactlyOnce over several workers' data
-// directories: each partition's newest store among them holds its users.
-func verifyExactlyOnceIn(t *testing.T, removals *replies, users, perUser int, dataDirs []string) {
+// directories of a stream split into partitions: each partition's newest
+// store among them holds its users.
+func verifyExactlyOnceIn(t *testing.T, removals *replies, users, perUser, partitions int, dataDirs []string) {
 	t.Helper()
 	seqs := map[int]map[string]bool{}
 	removals.mu.Lock()
@@ -231,7 +232,7 @@ func verifyExactlyOnceIn(t *testing.T, removals *replies, users, perUser int, da
 		}
 		seqs[u][r.Details.Sequence] = true
 	}
-	err := viewUsers(t, dataDirs, func(id string, got *passkey.User) error {
+	err := viewUsers(t, dataDirs, partitions, func(id string, got *passkey.User) error {
 		var u int
 		fmt.Sscanf(id, "user-%d", &u)
 		if got == nil || got.Sequence != uint64(1+perUser) || len(got.Passkeys) != 1 || got.Passkeys[0].ID != "pk-"+strconv.Itoa(perUser) {
@@ -247,12 +248,8 @@ func verifyExactlyOnceIn(t *testing.T, removals *replies, users, perUser int, da
 // viewUsers calls f with each user user-0..user-<users-1> as the partition
 // stores hold it: in the first of dataDirs whose store of the user's
 // partition has applied the most of the stream.
-func viewUsers(t *testing.T, dataDirs []string, f func(id string, u *passkey.User) error, users int) error {
+func viewUsers(t *testing.T, dataDirs []string, n int, f func(id string, u *passkey.User) error, users int) error {
 	t.Helper()
-	n := 8
-	if files, _ := filepath.Glob(filepath.Join(dataDirs[0], "partitions", "p*.db")); len(files) > 0 && len(files) < 8 {
-		n = len(files)
-	}
 	stores := make([]*storage.Store, n)
 	for p := range stores {
 		var best uint64
