@@ -413,6 +413,15 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 		Order:         &handler.OrderGuard{Stream: ps.stream, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      handler.Observers{w.metrics, w.answers, w.writes},
 	}
+	// The lease is ours, so whoever held the pin before lost it or let go:
+	// unpin, so that this worker's pulls are served now, not once the old
+	// pin times out (PinnedTTL). Were the old owner still pulling, both
+	// would apply the same commands alike for a moment.
+	uctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if err := ps.stream.UnpinConsumer(uctx, handler.PartitionConsumerName(pt.p), handler.PriorityGroup); err != nil {
+		log.Debug().Err(err).Msg("unpin before consuming")
+	}
+	cancel()
 	pt.serving.Store(true)
 	close(pt.started)
 	defer pt.serving.Store(false)

@@ -199,7 +199,7 @@ func TestClusterFailover(t *testing.T) {
 	for range 3 {
 		e := &env{url: url, keys: keys, dataDir: t.TempDir()}
 		addr := freeAddr(t)
-		procs = append(procs, e.startProcess(t, bin, "--create-stream=false", "--http-listen", addr, "--snapshot-interval", "2s"))
+		procs = append(procs, e.startProcess(t, bin, "--create-stream=false", "--http-listen", addr, "--snapshot-interval", "2s", "--log-level", "info"))
 		httpAddrs, dataDirs = append(httpAddrs, addr), append(dataDirs, e.dataDir)
 	}
 	// The partitions spread over the three, each served by one.
