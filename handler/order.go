@@ -49,6 +49,8 @@ func (c *Consumer) fillGap(ctx context.Context, b checkedBatch) bool {
 		if s > front {
 			proven := first && prevFirst != 0 && prevFirst == front && d == prevD+1
 			if !proven {
+				c.Log.Debug().Uint64("applied_seq", front).Uint64("stream_seq", s).Uint64("deliver_seq", d).
+					Uint64("num_delivered", h.meta.NumDelivered).Msg("order check: reading the stream before the command")
 				if _, ok := c.applyBetween(ctx, front, s); !ok {
 					return false
 				}

@@ -33,16 +33,21 @@ func (s *standIn) stop() {
 	_ = s.forward.Unsubscribe()
 }
 
-// startStandIn creates the ceiling's stream and consumer and serves them.
+// startStandIn creates the ceiling's stream and consumer and serves them,
+// with as many replicas as stream PASSKEYS has (on a cluster: R3 like it).
 func startStandIn(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, retention time.Duration) (*standIn, error) {
-	sc := handler.StreamConfig(retention, 2*time.Minute, 1, 1)
+	replicas := 1
+	if s, err := js.Stream(ctx, handler.StreamName); err == nil {
+		replicas = max(1, s.CachedInfo().Config.Replicas)
+	}
+	sc := handler.StreamConfig(retention, 2*time.Minute, 1, replicas)
 	sc.Name, sc.Subjects, sc.Description = ceilingStream, []string{ceilingCommands + ".>"}, "bench: the transport's ceiling"
 	sc.SubjectTransform, sc.Metadata = nil, nil
 	stream, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
-	cc := handler.PartitionConsumerConfig(0, handler.DefaultMaxAckPending, 1, handler.DefaultAckWait)
+	cc := handler.PartitionConsumerConfig(0, handler.DefaultMaxAckPending, replicas, handler.DefaultAckWait)
 	cc.Durable, cc.FilterSubject, cc.Description = "bench-ceiling", ceilingCommands+".>", "bench: a stand-in that only replies and acks"
 	cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
 	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)
