@@ -129,16 +129,26 @@ func (h *keyHistory) publish(ctx context.Context, keys jose.JSONWebKeySet) error
 	return nil
 }
 
-// load reads the history into the verifier.
+// load reads the history into the verifier. The bucket's reads may come
+// from a replica a moment behind (a first entry another worker has just
+// created), so an empty history is read again for up to 10 s.
 func (h *keyHistory) load(ctx context.Context) error {
-	eras, _, err := h.eras(ctx)
-	if err != nil {
-		return err
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		eras, _, err := h.eras(ctx)
+		if err != nil {
+			return err
+		}
+		if len(eras) > 0 {
+			return h.v.SetHistory(eras)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("key history: empty")
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	if len(eras) == 0 {
-		return errors.New("key history: empty")
-	}
-	return h.v.SetHistory(eras)
 }
 
 // watch keeps the verifier's history in step with the bucket until ctx

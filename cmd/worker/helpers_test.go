@@ -263,3 +263,29 @@ func partitionsSettled(js jetstream.JetStream) bool {
 	}
 	return true
 }
+
+// storeUntilStored returns a function that publishes a command (with
+// auth, Reply-To and Nats-Msg-Id) until JetStream has it, retrying with the
+// same Nats-Msg-Id through an outage: a retry of a stored one is a
+// duplicate.
+func storeUntilStored(t *testing.T, js jetstream.JetStream, auth string) func(subject, replyTo, msgID string, body any) {
+	return func(subject, replyTo, msgID string, body any) {
+		msg := nats.NewMsg(subject)
+		msg.Header.Set("Authorization", auth)
+		msg.Header.Set("Reply-To", replyTo)
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+		msg.Data = encode(t, body)
+		for deadline := time.Now().Add(60 * time.Second); ; {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := js.PublishMsg(ctx, msg)
+			cancel()
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("publish %s: %v", msgID, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

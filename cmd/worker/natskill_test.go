@@ -100,27 +100,7 @@ func TestNATSServerKilled(t *testing.T) {
 	waitReady(t, js)
 	admin := e.token(t, "admin", "passkeys:admin")
 
-	// storeCommand publishes until JetStream has it, retrying with the same
-	// Nats-Msg-Id through the outage: a retry of a stored one is a duplicate.
-	storeCommand := func(subject, replyTo, msgID string, body any) {
-		msg := nats.NewMsg(subject)
-		msg.Header.Set("Authorization", admin)
-		msg.Header.Set("Reply-To", replyTo)
-		msg.Header.Set(nats.MsgIdHdr, msgID)
-		msg.Data = encode(t, body)
-		for deadline := time.Now().Add(60 * time.Second); ; {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := js.PublishMsg(ctx, msg)
-			cancel()
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("publish %s: %v", msgID, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	storeCommand := storeUntilStored(t, js, admin)
 
 	syncUsers(t, nc, storeCommand, users, perUser)
 
