@@ -33,7 +33,7 @@ import (
 
 // benchConfig is what bench was asked to do.
 type benchConfig struct {
-	users, removals, sequential, inFlight, maxBatch int
+	users, removals, sequential, inFlight, maxBatch, partitions int
 	dataDir                                         string
 	storage, noSync, ceiling                        bool
 	cpuProfile                                      string
@@ -94,6 +94,7 @@ func (p *Bench) bench(ctx context.Context, args []string) int {
 	fs.IntVar(&c.sequential, "sequential", 2_000, "sequential request-reply removals by one client (0: skip)")
 	fs.IntVar(&c.inFlight, "in-flight", 4096, "most batch removals published and not yet answered")
 	fs.IntVar(&c.maxBatch, "max-batch", 1024, "the embedded worker's --max-batch")
+	fs.IntVar(&c.partitions, "partitions", 8, "the embedded worker's --partitions (1: one partition's rate)")
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
@@ -347,12 +348,16 @@ func (p *Bench) publishAll(ctx context.Context, nc *nats.Conn, js jetstream.JetS
 	elapsed := time.Since(start)
 	lat := make([]time.Duration, 0, n)
 	classes := map[string]int{}
+	why := ""
 	for _, r := range results {
 		classes[r.Class]++
 		lat = append(lat, r.Latency)
+		if r.Class == publisher.ClassUnanswered && why == "" {
+			why = r.Error
+		}
 	}
 	if u := classes[publisher.ClassUnanswered]; u > 0 {
-		return nil, fmt.Errorf("%d of %d commands unanswered", u, n)
+		return nil, fmt.Errorf("%d of %d commands unanswered (the first: %s)", u, n, why)
 	}
 	return summarize(lat, elapsed, classes), nil
 }
@@ -431,7 +436,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	done := make(chan error, 1)
 	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
-		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
+		MaxBatch: c.maxBatch, Partitions: c.partitions, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
 		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience,
 		Started: func(url string) { started <- url },
 	}
