@@ -34,10 +34,10 @@ import (
 // benchConfig is what bench was asked to do.
 type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch, partitions int
-	dataDir                                         string
-	storage, noSync, ceiling                        bool
-	cpuProfile                                      string
-	tokens, alg                                     string // per-user or one; EdDSA or RS256
+	dataDir                                                     string
+	storage, noSync, ceiling                                    bool
+	cpuProfile                                                  string
+	tokens, alg                                                 string // per-user or one; EdDSA or RS256
 
 	keys *benchKeys // the embedded worker's keys; nil against --nats-url
 }
