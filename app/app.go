@@ -252,7 +252,7 @@ func (w *worker) open(ctx context.Context) error {
 		return err
 	}
 	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.stream, leases: set.leases, snaps: set.snaps,
-		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}),
+		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}), seen: map[string]time.Time{},
 		log: log.With().Str("worker_id", id).Logger()}
 	if err := w.migrateLegacy(ctx); err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,9 @@ type partitionSet struct {
 	fatal chan error
 	// firstRound is closed after the first round of leases.
 	firstRound chan struct{}
+
+	seenMu sync.Mutex
+	seen   map[string]time.Time // members by id: when their key was last put
 }
 
 // fatal is an error of a partition that stops the worker.
@@ -145,6 +149,13 @@ func (ps *partitionSet) parts() []*part {
 // partition (each finishes what it has in hand and writes a snapshot) and
 // leaves the membership, so the others take over at once.
 func (ps *partitionSet) run(ctx context.Context) {
+	ready := make(chan struct{})
+	go ps.watchMembers(ctx, ready)
+	select { // the members already there, before the first assignment
+	case <-ready:
+	case <-time.After(leaseRenew):
+	case <-ctx.Done():
+	}
 	tick := time.NewTicker(leaseRenew)
 	defer tick.Stop()
 	for first := true; ; first = false {
@@ -248,21 +259,54 @@ func (ps *partitionSet) awaitFirstRound(ctx context.Context, wait time.Duration)
 	}
 }
 
-// members lists the live members, sorted.
-func (ps *partitionSet) members(ctx context.Context) ([]string, error) {
-	lister, err := ps.leases.ListKeysFiltered(ctx, "members.*")
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return []string{ps.id}, nil
+// members lists the live members, sorted: those whose membership key was
+// put within leaseTTL, as the watch of the bucket saw them (watchMembers),
+// and this worker.
+func (ps *partitionSet) members(context.Context) ([]string, error) {
+	ps.seenMu.Lock()
+	defer ps.seenMu.Unlock()
+	out := []string{ps.id}
+	for id, at := range ps.seen {
+		if time.Since(at) < leaseTTL {
+			out = append(out, id)
 		}
-		return nil, err
 	}
-	defer func() { _ = lister.Stop() }()
-	var out []string
-	for k := range lister.Keys() {
-		out = append(out, k[len("members."):])
+	return partition.SortedMembers(out), nil
+}
+
+// watchMembers follows the membership keys: a put renews a member, a
+// delete (a worker that leaves) removes it; a member whose key expires
+// drops out of members after leaseTTL without one. ready is closed once
+// the keys already there were read. A watch that ends is started again.
+func (ps *partitionSet) watchMembers(ctx context.Context, ready chan<- struct{}) {
+	once := sync.Once{}
+	defer once.Do(func() { close(ready) })
+	for ctx.Err() == nil {
+		w, err := ps.leases.Watch(ctx, "members.*")
+		if err != nil {
+			ps.log.Warn().Err(err).Msg("cannot watch the membership; trying again")
+			select {
+			case <-ctx.Done():
+			case <-time.After(leaseRenew):
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				once.Do(func() { close(ready) })
+				continue
+			}
+			id := strings.TrimPrefix(e.Key(), "members.")
+			ps.seenMu.Lock()
+			if e.Operation() == jetstream.KeyValuePut {
+				ps.seen[id] = time.Now()
+			} else {
+				delete(ps.seen, id)
+			}
+			ps.seenMu.Unlock()
+		}
+		_ = w.Stop()
 	}
-	return partition.SortedMembers(append(out, ps.id)), nil
 }
 
 // acquire takes partition p's lease: free, or left by this worker's last
