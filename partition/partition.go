@@ -80,24 +80,44 @@ func Original(stored string) (int, string, error) {
 	return p, CommandPrefix + "." + tail, nil
 }
 
-// Assign is the rendezvous (highest random weight) assignment of partition
-// p to one of members: every worker that sees the same members computes
-// the same owner, and when a member leaves only its partitions move.
-// It returns "" when there are no members.
+// Assign is the rendezvous (highest random weight) choice of a member
+// for partition p: every worker that sees the same members computes the
+// same one, and when a member leaves only its partitions move. It returns
+// "" when there are no members. Owned bounds the load on top of it.
 func Assign(p int, members []string) string {
-	var best string
-	var bestScore uint64
+	ranked := rank(p, members)
+	if len(ranked) == 0 {
+		return ""
+	}
+	return ranked[0]
+}
+
+// rank orders members by their rendezvous score for partition p, best
+// first.
+func rank(p int, members []string) []string {
+	type scored struct {
+		m string
+		s uint64
+	}
+	all := make([]scored, 0, len(members))
 	for _, m := range members {
 		h := fnv.New64a()
 		_, _ = h.Write([]byte(m))
 		_, _ = h.Write([]byte{0})
 		_, _ = h.Write([]byte(strconv.Itoa(p)))
-		s := mix(h.Sum64())
-		if best == "" || s > bestScore || (s == bestScore && m < best) {
-			best, bestScore = m, s
-		}
+		all = append(all, scored{m, mix(h.Sum64())})
 	}
-	return best
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].s != all[j].s {
+			return all[i].s > all[j].s
+		}
+		return all[i].m < all[j].m
+	})
+	out := make([]string, len(all))
+	for i, x := range all {
+		out[i] = x.m
+	}
+	return out
 }
 
 // mix spreads FNV's output (splitmix64's finaliser), so that members whose
@@ -111,12 +131,36 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// Owned lists the partitions of n that Assign gives to member.
+// Owned lists the partitions of n that the assignment gives to member:
+// rendezvous with bounded load. Partition by partition, in order, each goes
+// to the best-ranked member (rank) that still has room: n/members each,
+// and one more for the first n%members members to need it. So every member
+// serves n/members or one more, and every worker that sees the same members
+// computes the same assignment.
 func Owned(member string, members []string, n int) []int {
+	members = SortedMembers(members)
+	if len(members) == 0 {
+		return nil
+	}
+	floor, extra := n/len(members), n%len(members) // extra members may serve floor+1
+	load := map[string]int{}
 	var ps []int
 	for p := range n {
-		if Assign(p, members) == member {
-			ps = append(ps, p)
+		for _, m := range rank(p, members) {
+			if load[m] == floor {
+				if extra == 0 {
+					continue
+				}
+				extra--
+			}
+			if load[m] > floor {
+				continue
+			}
+			load[m]++
+			if m == member {
+				ps = append(ps, p)
+			}
+			break
 		}
 	}
 	return ps

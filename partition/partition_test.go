@@ -55,8 +55,46 @@ func TestAssign(t *testing.T) {
 	if Assign(0, nil) != "" {
 		t.Error("an owner without members")
 	}
-	if got := Owned("w-a1", members, n); len(got) != count["w-a1"] || !slices.IsSorted(got) {
-		t.Errorf("Owned: %v", got)
+}
+
+// Owned spreads the partitions evenly (rendezvous with a bound on each
+// member's load), the same for every member, for every set of members.
+func TestOwnedIsBalanced(t *testing.T) {
+	for m := 1; m <= 5; m++ {
+		for trial := range 200 {
+			var members []string
+			for i := range m {
+				members = append(members, fmt.Sprintf("vm-%d-%d", trial, i))
+			}
+			for _, n := range []int{1, 3, 8, 16} {
+				seen := map[int]string{}
+				for _, mem := range members {
+					got := Owned(mem, members, n)
+					if !slices.IsSorted(got) {
+						t.Fatalf("Owned not sorted: %v", got)
+					}
+					if lo, hi := n/m, (n+m-1)/m; len(got) < lo || len(got) > hi {
+						t.Fatalf("%d members, %d partitions: %s owns %d", m, n, mem, len(got))
+					}
+					for _, p := range got {
+						if other, ok := seen[p]; ok {
+							t.Fatalf("partition %d owned by %s and %s", p, other, mem)
+						}
+						seen[p] = mem
+					}
+				}
+				if len(seen) != n {
+					t.Fatalf("%d members, %d partitions: %d owned", m, n, len(seen))
+				}
+				if n >= m {
+					for _, mem := range members {
+						if len(Owned(mem, members, n)) == 0 {
+							t.Fatalf("%d members, %d partitions: %s owns none", m, n, mem)
+						}
+					}
+				}
+			}
+		}
 	}
 }
 
