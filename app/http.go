@@ -63,7 +63,6 @@ func (w *storeWrites) failing() error {
 func (*storeWrites) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (*storeWrites) Redelivered()                                         {}
 func (*storeWrites) Changed()                                             {}
-func (*storeWrites) Terminated()                                          {}
 
 // maxSnapshotAgeFactor: a partition whose snapshot is older than this many
 // snapshot intervals makes the worker not ready.

@@ -286,7 +286,7 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 			Uint64("num_delivered", meta.NumDelivered).
 			Logger()
 		if meta.NumDelivered > 1 {
-			// Redeliveries mean a nak, a lost ack or an ack wait that ran
+			// Redeliveries mean a lost ack, or an ack wait that ran
 			// out: worth a line at the default level.
 			h.log.Warn().Msg("command redelivered")
 			c.Observer.Redelivered()

@@ -21,13 +21,10 @@ const (
 )
 
 // Consumer settings. The ack wait is far longer than a batch takes to
-// commit (milliseconds, a second with the store's retries), and short
-// enough that the commands a crashed worker held come back soon after it
-// restarts. There is no BackOff: the server offsets a nak's delay by it
-// (a nak of 2 s came back after 2 s - AckWait + BackOff[n], 22 s), so the
-// one retry schedule is the worker's nak delay (retry.Redelivery).
+// commit, and short enough that the commands a crashed worker held come
+// back soon to the partition's next owner. There is no BackOff and no nak:
+// a partition waits on a fault (retry.Wait), in place.
 const (
-	DefaultMaxDeliver    = 5
 	DefaultAckWait       = 10 * time.Second
 	DefaultMaxAckPending = 20000
 )

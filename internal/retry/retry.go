@@ -24,20 +24,14 @@ type Policy struct {
 	MaxElapsed time.Duration
 }
 
-// InPlace is the schedule of a store transaction that failed: tried again
-// where it is, 3 times, 50 ms, 200 ms and 800 ms later, so that a brief
-// fault does not reorder a user's commands through redelivery.
+// InPlace is the schedule of a store transaction that failed while a
+// store from before partitions is upgraded: tried again where it is, 3
+// times, 50 ms, 200 ms and 800 ms later.
 var InPlace = Policy{Tries: 4, First: 50 * time.Millisecond, Factor: 4, Max: 800 * time.Millisecond}
 
 // Wait is how a partition waits on a command it could not apply (a fault
 // of the machine): tried again, and again, never given up on or passed.
 var Wait = Policy{First: 200 * time.Millisecond, Factor: 2, Max: 8 * time.Second}
-
-// Redelivery is the schedule of a command that failed for a reason of
-// this machine, as its nak's delay: 1 s, 2 s, 4 s, 8 s after its first to
-// fourth delivery, so that with MaxDeliver 5 its final answer comes within
-// about 20 s; it doubles on to 30 s for a consumer given more deliveries.
-var Redelivery = Policy{First: time.Second, Factor: 2, Max: 30 * time.Second}
 
 // After is the pause after the n-th failure (n from 1).
 func (p Policy) After(n uint64) time.Duration {

@@ -12,7 +12,7 @@ func TestSchedules(t *testing.T) {
 		p    Policy
 		want []time.Duration
 	}{
-		{Redelivery, []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}},
+		{Wait, []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond, 8 * time.Second, 8 * time.Second}},
 		{InPlace, []time.Duration{50 * time.Millisecond, 200 * time.Millisecond, 800 * time.Millisecond, 800 * time.Millisecond}},
 	} {
 		for i, want := range tt.want {
