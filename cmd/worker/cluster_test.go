@@ -268,27 +268,7 @@ func TestClusterFailover(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	lost := 0
-	for k := range total {
-		removals.mu.Lock()
-		_, ok := removals.got[k]
-		removals.mu.Unlock()
-		if ok {
-			continue
-		}
-		lost++
-		msg := nats.NewMsg("passkeys.remove.user-" + strconv.Itoa(k%users))
-		msg.Header.Set("Authorization", admin)
-		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
-		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
-		reply, err := nc.RequestMsg(msg, 15*time.Second)
-		if err != nil {
-			t.Fatalf("asking again for removal %d: %v", k, err)
-		}
-		removals.mu.Lock()
-		removals.got[k] = append(removals.got[k], reply.Data)
-		removals.mu.Unlock()
-	}
+	lost := askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
 	t.Logf("%d replies were lost and asked for again", lost)
 
 	// Every user lists correctly, through whichever worker answers.

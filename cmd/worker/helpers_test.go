@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -288,4 +289,34 @@ func storeUntilStored(t *testing.T, js jetstream.JetStream, auth string) func(su
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// askAgainForLost asks, through the endpoint with the same Nats-Msg-Id
+// (idOf), for each of total removals (removal k took passkey k/users of
+// user k%users) that got no reply, files the answer, and returns how many
+// it asked for.
+func askAgainForLost(t *testing.T, nc *nats.Conn, removals *replies, users, total int, auth string, idOf func(k int) string) int {
+	t.Helper()
+	lost := 0
+	for k := range total {
+		removals.mu.Lock()
+		_, ok := removals.got[k]
+		removals.mu.Unlock()
+		if ok {
+			continue
+		}
+		lost++
+		msg := nats.NewMsg("passkeys.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", auth)
+		msg.Header.Set(nats.MsgIdHdr, idOf(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		reply, err := nc.RequestMsg(msg, 15*time.Second)
+		if err != nil {
+			t.Fatalf("asking again for removal %d: %v", k, err)
+		}
+		removals.mu.Lock()
+		removals.got[k] = append(removals.got[k], reply.Data)
+		removals.mu.Unlock()
+	}
+	return lost
 }
