@@ -54,7 +54,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address for Prometheus /metrics, /healthz and /readyz (empty: none)")
 	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out FILE [--from HOST:PORT | --data-dir DIR]\n       worker provision --nats-url URL [--outcome-retention D] [--duplicate-window D]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
+		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out DIR [--from HOST:PORT | --data-dir DIR]\n       worker provision --nats-url URL [--outcome-retention D] [--duplicate-window D] [--partitions N] [--replicas R]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
 		fs.VisitAll(func(f *flag.Flag) {
 			fmt.Fprintf(stderr, "  --%s (%s)\n    \t%s (default %q)\n", f.Name, cli.EnvName(f.Name), f.Usage, f.DefValue)
 		})
