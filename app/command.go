@@ -62,6 +62,14 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
 		return err
 	}
+	// Config.Validate fills a zero count in for callers that build a
+	// Config; on the command line 0 is a mistake.
+	if err := partition.ValidateCount(cfg.Partitions); err != nil {
+		return err
+	}
+	if cfg.Replicas < 1 {
+		return fmt.Errorf("--replicas must be between 1 and 5, not %d", cfg.Replicas)
+	}
 	if cfg.NATSConfig == "" && cfg.Embedded() {
 		if _, err := os.Stat("nats.conf"); err == nil {
 			cfg.NATSConfig = "nats.conf"
