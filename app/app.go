@@ -306,7 +306,7 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 		if pr.ToSeq < pr.FromSeq {
 			continue
 		}
-		rep, err := handler.ReplayFiltered(ctx, w.js, pt.applier, partition.Filter(pt.p), pr, w.cfg.MaxBatch, w.log, nil)
+		rep, err := handler.Replay(ctx, w.js, pt.applier, partition.Filter(pt.p), pr, w.cfg.MaxBatch, w.log, nil)
 		if err != nil {
 			return total, err
 		}

@@ -181,11 +181,7 @@ func (ps *partitionSet) round(ctx context.Context) {
 		ps.log.Warn().Err(err).Msg("could not renew membership")
 		return
 	}
-	members, err := ps.members(rctx)
-	if err != nil {
-		ps.log.Warn().Err(err).Msg("could not read the members")
-		return
-	}
+	members := ps.members()
 	want := map[int]bool{}
 	for _, p := range partition.Owned(ps.id, members, ps.n) {
 		want[p] = true
@@ -262,7 +258,7 @@ func (ps *partitionSet) awaitFirstRound(ctx context.Context, wait time.Duration)
 // members lists the live members, sorted: those whose membership key was
 // put within leaseTTL, as the watch of the bucket saw them (watchMembers),
 // and this worker.
-func (ps *partitionSet) members(context.Context) ([]string, error) {
+func (ps *partitionSet) members() []string {
 	ps.seenMu.Lock()
 	defer ps.seenMu.Unlock()
 	out := []string{ps.id}
@@ -271,7 +267,7 @@ func (ps *partitionSet) members(context.Context) ([]string, error) {
 			out = append(out, id)
 		}
 	}
-	return partition.SortedMembers(out), nil
+	return partition.SortedMembers(out)
 }
 
 // watchMembers follows the membership keys: a put renews a member, a

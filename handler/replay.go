@@ -16,18 +16,11 @@ import (
 	"github.com/passkeys/worker/partition"
 )
 
-// Replay runs the stored commands in r through a, read from stream PASSKEYS
-// through an ordered consumer from r.FromSeq on (command.Replay says what
-// is done with them). It is the operator's passkeys.admin.replay and the
-// catch-up after a restore.
-func Replay(ctx context.Context, js jetstream.JetStream, a *command.Applier, r command.ReplayRange, maxBatch int,
-	log zerolog.Logger, progress func(command.ReplayReport, uint64)) (command.ReplayReport, error) {
-	return ReplayFiltered(ctx, js, a, "", r, maxBatch, log, progress)
-}
-
-// ReplayFiltered is Replay of the commands on subjects filter only (""
-// for all): one partition's.
-func ReplayFiltered(ctx context.Context, js jetstream.JetStream, a *command.Applier, filter string, r command.ReplayRange, maxBatch int,
+// Replay runs the stored commands in r on subjects filter (one
+// partition's; "" for all) through a, read from stream PASSKEYS through an
+// ordered consumer from r.FromSeq on (command.Replay says what is done with
+// them): passkeys.admin.replay.
+func Replay(ctx context.Context, js jetstream.JetStream, a *command.Applier, filter string, r command.ReplayRange, maxBatch int,
 	log zerolog.Logger, progress func(command.ReplayReport, uint64)) (command.ReplayReport, error) {
 	if r.FromSeq == 0 || r.ToSeq < r.FromSeq {
 		return command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}, nil

@@ -80,20 +80,9 @@ func Original(stored string) (int, string, error) {
 	return p, CommandPrefix + "." + tail, nil
 }
 
-// Assign is the rendezvous (highest random weight) choice of a member
-// for partition p: every worker that sees the same members computes the
-// same one, and when a member leaves only its partitions move. It returns
-// "" when there are no members. Owned bounds the load on top of it.
-func Assign(p int, members []string) string {
-	ranked := rank(p, members)
-	if len(ranked) == 0 {
-		return ""
-	}
-	return ranked[0]
-}
-
-// rank orders members by their rendezvous score for partition p, best
-// first.
+// rank orders members by their rendezvous (highest random weight) score
+// for partition p, best first: every worker that sees the same members
+// ranks them alike, and a member's leaving changes no other's rank.
 func rank(p int, members []string) []string {
 	type scored struct {
 		m string
