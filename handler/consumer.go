@@ -314,57 +314,28 @@ func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
 			return
 		}
 	}
-	start, attempt := 0, 0
-	for start < len(b.hand) {
-		t := time.Now()
-		results, err := c.Applier.CommitFrom(b.checked, start)
-		c.Observer.Batch(len(b.hand)-start, time.Since(t), err)
-		if err == nil {
-			if c.Committed != nil {
+	ok := commitInOrder(ctx, c.Applier, b.checked, c.StoreRetry, c.Log,
+		func(n int, took time.Duration, err error) {
+			c.Observer.Batch(n, took, err)
+			if err == nil && c.Committed != nil {
 				c.Committed()
 			}
-			next := len(b.hand)
-			for i := start; i < len(b.hand); i++ {
-				if results[i].Transient != nil {
-					next, err = i, results[i].Transient
-					break
-				}
-				c.finish(b.hand[i], results[i])
-			}
+		},
+		func(i int, r command.Result) {
+			c.finish(b.hand[i], r)
 			if c.Order != nil {
-				c.Order.committed(b.hand[start:next])
+				c.Order.committed(b.hand[i : i+1])
 			}
-			if next == len(b.hand) {
-				return
+		},
+		func(from int) {
+			// Kept in progress: the server does not redeliver them past
+			// the one that waits.
+			for _, h := range b.hand[from:] {
+				_ = h.msg.InProgress()
 			}
-			start = next
-		}
-		attempt++
-		delay := c.StoreRetry.After(uint64(attempt))
-		c.Log.Error().Err(err).Int("batch", len(b.hand)-start).Int("attempt", attempt).Dur("retry_in", delay).
-			Uint64("stream_seq", b.hand[start].meta.Sequence.Stream).
-			Msg("could not apply the partition's next command (a fault of this worker's machine); the partition waits and tries again")
-		if !c.wait(ctx, b.hand[start:], delay) {
-			return
-		}
-	}
-}
-
-// wait waits delay before the next attempt at the commands in hand, telling
-// the server they are in progress so that it does not redeliver them
-// meanwhile. It returns false when the worker stops.
-func (c *Consumer) wait(ctx context.Context, hand []delivery, delay time.Duration) bool {
-	for _, h := range hand {
-		_ = h.msg.InProgress()
-	}
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		c.Log.Warn().Int("unfinished", len(hand)).Msg("stopping with commands not applied; they stay unacknowledged and come back")
-		return false
-	case <-t.C:
-		return true
+		})
+	if !ok {
+		c.Log.Warn().Msg("stopping with commands not applied; they stay unacknowledged and come back")
 	}
 }
 

@@ -135,3 +135,9 @@ func TestStatus(t *testing.T) {
 		}
 	}
 }
+
+// OneStore is the Router of one store that holds every user.
+type OneStore struct{ Store *storage.Store }
+
+// Local returns the store.
+func (o OneStore) Local(string) (*storage.Store, int, bool) { return o.Store, 0, true }

@@ -81,39 +81,36 @@ func (c *Consumer) applyBetween(ctx context.Context, front, until uint64) (uint6
 	g := c.Order
 	for attempt := 1; ; attempt++ {
 		cmds, err := g.readBetween(ctx, front, until)
-		if err == nil && len(cmds) == 0 {
+		if err != nil {
+			delay := c.StoreRetry.After(uint64(attempt))
+			c.Log.Error().Err(err).Uint64("applied_seq", front).Dur("retry_in", delay).
+				Msg("could not read the partition's commands ahead of a delivered one; the partition waits and tries again")
+			select {
+			case <-ctx.Done():
+				return front, false
+			case <-time.After(delay):
+			}
+			continue
+		}
+		if len(cmds) == 0 {
 			return front, true
 		}
-		if err == nil {
-			c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
-				Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order")
-			checked := c.Applier.Check(cmds)
-			var results []command.Result
-			if results, err = c.Applier.Commit(checked); err == nil {
-				for i, r := range results {
-					if r.Transient != nil {
-						err = r.Transient
-						break
-					}
-					front = max(front, cmds[i].StreamSeq)
-				}
-				g.Applied = max(g.Applied, front)
-				if c.Committed != nil {
+		c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
+			Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order")
+		ok := commitInOrder(ctx, c.Applier, c.Applier.Check(cmds), c.StoreRetry, c.Log,
+			func(_ int, _ time.Duration, err error) {
+				if err == nil && c.Committed != nil {
 					c.Committed()
 				}
-				if err == nil {
-					continue // there may be more than one read brought
-				}
-			}
-		}
-		delay := c.StoreRetry.After(uint64(attempt))
-		c.Log.Error().Err(err).Uint64("applied_seq", front).Dur("retry_in", delay).
-			Msg("could not apply the partition's commands ahead of a delivered one; the partition waits and tries again")
-		select {
-		case <-ctx.Done():
+			},
+			func(i int, _ command.Result) {
+				front = max(front, cmds[i].StreamSeq)
+				g.Applied = max(g.Applied, front)
+			}, nil)
+		if !ok {
 			return front, false
-		case <-time.After(delay):
 		}
+		attempt = 0 // there may be more than one read brought
 	}
 }
 

@@ -120,32 +120,12 @@ func CatchUp(ctx context.Context, stream jetstream.Stream, a *command.Applier, f
 				StreamSeq: meta.Sequence.Stream, Timestamp: meta.Timestamp})
 			done = meta.NumPending == 0
 		}
-		checked := a.Check(cmds)
-		for start, attempt := 0, 1; start < len(cmds); attempt++ {
-			results, err := a.CommitFrom(checked, start)
-			if err == nil {
-				next := len(cmds)
-				for i := start; i < len(cmds); i++ {
-					if results[i].Transient != nil {
-						next, err = i, results[i].Transient
-						break
-					}
-					rep.Read++
-					rep.ToSeq = cmds[i].StreamSeq
-				}
-				start = next
-				if err == nil {
-					break
-				}
-			}
-			delay := wait.After(uint64(attempt))
-			log.Error().Err(err).Uint64("stream_seq", cmds[start].StreamSeq).Dur("retry_in", delay).
-				Msg("catch-up: could not apply the partition's next command; waiting to try again")
-			select {
-			case <-ctx.Done():
-				return rep, ctx.Err()
-			case <-time.After(delay):
-			}
+		ok := commitInOrder(ctx, a, a.Check(cmds), wait, log, nil, func(i int, _ command.Result) {
+			rep.Read++
+			rep.ToSeq = cmds[i].StreamSeq
+		}, nil)
+		if !ok {
+			return rep, ctx.Err()
 		}
 	}
 	return rep, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,13 +21,6 @@ import (
 type Router interface {
 	Local(userID string) (store *storage.Store, partition int, ok bool)
 }
-
-// OneStore is the Router of one store that holds every user: tests, and
-// tools that read a store directly.
-type OneStore struct{ Store *storage.Store }
-
-// Local returns the store.
-func (o OneStore) Local(string) (*storage.Store, int, bool) { return o.Store, 0, true }
 
 // InternalPrefix is where a worker asks the worker that serves a partition
 // for what only that one knows: passkeys.internal.<partition>.<kind>.<userId>.
@@ -82,14 +76,7 @@ func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nat
 func (s *Service) ServeInternal(p int, store *storage.Store) (*nats.Subscription, error) {
 	prefix := InternalPrefix + "." + strconv.Itoa(p) + "."
 	return s.Conn.Subscribe(prefix+"*.*", func(m *nats.Msg) {
-		rest := m.Subject[len(prefix):]
-		kind, userID := rest, ""
-		for i := range len(rest) {
-			if rest[i] == '.' {
-				kind, userID = rest[:i], rest[i+1:]
-				break
-			}
-		}
+		kind, userID, _ := strings.Cut(m.Subject[len(prefix):], ".")
 		var reply Reply
 		switch kind {
 		case "list":

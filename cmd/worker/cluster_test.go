@@ -142,12 +142,13 @@ func served(addr string) []int {
 }
 
 // allServed tells whether the workers at addrs serve every one of 8
-// partitions, each by one of them, each worker at least one.
+// partitions, each by one of them, each worker about 8 / workers (the
+// contract: rounded down or up).
 func allServed(addrs []string) bool {
 	seen := map[int]int{}
 	for _, a := range addrs {
 		ps := served(a)
-		if len(ps) == 0 {
+		if len(ps) < 8/len(addrs) || len(ps) > (8+len(addrs)-1)/len(addrs) {
 			return false
 		}
 		for _, p := range ps {
