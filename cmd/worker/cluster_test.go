@@ -286,6 +286,24 @@ func TestClusterFailover(t *testing.T) {
 			t.Fatalf("list user-%d: %s", u, reply.Data)
 		}
 	}
+	// A repeat asked through whichever worker answers gets the first reply,
+	// byte for byte, from the store of the partition's owner.
+	for k := 0; k < total; k += total / 40 {
+		msg := nats.NewMsg("passkeys.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		reply, err := nc.RequestMsg(msg, 15*time.Second)
+		if err != nil {
+			t.Fatalf("repeat of removal %d: %v", k, err)
+		}
+		removals.mu.Lock()
+		first := removals.got[k][0]
+		removals.mu.Unlock()
+		if !bytes.Equal(reply.Data, first) {
+			t.Fatalf("repeat of removal %d: %s, first reply %s", k, reply.Data, first)
+		}
+	}
 	for _, p := range procs[1:] {
 		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
