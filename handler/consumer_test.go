@@ -247,7 +247,7 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
 	// The first worker: takes both, never acks (it died).
-	batch, err := f.cons.FetchNoWait(2)
+	batch, err := f.cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
