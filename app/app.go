@@ -24,10 +24,13 @@ import (
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
+	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // StoreFile is the bbolt file's name inside the data directory.
@@ -64,14 +67,17 @@ type Config struct {
 	// SnapshotInterval is how often a partition's snapshot is written;
 	// zero for snapshotInterval.
 	SnapshotInterval time.Duration
-	CreateStream     bool
-	OutcomeWait      time.Duration
-	StoreTimeout     time.Duration
-	JWKSReload       time.Duration // how often the JWKS file is checked for changes
-	HTTPListen       string        // address of /metrics, /healthz, /readyz, /backup; "" for none
-	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync           bool          // benchmarks of the layers above the disk only
-	HoldEvents       bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
+	// ProvisionWait bounds how long `worker provision` waits for a
+	// JetStream that is not ready yet.
+	ProvisionWait time.Duration
+	CreateStream  bool
+	OutcomeWait   time.Duration
+	StoreTimeout  time.Duration
+	JWKSReload    time.Duration // how often the JWKS file is checked for changes
+	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
+	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
+	NoSync        bool          // benchmarks of the layers above the disk only
+	HoldEvents    bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
@@ -89,6 +95,24 @@ const (
 	DefaultEventsRetention  = 365 * 24 * time.Hour
 	DefaultEventsDuplicates = 24 * time.Hour
 )
+
+// Settings are the configuration's settings of what the workers use in
+// JetStream.
+func (c *Config) Settings() topology.Settings {
+	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
+		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas}
+}
+
+// setUp creates or updates the streams, consumers and buckets (or, with
+// --create-stream=false, finds those an operator provisioned), waiting out
+// what is transient (a cluster that is still forming, another worker
+// creating them at the same moment) until ctx ends.
+func (w *worker) setUp(ctx context.Context) (topology.Handles, error) {
+	if w.cfg.CreateStream {
+		return topology.Provision(ctx, w.js, w.cfg.Settings(), w.log)
+	}
+	return topology.Find(ctx, w.js, w.cfg.Settings(), w.log)
+}
 
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
@@ -125,18 +149,11 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("with --jwks set, %v must be set too", missing)
 	case c.DataDir == "":
 		return errors.New("--data-dir must not be empty")
-	case c.Retention <= 0:
-		return errors.New("--outcome-retention must be positive")
-	case c.DuplicateWindow <= 0 || c.DuplicateWindow > c.Retention:
-		return errors.New("--duplicate-window must be positive and at most the outcome retention")
 	case c.MaxBatch < 1:
 		return errors.New("--max-batch must be at least 1")
-	case partition.ValidateCount(c.Partitions) != nil:
-		return partition.ValidateCount(c.Partitions)
-	case c.Replicas < 1 || c.Replicas > 5:
-		return fmt.Errorf("--replicas must be between 1 and 5, not %d", c.Replicas)
-	case c.EventsRetention <= 0 || c.EventsDuplicates <= 0 || c.EventsDuplicates > c.EventsRetention:
-		return errors.New("--events-retention and --events-dedup-window must be positive, the window at most the retention")
+	}
+	if err := c.Settings().Validate(); err != nil {
+		return err
 	}
 	if c.Embedded() {
 		host, _, err := listenAddr(c.Listen)
@@ -179,8 +196,9 @@ type worker struct {
 	js        jetstream.JetStream
 	eventsJS  jetstream.JetStream
 	stream    jetstream.Stream
+	reader    *jsread.Reader // reads stream PASSKEYS without a consumer
 	parts     *partitionSet
-	keyHist   *keyHistory
+	keys      *trustedKeys
 	metrics   *metrics.Metrics
 	writes    *storeWrites
 	answers   *handler.AnswerStats
@@ -233,33 +251,40 @@ func (w *worker) open(ctx context.Context) error {
 	if w.eventsJS, err = jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	set, err := setUp(ctx, w.js, cfg)
+	set, err := w.setUp(ctx)
 	if err != nil {
 		return err
 	}
-	w.stream = set.stream
+	w.stream = set.Stream
+	w.reader = jsread.New(w.js, topology.StreamName, set.Stream.CachedInfo().Config.AllowDirect)
+	if !set.Stream.CachedInfo().Config.AllowDirect {
+		log.Warn().Msg("stream PASSKEYS does not allow direct gets: catch-up reads one command per request; run `worker provision` again to allow them")
+	}
 	// The keys that judge each command come from the shared history, in
-	// force from when they were published, not from this worker's file.
-	w.keyHist = &keyHistory{kv: set.keys, v: w.verifier, log: log}
-	if err := w.keyHist.publish(ctx, keys); err != nil {
+	// force from when the NATS server stored them, not from this worker's
+	// file.
+	history, err := keyhistory.Open(ctx, w.js, set.Keys, w.verifier, log)
+	if err != nil {
 		return err
 	}
-	if err := w.keyHist.load(ctx); err != nil {
+	w.keys = &trustedKeys{history: history, own: keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys},
+		writes: cfg.Embedded(), log: log}
+	if err := w.keys.load(ctx); err != nil {
 		return err
 	}
 	id, err := workerID(cfg.DataDir)
 	if err != nil {
 		return err
 	}
-	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.stream, leases: set.leases, snaps: set.snaps,
-		legacyUntil: handler.LegacyUntil(set.stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}), seen: map[string]time.Time{},
+	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.Stream, leases: set.Leases, snaps: set.Snapshots,
+		legacyUntil: topology.LegacyUntil(set.Stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}), seen: map[string]time.Time{},
 		log: log.With().Str("worker_id", id).Logger()}
 	if err := w.migrateLegacy(ctx); err != nil {
 		return err
 	}
 	// Metrics and health first: once the service answers, they do too.
 	w.metrics, w.writes = metrics.New(), &storeWrites{}
-	registerGauges(w.metrics, w.parts, w.verifier)
+	registerGauges(w.metrics, w.parts, w.verifier, w.keys)
 	if cfg.HTTPListen != "" {
 		h := &health{nc: nc, stream: w.stream, parts: w.parts, writes: w.writes}
 		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, w.metrics, h, cfg.DataDir, log)
@@ -270,7 +295,7 @@ func (w *worker) open(ctx context.Context) error {
 	}
 	w.answers = &handler.AnswerStats{}
 	w.service = &handler.Service{
-		JS: w.js, Conn: nc, Partitions: w.parts, Verifier: w.verifier, Log: log, Now: time.Now, OutcomeWait: cfg.OutcomeWait,
+		JS: w.js, Reader: w.reader, Conn: nc, Partitions: w.parts, Verifier: w.verifier, Log: log, Now: history.Now, OutcomeWait: cfg.OutcomeWait,
 		Answers: w.answers, Replayer: w.replay,
 	}
 	return nil
@@ -306,7 +331,7 @@ func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.Rep
 		if pr.ToSeq < pr.FromSeq {
 			continue
 		}
-		rep, err := handler.Replay(ctx, w.js, pt.applier, partition.Filter(pt.p), pr, w.cfg.MaxBatch, w.log, nil)
+		rep, err := handler.Replay(ctx, w.reader, pt.applier, partition.Filter(pt.p), pr, w.cfg.MaxBatch, w.log, nil)
 		if err != nil {
 			return total, err
 		}
@@ -326,6 +351,9 @@ func (w *worker) serve(ctx context.Context) error {
 	log := w.log
 	ctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
+	// Read the key history every second, so that commands rarely wait
+	// for it (command.Applier.Keys).
+	go w.keys.history.Run(ctx)
 	parted := make(chan struct{})
 	go func() { defer close(parted); w.parts.run(ctx) }()
 	// The first partitions this worker is given are served before it
@@ -340,18 +368,17 @@ func (w *worker) serve(ctx context.Context) error {
 	}
 	pruned := make(chan struct{})
 	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, log) }()
-	go w.keyHist.watch(ctx)
 	if !w.cfg.DevMode() {
 		interval := w.cfg.JWKSReload
 		if interval <= 0 {
 			interval = 10 * time.Second
 		}
-		go watchJWKS(ctx, w.cfg.JWKS, interval, w.hup, w.keyHist, log)
+		go w.keys.watch(ctx, w.cfg.JWKS, interval, w.hup)
 	} else {
 		go ignoreHUP(ctx, w.hup, log)
 	}
 	log.Info().Str("nats_url", natsconn.RedactURL(w.clientURL)).Str("data_dir", w.cfg.DataDir).
-		Str("stream", handler.StreamName).Int("partitions", w.cfg.Partitions).Str("worker_id", w.parts.id).Msg("worker started")
+		Str("stream", topology.StreamName).Int("partitions", w.cfg.Partitions).Str("worker_id", w.parts.id).Msg("worker started")
 	if w.cfg.Started != nil {
 		w.cfg.Started(w.clientURL)
 	}
@@ -394,134 +421,6 @@ func (w *worker) flush() {
 	if err := w.nc.FlushTimeout(5 * time.Second); err != nil {
 		w.log.Warn().Err(err).Msg("flush")
 	}
-}
-
-// setUpResult is what the worker found or created in JetStream.
-type setUpResult struct {
-	stream jetstream.Stream
-	leases jetstream.KeyValue
-	snaps  jetstream.ObjectStore
-	keys   jetstream.KeyValue
-}
-
-// setUp creates or updates the streams, consumers and buckets (or, with
-// --create-stream=false, finds those an operator provisioned), and checks
-// that the stream is split into as many partitions as the worker is told.
-func setUp(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if cfg.CreateStream {
-		return provision(ctx, js, cfg)
-	}
-	var r setUpResult
-	var err error
-	if r.stream, err = js.Stream(ctx, handler.StreamName); err != nil {
-		return r, fmt.Errorf("stream %s: %w (run `worker provision` first)", handler.StreamName, err)
-	}
-	if err := checkPartitions(r.stream.CachedInfo().Config, cfg.Partitions); err != nil {
-		return r, err
-	}
-	if r.leases, err = js.KeyValue(ctx, LeaseBucket); err != nil {
-		return r, fmt.Errorf("key-value bucket %s: %w (run `worker provision` first)", LeaseBucket, err)
-	}
-	if r.snaps, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
-		return r, fmt.Errorf("object store %s: %w (run `worker provision` first)", SnapshotBucket, err)
-	}
-	if r.keys, err = js.KeyValue(ctx, KeyHistoryBucket); err != nil {
-		return r, fmt.Errorf("key-value bucket %s: %w (run `worker provision` first)", KeyHistoryBucket, err)
-	}
-	return r, nil
-}
-
-// checkPartitions refuses a stream split into another number of partitions.
-func checkPartitions(sc jetstream.StreamConfig, want int) error {
-	got, err := handler.StreamPartitions(sc)
-	if err != nil {
-		return err
-	}
-	switch {
-	case got == 0:
-		return fmt.Errorf("stream %s is not split into partitions yet: run `worker provision` (or a worker with --create-stream) to upgrade it", handler.StreamName)
-	case got != want:
-		return fmt.Errorf("stream %s is split into %d partitions, but this worker was started with --partitions %d: "+
-			"the count is fixed when the stream is created; start every worker with --partitions %d", handler.StreamName, got, want, got)
-	}
-	return nil
-}
-
-// provision creates or updates streams PASSKEYS (split into partitions),
-// PASSKEYS_DLQ and PASSKEYS_EVENTS, a durable consumer per partition, the
-// lease bucket and the snapshot store: what the worker does at start-up,
-// or what `worker provision` does for an administrator, so that the
-// worker's own NATS user needs no right to change a stream (an update to
-// max_msgs 1 would purge it). A stream from before partitions is upgraded
-// in place: it keeps its commands, and records where they end
-// (handler.MetaLegacyUntil) for the migration of the old store.
-func provision(ctx context.Context, js jetstream.JetStream, cfg *Config) (setUpResult, error) {
-	var r setUpResult
-	sc := handler.StreamConfig(cfg.Retention, cfg.DuplicateWindow, cfg.Partitions, cfg.Replicas)
-	existing, err := js.Stream(ctx, handler.StreamName)
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-	case err != nil:
-		return r, fmt.Errorf("stream %s: %w", handler.StreamName, err)
-	default:
-		old := existing.CachedInfo()
-		got, err := handler.StreamPartitions(old.Config)
-		if err != nil {
-			return r, err
-		}
-		switch {
-		case got == 0:
-			// Before partitions: its commands so far stay where they are,
-			// under their old subjects, for the migration.
-			if old.State.LastSeq > 0 {
-				sc.Metadata[handler.MetaLegacyUntil] = strconv.FormatUint(old.State.LastSeq, 10)
-			}
-		case got != cfg.Partitions:
-			return r, checkPartitions(old.Config, cfg.Partitions)
-		default:
-			if v, ok := old.Config.Metadata[handler.MetaLegacyUntil]; ok {
-				sc.Metadata[handler.MetaLegacyUntil] = v
-			}
-		}
-	}
-	if r.stream, err = handler.EnsureStream(ctx, js, sc); err != nil {
-		return r, err
-	}
-	for _, c := range []jetstream.StreamConfig{
-		handler.DeadLetterStreamConfig(cfg.Replicas),
-		handler.EventsStreamConfig(cfg.EventsRetention, cfg.EventsDuplicates, cfg.Replicas),
-	} {
-		if _, err := handler.EnsureStream(ctx, js, c); err != nil {
-			return r, err
-		}
-	}
-	for p := range cfg.Partitions {
-		if _, err := handler.EnsureConsumer(ctx, js,
-			handler.PartitionConsumerConfig(p, handler.DefaultMaxAckPending, cfg.Replicas, handler.DefaultAckWait)); err != nil {
-			return r, err
-		}
-	}
-	if r.leases, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: LeaseBucket, Description: "passkeys workers: membership and partition leases",
-		TTL: leaseTTL, History: 1, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
-	}); err != nil {
-		return r, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
-	}
-	if r.snaps, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: SnapshotBucket, Description: "passkeys workers: the newest snapshot of each partition's state",
-		Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
-	}); err != nil {
-		return r, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
-	}
-	if r.keys, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: KeyHistoryBucket, Description: "passkeys workers: every trusted key set, under the time it took effect",
-		History: 1, Storage: jetstream.FileStorage, Replicas: cfg.Replicas,
-	}); err != nil {
-		return r, fmt.Errorf("key-value bucket %s: %w", KeyHistoryBucket, err)
-	}
-	return r, nil
 }
 
 // buildKeys is the key set this worker is given: its --jwks file, or the

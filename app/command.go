@@ -10,12 +10,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/cli"
+	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // Main is the worker's command line: it parses args (flags, each also
@@ -46,6 +49,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	eventFlags(fs, &cfg)
 	clusterFlags(fs, &cfg)
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", snapshotInterval, "how often each partition's state is written to object store "+topology.SnapshotBucket)
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
@@ -96,7 +100,6 @@ func eventFlags(fs *flag.FlagSet, cfg *Config) {
 func clusterFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.IntVar(&cfg.Partitions, "partitions", partition.DefaultCount, "how many partitions the users are split into; fixed when stream PASSKEYS is created")
 	fs.IntVar(&cfg.Replicas, "replicas", 1, "JetStream replicas of everything the worker creates (streams, consumers, buckets): 3 on a three-node cluster")
-	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", snapshotInterval, "how often each partition's state is written to object store "+SnapshotBucket)
 }
 
 // natsFlags adds the connection flags; urlNote finishes --nats-url's usage.
@@ -124,10 +127,11 @@ func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) (
 	return false, nil
 }
 
-// provisionCommand is `worker provision`: an administrator creates or
-// updates the streams and the durable consumer with a NATS user that may
-// (nats.conf's passkeys-provisioner), so that the workers run with
-// --create-stream=false under a user that cannot change a stream.
+// provisionCommand is `worker provision`: an operator creates or updates
+// the streams, consumers and buckets with a NATS user that may (nats.conf's
+// passkeys-provisioner), so that the workers run with --create-stream=false
+// under a user that cannot change them, and, with --jwks, sets the key set
+// every worker trusts: the only way it changes where NATS has users.
 func provisionCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var cfg Config
 	fs := flag.NewFlagSet("worker provision", flag.ContinueOnError)
@@ -137,9 +141,13 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	eventFlags(fs, &cfg)
 	clusterFlags(fs, &cfg)
+	fs.DurationVar(&cfg.ProvisionWait, "wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
+	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every worker trusts from a few seconds after the NATS server stored it")
+	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
+	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates streams %s and %s and consumer %s, then exits.\n\nFlags:\n",
-			handler.StreamName, handler.DeadLetterStreamName, handler.ConsumerName)
+		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: stream %s (split into\n--partitions), a durable consumer per partition, streams %s and %s,\nkey-value buckets %s and %s, object store %s. A cluster that is\nstill forming is waited for (up to --wait). With --jwks, --issuer and --audience\nit also adds the key set to the key history, unless it is the newest already:\nrotate by running it again with the new file (add the new key first, remove the\nold one later). Then exits.\n\nFlags:\n",
+			topology.StreamName, topology.EventsStreamName, topology.DeadLetterStreamName, topology.LeaseBucket, topology.KeyBucket, topology.SnapshotBucket)
 		fs.PrintDefaults()
 	}
 	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
@@ -148,9 +156,19 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if cfg.NATSURL == "" {
 		return errors.New("provision: --nats-url is required (the embedded server's worker provisions its own streams)")
 	}
-	if cfg.Retention <= 0 || cfg.DuplicateWindow <= 0 || cfg.DuplicateWindow > cfg.Retention ||
-		cfg.EventsRetention <= 0 || cfg.EventsDuplicates <= 0 || cfg.EventsDuplicates > cfg.EventsRetention {
-		return errors.New("provision: retentions and duplicate windows must be positive, each window at most its retention")
+	if err := cfg.Settings().Validate(); err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	var entry keyhistory.Entry
+	if cfg.JWKS != "" || cfg.Issuer != "" || cfg.Audience != "" {
+		if cfg.JWKS == "" || cfg.Issuer == "" || cfg.Audience == "" {
+			return errors.New("provision: --jwks, --issuer and --audience go together")
+		}
+		keys, err := auth.LoadJWKS(cfg.JWKS)
+		if err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+		entry = keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys}
 	}
 	log, err := NewLogger(stderr, LogAuto, "info", "passkeys-provision")
 	if err != nil {
@@ -165,18 +183,48 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
 	defer cancel()
-	if err := partition.ValidateCount(cfg.Partitions); err != nil {
+	h, err := topology.Provision(ctx, js, cfg.Settings(), log)
+	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	if cfg.Replicas < 1 || cfg.Replicas > 5 {
-		return fmt.Errorf("provision: --replicas must be between 1 and 5, not %d", cfg.Replicas)
-	}
-	if _, err := provision(ctx, js, &cfg); err != nil {
+	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings().Describe())
+	return provisionKeys(ctx, js, h.Keys, entry, stdout, log)
+}
+
+// provisionKeys adds entry (when it has keys) to the key history and says
+// what the history holds.
+func provisionKeys(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, entry keyhistory.Entry, stdout io.Writer,
+	log zerolog.Logger) error {
+	history, err := keyhistory.Open(ctx, js, kv, nil, log)
+	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "provisioned: stream %s (%d partitions, %d replicas), stream %s, stream %s, a consumer per partition, bucket %s, object store %s\n",
-		handler.StreamName, cfg.Partitions, cfg.Replicas, handler.DeadLetterStreamName, handler.EventsStreamName, LeaseBucket, SnapshotBucket)
+	if len(entry.Keys.Keys) == 0 {
+		switch err := history.Load(ctx); {
+		case errors.Is(err, keyhistory.ErrEmpty):
+			fmt.Fprintf(stdout, "the key history is empty: workers wait for `worker provision --jwks FILE --issuer ISS --audience AUD`\n")
+			return nil
+		case err != nil:
+			return fmt.Errorf("provision: %w", err)
+		}
+		fmt.Fprintf(stdout, "key history: %d key sets; the newest unchanged\n", history.Sets())
+		return nil
+	}
+	key, from, err := history.Append(ctx, entry)
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	if key == "" {
+		fmt.Fprintf(stdout, "key history: this key set is the newest already (%d key sets); unchanged\n", history.Sets())
+		return nil
+	}
+	when := "from the beginning (the first key set)"
+	if !from.IsZero() {
+		when = "from " + from.Format(time.RFC3339Nano) + " by the NATS server's clock"
+	}
+	fmt.Fprintf(stdout, "key history: key set %s (%d keys, issuer %s, audience %s) in force %s\n", key, len(entry.Keys.Keys),
+		entry.Issuer, entry.Audience, when)
 	return nil
 }

@@ -103,7 +103,7 @@ func (h *health) ready(ctx context.Context) error {
 }
 
 // registerGauges adds the gauges read at scrape time.
-func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier) {
+func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, keys *trustedKeys) {
 	sum := func(f func(*storage.Store) (int, error)) float64 {
 		total := 0
 		for _, pt := range parts.parts() {
@@ -180,6 +180,15 @@ func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier) {
 	})
 	m.Gauge("passkeys_tokens_cached", "Verified tokens in the signature cache.", func() float64 {
 		return float64(v.CachedTokens())
+	})
+	m.Gauge("passkeys_jwks_file_differs", "1 while this worker's --jwks file differs from the newest key set of the key history, which every worker judges by.", func() float64 {
+		if keys.differs.Load() {
+			return 1
+		}
+		return 0
+	})
+	m.Gauge("passkeys_key_sets", "Key sets in the key history (PASSKEYS_JWKS).", func() float64 {
+		return float64(keys.history.Sets())
 	})
 }
 

@@ -16,11 +16,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/command"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // WorkerIDFile holds the worker's member id in its data directory, so a
@@ -101,7 +101,7 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 	// consumer's acknowledged floor says where to start. Those applied
 	// already are repeats: every command's outcome is kept.
 	from := applied + 1
-	if c, err := w.js.Consumer(ctx, handler.StreamName, handler.ConsumerName); err == nil {
+	if c, err := w.js.Consumer(ctx, topology.StreamName, topology.ConsumerName); err == nil {
 		from = min(from, c.CachedInfo().AckFloor.Stream+1)
 	}
 	log.Warn().Str("store", oldPath).Uint64("applied_seq", applied).Uint64("from_seq", from).Int("partitions", ps.n).
@@ -171,7 +171,7 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 	if w.cfg.CreateStream {
 		// Its subjects are no longer stored; an operator's worker user may
 		// not delete it, and `worker provision` does not need it.
-		_ = w.js.DeleteConsumer(ctx, handler.StreamName, handler.ConsumerName)
+		_ = w.js.DeleteConsumer(ctx, topology.StreamName, topology.ConsumerName)
 	}
 	log.Warn().Int("tail_applied", n).Uint64("applied_seq", until).Str("kept", oldPath+".migrated").
 		Msg("upgrade done: the store is split into partitions")
@@ -184,7 +184,7 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 func (w *worker) applyLegacyTail(ctx context.Context, stores []*storage.Store, from uint64) (uint64, int, error) {
 	filter := partition.CommandPrefix + ".>"
 	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	first, err := w.stream.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
+	first, err := w.reader.Next(gctx, from, filter)
 	cancel()
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, 0, nil
@@ -194,7 +194,7 @@ func (w *worker) applyLegacyTail(ctx context.Context, stores []*storage.Store, f
 	}
 	appliers := make([]*command.Applier, len(stores))
 	for p, s := range stores {
-		appliers[p] = &command.Applier{Store: s, Verifier: w.verifier, Retention: w.cfg.Retention, Log: w.log}
+		appliers[p] = &command.Applier{Store: s, Verifier: w.verifier, Keys: w.keys.history, Retention: w.cfg.Retention, Log: w.log}
 	}
 	n := 0
 	var last uint64
@@ -202,7 +202,7 @@ func (w *worker) applyLegacyTail(ctx context.Context, stores []*storage.Store, f
 		// One at a time: the tail is what the old worker had not applied
 		// when it stopped, a handful.
 		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		m, err := w.stream.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(filter))
+		m, err := w.reader.Next(gctx, seq, filter)
 		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return last, n, nil
@@ -214,7 +214,7 @@ func (w *worker) applyLegacyTail(ctx context.Context, stores []*storage.Store, f
 		_, user, _ := passkey.ParseSubject(partition.CommandPrefix, m.Subject)
 		a := appliers[partition.Of(user, len(stores))]
 		_, err = retry.Do(ctx, retry.InPlace, func() ([]command.Result, error) {
-			res, err := a.Apply([]*command.Command{cmd})
+			res, err := a.Apply(ctx, []*command.Command{cmd})
 			if err == nil && res[0].Transient != nil {
 				err = res[0].Transient
 			}

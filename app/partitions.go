@@ -22,6 +22,7 @@ import (
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // PartitionsDir is where the partitions' stores live inside the data
@@ -33,14 +34,8 @@ const PartitionsDir = "partitions"
 // MaxAge, so a dead worker's partitions are free within leaseTTL and taken
 // at the survivors' next renewal.
 const (
-	leaseTTL   = 6 * time.Second
+	leaseTTL   = topology.LeaseTTL
 	leaseRenew = 2 * time.Second
-)
-
-// Names of the JetStream buckets the workers coordinate through.
-const (
-	LeaseBucket    = "PASSKEYS_LEASES"
-	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
 )
 
 // Keys of the lease bucket.
@@ -370,7 +365,7 @@ func (ps *partitionSet) dropLease(pt *part) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_ = ps.leases.Delete(ctx, leaseKey(pt.p), jetstream.LastRevision(pt.rev))
-	if err := ps.stream.UnpinConsumer(ctx, handler.PartitionConsumerName(pt.p), handler.PriorityGroup); err != nil {
+	if err := ps.stream.UnpinConsumer(ctx, topology.PartitionConsumerName(pt.p), topology.PriorityGroup); err != nil {
 		ps.log.Debug().Err(err).Int("partition", pt.p).Msg("unpin")
 	}
 }
@@ -411,15 +406,15 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 			"before it was partitioned, and no snapshot covers them: start the worker that holds the data directory of "+
 			"the version before (its %s is migrated at start) first", applied, ps.legacyUntil, StoreFile)}
 	}
-	cons, err := ps.stream.Consumer(ctx, handler.PartitionConsumerName(pt.p))
+	cons, err := ps.stream.Consumer(ctx, topology.PartitionConsumerName(pt.p))
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", handler.PartitionConsumerName(pt.p), err)
+		return fmt.Errorf("consumer %s: %w", topology.PartitionConsumerName(pt.p), err)
 	}
 	if err := ps.checkGap(ctx, cons, applied, log); err != nil {
 		return err
 	}
-	pt.applier = &command.Applier{Store: store, Verifier: w.verifier, Retention: w.cfg.Retention, Log: log}
-	caught, err := handler.CatchUp(ctx, ps.stream, pt.applier, partition.Filter(pt.p), applied, w.cfg.MaxBatch, retry.Wait, log)
+	pt.applier = &command.Applier{Store: store, Verifier: w.verifier, Keys: w.keys.history, Retention: w.cfg.Retention, Log: log}
+	caught, err := handler.CatchUp(ctx, w.reader, pt.applier, partition.Filter(pt.p), applied, w.cfg.MaxBatch, retry.Wait, log, nil)
 	if err != nil {
 		return err
 	}
@@ -449,8 +444,8 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 		Log:           log,
 		MaxBatch:      w.cfg.MaxBatch,
 		StoreRetry:    retry.Wait,
-		PriorityGroup: handler.PriorityGroup,
-		Order:         &handler.OrderGuard{Stream: ps.stream, Filter: partition.Filter(pt.p), Applied: applied},
+		PriorityGroup: topology.PriorityGroup,
+		Order:         &handler.OrderGuard{Reader: w.reader, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      handler.Observers{w.metrics, w.answers, w.writes},
 	}
 	// The lease is ours, so whoever held the pin before lost it or let go:
@@ -458,7 +453,7 @@ func (ps *partitionSet) serve(ctx context.Context, pt *part) error {
 	// pin times out (PinnedTTL). Were the old owner still pulling, both
 	// would apply the same commands alike for a moment.
 	uctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	if err := ps.stream.UnpinConsumer(uctx, handler.PartitionConsumerName(pt.p), handler.PriorityGroup); err != nil {
+	if err := ps.stream.UnpinConsumer(uctx, topology.PartitionConsumerName(pt.p), topology.PriorityGroup); err != nil {
 		log.Debug().Err(err).Msg("unpin before consuming")
 	}
 	cancel()

@@ -71,10 +71,12 @@ type Verifier struct {
 	cache *tokenCache
 }
 
-// KeyEra is a key set and the time from which it is in force.
+// KeyEra is a key set and the time from which it is in force, with the
+// issuer and audience its tokens must name ("": the Verifier's own).
 type KeyEra struct {
-	From time.Time
-	Keys jose.JSONWebKeySet
+	From             time.Time
+	Keys             jose.JSONWebKeySet
+	Issuer, Audience string
 }
 
 // NewVerifier returns a Verifier that trusts keys, requires iss to equal
@@ -118,13 +120,25 @@ func (v *Verifier) SetHistory(eras []KeyEra) error {
 	return nil
 }
 
-// keysAt is the key set in force at time at, and its cache generation.
-func (v *Verifier) keysAt(at time.Time) ([]jose.JSONWebKey, uint64) {
+// keysAt is the era in force at time at, and its cache generation.
+func (v *Verifier) keysAt(at time.Time) (*KeyEra, uint64) {
 	i := len(v.eras) - 1
 	for i > 0 && v.eras[i].From.After(at) {
 		i--
 	}
-	return v.eras[i].Keys.Keys, v.gen<<16 | uint64(i)
+	return &v.eras[i], v.gen<<16 | uint64(i)
+}
+
+// expected is the issuer and audience e's tokens must name.
+func (v *Verifier) expected(e *KeyEra) (string, string) {
+	iss, aud := v.issuer, v.audience
+	if e.Issuer != "" {
+		iss = e.Issuer
+	}
+	if e.Audience != "" {
+		aud = e.Audience
+	}
+	return iss, aud
 }
 
 // LoadJWKS reads a JSON Web Key Set file holding public keys.
@@ -142,6 +156,10 @@ func LoadJWKS(path string) (jose.JSONWebKeySet, error) {
 	}
 	return keys, nil
 }
+
+// CheckKeySet refuses an empty set and any key that is not a public
+// asymmetric key of an allowed algorithm.
+func CheckKeySet(keys jose.JSONWebKeySet) error { return checkPublicKeys(keys) }
 
 // checkPublicKeys refuses an empty set and any key that is not a public
 // asymmetric key: a symmetric key in the set would let anyone who knows it
@@ -173,7 +191,9 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 		return passkey.Principal{}, err
 	}
 	v.mu.RLock()
-	keys, era := v.keysAt(at)
+	inForce, era := v.keysAt(at)
+	keys := inForce.Keys.Keys
+	issuer, audience := v.expected(inForce)
 	v.mu.RUnlock()
 	// The same token may verify under one key set and not another: the
 	// cache keeps it per key set.
@@ -185,7 +205,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	var key [sha256.Size]byte
 	h.Sum(key[:0])
 	if claims, ok := v.cache.get(key); ok {
-		return checkClaims(claims, v.issuer, v.audience, at)
+		return checkClaims(claims, issuer, audience, at)
 	}
 	alg, err := headerAlgorithm(raw)
 	if err != nil {
@@ -202,7 +222,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil {
 		return passkey.Principal{}, err
 	}
-	return checkClaims(claims, v.issuer, v.audience, at)
+	return checkClaims(claims, issuer, audience, at)
 }
 
 // verifySignature finds the key the token names (or, without a kid, tries

@@ -2,6 +2,7 @@ package command
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,6 +48,12 @@ type Applier struct {
 	// every worker that applies the same commands keeps the same records.
 	Retention time.Duration
 	Log       zerolog.Logger
+	// Keys, when set, is waited on before a batch is checked, until every
+	// key set that could be in force at its commands' stream timestamps is
+	// known (a key history is read from JetStream): a command is never
+	// judged by a history that misses a set of its time. Nil when the
+	// Verifier's keys are all there is (tests, a fixed key set).
+	Keys KeyClock
 
 	// Fault injection, for tests only (nil otherwise). BeforeDecide runs
 	// before each rule: a panic in it makes a command poison. BreakTx runs
@@ -55,6 +62,14 @@ type Applier struct {
 	// commit it is part of.
 	BeforeDecide func(*Command)
 	BreakTx      func(*Command) error
+}
+
+// KeyClock tells when the trusted keys are known far enough to judge a
+// command stored at a given time.
+type KeyClock interface {
+	// Await returns once every key set that could be in force at t is
+	// known to the Verifier, or with ctx's error.
+	Await(ctx context.Context, t time.Time) error
 }
 
 // checked is a command decoded and authenticated before the transaction,
@@ -93,9 +108,14 @@ type checked struct {
 // Apply applies cmds, in order, in one transaction, and returns a result
 // for each. A failure of the store fails the whole batch: it returns the
 // error and nothing was committed. A panic while deciding one command makes
-// only that command transient.
-func (a *Applier) Apply(cmds []*Command) ([]Result, error) {
-	return a.Commit(a.Check(cmds))
+// only that command transient. It returns ctx's error when ctx ends before
+// the keys of the commands' time are known.
+func (a *Applier) Apply(ctx context.Context, cmds []*Command) ([]Result, error) {
+	c, err := a.Check(ctx, cmds)
+	if err != nil {
+		return nil, err
+	}
+	return a.Commit(c)
 }
 
 // Checked is a batch whose commands have been checked (Check) and wait for
@@ -112,15 +132,27 @@ func (c *Checked) Commands() []*Command { return c.cmds }
 // all that needs no store. It is the expensive part (signatures, JSON) and
 // runs in parallel, on up to GOMAXPROCS goroutines, so that a batch's
 // commit (its fsyncs) can overlap the next batch's Check; the order of the
-// commands is kept for Commit.
-func (a *Applier) Check(cmds []*Command) *Checked {
+// commands is kept for Commit. It first waits (Keys) until the keys of the
+// commands' time are known, and returns ctx's error if ctx ends first.
+func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) {
+	if a.Keys != nil && len(cmds) > 0 {
+		latest := cmds[0].Timestamp
+		for _, c := range cmds[1:] {
+			if c.Timestamp.After(latest) {
+				latest = c.Timestamp
+			}
+		}
+		if err := a.Keys.Await(ctx, latest); err != nil {
+			return nil, err
+		}
+	}
 	c := &Checked{cmds: cmds, checked: make([]checked, len(cmds))}
 	workers := min(runtime.GOMAXPROCS(0), len(cmds))
 	if workers < 2 {
 		for i, cmd := range cmds {
 			c.checked[i] = a.checkSafely(cmd)
 		}
-		return c
+		return c, nil
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -132,7 +164,7 @@ func (a *Applier) Check(cmds []*Command) *Checked {
 		})
 	}
 	wg.Wait()
-	return c
+	return c, nil
 }
 
 // Commit applies a checked batch, in order, in one transaction, and returns
@@ -186,19 +218,19 @@ func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
 // is held back (Transient) too, so it never overtakes that command. When the
 // store itself is failing (a full disk), every part fails and every command
 // is Transient, as with Apply.
-func (a *Applier) ApplyIsolating(cmds []*Command) []Result {
+func (a *Applier) ApplyIsolating(ctx context.Context, cmds []*Command) []Result {
 	results := make([]Result, len(cmds))
 	idx := make([]int, len(cmds))
 	for i := range idx {
 		idx[i] = i
 	}
-	a.isolate(cmds, idx, results, map[string]bool{})
+	a.isolate(ctx, cmds, idx, results, map[string]bool{})
 	return results
 }
 
 // isolate applies the commands cmds[idx...] and writes their results;
 // failed holds the users with a command that failed.
-func (a *Applier) isolate(cmds []*Command, idx []int, results []Result, failed map[string]bool) {
+func (a *Applier) isolate(ctx context.Context, cmds []*Command, idx []int, results []Result, failed map[string]bool) {
 	run := make([]*Command, 0, len(idx))
 	runIdx := make([]int, 0, len(idx))
 	for _, i := range idx {
@@ -213,7 +245,7 @@ func (a *Applier) isolate(cmds []*Command, idx []int, results []Result, failed m
 	if len(run) == 0 {
 		return
 	}
-	res, err := a.Apply(run)
+	res, err := a.Apply(ctx, run)
 	switch {
 	case err == nil:
 		for k, i := range runIdx {
@@ -227,8 +259,8 @@ func (a *Applier) isolate(cmds []*Command, idx []int, results []Result, failed m
 		}
 	default:
 		mid := len(runIdx) / 2
-		a.isolate(cmds, runIdx[:mid], results, failed)
-		a.isolate(cmds, runIdx[mid:], results, failed)
+		a.isolate(ctx, cmds, runIdx[:mid], results, failed)
+		a.isolate(ctx, cmds, runIdx[mid:], results, failed)
 	}
 }
 

@@ -1,6 +1,7 @@
 package command
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -57,7 +58,7 @@ func (f *applierFixture) cmd(tb testing.TB, subject, sub, msgID string, body any
 
 func (f *applierFixture) apply(tb testing.TB, cmds ...*Command) []Result {
 	tb.Helper()
-	res, err := f.a.Apply(cmds)
+	res, err := f.a.Apply(context.Background(), cmds)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -389,10 +390,10 @@ func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
 	}
 	batch := []*Command{sync("u1"), sync("u2"), sync("u3"), f.cmd(t, "passkeys.cmd.remove.u2", "u2", "", map[string]any{"tokenId": "pk-1"}),
 		sync("u4"), sync("u5"), sync("u6")}
-	if _, err := f.a.Apply(batch); err == nil {
+	if _, err := f.a.Apply(context.Background(), batch); err == nil {
 		t.Fatal("the batch committed as a whole; the test's broken command broke nothing")
 	}
-	res := f.a.ApplyIsolating(batch)
+	res := f.a.ApplyIsolating(context.Background(), batch)
 	for _, i := range []int{0, 2, 4, 5, 6} {
 		if got := replyID(t, res[i]); got != "seq 1" {
 			t.Errorf("command %d (%s): %s, want applied", i, batch[i].Subject, got)

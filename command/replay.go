@@ -71,7 +71,7 @@ func Replay(ctx context.Context, a *Applier, next Source, r ReplayRange, maxBatc
 		if len(batch) == 0 {
 			return nil
 		}
-		results, err := retry.Do(ctx, retry.InPlace, func() ([]Result, error) { return a.Apply(batch) }, nil)
+		results, err := retry.Do(ctx, retry.InPlace, func() ([]Result, error) { return a.Apply(ctx, batch) }, nil)
 		if err != nil && ctx.Err() != nil {
 			return fmt.Errorf("replay: %w", ctx.Err())
 		}
@@ -79,7 +79,7 @@ func Replay(ctx context.Context, a *Applier, next Source, r ReplayRange, maxBatc
 			// One command may be what breaks the commit: it fails alone
 			// (counted as failed) and the others are applied.
 			log.Warn().Err(err).Int("batch", len(batch)).Msg("replay: store failed; applying the batch in parts")
-			results = a.ApplyIsolating(batch)
+			results = a.ApplyIsolating(ctx, batch)
 		}
 		for i, res := range results {
 			switch {

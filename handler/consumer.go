@@ -12,7 +12,6 @@ import (
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
-	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -30,7 +29,7 @@ type Consumer struct {
 	// that could not be applied again (retry.Wait): as long as it takes.
 	StoreRetry retry.Policy
 	// PriorityGroup is the group the consumer is pulled with, when it has
-	// priority groups (PriorityGroup).
+	// priority groups (topology.PriorityGroup).
 	PriorityGroup string
 	// Order, when set, makes sure the partition's commands are applied in
 	// stream order with none left out, even when another worker took some
@@ -134,7 +133,7 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
 			break
 		}
-		if b, ok := c.checkBatch(batch); ok {
+		if b, ok := c.checkBatch(ctx, batch); ok {
 			checkedBatches <- b
 		}
 	}
@@ -253,7 +252,7 @@ type checkedBatch struct {
 // checkBatch reads each message (its metadata, reply subject, log fields)
 // and has the Applier check the batch; ok is false when no message was a
 // command.
-func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
+func (c *Consumer) checkBatch(ctx context.Context, msgs []jetstream.Msg) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
 	for _, m := range msgs {
@@ -263,19 +262,13 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 			_ = m.Term()
 			continue
 		}
-		_, subject, err := partition.Original(m.Subject())
+		cmd, err := commandOf(m.Subject(), m.Headers(), m.Data(), meta.Sequence.Stream, meta.Timestamp)
 		if err != nil {
 			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message on a subject that holds no command")
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: &command.Command{
-			Subject:   subject,
-			Header:    command.Header(m.Headers()),
-			Body:      m.Data(),
-			StreamSeq: meta.Sequence.Stream,
-			Timestamp: meta.Timestamp,
-		}}
+		h := delivery{msg: m, meta: meta, cmd: cmd}
 		if replyTo := h.cmd.Header.ValuesFold(command.HeaderReplyTo); command.CheckReplyTo(replyTo) == nil && len(replyTo) == 1 {
 			h.replyTo = replyTo[0]
 		}
@@ -297,7 +290,13 @@ func (c *Consumer) checkBatch(msgs []jetstream.Msg) (checkedBatch, bool) {
 	if len(cmds) == 0 {
 		return checkedBatch{}, false
 	}
-	return checkedBatch{hand: hand, checked: c.Applier.Check(cmds)}, true
+	checked, err := c.Applier.Check(ctx, cmds)
+	if err != nil {
+		// Stopping before the keys of their time were known: unacknowledged,
+		// they come back.
+		return checkedBatch{}, false
+	}
+	return checkedBatch{hand: hand, checked: checked}, true
 }
 
 // commitBatch applies a checked batch in stream order: first whatever the

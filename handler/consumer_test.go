@@ -13,11 +13,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // consumerFixture is a Consumer of partition 0 of a real partitioned
@@ -44,14 +46,15 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, ackWait time.Duration,
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if f.stream, err = EnsureStream(ctx, f.js, StreamConfig(time.Hour, time.Minute, 1, 1)); err != nil {
+	if f.stream, err = f.js.CreateOrUpdateStream(ctx, settings(1).StreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	cc := PartitionConsumerConfig(0, 100, 1, ackWait)
+	cc := settings(1).PartitionConsumerConfig(0)
+	cc.MaxAckPending, cc.AckWait = 100, ackWait
 	if plain {
 		cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
 	}
-	if f.cons, err = EnsureConsumer(ctx, f.js, cc); err != nil {
+	if f.cons, err = f.js.CreateOrUpdateConsumer(ctx, topology.StreamName, cc); err != nil {
 		t.Fatal(err)
 	}
 	f.inbox = nats.NewInbox()
@@ -72,7 +75,7 @@ func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string)
 		Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
 		StoreRetry:    retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 		PriorityGroup: group,
-		Order:         &OrderGuard{Stream: f.stream, Filter: partition.Filter(0), Applied: applied},
+		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
 	}
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -157,7 +160,7 @@ func TestStoreFaultMakesThePartitionWait(t *testing.T) {
 		return nil
 	}
 	f := newConsumerFixture(t, keys, time.Second, false)
-	f.run(t, proc, PriorityGroup)
+	f.run(t, proc, topology.PriorityGroup)
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
@@ -210,7 +213,7 @@ func TestPoisonCommand(t *testing.T) {
 		}
 	}
 	f := newConsumerFixture(t, keys, time.Second, false)
-	f.run(t, proc, PriorityGroup)
+	f.run(t, proc, topology.PriorityGroup)
 	f.send(t, "passkeys.cmd.sync.poison", "a", "poison", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	got := f.replies(t, 2)
@@ -303,7 +306,7 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 	}
 	ctx := context.Background()
 	const n = 7
-	stream, err := EnsureStream(ctx, js, StreamConfig(time.Hour, time.Minute, n, 1))
+	stream, err := js.CreateOrUpdateStream(ctx, settings(n).StreamConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +330,13 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 	if _, err := js.Publish(ctx, "passkeys.part.0.remove.u1", []byte("{}")); !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Errorf("publish straight into a partition: %v, want no stream", err)
 	}
-	if got, err := StreamPartitions(stream.CachedInfo().Config); err != nil || got != n {
+	if got, err := topology.StreamPartitions(stream.CachedInfo().Config); err != nil || got != n {
 		t.Errorf("partitions kept with the stream: %d (%v)", got, err)
 	}
+}
+
+// settings are the topology's settings of a test with n partitions.
+func settings(n int) topology.Settings {
+	return topology.Settings{Retention: time.Hour, DuplicateWindow: time.Minute, EventsRetention: time.Hour, EventsDuplicates: time.Hour,
+		Partitions: n, Replicas: 1}
 }

@@ -11,31 +11,8 @@ import (
 
 	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
-
-// Stream and subjects of the removal events.
-const (
-	EventsStreamName = "PASSKEYS_EVENTS"
-	EventsPrefix     = "passkeys.events"
-)
-
-// EventsStreamConfig is PASSKEYS_EVENTS: one CloudEvent per applied change
-// on passkeys.events.<userId>, kept for retention. Its duplicate window is
-// how late a second publication of an event (after a crash between publish
-// and the outbox's cleanup, or a restore and catch-up) is still dropped.
-func EventsStreamConfig(retention, duplicates time.Duration, replicas int) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        EventsStreamName,
-		Description: "Passkey removal and sync events (CloudEvents 1.0, JSON)",
-		Subjects:    []string{EventsPrefix + ".>"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      retention,
-		Duplicates:  duplicates,
-		Discard:     jetstream.DiscardOld,
-		Replicas:    replicas,
-	}
-}
 
 // EventObserver is told what the event publisher does; metrics.Metrics is one.
 type EventObserver interface {
@@ -154,7 +131,7 @@ func (e *EventPublisher) publishRound(ctx context.Context) (int, error) {
 			continue // that user's next event waits for this round's
 		}
 		last = ev.UserID
-		msg := nats.NewMsg(EventsPrefix + "." + ev.UserID)
+		msg := nats.NewMsg(topology.EventsPrefix + "." + ev.UserID)
 		msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
 		msg.Header.Set("Content-Type", "application/cloudevents+json")
 		msg.Data = ev.Doc

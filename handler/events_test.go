@@ -11,6 +11,7 @@ import (
 
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // Events wait in the outbox while they cannot be published (here: no
@@ -41,7 +42,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 	if n, _ := store.OutboxLen(); n != 6 {
 		t.Fatalf("outbox holds %d events after a failed round, want 6", n)
 	}
-	stream, err := js.CreateStream(ctx, EventsStreamConfig(time.Hour, time.Hour, 1))
+	stream, err := js.CreateStream(ctx, settings(1).EventsStreamConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 		t.Fatalf("outbox holds %d events after publishing", n)
 	}
 	for _, user := range []string{"u1", "u2"} {
-		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{EventsPrefix + "." + user}})
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{topology.EventsPrefix + "." + user}})
 		if err != nil {
 			t.Fatal(err)
 		}

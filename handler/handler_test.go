@@ -24,7 +24,7 @@ func TestForwardUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := testenv.NewKeys(t)
-	svc, err := (&Service{JS: js, Conn: nc, Partitions: OneStore{testenv.MustOpenStore(t)}, Verifier: keys.Verifier(t), Log: zerolog.Nop(), Now: time.Now, OutcomeWait: time.Second}).Start(nc)
+	svc, err := (&Service{JS: js, Conn: nc, Partitions: OneStore{testenv.MustOpenStore(t)}, Verifier: keys.Verifier(t), Log: zerolog.Nop(), OutcomeWait: time.Second}).Start(nc)
 	if err != nil {
 		t.Fatal(err)
 	}

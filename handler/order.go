@@ -4,9 +4,11 @@ import (
 	"context"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/partition"
 )
 
@@ -26,7 +28,8 @@ import (
 // follows it in the stream. Otherwise one read of the stream (the next
 // message of the partition after the applied one) settles it.
 type OrderGuard struct {
-	Stream jetstream.Stream
+	// Reader reads the partition's commands from stream PASSKEYS.
+	Reader *jsread.Reader
 	// Filter is the partition's stored subjects (partition.Filter).
 	Filter string
 	// Applied is the last stream sequence the partition's store has
@@ -97,7 +100,11 @@ func (c *Consumer) applyBetween(ctx context.Context, front, until uint64) (uint6
 		}
 		c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
 			Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order")
-		ok := commitInOrder(ctx, c.Applier, c.Applier.Check(cmds), c.StoreRetry, c.Log,
+		checked, err := c.Applier.Check(ctx, cmds)
+		if err != nil {
+			return front, false
+		}
+		ok := commitInOrder(ctx, c.Applier, checked, c.StoreRetry, c.Log,
 			func(_ int, _ time.Duration, err error) {
 				if err == nil && c.Committed != nil {
 					c.Committed()
@@ -115,16 +122,17 @@ func (c *Consumer) applyBetween(ctx context.Context, front, until uint64) (uint6
 }
 
 // readBetween reads up to 256 commands of the partition after front and
-// before until, in stream order, one next-by-subject read each.
+// before until (a command the consumer delivered, so the stream's leader
+// holds everything before it), in stream order.
 func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*command.Command, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msgs, err := g.Reader.Read(rctx, g.Filter, front+1, until, 256)
+	if err != nil {
+		return nil, err
+	}
 	var cmds []*command.Command
-	for seq := front + 1; seq < until && len(cmds) < 256; {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		m, err := g.Stream.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(g.Filter))
-		cancel()
-		if err != nil {
-			return nil, err
-		}
+	for _, m := range msgs {
 		if m.Sequence >= until {
 			break
 		}
@@ -133,7 +141,6 @@ func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*c
 			return nil, err
 		}
 		cmds = append(cmds, cmd)
-		seq = m.Sequence + 1
 	}
 	return cmds, nil
 }
@@ -141,10 +148,16 @@ func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*c
 // rawCommand is the command a stream message holds, under the subject its
 // publisher used.
 func rawCommand(m *jetstream.RawStreamMsg) (*command.Command, error) {
-	_, subject, err := partition.Original(m.Subject)
+	return commandOf(m.Subject, m.Header, m.Data, m.Sequence, m.Time)
+}
+
+// commandOf is the command a message stored under subject stored holds,
+// under the subject its publisher used: every way a command comes out of
+// the stream (a consumer's delivery, a read) ends here.
+func commandOf(stored string, h nats.Header, data []byte, seq uint64, at time.Time) (*command.Command, error) {
+	_, subject, err := partition.Original(stored)
 	if err != nil {
 		return nil, err
 	}
-	return &command.Command{Subject: subject, Header: command.Header(m.Header), Body: m.Data,
-		StreamSeq: m.Sequence, Timestamp: m.Time}, nil
+	return &command.Command{Subject: subject, Header: command.Header(h), Body: data, StreamSeq: seq, Timestamp: at}, nil
 }

@@ -80,7 +80,7 @@ func (s *Service) ServeInternal(p int, store *storage.Store) (*nats.Subscription
 		var reply Reply
 		switch kind {
 		case "list":
-			principal, err := s.Verifier.Verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization), s.Now())
+			principal, err := s.verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization))
 			if err != nil {
 				reply = ErrorReply(passkey.AsError(err))
 			} else {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
@@ -34,6 +34,9 @@ const (
 // list from the store.
 type Service struct {
 	JS jetstream.JetStream
+	// Reader reads stored commands (a duplicate's original) from stream
+	// PASSKEYS as its leader has them.
+	Reader *jsread.Reader
 	// Conn carries the requests to the worker that holds a user's
 	// partition, when it is another.
 	Conn *nats.Conn
@@ -42,7 +45,10 @@ type Service struct {
 	Partitions Router
 	Verifier   *auth.Verifier
 	Log        zerolog.Logger
-	Now        func() time.Time
+	// Now is the time a request is judged at: the key history's clock
+	// (keyhistory.History.Now), which also makes sure every key set in
+	// force then is known; nil for this machine's clock.
+	Now func(context.Context) (time.Time, error)
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
@@ -50,25 +56,6 @@ type Service struct {
 	Answers *AnswerStats
 	// Replayer, when set, serves passkeys.admin.replay.
 	Replayer func(context.Context, command.ReplayRange) (command.ReplayReport, error)
-
-	// stream is PASSKEYS, looked up once for the duplicates' originals (a
-	// resumed batch brings many).
-	streamMu sync.Mutex
-	stream   jetstream.Stream
-}
-
-// commandStream returns stream PASSKEYS.
-func (s *Service) commandStream(ctx context.Context) (jetstream.Stream, error) {
-	s.streamMu.Lock()
-	defer s.streamMu.Unlock()
-	if s.stream == nil {
-		st, err := s.JS.Stream(ctx, StreamName)
-		if err != nil {
-			return nil, err
-		}
-		s.stream = st
-	}
-	return s.stream, nil
 }
 
 // ReplaySubject is the request-reply endpoint through which an operator
@@ -112,6 +99,24 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 		}
 	}
 	return svc, nil
+}
+
+// verify judges a request's token by the keys in force now.
+//
+// Errors: those of auth.Verifier.Verify, and UNAVAILABLE
+// (KEYS-UNAVAILABLE) when the key history cannot be read.
+func (s *Service) verify(authorization []string) (passkey.Principal, error) {
+	now := time.Now()
+	if s.Now != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		var err error
+		if now, err = s.Now(ctx); err != nil {
+			s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
+			return passkey.Principal{}, passkey.ErrKeysUnavailable
+		}
+	}
+	return s.Verifier.Verify(authorization, now)
 }
 
 // respond answers a request. The only failure is a requester that is gone
@@ -177,7 +182,7 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 		}
 		var principal passkey.Principal
 		if err == nil {
-			principal, err = s.Verifier.Verify(in.ValuesFold(command.HeaderAuthorization), s.Now())
+			principal, err = s.verify(in.ValuesFold(command.HeaderAuthorization))
 		}
 		var msgID string
 		if err == nil && len(msgIDs) == 1 {
@@ -242,17 +247,14 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	stream, err := s.commandStream(ctx)
+	orig, err := s.Reader.Get(ctx, seq)
 	if err == nil {
-		var orig *jetstream.RawStreamMsg
-		if orig, err = stream.GetMsg(ctx, seq); err == nil {
-			_, origSubject, perr := partition.Original(orig.Subject)
-			if perr != nil {
-				return true
-			}
-			p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
-			return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
+		_, origSubject, perr := partition.Original(orig.Subject)
+		if perr != nil {
+			return true
 		}
+		p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
+		return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
 	}
 	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")
 	return false
@@ -322,7 +324,7 @@ func (s *Service) list(req micro.Request) {
 		return
 	}
 	auth := command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization)
-	p, err := s.Verifier.Verify(auth, s.Now())
+	p, err := s.verify(auth)
 	if err != nil {
 		s.respondError(req, err)
 		return
@@ -360,7 +362,7 @@ func (s *Service) listFrom(store *storage.Store, p passkey.Principal, userID str
 }
 
 func (s *Service) replay(req micro.Request) {
-	p, err := s.Verifier.Verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization), s.Now())
+	p, err := s.verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization))
 	if err != nil {
 		s.respondError(req, err)
 		return

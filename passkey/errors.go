@@ -86,6 +86,7 @@ const (
 	IDStreamUnavailable    = "STREAM-UNAVAILABLE"
 	IDOutcomeUnavailable   = "OUTCOME-UNAVAILABLE"
 	IDPartitionUnavailable = "PARTITION-UNAVAILABLE"
+	IDKeysUnavailable      = "KEYS-UNAVAILABLE"
 )
 
 // MaxTokenSize bounds a bearer token, so a hostile caller cannot make the
@@ -175,4 +176,9 @@ var (
 	// worker serves at the moment (a failover under way).
 	ErrPartitionUnavailable = &Error{Code: CodeUnavailable, ID: IDPartitionUnavailable,
 		Message: "no worker serves this user's partition at the moment; try again shortly"}
+	// ErrKeysUnavailable answers a request that came while the worker
+	// could not read the key history, so could not tell which keys are in
+	// force.
+	ErrKeysUnavailable = &Error{Code: CodeUnavailable, ID: IDKeysUnavailable,
+		Message: "the trusted keys could not be read at the moment; try again shortly"}
 )

@@ -60,7 +60,8 @@ func TestPublisherInboxPrefixPerUser(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	urlOf := func(user string) string { return testenv.UserURL(ns.ClientURL(), user) }
 	var provisioned bytes.Buffer
-	if err := app.Main(context.Background(), []string{"provision", "--nats-url", urlOf("passkeys-provisioner")},
+	if err := app.Main(context.Background(), []string{"provision", "--nats-url", urlOf("passkeys-provisioner"),
+		"--jwks", keys.JWKSPath, "--issuer", testenv.Issuer, "--audience", testenv.Audience},
 		func(string) string { return "" }, &provisioned, io.Discard); err != nil {
 		t.Fatalf("worker provision: %v", err)
 	}

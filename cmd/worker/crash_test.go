@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -386,16 +387,25 @@ func waitCount(tb testing.TB, r *replies, n int, limit time.Duration) {
 	}
 }
 
-// SIGHUP reloads the JWKS at once, without waiting for the file check.
+// SIGHUP reloads the JWKS at once, without waiting for the file check. The
+// embedded default's worker, the only worker, puts its new key set into
+// the key history itself; it is in force once its margin has passed.
 func TestJWKSReloadOnSIGHUP(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a worker process")
 	}
 	bin := buildWorker(t)
-	ns := testenv.StartNATS(t)
-	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}
+	e := &env{keys: testenv.NewKeys(t), dataDir: t.TempDir()} // no --nats-url: the embedded server
+	proc := e.startProcess(t, bin, "--listen", "127.0.0.1:0", "--jwks-reload-interval", "1h", "--log-level", "info")
+	started := regexp.MustCompile(`"client_url":"(nats://[^"]+)".*"message":"embedded NATS server with JetStream started"`)
+	waitFor(t, func() bool {
+		m := started.FindStringSubmatch(readFile(t, proc.log.Name()))
+		if m != nil {
+			e.url = m[1]
+		}
+		return m != nil
+	})
 	e.nc = testenv.Connect(t, e.url)
-	proc := e.startProcess(t, bin, "--jwks-reload-interval", "1h")
 	waitFor(t, func() bool {
 		_, err := e.nc.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond)
 		return err == nil
@@ -408,7 +418,10 @@ func TestJWKSReloadOnSIGHUP(t *testing.T) {
 	if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	waitWithin(t, 20*time.Second, func() bool {
 		return strings.Contains(string(e.request(t, "passkeys.list.u1", es, nil).Data), "AUTH-KEY-UNKNOWN")
 	})
+	if log := readFile(t, proc.log.Name()); !strings.Contains(log, `"trigger":"SIGHUP"`) || !strings.Contains(log, "key set added to the key history") {
+		t.Fatalf("the reload was not on SIGHUP, or did not write the key history:\n%s", log)
+	}
 }

@@ -45,7 +45,7 @@ func records(t *testing.T, dataDir string) []string {
 }
 
 // Applying is deterministic. Worker A applies commands, stops (its
-// snapshots are written), the JWKS rotates (the key that signed the first
+// snapshots are written), the key history rotates (the key that signed the first
 // commands is dropped), A applies more and is killed. B, on an empty data
 // directory, takes over from the snapshots and the stream; C, on another
 // empty one with the snapshots gone too, from the stream alone. All three
@@ -101,8 +101,10 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 		t.Fatalf("worker A exit: %v", err)
 	}
 
-	// The rotation: the key that signed the commands so far is dropped.
+	// The rotation, as an operator does it: the key that signed the
+	// commands so far is dropped.
 	keys.WriteJWKS(t, "ES256")
+	provision(t, a.url, keys.JWKSPath)
 	procA = a.startProcess(t, bin, "--snapshot-interval", "1h")
 	waitReady(t, js)
 	waitFor(t, func() bool { // the new key set is in force

@@ -514,12 +514,15 @@ func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
 	testenv.WantError(t, e.request(t, "passkeys.remove.u2", adminTok, `{"tokenId":"pk-2"}`, "Nats-Msg-Id", strings.Repeat("k", 300)), 3, "REQUEST-HEADER-INVALID", "400")
 }
 
-// Keys rotate without a restart: the worker notices the JWKS file change,
-// refuses tokens of a removed key, accepts tokens of an added one, and keeps
-// the keys it has when the new file does not load.
+// Keys rotate without a restart, as an operator rotates them: `worker
+// provision --jwks` adds the new set to the key history, and the worker
+// refuses tokens of a removed key and accepts tokens of an added one once the
+// set is in force. The worker's own --jwks file does not change what it
+// trusts: a file that differs from the history is a warning and a metric,
+// and a file that does not load changes nothing.
 func TestJWKSRotation(t *testing.T) {
-	e := newEnv(t, "--jwks-reload-interval", "50ms")
-	e.keys.WriteJWKS(t, "EdDSA", "ES256")
+	addr := freeAddr(t)
+	e := newEnv(t, "--jwks-reload-interval", "50ms", "--http-listen", addr)
 	mint := func(kid, sub string, scopes ...string) string {
 		org := ""
 		if len(scopes) > 0 {
@@ -537,15 +540,34 @@ func TestJWKSRotation(t *testing.T) {
 			return strings.Contains(string(r.Data), `"id":"`+id+`"`)
 		})
 	}
+	e.keys.WriteJWKS(t, "EdDSA", "ES256")
+	provision(t, e.url, e.keys.JWKSPath)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", mint("EdDSA", "a", admin), syncBody(true, "pk-1", "pk-2")))
+	waitID(mint("RS256", "u1"), "AUTH-KEY-UNKNOWN")
 	waitID(mint("ES256", "u1"), "")
 
 	// ES256 rotated out, RS256 in.
 	e.keys.WriteJWKS(t, "EdDSA", "RS256")
+	provision(t, e.url, e.keys.JWKSPath)
 	waitID(mint("ES256", "u1"), "AUTH-KEY-UNKNOWN")
 	waitID(mint("RS256", "u1"), "")
 	testenv.WantError(t, e.request(t, "passkeys.remove.u1", mint("ES256", "u1"), `{"tokenId":"pk-1"}`), 16, "AUTH-KEY-UNKNOWN", "401")
 	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", mint("RS256", "u1"), `{"tokenId":"pk-1"}`))
+
+	// The worker's own file changes: it says so, and trusts the history.
+	metric := func() string {
+		_, text := httpGet(t, addr, "/metrics")
+		return text
+	}
+	if !strings.Contains(metric(), "passkeys_jwks_file_differs 0\n") {
+		t.Fatalf("the worker's file is the history's newest set, yet /metrics says otherwise")
+	}
+	e.keys.WriteJWKS(t, "EdDSA")
+	waitFor(t, func() bool { return strings.Contains(metric(), "passkeys_jwks_file_differs 1\n") })
+	if !strings.Contains(e.w.log.String(), `"differs":true`) {
+		t.Errorf("no warning that the worker's file differs from the key history")
+	}
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", mint("RS256", "u1"), `{"tokenId":"pk-2"}`, "Nats-Msg-Id", "still-trusted"))
 
 	// A broken file: the keys in force stay.
 	if err := os.WriteFile(e.keys.JWKSPath, []byte(`{"keys":[`), 0o600); err != nil {

@@ -73,7 +73,7 @@ func TestNATSPermissions(t *testing.T) {
 	service := connectAs(t, ns, "passkeys-service", passwords["service"])
 	workerURL := testenv.UserURL(ns.ClientURL(), "passkeys-worker")
 	e := &env{url: workerURL, keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
-	provision(t, ns.ClientURL())
+	provision(t, ns.ClientURL(), e.keys.JWKSPath)
 	e.w = e.startWorker(t, "--create-stream=false") // the worker does all of its job with its own user
 	if strings.Contains(e.w.log.String(), passwords["worker"]) {
 		t.Error("the worker logged its NATS password")
@@ -170,7 +170,7 @@ func TestInboxesAreConfined(t *testing.T) {
 	operator := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"])
 	service := connectAs(t, ns, "passkeys-service", testenv.Passwords["passkeys-service"])
 	e := &env{url: testenv.UserURL(ns.ClientURL(), "passkeys-worker"), keys: testenv.NewKeys(t), dataDir: t.TempDir(), nc: operator.nc}
-	provision(t, ns.ClientURL())
+	provision(t, ns.ClientURL(), e.keys.JWKSPath)
 	e.w = e.startWorker(t, "--create-stream=false")
 
 	adminTok := e.token(t, "a", admin)
@@ -240,12 +240,14 @@ func TestInboxesAreConfined(t *testing.T) {
 	}
 }
 
-// provision runs `worker provision` as nats.conf's provisioner user, as the
-// production recipe does before the workers start with --create-stream=false.
-func provision(tb testing.TB, url string) {
+// provision runs `worker provision --jwks` as nats.conf's provisioner
+// user, as the production recipe does before the workers start with
+// --create-stream=false.
+func provision(tb testing.TB, url, jwks string) {
 	tb.Helper()
 	var out, errs bytes.Buffer
-	err := run(context.Background(), []string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner")},
+	err := run(context.Background(), []string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner"),
+		"--jwks", jwks, "--issuer", testenv.Issuer, "--audience", testenv.Audience},
 		func(string) string { return "" }, &out, &errs)
 	if err != nil || !strings.Contains(out.String(), "provisioned") {
 		tb.Fatalf("worker provision: %v\n%s%s", err, out.String(), errs.String())

@@ -14,8 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/topology"
 )
 
 // The example handles each event once across a SIGKILL and a restart of
@@ -37,7 +37,7 @@ func TestNotifyHandlesEachEventOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, handler.EventsStreamConfig(time.Hour, time.Hour, 1)); err != nil {
+	if _, err := js.CreateStream(ctx, topology.Settings{EventsRetention: time.Hour, EventsDuplicates: time.Hour, Replicas: 1}.EventsStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
 	const n = 1000

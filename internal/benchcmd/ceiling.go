@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/topology"
 )
 
 // The transport's ceiling: the same publishes and requests, on a stream and
@@ -37,17 +37,18 @@ func (s *standIn) stop() {
 // with as many replicas as stream PASSKEYS has (on a cluster: R3 like it).
 func startStandIn(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, retention time.Duration) (*standIn, error) {
 	replicas := 1
-	if s, err := js.Stream(ctx, handler.StreamName); err == nil {
+	if s, err := js.Stream(ctx, topology.StreamName); err == nil {
 		replicas = max(1, s.CachedInfo().Config.Replicas)
 	}
-	sc := handler.StreamConfig(retention, 2*time.Minute, 1, replicas)
+	settings := topology.Settings{Retention: retention, DuplicateWindow: 2 * time.Minute, Partitions: 1, Replicas: replicas}
+	sc := settings.StreamConfig()
 	sc.Name, sc.Subjects, sc.Description = ceilingStream, []string{ceilingCommands + ".>"}, "bench: the transport's ceiling"
 	sc.SubjectTransform, sc.Metadata = nil, nil
 	stream, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
-	cc := handler.PartitionConsumerConfig(0, handler.DefaultMaxAckPending, replicas, handler.DefaultAckWait)
+	cc := settings.PartitionConsumerConfig(0)
 	cc.Durable, cc.FilterSubject, cc.Description = "bench-ceiling", ceilingCommands+".>", "bench: a stand-in that only replies and acks"
 	cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
 	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)

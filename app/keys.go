@@ -1,0 +1,197 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/keyhistory"
+)
+
+// trustedKeys is the worker's side of the key history: what its own
+// --jwks file says, compared with (or, where this worker may, written to)
+// the history that every worker judges by.
+type trustedKeys struct {
+	history *keyhistory.History
+	// own is this worker's --jwks file (or development key), issuer and
+	// audience.
+	own keyhistory.Entry
+	// writes is set where this worker's file goes into the history on a
+	// reload: the embedded default, the only worker.
+	writes bool
+	// differs is set while this worker's file differs from the newest set
+	// of the history (passkeys_jwks_file_differs).
+	differs atomic.Bool
+	log     zerolog.Logger
+}
+
+// keysWaitEvery is how often a worker that found the key history empty,
+// and may not write it, looks again.
+const keysWaitEvery = 2 * time.Second
+
+// load reads the history at start-up. An empty history gets this worker's
+// own key set where its NATS user may write it (the embedded default, a
+// development setup without NATS users); otherwise the worker waits for
+// `worker provision --jwks`. In the embedded default the worker's own file
+// is the history's newest set (added when it changed). Elsewhere a file
+// that differs is a warning and a metric, and an issuer or audience that
+// differs refuses the start.
+func (k *trustedKeys) load(ctx context.Context) error {
+	for warned := false; ; {
+		err := k.history.Load(ctx)
+		if errors.Is(err, keyhistory.ErrEmpty) {
+			err = k.append(ctx, "the key history was empty")
+			if err != nil && !warned {
+				k.log.Warn().Err(err).Msg("the key history is empty and this worker may not write it: waiting for `worker provision --jwks FILE --issuer ISS --audience AUD`")
+				warned = true
+			}
+		} else if err == nil && k.writes {
+			err = k.append(ctx, "the worker's key set file changed")
+		}
+		if err == nil {
+			return k.compare()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("key history: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("key history: %w", err)
+		case <-time.After(keysWaitEvery):
+		}
+	}
+}
+
+// append writes the worker's own key set into the history (a no-op when it
+// is the newest set already).
+func (k *trustedKeys) append(ctx context.Context, why string) error {
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	key, from, err := k.history.Append(actx, k.own)
+	if err != nil {
+		return err
+	}
+	if key != "" {
+		k.log.Info().Str("entry", key).Time("in_force_from", from).Str("why", why).Int("keys", len(k.own.Keys.Keys)).
+			Msg("key set added to the key history")
+	}
+	return nil
+}
+
+// compare holds this worker's file up to the history's newest set: an
+// issuer or audience that differs is an error (the worker would refuse
+// every token it is sent); keys that differ a warning and the metric.
+func (k *trustedKeys) compare() error {
+	latest, ok := k.history.Latest()
+	if !ok {
+		return keyhistory.ErrEmpty
+	}
+	if latest.Issuer != "" && (latest.Issuer != k.own.Issuer || latest.Audience != k.own.Audience) {
+		return fmt.Errorf("the key history (set by `worker provision --jwks`) requires issuer %q and audience %q, "+
+			"but this worker was started with --issuer %q --audience %q: start it with the history's, or provision new ones",
+			latest.Issuer, latest.Audience, k.own.Issuer, k.own.Audience)
+	}
+	differs := !sameKeys(latest.Keys, k.own.Keys)
+	if k.differs.Swap(differs) != differs || differs {
+		ev := k.log.Info()
+		if differs {
+			ev = k.log.Warn()
+		}
+		ev.Bool("differs", differs).Msg("this worker's --jwks file compared with the newest key set of the key history, which every worker judges by")
+	}
+	return nil
+}
+
+// sameKeys tells whether two key sets trust the same keys.
+func sameKeys(a, b jose.JSONWebKeySet) bool {
+	return keyhistory.Entry{Keys: a}.Same(keyhistory.Entry{Keys: b})
+}
+
+// notifyHUP starts catching SIGHUP, before the worker is reachable: a
+// SIGHUP that arrived before would otherwise end the process.
+func notifyHUP() (<-chan os.Signal, func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup, func() { signal.Stop(hup) }
+}
+
+// watch reads the --jwks file again on SIGHUP and whenever its content
+// changes (checked every interval). In the embedded default the new set
+// goes into the key history, in force keyhistory.Margin after the server
+// stored it; elsewhere the file is only compared with the history (an
+// operator rotates with `worker provision --jwks`), at every check, since
+// the history changes too. A file that does not load changes nothing.
+func (k *trustedKeys) watch(ctx context.Context, path string, interval time.Duration, hup <-chan os.Signal) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	last := fileHash(path)
+	for {
+		var why string
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			why = "SIGHUP"
+		case <-tick.C:
+			h := fileHash(path)
+			if h == nil || bytes.Equal(h, last) {
+				_ = k.compare()
+				continue
+			}
+			why = "file changed"
+		}
+		last = fileHash(path)
+		keys, err := auth.LoadJWKS(path)
+		if err == nil {
+			k.own.Keys = keys
+			if k.writes {
+				err = k.append(ctx, why)
+			}
+		}
+		if err == nil {
+			err = k.compare()
+		}
+		if err != nil {
+			k.log.Error().Err(err).Str("jwks", path).Str("trigger", why).Msg("JWKS not reloaded; the key history is unchanged")
+			continue
+		}
+		kids := make([]string, 0, len(keys.Keys))
+		for _, key := range keys.Keys {
+			kids = append(kids, key.KeyID)
+		}
+		k.log.Info().Str("jwks", path).Str("trigger", why).Strs("kids", kids).Bool("written", k.writes).Msg("JWKS reloaded")
+	}
+}
+
+// ignoreHUP answers SIGHUP in the development mode, where there is no key
+// set file to reload.
+func ignoreHUP(ctx context.Context, hup <-chan os.Signal, log zerolog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			log.Info().Msg("SIGHUP: nothing to reload in the development mode (the development key stays); use SIGINT or SIGTERM to stop")
+		}
+	}
+}
+
+func fileHash(path string) []byte {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	h := sha256.Sum256(raw)
+	return h[:]
+}

@@ -1,0 +1,445 @@
+// Package keyhistory keeps the history of the key sets that verify
+// callers' tokens: one history for all workers, in key-value bucket
+// PASSKEYS_JWKS, set by an operator (`worker provision --jwks`) and read by
+// the workers, so that every worker, at any time, judges a command by the
+// same keys: the set in force at the command's stream timestamp.
+//
+// When a set takes effect is decided by the NATS server, never by a
+// worker's clock: Margin after the server stored the entry (the first set
+// ever is in force from the beginning). A worker judges a command only
+// once it knows it has read every entry that could be in force at the
+// command's timestamp (Await): it asks the bucket's stream leader for its
+// last sequence and its clock (STREAM.INFO), reads every entry up to that
+// sequence, and so knows that any entry it has not read was stored after
+// that clock reading, and takes effect Margin later at the earliest.
+package keyhistory
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/jsread"
+	"github.com/passkeys/worker/topology"
+)
+
+// Margin is how long after the NATS server stored a key set it takes
+// effect: the time every worker has to learn of it before the first
+// command it governs could be stored, and what covers the differences
+// between the clocks of the NATS servers (MaxClockSkew of it).
+const Margin = 5 * time.Second
+
+// MaxClockSkew bounds how much earlier than a reading of the leader's clock
+// an entry that reading did not include may be stamped: the clocks of two
+// NATS servers that lead the key bucket's stream in turn may differ by that
+// much, and an entry is stamped when it is proposed, a Raft round before it
+// is stored. A worker reads the history again before it judges a command
+// stamped later than the last reading plus Margin less this, and reports an
+// entry that broke the bound.
+const MaxClockSkew = time.Second
+
+// entryPrefix is the key prefix of the entries `worker provision` writes:
+// set.00000001, set.00000002, ... in the order they were provisioned.
+const entryPrefix = "set."
+
+// legacyPrefix is the key prefix of the entries the version before wrote:
+// e.<unix nanoseconds from which the set was in force>, a bare JWKS.
+const legacyPrefix = "e."
+
+// entryKey is the key of the n-th provisioned entry.
+func entryKey(n int) string { return fmt.Sprintf("%s%08d", entryPrefix, n) }
+
+// Entry is one key set of the history, as stored.
+type Entry struct {
+	Issuer   string             `json:"issuer"`
+	Audience string             `json:"audience"`
+	Keys     jose.JSONWebKeySet `json:"jwks"`
+}
+
+// Same tells whether e trusts exactly what o does.
+func (e Entry) Same(o Entry) bool {
+	a, err1 := json.Marshal(e)
+	b, err2 := json.Marshal(o)
+	return err1 == nil && err2 == nil && string(a) == string(b)
+}
+
+// stored is an entry as read from the bucket's stream.
+type stored struct {
+	key     string
+	seq     uint64
+	created time.Time // the server's timestamp
+	value   []byte
+}
+
+// History is a worker's view of the key history, kept in step with the
+// bucket, feeding a Verifier.
+type History struct {
+	kv     jetstream.KeyValue
+	stream jetstream.Stream // the bucket's stream
+	reader *jsread.Reader
+	v      *auth.Verifier
+	log    zerolog.Logger
+
+	mu       sync.Mutex
+	entries  []stored
+	seen     map[string]bool // keys already read (a rewritten key is ignored)
+	read     uint64          // the last stream sequence read
+	known    time.Time       // the leader's clock when every entry up to read was stored
+	knownAt  time.Time       // this worker's monotonic clock when it asked for known
+	eras     []auth.KeyEra
+	latest   Entry // the newest entry, decoded
+	refresh  chan struct{}
+	lastWarn time.Time
+}
+
+// Open returns the history of the bucket kv, feeding v (nil: none, for
+// the provisioner). Nothing is read until Load.
+func Open(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, v *auth.Verifier, log zerolog.Logger) (*History, error) {
+	name := topology.BucketStream(topology.KeyBucket)
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("key history: stream %s: %w", name, err)
+	}
+	return &History{kv: kv, stream: st, reader: jsread.New(js, name, false), v: v, log: log,
+		seen: map[string]bool{}, refresh: make(chan struct{}, 1)}, nil
+}
+
+// ErrEmpty tells that the history holds no key set yet.
+var ErrEmpty = errors.New("the key history is empty: run `worker provision --jwks FILE --issuer ISS --audience AUD`")
+
+// Load reads the history from its beginning and hands it to the
+// Verifier. It returns ErrEmpty when there is no key set yet.
+func (h *History) Load(ctx context.Context) error {
+	if err := h.catchUpOnce(ctx); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.eras) == 0 {
+		return ErrEmpty
+	}
+	return nil
+}
+
+// catchUp asks the leader how far the bucket's stream goes and when,
+// reads what it has not read yet, and moves the barrier (known) on.
+func (h *History) catchUp(ctx context.Context) error {
+	asked := time.Now()
+	info, err := h.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("key history: %w", err)
+	}
+	if info.Cluster != nil && info.Cluster.Leader == "" {
+		return errors.New("key history: the bucket's stream has no leader now")
+	}
+	if info.TimeStamp.IsZero() {
+		return errors.New("key history: the NATS server does not tell its time (stream info \"ts\"); it must be 2.10 or later")
+	}
+	h.mu.Lock()
+	from := h.read + 1
+	h.mu.Unlock()
+	var fresh []stored
+	for seq := from; seq <= info.State.LastSeq; {
+		m, err := h.reader.Next(ctx, seq, "$KV."+topology.KeyBucket+".>")
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("key history: %w", err)
+		}
+		if m.Sequence > info.State.LastSeq {
+			break
+		}
+		if op := m.Header.Get("KV-Operation"); op == "" {
+			fresh = append(fresh, stored{key: strings.TrimPrefix(m.Subject, "$KV."+topology.KeyBucket+"."), seq: m.Sequence,
+				created: m.Time, value: m.Data})
+		} else {
+			h.log.Error().Str("entry", m.Subject).Str("operation", op).
+				Msg("an entry of the key history was deleted; workers that read it before keep it: never delete a key set, provision a new one")
+		}
+		seq = m.Sequence + 1
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	before := h.known
+	h.read = max(h.read, info.State.LastSeq)
+	if info.TimeStamp.After(h.known) {
+		h.known, h.knownAt = info.TimeStamp, asked
+	}
+	added := false
+	for _, e := range fresh {
+		if h.seen[e.key] {
+			continue
+		}
+		if e.created.Before(before.Add(-MaxClockSkew)) {
+			// Stamped well before a reading that did not hold it: a
+			// leader's clock that went back, or a write that took over
+			// MaxClockSkew to be stored.
+			h.log.Error().Str("entry", e.key).Time("stamped", e.created).Time("read_before", before).
+				Msg("a key set was stored later than its timestamp says; commands stored in between may have been judged by the set before it: check the NATS servers' clocks")
+		}
+		h.seen[e.key] = true
+		h.entries = append(h.entries, e)
+		added = true
+	}
+	if !added {
+		return nil
+	}
+	eras, latest := h.erasOf(h.entries)
+	if len(eras) == 0 {
+		return nil
+	}
+	if h.v != nil {
+		if err := h.v.SetHistory(eras); err != nil {
+			return fmt.Errorf("key history: %w", err)
+		}
+	}
+	for _, e := range eras[min(len(h.eras), len(eras)):] {
+		h.log.Info().Time("in_force_from", e.From).Int("keys", len(e.Keys.Keys)).Str("issuer", e.Issuer).Msg("key set read from the key history")
+	}
+	h.eras, h.latest = eras, latest
+	return nil
+}
+
+// erasOf turns entries (in stream order) into the eras they put in force:
+// deterministic, so every worker computes the same from the same history.
+// A provisioned set is in force Margin after the server stored it (the
+// first of the whole history from the beginning), never before the set
+// provisioned ahead of it; a set of the version before, from the time its
+// key names. An entry that is not a key set is left out, on every worker
+// alike.
+func (h *History) erasOf(entries []stored) ([]auth.KeyEra, Entry) {
+	var eras []auth.KeyEra
+	var latest Entry
+	for _, e := range entries {
+		era, ent, err := decode(e)
+		if err != nil {
+			h.log.Error().Err(err).Str("entry", e.key).Msg("an entry of the key history is not a key set; it is left out")
+			continue
+		}
+		if strings.HasPrefix(e.key, entryPrefix) {
+			era.From = e.created.Add(Margin)
+			if len(eras) == 0 {
+				era.From = time.Time{}
+			}
+		}
+		if n := len(eras); n > 0 && era.From.Before(eras[n-1].From) {
+			era.From = eras[n-1].From
+		}
+		eras = append(eras, era)
+		latest = ent
+	}
+	return eras, latest
+}
+
+// decode reads one stored entry.
+func decode(e stored) (auth.KeyEra, Entry, error) {
+	switch {
+	case strings.HasPrefix(e.key, entryPrefix):
+		var ent Entry
+		if err := json.Unmarshal(e.value, &ent); err != nil {
+			return auth.KeyEra{}, ent, err
+		}
+		if err := auth.CheckKeySet(ent.Keys); err != nil {
+			return auth.KeyEra{}, ent, err
+		}
+		if ent.Issuer == "" || ent.Audience == "" {
+			return auth.KeyEra{}, ent, errors.New("no issuer or no audience")
+		}
+		return auth.KeyEra{Keys: ent.Keys, Issuer: ent.Issuer, Audience: ent.Audience}, ent, nil
+	case strings.HasPrefix(e.key, legacyPrefix):
+		ns, err := strconv.ParseInt(strings.TrimPrefix(e.key, legacyPrefix), 10, 64)
+		if err != nil {
+			return auth.KeyEra{}, Entry{}, err
+		}
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal(e.value, &set); err != nil {
+			return auth.KeyEra{}, Entry{}, err
+		}
+		if err := auth.CheckKeySet(set); err != nil {
+			return auth.KeyEra{}, Entry{}, err
+		}
+		era := auth.KeyEra{Keys: set}
+		if ns != 0 {
+			era.From = time.Unix(0, ns).UTC()
+		}
+		return era, Entry{Keys: set}, nil
+	}
+	return auth.KeyEra{}, Entry{}, errors.New("not a key of the history")
+}
+
+// Latest is the newest key set of the history (the one in force, or soon
+// to be); ok is false while the history is empty.
+func (h *History) Latest() (Entry, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.latest, len(h.eras) > 0
+}
+
+// Sets is how many key sets the history holds.
+func (h *History) Sets() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.eras)
+}
+
+// covers tells whether every entry that could be in force at t has been
+// read.
+func (h *History) covers(t time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.known.IsZero() && t.Before(h.known.Add(Margin-MaxClockSkew))
+}
+
+// Await returns once every key set that could be in force at t (a
+// command's stream timestamp) has been read, reading the history again as
+// often as it takes, or with ctx's error. After a pause or a reconnect the
+// last reading is old, and the history is read again before any command
+// stored since is judged.
+func (h *History) Await(ctx context.Context, t time.Time) error {
+	for attempt := 0; !h.covers(t); attempt++ {
+		if err := h.catchUpOnce(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			h.warn(err, "could not read the key history; commands wait until it is read")
+		} else if h.covers(t) {
+			return nil
+		} else {
+			h.warn(nil, "a command is stamped later than the key bucket's leader's clock says it is: the NATS servers' clocks differ; it waits")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(time.Duration(attempt+1)*50*time.Millisecond, time.Second)):
+		}
+	}
+	return nil
+}
+
+// Now is the time by the key bucket's leader's clock (its last reading
+// plus what this worker's monotonic clock has counted since), read again
+// first when the last reading could miss a key set in force now: the time
+// an endpoint judges a request at.
+func (h *History) Now(ctx context.Context) (time.Time, error) {
+	for {
+		h.mu.Lock()
+		known, since := h.known, time.Since(h.knownAt)
+		h.mu.Unlock()
+		if !known.IsZero() && since < Margin-MaxClockSkew-time.Second {
+			return known.Add(since), nil
+		}
+		if err := h.catchUpOnce(ctx); err != nil {
+			return time.Time{}, err
+		}
+	}
+}
+
+// catchUpOnce is catchUp with one caller at a time: the others wait for
+// its result instead of asking too.
+func (h *History) catchUpOnce(ctx context.Context) error {
+	select {
+	case h.refresh <- struct{}{}:
+		defer func() { <-h.refresh }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return h.catchUp(cctx)
+}
+
+// warn logs a reason to wait, at most every 5 s.
+func (h *History) warn(err error, msg string) {
+	h.mu.Lock()
+	due := time.Since(h.lastWarn) > 5*time.Second
+	if due {
+		h.lastWarn = time.Now()
+	}
+	h.mu.Unlock()
+	if due {
+		h.log.Warn().Err(err).Msg(msg)
+	}
+}
+
+// Run reads the history every second until ctx ends, so that a new key
+// set is known long before it takes effect and Await rarely waits.
+func (h *History) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := h.catchUpOnce(ctx); err != nil && ctx.Err() == nil {
+			h.warn(err, "could not read the key history; trying again")
+		}
+	}
+}
+
+// Append adds e to the history unless it is the newest entry already, as
+// `worker provision --jwks` does (and the embedded default's worker, the
+// only one, on its own reload). It returns the entry's key ("" when e was
+// in force already) and when it takes effect by the server's clock.
+func (h *History) Append(ctx context.Context, e Entry) (string, time.Time, error) {
+	if err := auth.CheckKeySet(e.Keys); err != nil {
+		return "", time.Time{}, err
+	}
+	if e.Issuer == "" || e.Audience == "" {
+		return "", time.Time{}, errors.New("key history: a key set needs its issuer and audience")
+	}
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	for {
+		if err := h.catchUpOnce(ctx); err != nil {
+			return "", time.Time{}, err
+		}
+		h.mu.Lock()
+		same, n := len(h.eras) > 0 && h.latest.Same(e), h.provisioned()
+		h.mu.Unlock()
+		if same {
+			return "", time.Time{}, nil
+		}
+		key := entryKey(n + 1)
+		_, err := h.kv.Create(ctx, key, raw)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			continue // another operator's entry came first: read it, then decide
+		}
+		if err != nil {
+			return "", time.Time{}, fmt.Errorf("key history: write %s: %w", key, err)
+		}
+		if err := h.catchUpOnce(ctx); err != nil {
+			return key, time.Time{}, err
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return key, h.eras[len(h.eras)-1].From, nil
+	}
+}
+
+// provisioned is the number of the newest provisioned entry read.
+func (h *History) provisioned() int {
+	n := 0
+	for _, e := range h.entries {
+		if k, ok := strings.CutPrefix(e.key, entryPrefix); ok {
+			if i, err := strconv.Atoi(k); err == nil && i > n {
+				n = i
+			}
+		}
+	}
+	return n
+}

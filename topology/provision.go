@@ -1,0 +1,160 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/retry"
+)
+
+// Handles are what a worker uses of the topology.
+type Handles struct {
+	Stream    jetstream.Stream
+	Leases    jetstream.KeyValue
+	Snapshots jetstream.ObjectStore
+	Keys      jetstream.KeyValue
+}
+
+// startRetry is how start-up tries again what a forming or busy JetStream
+// refuses for now: no meta leader yet, not enough peers for the replicas,
+// a timeout, another worker creating the same stream at the same moment.
+var startRetry = retry.Policy{First: 250 * time.Millisecond, Factor: 2, Max: 5 * time.Second}
+
+// Provision creates or updates everything (Describe), as `worker
+// provision` does for an operator and a worker with --create-stream does at
+// start-up, trying again until ctx ends whatever may be transient. A stream
+// from before partitions is upgraded in place: it keeps its commands, and
+// records where they end (MetaLegacyUntil) for the migration of the old
+// store. A stream split into another number of partitions is refused at
+// once.
+func Provision(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.Logger) (Handles, error) {
+	return untilDone(ctx, log, "create or update the streams, consumers and buckets", func(ctx context.Context) (Handles, error) {
+		return provisionOnce(ctx, js, s)
+	})
+}
+
+// Find looks up what `worker provision` made, for a worker whose NATS user
+// may not create anything, trying again (until ctx ends) what may be
+// transient. What is not there at all, and a stream split into another
+// number of partitions, are refused at once: `worker provision` comes
+// first.
+func Find(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.Logger) (Handles, error) {
+	return untilDone(ctx, log, "find the streams and buckets `worker provision` made", func(ctx context.Context) (Handles, error) {
+		return findOnce(ctx, js, s)
+	})
+}
+
+// untilDone runs op, each try bounded by 10 s, until it succeeds, fails
+// for good (retry.Permanent), or ctx ends; each failure is logged.
+func untilDone(ctx context.Context, log zerolog.Logger, what string, op func(context.Context) (Handles, error)) (Handles, error) {
+	attempt := 0
+	h, err := retry.Do(ctx, startRetry, func() (Handles, error) {
+		attempt++
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return op(octx)
+	}, func(err error, next time.Duration) {
+		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", next).Msgf("could not %s yet; trying again", what)
+	})
+	if err != nil && ctx.Err() != nil {
+		return h, fmt.Errorf("%s: stopped while waiting (last error: %w)", what, err)
+	}
+	return h, err
+}
+
+func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles, error) {
+	var h Handles
+	sc := s.StreamConfig()
+	existing, err := js.Stream(ctx, StreamName)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return h, fmt.Errorf("stream %s: %w", StreamName, err)
+	default:
+		old := existing.CachedInfo()
+		got, err := StreamPartitions(old.Config)
+		if err != nil {
+			return h, retry.Permanent(err)
+		}
+		switch {
+		case got == 0:
+			// Before partitions: its commands so far stay where they are,
+			// under their old subjects, for the migration.
+			if old.State.LastSeq > 0 {
+				sc.Metadata[MetaLegacyUntil] = strconv.FormatUint(old.State.LastSeq, 10)
+			}
+		case got != s.Partitions:
+			return h, retry.Permanent(CheckPartitions(old.Config, s.Partitions))
+		default:
+			if v, ok := old.Config.Metadata[MetaLegacyUntil]; ok {
+				sc.Metadata[MetaLegacyUntil] = v
+			}
+		}
+	}
+	if h.Stream, err = ensureStream(ctx, js, sc); err != nil {
+		return h, err
+	}
+	for _, c := range []jetstream.StreamConfig{s.DeadLetterStreamConfig(), s.EventsStreamConfig()} {
+		if _, err := ensureStream(ctx, js, c); err != nil {
+			return h, err
+		}
+	}
+	for p := range s.Partitions {
+		cc := s.PartitionConsumerConfig(p)
+		if _, err := js.CreateOrUpdateConsumer(ctx, StreamName, cc); err != nil {
+			return h, fmt.Errorf("create or update consumer %s: %w", cc.Durable, err)
+		}
+	}
+	if h.Leases, err = js.CreateOrUpdateKeyValue(ctx, s.LeaseBucketConfig()); err != nil {
+		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
+	}
+	if h.Snapshots, err = js.CreateOrUpdateObjectStore(ctx, s.SnapshotBucketConfig()); err != nil {
+		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
+	}
+	if h.Keys, err = js.CreateOrUpdateKeyValue(ctx, s.KeyBucketConfig()); err != nil {
+		return h, fmt.Errorf("key-value bucket %s: %w", KeyBucket, err)
+	}
+	return h, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+	}
+	return st, nil
+}
+
+func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles, error) {
+	var h Handles
+	var err error
+	missing := func(what string, err error) error {
+		err = fmt.Errorf("%s: %w (run `worker provision` first)", what, err)
+		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+			return retry.Permanent(err)
+		}
+		return err
+	}
+	if h.Stream, err = js.Stream(ctx, StreamName); err != nil {
+		return h, missing("stream "+StreamName, err)
+	}
+	if err := CheckPartitions(h.Stream.CachedInfo().Config, s.Partitions); err != nil {
+		return h, retry.Permanent(err)
+	}
+	if h.Leases, err = js.KeyValue(ctx, LeaseBucket); err != nil {
+		return h, missing("key-value bucket "+LeaseBucket, err)
+	}
+	if h.Snapshots, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
+		return h, missing("object store "+SnapshotBucket, err)
+	}
+	if h.Keys, err = js.KeyValue(ctx, KeyBucket); err != nil {
+		return h, missing("key-value bucket "+KeyBucket, err)
+	}
+	return h, nil
+}

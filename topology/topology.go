@@ -1,0 +1,259 @@
+// Package topology names everything the workers use in JetStream (the
+// streams, the partitions' durable consumers, the buckets), holds their
+// settings, and creates them (Provision, for an operator or the embedded
+// default) or finds them (Find, for a worker whose NATS user may not
+// create anything). Nothing else in the tree spells a stream's or a
+// bucket's name or settings.
+package topology
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/partition"
+)
+
+// The command stream and its consumers.
+const (
+	StreamName = "PASSKEYS"
+	// ConsumerName is the durable consumer of the version before
+	// partitions; partition p's is PartitionConsumerName(p).
+	ConsumerName = "passkeys-worker"
+	// PriorityGroup is the group every worker pulls partition consumers
+	// with; PinnedTTL how long the server keeps a partition pinned to a
+	// worker that stopped pulling (its default is 2 minutes).
+	PriorityGroup = "passkeys"
+	PinnedTTL     = 5 * time.Second
+	// DefaultAckWait is far longer than a batch takes to commit, and short
+	// enough that the commands a crashed worker held come back soon to the
+	// partition's next owner. There is no BackOff: a partition waits on a
+	// fault in place.
+	DefaultAckWait       = 10 * time.Second
+	DefaultMaxAckPending = 20000
+)
+
+// Metadata the workers keep with stream PASSKEYS.
+const (
+	// MetaPartitions is the partition count, fixed when the stream was
+	// partitioned.
+	MetaPartitions = "passkeys.partitions"
+	// MetaLegacyUntil is set on a stream that held commands before it was
+	// partitioned: the last stream sequence of that time. A partition's
+	// state must have applied the stream at least that far (migrated from
+	// the store of the version before) before it may serve.
+	MetaLegacyUntil = "passkeys.legacy-until"
+)
+
+// The other streams.
+const (
+	// DeadLetterStreamName kept the commands the version before
+	// partitions terminated; nothing writes to it any more.
+	DeadLetterStreamName = "PASSKEYS_DLQ"
+	DeadLetterPrefix     = "passkeys.dlq"
+	// EventsStreamName holds one CloudEvent per applied change.
+	EventsStreamName = "PASSKEYS_EVENTS"
+	EventsPrefix     = "passkeys.events"
+)
+
+// The buckets the workers coordinate through.
+const (
+	// LeaseBucket holds membership (members.<worker id>) and partition
+	// leases (partitions.<n>); a key not renewed for LeaseTTL expires.
+	LeaseBucket = "PASSKEYS_LEASES"
+	LeaseTTL    = 6 * time.Second
+	// SnapshotBucket holds the partitions' snapshots.
+	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
+	// KeyBucket holds the history of trusted key sets. Only an operator
+	// (worker provision --jwks) writes it; workers read it.
+	KeyBucket = "PASSKEYS_JWKS"
+)
+
+// BucketStream is the name of the stream behind a key-value bucket.
+func BucketStream(bucket string) string { return "KV_" + bucket }
+
+// Settings are what an operator chooses: retentions, windows, partitions
+// and replicas.
+type Settings struct {
+	// Retention is the outcome retention, and so the command stream's
+	// MaxAge; DuplicateWindow its Nats-Msg-Id window.
+	Retention, DuplicateWindow time.Duration
+	// EventsRetention and EventsDuplicates are PASSKEYS_EVENTS' MaxAge
+	// and duplicate window.
+	EventsRetention, EventsDuplicates time.Duration
+	Partitions, Replicas              int
+}
+
+// Validate checks the settings.
+func (s Settings) Validate() error {
+	switch {
+	case s.Retention <= 0:
+		return fmt.Errorf("--outcome-retention must be positive")
+	case s.DuplicateWindow <= 0 || s.DuplicateWindow > s.Retention:
+		return fmt.Errorf("--duplicate-window must be positive and at most the outcome retention")
+	case s.EventsRetention <= 0 || s.EventsDuplicates <= 0 || s.EventsDuplicates > s.EventsRetention:
+		return fmt.Errorf("--events-retention and --events-dedup-window must be positive, the window at most the retention")
+	case s.Replicas < 1 || s.Replicas > 5:
+		return fmt.Errorf("--replicas must be between 1 and 5, not %d", s.Replicas)
+	}
+	return partition.ValidateCount(s.Partitions)
+}
+
+// StreamConfig is PASSKEYS, split into partitions: it captures
+// passkeys.cmd.<op>.<userId> and stores each command under
+// passkeys.part.<partition>.<op>.<userId> (partition.Transform). MaxAge
+// equals the outcome retention: a command stays replayable only as long as
+// its outcome is kept, so a replay can never apply a command whose outcome
+// was pruned a second time. Direct gets are allowed: a worker reads a
+// partition's commands with them (catch-up, replay), since its NATS user
+// may not create a consumer on the stream.
+func (s Settings) StreamConfig() jetstream.StreamConfig {
+	src, dst := partition.Transform(s.Partitions)
+	return jetstream.StreamConfig{
+		Name:             StreamName,
+		Description:      "Passkey removal and sync commands",
+		Subjects:         []string{src},
+		SubjectTransform: &jetstream.SubjectTransformConfig{Source: src, Destination: dst},
+		Storage:          jetstream.FileStorage,
+		Retention:        jetstream.LimitsPolicy,
+		MaxAge:           s.Retention,
+		Duplicates:       s.DuplicateWindow,
+		MaxMsgSize:       1 << 20,
+		Discard:          jetstream.DiscardOld,
+		Replicas:         s.Replicas,
+		AllowDirect:      true,
+		Metadata:         map[string]string{MetaPartitions: strconv.Itoa(s.Partitions)},
+	}
+}
+
+// StreamPartitions reads the partition count a stream was created with:
+// 0 for a stream from before partitions.
+func StreamPartitions(cfg jetstream.StreamConfig) (int, error) {
+	v, ok := cfg.Metadata[MetaPartitions]
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || partition.ValidateCount(n) != nil {
+		return 0, fmt.Errorf("stream %s has a bad %s %q", cfg.Name, MetaPartitions, v)
+	}
+	return n, nil
+}
+
+// LegacyUntil reads MetaLegacyUntil: 0 when the stream was partitioned
+// from its start.
+func LegacyUntil(cfg jetstream.StreamConfig) uint64 {
+	n, _ := strconv.ParseUint(cfg.Metadata[MetaLegacyUntil], 10, 64)
+	return n
+}
+
+// CheckPartitions refuses a stream split into another number of partitions
+// than want.
+func CheckPartitions(cfg jetstream.StreamConfig, want int) error {
+	got, err := StreamPartitions(cfg)
+	if err != nil {
+		return err
+	}
+	switch {
+	case got == 0:
+		return fmt.Errorf("stream %s is not split into partitions yet: run `worker provision` (or a worker with --create-stream) to upgrade it", StreamName)
+	case got != want:
+		return fmt.Errorf("stream %s is split into %d partitions, but this worker was started with --partitions %d: "+
+			"the count is fixed when the stream is created; start every worker with --partitions %d", StreamName, got, want, got)
+	}
+	return nil
+}
+
+// PartitionConsumerName is the durable consumer of partition p.
+func PartitionConsumerName(p int) string { return ConsumerName + "-" + partition.Name(p) }
+
+// PartitionConsumerConfig is partition p's durable pull consumer: its
+// stored commands only, pinned to one worker at a time (a delivery guard;
+// correctness does not depend on it). MaxDeliver is unlimited: a command is
+// never given up on; the partition waits until it is applied.
+func (s Settings) PartitionConsumerConfig(p int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        PartitionConsumerName(p),
+		Description:    "passkeys worker, partition " + strconv.Itoa(p),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        DefaultAckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  DefaultMaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		FilterSubject:  partition.Filter(p),
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{PriorityGroup},
+		PinnedTTL:      PinnedTTL,
+		Replicas:       s.Replicas,
+	}
+}
+
+// DeadLetterStreamConfig is PASSKEYS_DLQ: what the version before
+// partitions recorded of the commands it terminated, kept for operators.
+func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        DeadLetterStreamName,
+		Description: "Passkey commands the version before partitions terminated",
+		Subjects:    []string{DeadLetterPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Duplicates:  time.Hour,
+		Replicas:    s.Replicas,
+	}
+}
+
+// EventsStreamConfig is PASSKEYS_EVENTS: one CloudEvent per applied change
+// on passkeys.events.<userId>, kept for EventsRetention. Its duplicate
+// window is how late a second publication of an event is still dropped.
+func (s Settings) EventsStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        EventsStreamName,
+		Description: "Passkey removal and sync events (CloudEvents 1.0, JSON)",
+		Subjects:    []string{EventsPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      s.EventsRetention,
+		Duplicates:  s.EventsDuplicates,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    s.Replicas,
+	}
+}
+
+// LeaseBucketConfig is PASSKEYS_LEASES.
+func (s Settings) LeaseBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: LeaseBucket, Description: "passkeys workers: membership and partition leases",
+		TTL: LeaseTTL, History: 1, Storage: jetstream.FileStorage, Replicas: s.Replicas,
+	}
+}
+
+// SnapshotBucketConfig is PASSKEYS_SNAPSHOTS.
+func (s Settings) SnapshotBucketConfig() jetstream.ObjectStoreConfig {
+	return jetstream.ObjectStoreConfig{
+		Bucket: SnapshotBucket, Description: "passkeys workers: the newest snapshots of each partition's state",
+		Storage: jetstream.FileStorage, Replicas: s.Replicas,
+	}
+}
+
+// KeyBucketConfig is PASSKEYS_JWKS. Every key set is kept under a key of
+// its own, so History 1 loses nothing.
+func (s Settings) KeyBucketConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: KeyBucket, Description: "passkeys: every trusted key set, in the order an operator provisioned them",
+		History: 1, Storage: jetstream.FileStorage, Replicas: s.Replicas,
+	}
+}
+
+// Describe says what Provision creates or updates, for help texts and
+// the provisioner's report.
+func (s Settings) Describe() string {
+	return strings.Join([]string{
+		fmt.Sprintf("stream %s (%d partitions, %d replicas)", StreamName, s.Partitions, s.Replicas),
+		fmt.Sprintf("%d durable consumers %s-p000...", s.Partitions, ConsumerName),
+		"stream " + EventsStreamName, "stream " + DeadLetterStreamName,
+		"key-value buckets " + LeaseBucket + " and " + KeyBucket, "object store " + SnapshotBucket,
+	}, ", ")
+}
