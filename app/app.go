@@ -28,7 +28,9 @@ import (
 	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/metrics"
+	"github.com/passkeys/worker/ownership"
 	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -197,7 +199,9 @@ type worker struct {
 	eventsJS  jetstream.JetStream
 	stream    jetstream.Stream
 	reader    *jsread.Reader // reads stream PASSKEYS without a consumer
+	replies   *handler.ReplyGuard
 	parts     *partitionSet
+	snaps     *snapshot.Store
 	keys      *trustedKeys
 	metrics   *metrics.Metrics
 	writes    *storeWrites
@@ -223,9 +227,11 @@ func (w *worker) close() {
 // serve.
 func (w *worker) open(ctx context.Context) error {
 	cfg, log := &w.cfg, w.log
-	if err := prepareDataDir(cfg.DataDir, log); err != nil {
+	unlock, err := prepareDataDir(cfg.DataDir, log)
+	if err != nil {
 		return err
 	}
+	w.onClose(unlock)
 	keys, err := buildKeys(cfg, log)
 	if err != nil {
 		return err
@@ -245,6 +251,10 @@ func (w *worker) open(ctx context.Context) error {
 	w.onClose(shutdownServer)
 	w.onClose(nc.Close)
 	w.nc, w.clientURL = nc, clientURL
+	if w.replies, err = handler.NewReplyGuard(nc, log); err != nil {
+		return err
+	}
+	w.onClose(w.replies.Close)
 	if w.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -276,14 +286,21 @@ func (w *worker) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.parts = &partitionSet{w: w, n: cfg.Partitions, id: id, stream: set.Stream, leases: set.Leases, snaps: set.Snapshots,
-		legacyUntil: topology.LegacyUntil(set.Stream.CachedInfo().Config), held: map[int]*part{}, fatal: make(chan error, 1), firstRound: make(chan struct{}), seen: map[string]time.Time{},
-		log: log.With().Str("worker_id", id).Logger()}
+	log = log.With().Str("worker_id", id).Logger()
+	w.snaps = snapshot.New(set.Snapshots, log)
 	if err := w.migrateLegacy(ctx); err != nil {
 		return err
 	}
 	// Metrics and health first: once the service answers, they do too.
-	w.metrics, w.writes = metrics.New(), &storeWrites{}
+	w.metrics, w.writes, w.answers = metrics.New(), &storeWrites{}, &handler.AnswerStats{}
+	w.parts = &partitionSet{n: cfg.Partitions, dataDir: cfg.DataDir, cfg: cfg, legacyUntil: topology.LegacyUntil(set.Stream.CachedInfo().Config),
+		nc: nc, stream: set.Stream, reader: w.reader, eventsJS: w.eventsJS, eventsRead: jsread.New(w.js, topology.EventsStreamName, false), verifier: w.verifier, keys: history, snaps: w.snaps,
+		metrics: w.metrics, observer: handler.Observers{w.metrics, w.answers, w.writes}, replies: w.replies, log: log,
+		held: map[int]*part{}, unrecoverable: map[int]error{}}
+	w.parts.coord = ownership.New(set.Leases, ownership.Config{ID: id, Partitions: cfg.Partitions}, w.parts.run, log)
+	if err := w.parts.coord.Join(ctx); err != nil {
+		return err
+	}
 	registerGauges(w.metrics, w.parts, w.verifier, w.keys)
 	if cfg.HTTPListen != "" {
 		h := &health{nc: nc, stream: w.stream, parts: w.parts, writes: w.writes}
@@ -293,11 +310,11 @@ func (w *worker) open(ctx context.Context) error {
 		}
 		w.onClose(stopHTTP)
 	}
-	w.answers = &handler.AnswerStats{}
 	w.service = &handler.Service{
 		JS: w.js, Reader: w.reader, Conn: nc, Partitions: w.parts, Verifier: w.verifier, Log: log, Now: history.Now, OutcomeWait: cfg.OutcomeWait,
 		Answers: w.answers, Replayer: w.replay,
 	}
+	w.parts.service = w.service
 	return nil
 }
 
@@ -306,9 +323,9 @@ func (w *worker) open(ctx context.Context) error {
 const startWait = time.Minute
 
 // snapshotEvery is the partitions' snapshot interval.
-func (w *worker) snapshotEvery() time.Duration {
-	if w.cfg.SnapshotInterval > 0 {
-		return w.cfg.SnapshotInterval
+func (c *Config) snapshotEvery() time.Duration {
+	if c.SnapshotInterval > 0 {
+		return c.SnapshotInterval
 	}
 	return snapshotInterval
 }
@@ -318,10 +335,7 @@ func (w *worker) snapshotEvery() time.Duration {
 func (w *worker) replay(ctx context.Context, r command.ReplayRange) (command.ReplayReport, error) {
 	total := command.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
 	var maxApplied uint64
-	for _, pt := range w.parts.parts() {
-		if !pt.serving.Load() {
-			continue
-		}
+	for _, pt := range w.parts.served() {
 		var applied uint64
 		if err := pt.store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
 			return total, err
@@ -355,7 +369,13 @@ func (w *worker) serve(ctx context.Context) error {
 	// for it (command.Applier.Keys).
 	go w.keys.history.Run(ctx)
 	parted := make(chan struct{})
-	go func() { defer close(parted); w.parts.run(ctx) }()
+	var runErr error
+	go func() {
+		defer close(parted)
+		if runErr = w.parts.coord.Run(ctx); runErr != nil {
+			stopAll() // another process serves as this worker: stop
+		}
+	}()
 	// The first partitions this worker is given are served before it
 	// answers requests (a lone worker: all of them), so that its first
 	// answers do not wait for its own start.
@@ -378,22 +398,11 @@ func (w *worker) serve(ctx context.Context) error {
 		go ignoreHUP(ctx, w.hup, log)
 	}
 	log.Info().Str("nats_url", natsconn.RedactURL(w.clientURL)).Str("data_dir", w.cfg.DataDir).
-		Str("stream", topology.StreamName).Int("partitions", w.cfg.Partitions).Str("worker_id", w.parts.id).Msg("worker started")
+		Str("stream", topology.StreamName).Int("partitions", w.cfg.Partitions).Msg("worker started")
 	if w.cfg.Started != nil {
 		w.cfg.Started(w.clientURL)
 	}
-
-	var runErr error
-	select {
-	case runErr = <-w.parts.fatal:
-		stopAll()
-	default:
-	}
-	select {
-	case <-ctx.Done():
-	case runErr = <-w.parts.fatal:
-		stopAll()
-	}
+	<-ctx.Done()
 	log.Info().Msg("stopping: no new requests or commands")
 	if err := w.svc.Stop(); err != nil {
 		log.Warn().Err(err).Msg("stop micro service")
@@ -445,21 +454,22 @@ func buildKeys(cfg *Config, log zerolog.Logger) (jose.JSONWebKeySet, error) {
 	return keys, nil
 }
 
-// prepareDataDir creates the data directory private to this user, and warns
-// when an existing one is open to others.
-func prepareDataDir(dir string, log zerolog.Logger) error {
+// prepareDataDir creates the data directory private to this user, warns
+// when an existing one is open to others, and locks it for this process:
+// two workers on one data directory would be one member twice.
+func prepareDataDir(dir string, log zerolog.Logger) (func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
+		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	info, err := os.Stat(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if info.Mode().Perm()&0o077 != 0 {
 		log.Warn().Str("data_dir", dir).Str("mode", info.Mode().Perm().String()).
 			Msg("the data directory is readable by other users; it should be 0700")
 	}
-	return nil
+	return lockDataDir(dir)
 }
 
 // connect connects to the configured NATS, or starts the embedded server and
@@ -625,10 +635,7 @@ func pruneOutcomes(ctx context.Context, parts *partitionSet, log zerolog.Logger)
 			return
 		case <-tick.C:
 		}
-		for _, pt := range parts.parts() {
-			if !pt.serving.Load() {
-				continue
-			}
+		for _, pt := range parts.served() {
 			start := time.Now()
 			n, err := pt.store.PruneOutcomes(start, chunk)
 			if err != nil {

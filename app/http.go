@@ -84,18 +84,18 @@ func (h *health) ready(ctx context.Context) error {
 	if err := h.writes.failing(); err != nil {
 		return fmt.Errorf("store: the last commit failed: %w", err)
 	}
-	maxAge := maxSnapshotAgeFactor * h.parts.w.snapshotEvery()
-	for _, pt := range h.parts.parts() {
-		if !pt.serving.Load() {
-			continue
-		}
+	maxAge := maxSnapshotAgeFactor * h.parts.cfg.snapshotEvery()
+	for p, err := range h.parts.Unrecoverable() {
+		return fmt.Errorf("partition %d cannot be rebuilt: %w", p, err)
+	}
+	for _, pt := range h.parts.served() {
 		if err := pt.store.View(func(*storage.Tx) error { return nil }); err != nil {
 			return fmt.Errorf("store of partition %d: %w", pt.p, err)
 		}
 		if d := pt.events.Waiting(); d > maxEventsWaiting {
 			return fmt.Errorf("partition %d: events have waited %s in the outbox without it being emptied", pt.p, d.Round(time.Second))
 		}
-		if d := time.Since(pt.snapAge()); h.parts.snaps != nil && d > maxAge {
+		if d := time.Since(pt.snapTime()); d > maxAge {
 			return fmt.Errorf("partition %d: its last snapshot is %s old", pt.p, d.Round(time.Second))
 		}
 	}
@@ -106,10 +106,7 @@ func (h *health) ready(ctx context.Context) error {
 func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, keys *trustedKeys) {
 	sum := func(f func(*storage.Store) (int, error)) float64 {
 		total := 0
-		for _, pt := range parts.parts() {
-			if !pt.serving.Load() {
-				continue
-			}
+		for _, pt := range parts.served() {
 			n, err := f(pt.store)
 			if err != nil {
 				return -1
@@ -133,10 +130,7 @@ func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, k
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		pending, ackPending = 0, 0
-		for _, pt := range parts.parts() {
-			if !pt.serving.Load() {
-				continue
-			}
+		for _, pt := range parts.served() {
 			ci, err := pt.cons.Info(ctx)
 			if err != nil {
 				pending, ackPending = -1, -1
@@ -162,15 +156,16 @@ func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, k
 	m.GaugeVec("passkeys_partition_snapshot_age_seconds", "Age of the newest snapshot of each partition this worker serves.", "partition",
 		func() map[string]float64 {
 			out := map[string]float64{}
-			for _, pt := range parts.parts() {
-				if pt.serving.Load() {
-					out[strconv.Itoa(pt.p)] = time.Since(pt.snapAge()).Seconds()
-				}
+			for _, pt := range parts.served() {
+				out[strconv.Itoa(pt.p)] = time.Since(pt.snapTime()).Seconds()
 			}
 			return out
 		})
 	m.Gauge("passkeys_snapshot_failures", "Snapshots that could not be written since the worker started.", func() float64 {
-		return float64(parts.failures.Load())
+		return float64(parts.snapFailures.Load())
+	})
+	m.Gauge("passkeys_partitions_unrecoverable", "Partitions whose state could not be rebuilt here from a snapshot and the stream: not served.", func() float64 {
+		return float64(len(parts.Unrecoverable()))
 	})
 	m.Gauge("passkeys_outcome_records", "Outcome records held for repeats, in the partitions this worker serves (-1: unknown).", func() float64 {
 		return sum(func(s *storage.Store) (int, error) { n, err := s.OutcomeCount(); return int(n), err })
@@ -289,13 +284,13 @@ func serveHTTP(ctx context.Context, addr string, m *metrics.Metrics, h *health, 
 			return
 		}
 		p, err := strconv.Atoi(r.URL.Query().Get("partition"))
-		store, ok := h.parts.servedStore(p)
+		pt, ok := h.parts.servedPart(p)
 		if err != nil || !ok {
 			http.Error(w, fmt.Sprintf("name one of the partitions this worker serves: /backup?partition=N, N in %v", h.parts.Held()),
 				http.StatusNotFound)
 			return
 		}
-		serveBackup(w, r, store, dataDir, log)
+		serveBackup(w, r, pt.store, dataDir, log)
 	})
 	mux.HandleFunc("GET /partitions", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -86,7 +85,8 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 	if _, err := os.Stat(oldPath); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	ps, log := w.parts, w.log
+	n, log := w.cfg.Partitions, w.log
+	storePath := func(p int) string { return filepath.Join(w.cfg.DataDir, PartitionsDir, partition.Name(p)+".db") }
 	old, err := storage.Open(oldPath, storage.Options{Timeout: w.cfg.StoreTimeout})
 	if err != nil {
 		return err
@@ -104,14 +104,14 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 	if c, err := w.js.Consumer(ctx, topology.StreamName, topology.ConsumerName); err == nil {
 		from = min(from, c.CachedInfo().AckFloor.Stream+1)
 	}
-	log.Warn().Str("store", oldPath).Uint64("applied_seq", applied).Uint64("from_seq", from).Int("partitions", ps.n).
+	log.Warn().Str("store", oldPath).Uint64("applied_seq", applied).Uint64("from_seq", from).Int("partitions", n).
 		Msg("upgrading the store of the version before partitions: splitting it into the partitions' stores")
 	dir := filepath.Join(w.cfg.DataDir, PartitionsDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	stores := make([]*storage.Store, ps.n)
-	tmp := func(p int) string { return ps.storePath(p) + ".migrating" }
+	stores := make([]*storage.Store, n)
+	tmp := func(p int) string { return storePath(p) + ".migrating" }
 	defer func() {
 		for p, s := range stores {
 			if s != nil {
@@ -120,13 +120,13 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 			}
 		}
 	}()
-	for p := range ps.n {
+	for p := range n {
 		os.Remove(tmp(p))
 		if stores[p], err = storage.Open(tmp(p), storage.Options{Timeout: time.Second, NoSync: w.cfg.NoSync}); err != nil {
 			return err
 		}
 	}
-	partOf := func(user string) int { return partition.Of(user, ps.n) }
+	partOf := func(user string) int { return partition.Of(user, n) }
 	if err := storage.Split(old, stores, partOf, from-1); err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	until := max(last, ps.legacyUntil, applied)
+	until := max(last, topology.LegacyUntil(w.stream.CachedInfo().Config), applied)
 	for p, s := range stores {
 		if err := s.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(until) }); err != nil {
 			return err
@@ -143,7 +143,7 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 			return err
 		}
 		stores[p] = nil
-		if err := os.Rename(tmp(p), ps.storePath(p)); err != nil {
+		if err := os.Rename(tmp(p), storePath(p)); err != nil {
 			return err
 		}
 	}
@@ -151,12 +151,12 @@ func (w *worker) migrateLegacy(ctx context.Context) error {
 		return err
 	}
 	// Every partition's snapshot, so that the other workers can take the
-	// partitions this one will not serve.
-	if ps.snaps != nil {
-		for p := range ps.n {
-			if err := ps.uploadFile(ctx, p, ps.storePath(p), until); err != nil {
-				return fmt.Errorf("upgrade: snapshot of %s: %w", partition.Name(p), err)
-			}
+	// partitions this one will not serve. Before this worker joins, with no
+	// lease: the upgrade is the operator's; and snapshots never go
+	// backwards in any case.
+	for p := range n {
+		if _, err := w.snaps.Save(ctx, p, storePath(p), until, func() error { return nil }); err != nil {
+			return fmt.Errorf("upgrade: snapshot of %s: %w", partition.Name(p), err)
 		}
 	}
 	if err := old.Close(); err != nil {
@@ -237,18 +237,4 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// uploadFile uploads a store file as partition p's snapshot.
-func (ps *partitionSet) uploadFile(ctx context.Context, p int, path string, applied uint64) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = ps.snaps.Put(ctx, jetstream.ObjectMeta{
-		Name:     partition.Name(p),
-		Metadata: map[string]string{snapshotMetaApplied: strconv.FormatUint(applied, 10)},
-	}, f)
-	return err
 }

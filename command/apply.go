@@ -54,6 +54,10 @@ type Applier struct {
 	// judged by a history that misses a set of its time. Nil when the
 	// Verifier's keys are all there is (tests, a fixed key set).
 	Keys KeyClock
+	// Fence, when set, is checked before every transaction: an error from
+	// it (the partition's lease is not held) stops the commit, with
+	// ErrFenced. A worker applies to a partition only while it holds it.
+	Fence func() error
 
 	// Fault injection, for tests only (nil otherwise). BeforeDecide runs
 	// before each rule: a panic in it makes a command poison. BreakTx runs
@@ -184,6 +188,11 @@ func (a *Applier) Commit(c *Checked) ([]Result, error) {
 // CommitFrom is Commit of the batch's commands from index start on; the
 // results before start are zero.
 func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
+	if a.Fence != nil {
+		if err := a.Fence(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+	}
 	results := make([]Result, len(c.cmds))
 	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
@@ -263,6 +272,10 @@ func (a *Applier) isolate(ctx context.Context, cmds []*Command, idx []int, resul
 		a.isolate(ctx, cmds, runIdx[mid:], results, failed)
 	}
 }
+
+// ErrFenced wraps the error of an Applier's Fence: nothing was applied,
+// since this worker does not hold the partition now.
+var ErrFenced = errors.New("the partition is not held")
 
 // errHeldBack is the transient failure of a command held back behind an
 // earlier command of its user that failed.

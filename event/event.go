@@ -87,6 +87,16 @@ type document struct {
 // ID is the id of the event of user userID's change to sequence seq.
 func ID(userID string, seq uint64) string { return userID + ":" + strconv.FormatUint(seq, 10) }
 
+// ParseID reads an event id: its user and sequence.
+func ParseID(id string) (userID string, seq uint64, ok bool) {
+	i := strings.LastIndexByte(id, ':')
+	if i <= 0 {
+		return "", 0, false
+	}
+	seq, err := strconv.ParseUint(id[i+1:], 10, 64)
+	return id[:i], seq, err == nil
+}
+
 // Removed is the event of the removal of passkey removed that left the user
 // as after; msgID is the caller's Nats-Msg-Id ("" for none).
 func Removed(after *passkey.User, removed passkey.Passkey, forced bool, actor Actor, msgID string) []byte {

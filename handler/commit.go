@@ -2,6 +2,7 @@ package handler
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -17,7 +18,8 @@ import (
 // done gets each command's result once its transaction committed, in
 // order; committed (may be nil) is told of each commit that succeeded;
 // pausing (may be nil) is called before each pause with the index of the
-// first command not applied yet. It returns false when ctx ends first.
+// first command not applied yet. It returns false when ctx ends first, or
+// at once when the Applier's fence says the partition is not held.
 // The consumer, the filling of gaps and the catch-up all apply this way.
 func commitInOrder(ctx context.Context, a *command.Applier, checked *command.Checked, wait retry.Policy, log zerolog.Logger,
 	committed func(n int, took time.Duration, err error), done func(i int, r command.Result), pausing func(from int)) bool {
@@ -25,6 +27,10 @@ func commitInOrder(ctx context.Context, a *command.Applier, checked *command.Che
 	for start, attempt := 0, 1; start < len(cmds); attempt++ {
 		t := time.Now()
 		results, err := a.CommitFrom(checked, start)
+		if errors.Is(err, command.ErrFenced) {
+			log.Warn().Err(err).Int("batch", len(cmds)-start).Msg("not applied: the partition's lease is not held; the commands come back to its holder")
+			return false
+		}
 		if committed != nil {
 			committed(len(cmds)-start, time.Since(t), err)
 		}

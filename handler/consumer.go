@@ -41,6 +41,10 @@ type Consumer struct {
 	// Committed, when set, is called after each batch that committed: the
 	// event publisher's Wake.
 	Committed func()
+	// Replies, when set, sends each reply and acknowledges its command
+	// only once the requester was there to take it (ReplyGuard); else a
+	// reply is published and its command acknowledged at once.
+	Replies *ReplyGuard
 }
 
 // Observer is told what the consumer does; metrics.Metrics is one.
@@ -342,37 +346,42 @@ func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
 // committed.
 func (c *Consumer) finish(h delivery, r command.Result) {
 	log := h.log.With().Str("user_id", r.UserID).Logger()
-	if r.Skipped {
-		log.Warn().Msg("command skipped: the store applied the stream past it and keeps no outcome for it")
-		if err := h.msg.Ack(); err != nil {
-			log.Error().Err(err).Msg("ack")
-		}
-		return
-	}
 	// Rendered after the commit: no reply body is built under the store's
 	// write lock.
-	reply := Render(r.Answer)
+	var reply Reply
+	if r.Skipped {
+		// Applied already (the store is past it) yet no outcome is kept for
+		// it: it is not applied again, and the requester is told so rather
+		// than left without an answer.
+		log.Error().Msg("command applied already but its outcome is not kept; answered OUTCOME-UNAVAILABLE")
+		reply = ErrorReply(passkey.ErrOutcomeUnavailable)
+	} else {
+		reply = Render(r.Answer)
+	}
 	ev := log.Info().Str("op", string(r.Op)).Bool("repeat", r.Repeat)
 	if reply.IsError() {
 		ev = ev.Str("error_code", reply.ErrorCode).Str("error", reply.ErrorText)
 	}
 	ev.Msg("command processed")
-	c.reply(h, log, reply)
 	c.Observer.Answered(r.Op, reply.Code, reply.ErrorText, h.meta.Timestamp)
-	if !r.Repeat && r.Answer.Err == nil {
+	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
 		c.Observer.Changed()
 	}
-	if err := h.msg.Ack(); err != nil {
-		log.Error().Err(err).Msg("ack")
-	}
-}
-
-func (c *Consumer) reply(h delivery, log zerolog.Logger, r Reply) {
 	if h.replyTo == "" {
+		if err := h.msg.Ack(); err != nil {
+			log.Error().Err(err).Msg("ack")
+		}
 		return
 	}
-	err := c.Conn.PublishMsg(&nats.Msg{Subject: h.replyTo, Header: r.Header(), Data: r.Body})
-	if err != nil {
-		log.Error().Err(err).Msg("reply")
+	msg := &nats.Msg{Subject: h.replyTo, Header: reply.Header(), Data: reply.Body}
+	if c.Replies == nil {
+		if err := c.Conn.PublishMsg(msg); err != nil {
+			log.Error().Err(err).Msg("reply")
+		}
+		if err := h.msg.Ack(); err != nil {
+			log.Error().Err(err).Msg("ack")
+		}
+		return
 	}
+	c.Replies.Send(msg, h.msg, h.meta, log)
 }

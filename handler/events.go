@@ -2,6 +2,8 @@ package handler
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/event"
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -33,6 +36,14 @@ type EventPublisher struct {
 	// Hold, for tests only, publishes nothing: the events stay in the
 	// outbox, as when the worker dies between a commit and its publish.
 	Hold bool
+	// Published, when set, reads the last event stream PASSKEYS_EVENTS
+	// holds for a user; Dedup is the stream's duplicate window. An event
+	// older than half the window (it waited in an outbox through an
+	// outage, or came with an old snapshot) is published only when the
+	// stream has no event of its user's as new: past the window the stream
+	// would take it twice.
+	Published *jsread.Reader
+	Dedup     time.Duration
 
 	wake chan struct{}
 
@@ -112,6 +123,33 @@ func NewEventPublisher(js jetstream.JetStream, store *storage.Store, log zerolog
 	return &EventPublisher{JS: js, Store: store, Log: log, Observer: o, wake: make(chan struct{}, 1)}
 }
 
+// publishedAlready tells whether an old event (older than half the
+// duplicate window) is in the events stream already: the stream's last
+// event of its user has its sequence or a later one (a user's events are
+// published in order).
+func (e *EventPublisher) publishedAlready(ctx context.Context, ev storage.PendingEvent) (bool, error) {
+	if e.Published == nil || e.Dedup == 0 {
+		return false, nil
+	}
+	var doc struct {
+		Time time.Time `json:"time"`
+	}
+	if json.Unmarshal(ev.Doc, &doc) != nil || time.Since(doc.Time) < e.Dedup/2 {
+		return false, nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := e.Published.Last(gctx, topology.EventsPrefix+"."+ev.UserID)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	user, seq, ok := event.ParseID(m.Header.Get(nats.MsgIdHdr))
+	return ok && user == ev.UserID && seq >= ev.Seq, nil
+}
+
 // publishRound publishes the first waiting event of each user (of the
 // first maxEventsRound waiting) and deletes the acknowledged ones; it
 // returns how many it published.
@@ -125,12 +163,19 @@ func (e *EventPublisher) publishRound(ctx context.Context) (int, error) {
 		future jetstream.PubAckFuture
 	}
 	var sent []inFlight
+	var done [][]byte
 	last := ""
 	for i, ev := range pending {
 		if i > 0 && ev.UserID == last {
 			continue // that user's next event waits for this round's
 		}
 		last = ev.UserID
+		if published, err := e.publishedAlready(ctx, ev); err != nil {
+			return 0, err
+		} else if published {
+			done = append(done, ev.Key)
+			continue
+		}
 		msg := nats.NewMsg(topology.EventsPrefix + "." + ev.UserID)
 		msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
 		msg.Header.Set("Content-Type", "application/cloudevents+json")
@@ -141,7 +186,6 @@ func (e *EventPublisher) publishRound(ctx context.Context) (int, error) {
 		}
 		sent = append(sent, inFlight{ev.Key, f})
 	}
-	var done [][]byte
 	var firstErr error
 	for _, s := range sent {
 		select {

@@ -140,4 +140,6 @@ func TestStatus(t *testing.T) {
 type OneStore struct{ Store *storage.Store }
 
 // Local returns the store.
-func (o OneStore) Local(string) (*storage.Store, int, bool) { return o.Store, 0, true }
+func (o OneStore) Local(string) (Held, int, bool) {
+	return Held{Store: o.Store, Valid: func() bool { return true }}, 0, true
+}

@@ -19,8 +19,21 @@ import (
 // Router tells which partition a user is in, and gives the partition's
 // store when this worker serves it.
 type Router interface {
-	Local(userID string) (store *storage.Store, partition int, ok bool)
+	Local(userID string) (held Held, partition int, ok bool)
 }
+
+// Held is the store of a partition this worker serves, and how to tell
+// whether it still serves it: checked after the store was read and before
+// the answer goes out, since a worker may have been paused in between and
+// lost the partition to another that has changed it since.
+type Held struct {
+	Store *storage.Store
+	Valid func() bool
+}
+
+// notHolder is the header of an internal answer from a worker that no
+// longer serves the partition: the asker asks again.
+const notHolder = "Passkeys-Not-Holder"
 
 // InternalPrefix is where a worker asks the worker that serves a partition
 // for what only that one knows: passkeys.internal.<partition>.<kind>.<userId>.
@@ -50,6 +63,9 @@ func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nat
 		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 		resp, err := s.Conn.RequestMsgWithContext(rctx, msg)
 		rcancel()
+		if err == nil && resp.Header.Get(notHolder) != "" {
+			err = nats.ErrNoResponders
+		}
 		if err == nil {
 			if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
 				_ = req.Error(code, resp.Header.Get(micro.ErrorHeader), resp.Data)
@@ -70,11 +86,20 @@ func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nat
 	}
 }
 
-// ServeInternal answers, from store, what other workers ask about
-// partition p while this worker serves it. The caller unsubscribes when it
-// lets go of p.
-func (s *Service) ServeInternal(p int, store *storage.Store) (*nats.Subscription, error) {
+// ServeInternal answers, from held's store, what other workers ask about
+// partition p while this worker serves it: only while held.Valid, checked
+// after the store was read. The caller unsubscribes when it lets go of p.
+func (s *Service) ServeInternal(p int, held Held) (*nats.Subscription, error) {
 	prefix := InternalPrefix + "." + strconv.Itoa(p) + "."
+	answer := func(m *nats.Msg, r Reply) {
+		h := r.Header()
+		if !held.Valid() {
+			h = nats.Header{notHolder: []string{"1"}}
+			r.Body = nil
+		}
+		_ = m.RespondMsg(&nats.Msg{Header: h, Data: r.Body})
+	}
+	store := held.Store
 	return s.Conn.Subscribe(prefix+"*.*", func(m *nats.Msg) {
 		kind, userID, _ := strings.Cut(m.Subject[len(prefix):], ".")
 		var reply Reply
@@ -93,13 +118,12 @@ func (s *Service) ServeInternal(p int, store *storage.Store) (*nats.Subscription
 				break
 			}
 			go func() { // it may wait for the outcome: the subscription goes on meanwhile
-				r := s.storedAnswer(store, q.Subject, userID, q.Key, q.Fingerprint)
-				_ = m.RespondMsg(&nats.Msg{Header: r.Header(), Data: r.Body})
+				answer(m, s.storedAnswer(store, q.Subject, userID, q.Key, q.Fingerprint))
 			}()
 			return
 		default:
 			return
 		}
-		_ = m.RespondMsg(&nats.Msg{Header: reply.Header(), Data: reply.Body})
+		answer(m, reply)
 	})
 }

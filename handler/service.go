@@ -267,13 +267,15 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 	if req.Reply() == "" {
 		return
 	}
-	store, p, local := s.Partitions.Local(userID)
-	if !local {
-		body, _ := json.Marshal(outcomeQuery{Subject: subject, Key: key, Fingerprint: fingerprint})
-		s.askHolder(req, p, "outcome", userID, nil, body)
-		return
+	held, p, local := s.Partitions.Local(userID)
+	if local {
+		if reply := s.storedAnswer(held.Store, subject, userID, key, fingerprint); held.Valid() {
+			respond(req, reply)
+			return
+		}
 	}
-	respond(req, s.storedAnswer(store, subject, userID, key, fingerprint))
+	body, _ := json.Marshal(outcomeQuery{Subject: subject, Key: key, Fingerprint: fingerprint})
+	s.askHolder(req, p, "outcome", userID, nil, body)
 }
 
 // storedAnswer is the reply a repeat gets from the store of the user's
@@ -329,12 +331,14 @@ func (s *Service) list(req micro.Request) {
 		s.respondError(req, err)
 		return
 	}
-	store, part, local := s.Partitions.Local(userID)
-	if !local {
-		s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: auth}, nil)
-		return
+	held, part, local := s.Partitions.Local(userID)
+	if local {
+		if reply := s.listFrom(held.Store, p, userID); held.Valid() {
+			respond(req, reply)
+			return
+		}
 	}
-	respond(req, s.listFrom(store, p, userID))
+	s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: auth}, nil)
 }
 
 // listFrom is the list reply for principal p from the store of userID's

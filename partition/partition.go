@@ -127,6 +127,15 @@ func mix(x uint64) uint64 {
 // serves n/members or one more, and every worker that sees the same members
 // computes the same assignment.
 func Owned(member string, members []string, n int) []int {
+	return OwnedAvoiding(member, members, n, nil)
+}
+
+// OwnedAvoiding is Owned where a member that avoids a partition (avoid
+// says so; a worker on which the partition failed lately) is passed over
+// for it: the partition goes to the best-ranked member that does not avoid
+// it and has room, else to the best-ranked one that does not avoid it
+// (room or not); only when every member avoids it is avoiding ignored.
+func OwnedAvoiding(member string, members []string, n int, avoid func(member string, p int) bool) []int {
 	members = SortedMembers(members)
 	if len(members) == 0 {
 		return nil
@@ -135,21 +144,31 @@ func Owned(member string, members []string, n int) []int {
 	load := map[string]int{}
 	var ps []int
 	for p := range n {
-		for _, m := range rank(p, members) {
-			if load[m] == floor {
-				if extra == 0 {
-					continue
+		candidates := rank(p, members)
+		if avoid != nil {
+			var willing []string
+			for _, m := range candidates {
+				if !avoid(m, p) {
+					willing = append(willing, m)
 				}
-				extra--
 			}
-			if load[m] > floor {
-				continue
+			if len(willing) > 0 {
+				candidates = willing
 			}
-			load[m]++
-			if m == member {
-				ps = append(ps, p)
+		}
+		chosen := candidates[0] // when every candidate is full
+		for _, m := range candidates {
+			if load[m] < floor || (load[m] == floor && extra > 0) {
+				if load[m] == floor {
+					extra--
+				}
+				chosen = m
+				break
 			}
-			break
+		}
+		load[chosen]++
+		if chosen == member {
+			ps = append(ps, p)
 		}
 	}
 	return ps

@@ -109,3 +109,29 @@ func TestValidateCount(t *testing.T) {
 		}
 	}
 }
+
+// A partition a member avoids (it failed there lately) goes to another
+// member, even one that has its share already; when every member avoids it
+// the assignment is as without avoiding.
+func TestOwnedAvoiding(t *testing.T) {
+	members := []string{"a", "b", "c"}
+	var p int
+	for p = range 8 {
+		if slices.Contains(Owned("a", members, 8), p) {
+			break
+		}
+	}
+	avoidA := func(m string, q int) bool { return m == "a" && q == p }
+	if slices.Contains(OwnedAvoiding("a", members, 8, avoidA), p) {
+		t.Fatalf("a still owns partition %d it avoids", p)
+	}
+	if !slices.Contains(OwnedAvoiding("b", members, 8, avoidA), p) && !slices.Contains(OwnedAvoiding("c", members, 8, avoidA), p) {
+		t.Fatalf("nobody owns partition %d", p)
+	}
+	all := func(string, int) bool { return true }
+	for _, m := range members {
+		if got, want := OwnedAvoiding(m, members, 8, all), Owned(m, members, 8); !slices.Equal(got, want) {
+			t.Errorf("%s avoiding everything, as everyone does: %v, want %v", m, got, want)
+		}
+	}
+}

@@ -171,7 +171,10 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 	// Repeats through the endpoint, answered by C from its own store: A's
 	// first replies, byte for byte.
 	procC = c.startProcess(t, bin, "--snapshot-interval", "1h", "--http-listen", addrC)
-	waitWithin(t, 30*time.Second, func() bool { return allServed([]string{addrC}) })
+	waitWithin(t, 30*time.Second, func() bool {
+		_, err := a.nc.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond)
+		return allServed([]string{addrC}) && err == nil
+	})
 	for k, cm := range cmds[:len(cmds)-1] {
 		if k%7 != 0 && k < first {
 			continue // a sample of the first half, all of the second

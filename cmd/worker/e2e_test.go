@@ -599,7 +599,13 @@ func TestMetricsAndHealth(t *testing.T) {
 	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "m1")) // a repeat
 	testenv.WantError(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`), 9, "PASSKEY-LAST", "400")
 
-	_, text := get("/metrics")
+	// A command is acknowledged once its reply has settled (ReplyGuard):
+	// half a second after the reply.
+	var text string
+	waitFor(t, func() bool {
+		_, text = get("/metrics")
+		return strings.Contains(text, "passkeys_consumer_ack_pending 0\n")
+	})
 	for _, want := range []string{
 		`passkeys_commands_total{code="OK",op="sync"} 1`,
 		`passkeys_commands_total{code="OK",op="remove"} 1`,

@@ -1,0 +1,545 @@
+// Package ownership decides which worker serves which partition, and
+// tells a partition's runner when it may run. Each worker keeps a
+// membership key (members.<worker id>) in the lease bucket and follows the
+// others'; every worker computes the same assignment of partitions to the
+// live members (partition.OwnedAvoiding); a worker takes a partition it is
+// given once its lease (partitions.<n>) is free, renews it while it holds
+// it, and lets go of those it is no longer given.
+//
+// A lease is only as good as the holder's own monotonic clock says: a
+// runner gets a Lease whose Valid it checks right before it acts, and
+// whose Context ends the moment the lease is in doubt. Two processes that
+// claim one worker id (a copied data directory) are told apart by an
+// incarnation of their own: the later one refuses to start while the other
+// is alive, and one that finds its membership taken over stops.
+package ownership
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/topology"
+)
+
+// Config tunes a Coordinator; zero fields take the defaults.
+type Config struct {
+	// ID is this worker's member id (its data directory's worker-id).
+	ID string
+	// Partitions is how many partitions there are.
+	Partitions int
+	// Renew is how often membership and leases are renewed (2 s).
+	Renew time.Duration
+	// Margin is taken off the bucket's TTL: a lease is held until its last
+	// renewal was sent plus TTL less Margin (1 s).
+	Margin time.Duration
+	// StuckAfter lets go of a partition whose runner showed no progress
+	// for this long while loading it (30 s).
+	StuckAfter time.Duration
+	// Avoid is how long a worker avoids a partition whose runner failed or
+	// was stuck (1 minute): the others take it if they have room.
+	Avoid time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Renew == 0 {
+		c.Renew = 2 * time.Second
+	}
+	if c.Margin == 0 {
+		c.Margin = time.Second
+	}
+	if c.StuckAfter == 0 {
+		c.StuckAfter = 30 * time.Second
+	}
+	if c.Avoid == 0 {
+		c.Avoid = time.Minute
+	}
+}
+
+// Runner serves partition l.Partition while l.Context lasts. When the
+// context ends because the worker lets go (ErrReleased) the lease is still
+// held: the runner finishes what it has in hand and writes its snapshot,
+// checking l.Valid before each step; when it ends because the lease is in
+// doubt, the runner stops at once. An error means the partition could not
+// be served here (the coordinator avoids it for a while).
+type Runner func(l *Lease) error
+
+// ErrDuplicate tells that another process runs with this worker's id.
+var ErrDuplicate = errors.New("another worker process runs with this worker id")
+
+// member is a membership key's value.
+type member struct {
+	Incarnation string `json:"incarnation"`
+	// Avoids are the partitions that failed on this worker lately.
+	Avoids []int `json:"avoids,omitempty"`
+}
+
+// seenMember is what the watch last saw of a member.
+type seenMember struct {
+	at     time.Time // monotonic: when its key was last put
+	avoids []int
+}
+
+// Coordinator keeps this worker's membership and leases.
+type Coordinator struct {
+	kv   jetstream.KeyValue
+	cfg  Config
+	run  Runner
+	log  zerolog.Logger
+	hold time.Duration // how long a renewal holds a lease: TTL less Margin
+
+	incarnation string
+
+	mu        sync.Mutex
+	memberRev uint64
+	leases    map[int]*Lease
+	avoid     map[int]time.Time // partitions this worker avoids until then
+	seen      map[string]seenMember
+	dup       error // set by the watch when another incarnation puts this id
+
+	firstRound chan struct{}
+	wake       chan struct{}
+}
+
+// New returns a coordinator of the lease bucket kv that runs run for each
+// partition it holds.
+func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) *Coordinator {
+	cfg.defaults()
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &Coordinator{kv: kv, cfg: cfg, run: run, log: log, hold: topology.LeaseTTL - cfg.Margin,
+		incarnation: hex.EncodeToString(b[:]), leases: map[int]*Lease{}, avoid: map[int]time.Time{},
+		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1)}
+}
+
+func memberKey(id string) string { return "members." + id }
+func leaseKey(p int) string      { return "partitions." + strconv.Itoa(p) }
+
+// Join makes this process the member of its worker id. A membership put by
+// another process of the same id that is still renewed is a duplicate
+// (ErrDuplicate); one that is no longer renewed (this worker's previous
+// run, killed) is waited out, at most the bucket's TTL.
+func (c *Coordinator) Join(ctx context.Context) error {
+	key := memberKey(c.cfg.ID)
+	for {
+		gctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		e, err := c.kv.Get(gctx, key)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			cctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+			rev, err := c.kv.Create(cctx, key, c.memberValue())
+			cancel()
+			if err == nil {
+				c.setMemberRev(rev)
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("join as member %s: %w", c.cfg.ID, err)
+			}
+			continue // another process of this id came first: look at it
+		case err != nil:
+			return fmt.Errorf("join as member %s: %w", c.cfg.ID, err)
+		}
+		if err := c.waitOut(ctx, key, e.Revision()); err != nil {
+			return err
+		}
+	}
+}
+
+// waitOut waits until the membership of revision rev, another process's,
+// expires (it was not renewed: that process is gone), or is renewed (it is
+// alive: ErrDuplicate).
+func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error {
+	c.log.Warn().Str("worker_id", c.cfg.ID).Msg("another process was this worker's member lately; waiting to see whether it is gone")
+	deadline := time.Now().Add(topology.LeaseTTL + c.cfg.Renew)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(c.cfg.Renew / 4):
+		}
+		gctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		e, err := c.kv.Get(gctx, key)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil
+		case err != nil:
+			continue
+		case e.Revision() != rev:
+			return fmt.Errorf("%w (%s): is its data directory a copy of this one? Give this one a new id by deleting its worker-id file, or stop the other", ErrDuplicate, c.cfg.ID)
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) setMemberRev(rev uint64) {
+	c.mu.Lock()
+	c.memberRev = rev
+	c.mu.Unlock()
+}
+
+func (c *Coordinator) memberRevision() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.memberRev
+}
+
+func (c *Coordinator) memberValue() []byte {
+	m := member{Incarnation: c.incarnation}
+	c.mu.Lock()
+	for p, until := range c.avoid {
+		if time.Now().Before(until) {
+			m.Avoids = append(m.Avoids, p)
+		}
+	}
+	c.mu.Unlock()
+	slices.Sort(m.Avoids)
+	raw, _ := json.Marshal(m)
+	return raw
+}
+
+// FirstRound is closed after the first round of leases.
+func (c *Coordinator) FirstRound() <-chan struct{} { return c.firstRound }
+
+// Lease is the lease this worker holds on partition p, or nil.
+func (c *Coordinator) Lease(p int) *Lease {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leases[p]
+}
+
+// Leases are the leases this worker holds, by partition.
+func (c *Coordinator) Leases() []*Lease {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Lease, 0, len(c.leases))
+	for _, l := range c.leases {
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b *Lease) int { return a.Partition - b.Partition })
+	return out
+}
+
+// Avoided lists the partitions this worker avoids now, after they failed
+// or were stuck on it.
+func (c *Coordinator) Avoided() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []int
+	for p, until := range c.avoid {
+		if time.Now().Before(until) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ID is this worker's member id.
+func (c *Coordinator) ID() string { return c.cfg.ID }
+
+// Run keeps membership and leases until ctx ends; then it lets go of every
+// partition (each runner finishes what it has in hand and writes its
+// snapshot, under a lease still renewed), deletes the leases and leaves the
+// membership, so the others take over at once. It returns ErrDuplicate when
+// another process took over this worker's membership.
+func (c *Coordinator) Run(ctx context.Context) error {
+	watched := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWatch()
+	go c.watchMembers(wctx, watched)
+	select { // the members already there, before the first assignment
+	case <-watched:
+	case <-time.After(c.cfg.Renew):
+	case <-ctx.Done():
+	}
+	tick := time.NewTicker(c.cfg.Renew)
+	defer tick.Stop()
+	var dup error
+	for first := true; ; first = false {
+		if dup == nil {
+			dup = c.renewMembership(context.WithoutCancel(ctx))
+			if dup != nil {
+				c.log.Error().Err(dup).Msg("stopping: this worker's id serves in another process")
+			}
+		}
+		stopping := ctx.Err() != nil || dup != nil
+		if stopping {
+			for _, l := range c.Leases() {
+				if l.release() {
+					c.log.Info().Int("partition", l.Partition).Msg("letting go of the partition: the worker stops")
+				}
+			}
+		}
+		c.round(context.WithoutCancel(ctx), !stopping)
+		if first {
+			close(c.firstRound)
+		}
+		if stopping && len(c.Leases()) == 0 {
+			if dup == nil {
+				c.leave()
+			}
+			return dup
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		case <-c.wake:
+		}
+	}
+}
+
+// round is one renewal of the leases after the membership's: the
+// assignment, leases renewed, let go of or taken (take false: none taken,
+// the worker stops). A membership that could not be renewed does not stop
+// it: the leases are renewed as long as they can be, and run out when they
+// cannot.
+func (c *Coordinator) round(ctx context.Context, take bool) {
+	want := map[int]bool{}
+	for _, p := range partition.OwnedAvoiding(c.cfg.ID, c.members(), c.cfg.Partitions, c.avoids) {
+		want[p] = true
+	}
+	// Each lease's renewal, and each take, on its own: one that waits for
+	// a timeout holds up no other.
+	var wg sync.WaitGroup
+	for _, l := range c.Leases() {
+		wg.Go(func() { c.tend(ctx, l, want[l.Partition]) })
+	}
+	wg.Wait()
+	if !take {
+		return
+	}
+	for p := range c.cfg.Partitions {
+		if want[p] && c.Lease(p) == nil && !c.avoiding(p) {
+			wg.Go(func() { c.take(ctx, p) })
+		}
+	}
+	wg.Wait()
+}
+
+// renewMembership puts this worker's membership key, on its revision: a
+// revision that moved on means another process put it (ErrDuplicate), or it
+// expired while this one was paused (it joins again).
+func (c *Coordinator) renewMembership(ctx context.Context) error {
+	c.mu.Lock()
+	dup := c.dup
+	c.mu.Unlock()
+	if dup != nil {
+		return dup
+	}
+	key := memberKey(c.cfg.ID)
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	defer cancel()
+	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRevision())
+	if err == nil {
+		c.setMemberRev(rev)
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		c.log.Warn().Err(err).Msg("could not renew membership; the leases run out unless it comes back")
+		return nil
+	}
+	e, gerr := c.kv.Get(rctx, key)
+	if gerr == nil {
+		var m member
+		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation != c.incarnation {
+			return fmt.Errorf("%w (%s): it took over this worker's membership while this one was not renewing it", ErrDuplicate, c.cfg.ID)
+		}
+		c.setMemberRev(e.Revision())
+		return nil
+	}
+	if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+		rev, err := c.kv.Create(rctx, key, c.memberValue())
+		if err == nil {
+			c.setMemberRev(rev)
+			c.log.Warn().Msg("membership had run out (a pause?); joined again")
+		}
+	}
+	return nil
+}
+
+// tend handles one held lease in a round: a runner that returned gives its
+// lease back; one no longer wanted, or stuck while loading, is let go of;
+// every other lease, those being let go of included, is renewed.
+func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
+	if l.finished() {
+		c.drop(ctx, l)
+		return
+	}
+	switch {
+	case !wanted && l.release():
+		c.log.Info().Int("partition", l.Partition).Str("why", "assigned to another worker").Msg("letting go of the partition")
+	case !l.serving.Load() && time.Since(time.Unix(0, l.progress.Load())) > c.cfg.StuckAfter && l.release():
+		c.log.Warn().Int("partition", l.Partition).Dur("no_progress_for", c.cfg.StuckAfter).
+			Msg("letting go of the partition: no progress while loading it; another worker may serve it")
+		c.avoidFor(l.Partition)
+	}
+	sent := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	defer cancel()
+	rev, err := c.kv.Update(rctx, leaseKey(l.Partition), []byte(c.cfg.ID+"/"+c.incarnation), l.revision())
+	switch {
+	case err == nil:
+		l.renewed(rev, sent, c.hold)
+	case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists):
+		c.log.Warn().Int("partition", l.Partition).Msg("lease lost: another worker holds the partition now, or it expired")
+		l.loseIt()
+	default:
+		c.log.Warn().Err(err).Int("partition", l.Partition).Msg("could not renew the lease; it runs out unless a renewal gets through")
+	}
+}
+
+// take takes partition p's lease if it is free and starts its runner.
+func (c *Coordinator) take(ctx context.Context, p int) {
+	sent := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	rev, err := c.kv.Create(cctx, leaseKey(p), []byte(c.cfg.ID+"/"+c.incarnation))
+	cancel()
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			c.log.Warn().Err(err).Int("partition", p).Msg("could not take the partition's lease")
+		}
+		return
+	}
+	l := newLease(context.WithoutCancel(ctx), p, rev, sent, c.hold)
+	c.mu.Lock()
+	c.leases[p] = l
+	c.mu.Unlock()
+	c.log.Info().Int("partition", p).Str("worker_id", c.cfg.ID).Msg("partition taken: loading its state")
+	go func() {
+		defer close(l.done)
+		l.err = c.run(l)
+		select {
+		case c.wake <- struct{}{}: // give the lease back at once
+		default:
+		}
+	}()
+}
+
+// drop gives back the lease of a runner that returned: deleted on its
+// revision while it is still held, so the next owner takes it at once. A
+// runner that failed has its partition avoided for a while.
+func (c *Coordinator) drop(ctx context.Context, l *Lease) {
+	if l.err != nil && !errors.Is(context.Cause(l.ctx), ErrReleased) {
+		c.log.Error().Err(l.err).Int("partition", l.Partition).Msg("partition stopped; letting go of it, and leaving it to other workers for a while")
+		c.avoidFor(l.Partition)
+	}
+	if l.Valid() {
+		dctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		if err := c.kv.Delete(dctx, leaseKey(l.Partition), jetstream.LastRevision(l.revision())); err != nil {
+			c.log.Debug().Err(err).Int("partition", l.Partition).Msg("delete lease")
+		}
+		cancel()
+	}
+	l.timer.Stop()
+	l.cancel(ErrReleased)
+	c.mu.Lock()
+	delete(c.leases, l.Partition)
+	c.mu.Unlock()
+}
+
+func (c *Coordinator) avoidFor(p int) {
+	c.mu.Lock()
+	c.avoid[p] = time.Now().Add(c.cfg.Avoid)
+	c.mu.Unlock()
+}
+
+func (c *Coordinator) avoiding(p int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Before(c.avoid[p])
+}
+
+// avoids tells whether member m avoids partition p: this worker by its
+// own record, the others by their membership.
+func (c *Coordinator) avoids(m string, p int) bool {
+	if m == c.cfg.ID {
+		return c.avoiding(p)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.seen[m].avoids, p)
+}
+
+// leave deletes the membership key.
+func (c *Coordinator) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = c.kv.Delete(ctx, memberKey(c.cfg.ID), jetstream.LastRevision(c.memberRevision()))
+}
+
+// members lists the live members, sorted: those whose membership key was
+// put within the bucket's TTL, as the watch saw them, and this worker.
+func (c *Coordinator) members() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := []string{c.cfg.ID}
+	for id, s := range c.seen {
+		if time.Since(s.at) < topology.LeaseTTL {
+			out = append(out, id)
+		}
+	}
+	return partition.SortedMembers(out)
+}
+
+// watchMembers follows the membership keys: a put renews a member, a
+// delete (a worker that leaves) removes it; a member whose key expires
+// drops out of members after the TTL without one. A put of this worker's
+// own key by another incarnation is a duplicate. ready is closed once the
+// keys already there were read. A watch that ends is started again.
+func (c *Coordinator) watchMembers(ctx context.Context, ready chan<- struct{}) {
+	once := sync.Once{}
+	defer once.Do(func() { close(ready) })
+	for ctx.Err() == nil {
+		w, err := c.kv.Watch(ctx, "members.*")
+		if err != nil {
+			c.log.Warn().Err(err).Msg("cannot watch the membership; trying again")
+			select {
+			case <-ctx.Done():
+			case <-time.After(c.cfg.Renew):
+			}
+			continue
+		}
+		for e := range w.Updates() {
+			if e == nil {
+				once.Do(func() { close(ready) })
+				continue
+			}
+			c.noteMember(e)
+		}
+		_ = w.Stop()
+	}
+}
+
+func (c *Coordinator) noteMember(e jetstream.KeyValueEntry) {
+	id := strings.TrimPrefix(e.Key(), "members.")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(c.seen, id)
+		return
+	}
+	var m member
+	_ = json.Unmarshal(e.Value(), &m)
+	if id == c.cfg.ID {
+		if m.Incarnation != "" && m.Incarnation != c.incarnation && e.Revision() > c.memberRev && c.dup == nil {
+			c.dup = fmt.Errorf("%w (%s): another process put this worker's membership", ErrDuplicate, c.cfg.ID)
+		}
+		return
+	}
+	c.seen[id] = seenMember{at: time.Now(), avoids: m.Avoids}
+}

@@ -1,0 +1,222 @@
+// Package snapshot keeps the partitions' snapshots in object store
+// PASSKEYS_SNAPSHOTS, so that a partition's state outlives any worker: a
+// worker that takes a partition over loads its newest snapshot and applies
+// the stream after it.
+//
+// Snapshots never move backwards. Each is its own object, named after the
+// partition and the stream sequence its state has applied
+// (p003.00000000000000012345), and the newest is the one that applied the
+// most: a late upload from a worker that lost the partition adds an older
+// snapshot beside the newer one and hides nothing. Deleting keeps the two
+// newest, so nothing newer than an uploader's own is ever deleted. Uploads
+// are fenced too: the uploader checks its lease right before.
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/storage"
+)
+
+// metaApplied is the object metadata holding a snapshot's applied stream
+// sequence (what its name says, and all the version before had).
+const metaApplied = "applied-seq"
+
+// keep is how many snapshots of a partition are kept: the newest, and one
+// before it for a worker that is still downloading it.
+const keep = 2
+
+// Info names one snapshot.
+type Info struct {
+	Name string
+	// Applied is the last stream sequence its state applied.
+	Applied uint64
+}
+
+// Store is the snapshot bucket.
+type Store struct {
+	obj jetstream.ObjectStore
+	log zerolog.Logger
+}
+
+// New returns the snapshots of object store obj.
+func New(obj jetstream.ObjectStore, log zerolog.Logger) *Store {
+	return &Store{obj: obj, log: log}
+}
+
+// name is the object name of partition p's snapshot that applied applied.
+func name(p int, applied uint64) string {
+	return fmt.Sprintf("%s.%020d", partition.Name(p), applied)
+}
+
+// list returns partition p's snapshots, newest first.
+func (s *Store) list(ctx context.Context, p int) ([]Info, error) {
+	objs, err := s.obj.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshots: %w", err)
+	}
+	prefix := partition.Name(p)
+	var out []Info
+	for _, o := range objs {
+		if o.Deleted || (o.Name != prefix && !strings.HasPrefix(o.Name, prefix+".")) {
+			continue
+		}
+		// The version before named a partition's one snapshot after the
+		// partition alone; every snapshot carries its sequence in metadata.
+		applied, err := strconv.ParseUint(o.Metadata[metaApplied], 10, 64)
+		if err != nil {
+			s.log.Warn().Str("snapshot", o.Name).Msg("a snapshot without its applied sequence is ignored")
+			continue
+		}
+		out = append(out, Info{Name: o.Name, Applied: applied})
+	}
+	slices.SortFunc(out, func(a, b Info) int {
+		switch {
+		case a.Applied > b.Applied:
+			return -1
+		case a.Applied < b.Applied:
+			return 1
+		}
+		return strings.Compare(b.Name, a.Name)
+	})
+	return out, nil
+}
+
+// Newest is partition p's newest snapshot; ok is false when it has none.
+func (s *Store) Newest(ctx context.Context, p int) (Info, bool, error) {
+	all, err := s.list(ctx, p)
+	if err != nil || len(all) == 0 {
+		return Info{}, false, err
+	}
+	return all[0], true, nil
+}
+
+// Save uploads the store file at path, whose state applied the stream up
+// to applied, as a snapshot of partition p, unless one that applied as much
+// or more is there already (saved false). fence is checked right before the
+// upload: an error from it (the lease is gone) stops the upload. Snapshots
+// older than the newest two are deleted afterwards.
+func (s *Store) Save(ctx context.Context, p int, path string, applied uint64, fence func() error) (bool, error) {
+	newest, ok, err := s.Newest(ctx, p)
+	if err != nil {
+		return false, err
+	}
+	if ok && newest.Applied >= applied {
+		return false, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if err := fence(); err != nil {
+		return false, fmt.Errorf("snapshot of %s not written: %w", partition.Name(p), err)
+	}
+	_, err = s.obj.Put(ctx, jetstream.ObjectMeta{
+		Name:     name(p, applied),
+		Metadata: map[string]string{metaApplied: strconv.FormatUint(applied, 10)},
+	}, f)
+	if err != nil {
+		return false, fmt.Errorf("snapshot of %s: %w", partition.Name(p), err)
+	}
+	s.prune(ctx, p)
+	return true, nil
+}
+
+// prune deletes partition p's snapshots but the newest keep.
+func (s *Store) prune(ctx context.Context, p int) {
+	all, err := s.list(ctx, p)
+	if err != nil || len(all) <= keep {
+		return
+	}
+	for _, old := range all[keep:] {
+		if err := s.obj.Delete(ctx, old.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.log.Warn().Err(err).Str("snapshot", old.Name).Msg("could not delete an old snapshot")
+		}
+	}
+}
+
+// Fetch writes partition p's newest snapshot to the file dst (atomically,
+// mode 0600) when it applied more than local, and returns it; loaded is
+// false when there is none newer. The file is opened and its applied
+// sequence checked against the snapshot's before it replaces dst. progress,
+// when set, is called as the download goes on.
+func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, progress func()) (info Info, loaded bool, err error) {
+	for attempt := 0; ; attempt++ {
+		newest, ok, err := s.Newest(ctx, p)
+		if err != nil || !ok || newest.Applied <= local {
+			return newest, false, err
+		}
+		err = s.fetch(ctx, newest, dst, progress)
+		if err == nil {
+			return newest, true, nil
+		}
+		// Deleted while it was read (a newer one was saved): the newest
+		// again, a few times.
+		if !errors.Is(err, jetstream.ErrObjectNotFound) || attempt == 3 {
+			return newest, false, err
+		}
+	}
+}
+
+func (s *Store) fetch(ctx context.Context, info Info, dst string, progress func()) error {
+	tmp := dst + ".loading"
+	defer os.Remove(tmp)
+	err := storage.WriteFileAtomic(tmp, func(w io.Writer) error {
+		obj, err := s.obj.Get(ctx, info.Name)
+		if err != nil {
+			return err
+		}
+		defer obj.Close()
+		_, err = io.Copy(progressWriter{w, progress}, obj)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("load snapshot %s: %w", info.Name, err)
+	}
+	st, err := storage.Open(tmp, storage.Options{Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("snapshot %s does not open: %w", info.Name, err)
+	}
+	var applied uint64
+	err = st.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil })
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", info.Name, err)
+	}
+	if applied != info.Applied {
+		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d", info.Name, applied, info.Applied)
+	}
+	return os.Rename(tmp, dst)
+}
+
+// progressWriter calls progress after each write.
+type progressWriter struct {
+	w        io.Writer
+	progress func()
+}
+
+func (p progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if p.progress != nil {
+		p.progress()
+	}
+	return n, err
+}
