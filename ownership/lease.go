@@ -141,12 +141,6 @@ func (l *Lease) revision() uint64 {
 	return l.rev
 }
 
-func (l *Lease) isReleasing() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.releasing
-}
-
 func (l *Lease) finished() bool {
 	select {
 	case <-l.done:
