@@ -51,7 +51,7 @@ func (k *trustedKeys) load(ctx context.Context) error {
 	for warned := false; ; {
 		err := k.history.Load(ctx)
 		if errors.Is(err, keyhistory.ErrEmpty) {
-			err = k.append(ctx, "the key history was empty")
+			err = k.seed(ctx)
 			if err != nil && !warned {
 				k.log.Warn().Err(err).Msg("the key history is empty and this worker may not write it: waiting for `worker provision --jwks FILE --issuer ISS --audience AUD`")
 				warned = true
@@ -71,6 +71,19 @@ func (k *trustedKeys) load(ctx context.Context) error {
 		case <-time.After(keysWaitEvery):
 		}
 	}
+}
+
+// seed makes the worker's own key set the first of an empty history.
+// Another worker's set may come first (workers started together with
+// different files): the history's is the one in force, and compare warns.
+func (k *trustedKeys) seed(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	seeded, err := k.history.Seed(sctx, k.own)
+	if seeded {
+		k.log.Info().Int("keys", len(k.own.Keys.Keys)).Msg("key set added to the empty key history: in force from the beginning")
+	}
+	return err
 }
 
 // append writes the worker's own key set into the history (a no-op when it

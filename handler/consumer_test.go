@@ -340,3 +340,91 @@ func settings(n int) topology.Settings {
 	return topology.Settings{Retention: time.Hour, DuplicateWindow: time.Minute, EventsRetention: time.Hour, EventsDuplicates: time.Hour,
 		Partitions: n, Replicas: 1}
 }
+
+// A command the store has applied past (its applied sequence is beyond it)
+// but keeps no outcome for is not applied again, and its requester is told
+// so (OUTCOME-UNAVAILABLE) rather than left without an answer.
+func TestAppliedCommandWithoutOutcomeIsAnswered(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	if err := proc.Store.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(100) }); err != nil {
+		t.Fatal(err)
+	}
+	f := newConsumerFixture(t, keys, time.Second, false)
+	f.run(t, proc, topology.PriorityGroup)
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	testenv.WantError(t, f.next(t), 14, passkey.IDOutcomeUnavailable, "503")
+	f.settled(t)
+	if err := proc.Store.View(func(tx *storage.Tx) error {
+		if u, err := tx.User("u1"); u != nil || err != nil {
+			t.Errorf("the command was applied: %+v %v", u, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reply nobody was there to take (the requester's connection was cut
+// when it went out: the server says "no responders") is sent again: the
+// command is not acknowledged, comes back and is answered from its stored
+// outcome once the requester listens again. A requester that listens gets
+// its reply once and the command is acknowledged.
+func TestReplyWaitsForItsRequester(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	guard, err := NewReplyGuard(f.nc, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(guard.Close)
+	c := &Consumer{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
+		StoreRetry: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
+		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, f.cons) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	// Nobody listens on the first command's reply subject yet.
+	away := nats.NewInbox()
+	msg := nats.NewMsg("passkeys.cmd.sync.u1")
+	msg.Header.Set(command.HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}})))
+	msg.Header.Set(command.HeaderReplyTo, away+".1")
+	msg.Header.Set(command.HeaderMsgID, "away-1")
+	msg.Data = []byte(syncU1)
+	if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "here", `{"tokenId":"pk-1"}`)
+	if got := f.next(t); !strings.Contains(string(got.Data), `"sequence":"2"`) {
+		t.Fatalf("the listening requester's reply: %s", got.Data)
+	}
+	// The first command comes back (a second delivery) and is answered
+	// again; now its requester listens.
+	waitFor := func(cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("condition not met in 10s")
+			}
+		}
+	}
+	waitFor(func() bool {
+		info, err := f.cons.Info(context.Background())
+		return err == nil && info.NumRedelivered > 0
+	})
+	back, err := f.nc.SubscribeSync(away + ".1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := back.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("the returning requester got no reply: %v", err)
+	}
+	if !strings.Contains(string(reply.Data), `"sequence":"1"`) {
+		t.Fatalf("the returning requester's reply: %s", reply.Data)
+	}
+	f.settled(t)
+}

@@ -161,8 +161,10 @@ func (g *ReplyGuard) run() {
 // them when stopping), or has them come back to be answered again.
 func (g *ReplyGuard) settleDue(all bool) {
 	// Every "no responders" for a reply sent before now has arrived once
-	// the server has answered a PING sent now.
-	_ = g.conn.FlushTimeout(2 * time.Second)
+	// the server has answered a PING sent now. Without that answer (the
+	// connection is down) nothing is known of the replies: they are sent
+	// again.
+	unknown := g.conn.FlushTimeout(2*time.Second) != nil
 	now := time.Now()
 	g.mu.Lock()
 	n := 0
@@ -175,7 +177,7 @@ func (g *ReplyGuard) settleDue(all bool) {
 	for _, s := range due {
 		t, gone := g.gone[s.replyTo]
 		f, cut := g.goneFrom[requester(s.replyTo)]
-		again = append(again, (gone && !t.Before(s.sent)) || (cut && !f.Before(s.sent) && f.Before(s.sent.Add(g.settle))))
+		again = append(again, unknown || (gone && !t.Before(s.sent)) || (cut && !f.Before(s.sent) && f.Before(s.sent.Add(g.settle))))
 	}
 	for k, t := range g.gone {
 		if now.Sub(t) > time.Minute {

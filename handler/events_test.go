@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
@@ -89,5 +91,65 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 	}
 	if info.State.Msgs != 6 {
 		t.Fatalf("stream holds %d events, want 6: a second publication was not dropped", info.State.Msgs)
+	}
+}
+
+// An event that waited in an outbox for longer than half the events'
+// duplicate window (through an outage, or in a snapshot loaded late) is
+// published only when the events stream holds no event of its user as new:
+// past the window the stream would not drop it as a duplicate.
+func TestOldEventPublishedOnce(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	js, err := jetstream.New(testenv.Connect(t, ns.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, settings(1).EventsStreamConfig()); err != nil {
+		t.Fatal(err)
+	}
+	store := testenv.MustOpenStore(t)
+	old := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
+	put := func(user string, seq uint64) {
+		id := user + ":" + strconv.FormatUint(seq, 10)
+		doc := []byte(`{"id":"` + id + `","time":"` + old + `"}`)
+		if err := store.Update(func(tx *storage.Tx) error { return tx.PutEvent(user, seq, doc) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// u1:2 was published already (its worker died before it cleared the
+	// outbox, or the snapshot was written before); u2:1 never was.
+	put("u1", 2)
+	put("u2", 1)
+	msg := nats.NewMsg(topology.EventsPrefix + ".u1")
+	msg.Header.Set(nats.MsgIdHdr, "u1:3")
+	msg.Data = []byte(`{"id":"u1:3"}`)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	p := NewEventPublisher(js, store, zerolog.Nop(), nil)
+	p.Published, p.Dedup = jsread.New(js, topology.EventsStreamName, false), time.Minute
+	for {
+		n, err := p.publishRound(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if n, _ := store.OutboxLen(); n != 0 {
+		t.Fatalf("outbox holds %d events", n)
+	}
+	stream, err := js.Stream(ctx, topology.EventsStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(topology.EventsPrefix+".>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.State.Subjects; got[topology.EventsPrefix+".u1"] != 1 || got[topology.EventsPrefix+".u2"] != 1 {
+		t.Fatalf("events per user %v: u1's old event published again, or u2's not at all", got)
 	}
 }

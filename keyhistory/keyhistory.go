@@ -389,18 +389,45 @@ func (h *History) Run(ctx context.Context) {
 	}
 }
 
+// Seed makes e the history's first key set when the history is empty, as a
+// worker whose NATS user may write does at start. It returns false when
+// the history had a set already (another worker's, perhaps one that
+// differs: the history wins).
+func (h *History) Seed(ctx context.Context, e Entry) (bool, error) {
+	raw, err := encodeEntry(e)
+	if err != nil {
+		return false, err
+	}
+	if err := h.catchUpOnce(ctx); err != nil {
+		return false, err
+	}
+	if h.Sets() > 0 {
+		return false, nil
+	}
+	if _, err := h.kv.Create(ctx, entryKey(1), raw); errors.Is(err, jetstream.ErrKeyExists) {
+		return false, h.catchUpOnce(ctx)
+	} else if err != nil {
+		return false, fmt.Errorf("key history: write %s: %w", entryKey(1), err)
+	}
+	return true, h.catchUpOnce(ctx)
+}
+
+func encodeEntry(e Entry) ([]byte, error) {
+	if err := auth.CheckKeySet(e.Keys); err != nil {
+		return nil, err
+	}
+	if e.Issuer == "" || e.Audience == "" {
+		return nil, errors.New("key history: a key set needs its issuer and audience")
+	}
+	return json.Marshal(e)
+}
+
 // Append adds e to the history unless it is the newest entry already, as
 // `worker provision --jwks` does (and the embedded default's worker, the
 // only one, on its own reload). It returns the entry's key ("" when e was
 // in force already) and when it takes effect by the server's clock.
 func (h *History) Append(ctx context.Context, e Entry) (string, time.Time, error) {
-	if err := auth.CheckKeySet(e.Keys); err != nil {
-		return "", time.Time{}, err
-	}
-	if e.Issuer == "" || e.Audience == "" {
-		return "", time.Time{}, errors.New("key history: a key set needs its issuer and audience")
-	}
-	raw, err := json.Marshal(e)
+	raw, err := encodeEntry(e)
 	if err != nil {
 		return "", time.Time{}, err
 	}

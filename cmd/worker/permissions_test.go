@@ -133,7 +133,16 @@ func TestNATSPermissions(t *testing.T) {
 	})
 	worker := connectAs(t, ns, "passkeys-worker", passwords["worker"])
 	for _, subject := range []string{"$JS.API.STREAM.PURGE.PASSKEYS", "$JS.API.STREAM.DELETE.PASSKEYS", "$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker",
-		"$JS.API.STREAM.UPDATE.PASSKEYS", "$JS.API.STREAM.CREATE.PASSKEYS", "$JS.API.STREAM.UPDATE.PASSKEYS_DLQ"} {
+		"$JS.API.STREAM.UPDATE.PASSKEYS", "$JS.API.STREAM.CREATE.PASSKEYS", "$JS.API.STREAM.UPDATE.PASSKEYS_DLQ",
+		// No consumer of PASSKEYS may be made, changed or deleted with the
+		// workers' password: not a partition's durable moved to another
+		// partition's commands, not a push consumer delivering every token
+		// elsewhere, in none of the API's forms.
+		"$JS.API.CONSUMER.CREATE.PASSKEYS.passkeys-worker-p003.passkeys.part.4.>", "$JS.API.CONSUMER.CREATE.PASSKEYS.passkeys-worker-p003",
+		"$JS.API.CONSUMER.CREATE.PASSKEYS.spy", "$JS.API.CONSUMER.CREATE.PASSKEYS", "$JS.API.CONSUMER.DURABLE.CREATE.PASSKEYS.spy",
+		"$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker-p003",
+		// Nor the trusted keys written: only the provisioner sets them.
+		"$KV.PASSKEYS_JWKS.set.00000002", "$KV.PASSKEYS_JWKS.e.00000000000000000000"} {
 		worker.denied(t, "the worker's user", subject, func() error {
 			return worker.nc.Publish(subject, nil)
 		})
@@ -243,11 +252,11 @@ func TestInboxesAreConfined(t *testing.T) {
 // provision runs `worker provision --jwks` as nats.conf's provisioner
 // user, as the production recipe does before the workers start with
 // --create-stream=false.
-func provision(tb testing.TB, url, jwks string) {
+func provision(tb testing.TB, url, jwks string, extra ...string) {
 	tb.Helper()
 	var out, errs bytes.Buffer
-	err := run(context.Background(), []string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner"),
-		"--jwks", jwks, "--issuer", testenv.Issuer, "--audience", testenv.Audience},
+	err := run(context.Background(), append([]string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner"),
+		"--jwks", jwks, "--issuer", testenv.Issuer, "--audience", testenv.Audience}, extra...),
 		func(string) string { return "" }, &out, &errs)
 	if err != nil || !strings.Contains(out.String(), "provisioned") {
 		tb.Fatalf("worker provision: %v\n%s%s", err, out.String(), errs.String())
