@@ -259,7 +259,9 @@ func TestStaleOwnerNeverOverwritesASnapshot(t *testing.T) {
 	waitWithin(t, 30*time.Second, func() bool { return slices.Contains(served(addr2), 0) })
 	testenv.WantSuccess(t, ask(t, nc, "passkeys.remove.u1", tok, "rm-2", map[string]any{"tokenId": "pk-2"}, 30*time.Second))
 	waitWithin(t, 20*time.Second, func() bool {
-		var st struct{ Served []struct{ AppliedSeq, SnapshotSeq uint64 } }
+		var st struct {
+			Served []struct{ AppliedSeq, SnapshotSeq uint64 }
+		}
 		return json.Unmarshal([]byte(tryGet(addr2, "/partitions")), &st) == nil && len(st.Served) == 1 &&
 			st.Served[0].AppliedSeq == 3 && st.Served[0].SnapshotSeq == 3
 	})
