@@ -251,7 +251,18 @@ func (w *worker) open(ctx context.Context) error {
 	w.onClose(shutdownServer)
 	w.onClose(nc.Close)
 	w.nc, w.clientURL = nc, clientURL
-	if w.replies, err = handler.NewReplyGuard(nc, log); err != nil {
+	var serversGone func() uint64
+	if !cfg.Embedded() {
+		watch, err := natsconn.WatchServers(cfg.NATSURL, func(server string) {
+			log.Warn().Str("server", server).Msg("a NATS server went away: the replies sent just before are sent again")
+		}, connectOptions(cfg, log)...)
+		if err != nil {
+			return fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
+		}
+		w.onClose(watch.Close)
+		serversGone = watch.Generation
+	}
+	if w.replies, err = handler.NewReplyGuard(nc, serversGone, log); err != nil {
 		return err
 	}
 	w.onClose(w.replies.Close)
@@ -476,6 +487,29 @@ func prepareDataDir(dir string, log zerolog.Logger) (func(), error) {
 // connects in-process. It returns the URL clients reach NATS at and a
 // function that shuts the embedded server down.
 func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error) {
+	opts := connectOptions(cfg, log)
+	if !cfg.Embedded() {
+		nc, err := nats.Connect(cfg.NATSURL, opts...)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
+		}
+		return nc, cfg.NATSURL, func() {}, nil
+	}
+	ns, err := startEmbedded(cfg, log)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	shutdown := func() { ns.Shutdown(); ns.WaitForShutdown() }
+	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
+	if err != nil {
+		shutdown()
+		return nil, "", nil, fmt.Errorf("connect to embedded NATS: %w", err)
+	}
+	return nc, ns.ClientURL(), shutdown, nil
+}
+
+// connectOptions are the options of the worker's connections to NATS.
+func connectOptions(cfg *Config, log zerolog.Logger) []nats.Option {
 	opts := []nats.Option{
 		nats.Name("passkeys-worker"),
 		nats.MaxReconnects(-1),
@@ -503,23 +537,8 @@ func connect(cfg *Config, log zerolog.Logger) (*nats.Conn, string, func(), error
 		if prefix := natsconn.InboxPrefix(cfg.InboxPrefix, cfg.NATSURL, cfg.NATSCreds); prefix != "" {
 			opts = append(opts, nats.CustomInboxPrefix(prefix))
 		}
-		nc, err := nats.Connect(cfg.NATSURL, opts...)
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
-		}
-		return nc, cfg.NATSURL, func() {}, nil
 	}
-	ns, err := startEmbedded(cfg, log)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	shutdown := func() { ns.Shutdown(); ns.WaitForShutdown() }
-	nc, err := nats.Connect("", append(opts, nats.InProcessServer(ns))...)
-	if err != nil {
-		shutdown()
-		return nil, "", nil, fmt.Errorf("connect to embedded NATS: %w", err)
-	}
-	return nc, ns.ClientURL(), shutdown, nil
+	return opts
 }
 
 func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {

@@ -374,7 +374,7 @@ func TestReplyWaitsForItsRequester(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	guard, err := NewReplyGuard(f.nc, testenv.Logger(t))
+	guard, err := NewReplyGuard(f.nc, nil, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,9 +20,11 @@ import (
 // is acknowledged only once its reply has settled: when the server said
 // nobody listened on its requester's inbox, or on the rest of that
 // requester's inboxes right after it (the reply may have been on its way to
-// the server that died), the command is not acknowledged but comes back a
-// second later and is answered again from its stored outcome, until the
-// requester is back or GiveUp has passed since the command was stored.
+// the server that died), or the worker's own connection broke after the
+// reply went out, or a NATS server went away meanwhile (the reply may have
+// been lost in it), the command is not acknowledged but comes back a second
+// later and is answered again from its stored outcome, until the requester
+// is back or GiveUp has passed since the command was stored.
 type ReplyGuard struct {
 	conn *nats.Conn
 	log  zerolog.Logger
@@ -35,6 +37,9 @@ type ReplyGuard struct {
 
 	subject string
 	sub     *nats.Subscription
+	// servers counts the NATS servers that went away (nil: none ever
+	// does): a reply sent before one went may have been lost in it.
+	servers func() uint64
 
 	mu sync.Mutex
 	// gone is when the server last said nobody listens on a reply subject,
@@ -52,6 +57,12 @@ type settling struct {
 	meta    *jetstream.MsgMetadata
 	replyTo string
 	sent    time.Time
+	// conn is the connection's reconnect count when the reply went out: a
+	// reply sent on a connection that broke since may have been lost with
+	// it (in the dying server's buffers), though nobody said so.
+	conn uint64
+	// servers is the count of servers gone when the reply went out.
+	servers uint64
 	log     zerolog.Logger
 }
 
@@ -63,9 +74,13 @@ const (
 )
 
 // NewReplyGuard subscribes to the "no responders" answers on conn, below
-// its inbox prefix, and starts acknowledging. Close stops it.
-func NewReplyGuard(conn *nats.Conn, log zerolog.Logger) (*ReplyGuard, error) {
-	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, giveUp: replyGiveUp, subject: conn.NewInbox(),
+// its inbox prefix, and starts acknowledging. servers, when set, counts the
+// NATS servers that went away (natsconn.ServerWatch). Close stops it.
+func NewReplyGuard(conn *nats.Conn, servers func() uint64, log zerolog.Logger) (*ReplyGuard, error) {
+	if servers == nil {
+		servers = func() uint64 { return 0 }
+	}
+	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, giveUp: replyGiveUp, subject: conn.NewInbox(), servers: servers,
 		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := conn.Subscribe(g.subject, g.noResponders)
@@ -108,7 +123,8 @@ func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, meta *jetstream.Ms
 		log.Error().Err(err).Msg("reply")
 	}
 	g.mu.Lock()
-	g.queue = append(g.queue, settling{msg: msg, meta: meta, replyTo: reply.Subject, sent: time.Now(), log: log})
+	g.queue = append(g.queue, settling{msg: msg, meta: meta, replyTo: reply.Subject, sent: time.Now(),
+		conn: g.conn.Stats().Reconnects, servers: g.servers(), log: log})
 	g.mu.Unlock()
 	select {
 	case g.wake <- struct{}{}:
@@ -165,6 +181,7 @@ func (g *ReplyGuard) settleDue(all bool) {
 	// connection is down) nothing is known of the replies: they are sent
 	// again.
 	unknown := g.conn.FlushTimeout(2*time.Second) != nil
+	reconnects, servers := g.conn.Stats().Reconnects, g.servers()
 	now := time.Now()
 	g.mu.Lock()
 	n := 0
@@ -177,7 +194,8 @@ func (g *ReplyGuard) settleDue(all bool) {
 	for _, s := range due {
 		t, gone := g.gone[s.replyTo]
 		f, cut := g.goneFrom[requester(s.replyTo)]
-		again = append(again, unknown || (gone && !t.Before(s.sent)) || (cut && !f.Before(s.sent) && f.Before(s.sent.Add(g.settle))))
+		again = append(again, unknown || s.conn != reconnects || s.servers != servers || (gone && !t.Before(s.sent)) ||
+			(cut && !f.Before(s.sent) && f.Before(s.sent.Add(g.settle))))
 	}
 	for k, t := range g.gone {
 		if now.Sub(t) > time.Minute {

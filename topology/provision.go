@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -24,7 +25,7 @@ type Handles struct {
 // startRetry is how start-up tries again what a forming or busy JetStream
 // refuses for now: no meta leader yet, not enough peers for the replicas,
 // a timeout, another worker creating the same stream at the same moment.
-var startRetry = retry.Policy{First: 250 * time.Millisecond, Factor: 2, Max: 5 * time.Second}
+var startRetry = retry.Policy{First: 250 * time.Millisecond, Factor: 2, Max: 2 * time.Second}
 
 // Provision creates or updates everything (Describe), as `worker
 // provision` does for an operator and a worker with --create-stream does at
@@ -50,15 +51,13 @@ func Find(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.L
 	})
 }
 
-// untilDone runs op, each try bounded by 10 s, until it succeeds, fails
-// for good (retry.Permanent), or ctx ends; each failure is logged.
+// untilDone runs op until it succeeds, fails for good (retry.Permanent), or
+// ctx ends; each failure is logged. op bounds each of its calls (call).
 func untilDone(ctx context.Context, log zerolog.Logger, what string, op func(context.Context) (Handles, error)) (Handles, error) {
 	attempt := 0
 	h, err := retry.Do(ctx, startRetry, func() (Handles, error) {
 		attempt++
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return op(octx)
+		return op(ctx)
 	}, func(err error, next time.Duration) {
 		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", next).Msgf("could not %s yet; trying again", what)
 	})
@@ -68,10 +67,40 @@ func untilDone(ctx context.Context, log zerolog.Logger, what string, op func(con
 	return h, err
 }
 
+// callTimeout bounds one JetStream API call of Provision or Find. Two
+// workers creating the same stream at the same moment on a cluster can both
+// be left without an answer (nats-io/nats-server#3677 and its kin), though
+// the stream is made: the call is given up on and made again after a pause
+// of random length (so that the workers that collided do not collide on
+// the next resource too), and the next try finds it there.
+const callTimeout = 2 * time.Second
+
+// callTries bounds the tries of one call before the whole provisioning is
+// tried again.
+const callTries = 4
+
+// call runs one API call with its own deadline, again when it got no
+// answer.
+func call[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	for try := 1; ; try++ {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		v, err := f(cctx)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || try == callTries || ctx.Err() != nil {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(time.Duration(100+rand.IntN(500)) * time.Millisecond):
+		}
+	}
+}
+
 func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles, error) {
 	var h Handles
 	sc := s.StreamConfig()
-	existing, err := js.Stream(ctx, StreamName)
+	existing, err := call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, StreamName) })
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 	case err != nil:
@@ -107,24 +136,33 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 	}
 	for p := range s.Partitions {
 		cc := s.PartitionConsumerConfig(p)
-		if _, err := js.CreateOrUpdateConsumer(ctx, StreamName, cc); err != nil {
+		_, err := call(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
+			return js.CreateOrUpdateConsumer(ctx, StreamName, cc)
+		})
+		if err != nil {
 			return h, fmt.Errorf("create or update consumer %s: %w", cc.Durable, err)
 		}
 	}
-	if h.Leases, err = js.CreateOrUpdateKeyValue(ctx, s.LeaseBucketConfig()); err != nil {
+	kv := func(cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
+	}
+	if h.Leases, err = kv(s.LeaseBucketConfig()); err != nil {
 		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
 	}
-	if h.Snapshots, err = js.CreateOrUpdateObjectStore(ctx, s.SnapshotBucketConfig()); err != nil {
+	h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) {
+		return js.CreateOrUpdateObjectStore(ctx, s.SnapshotBucketConfig())
+	})
+	if err != nil {
 		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
-	if h.Keys, err = js.CreateOrUpdateKeyValue(ctx, s.KeyBucketConfig()); err != nil {
+	if h.Keys, err = kv(s.KeyBucketConfig()); err != nil {
 		return h, fmt.Errorf("key-value bucket %s: %w", KeyBucket, err)
 	}
 	return h, nil
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	st, err := call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.CreateOrUpdateStream(ctx, cfg) })
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
 	}
@@ -141,19 +179,22 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 		}
 		return err
 	}
-	if h.Stream, err = js.Stream(ctx, StreamName); err != nil {
+	if h.Stream, err = call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, StreamName) }); err != nil {
 		return h, missing("stream "+StreamName, err)
 	}
 	if err := CheckPartitions(h.Stream.CachedInfo().Config, s.Partitions); err != nil {
 		return h, retry.Permanent(err)
 	}
-	if h.Leases, err = js.KeyValue(ctx, LeaseBucket); err != nil {
+	kv := func(name string) (jetstream.KeyValue, error) {
+		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, name) })
+	}
+	if h.Leases, err = kv(LeaseBucket); err != nil {
 		return h, missing("key-value bucket "+LeaseBucket, err)
 	}
-	if h.Snapshots, err = js.ObjectStore(ctx, SnapshotBucket); err != nil {
+	if h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, SnapshotBucket) }); err != nil {
 		return h, missing("object store "+SnapshotBucket, err)
 	}
-	if h.Keys, err = js.KeyValue(ctx, KeyBucket); err != nil {
+	if h.Keys, err = kv(KeyBucket); err != nil {
 		return h, missing("key-value bucket "+KeyBucket, err)
 	}
 	return h, nil

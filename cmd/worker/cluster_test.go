@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +33,8 @@ type clusterNode struct {
 }
 
 // startCluster starts three nats-server processes, clustered, each with
-// JetStream on its own store, and waits until JetStream answers.
+// JetStream on its own store, and returns once each accepts connections;
+// JetStream may not have formed yet.
 func startCluster(t *testing.T) []*clusterNode {
 	t.Helper()
 	bin := buildNATSServer(t)
@@ -67,17 +69,6 @@ cluster { name: passkeys, host: %s, port: %s, routes: [%s] }
 	for _, n := range nodes {
 		n.start(t)
 	}
-	nc := testenv.Connect(t, clusterURL(nodes))
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitWithin(t, 30*time.Second, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := js.AccountInfo(ctx)
-		return err == nil
-	})
 	return nodes
 }
 
@@ -167,11 +158,14 @@ func allServed(addrs []string) bool {
 }
 
 // Three workers on a three-node cluster with R3 streams, consumers and
-// buckets, under a batch revocation with Reply-To and Nats-Msg-Id: one
-// worker is killed (SIGKILL), then one NATS node is killed and restarted.
-// Every command is applied exactly once, every user's sequence has no gap
-// or repeat, every requester is answered (asking again with the same
-// Nats-Msg-Id where a reply was lost), repeats are identical, and every user
+// buckets. They start together with `worker provision` on a cluster that
+// has not formed yet: every one of them waits for it and starts. Under a
+// batch revocation (stream publishes with Reply-To and Nats-Msg-Id, many in
+// flight) one worker is killed (SIGKILL), then the NATS node the requester
+// is connected to is killed and restarted. Every command is applied exactly
+// once, every user's sequence has no gap or repeat, every stream publish is
+// answered without being asked again (a reply that went out while the
+// requester was away is sent again), repeats are identical, and every user
 // lists correctly through any worker.
 func TestClusterFailover(t *testing.T) {
 	if testing.Short() {
@@ -180,35 +174,45 @@ func TestClusterFailover(t *testing.T) {
 	const users, perUser = 300, 6
 	nodes := startCluster(t)
 	url := clusterURL(nodes)
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	keys := testenv.NewKeys(t)
+	bin := buildWorker(t)
+	provisioned := make(chan error, 1)
+	go func() {
+		var out bytes.Buffer
+		provisioned <- run(context.Background(), []string{"provision", "--nats-url", url, "--replicas", "3"}, func(string) string { return "" },
+			&out, &out)
+	}()
+	var procs []*process
+	var httpAddrs, dataDirs []string
+	for range 3 { // together, on a cluster still forming, each creating what it needs
+		e := &env{url: url, keys: keys, dataDir: t.TempDir()}
+		addr := freeAddr(t)
+		procs = append(procs, e.startProcess(t, bin, "--replicas", "3", "--http-listen", addr, "--snapshot-interval", "2s", "--log-level", "info"))
+		httpAddrs, dataDirs = append(httpAddrs, addr), append(dataDirs, e.dataDir)
+	}
+	// The partitions spread over the three, each served by one.
+	waitWithin(t, 90*time.Second, func() bool { return allServed(httpAddrs) })
+	if err := <-provisioned; err != nil {
+		t.Fatalf("worker provision on a cluster that was forming: %v", err)
+	}
+	for i, a := range httpAddrs {
+		t.Logf("worker %d serves %v", i, served(a))
+	}
+	// The publisher on n1 (never killed); the requester on n2 (killed).
+	pub, err := nats.Connect("nats://"+nodes[0].addr+",nats://"+nodes[2].addr, nats.DontRandomize(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	nc, err := nats.Connect("nats://"+nodes[1].addr+","+url, nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	js, err := jetstream.New(pub, jetstream.WithPublishAsyncMaxPending(256), jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := testenv.NewKeys(t)
-	if err := run(context.Background(), []string{"provision", "--nats-url", url, "--replicas", "3"}, func(string) string { return "" },
-		&bytes.Buffer{}, &bytes.Buffer{}); err != nil {
-		t.Fatalf("provision: %v", err)
-	}
-	bin := buildWorker(t)
-	var procs []*process
-	var httpAddrs, dataDirs []string
-	for range 3 {
-		e := &env{url: url, keys: keys, dataDir: t.TempDir()}
-		addr := freeAddr(t)
-		procs = append(procs, e.startProcess(t, bin, "--create-stream=false", "--http-listen", addr, "--snapshot-interval", "2s", "--log-level", "info"))
-		httpAddrs, dataDirs = append(httpAddrs, addr), append(dataDirs, e.dataDir)
-	}
-	// The partitions spread over the three, each served by one.
-	waitWithin(t, 30*time.Second, func() bool { return allServed(httpAddrs) })
-	for i, a := range httpAddrs {
-		t.Logf("worker %d serves %v", i, served(a))
-	}
-
 	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "admin", Org: "org1", Scopes: []string{"passkeys:admin"}}))
 	storeCommand := storeUntilStored(t, js, admin)
 	syncUsers(t, nc, storeCommand, users, perUser)
@@ -218,59 +222,67 @@ func TestClusterFailover(t *testing.T) {
 	total := users * perUser
 	msgID := func(k int) string { return passkey.ScopeMsgID(testenv.Issuer, "admin", "rm-"+strconv.Itoa(k)) }
 	var failover time.Duration
+	var unstored []*nats.Msg
+	var unstoredMu sync.Mutex
 	for k := range total {
-		storeCommand("passkeys.cmd.remove.user-"+strconv.Itoa(k%users), inbox+"."+strconv.Itoa(k), msgID(k),
-			map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(k))
+		msg.Header.Set(nats.MsgIdHdr, msgID(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		f, err := js.PublishMsgAsync(msg)
+		for err != nil { // the window is full: wait for acknowledgements
+			<-js.PublishAsyncComplete()
+			f, err = js.PublishMsgAsync(msg)
+		}
+		go func() {
+			select {
+			case <-f.Ok():
+			case <-f.Err():
+				unstoredMu.Lock()
+				unstored = append(unstored, f.Msg())
+				unstoredMu.Unlock()
+			}
+		}()
 		switch k {
 		case total / 3:
 			waitCount(t, removals, total/6, 60*time.Second)
-			// A new user in one of the partitions worker 0 serves: its
-			// sync, sent right after the kill, is answered by the new owner.
-			var probe string
-			for owned, i := served(httpAddrs[0]), 0; probe == ""; i++ {
-				if id := "probe-" + strconv.Itoa(i); slices.Contains(owned, partition.Of(id, 8)) {
-					probe = id
-				}
-			}
-			if err := procs[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			killed := time.Now()
-			_ = procs[0].cmd.Wait()
-			// Asked again (the same Nats-Msg-Id) when no reply comes within
-			// 2 s: a request that reached the dead worker's subscription
-			// before the server noticed it gone is lost, as a client sees.
-			msg := nats.NewMsg("passkeys.sync." + probe)
-			msg.Header.Set("Authorization", admin)
-			msg.Header.Set(nats.MsgIdHdr, "probe")
-			msg.Data = []byte(`{"resourceOwner":"org1","password":true}`)
-			var reply *nats.Msg
-			for err := error(nil); reply == nil; {
-				if time.Since(killed) > 40*time.Second {
-					t.Fatalf("the probe's sync after the kill: %v", err)
-				}
-				reply, err = nc.RequestMsg(msg, 2*time.Second)
-			}
-			failover = time.Since(killed)
-			testenv.WantSuccess(t, reply)
-			t.Logf("killed worker 0 after %d replies; first reply from the new owner of its partition %d after %s",
-				removals.count(), partition.Of(probe, 8), failover.Round(time.Millisecond))
-			waitWithin(t, 30*time.Second, func() bool { return allServed(httpAddrs[1:]) })
+			failover = killAndProbe(t, procs[0], httpAddrs, nc, admin)
 		case 2 * total / 3:
 			nodes[1].kill(t)
-			t.Logf("killed NATS node n2 after %d replies", removals.count())
+			t.Logf("killed NATS node n2, the requester's, after %d replies", removals.count())
 			nodes[1].start(t)
 		}
 	}
 	if failover > 30*time.Second {
 		t.Errorf("failover took %s, more than the contract's 30 s", failover)
 	}
+	<-js.PublishAsyncComplete()
+	unstoredMu.Lock()
+	for _, m := range unstored { // publishes whose acknowledgement was lost: again, the same Nats-Msg-Id
+		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
+	}
+	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
+	unstoredMu.Unlock()
 	waitWithin(t, 90*time.Second, func() bool { return partitionsSettled(js) })
+
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	lost := askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
-	t.Logf("%d replies were lost and asked for again", lost)
+	// Every stream publish was answered: settled means every command was
+	// acknowledged, and a command is acknowledged once its reply was taken.
+	var lost []int
+	for k := range total {
+		removals.mu.Lock()
+		if len(removals.got[k]) == 0 {
+			lost = append(lost, k)
+		}
+		removals.mu.Unlock()
+	}
+	if len(lost) > 0 {
+		t.Errorf("%d of %d stream publishes got no reply (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])
+		askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
+	}
 
 	// Every user lists correctly, through whichever worker answers.
 	for u := range users {
@@ -313,6 +325,43 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 	verifyExactlyOnceIn(t, removals, users, perUser, 8, dataDirs)
+}
+
+// killAndProbe kills worker proc (SIGKILL) and times the first answer from
+// the new owner of one of its partitions: a sync of a new user there,
+// through the endpoint, asked again (the same Nats-Msg-Id) when no answer
+// comes within 2 s, as a client does (a request that reached the dead
+// worker's subscription before the server noticed is lost). It waits until
+// the two others serve every partition.
+func killAndProbe(t *testing.T, proc *process, httpAddrs []string, nc *nats.Conn, admin string) time.Duration {
+	t.Helper()
+	var probe string
+	for owned, i := served(httpAddrs[0]), 0; probe == ""; i++ {
+		if id := "probe-" + strconv.Itoa(i); slices.Contains(owned, partition.Of(id, 8)) {
+			probe = id
+		}
+	}
+	if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	_ = proc.cmd.Wait()
+	msg := nats.NewMsg("passkeys.sync." + probe)
+	msg.Header.Set("Authorization", admin)
+	msg.Header.Set(nats.MsgIdHdr, "probe")
+	msg.Data = []byte(`{"resourceOwner":"org1","password":true}`)
+	var reply *nats.Msg
+	for err := error(nil); reply == nil; {
+		if time.Since(killed) > 40*time.Second {
+			t.Fatalf("the probe's sync after the kill: %v", err)
+		}
+		reply, err = nc.RequestMsg(msg, 2*time.Second)
+	}
+	failover := time.Since(killed)
+	testenv.WantSuccess(t, reply)
+	t.Logf("killed worker 0; first reply from the new owner of its partition %d after %s", partition.Of(probe, 8), failover.Round(time.Millisecond))
+	waitWithin(t, 30*time.Second, func() bool { return allServed(httpAddrs[1:]) })
+	return failover
 }
 
 // Two workers both act on one partition: the owner freezes (SIGSTOP, as a

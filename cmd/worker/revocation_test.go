@@ -404,7 +404,7 @@ func TestFrozenWorkerIsDropped(t *testing.T) {
 		}
 		n := 0
 		for _, c := range cz.Conns {
-			if c.AuthorizedUser == "passkeys-worker" {
+			if c.AuthorizedUser == "passkeys-worker" && c.Name == "passkeys-worker" {
 				n++
 			}
 		}
