@@ -1,0 +1,121 @@
+package snapshot_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/snapshot"
+	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
+)
+
+// store writes a partition store file that applied the stream up to
+// applied, and returns its path.
+func store(t *testing.T, applied uint64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "p000.db")
+	s, err := storage.Open(path, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(applied) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func bucket(t *testing.T) (*snapshot.Store, jetstream.ObjectStore) {
+	t.Helper()
+	ns := testenv.StartNATS(t)
+	js, err := jetstream.New(testenv.Connect(t, ns.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := js.CreateObjectStore(context.Background(), topology.Settings{Replicas: 1}.SnapshotBucketConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snapshot.New(obj, zerolog.Nop()), obj
+}
+
+func held() error { return nil }
+
+// Snapshots never go backwards: an older one saved after a newer one (a
+// stale worker's, late) hides nothing, the newest is what a taker loads,
+// and only the two newest are kept.
+func TestSnapshotsNeverGoBackwards(t *testing.T) {
+	snaps, obj := bucket(t)
+	ctx := context.Background()
+	for _, applied := range []uint64{10, 30} {
+		if saved, err := snaps.Save(ctx, 0, store(t, applied), applied, held); err != nil || !saved {
+			t.Fatalf("save %d: %v %v", applied, saved, err)
+		}
+	}
+	if saved, err := snaps.Save(ctx, 0, store(t, 20), 20, held); err != nil || saved {
+		t.Fatalf("an older snapshot after a newer one: saved %v (%v), want not saved", saved, err)
+	}
+	if saved, err := snaps.Save(ctx, 0, store(t, 40), 40, func() error { return errors.New("the lease is gone") }); err == nil || saved {
+		t.Fatalf("a save whose fence says the lease is gone: saved %v (%v)", saved, err)
+	}
+	if _, err := snaps.Save(ctx, 0, store(t, 50), 50, held); err != nil {
+		t.Fatal(err)
+	}
+	newest, ok, err := snaps.Newest(ctx, 0)
+	if err != nil || !ok || newest.Applied != 50 {
+		t.Fatalf("newest: %+v %v %v", newest, ok, err)
+	}
+	objs, err := obj.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, o := range objs {
+		names = append(names, o.Name)
+	}
+	if strings.Join(names, " ") != "p000.00000000000000000030 p000.00000000000000000050" {
+		t.Fatalf("snapshots kept: %v, want the two newest", names)
+	}
+	// A taker loads the newest, only when it is ahead of its own store.
+	dst := filepath.Join(t.TempDir(), "p000.db")
+	info, loaded, err := snaps.Fetch(ctx, 0, 0, dst, nil)
+	if err != nil || !loaded || info.Applied != 50 {
+		t.Fatalf("fetch: %+v %v %v", info, loaded, err)
+	}
+	if _, loaded, err := snaps.Fetch(ctx, 0, 50, dst, nil); err != nil || loaded {
+		t.Fatalf("fetch when the local store is as new: loaded %v (%v)", loaded, err)
+	}
+	// A snapshot whose file does not hold what its name says is refused.
+	if _, err := snaps.Save(ctx, 1, store(t, 60), 60, held); err != nil {
+		t.Fatal(err)
+	}
+	bad := store(t, 61)
+	if _, err := obj.Put(ctx, jetstream.ObjectMeta{Name: "p001.00000000000000000070", Metadata: map[string]string{"applied-seq": "70"}},
+		mustOpen(t, bad)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), nil); err == nil ||
+		!strings.Contains(err.Error(), "applied the stream up to 61, not 70") {
+		t.Fatalf("a snapshot whose state is not its name's: %v", err)
+	}
+}
+
+func mustOpen(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
