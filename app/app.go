@@ -284,10 +284,7 @@ func (w *worker) open(ctx context.Context) error {
 	// The keys that judge each command come from the shared history, in
 	// force from when the NATS server stored them, not from this worker's
 	// file.
-	history, err := keyhistory.Open(ctx, w.js, set.Keys, w.verifier, log)
-	if err != nil {
-		return err
-	}
+	history := keyhistory.Open(w.js, set.Keys, w.verifier, log)
 	w.keys = &trustedKeys{history: history, own: keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys},
 		writes: cfg.Embedded(), log: log}
 	if err := w.keys.load(ctx); err != nil {
@@ -312,7 +309,7 @@ func (w *worker) open(ctx context.Context) error {
 	if err := w.parts.coord.Join(ctx); err != nil {
 		return err
 	}
-	registerGauges(w.metrics, w.parts, w.verifier, w.keys)
+	registerGauges(w.metrics, w.parts, w.verifier, w.keys, w.replies)
 	if cfg.HTTPListen != "" {
 		h := &health{nc: nc, stream: w.stream, parts: w.parts, writes: w.writes}
 		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, w.metrics, h, cfg.DataDir, log)
@@ -398,7 +395,7 @@ func (w *worker) serve(ctx context.Context) error {
 		return fmt.Errorf("start micro service: %w", err)
 	}
 	pruned := make(chan struct{})
-	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, log) }()
+	go func() { defer close(pruned); pruneOutcomes(ctx, w.parts, w.stream, log) }()
 	if !w.cfg.DevMode() {
 		interval := w.cfg.JWKSReload
 		if interval <= 0 {
@@ -639,12 +636,22 @@ func listenAddr(s string) (string, int, error) {
 // days, an hour's delay is nothing.
 const pruneInterval = time.Hour
 
-// pruneOutcomes deletes expired outcome records of the partitions held, at
-// start and then every pruneInterval, in small transactions so the
-// consumers are never held up for long. A record expired as of a command's
-// time is ignored by that command whether or not it was pruned yet, so
-// pruning on one worker's clock changes no answer.
-func pruneOutcomes(ctx context.Context, parts *partitionSet, log zerolog.Logger) {
+// pruneMargin is how far behind the command stream's clock pruning
+// stays.
+const pruneMargin = time.Hour
+
+// pruneOutcomes deletes expired outcome records of the partitions held,
+// every pruneInterval, in small transactions so the consumers are never
+// held up for long. "Expired" is by the command stream's clock (its
+// leader's, STREAM.INFO), less pruneMargin, never this worker's: a record
+// is pruned only when it expired so long ago that no command that could
+// still look for it exists. A repeat stored since has a later timestamp,
+// and a record expired as of a command's own timestamp is ignored by that
+// command whether or not it was pruned yet; the original command is past
+// the stream's MaxAge (the same retention) by more than the margin, so the
+// stream no longer holds it to deliver it again. So pruning changes no
+// answer, whatever the clocks.
+func pruneOutcomes(ctx context.Context, parts *partitionSet, stream jetstream.Stream, log zerolog.Logger) {
 	const chunk = 5000
 	tick := time.NewTicker(pruneInterval)
 	defer tick.Stop()
@@ -654,9 +661,17 @@ func pruneOutcomes(ctx context.Context, parts *partitionSet, log zerolog.Logger)
 			return
 		case <-tick.C:
 		}
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := stream.Info(ictx)
+		cancel()
+		if err != nil || info.TimeStamp.IsZero() {
+			log.Warn().Err(err).Msg("outcome records not pruned: the command stream's clock could not be read")
+			continue
+		}
+		until := info.TimeStamp.Add(-pruneMargin)
 		for _, pt := range parts.served() {
 			start := time.Now()
-			n, err := pt.store.PruneOutcomes(start, chunk)
+			n, err := pt.store.PruneOutcomes(until, chunk)
 			if err != nil {
 				log.Error().Err(err).Int("partition", pt.p).Int("pruned", n).Msg("prune outcome records")
 			} else if n > 0 {

@@ -146,8 +146,8 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: stream %s (split into\n--partitions), a durable consumer per partition, streams %s and %s,\nkey-value buckets %s and %s, object store %s. A cluster that is\nstill forming is waited for (up to --wait). With --jwks, --issuer and --audience\nit also adds the key set to the key history, unless it is the newest already:\nrotate by running it again with the new file (add the new key first, remove the\nold one later). Then exits.\n\nFlags:\n",
-			topology.StreamName, topology.EventsStreamName, topology.DeadLetterStreamName, topology.LeaseBucket, topology.KeyBucket, topology.SnapshotBucket)
+		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: stream %s (split into\n--partitions), a durable consumer per partition, streams %s and %s,\nkey-value bucket %s, stream %s (the key history), object store %s. A cluster that is\nstill forming is waited for (up to --wait). With --jwks, --issuer and --audience\nit also adds the key set to the key history, unless it is the newest already:\nrotate by running it again with the new file (add the new key first, remove the\nold one later). Then exits.\n\nFlags:\n",
+			topology.StreamName, topology.EventsStreamName, topology.DeadLetterStreamName, topology.LeaseBucket, topology.KeyStream, topology.SnapshotBucket)
 		fs.PrintDefaults()
 	}
 	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
@@ -195,12 +195,9 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 
 // provisionKeys adds entry (when it has keys) to the key history and says
 // what the history holds.
-func provisionKeys(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, entry keyhistory.Entry, stdout io.Writer,
+func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, entry keyhistory.Entry, stdout io.Writer,
 	log zerolog.Logger) error {
-	history, err := keyhistory.Open(ctx, js, kv, nil, log)
-	if err != nil {
-		return fmt.Errorf("provision: %w", err)
-	}
+	history := keyhistory.Open(js, st, nil, log)
 	if len(entry.Keys.Keys) == 0 {
 		switch err := history.Load(ctx); {
 		case errors.Is(err, keyhistory.ErrEmpty):

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -103,7 +104,11 @@ func (h *health) ready(ctx context.Context) error {
 }
 
 // registerGauges adds the gauges read at scrape time.
-func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, keys *trustedKeys) {
+func registerGauges(m *metrics.Metrics, parts *partitionSet, v *auth.Verifier, keys *trustedKeys, replies *handler.ReplyGuard) {
+	m.CounterFunc("passkeys_replies_resent_total", "Replies sent again because nobody was there to take them (the requester's connection was cut).",
+		func() float64 { return float64(replies.Resent()) })
+	m.CounterFunc("passkeys_replies_given_up_total", "Replies nobody took after their last try (the requester left; it may ask again with its Nats-Msg-Id).",
+		func() float64 { return float64(replies.GivenUp()) })
 	sum := func(f func(*storage.Store) (int, error)) float64 {
 		total := 0
 		for _, pt := range parts.served() {

@@ -383,5 +383,5 @@ func (c *Consumer) finish(h delivery, r command.Result) {
 		}
 		return
 	}
-	c.Replies.Send(msg, h.msg, h.meta, log)
+	c.Replies.Send(msg, h.msg, log)
 }

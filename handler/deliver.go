@@ -3,6 +3,7 @@ package handler
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,24 +17,27 @@ import (
 // NATS delivers at most once and says nothing of a message nobody took,
 // except to a publisher that gives a reply subject: then the server answers
 // "no responders" (a 503 status naming the subject) when nobody listens.
-// So each reply carries a reply subject of the worker's own, and a command
-// is acknowledged only once its reply has settled: when the server said
-// nobody listened on its requester's inbox, or on the rest of that
-// requester's inboxes right after it (the reply may have been on its way to
-// the server that died), or the worker's own connection broke after the
-// reply went out, or a NATS server went away meanwhile (the reply may have
-// been lost in it), the command is not acknowledged but comes back a second
-// later and is answered again from its stored outcome, until the requester
-// is back or GiveUp has passed since the command was stored.
+// So each reply carries a reply subject of the worker's own, and its
+// command is acknowledged once the reply has settled (half a second):
+//
+//   - When the server said nobody listened on the requester's inbox, or on
+//     the requester's other inboxes right after the reply (it may have been
+//     on its way to a server that died), the reply is sent again from
+//     memory, 1, 2, 4, 8 and 16 s later, until somebody takes it. A
+//     requester that left for good costs a few publishes, and a bounded
+//     queue of them, nothing more: the command itself is acknowledged.
+//   - When the worker's own connection broke after the reply went out, or
+//     a NATS server of the cluster went away meanwhile, nothing tells
+//     whether the reply arrived: the command is not acknowledged but comes
+//     back a second later, to whichever worker holds its partition then,
+//     and is answered again from its stored outcome. These are rare events
+//     no caller can cause.
 type ReplyGuard struct {
 	conn *nats.Conn
 	log  zerolog.Logger
 	// settle is how long after a reply its command waits for its
 	// acknowledgement: the time for the server's "no responders".
 	settle time.Duration
-	// giveUp bounds how long after a command was stored its requester is
-	// waited for.
-	giveUp time.Duration
 
 	subject string
 	sub     *nats.Subscription
@@ -46,17 +50,20 @@ type ReplyGuard struct {
 	// and on the inboxes of a requester (prefix).
 	gone, goneFrom map[string]time.Time
 	queue          []settling
+	resends        []*resend
+	warned         map[string]time.Time // requester prefixes warned about, and when
 	wake           chan struct{}
 	stop, done     chan struct{}
+
+	resent, givenUp atomic.Int64
 }
 
 // settling is a command whose reply was sent, waiting for its
 // acknowledgement.
 type settling struct {
-	msg     jetstream.Msg
-	meta    *jetstream.MsgMetadata
-	replyTo string
-	sent    time.Time
+	msg   jetstream.Msg
+	reply *nats.Msg
+	sent  time.Time
 	// conn is the connection's reconnect count when the reply went out: a
 	// reply sent on a connection that broke since may have been lost with
 	// it (in the dying server's buffers), though nobody said so.
@@ -66,11 +73,26 @@ type settling struct {
 	log     zerolog.Logger
 }
 
-// Reply guard timing.
+// resend is a reply nobody took, to be sent again.
+type resend struct {
+	reply *nats.Msg
+	tries int       // sends so far
+	sent  time.Time // the last send, zero while waiting for the next
+	next  time.Time // when the next send is due
+}
+
+// Reply guard timing and bounds.
 const (
 	replySettle = 500 * time.Millisecond
-	replyGiveUp = 2 * time.Minute
-	replyAgain  = time.Second
+	// replyAgain is how soon a command whose reply may have been lost
+	// comes back.
+	replyAgain = time.Second
+	// replyTries bounds the sends of a reply nobody takes: 1+5 sends over
+	// about 31 s, backing off from 1 s.
+	replyTries = 6
+	// maxResends bounds the replies waiting to be sent again; past it the
+	// oldest is given up (a requester asks again with its Nats-Msg-Id).
+	maxResends = 10000
 )
 
 // NewReplyGuard subscribes to the "no responders" answers on conn, below
@@ -80,9 +102,9 @@ func NewReplyGuard(conn *nats.Conn, servers func() uint64, log zerolog.Logger) (
 	if servers == nil {
 		servers = func() uint64 { return 0 }
 	}
-	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, giveUp: replyGiveUp, subject: conn.NewInbox(), servers: servers,
-		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{})}
+	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), servers: servers,
+		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, warned: map[string]time.Time{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := conn.Subscribe(g.subject, g.noResponders)
 	if err != nil {
 		return nil, err
@@ -91,6 +113,11 @@ func NewReplyGuard(conn *nats.Conn, servers func() uint64, log zerolog.Logger) (
 	go g.run()
 	return g, nil
 }
+
+// Resent counts the replies sent again because nobody took them;
+// GivenUp those given up on after their last try.
+func (g *ReplyGuard) Resent() int64  { return g.resent.Load() }
+func (g *ReplyGuard) GivenUp() int64 { return g.givenUp.Load() }
 
 // requester is what identifies a requester's inboxes: a reply subject
 // without its last token (nats.go's inboxes are <prefix>.<connection's
@@ -117,69 +144,66 @@ func (g *ReplyGuard) noResponders(m *nats.Msg) {
 
 // Send publishes reply and has its command (msg) acknowledged once the
 // reply has settled.
-func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, meta *jetstream.MsgMetadata, log zerolog.Logger) {
+func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
 	reply.Reply = g.subject
+	conn, servers := g.conn.Stats().Reconnects, g.servers()
 	if err := g.conn.PublishMsg(reply); err != nil {
 		log.Error().Err(err).Msg("reply")
 	}
+	s := settling{msg: msg, reply: reply, conn: conn, servers: servers, log: log}
 	g.mu.Lock()
-	g.queue = append(g.queue, settling{msg: msg, meta: meta, replyTo: reply.Subject, sent: time.Now(),
-		conn: g.conn.Stats().Reconnects, servers: g.servers(), log: log})
+	s.sent = time.Now() // under the lock: the queue is in the order of its times
+	g.queue = append(g.queue, s)
 	g.mu.Unlock()
+	g.poke()
+}
+
+func (g *ReplyGuard) poke() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
 	}
 }
 
-// Close acknowledges what is settling without waiting out the settle time
-// (the worker stops), and stops.
+// Close settles what is settling without waiting out the settle time (the
+// worker stops), gives up the replies waiting to be sent again, and stops.
 func (g *ReplyGuard) Close() {
 	close(g.stop)
 	<-g.done
 	_ = g.sub.Unsubscribe()
 }
 
+// run settles replies and sends again those nobody took, until Close.
 func (g *ReplyGuard) run() {
 	defer close(g.done)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		g.mu.Lock()
-		var next time.Duration
-		if len(g.queue) > 0 {
-			next = time.Until(g.queue[0].sent.Add(g.settle))
-		}
-		empty := len(g.queue) == 0
+		idle := len(g.queue) == 0 && len(g.resends) == 0
 		g.mu.Unlock()
-		stopping := false
-		switch {
-		case empty:
-			select {
-			case <-g.wake:
-				continue
-			case <-g.stop:
-				return
-			}
-		case next > 0:
-			select {
-			case <-time.After(next):
-			case <-g.stop:
-				stopping = true
-			}
+		var wake <-chan time.Time
+		if !idle {
+			wake = tick.C
 		}
-		g.settleDue(stopping)
-		if stopping {
+		select {
+		case <-g.stop:
+			g.settleDue(true)
 			return
+		case <-g.wake:
+			continue
+		case <-wake:
 		}
+		g.settleDue(false)
 	}
 }
 
-// settleDue acknowledges the commands whose replies have settled (all of
-// them when stopping), or has them come back to be answered again.
+// settleDue handles what is due: replies that have settled (all of them
+// when stopping) and replies to send again.
 func (g *ReplyGuard) settleDue(all bool) {
 	// Every "no responders" for a reply sent before now has arrived once
 	// the server has answered a PING sent now. Without that answer (the
-	// connection is down) nothing is known of the replies: they are sent
-	// again.
+	// connection is down) nothing is known of the replies.
 	unknown := g.conn.FlushTimeout(2*time.Second) != nil
 	reconnects, servers := g.conn.Stats().Reconnects, g.servers()
 	now := time.Now()
@@ -190,37 +214,112 @@ func (g *ReplyGuard) settleDue(all bool) {
 	}
 	due := append([]settling(nil), g.queue[:n]...)
 	g.queue = append(g.queue[:0], g.queue[n:]...)
-	var again []bool
+	var comeBack, taken []settling
 	for _, s := range due {
-		t, gone := g.gone[s.replyTo]
-		f, cut := g.goneFrom[requester(s.replyTo)]
-		again = append(again, unknown || s.conn != reconnects || s.servers != servers || (gone && !t.Before(s.sent)) ||
-			(cut && !f.Before(s.sent) && f.Before(s.sent.Add(g.settle))))
-	}
-	for k, t := range g.gone {
-		if now.Sub(t) > time.Minute {
-			delete(g.gone, k)
-		}
-	}
-	for k, t := range g.goneFrom {
-		if now.Sub(t) > time.Minute {
-			delete(g.goneFrom, k)
-		}
-	}
-	g.mu.Unlock()
-	for i, s := range due {
-		if again[i] && time.Since(s.meta.Timestamp) < g.giveUp {
-			s.log.Warn().Str("reply_to", s.replyTo).Msg("the requester was not there to take its reply; the command comes back to be answered again")
-			if err := s.msg.NakWithDelay(replyAgain); err != nil {
-				s.log.Error().Err(err).Msg("nak")
-			}
+		switch {
+		case unknown || s.conn != reconnects || s.servers != servers:
+			comeBack = append(comeBack, s)
 			continue
+		case g.missed(s.reply.Subject, s.sent):
+			g.schedule(&resend{reply: s.reply, tries: 1, next: s.sent.Add(time.Second)})
 		}
-		if again[i] {
-			s.log.Warn().Str("reply_to", s.replyTo).Dur("waited", g.giveUp).Msg("the requester is gone; its reply is not sent again (a repeat with the same Nats-Msg-Id gets it)")
-		}
+		taken = append(taken, s)
+	}
+	again := g.dueResends(now, all)
+	g.forget(now)
+	g.mu.Unlock()
+	// Acknowledged and sent outside the lock: a publish may wait for the
+	// connection, and Send must not wait for it meanwhile.
+	for _, s := range taken {
 		if err := s.msg.Ack(); err != nil {
 			s.log.Error().Err(err).Msg("ack")
+		}
+	}
+	for _, s := range comeBack {
+		s.log.Warn().Str("reply_to", s.reply.Subject).Msg("not known whether the reply arrived (a connection broke, or a NATS server went away): the command comes back to be answered again")
+		if err := s.msg.NakWithDelay(replyAgain); err != nil {
+			s.log.Error().Err(err).Msg("nak")
+		}
+	}
+	for _, r := range again {
+		if err := g.conn.PublishMsg(r.reply); err != nil {
+			g.log.Warn().Err(err).Msg("send a reply again")
+		}
+		g.resent.Add(1)
+	}
+}
+
+// missed tells whether a reply sent at sent to subject was not taken: the
+// server said nobody listened on its subject after it went out, or on its
+// requester's other inboxes within the settle time after (a requester's
+// server that died with the reply on its way). Called with g.mu held.
+func (g *ReplyGuard) missed(subject string, sent time.Time) bool {
+	t, gone := g.gone[subject]
+	f, cut := g.goneFrom[requester(subject)]
+	return (gone && !t.Before(sent)) || (cut && !f.Before(sent) && f.Before(sent.Add(g.settle)))
+}
+
+// schedule queues r to be sent again (the oldest is given up when the
+// queue is full), and warns once a minute per requester. Called with g.mu
+// held.
+func (g *ReplyGuard) schedule(r *resend) {
+	if len(g.resends) >= maxResends {
+		g.resends = g.resends[1:]
+		g.givenUp.Add(1)
+	}
+	g.resends = append(g.resends, r)
+	who := requester(r.reply.Subject)
+	if at, ok := g.warned[who]; !ok || time.Since(at) > time.Minute {
+		g.warned[who] = time.Now()
+		g.log.Warn().Str("requester", who).Msg("a requester was not there to take its reply; it is sent again for up to half a minute (further ones of this requester not logged for a minute)")
+	}
+}
+
+// dueResends returns the replies to send now, having dropped those that
+// were taken since their last send and given up those out of tries.
+// Called with g.mu held.
+func (g *ReplyGuard) dueResends(now time.Time, stopping bool) []*resend {
+	var out []*resend
+	keep := g.resends[:0]
+	for _, r := range g.resends {
+		if !r.sent.IsZero() {
+			if r.sent.Add(g.settle).After(now) && !stopping {
+				keep = append(keep, r) // its answer is not in yet
+				continue
+			}
+			if !g.missed(r.reply.Subject, r.sent) {
+				continue // taken
+			}
+			if r.tries >= replyTries {
+				g.givenUp.Add(1)
+				continue
+			}
+			r.next, r.sent = now.Add(time.Duration(1<<r.tries)*time.Second/2), time.Time{}
+		}
+		if stopping {
+			g.givenUp.Add(1)
+			continue
+		}
+		if !r.next.After(now) {
+			r.tries++
+			r.sent = now
+			out = append(out, r)
+		}
+		keep = append(keep, r)
+	}
+	clear(g.resends[len(keep):])
+	g.resends = keep
+	return out
+}
+
+// forget drops what is older than a minute from the maps. Called with
+// g.mu held.
+func (g *ReplyGuard) forget(now time.Time) {
+	for _, m := range []map[string]time.Time{g.gone, g.goneFrom, g.warned} {
+		for k, t := range m {
+			if now.Sub(t) > time.Minute {
+				delete(m, k)
+			}
 		}
 	}
 }

@@ -1,8 +1,16 @@
 // Package keyhistory keeps the history of the key sets that verify
-// callers' tokens: one history for all workers, in key-value bucket
-// PASSKEYS_JWKS, set by an operator (`worker provision --jwks`) and read by
-// the workers, so that every worker, at any time, judges a command by the
-// same keys: the set in force at the command's stream timestamp.
+// callers' tokens: one history for all workers, in the append-only stream
+// KV_PASSKEYS_JWKS, set by an operator (`worker provision --jwks`) and read
+// by the workers, so that every worker, at any time, judges a command by
+// the same keys: the set in force at the command's stream timestamp.
+//
+// An entry, once stored, means the same to every worker that ever reads
+// it: the stream keeps every message and refuses deletes, purges and
+// roll-ups; the first entry under a key stands (a key written again, or a
+// delete marker, is reported and changes nothing); and an entry of the
+// version before (e.<unix nanos>) counts only where that version could
+// have written it: before the first provisioned set, and never in force
+// before it was stored.
 //
 // When a set takes effect is decided by the NATS server, never by a
 // worker's clock: Margin after the server stored the entry (the first set
@@ -25,10 +33,12 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/topology"
 )
@@ -84,8 +94,8 @@ type stored struct {
 // History is a worker's view of the key history, kept in step with the
 // bucket, feeding a Verifier.
 type History struct {
-	kv     jetstream.KeyValue
-	stream jetstream.Stream // the bucket's stream
+	js     jetstream.JetStream
+	stream jetstream.Stream // the history's
 	reader *jsread.Reader
 	v      *auth.Verifier
 	log    zerolog.Logger
@@ -93,25 +103,21 @@ type History struct {
 	mu       sync.Mutex
 	entries  []stored
 	seen     map[string]bool // keys already read (a rewritten key is ignored)
+	lastKey  int             // the highest n of any set.n ever written, delete markers included
 	read     uint64          // the last stream sequence read
 	known    time.Time       // the leader's clock when every entry up to read was stored
-	knownAt  time.Time       // this worker's monotonic clock when it asked for known
+	knownAt  clock.Instant   // this worker's clock when it asked for known
 	eras     []auth.KeyEra
 	latest   Entry // the newest entry, decoded
 	refresh  chan struct{}
 	lastWarn time.Time
 }
 
-// Open returns the history of the bucket kv, feeding v (nil: none, for
+// Open returns the history kept in stream st, feeding v (nil: none, for
 // the provisioner). Nothing is read until Load.
-func Open(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, v *auth.Verifier, log zerolog.Logger) (*History, error) {
-	name := topology.BucketStream(topology.KeyBucket)
-	st, err := js.Stream(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("key history: stream %s: %w", name, err)
-	}
-	return &History{kv: kv, stream: st, reader: jsread.New(js, name, false), v: v, log: log,
-		seen: map[string]bool{}, refresh: make(chan struct{}, 1)}, nil
+func Open(js jetstream.JetStream, st jetstream.Stream, v *auth.Verifier, log zerolog.Logger) *History {
+	return &History{js: js, stream: st, reader: jsread.New(js, topology.KeyStream, false), v: v, log: log,
+		seen: map[string]bool{}, refresh: make(chan struct{}, 1)}
 }
 
 // ErrEmpty tells that the history holds no key set yet.
@@ -134,7 +140,7 @@ func (h *History) Load(ctx context.Context) error {
 // catchUp asks the leader how far the bucket's stream goes and when,
 // reads what it has not read yet, and moves the barrier (known) on.
 func (h *History) catchUp(ctx context.Context) error {
-	asked := time.Now()
+	asked := clock.Now()
 	info, err := h.stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("key history: %w", err)
@@ -150,7 +156,7 @@ func (h *History) catchUp(ctx context.Context) error {
 	h.mu.Unlock()
 	var fresh []stored
 	for seq := from; seq <= info.State.LastSeq; {
-		m, err := h.reader.Next(ctx, seq, "$KV."+topology.KeyBucket+".>")
+		m, err := h.reader.Next(ctx, seq, topology.KeyPrefix+".>")
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
@@ -160,12 +166,13 @@ func (h *History) catchUp(ctx context.Context) error {
 		if m.Sequence > info.State.LastSeq {
 			break
 		}
+		h.noteKey(strings.TrimPrefix(m.Subject, topology.KeyPrefix+"."))
 		if op := m.Header.Get("KV-Operation"); op == "" {
-			fresh = append(fresh, stored{key: strings.TrimPrefix(m.Subject, "$KV."+topology.KeyBucket+"."), seq: m.Sequence,
+			fresh = append(fresh, stored{key: strings.TrimPrefix(m.Subject, topology.KeyPrefix+"."), seq: m.Sequence,
 				created: m.Time, value: m.Data})
 		} else {
 			h.log.Error().Str("entry", m.Subject).Str("operation", op).
-				Msg("an entry of the key history was deleted; workers that read it before keep it: never delete a key set, provision a new one")
+				Msg("a delete marker in the key history changes nothing: an entry stands once stored; provision a new set instead")
 		}
 		seq = m.Sequence + 1
 	}
@@ -179,6 +186,8 @@ func (h *History) catchUp(ctx context.Context) error {
 	added := false
 	for _, e := range fresh {
 		if h.seen[e.key] {
+			h.log.Error().Str("entry", e.key).Uint64("stream_seq", e.seq).
+				Msg("an entry of the key history was written again; the first one stands, this one changes nothing")
 			continue
 		}
 		if e.created.Before(before.Add(-MaxClockSkew)) {
@@ -221,13 +230,18 @@ func (h *History) catchUp(ctx context.Context) error {
 func (h *History) erasOf(entries []stored) ([]auth.KeyEra, Entry) {
 	var eras []auth.KeyEra
 	var latest Entry
+	provisioned := false
 	for _, e := range entries {
 		era, ent, err := decode(e)
+		if err == nil && strings.HasPrefix(e.key, legacyPrefix) {
+			err = legacyAllowed(era, e, provisioned, len(eras) == 0)
+		}
 		if err != nil {
-			h.log.Error().Err(err).Str("entry", e.key).Msg("an entry of the key history is not a key set; it is left out")
+			h.log.Error().Err(err).Str("entry", e.key).Msg("an entry of the key history is not a key set in force; it is left out")
 			continue
 		}
 		if strings.HasPrefix(e.key, entryPrefix) {
+			provisioned = true
 			era.From = e.created.Add(Margin)
 			if len(eras) == 0 {
 				era.From = time.Time{}
@@ -240,6 +254,22 @@ func (h *History) erasOf(entries []stored) ([]auth.KeyEra, Entry) {
 		latest = ent
 	}
 	return eras, latest
+}
+
+// legacyAllowed tells whether an entry of the version before counts:
+// only before the first provisioned set (that version wrote no other), and
+// only in force from when it was stored or later (it wrote its time of
+// effect 5 s ahead, or zero for the first entry of all).
+func legacyAllowed(era auth.KeyEra, e stored, provisioned, first bool) error {
+	switch {
+	case provisioned:
+		return errors.New("an entry in the form of the version before, after a provisioned set")
+	case era.From.IsZero() && !first:
+		return errors.New("an entry of the version before in force from the beginning, after another")
+	case !era.From.IsZero() && era.From.Before(e.created):
+		return errors.New("an entry of the version before in force before it was stored")
+	}
+	return nil
 }
 
 // decode reads one stored entry.
@@ -334,7 +364,7 @@ func (h *History) Await(ctx context.Context, t time.Time) error {
 func (h *History) Now(ctx context.Context) (time.Time, error) {
 	for {
 		h.mu.Lock()
-		known, since := h.known, time.Since(h.knownAt)
+		known, since := h.known, clock.Since(h.knownAt)
 		h.mu.Unlock()
 		if !known.IsZero() && since < Margin-MaxClockSkew-time.Second {
 			return known.Add(since), nil
@@ -401,15 +431,35 @@ func (h *History) Seed(ctx context.Context, e Entry) (bool, error) {
 	if err := h.catchUpOnce(ctx); err != nil {
 		return false, err
 	}
+	h.mu.Lock()
+	n := h.provisioned()
+	h.mu.Unlock()
 	if h.Sets() > 0 {
 		return false, nil
 	}
-	if _, err := h.kv.Create(ctx, entryKey(1), raw); errors.Is(err, jetstream.ErrKeyExists) {
-		return false, h.catchUpOnce(ctx)
-	} else if err != nil {
-		return false, fmt.Errorf("key history: write %s: %w", entryKey(1), err)
+	created, err := h.create(ctx, entryKey(n+1), raw)
+	if err != nil {
+		return false, err
 	}
-	return true, h.catchUpOnce(ctx)
+	return created, h.catchUpOnce(ctx)
+}
+
+// create stores raw under key, unless the key has a message already (a
+// concurrent writer's, or anything ever written there): created is false
+// then.
+func (h *History) create(ctx context.Context, key string, raw []byte) (created bool, err error) {
+	msg := nats.NewMsg(topology.KeyPrefix + "." + key)
+	msg.Data = raw
+	_, err = h.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("key history: write %s: %w", key, err)
+	}
+	return true, nil
 }
 
 func encodeEntry(e Entry) ([]byte, error) {
@@ -431,7 +481,10 @@ func (h *History) Append(ctx context.Context, e Entry) (string, time.Time, error
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	for {
+	for try := 0; ; try++ {
+		if try == 10 {
+			return "", time.Time{}, errors.New("key history: could not add a key set: other writers kept coming first")
+		}
 		if err := h.catchUpOnce(ctx); err != nil {
 			return "", time.Time{}, err
 		}
@@ -442,12 +495,12 @@ func (h *History) Append(ctx context.Context, e Entry) (string, time.Time, error
 			return "", time.Time{}, nil
 		}
 		key := entryKey(n + 1)
-		_, err := h.kv.Create(ctx, key, raw)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			continue // another operator's entry came first: read it, then decide
-		}
+		created, err := h.create(ctx, key, raw)
 		if err != nil {
-			return "", time.Time{}, fmt.Errorf("key history: write %s: %w", key, err)
+			return "", time.Time{}, err
+		}
+		if !created {
+			continue // another operator's entry came first: read it, then decide
 		}
 		if err := h.catchUpOnce(ctx); err != nil {
 			return key, time.Time{}, err
@@ -458,15 +511,20 @@ func (h *History) Append(ctx context.Context, e Entry) (string, time.Time, error
 	}
 }
 
-// provisioned is the number of the newest provisioned entry read.
-func (h *History) provisioned() int {
-	n := 0
-	for _, e := range h.entries {
-		if k, ok := strings.CutPrefix(e.key, entryPrefix); ok {
-			if i, err := strconv.Atoi(k); err == nil && i > n {
-				n = i
-			}
-		}
+// noteKey keeps the highest n of the keys set.n read: the next entry
+// goes under the next.
+func (h *History) noteKey(key string) {
+	k, ok := strings.CutPrefix(key, entryPrefix)
+	if !ok {
+		return
 	}
-	return n
+	if i, err := strconv.Atoi(k); err == nil {
+		h.mu.Lock()
+		h.lastKey = max(h.lastKey, i)
+		h.mu.Unlock()
+	}
 }
+
+// provisioned is the highest n of every key set.n ever written, entries
+// written again and delete markers included. Called with h.mu held.
+func (h *History) provisioned() int { return h.lastKey }

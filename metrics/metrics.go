@@ -84,6 +84,11 @@ func (m *Metrics) Gauge(name, help string, value func() float64) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value))
 }
 
+// CounterFunc registers a counter whose value is read at each scrape.
+func (m *Metrics) CounterFunc(name, help string, value func() float64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, value))
+}
+
 // Batch records one batch transaction.
 func (m *Metrics) Batch(size int, took time.Duration, err error) {
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/passkeys/worker/internal/clock"
 )
 
 // Why a lease's context ends (context.Cause).
@@ -38,41 +40,42 @@ type Lease struct {
 
 	mu        sync.Mutex
 	rev       uint64
-	until     time.Time // monotonic
+	until     clock.Instant // by the clock that counts a suspended machine's sleep too
 	timer     *time.Timer
 	releasing bool
 	lost      bool
 
 	serving  atomic.Bool
-	progress atomic.Int64 // UnixNano of the runner's last sign of progress
+	progress atomic.Int64 // clock.Instant of the runner's last sign of progress
 	err      error        // the runner's error, once done
 }
 
-func newLease(parent context.Context, p int, rev uint64, sent time.Time, ttl time.Duration) *Lease {
+func newLease(parent context.Context, p int, rev uint64, sent clock.Instant, ttl time.Duration) *Lease {
 	ctx, cancel := context.WithCancelCause(parent)
 	l := &Lease{Partition: p, ctx: ctx, cancel: cancel, done: make(chan struct{}), rev: rev, until: sent.Add(ttl)}
-	l.progress.Store(time.Now().UnixNano())
-	l.timer = time.AfterFunc(time.Until(l.until), l.expire)
+	l.progress.Store(int64(clock.Now()))
+	l.timer = time.AfterFunc(-clock.Since(l.until), l.expire)
 	return l
 }
 
-// Valid tells whether the lease is held now, by this worker's monotonic
-// clock. Check it right before acting, and after reading what an answer is
-// made of: a worker may have been paused between any two instructions.
-func (l *Lease) Valid() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return !l.lost && time.Now().Before(l.until)
-}
+// Valid tells whether the lease is held now, by this worker's own clock
+// (one that counts a suspended machine's sleep too). Check it right before
+// acting, and after reading what an answer is made of: a worker may have
+// been paused between any two instructions.
+func (l *Lease) Valid() bool { return l.Check() == nil }
 
-// Check is Valid as an error: nil, or why the lease is not held.
+// Check is Valid as an error: nil, or why the lease is not held. A lease
+// found run out ends its context, should its timer not have yet (after a
+// suspend, Go's timers run late).
 func (l *Lease) Check() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	lost, out := l.lost, !clock.Now().Before(l.until)
+	l.mu.Unlock()
 	switch {
-	case l.lost:
+	case lost:
 		return ErrLost
-	case !time.Now().Before(l.until):
+	case out:
+		l.cancel(ErrExpired)
 		return ErrExpired
 	}
 	return nil
@@ -84,7 +87,10 @@ func (l *Lease) Context() context.Context { return l.ctx }
 
 // Progress tells the coordinator the runner is getting on with loading
 // the partition (a snapshot's chunk, a batch of the catch-up).
-func (l *Lease) Progress() { l.progress.Store(time.Now().UnixNano()) }
+func (l *Lease) Progress() { l.progress.Store(int64(clock.Now())) }
+
+// sinceProgress is how long ago the runner last showed progress.
+func (l *Lease) sinceProgress() time.Duration { return clock.Since(clock.Instant(l.progress.Load())) }
 
 // SetServing says whether the runner serves the partition: caught up,
 // consuming and answering reads.
@@ -94,22 +100,22 @@ func (l *Lease) SetServing(on bool) { l.serving.Store(on) }
 func (l *Lease) Serving() bool { return l.serving.Load() && l.Valid() }
 
 // renewed extends the lease after a renewal whose request was sent at sent.
-func (l *Lease) renewed(rev uint64, sent time.Time, ttl time.Duration) {
+func (l *Lease) renewed(rev uint64, sent clock.Instant, ttl time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lost || !sent.Add(ttl).After(l.until) {
+	if l.lost || !l.until.Before(sent.Add(ttl)) {
 		return
 	}
 	l.rev, l.until = rev, sent.Add(ttl)
-	l.timer.Reset(time.Until(l.until))
+	l.timer.Reset(-clock.Since(l.until))
 }
 
 // expire ends the lease's context when it ran out unrenewed.
 func (l *Lease) expire() {
 	l.mu.Lock()
-	out := !time.Now().Before(l.until)
+	out := !clock.Now().Before(l.until)
 	if !out {
-		l.timer.Reset(time.Until(l.until))
+		l.timer.Reset(-clock.Since(l.until))
 	}
 	l.mu.Unlock()
 	if out {

@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/topology"
 )
@@ -88,7 +89,7 @@ type member struct {
 
 // seenMember is what the watch last saw of a member.
 type seenMember struct {
-	at     time.Time // monotonic: when its key was last put
+	at     clock.Instant // when its key was last put
 	avoids []int
 }
 
@@ -383,12 +384,12 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 	switch {
 	case !wanted && l.release():
 		c.log.Info().Int("partition", l.Partition).Str("why", "assigned to another worker").Msg("letting go of the partition")
-	case !l.serving.Load() && time.Since(time.Unix(0, l.progress.Load())) > c.cfg.StuckAfter && l.release():
+	case !l.serving.Load() && l.sinceProgress() > c.cfg.StuckAfter && l.release():
 		c.log.Warn().Int("partition", l.Partition).Dur("no_progress_for", c.cfg.StuckAfter).
 			Msg("letting go of the partition: no progress while loading it; another worker may serve it")
 		c.avoidFor(l.Partition)
 	}
-	sent := time.Now()
+	sent := clock.Now()
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
 	defer cancel()
 	rev, err := c.kv.Update(rctx, leaseKey(l.Partition), []byte(c.cfg.ID+"/"+c.incarnation), l.revision())
@@ -405,7 +406,7 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 
 // take takes partition p's lease if it is free and starts its runner.
 func (c *Coordinator) take(ctx context.Context, p int) {
-	sent := time.Now()
+	sent := clock.Now()
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
 	rev, err := c.kv.Create(cctx, leaseKey(p), []byte(c.cfg.ID+"/"+c.incarnation))
 	cancel()
@@ -489,7 +490,7 @@ func (c *Coordinator) members() []string {
 	defer c.mu.Unlock()
 	out := []string{c.cfg.ID}
 	for id, s := range c.seen {
-		if time.Since(s.at) < topology.LeaseTTL {
+		if clock.Since(s.at) < topology.LeaseTTL {
 			out = append(out, id)
 		}
 	}
@@ -541,5 +542,5 @@ func (c *Coordinator) noteMember(e jetstream.KeyValueEntry) {
 		}
 		return
 	}
-	c.seen[id] = seenMember{at: time.Now(), avoids: m.Avoids}
+	c.seen[id] = seenMember{at: clock.Now(), avoids: m.Avoids}
 }

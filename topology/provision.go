@@ -19,7 +19,8 @@ type Handles struct {
 	Stream    jetstream.Stream
 	Leases    jetstream.KeyValue
 	Snapshots jetstream.ObjectStore
-	Keys      jetstream.KeyValue
+	// Keys is the key history's stream.
+	Keys jetstream.Stream
 }
 
 // startRetry is how start-up tries again what a forming or busy JetStream
@@ -155,8 +156,8 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 	if err != nil {
 		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
-	if h.Keys, err = kv(s.KeyBucketConfig()); err != nil {
-		return h, fmt.Errorf("key-value bucket %s: %w", KeyBucket, err)
+	if h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig()); err != nil {
+		return h, err
 	}
 	return h, nil
 }
@@ -194,8 +195,11 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, SnapshotBucket) }); err != nil {
 		return h, missing("object store "+SnapshotBucket, err)
 	}
-	if h.Keys, err = kv(KeyBucket); err != nil {
-		return h, missing("key-value bucket "+KeyBucket, err)
+	if h.Keys, err = call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, KeyStream) }); err != nil {
+		return h, missing("stream "+KeyStream, err)
+	}
+	if c := h.Keys.CachedInfo().Config; !c.DenyDelete || !c.DenyPurge || c.AllowRollup || c.MaxMsgsPerSubject >= 0 {
+		return h, retry.Permanent(fmt.Errorf("stream %s (the key history) may still have entries deleted or rewritten: run `worker provision` to make it append-only", KeyStream))
 	}
 	return h, nil
 }

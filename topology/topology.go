@@ -67,9 +67,12 @@ const (
 	LeaseTTL    = 6 * time.Second
 	// SnapshotBucket holds the partitions' snapshots.
 	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
-	// KeyBucket holds the history of trusted key sets. Only an operator
-	// (worker provision --jwks) writes it; workers read it.
-	KeyBucket = "PASSKEYS_JWKS"
+	// KeyStream holds the history of trusted key sets, append-only. Only
+	// an operator (worker provision --jwks) writes it; workers read it. The
+	// version before made it as key-value bucket PASSKEYS_JWKS, whose
+	// stream and subjects (KeyPrefix.<key>) it keeps.
+	KeyStream = "KV_PASSKEYS_JWKS"
+	KeyPrefix = "$KV.PASSKEYS_JWKS"
 )
 
 // BucketStream is the name of the stream behind a key-value bucket.
@@ -238,12 +241,23 @@ func (s Settings) SnapshotBucketConfig() jetstream.ObjectStoreConfig {
 	}
 }
 
-// KeyBucketConfig is PASSKEYS_JWKS. Every key set is kept under a key of
-// its own, so History 1 loses nothing.
-func (s Settings) KeyBucketConfig() jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket: KeyBucket, Description: "passkeys: every trusted key set, in the order an operator provisioned them",
-		History: 1, Storage: jetstream.FileStorage, Replicas: s.Replicas,
+// KeyStreamConfig is the key history: append-only, so that no entry can
+// be rewritten, deleted or rolled up once a worker may have judged by it.
+// Every message on every subject is kept (no per-subject limit), messages
+// may not be deleted, the stream not purged, and roll-ups are refused.
+func (s Settings) KeyStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              KeyStream,
+		Description:       "passkeys: every trusted key set, in the order an operator provisioned them (append-only)",
+		Subjects:          []string{KeyPrefix + ".>"},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		MaxMsgsPerSubject: -1,
+		Discard:           jetstream.DiscardNew,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowRollup:       false,
+		Replicas:          s.Replicas,
 	}
 }
 
@@ -254,6 +268,6 @@ func (s Settings) Describe() string {
 		fmt.Sprintf("stream %s (%d partitions, %d replicas)", StreamName, s.Partitions, s.Replicas),
 		fmt.Sprintf("%d durable consumers %s-p000...", s.Partitions, ConsumerName),
 		"stream " + EventsStreamName, "stream " + DeadLetterStreamName,
-		"key-value buckets " + LeaseBucket + " and " + KeyBucket, "object store " + SnapshotBucket,
+		"key-value bucket " + LeaseBucket, "object store " + SnapshotBucket, "stream " + KeyStream + " (the key history)",
 	}, ", ")
 }

@@ -68,27 +68,23 @@ func TestDifferentFilesOnAnEmptyHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(context.Background(), "PASSKEYS_JWKS")
+	st, err := js.Stream(context.Background(), "KV_PASSKEYS_JWKS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := kv.ListKeys(context.Background())
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter("$KV.PASSKEYS_JWKS.>"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for k := range keys.Keys() {
-		names = append(names, k)
+	if len(info.State.Subjects) != 1 || info.State.Subjects["$KV.PASSKEYS_JWKS.set.00000001"] != 1 {
+		t.Fatalf("the key history holds %v, want one set", info.State.Subjects)
 	}
-	if len(names) != 1 || names[0] != "set.00000001" {
-		t.Fatalf("the key history holds %v, want one set", names)
-	}
-	entry, err := kv.Get(context.Background(), names[0])
+	entry, err := st.GetLastMsgForSubject(context.Background(), "$KV.PASSKEYS_JWKS.set.00000001")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var set keyhistory.Entry
-	if err := json.Unmarshal(entry.Value(), &set); err != nil {
+	if err := json.Unmarshal(entry.Data, &set); err != nil {
 		t.Fatal(err)
 	}
 	winner, loser := first, second

@@ -83,7 +83,12 @@ func WatchServers(urls string, onGone func(server string), opts ...nats.Option) 
 	}
 	w := &ServerWatch{stop: make(chan struct{}), done: make(chan struct{}), onGone: onGone}
 	opts = append(opts, nats.Name("passkeys-worker-servers"), nats.DontRandomize(), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(*nats.Conn, error) { w.gen.Add(1); onGone("the one this worker watched through") }))
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own Close
+				w.gen.Add(1)
+				onGone("the one this worker watched through")
+			}
+		}))
 	nc, err := nats.Connect(strings.TrimSpace(first), opts...)
 	if err != nil {
 		return nil, err
