@@ -251,18 +251,18 @@ func (w *worker) open(ctx context.Context) error {
 	w.onClose(shutdownServer)
 	w.onClose(nc.Close)
 	w.nc, w.clientURL = nc, clientURL
-	var serversGone func() uint64
+	var serverGone func() time.Time
 	if !cfg.Embedded() {
 		watch, err := natsconn.WatchServers(cfg.NATSURL, func(server string) {
-			log.Warn().Str("server", server).Msg("a NATS server went away: the replies sent just before are sent again")
+			log.Warn().Str("server", server).Msg("a NATS server went away: the commands whose replies went out around then are answered again")
 		}, connectOptions(cfg, log)...)
 		if err != nil {
 			return fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
 		}
 		w.onClose(watch.Close)
-		serversGone = watch.Generation
+		serverGone = watch.LastGone
 	}
-	if w.replies, err = handler.NewReplyGuard(nc, serversGone, log); err != nil {
+	if w.replies, err = handler.NewReplyGuard(nc, serverGone, log); err != nil {
 		return err
 	}
 	w.onClose(w.replies.Close)

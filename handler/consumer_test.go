@@ -1,6 +1,7 @@
 package handler
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strconv"
@@ -429,7 +430,61 @@ func TestReplyWaitsForItsRequester(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.NumRedelivered != 0 || guard.Resent() == 0 {
-		t.Fatalf("%d commands redelivered, %d replies sent again; want replies sent again, no command back", info.NumRedelivered, guard.Resent())
+	if back := info.Delivered.Consumer - 52; back != 0 || guard.Resent() == 0 { // 52 commands, each delivered once
+		t.Fatalf("%d commands came back, %d replies sent again; want replies sent again, no command back", back, guard.Resent())
+	}
+}
+
+// A NATS server that went away a moment before a reply went out, or while
+// it settled, may have lost it (the other servers route to the dead one
+// until they notice): its command comes back and is answered again,
+// byte for byte. A server gone long before changes nothing.
+func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	var gone atomic.Pointer[time.Time]
+	long := time.Now().Add(-time.Minute)
+	gone.Store(&long)
+	guard, err := NewReplyGuard(f.nc, func() time.Time { return *gone.Load() }, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(guard.Close)
+	c := &Consumer{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
+		StoreRetry: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
+		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, f.cons) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	f.next(t)
+	f.settled(t)
+	sent := uint64(1)
+	redelivered := func() uint64 { // deliveries beyond the first of each
+		t.Helper()
+		info, err := f.cons.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Delivered.Consumer - sent
+	}
+	if n := redelivered(); n != 0 {
+		t.Fatalf("a server gone a minute before: %d commands came back, want 0", n)
+	}
+
+	now := time.Now()
+	gone.Store(&now)
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "remove", `{"tokenId":"pk-1"}`)
+	sent++
+	first, again := f.next(t), f.next(t)
+	if first.Subject != again.Subject || !bytes.Equal(first.Data, again.Data) || !strings.Contains(string(first.Data), `"sequence":"2"`) {
+		t.Fatalf("the reply and its repeat differ: %s %s / %s %s", first.Subject, first.Data, again.Subject, again.Data)
+	}
+	f.settled(t)
+	if n := redelivered(); n != 1 {
+		t.Fatalf("a server gone just before the reply: %d commands came back, want 1", n)
 	}
 }

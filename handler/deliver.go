@@ -27,8 +27,9 @@ import (
 //     requester that left for good costs a few publishes, and a bounded
 //     queue of them, nothing more: the command itself is acknowledged.
 //   - When the worker's own connection broke after the reply went out, or
-//     a NATS server of the cluster went away meanwhile, nothing tells
-//     whether the reply arrived: the command is not acknowledged but comes
+//     a NATS server of the cluster went away within a second of it (before:
+//     the other servers may still route to the dead one for a moment),
+//     nothing tells whether the reply arrived: the command is not acknowledged but comes
 //     back a second later, to whichever worker holds its partition then,
 //     and is answered again from its stored outcome. These are rare events
 //     no caller can cause.
@@ -41,9 +42,9 @@ type ReplyGuard struct {
 
 	subject string
 	sub     *nats.Subscription
-	// servers counts the NATS servers that went away (nil: none ever
-	// does): a reply sent before one went may have been lost in it.
-	servers func() uint64
+	// serverGone is when a NATS server last went away (nil: none ever
+	// does): a reply sent around then may have been lost in it.
+	serverGone func() time.Time
 
 	mu sync.Mutex
 	// gone is when the server last said nobody listens on a reply subject,
@@ -68,9 +69,7 @@ type settling struct {
 	// reply sent on a connection that broke since may have been lost with
 	// it (in the dying server's buffers), though nobody said so.
 	conn uint64
-	// servers is the count of servers gone when the reply went out.
-	servers uint64
-	log     zerolog.Logger
+	log  zerolog.Logger
 }
 
 // resend is a reply nobody took, to be sent again.
@@ -93,16 +92,21 @@ const (
 	// maxResends bounds the replies waiting to be sent again; past it the
 	// oldest is given up (a requester asks again with its Nats-Msg-Id).
 	maxResends = 10000
+	// serverGrace is how long before a reply a server that went away may
+	// still have lost it: the time the cluster's other servers take to
+	// drop the dead one's routes and interest, generously.
+	serverGrace = time.Second
 )
 
 // NewReplyGuard subscribes to the "no responders" answers on conn, below
-// its inbox prefix, and starts acknowledging. servers, when set, counts the
-// NATS servers that went away (natsconn.ServerWatch). Close stops it.
-func NewReplyGuard(conn *nats.Conn, servers func() uint64, log zerolog.Logger) (*ReplyGuard, error) {
-	if servers == nil {
-		servers = func() uint64 { return 0 }
+// its inbox prefix, and starts acknowledging. serverGone, when set, tells
+// when a NATS server last went away (natsconn.ServerWatch.LastGone). Close
+// stops it.
+func NewReplyGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger) (*ReplyGuard, error) {
+	if serverGone == nil {
+		serverGone = func() time.Time { return time.Time{} }
 	}
-	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), servers: servers,
+	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), serverGone: serverGone,
 		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, warned: map[string]time.Time{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := conn.Subscribe(g.subject, g.noResponders)
@@ -146,11 +150,11 @@ func (g *ReplyGuard) noResponders(m *nats.Msg) {
 // reply has settled.
 func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
 	reply.Reply = g.subject
-	conn, servers := g.conn.Stats().Reconnects, g.servers()
+	conn := g.conn.Stats().Reconnects
 	if err := g.conn.PublishMsg(reply); err != nil {
 		log.Error().Err(err).Msg("reply")
 	}
-	s := settling{msg: msg, reply: reply, conn: conn, servers: servers, log: log}
+	s := settling{msg: msg, reply: reply, conn: conn, log: log}
 	g.mu.Lock()
 	s.sent = time.Now() // under the lock: the queue is in the order of its times
 	g.queue = append(g.queue, s)
@@ -205,7 +209,7 @@ func (g *ReplyGuard) settleDue(all bool) {
 	// the server has answered a PING sent now. Without that answer (the
 	// connection is down) nothing is known of the replies.
 	unknown := g.conn.FlushTimeout(2*time.Second) != nil
-	reconnects, servers := g.conn.Stats().Reconnects, g.servers()
+	reconnects, serverGone := g.conn.Stats().Reconnects, g.serverGone()
 	now := time.Now()
 	g.mu.Lock()
 	n := 0
@@ -217,7 +221,7 @@ func (g *ReplyGuard) settleDue(all bool) {
 	var comeBack, taken []settling
 	for _, s := range due {
 		switch {
-		case unknown || s.conn != reconnects || s.servers != servers:
+		case unknown || s.conn != reconnects || serverGone.After(s.sent.Add(-serverGrace)):
 			comeBack = append(comeBack, s)
 			continue
 		case g.missed(s.reply.Subject, s.sent):

@@ -57,57 +57,90 @@ func RedactURL(urls string) string {
 	return strings.Join(parts, ",")
 }
 
-// ServerWatch tells when a server of the NATS cluster goes away: its
-// Generation moves on. A reply on its way through a server that died is
-// lost without anyone saying so (core NATS is at most once), so a
-// reply sent before such a moment is worth sending again. It keeps a
-// connection of its own, made with the first of the URLs only, so that the
-// cluster's other servers are the ones the server tells of (its
-// connect_urls), which nats.go drops from the connection's pool as soon as
-// the server says one has gone.
+// ServerWatch tells when a server of the NATS cluster last went away
+// (LastGone). A reply on its way through a server that died is lost without
+// anyone saying so (core NATS is at most once), and so is one sent just
+// after, while the other servers have not yet dropped the dead one's
+// interest: a reply sent around such a moment is worth sending again. It keeps a
+// connection of its own to each of the URLs it is given, each bound to its
+// server (no other server is tried): a server that dies closes its
+// connection at once, however soon it is back. And it follows the servers
+// the first one tells of (its connect_urls), which nats.go drops from that
+// connection's pool when the server says one has gone, for servers the
+// URLs do not name.
 type ServerWatch struct {
-	nc     *nats.Conn
+	conns  []*nats.Conn
 	onGone func(server string)
-	gen    atomic.Uint64
+	last   atomic.Pointer[time.Time]
 	stop   chan struct{}
 	done   chan struct{}
 }
 
-// WatchServers connects to the first of urls (with opts) and follows the
+// WatchServers connects to each of urls (with opts) and follows the
 // cluster's servers until Close; onGone (may be nil) hears of each server
 // that goes away.
 func WatchServers(urls string, onGone func(server string), opts ...nats.Option) (*ServerWatch, error) {
-	first, _, _ := strings.Cut(urls, ",")
 	if onGone == nil {
 		onGone = func(string) {}
 	}
 	w := &ServerWatch{stop: make(chan struct{}), done: make(chan struct{}), onGone: onGone}
-	opts = append(opts, nats.Name("passkeys-worker-servers"), nats.DontRandomize(), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil: our own Close
-				w.gen.Add(1)
-				onGone("the one this worker watched through")
-			}
-		}))
-	nc, err := nats.Connect(strings.TrimSpace(first), opts...)
-	if err != nil {
-		return nil, err
+	for i, u := range strings.Split(urls, ",") {
+		u = strings.TrimSpace(u)
+		name := RedactURL(u)
+		own := append(opts[:len(opts):len(opts)], nats.Name("passkeys-worker-servers"), nats.DontRandomize(), nats.MaxReconnects(-1),
+			nats.RetryOnFailedConnect(true), nats.ReconnectWait(time.Second),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil { // nil: our own Close
+					w.gone(name)
+				}
+			}))
+		if i > 0 {
+			own = append(own, nats.IgnoreDiscoveredServers())
+		}
+		nc, err := nats.Connect(u, own...)
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		w.conns = append(w.conns, nc)
 	}
-	w.nc = nc
 	go w.poll()
 	return w, nil
 }
 
-// Generation counts the times a server was seen to go away.
-func (w *ServerWatch) Generation() uint64 { return w.gen.Load() }
+// LastGone is when a server was last seen to go away; zero if none ever
+// was.
+func (w *ServerWatch) LastGone() time.Time {
+	if t := w.last.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
+}
+
+func (w *ServerWatch) gone(server string) {
+	now := time.Now()
+	w.last.Store(&now)
+	w.onGone(server)
+}
 
 // Close stops the watch.
 func (w *ServerWatch) Close() {
+	select {
+	case <-w.stop:
+		return
+	default:
+	}
 	close(w.stop)
-	<-w.done
-	w.nc.Close()
+	if len(w.conns) > 0 {
+		<-w.done
+	}
+	for _, nc := range w.conns {
+		nc.Close()
+	}
 }
 
+// poll follows the first connection's pool: a server the cluster no
+// longer tells of has gone.
 func (w *ServerWatch) poll() {
 	defer close(w.done)
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -115,13 +148,12 @@ func (w *ServerWatch) poll() {
 	known := map[string]bool{}
 	for {
 		now := map[string]bool{}
-		for _, s := range w.nc.Servers() {
+		for _, s := range w.conns[0].Servers() {
 			now[s] = true
 		}
 		for s := range known {
 			if !now[s] {
-				w.gen.Add(1)
-				w.onGone(s)
+				w.gone(s)
 			}
 		}
 		known = now
