@@ -224,6 +224,7 @@ func TestClusterFailover(t *testing.T) {
 	var failover time.Duration
 	var unstored []*nats.Msg
 	var unstoredMu sync.Mutex
+	var watching sync.WaitGroup // one per publish, until its acknowledgement or error
 	for k := range total {
 		msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
 		msg.Header.Set("Authorization", admin)
@@ -235,7 +236,7 @@ func TestClusterFailover(t *testing.T) {
 			<-js.PublishAsyncComplete()
 			f, err = js.PublishMsgAsync(msg)
 		}
-		go func() {
+		watching.Go(func() {
 			select {
 			case <-f.Ok():
 			case <-f.Err():
@@ -243,7 +244,7 @@ func TestClusterFailover(t *testing.T) {
 				unstored = append(unstored, f.Msg())
 				unstoredMu.Unlock()
 			}
-		}()
+		})
 		switch k {
 		case total / 3:
 			waitCount(t, removals, total/6, 60*time.Second)
@@ -258,31 +259,38 @@ func TestClusterFailover(t *testing.T) {
 		t.Errorf("failover took %s, more than the contract's 30 s", failover)
 	}
 	<-js.PublishAsyncComplete()
+	watching.Wait()
 	unstoredMu.Lock()
 	for _, m := range unstored { // publishes whose acknowledgement was lost: again, the same Nats-Msg-Id
 		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
 	}
 	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
 	unstoredMu.Unlock()
-	waitWithin(t, 90*time.Second, func() bool { return partitionsSettled(js) })
 
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	// Every stream publish was answered: settled means every command was
-	// acknowledged, and a command is acknowledged once its reply was taken.
-	var lost []int
-	for k := range total {
+	// Every stream publish is answered, without being asked again: wait for
+	// the replies themselves (a consumer's counts may lag behind the stream
+	// on a server that is catching up).
+	lostOnes := func() []int {
 		removals.mu.Lock()
-		if len(removals.got[k]) == 0 {
-			lost = append(lost, k)
+		defer removals.mu.Unlock()
+		var lost []int
+		for k := range total {
+			if len(removals.got[k]) == 0 {
+				lost = append(lost, k)
+			}
 		}
-		removals.mu.Unlock()
+		return lost
+	}
+	lost := lostOnes()
+	for deadline := time.Now().Add(60 * time.Second); len(lost) > 0 && time.Now().Before(deadline); lost = lostOnes() {
+		time.Sleep(20 * time.Millisecond)
 	}
 	if len(lost) > 0 {
-		t.Errorf("%d of %d stream publishes got no reply (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])
+		logConsumers(t, js)
+		t.Errorf("%d of %d stream publishes got no reply in a minute (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])
 		askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
 	}
+	waitWithin(t, 90*time.Second, func() bool { return partitionsSettled(js) })
 
 	// Every user lists correctly, through whichever worker answers.
 	for u := range users {

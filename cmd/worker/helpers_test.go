@@ -82,7 +82,10 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, err := e.nc.Request("$SRV.PING.passkeys", nil, 200*time.Millisecond); err == nil {
+		// Started once its endpoints answer (a micro service answers its
+		// PING before it has added them): a list without a token is refused
+		// at once, whatever the partitions.
+		if _, err := e.nc.Request("passkeys.list.started", nil, 200*time.Millisecond); err == nil {
 			return w
 		}
 		select {
@@ -263,6 +266,36 @@ func partitionsSettled(js jetstream.JetStream) bool {
 		}
 	}
 	return true
+}
+
+// logConsumers logs the stream's last sequence and each partition
+// consumer's leader and counts, for a failure's reader.
+func logConsumers(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "PASSKEYS")
+	if err != nil {
+		t.Logf("stream: %v", err)
+		return
+	}
+	if si, err := st.Info(ctx); err == nil {
+		t.Logf("stream PASSKEYS: last sequence %d, leader %s", si.State.LastSeq, si.Cluster.Leader)
+	}
+	for p := range 8 {
+		c, err := st.Consumer(ctx, fmt.Sprintf("passkeys-worker-p%03d", p))
+		if err != nil {
+			t.Logf("partition %d: %v", p, err)
+			continue
+		}
+		ci, err := c.Info(ctx)
+		if err != nil {
+			t.Logf("partition %d: %v", p, err)
+			continue
+		}
+		t.Logf("partition %d: leader %s, delivered to %d, acknowledged to %d, %d pending, %d unacknowledged",
+			p, ci.Cluster.Leader, ci.Delivered.Stream, ci.AckFloor.Stream, ci.NumPending, ci.NumAckPending)
+	}
 }
 
 // storeUntilStored returns a function that publishes a command (with
