@@ -98,6 +98,9 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 			return nil, err
 		}
 	}
+	// The endpoints' subscriptions reach the server before Start returns
+	// (while the connection is down they are made on reconnecting).
+	_ = nc.FlushTimeout(2 * time.Second)
 	return svc, nil
 }
 
