@@ -13,10 +13,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/backup"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -27,7 +29,7 @@ import (
 // benchmark start a worker through it too.
 func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "backup" {
-		return backupCommand(args[1:], getenv, stdout, stderr)
+		return backup.Command(args[1:], getenv, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "provision" {
 		return provisionCommand(ctx, args[1:], getenv, stdout, stderr)
@@ -49,7 +51,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	eventFlags(fs, &cfg)
 	clusterFlags(fs, &cfg)
-	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", snapshotInterval, "how often each partition's state is written to object store "+topology.SnapshotBucket)
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", runner.DefaultSnapshotInterval, "how often each partition's state is written to object store "+topology.SnapshotBucket)
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
@@ -63,7 +65,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 			fmt.Fprintf(stderr, "  --%s (%s)\n    \t%s (default %q)\n", f.Name, cli.EnvName(f.Name), f.Usage, f.DefValue)
 		})
 	}
-	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
+	if done, err := cli.ParseFlags(fs, args, getenv); done || err != nil {
 		return err
 	}
 	// Config.Validate fills a zero count in for callers that build a
@@ -110,23 +112,6 @@ func natsFlags(fs *flag.FlagSet, cfg *Config, urlNote string) {
 		"(default: _INBOX_<user> when --nats-url names a user, else _INBOX)")
 }
 
-// parseWithEnv parses args into fs, each flag also settable by its
-// environment variable (cli.Parse); the worker's commands take no
-// arguments. done is set when --help was asked for and answered.
-func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) (done bool, err error) {
-	pos, err := cli.Parse(fs, args, getenv, nil)
-	if cli.IsHelp(err) {
-		return true, nil // --help asked for the usage text, and got it
-	}
-	if err != nil {
-		return false, err
-	}
-	if len(pos) > 0 {
-		return false, fmt.Errorf("unexpected argument %q (see --help)", pos[0])
-	}
-	return false, nil
-}
-
 // provisionCommand is `worker provision`: an operator creates or updates
 // the streams, consumers and buckets with a NATS user that may (nats.conf's
 // passkeys-provisioner), so that the workers run with --create-stream=false
@@ -150,7 +135,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 			topology.StreamName, topology.EventsStreamName, topology.DeadLetterStreamName, topology.LeaseBucket, topology.KeyStream, topology.SnapshotBucket)
 		fs.PrintDefaults()
 	}
-	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
+	if done, err := cli.ParseFlags(fs, args, getenv); done || err != nil {
 		return err
 	}
 	if cfg.NATSURL == "" {

@@ -219,66 +219,12 @@ func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
 	return results, nil
 }
 
-// ApplyIsolating is Apply for a batch whose commit keeps failing. It
-// applies the batch in ever smaller parts, in stream order, so that a
-// command that breaks every transaction it is part of is found and fails
-// alone (its Result is Transient), while the commands batched with it are
-// applied. A command of a user with an earlier command that failed this way
-// is held back (Transient) too, so it never overtakes that command. When the
-// store itself is failing (a full disk), every part fails and every command
-// is Transient, as with Apply.
-func (a *Applier) ApplyIsolating(ctx context.Context, cmds []*Command) []Result {
-	results := make([]Result, len(cmds))
-	idx := make([]int, len(cmds))
-	for i := range idx {
-		idx[i] = i
-	}
-	a.isolate(ctx, cmds, idx, results, map[string]bool{})
-	return results
-}
-
-// isolate applies the commands cmds[idx...] and writes their results;
-// failed holds the users with a command that failed.
-func (a *Applier) isolate(ctx context.Context, cmds []*Command, idx []int, results []Result, failed map[string]bool) {
-	run := make([]*Command, 0, len(idx))
-	runIdx := make([]int, 0, len(idx))
-	for _, i := range idx {
-		op, user, _ := passkey.ParseSubject(Prefix, cmds[i].Subject)
-		if user != "" && failed[user] {
-			results[i] = Result{UserID: user, Op: op, Transient: errHeldBack}
-			continue
-		}
-		run = append(run, cmds[i])
-		runIdx = append(runIdx, i)
-	}
-	if len(run) == 0 {
-		return
-	}
-	res, err := a.Apply(ctx, run)
-	switch {
-	case err == nil:
-		for k, i := range runIdx {
-			results[i] = res[k]
-		}
-	case len(run) == 1:
-		op, user, _ := passkey.ParseSubject(Prefix, run[0].Subject)
-		results[runIdx[0]] = Result{UserID: user, Op: op, Transient: err}
-		if user != "" {
-			failed[user] = true
-		}
-	default:
-		mid := len(runIdx) / 2
-		a.isolate(ctx, cmds, runIdx[:mid], results, failed)
-		a.isolate(ctx, cmds, runIdx[mid:], results, failed)
-	}
-}
-
 // ErrFenced wraps the error of an Applier's Fence: nothing was applied,
 // since this worker does not hold the partition now.
 var ErrFenced = errors.New("the partition is not held")
 
 // errHeldBack is the transient failure of a command held back behind an
-// earlier command of its user that failed.
+// earlier command of the batch that could not be applied now.
 var errHeldBack = errors.New("held back behind an earlier command that could not be applied")
 
 // checkSafely is check, with a panic turned into the command's INTERNAL
@@ -374,7 +320,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
 			Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
 	}
-	stored, err := a.storedOutcome(tx, pr)
+	stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.plainKey, pr.cmd.Timestamp)
 	if errors.Is(err, storage.ErrCorrupt) {
 		// One damaged record must not hold up the commands batched with it.
 		res.Transient = err
@@ -458,23 +404,24 @@ func changeEvent(pr *checked, before, after *passkey.User) []byte {
 	return event.Removed(after, removed, pr.remove.Force, actor, pr.msgID)
 }
 
-// storedOutcome is the outcome kept for pr's key, or, where none is, one
+// StoredOutcome is the outcome kept for owner's command under key, as of
+// at: one that expired by then is gone, on every worker, whether or not
+// this one has pruned it yet. Where none is and plainKey is set, it is one
 // that a version before ids were scoped kept under the plain id (records
 // without a fingerprint, compared by subject alone): a command committed
 // before an upgrade and redelivered after it is a repeat, not a second
-// change.
-func (a *Applier) storedOutcome(tx *storage.Tx, pr *checked) (*storage.Outcome, error) {
-	stored, err := tx.Outcome(pr.owner, pr.key)
-	if stored != nil && stored.Expires.Before(pr.cmd.Timestamp) {
-		// Expired as of the command's own time: gone, on every worker,
-		// whether or not this one has pruned it yet.
+// change. The one lookup of a repeat's outcome: the applier's and the
+// endpoints'.
+func StoredOutcome(tx *storage.Tx, owner string, key, plainKey []byte, at time.Time) (*storage.Outcome, error) {
+	stored, err := tx.Outcome(owner, key)
+	if stored != nil && stored.Expires.Before(at) {
 		stored = nil
 	}
-	if stored != nil || err != nil || pr.plainKey == nil {
+	if stored != nil || err != nil || plainKey == nil {
 		return stored, err
 	}
-	old, err := tx.Outcome(pr.owner, pr.plainKey)
-	if old != nil && old.Expires.Before(pr.cmd.Timestamp) {
+	old, err := tx.Outcome(owner, plainKey)
+	if old != nil && old.Expires.Before(at) {
 		old = nil
 	}
 	if err != nil || old == nil || old.Fingerprint != nil {

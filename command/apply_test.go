@@ -3,7 +3,6 @@ package command
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"reflect"
 	"strconv"
 	"strings"
@@ -369,51 +368,6 @@ func TestTokenJudgedAtStreamTime(t *testing.T) {
 	}
 	if got := replyID(t, res[1]); got != passkey.IDAuthExpired {
 		t.Errorf("command stored after its token expired: %s", got)
-	}
-}
-
-// A command that breaks every transaction it is part of fails alone: the
-// batch is applied in parts until it is found, the others are applied, and
-// a later command of the same user is held back behind it, never applied
-// ahead of it.
-func TestProcessIsolatingFindsTheBreakingCommand(t *testing.T) {
-	f := newApplier(t)
-	f.a.BreakTx = func(c *Command) error {
-		if c.Subject == "passkeys.cmd.sync.u2" {
-			return errors.New("this command breaks the commit")
-		}
-		return nil
-	}
-	sync := func(user string) *Command {
-		return f.cmd(t, "passkeys.cmd.sync."+user, "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
-			"passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}}}, adminScope)
-	}
-	batch := []*Command{sync("u1"), sync("u2"), sync("u3"), f.cmd(t, "passkeys.cmd.remove.u2", "u2", "", map[string]any{"tokenId": "pk-1"}),
-		sync("u4"), sync("u5"), sync("u6")}
-	if _, err := f.a.Apply(context.Background(), batch); err == nil {
-		t.Fatal("the batch committed as a whole; the test's broken command broke nothing")
-	}
-	res := f.a.ApplyIsolating(context.Background(), batch)
-	for _, i := range []int{0, 2, 4, 5, 6} {
-		if got := replyID(t, res[i]); got != "seq 1" {
-			t.Errorf("command %d (%s): %s, want applied", i, batch[i].Subject, got)
-		}
-	}
-	if res[1].Transient == nil || errors.Is(res[1].Transient, errHeldBack) {
-		t.Errorf("the breaking command: %+v, want its own transient failure", res[1])
-	}
-	if !errors.Is(res[3].Transient, errHeldBack) {
-		t.Errorf("u2's later command: %+v, want held back", res[3])
-	}
-	err := f.a.Store.View(func(tx *storage.Tx) error {
-		u, err := tx.User("u2")
-		if u != nil {
-			t.Errorf("u2 = %+v, want nothing applied", u)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/reply"
 )
 
 // Metrics holds the worker's collectors on a registry of its own.
@@ -104,7 +104,7 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 	if op == "" {
 		op = "invalid"
 	}
-	_, name := handler.Status(code)
+	_, name := reply.Status(code)
 	m.commands.WithLabelValues(string(op), name).Inc()
 	m.latency.Observe(time.Since(storedAt).Seconds())
 }
@@ -112,14 +112,15 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 // Redelivered records a command received again.
 func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
 
-// Changed records a change applied, whose event went into the outbox.
-func (m *Metrics) Changed() { m.written.Inc() }
+// EventWritten records a change applied, whose event went into the outbox.
+func (m *Metrics) EventWritten() { m.written.Inc() }
 
 // EventsPublished records events published from the outbox.
 func (m *Metrics) EventsPublished(n int) { m.published.Add(float64(n)) }
 
-// Failover records a partition taken or let go of.
-func (m *Metrics) Failover(change string) { m.partitionChanges.WithLabelValues(change).Inc() }
+// PartitionChange records a partition taken (change "taken") or let go of
+// ("released").
+func (m *Metrics) PartitionChange(change string) { m.partitionChanges.WithLabelValues(change).Inc() }
 
 // GaugeVec registers a gauge with one label whose values are read at each
 // scrape: values returns the label values and their gauges.

@@ -193,8 +193,7 @@ func (s *Store) fetch(ctx context.Context, info Info, dst string, progress func(
 	if err != nil {
 		return fmt.Errorf("snapshot %s does not open: %w", info.Name, err)
 	}
-	var applied uint64
-	err = st.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil })
+	applied, err := st.AppliedSeq()
 	if cerr := st.Close(); err == nil {
 		err = cerr
 	}

@@ -152,6 +152,13 @@ func (s *Store) View(fn func(*Tx) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
 }
 
+// AppliedSeq is Tx.AppliedSeq in a read transaction of its own.
+func (s *Store) AppliedSeq() (uint64, error) {
+	var applied uint64
+	err := s.View(func(tx *Tx) error { applied = tx.AppliedSeq(); return nil })
+	return applied, err
+}
+
 // Tx is a transaction on the store. Values it returns are copies, safe to
 // keep after the transaction ends.
 type Tx struct {

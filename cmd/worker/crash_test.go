@@ -263,8 +263,7 @@ func viewUsers(t *testing.T, dataDirs []string, n int, f func(id string, u *pass
 			if err != nil {
 				return err
 			}
-			var applied uint64
-			_ = s.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil })
+			applied, _ := s.AppliedSeq()
 			if stores[p] == nil || applied > best {
 				if stores[p] != nil {
 					stores[p].Close()

@@ -18,7 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 )
@@ -89,7 +89,7 @@ func TestJetStreamPublishWithReplyTo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := handler.Timestamp(raw.Time); got.Details.Sequence != "2" || got.Details.ChangeDate != want {
+	if want := event.Timestamp(raw.Time); got.Details.Sequence != "2" || got.Details.ChangeDate != want {
 		t.Fatalf("details %+v, want sequence 2 and changeDate %s", got.Details, want)
 	}
 
@@ -167,7 +167,7 @@ func TestIdempotentRepeats(t *testing.T) {
 	}
 	// The same Nats-Msg-Id on another user's subject: pinned where the
 	// window cannot run out under the test (TestNATSPermissions: inside it,
-	// REQUEST-MSGID-REUSED; handler.TestMsgIDKeptPerUser: past it, the other
+	// REQUEST-MSGID-REUSED; command.TestMsgIDKeptPerUser: past it, the other
 	// user's own command).
 }
 

@@ -52,3 +52,19 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, fromEnv 
 
 // IsHelp tells whether Parse's error was a request for the usage text.
 func IsHelp(err error) bool { return errors.Is(err, flag.ErrHelp) }
+
+// ParseFlags is Parse for a command that takes flags only: a positional
+// argument is an error. done is set when --help was asked for and answered.
+func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (done bool, err error) {
+	pos, err := Parse(fs, args, getenv, nil)
+	if IsHelp(err) {
+		return true, nil // --help asked for the usage text, and got it
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(pos) > 0 {
+		return false, fmt.Errorf("unexpected argument %q (see --help)", pos[0])
+	}
+	return false, nil
+}

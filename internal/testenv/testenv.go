@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
-	"github.com/rs/zerolog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,9 +20,11 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // Issuer and Audience the test keys' tokens carry.
@@ -299,4 +300,11 @@ func MustOpenStore(tb testing.TB) *storage.Store {
 // Logger is a logger that writes to the test's log.
 func Logger(tb testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(tb)).With().Timestamp().Logger()
+}
+
+// Settings are the JetStream settings of a test with n partitions: short
+// retentions, one replica.
+func Settings(n int) topology.Settings {
+	return topology.Settings{Retention: time.Hour, DuplicateWindow: time.Minute, EventsRetention: time.Hour, EventsDuplicates: time.Hour,
+		Partitions: n, Replicas: 1}
 }

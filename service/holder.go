@@ -1,4 +1,4 @@
-package handler
+package service
 
 import (
 	"context"
@@ -13,20 +13,21 @@ import (
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
 )
 
 // Router tells which partition a user is in, and gives the partition's
 // store when this worker serves it.
 type Router interface {
-	Local(userID string) (held Held, partition int, ok bool)
+	Local(userID string) (held PartitionStore, partition int, ok bool)
 }
 
-// Held is the store of a partition this worker serves, and how to tell
+// PartitionStore is the store of a partition this worker serves, and how to tell
 // whether it still serves it: checked after the store was read and before
 // the answer goes out, since a worker may have been paused in between and
 // lost the partition to another that has changed it since.
-type Held struct {
+type PartitionStore struct {
 	Store *storage.Store
 	Valid func() bool
 }
@@ -54,7 +55,7 @@ type outcomeQuery struct {
 // askHolder has the worker that serves partition p answer req (a list or
 // a repeat's outcome), and relays its reply as it is. While no worker
 // serves p, it asks again until holderWait, then answers UNAVAILABLE.
-func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nats.Header, body []byte) {
+func (s *Endpoints) askHolder(req micro.Request, p int, kind, userID string, h nats.Header, body []byte) {
 	subject := InternalPrefix + "." + strconv.Itoa(p) + "." + kind + "." + userID
 	ctx, cancel := context.WithTimeout(context.Background(), holderWait)
 	defer cancel()
@@ -79,7 +80,7 @@ func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nat
 		}
 		select {
 		case <-ctx.Done():
-			respond(req, ErrorReply(passkey.ErrPartitionUnavailable))
+			respond(req, reply.Error(passkey.ErrPartitionUnavailable))
 			return
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -89,9 +90,9 @@ func (s *Service) askHolder(req micro.Request, p int, kind, userID string, h nat
 // ServeInternal answers, from held's store, what other workers ask about
 // partition p while this worker serves it: only while held.Valid, checked
 // after the store was read. The caller unsubscribes when it lets go of p.
-func (s *Service) ServeInternal(p int, held Held) (*nats.Subscription, error) {
+func (s *Endpoints) ServeInternal(p int, held PartitionStore) (*nats.Subscription, error) {
 	prefix := InternalPrefix + "." + strconv.Itoa(p) + "."
-	answer := func(m *nats.Msg, r Reply) {
+	answer := func(m *nats.Msg, r reply.Wire) {
 		h := r.Header()
 		if !held.Valid() {
 			h = nats.Header{notHolder: []string{"1"}}
@@ -102,19 +103,19 @@ func (s *Service) ServeInternal(p int, held Held) (*nats.Subscription, error) {
 	store := held.Store
 	return s.Conn.Subscribe(prefix+"*.*", func(m *nats.Msg) {
 		kind, userID, _ := strings.Cut(m.Subject[len(prefix):], ".")
-		var reply Reply
+		var r reply.Wire
 		switch kind {
 		case "list":
 			principal, err := s.verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization))
 			if err != nil {
-				reply = ErrorReply(passkey.AsError(err))
+				r = reply.Error(passkey.AsError(err))
 			} else {
-				reply = s.listFrom(store, principal, userID)
+				r = s.listFrom(store, principal, userID)
 			}
 		case "outcome":
 			var q outcomeQuery
 			if err := json.Unmarshal(m.Data, &q); err != nil {
-				reply = ErrorReply(passkey.ErrInternal)
+				r = reply.Error(passkey.ErrInternal)
 				break
 			}
 			go func() { // it may wait for the outcome: the subscription goes on meanwhile
@@ -124,6 +125,6 @@ func (s *Service) ServeInternal(p int, held Held) (*nats.Subscription, error) {
 		default:
 			return
 		}
-		answer(m, reply)
+		answer(m, r)
 	})
 }

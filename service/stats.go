@@ -1,4 +1,4 @@
-package handler
+package service
 
 import (
 	"sync"
@@ -36,7 +36,7 @@ type EndpointAnswers struct {
 	AverageLatency time.Duration `json:"average_latency"`
 }
 
-// Answered counts one answer; with Batch, Redelivered and Changed
+// Answered counts one answer; with Batch, Redelivered and EventWritten
 // (which it ignores) it makes AnswerStats an Observer of the consumer.
 func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
 	if op == "" {
@@ -63,7 +63,7 @@ func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText strin
 
 func (o *AnswerStats) Batch(int, time.Duration, error) {}
 func (o *AnswerStats) Redelivered()                    {}
-func (o *AnswerStats) Changed()                        {}
+func (o *AnswerStats) EventWritten()                   {}
 
 // Stats is what op's endpoint reports.
 func (o *AnswerStats) Stats(op passkey.Op) EndpointAnswers {

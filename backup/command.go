@@ -1,4 +1,8 @@
-package app
+// Package backup takes consistent copies of the partitions' stores: the
+// worker's /backup endpoint (Serve) and the `worker backup` command
+// (Command), from a running worker or from a data directory no worker
+// holds.
+package backup
 
 import (
 	"encoding/json"
@@ -13,16 +17,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
 )
 
-// backupCommand is `worker backup`: a consistent copy of each partition's
+// Command is `worker backup`: a consistent copy of each partition's
 // store, into a directory (one file per partition, partition.Name + ".db",
 // what a data directory's partitions/ holds), from a running worker's
 // /backup (the partitions it serves), or from a data directory no worker
 // holds.
-func backupCommand(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func Command(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("worker backup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("out", "", "directory to write the copies to, one file per partition (required; each replaced atomically, mode 0600)")
@@ -32,7 +38,7 @@ func backupCommand(args []string, getenv func(string) string, stdout, stderr io.
 		fmt.Fprintf(stderr, "Usage: worker backup --out DIR [--from HOST:PORT | --data-dir DIR]\n\n")
 		fs.PrintDefaults()
 	}
-	if done, err := parseWithEnv(fs, args, getenv); done || err != nil {
+	if done, err := cli.ParseFlags(fs, args, getenv); done || err != nil {
 		return err
 	}
 	if *out == "" {
@@ -43,50 +49,78 @@ func backupCommand(args []string, getenv func(string) string, stdout, stderr io.
 		return fmt.Errorf("backup: %w", err)
 	}
 	var files []string
+	var err error
 	if *from != "" {
-		parts, err := servedPartitions(*from)
-		if err != nil {
-			return fmt.Errorf("backup: %w", err)
-		}
-		for _, p := range parts {
-			name := partition.Name(p) + ".db"
-			if _, err := backupFrom(*from, p, filepath.Join(*out, name)); err != nil {
-				return fmt.Errorf("backup of partition %d: %w", p, err)
-			}
-			files = append(files, name)
-		}
+		files, err = copyFrom(*from, *out)
 	} else {
-		stores, err := filepath.Glob(filepath.Join(*dataDir, PartitionsDir, "p*.db"))
-		if err != nil {
-			return err
-		}
-		if len(stores) == 0 {
-			return fmt.Errorf("backup: no partition stores in %s", filepath.Join(*dataDir, PartitionsDir))
-		}
-		for _, path := range stores {
-			if _, err := backupLocal(path, filepath.Join(*out, filepath.Base(path))); err != nil {
-				return fmt.Errorf("backup: %w", err)
-			}
-			files = append(files, filepath.Base(path))
-		}
+		files, err = copyLocal(*dataDir, *out)
 	}
-	// A copy that does not open is no backup.
+	if err != nil {
+		return err
+	}
+	total, err := verify(*out, files)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup: %d partitions, %d bytes written to %s\n", len(files), total, *out)
+	return nil
+}
+
+// copyFrom copies the partitions the worker at addr serves into out.
+func copyFrom(addr, out string) ([]string, error) {
+	parts, err := servedPartitions(addr)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	var files []string
+	for _, p := range parts {
+		name := partition.Name(p) + ".db"
+		if _, err := backupFrom(addr, p, filepath.Join(out, name)); err != nil {
+			return nil, fmt.Errorf("backup of partition %d: %w", p, err)
+		}
+		files = append(files, name)
+	}
+	return files, nil
+}
+
+// copyLocal copies the partition stores of dataDir into out.
+func copyLocal(dataDir, out string) ([]string, error) {
+	dir := filepath.Join(dataDir, runner.Dir)
+	stores, err := filepath.Glob(filepath.Join(dir, "p*.db"))
+	if err != nil {
+		return nil, err
+	}
+	if len(stores) == 0 {
+		return nil, fmt.Errorf("backup: no partition stores in %s", dir)
+	}
+	var files []string
+	for _, path := range stores {
+		if _, err := backupLocal(path, filepath.Join(out, filepath.Base(path))); err != nil {
+			return nil, fmt.Errorf("backup: %w", err)
+		}
+		files = append(files, filepath.Base(path))
+	}
+	return files, nil
+}
+
+// verify opens every copy (a copy that does not open is no backup) and
+// returns their total size.
+func verify(out string, files []string) (int64, error) {
 	var total int64
 	for _, name := range files {
-		path := filepath.Join(*out, name)
+		path := filepath.Join(out, name)
 		s, err := storage.Open(path, storage.Options{Timeout: time.Second})
 		if err != nil {
-			return fmt.Errorf("backup: the copy %s does not open: %w", path, err)
+			return 0, fmt.Errorf("backup: the copy %s does not open: %w", path, err)
 		}
 		if err := s.Close(); err != nil {
-			return err
+			return 0, err
 		}
 		if info, err := os.Stat(path); err == nil {
 			total += info.Size()
 		}
 	}
-	fmt.Fprintf(stdout, "backup: %d partitions, %d bytes written to %s\n", len(files), total, *out)
-	return nil
+	return total, nil
 }
 
 // servedPartitions asks a running worker which partitions it serves.

@@ -1,4 +1,7 @@
-package handler
+// Package outbox publishes the change events a partition's store holds in
+// its outbox (written in the transaction of their change) to stream
+// PASSKEYS_EVENTS, each once, each user's in order.
+package outbox
 
 import (
 	"context"
@@ -17,22 +20,22 @@ import (
 	"github.com/passkeys/worker/topology"
 )
 
-// EventObserver is told what the event publisher does; metrics.Metrics is one.
-type EventObserver interface {
+// Observer is told what the event publisher does; metrics.Metrics is one.
+type Observer interface {
 	EventsPublished(n int)
 }
 
-// EventPublisher publishes the events the store's outbox holds to stream
+// Publisher publishes the events the store's outbox holds to stream
 // PASSKEYS_EVENTS, each with Nats-Msg-Id equal to its id, and deletes each
 // from the outbox once JetStream has acknowledged it. A user's events go
 // out in the order of its changes: a round publishes at most one event of
 // each user, so an event that fails is tried again before that user's next.
 // Replies never wait for events.
-type EventPublisher struct {
+type Publisher struct {
 	JS       jetstream.JetStream
 	Store    *storage.Store
 	Log      zerolog.Logger
-	Observer EventObserver
+	Observer Observer
 	// Hold, for tests only, publishes nothing: the events stay in the
 	// outbox, as when the worker dies between a commit and its publish.
 	Hold bool
@@ -54,7 +57,7 @@ type EventPublisher struct {
 // Waiting tells how long events have waited in the outbox without it
 // being emptied (zero when it was emptied on the last try): /readyz says
 // not ready past a minute.
-func (e *EventPublisher) Waiting() time.Duration {
+func (e *Publisher) Waiting() time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.notDrained.IsZero() {
@@ -63,7 +66,7 @@ func (e *EventPublisher) Waiting() time.Duration {
 	return time.Since(e.notDrained)
 }
 
-func (e *EventPublisher) noteDrained(drained bool) {
+func (e *Publisher) noteDrained(drained bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
@@ -79,7 +82,7 @@ const maxEventsRound = 1024
 
 // Wake has the publisher look at the outbox now (after a commit); it never
 // blocks.
-func (e *EventPublisher) Wake() {
+func (e *Publisher) Wake() {
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -88,7 +91,7 @@ func (e *EventPublisher) Wake() {
 
 // Run publishes until ctx ends: at once when woken, and every second in
 // any case (an outage, events left by a crash).
-func (e *EventPublisher) Run(ctx context.Context) {
+func (e *Publisher) Run(ctx context.Context) {
 	if e.Hold {
 		e.Log.Warn().Msg("TEST HOOK: events are held in the outbox, not published (PASSKEYS_TEST_HOLD_EVENTS)")
 		<-ctx.Done()
@@ -118,16 +121,16 @@ func (e *EventPublisher) Run(ctx context.Context) {
 	}
 }
 
-// NewEventPublisher returns a publisher; Run starts it.
-func NewEventPublisher(js jetstream.JetStream, store *storage.Store, log zerolog.Logger, o EventObserver) *EventPublisher {
-	return &EventPublisher{JS: js, Store: store, Log: log, Observer: o, wake: make(chan struct{}, 1)}
+// New returns a publisher; Run starts it.
+func New(js jetstream.JetStream, store *storage.Store, log zerolog.Logger, o Observer) *Publisher {
+	return &Publisher{JS: js, Store: store, Log: log, Observer: o, wake: make(chan struct{}, 1)}
 }
 
 // publishedAlready tells whether an old event (older than half the
 // duplicate window) is in the events stream already: the stream's last
 // event of its user has its sequence or a later one (a user's events are
 // published in order).
-func (e *EventPublisher) publishedAlready(ctx context.Context, ev storage.PendingEvent) (bool, error) {
+func (e *Publisher) publishedAlready(ctx context.Context, ev storage.PendingEvent) (bool, error) {
 	if e.Published == nil || e.Dedup == 0 {
 		return false, nil
 	}
@@ -153,7 +156,7 @@ func (e *EventPublisher) publishedAlready(ctx context.Context, ev storage.Pendin
 // publishRound publishes the first waiting event of each user (of the
 // first maxEventsRound waiting) and deletes the acknowledged ones; it
 // returns how many it published.
-func (e *EventPublisher) publishRound(ctx context.Context) (int, error) {
+func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 	pending, err := e.Store.PendingEvents(maxEventsRound)
 	if err != nil || len(pending) == 0 {
 		return 0, err

@@ -1,4 +1,11 @@
-package handler
+// Package pipeline applies a partition's commands: the Processor takes
+// them from the partition's durable consumer in batches, has them checked
+// and committed in stream order (command.Applier, the OrderGuard filling
+// what another worker took), and only then replies and acknowledges. It
+// also reads the partition's stored commands without a consumer: CatchUp
+// for a partition taken over, Replay for an operator. A fault of this
+// machine makes the partition wait, never skip.
+package pipeline
 
 import (
 	"context"
@@ -13,21 +20,22 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/reply"
 )
 
-// Consumer reads commands from the durable consumer in batches, has the
-// Applier apply each batch in one transaction, and only then replies to
-// and acknowledges each command.
-type Consumer struct {
+// Processor reads a partition's commands from its durable consumer in
+// batches, has the Applier apply each batch in one transaction, and only
+// then replies to and acknowledges each command.
+type Processor struct {
 	Applier *command.Applier
 	// Conn publishes replies.
 	Conn *nats.Conn
 	Log  zerolog.Logger
 	// MaxBatch bounds the commands applied in one transaction.
 	MaxBatch int
-	// StoreRetry is how long the partition waits before it tries a command
-	// that could not be applied again (retry.Wait): as long as it takes.
-	StoreRetry retry.Policy
+	// Wait is how long the partition waits before it tries a command that
+	// could not be applied again (retry.Wait): as long as it takes.
+	Wait retry.Policy
 	// PriorityGroup is the group the consumer is pulled with, when it has
 	// priority groups (topology.PriorityGroup).
 	PriorityGroup string
@@ -36,18 +44,18 @@ type Consumer struct {
 	// of them or the server redelivers late (see OrderGuard).
 	Order *OrderGuard
 	// Observer, when set, is told what happens: metrics, and the
-	// micro service's STATS (AnswerStats). Observers tells several.
+	// micro service's STATS. Observers tells several.
 	Observer Observer
-	// Committed, when set, is called after each batch that committed: the
-	// event publisher's Wake.
+	// Committed, when set, is called after each transaction that
+	// committed: the event publisher's Wake.
 	Committed func()
 	// Replies, when set, sends each reply and acknowledges its command
-	// only once the requester was there to take it (ReplyGuard); else a
+	// only once the requester was there to take it (reply.Guard); else a
 	// reply is published and its command acknowledged at once.
-	Replies *ReplyGuard
+	Replies *reply.Guard
 }
 
-// Observer is told what the consumer does; metrics.Metrics is one.
+// Observer is told what the processor does; metrics.Metrics is one.
 type Observer interface {
 	// Batch reports one attempt at a batch transaction.
 	Batch(size int, took time.Duration, err error)
@@ -55,9 +63,9 @@ type Observer interface {
 	// with the time the stream stored it.
 	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
 	Redelivered()
-	// Changed reports a change the consumer applied: one event written
-	// into the outbox.
-	Changed()
+	// EventWritten reports a change the processor applied: one event
+	// written into the outbox.
+	EventWritten()
 }
 
 // nopObserver is the Observer of a Consumer that has none.
@@ -66,7 +74,7 @@ type nopObserver struct{}
 func (nopObserver) Batch(int, time.Duration, error)                      {}
 func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (nopObserver) Redelivered()                                         {}
-func (nopObserver) Changed()                                             {}
+func (nopObserver) EventWritten()                                        {}
 
 // Observers tells each of its members.
 type Observers []Observer
@@ -89,9 +97,9 @@ func (os Observers) Redelivered() {
 	}
 }
 
-func (os Observers) Changed() {
+func (os Observers) EventWritten() {
 	for _, o := range os {
-		o.Changed()
+		o.EventWritten()
 	}
 }
 
@@ -102,7 +110,7 @@ const DrainTimeout = 5 * time.Second
 // Run consumes until ctx ends, then stops pulling, finishes the commands in
 // hand and returns nil. It returns an error if consumption stops for another
 // reason, such as the consumer being deleted.
-func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
+func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -161,7 +169,7 @@ func (c *Consumer) Run(ctx context.Context, cons jetstream.Consumer) error {
 // nextBatch waits for a command, then takes whatever else is in hand, up to
 // MaxBatch, without waiting: a batch is what arrived while the last one
 // committed. ok is false once the pump has stopped or was abandoned.
-func (c *Consumer) nextBatch(p *pump, batch []jetstream.Msg) ([]jetstream.Msg, bool) {
+func (c *Processor) nextBatch(p *pump, batch []jetstream.Msg) ([]jetstream.Msg, bool) {
 	select {
 	case m, ok := <-p.msgs:
 		if !ok {
@@ -256,7 +264,7 @@ type checkedBatch struct {
 // checkBatch reads each message (its metadata, reply subject, log fields)
 // and has the Applier check the batch; ok is false when no message was a
 // command.
-func (c *Consumer) checkBatch(ctx context.Context, msgs []jetstream.Msg) (checkedBatch, bool) {
+func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
 	for _, m := range msgs {
@@ -305,67 +313,80 @@ func (c *Consumer) checkBatch(ctx context.Context, msgs []jetstream.Msg) (checke
 
 // commitBatch applies a checked batch in stream order: first whatever the
 // partition's stream holds before it that this worker has not applied
-// (fillGap), then the batch itself, each command replied to and
+// (OrderGuard), then the batch itself, each command replied to and
 // acknowledged only after its transaction committed. A fault of this machine
 // (the store fails, a record is damaged) makes the partition wait and try
 // again: nothing is nacked or given up, so no later command overtakes one
-// that is not applied. Only a stopping worker leaves a batch unfinished: its
-// commands stay unacknowledged and come back.
-func (c *Consumer) commitBatch(ctx context.Context, b checkedBatch) {
+// that is not applied. Only a stopping worker, or one that lost the
+// partition, leaves a batch unfinished: its commands stay unacknowledged and
+// come back.
+func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	if c.Order != nil {
-		if !c.fillGap(ctx, b) {
+		if err := c.Order.fill(ctx, b.hand, c.applyRead, c.Wait, c.Log); err != nil {
 			return
 		}
 	}
-	ok := commitInOrder(ctx, c.Applier, b.checked, c.StoreRetry, c.Log,
-		func(n int, took time.Duration, err error) {
+	err := c.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
+		Committed: func(n int, took time.Duration, err error) {
 			c.Observer.Batch(n, took, err)
 			if err == nil && c.Committed != nil {
 				c.Committed()
 			}
 		},
-		func(i int, r command.Result) {
-			c.finish(b.hand[i], r)
+		Done: func(i int, r command.Result) {
+			c.answer(b.hand[i], r)
 			if c.Order != nil {
-				c.Order.committed(b.hand[i : i+1])
+				c.Order.committed(b.hand[i].meta.Sequence.Stream)
 			}
 		},
-		func(from int) {
+		Pausing: func(from int) {
 			// Kept in progress: the server does not redeliver them past
 			// the one that waits.
 			for _, h := range b.hand[from:] {
 				_ = h.msg.InProgress()
 			}
-		})
-	if !ok {
-		c.Log.Warn().Msg("stopping with commands not applied; they stay unacknowledged and come back")
+		}})
+	if err != nil {
+		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they stay unacknowledged and come back")
 	}
 }
 
-// finish replies to and acknowledges one message, after its transaction
+// applyRead applies commands read from the stream (not delivered here), in
+// order: nobody is replied to, their deliveries get their stored outcomes.
+func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done func(*command.Command)) error {
+	return c.Applier.ApplyInOrder(ctx, cmds, command.InOrder{Wait: c.Wait,
+		Committed: func(_ int, _ time.Duration, err error) {
+			if err == nil && c.Committed != nil {
+				c.Committed()
+			}
+		},
+		Done: func(i int, _ command.Result) { done(cmds[i]) }})
+}
+
+// answer replies to and acknowledges one message, after its transaction
 // committed.
-func (c *Consumer) finish(h delivery, r command.Result) {
+func (c *Processor) answer(h delivery, r command.Result) {
 	log := h.log.With().Str("user_id", r.UserID).Logger()
 	// Rendered after the commit: no reply body is built under the store's
 	// write lock.
-	var reply Reply
+	var wire reply.Wire
 	if r.Skipped {
 		// Applied already (the store is past it) yet no outcome is kept for
 		// it: it is not applied again, and the requester is told so rather
 		// than left without an answer.
 		log.Error().Msg("command applied already but its outcome is not kept; answered OUTCOME-UNAVAILABLE")
-		reply = ErrorReply(passkey.ErrOutcomeUnavailable)
+		wire = reply.Error(passkey.ErrOutcomeUnavailable)
 	} else {
-		reply = Render(r.Answer)
+		wire = reply.Render(r.Answer)
 	}
 	ev := log.Info().Str("op", string(r.Op)).Bool("repeat", r.Repeat)
-	if reply.IsError() {
-		ev = ev.Str("error_code", reply.ErrorCode).Str("error", reply.ErrorText)
+	if wire.IsError() {
+		ev = ev.Str("error_code", wire.ErrorCode).Str("error", wire.ErrorText)
 	}
 	ev.Msg("command processed")
-	c.Observer.Answered(r.Op, reply.Code, reply.ErrorText, h.meta.Timestamp)
+	c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
 	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
-		c.Observer.Changed()
+		c.Observer.EventWritten()
 	}
 	if h.replyTo == "" {
 		if err := h.msg.Ack(); err != nil {
@@ -373,7 +394,7 @@ func (c *Consumer) finish(h delivery, r command.Result) {
 		}
 		return
 	}
-	msg := &nats.Msg{Subject: h.replyTo, Header: reply.Header(), Data: reply.Body}
+	msg := &nats.Msg{Subject: h.replyTo, Header: wire.Header(), Data: wire.Body}
 	if c.Replies == nil {
 		if err := c.Conn.PublishMsg(msg); err != nil {
 			log.Error().Err(err).Msg("reply")

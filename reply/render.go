@@ -1,4 +1,4 @@
-package handler
+package reply
 
 import (
 	"encoding/json"
@@ -15,9 +15,9 @@ import (
 // errorDetailType is the @type of the detail ZITADEL attaches to an error.
 const errorDetailType = "type.googleapis.com/zitadel.v1.ErrorDetail"
 
-// Reply is an encoded answer: the body and, for an error, the values of the
+// Wire is an encoded answer: the body and, for an error, the values of the
 // Nats-Service-Error-Code and Nats-Service-Error headers.
-type Reply struct {
+type Wire struct {
 	// Code is the gRPC code of an error reply; 0 for a success.
 	Code      passkey.Code
 	Body      []byte
@@ -26,10 +26,10 @@ type Reply struct {
 }
 
 // IsError reports whether r is an error reply.
-func (r Reply) IsError() bool { return r.ErrorCode != "" }
+func (r Wire) IsError() bool { return r.ErrorCode != "" }
 
 // Header is r's NATS header: the service error headers, or nil for a success.
-func (r Reply) Header() nats.Header {
+func (r Wire) Header() nats.Header {
 	if !r.IsError() {
 		return nil
 	}
@@ -52,9 +52,9 @@ type statusBody struct {
 // are a function of the answer alone, so a repeat, rendered from the stored
 // answer, gets the first reply byte for byte; TestSuccessReplyShape and
 // TestErrorReplyShape pin them.
-func Render(a passkey.Answer) Reply {
+func Render(a passkey.Answer) Wire {
 	if a.Err != nil {
-		return ErrorReply(a.Err)
+		return Error(a.Err)
 	}
 	body, _ := json.Marshal(struct { // a struct of strings cannot fail to encode
 		Details objectDetails `json:"details"`
@@ -64,12 +64,12 @@ func Render(a passkey.Answer) Reply {
 		ChangeDate:    Timestamp(a.ChangeDate),
 		ResourceOwner: a.ResourceOwner,
 	}})
-	return Reply{Body: body}
+	return Wire{Body: body}
 }
 
-// ErrorReply encodes e as google.rpc.Status, the way ZITADEL's gateway does,
+// Error encodes e as google.rpc.Status, the way ZITADEL's gateway does,
 // with the HTTP status grpc-gateway maps its code to.
-func ErrorReply(e *passkey.Error) Reply {
+func Error(e *passkey.Error) Wire {
 	msg := e.Message + " (" + e.ID + ")"
 	body, _ := json.Marshal(statusBody{ // a struct of strings cannot fail to encode
 		Code:    e.Code,
@@ -77,7 +77,7 @@ func ErrorReply(e *passkey.Error) Reply {
 		Details: []errorDetail{{Type: errorDetailType, ID: e.ID, Message: e.Message}},
 	})
 	httpStatus, _ := Status(e.Code)
-	return Reply{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(httpStatus), ErrorText: msg}
+	return Wire{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(httpStatus), ErrorText: msg}
 }
 
 // Status is what a gRPC code is called outside: the HTTP status
@@ -125,8 +125,8 @@ type listedPasskey struct {
 	State string `json:"state"`
 }
 
-// ListReply encodes the passkeys of user u.
-func ListReply(u *passkey.User, keys []passkey.Passkey) Reply {
+// List encodes the passkeys of user u.
+func List(u *passkey.User, keys []passkey.Passkey) Wire {
 	result := make([]listedPasskey, len(keys))
 	for i, k := range keys {
 		state := "AUTH_FACTOR_STATE_NOT_READY"
@@ -143,7 +143,7 @@ func ListReply(u *passkey.User, keys []passkey.Passkey) Reply {
 		ProcessedSequence: strconv.FormatUint(u.Sequence, 10),
 		Timestamp:         Timestamp(u.ChangeDate),
 	}, result})
-	return Reply{Body: body}
+	return Wire{Body: body}
 }
 
 // Timestamp writes t as proto3 JSON writes a google.protobuf.Timestamp

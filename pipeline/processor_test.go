@@ -1,4 +1,4 @@
-package handler
+package pipeline
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -48,10 +49,10 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, ackWait time.Duration,
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if f.stream, err = f.js.CreateOrUpdateStream(ctx, settings(1).StreamConfig()); err != nil {
+	if f.stream, err = f.js.CreateOrUpdateStream(ctx, testenv.Settings(1).StreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	cc := settings(1).PartitionConsumerConfig(0)
+	cc := testenv.Settings(1).PartitionConsumerConfig(0)
 	cc.MaxAckPending, cc.AckWait = 100, ackWait
 	if plain {
 		cc.PriorityPolicy, cc.PriorityGroups, cc.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
@@ -69,13 +70,13 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, ackWait time.Duration,
 // run starts a Consumer with proc, stopped at the test's end.
 func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string) {
 	t.Helper()
-	var applied uint64
-	if err := proc.Store.View(func(tx *storage.Tx) error { applied = tx.AppliedSeq(); return nil }); err != nil {
+	applied, err := proc.Store.AppliedSeq()
+	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Consumer{
+	c := &Processor{
 		Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
-		StoreRetry:    retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
+		Wait:          retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 		PriorityGroup: group,
 		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
 	}
@@ -230,7 +231,7 @@ func TestPoisonCommand(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if o == nil || Render(o.Answer).ErrorCode != "500" || string(Render(o.Answer).Body) != string(got["poison"][0].Data) {
+		if o == nil || reply.Render(o.Answer).ErrorCode != "500" || string(reply.Render(o.Answer).Body) != string(got["poison"][0].Data) {
 			t.Errorf("stored outcome of the poison command: %+v", o)
 		}
 		return nil
@@ -308,7 +309,7 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 	}
 	ctx := context.Background()
 	const n = 7
-	stream, err := js.CreateOrUpdateStream(ctx, settings(n).StreamConfig())
+	stream, err := js.CreateOrUpdateStream(ctx, testenv.Settings(n).StreamConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,12 +336,6 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 	if got, err := topology.StreamPartitions(stream.CachedInfo().Config); err != nil || got != n {
 		t.Errorf("partitions kept with the stream: %d (%v)", got, err)
 	}
-}
-
-// settings are the topology's settings of a test with n partitions.
-func settings(n int) topology.Settings {
-	return topology.Settings{Retention: time.Hour, DuplicateWindow: time.Minute, EventsRetention: time.Hour, EventsDuplicates: time.Hour,
-		Partitions: n, Replicas: 1}
 }
 
 // A command the store has applied past (its applied sequence is beyond it)
@@ -376,13 +371,13 @@ func TestReplyWaitsForItsRequester(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	guard, err := NewReplyGuard(f.nc, nil, testenv.Logger(t))
+	guard, err := reply.NewGuard(f.nc, nil, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(guard.Close)
-	c := &Consumer{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
-		StoreRetry: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
+	c := &Processor{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
+		Wait: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
 		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -446,13 +441,13 @@ func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 	var gone atomic.Pointer[time.Time]
 	long := time.Now().Add(-time.Minute)
 	gone.Store(&long)
-	guard, err := NewReplyGuard(f.nc, func() time.Time { return *gone.Load() }, testenv.Logger(t))
+	guard, err := reply.NewGuard(f.nc, func() time.Time { return *gone.Load() }, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(guard.Close)
-	c := &Consumer{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
-		StoreRetry: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
+	c := &Processor{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
+		Wait: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
 		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)

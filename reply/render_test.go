@@ -1,43 +1,15 @@
-package handler
+package reply
 
 import (
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
-
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
-
-// A forwarding endpoint that cannot store the command answers UNAVAILABLE at once.
-func TestForwardUnavailable(t *testing.T) {
-	ns := testenv.StartNATS(t) // no PASSKEYS stream: JetStream has nowhere to store
-	nc := testenv.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := testenv.NewKeys(t)
-	svc, err := (&Service{JS: js, Conn: nc, Partitions: OneStore{testenv.MustOpenStore(t)}, Verifier: keys.Verifier(t), Log: zerolog.Nop(), OutcomeWait: time.Second}).Start(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Stop()
-	msg := nats.NewMsg("passkeys.remove.u1")
-	msg.Header.Set(command.HeaderAuthorization, testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1"})))
-	msg.Data = []byte(`{"tokenId":"pk-1"}`)
-	reply, err := nc.RequestMsg(msg, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.WantError(t, reply, 14, passkey.IDStreamUnavailable, "503")
-}
 
 func TestTimestamp(t *testing.T) {
 	base := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -58,7 +30,7 @@ func TestTimestamp(t *testing.T) {
 }
 
 func TestErrorReplyShape(t *testing.T) {
-	r := ErrorReply(passkey.ErrPasskeyLast)
+	r := Error(passkey.ErrPasskeyLast)
 	want := `{"code":9,"message":"the passkey is the user's last way to log in (PASSKEY-LAST)","details":[{"@type":"type.googleapis.com/zitadel.v1.ErrorDetail","id":"PASSKEY-LAST","message":"the passkey is the user's last way to log in"}]}`
 	if string(r.Body) != want {
 		t.Errorf("body\n got %s\nwant %s", r.Body, want)
@@ -134,12 +106,4 @@ func TestStatus(t *testing.T) {
 			t.Errorf("code %d: %d %s, want %d %s", code, http, name, want.http, want.name)
 		}
 	}
-}
-
-// OneStore is the Router of one store that holds every user.
-type OneStore struct{ Store *storage.Store }
-
-// Local returns the store.
-func (o OneStore) Local(string) (Held, int, bool) {
-	return Held{Store: o.Store, Valid: func() bool { return true }}, 0, true
 }

@@ -1,4 +1,4 @@
-package handler
+package service
 
 import (
 	"bytes"
@@ -20,19 +20,21 @@ import (
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
 )
 
-// ServiceName and ServiceVersion identify the micro service ($SRV.INFO).
+// Name and Version identify the micro service ($SRV.INFO).
 const (
-	ServiceName    = "passkeys"
-	ServiceVersion = "1.0.0"
+	Name    = "passkeys"
+	Version = "1.0.0"
 )
 
-// Service answers the core request-reply endpoints: it forwards remove and
+// Endpoints answer the core request-reply endpoints: it forwards remove and
 // sync into the stream with the requester's inbox as Reply-To, and answers
 // list from the store.
-type Service struct {
+type Endpoints struct {
 	JS jetstream.JetStream
 	// Reader reads stored commands (a duplicate's original) from stream
 	// PASSKEYS as its leader has them.
@@ -40,11 +42,11 @@ type Service struct {
 	// Conn carries the requests to the worker that holds a user's
 	// partition, when it is another.
 	Conn *nats.Conn
-	// Partitions tells which partition a user is in and whether this
+	// Router tells which partition a user is in and whether this
 	// worker serves it.
-	Partitions Router
-	Verifier   *auth.Verifier
-	Log        zerolog.Logger
+	Router   Router
+	Verifier *auth.Verifier
+	Log      zerolog.Logger
 	// Now is the time a request is judged at: the key history's clock
 	// (keyhistory.History.Now), which also makes sure every key set in
 	// force then is known; nil for this machine's clock.
@@ -55,7 +57,7 @@ type Service struct {
 	// Answers, when set, are reported in $SRV.STATS for remove and sync.
 	Answers *AnswerStats
 	// Replayer, when set, serves passkeys.admin.replay.
-	Replayer func(context.Context, command.ReplayRange) (command.ReplayReport, error)
+	Replayer func(context.Context, pipeline.ReplayRange) (pipeline.ReplayReport, error)
 }
 
 // ReplaySubject is the request-reply endpoint through which an operator
@@ -63,10 +65,10 @@ type Service struct {
 const ReplaySubject = command.EndpointPrefix + ".admin.replay"
 
 // Start registers the passkeys micro service on nc.
-func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
+func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	cfg := micro.Config{
-		Name:        ServiceName,
-		Version:     ServiceVersion,
+		Name:        Name,
+		Version:     Version,
 		Description: "Removes passkeys from user accounts",
 	}
 	if s.Answers != nil {
@@ -108,7 +110,7 @@ func (s *Service) Start(nc *nats.Conn) (micro.Service, error) {
 //
 // Errors: those of auth.Verifier.Verify, and UNAVAILABLE
 // (KEYS-UNAVAILABLE) when the key history cannot be read.
-func (s *Service) verify(authorization []string) (passkey.Principal, error) {
+func (s *Endpoints) verify(authorization []string) (passkey.Principal, error) {
 	now := time.Now()
 	if s.Now != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -124,7 +126,7 @@ func (s *Service) verify(authorization []string) (passkey.Principal, error) {
 
 // respond answers a request. The only failure is a requester that is gone
 // or a connection that is closing; neither can be answered, so it is dropped.
-func respond(req micro.Request, r Reply) {
+func respond(req micro.Request, r reply.Wire) {
 	if r.IsError() {
 		_ = req.Error(r.ErrorCode, r.ErrorText, r.Body)
 		return
@@ -136,12 +138,12 @@ func respond(req micro.Request, r Reply) {
 // definitive *passkey.Error is INTERNAL to the caller, with a generic
 // message, and logged here once with its detail (WTF Dial's http.Error):
 // no other place logs what it answers.
-func (s *Service) respondError(req micro.Request, err error) {
+func (s *Endpoints) respondError(req micro.Request, err error) {
 	e := passkey.AsError(err)
 	if e.Code == passkey.CodeInternal {
 		s.Log.Error().Err(err).Str("subject", command.Truncate(req.Subject())).Msg("request failed")
 	}
-	respond(req, ErrorReply(e))
+	respond(req, reply.Error(e))
 }
 
 // confined serves a request only when its reply subject is one the worker
@@ -150,7 +152,7 @@ func (s *Service) respondError(req micro.Request, err error) {
 // the JetStream API, and a request must not be able to aim its answer there.
 // A request with such a reply subject cannot be answered at all; it is
 // dropped and logged.
-func (s *Service) confined(h micro.HandlerFunc) micro.HandlerFunc {
+func (s *Endpoints) confined(h micro.HandlerFunc) micro.HandlerFunc {
 	return func(req micro.Request) {
 		if reply := req.Reply(); reply != "" && command.CheckReplyTo([]string{reply}) != nil {
 			s.Log.Warn().Str("subject", command.Truncate(req.Subject())).Str("reply_to", command.Truncate(reply)).
@@ -169,7 +171,7 @@ func (s *Service) confined(h micro.HandlerFunc) micro.HandlerFunc {
 // unauthenticated caller ever gets a command into the stream, and a
 // Nats-Msg-Id is stored scoped to the verified principal
 // (passkey.ScopeMsgID), so no caller can occupy another's ids.
-func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
+func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 	return func(req micro.Request) {
 		in := command.Header(req.Headers())
 		gotOp, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
@@ -221,14 +223,14 @@ func (s *Service) forward(op passkey.Op) micro.HandlerFunc {
 	}
 }
 
-func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
+func (s *Endpoints) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
 	select {
 	case ack := <-future.Ok():
 		if ack.Duplicate && msgID != "" {
 			// JetStream dropped the repeat: the original's outcome is the
 			// answer, unless the original was another command.
 			if s.originalDiffers(ack.Sequence, subject, fingerprint) {
-				respond(req, ErrorReply(passkey.ErrMsgIDReused))
+				respond(req, reply.Error(passkey.ErrMsgIDReused))
 				return
 			}
 			s.answerRepeat(req, subject, userID, command.MsgIDKey(msgID), fingerprint)
@@ -247,7 +249,7 @@ func (s *Service) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, 
 // OUTCOME-UNAVAILABLE instead of the answer that the Nats-Msg-Id was
 // reused. When the stream cannot say, the outcome lookup decides, as it
 // would without this check.
-func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte) bool {
+func (s *Endpoints) originalDiffers(seq uint64, subject string, fingerprint []byte) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	orig, err := s.Reader.Get(ctx, seq)
@@ -266,11 +268,11 @@ func (s *Service) originalDiffers(seq uint64, subject string, fingerprint []byte
 // answerRepeat answers a duplicate with the stored outcome of the original,
 // waiting for it (up to OutcomeWait) while the original is still being
 // processed.
-func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, fingerprint []byte) {
+func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key, fingerprint []byte) {
 	if req.Reply() == "" {
 		return
 	}
-	held, p, local := s.Partitions.Local(userID)
+	held, p, local := s.Router.Local(userID)
 	if local {
 		if reply := s.storedAnswer(held.Store, subject, userID, key, fingerprint); held.Valid() {
 			respond(req, reply)
@@ -283,14 +285,14 @@ func (s *Service) answerRepeat(req micro.Request, subject, userID string, key, f
 
 // storedAnswer is the reply a repeat gets from the store of the user's
 // partition: the original's outcome, once it has one.
-func (s *Service) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) Reply {
+func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
 			var err error
-			out, err = tx.Outcome(userID, key)
+			out, err = command.StoredOutcome(tx, userID, key, nil, time.Now())
 			return err
 		})
 		switch {
@@ -303,14 +305,14 @@ func (s *Service) storedAnswer(store *storage.Store, subject, userID string, key
 	}, nil)
 	switch {
 	case errors.Is(err, errNotProcessedYet) || errors.Is(err, context.DeadlineExceeded):
-		return ErrorReply(passkey.ErrOutcomeUnavailable)
+		return reply.Error(passkey.ErrOutcomeUnavailable)
 	case err != nil:
 		s.Log.Error().Err(err).Str("user_id", userID).Msg("read outcome")
-		return ErrorReply(passkey.ErrInternal)
+		return reply.Error(passkey.ErrInternal)
 	case !command.SameCommand(out, subject, fingerprint):
-		return ErrorReply(passkey.ErrMsgIDReused)
+		return reply.Error(passkey.ErrMsgIDReused)
 	default:
-		return Render(out.Answer)
+		return reply.Render(out.Answer)
 	}
 }
 
@@ -322,7 +324,7 @@ var outcomePoll = retry.Policy{First: 2 * time.Millisecond, Factor: 2, Max: 100 
 var errNotProcessedYet = errors.New("the original command has no outcome yet")
 
 // list answers from the store; the token is judged at the time of the request.
-func (s *Service) list(req micro.Request) {
+func (s *Endpoints) list(req micro.Request) {
 	_, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
 	if err != nil {
 		s.respondError(req, err)
@@ -334,7 +336,7 @@ func (s *Service) list(req micro.Request) {
 		s.respondError(req, err)
 		return
 	}
-	held, part, local := s.Partitions.Local(userID)
+	held, part, local := s.Router.Local(userID)
 	if local {
 		if reply := s.listFrom(held.Store, p, userID); held.Valid() {
 			respond(req, reply)
@@ -346,8 +348,8 @@ func (s *Service) list(req micro.Request) {
 
 // listFrom is the list reply for principal p from the store of userID's
 // partition.
-func (s *Service) listFrom(store *storage.Store, p passkey.Principal, userID string) Reply {
-	var reply Reply
+func (s *Endpoints) listFrom(store *storage.Store, p passkey.Principal, userID string) reply.Wire {
+	var r reply.Wire
 	err := store.View(func(tx *storage.Tx) error {
 		u, err := tx.User(userID)
 		if err != nil {
@@ -355,20 +357,20 @@ func (s *Service) listFrom(store *storage.Store, p passkey.Principal, userID str
 		}
 		keys, err := passkey.ListPasskeys(p, userID, u)
 		if err != nil {
-			reply = ErrorReply(passkey.AsError(err))
+			r = reply.Error(passkey.AsError(err))
 			return nil
 		}
-		reply = ListReply(u, keys)
+		r = reply.List(u, keys)
 		return nil
 	})
 	if err != nil {
 		s.Log.Error().Err(err).Str("user_id", userID).Msg("list: read store")
-		return ErrorReply(passkey.ErrInternal)
+		return reply.Error(passkey.ErrInternal)
 	}
-	return reply
+	return r
 }
 
-func (s *Service) replay(req micro.Request) {
+func (s *Endpoints) replay(req micro.Request) {
 	p, err := s.verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization))
 	if err != nil {
 		s.respondError(req, err)
@@ -378,7 +380,7 @@ func (s *Service) replay(req micro.Request) {
 		s.respondError(req, passkey.ErrDeniedReplay)
 		return
 	}
-	var r command.ReplayRange
+	var r pipeline.ReplayRange
 	if err := passkey.DecodeStrict(req.Data(), &r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
 		s.respondError(req, passkey.ErrReplayInvalid)
 		return
@@ -391,5 +393,5 @@ func (s *Service) replay(req micro.Request) {
 	}
 	s.Log.Warn().Interface("report", rep).Msg("replay done")
 	body, _ := json.Marshal(rep)
-	respond(req, Reply{Body: body})
+	respond(req, reply.Wire{Body: body})
 }

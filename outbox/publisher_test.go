@@ -1,4 +1,4 @@
-package handler
+package outbox
 
 import (
 	"context"
@@ -36,7 +36,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 			}
 		}
 	}
-	p := NewEventPublisher(js, store, zerolog.Nop(), nil)
+	p := New(js, store, zerolog.Nop(), nil)
 	ctx := context.Background()
 	if n, err := p.publishRound(ctx); err == nil || n != 0 {
 		t.Fatalf("published %d with no stream (%v)", n, err)
@@ -44,7 +44,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 	if n, _ := store.OutboxLen(); n != 6 {
 		t.Fatalf("outbox holds %d events after a failed round, want 6", n)
 	}
-	stream, err := js.CreateStream(ctx, settings(1).EventsStreamConfig())
+	stream, err := js.CreateStream(ctx, testenv.Settings(1).EventsStreamConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestOldEventPublishedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, settings(1).EventsStreamConfig()); err != nil {
+	if _, err := js.CreateStream(ctx, testenv.Settings(1).EventsStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
 	store := testenv.MustOpenStore(t)
@@ -127,7 +127,7 @@ func TestOldEventPublishedOnce(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	p := NewEventPublisher(js, store, zerolog.Nop(), nil)
+	p := New(js, store, zerolog.Nop(), nil)
 	p.Published, p.Dedup = jsread.New(js, topology.EventsStreamName, false), time.Minute
 	for {
 		n, err := p.publishRound(ctx)

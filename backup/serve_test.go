@@ -1,9 +1,8 @@
-package app
+package backup
 
 import (
 	"bytes"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,7 +43,7 @@ func (w *stalledWriter) Write(p []byte) (int, error) {
 // valid store, and the temporary file is gone.
 func TestBackupDoesNotHoldTheStore(t *testing.T) {
 	dir := t.TempDir()
-	store, err := storage.Open(filepath.Join(dir, StoreFile), storage.Options{})
+	store, err := storage.Open(filepath.Join(dir, "store.db"), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +67,7 @@ func TestBackupDoesNotHoldTheStore(t *testing.T) {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		serveBackup(w, httptest.NewRequest("GET", "/backup", nil), store, dir, zerolog.Nop())
+		Serve(w, store, dir, zerolog.Nop())
 	}()
 	<-w.started
 	committed := make(chan error, 1)
@@ -104,26 +103,5 @@ func TestBackupDoesNotHoldTheStore(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, ".backup-*")); len(left) != 0 {
 		t.Errorf("temporary backup files left behind: %v", left)
-	}
-}
-
-// The HTTP server bounds every phase of a request, idle connections and
-// header size: an idle or slow client cannot keep a connection, and so a
-// file descriptor, for ever.
-func TestHTTPServerIsBounded(t *testing.T) {
-	srv := newHTTPServer(http.NewServeMux(), zerolog.Nop())
-	for name, d := range map[string]time.Duration{
-		"ReadHeaderTimeout": srv.ReadHeaderTimeout, "ReadTimeout": srv.ReadTimeout,
-		"WriteTimeout": srv.WriteTimeout, "IdleTimeout": srv.IdleTimeout,
-	} {
-		if d <= 0 || d > time.Minute {
-			t.Errorf("%s = %s, want a bound of at most a minute", name, d)
-		}
-	}
-	if srv.MaxHeaderBytes <= 0 || srv.MaxHeaderBytes > 64<<10 {
-		t.Errorf("MaxHeaderBytes = %d", srv.MaxHeaderBytes)
-	}
-	if maxHTTPConns <= 0 || maxHTTPConns > 1024 {
-		t.Errorf("maxHTTPConns = %d", maxHTTPConns)
 	}
 }

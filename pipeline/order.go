@@ -1,4 +1,4 @@
-package handler
+package pipeline
 
 import (
 	"context"
@@ -6,9 +6,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/jsread"
+	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 )
 
@@ -16,11 +18,11 @@ import (
 // applied only once every earlier command of the partition is. The pin on a
 // partition's consumer is no guarantee of that: for moments two workers may
 // both pull from it, and the commands a crashed worker held come back after
-// the ack wait, behind newer ones. So before the consumer applies a command
-// past what the store has applied, it makes sure that command is the next
-// one of the partition in the stream, and if it is not, first applies what
-// lies between, read from the stream in order. What comes back later is then
-// a repeat (its stored outcome is its answer).
+// the ack wait, behind newer ones. So before the processor applies a
+// command past what the store has applied, the guard makes sure that
+// command is the next one of the partition in the stream, and if it is not,
+// has what lies between applied first, read from the stream in order. What
+// comes back later is then a repeat (its stored outcome is its answer).
 //
 // The check costs nothing in the usual case: the consumer's first
 // deliveries come in stream order, so a command delivered for the first time
@@ -40,22 +42,26 @@ type OrderGuard struct {
 	prevFirst   uint64 // its stream sequence when it was a first delivery at Applied, else 0
 }
 
-// fillGap applies, before batch b, the partition's commands that the stream
-// holds ahead of b's first new command and this worker has not applied. It
-// returns false when the worker stops first.
-func (c *Consumer) fillGap(ctx context.Context, b checkedBatch) bool {
-	g := c.Order
+// applyFunc applies commands in stream order, waiting out faults
+// (command.Applier.CommitInOrder), and reports each it applied to done.
+type applyFunc func(ctx context.Context, cmds []*command.Command, done func(*command.Command)) error
+
+// fill has apply apply, before the deliveries hand, the partition's
+// commands that the stream holds ahead of hand's first new command and
+// this worker has not applied. A failed read waits (wait) and is tried
+// again. It returns apply's error, or ctx's when the worker stops first.
+func (g *OrderGuard) fill(ctx context.Context, hand []delivery, apply applyFunc, wait retry.Policy, log zerolog.Logger) error {
 	front, prevD, prevFirst := g.Applied, g.prevDeliver, g.prevFirst
-	for _, h := range b.hand {
+	for _, h := range hand {
 		s, d := h.meta.Sequence.Stream, h.meta.Sequence.Consumer
 		first := h.meta.NumDelivered == 1
 		if s > front {
 			proven := first && prevFirst != 0 && prevFirst == front && d == prevD+1
 			if !proven {
-				c.Log.Debug().Uint64("applied_seq", front).Uint64("stream_seq", s).Uint64("deliver_seq", d).
+				log.Debug().Uint64("applied_seq", front).Uint64("stream_seq", s).Uint64("deliver_seq", d).
 					Uint64("num_delivered", h.meta.NumDelivered).Msg("order check: reading the stream before the command")
-				if _, ok := c.applyBetween(ctx, front, s); !ok {
-					return false
+				if err := g.applyBetween(ctx, front, s, apply, wait, log); err != nil {
+					return err
 				}
 			}
 			front = s
@@ -67,55 +73,38 @@ func (c *Consumer) fillGap(ctx context.Context, b checkedBatch) bool {
 		}
 	}
 	g.prevDeliver, g.prevFirst = prevD, prevFirst
-	return true
+	return nil
 }
 
-// committed advances the guard past commands that were applied.
-func (g *OrderGuard) committed(hand []delivery) {
-	for _, h := range hand {
-		g.Applied = max(g.Applied, h.meta.Sequence.Stream)
-	}
-}
+// committed advances the guard past a command that was applied.
+func (g *OrderGuard) committed(seq uint64) { g.Applied = max(g.Applied, seq) }
 
-// applyBetween reads the partition's commands after front and before
-// until from the stream and applies them, waiting out faults. It returns the
-// new front; false when the worker stops first.
-func (c *Consumer) applyBetween(ctx context.Context, front, until uint64) (uint64, bool) {
-	g := c.Order
-	for attempt := 1; ; attempt++ {
+// applyBetween reads the partition's commands after front and before until
+// from the stream and has apply apply them.
+func (g *OrderGuard) applyBetween(ctx context.Context, front, until uint64, apply applyFunc, wait retry.Policy, log zerolog.Logger) error {
+	for attempt := uint64(1); ; attempt++ {
 		cmds, err := g.readBetween(ctx, front, until)
 		if err != nil {
-			delay := c.StoreRetry.After(uint64(attempt))
-			c.Log.Error().Err(err).Uint64("applied_seq", front).Dur("retry_in", delay).
+			delay := wait.After(attempt)
+			log.Error().Err(err).Uint64("applied_seq", front).Dur("retry_in", delay).
 				Msg("could not read the partition's commands ahead of a delivered one; the partition waits and tries again")
 			select {
 			case <-ctx.Done():
-				return front, false
+				return ctx.Err()
 			case <-time.After(delay):
 			}
 			continue
 		}
 		if len(cmds) == 0 {
-			return front, true
+			return nil
 		}
-		c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
+		log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
 			Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order")
-		checked, err := c.Applier.Check(ctx, cmds)
-		if err != nil {
-			return front, false
-		}
-		ok := commitInOrder(ctx, c.Applier, checked, c.StoreRetry, c.Log,
-			func(_ int, _ time.Duration, err error) {
-				if err == nil && c.Committed != nil {
-					c.Committed()
-				}
-			},
-			func(i int, _ command.Result) {
-				front = max(front, cmds[i].StreamSeq)
-				g.Applied = max(g.Applied, front)
-			}, nil)
-		if !ok {
-			return front, false
+		if err := apply(ctx, cmds, func(c *command.Command) {
+			front = max(front, c.StreamSeq)
+			g.committed(front)
+		}); err != nil {
+			return err
 		}
 		attempt = 0 // there may be more than one read brought
 	}
@@ -136,7 +125,7 @@ func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*c
 		if m.Sequence >= until {
 			break
 		}
-		cmd, err := rawCommand(m)
+		cmd, err := CommandOf(m)
 		if err != nil {
 			return nil, err
 		}
@@ -145,15 +134,14 @@ func (g *OrderGuard) readBetween(ctx context.Context, front, until uint64) ([]*c
 	return cmds, nil
 }
 
-// rawCommand is the command a stream message holds, under the subject its
-// publisher used.
-func rawCommand(m *jetstream.RawStreamMsg) (*command.Command, error) {
+// CommandOf is the command a stream message holds, under the subject its
+// publisher used (a stored one of the version before partitions is read
+// as it is): every way a command comes out of the stream (a consumer's
+// delivery, a read, the upgrade's) ends here.
+func CommandOf(m *jetstream.RawStreamMsg) (*command.Command, error) {
 	return commandOf(m.Subject, m.Header, m.Data, m.Sequence, m.Time)
 }
 
-// commandOf is the command a message stored under subject stored holds,
-// under the subject its publisher used: every way a command comes out of
-// the stream (a consumer's delivery, a read) ends here.
 func commandOf(stored string, h nats.Header, data []byte, seq uint64, at time.Time) (*command.Command, error) {
 	_, subject, err := partition.Original(stored)
 	if err != nil {

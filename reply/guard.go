@@ -1,4 +1,4 @@
-package handler
+package reply
 
 import (
 	"strings"
@@ -11,7 +11,7 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ReplyGuard sends the consumers' replies so that a requester that was
+// Guard sends the consumers' replies so that a requester that was
 // away when its reply went out (its NATS server died, its connection was
 // cut) still gets one: a requester may get a repeat, never silence. Core
 // NATS delivers at most once and says nothing of a message nobody took,
@@ -29,11 +29,12 @@ import (
 //   - When the worker's own connection broke after the reply went out, or
 //     a NATS server of the cluster went away within a second of it (before:
 //     the other servers may still route to the dead one for a moment),
-//     nothing tells whether the reply arrived: the command is not acknowledged but comes
-//     back a second later, to whichever worker holds its partition then,
-//     and is answered again from its stored outcome. These are rare events
+//     nothing tells whether the reply arrived: the command is not
+//     acknowledged but comes back a second later, to whichever worker
+//     holds its partition then, and is answered again from its stored
+//     outcome. These are rare events
 //     no caller can cause.
-type ReplyGuard struct {
+type Guard struct {
 	conn *nats.Conn
 	log  zerolog.Logger
 	// settle is how long after a reply its command waits for its
@@ -80,7 +81,7 @@ type resend struct {
 	next  time.Time // when the next send is due
 }
 
-// Reply guard timing and bounds.
+// Guard timing and bounds.
 const (
 	replySettle = 500 * time.Millisecond
 	// replyAgain is how soon a command whose reply may have been lost
@@ -98,15 +99,15 @@ const (
 	serverGrace = time.Second
 )
 
-// NewReplyGuard subscribes to the "no responders" answers on conn, below
+// NewGuard subscribes to the "no responders" answers on conn, below
 // its inbox prefix, and starts acknowledging. serverGone, when set, tells
 // when a NATS server last went away (natsconn.ServerWatch.LastGone). Close
 // stops it.
-func NewReplyGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger) (*ReplyGuard, error) {
+func NewGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger) (*Guard, error) {
 	if serverGone == nil {
 		serverGone = func() time.Time { return time.Time{} }
 	}
-	g := &ReplyGuard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), serverGone: serverGone,
+	g := &Guard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), serverGone: serverGone,
 		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, warned: map[string]time.Time{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := conn.Subscribe(g.subject, g.noResponders)
@@ -120,8 +121,8 @@ func NewReplyGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Log
 
 // Resent counts the replies sent again because nobody took them;
 // GivenUp those given up on after their last try.
-func (g *ReplyGuard) Resent() int64  { return g.resent.Load() }
-func (g *ReplyGuard) GivenUp() int64 { return g.givenUp.Load() }
+func (g *Guard) Resent() int64  { return g.resent.Load() }
+func (g *Guard) GivenUp() int64 { return g.givenUp.Load() }
 
 // requester is what identifies a requester's inboxes: a reply subject
 // without its last token (nats.go's inboxes are <prefix>.<connection's
@@ -134,7 +135,7 @@ func requester(subject string) string {
 }
 
 // noResponders records a 503 for a reply subject.
-func (g *ReplyGuard) noResponders(m *nats.Msg) {
+func (g *Guard) noResponders(m *nats.Msg) {
 	if m.Header.Get("Status") != "503" {
 		return
 	}
@@ -148,7 +149,7 @@ func (g *ReplyGuard) noResponders(m *nats.Msg) {
 
 // Send publishes reply and has its command (msg) acknowledged once the
 // reply has settled.
-func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
+func (g *Guard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
 	reply.Reply = g.subject
 	conn := g.conn.Stats().Reconnects
 	if err := g.conn.PublishMsg(reply); err != nil {
@@ -162,7 +163,7 @@ func (g *ReplyGuard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger
 	g.poke()
 }
 
-func (g *ReplyGuard) poke() {
+func (g *Guard) poke() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -171,14 +172,14 @@ func (g *ReplyGuard) poke() {
 
 // Close settles what is settling without waiting out the settle time (the
 // worker stops), gives up the replies waiting to be sent again, and stops.
-func (g *ReplyGuard) Close() {
+func (g *Guard) Close() {
 	close(g.stop)
 	<-g.done
 	_ = g.sub.Unsubscribe()
 }
 
 // run settles replies and sends again those nobody took, until Close.
-func (g *ReplyGuard) run() {
+func (g *Guard) run() {
 	defer close(g.done)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -204,7 +205,7 @@ func (g *ReplyGuard) run() {
 
 // settleDue handles what is due: replies that have settled (all of them
 // when stopping) and replies to send again.
-func (g *ReplyGuard) settleDue(all bool) {
+func (g *Guard) settleDue(all bool) {
 	// Every "no responders" for a reply sent before now has arrived once
 	// the server has answered a PING sent now. Without that answer (the
 	// connection is down) nothing is known of the replies.
@@ -257,7 +258,7 @@ func (g *ReplyGuard) settleDue(all bool) {
 // server said nobody listened on its subject after it went out, or on its
 // requester's other inboxes within the settle time after (a requester's
 // server that died with the reply on its way). Called with g.mu held.
-func (g *ReplyGuard) missed(subject string, sent time.Time) bool {
+func (g *Guard) missed(subject string, sent time.Time) bool {
 	t, gone := g.gone[subject]
 	f, cut := g.goneFrom[requester(subject)]
 	return (gone && !t.Before(sent)) || (cut && !f.Before(sent) && f.Before(sent.Add(g.settle)))
@@ -266,7 +267,7 @@ func (g *ReplyGuard) missed(subject string, sent time.Time) bool {
 // schedule queues r to be sent again (the oldest is given up when the
 // queue is full), and warns once a minute per requester. Called with g.mu
 // held.
-func (g *ReplyGuard) schedule(r *resend) {
+func (g *Guard) schedule(r *resend) {
 	if len(g.resends) >= maxResends {
 		g.resends = g.resends[1:]
 		g.givenUp.Add(1)
@@ -282,7 +283,7 @@ func (g *ReplyGuard) schedule(r *resend) {
 // dueResends returns the replies to send now, having dropped those that
 // were taken since their last send and given up those out of tries.
 // Called with g.mu held.
-func (g *ReplyGuard) dueResends(now time.Time, stopping bool) []*resend {
+func (g *Guard) dueResends(now time.Time, stopping bool) []*resend {
 	var out []*resend
 	keep := g.resends[:0]
 	for _, r := range g.resends {
@@ -318,7 +319,7 @@ func (g *ReplyGuard) dueResends(now time.Time, stopping bool) []*resend {
 
 // forget drops what is older than a minute from the maps. Called with
 // g.mu held.
-func (g *ReplyGuard) forget(now time.Time) {
+func (g *Guard) forget(now time.Time) {
 	for _, m := range []map[string]time.Time{g.gone, g.goneFrom, g.warned} {
 		for k, t := range m {
 			if now.Sub(t) > time.Minute {

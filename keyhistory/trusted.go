@@ -1,4 +1,4 @@
-package app
+package keyhistory
 
 import (
 	"bytes"
@@ -7,56 +7,56 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
-	"github.com/passkeys/worker/keyhistory"
 )
 
-// trustedKeys is the worker's side of the key history: what its own
-// --jwks file says, compared with (or, where this worker may, written to)
-// the history that every worker judges by.
-type trustedKeys struct {
-	history *keyhistory.History
-	// own is this worker's --jwks file (or development key), issuer and
+// Trusted is a worker's side of the key history: what its own --jwks
+// file says, compared with (or, where this worker may, written to) the
+// history that every worker judges by.
+type Trusted struct {
+	History *History
+	// Own is this worker's --jwks file (or development key), issuer and
 	// audience.
-	own keyhistory.Entry
-	// writes is set where this worker's file goes into the history on a
+	Own Entry
+	// Writes is set where this worker's file goes into the history on a
 	// reload: the embedded default, the only worker.
-	writes bool
+	Writes bool
+	Log    zerolog.Logger
 	// differs is set while this worker's file differs from the newest set
 	// of the history (passkeys_jwks_file_differs).
 	differs atomic.Bool
-	log     zerolog.Logger
 }
+
+// Differs tells whether this worker's file differs from the history's
+// newest set.
+func (k *Trusted) Differs() bool { return k.differs.Load() }
 
 // keysWaitEvery is how often a worker that found the key history empty,
 // and may not write it, looks again.
 const keysWaitEvery = 2 * time.Second
 
-// load reads the history at start-up. An empty history gets this worker's
+// Load reads the history at start-up. An empty history gets this worker's
 // own key set where its NATS user may write it (the embedded default, a
 // development setup without NATS users); otherwise the worker waits for
 // `worker provision --jwks`. In the embedded default the worker's own file
 // is the history's newest set (added when it changed). Elsewhere a file
 // that differs is a warning and a metric, and an issuer or audience that
 // differs refuses the start.
-func (k *trustedKeys) load(ctx context.Context) error {
+func (k *Trusted) Load(ctx context.Context) error {
 	for warned := false; ; {
-		err := k.history.Load(ctx)
-		if errors.Is(err, keyhistory.ErrEmpty) {
+		err := k.History.Load(ctx)
+		if errors.Is(err, ErrEmpty) {
 			err = k.seed(ctx)
 			if err != nil && !warned {
-				k.log.Warn().Err(err).Msg("the key history is empty and this worker may not write it: waiting for `worker provision --jwks FILE --issuer ISS --audience AUD`")
+				k.Log.Warn().Err(err).Msg("the key history is empty and this worker may not write it: waiting for `worker provision --jwks FILE --issuer ISS --audience AUD`")
 				warned = true
 			}
-		} else if err == nil && k.writes {
+		} else if err == nil && k.Writes {
 			err = k.append(ctx, "the worker's key set file changed")
 		}
 		if err == nil {
@@ -76,27 +76,27 @@ func (k *trustedKeys) load(ctx context.Context) error {
 // seed makes the worker's own key set the first of an empty history.
 // Another worker's set may come first (workers started together with
 // different files): the history's is the one in force, and compare warns.
-func (k *trustedKeys) seed(ctx context.Context) error {
+func (k *Trusted) seed(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	seeded, err := k.history.Seed(sctx, k.own)
+	seeded, err := k.History.Seed(sctx, k.Own)
 	if seeded {
-		k.log.Info().Int("keys", len(k.own.Keys.Keys)).Msg("key set added to the empty key history: in force from the beginning")
+		k.Log.Info().Int("keys", len(k.Own.Keys.Keys)).Msg("key set added to the empty key history: in force from the beginning")
 	}
 	return err
 }
 
 // append writes the worker's own key set into the history (a no-op when it
 // is the newest set already).
-func (k *trustedKeys) append(ctx context.Context, why string) error {
+func (k *Trusted) append(ctx context.Context, why string) error {
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	key, from, err := k.history.Append(actx, k.own)
+	key, from, err := k.History.Append(actx, k.Own)
 	if err != nil {
 		return err
 	}
 	if key != "" {
-		k.log.Info().Str("entry", key).Time("in_force_from", from).Str("why", why).Int("keys", len(k.own.Keys.Keys)).
+		k.Log.Info().Str("entry", key).Time("in_force_from", from).Str("why", why).Int("keys", len(k.Own.Keys.Keys)).
 			Msg("key set added to the key history")
 	}
 	return nil
@@ -105,47 +105,34 @@ func (k *trustedKeys) append(ctx context.Context, why string) error {
 // compare holds this worker's file up to the history's newest set: an
 // issuer or audience that differs is an error (the worker would refuse
 // every token it is sent); keys that differ a warning and the metric.
-func (k *trustedKeys) compare() error {
-	latest, ok := k.history.Latest()
+func (k *Trusted) compare() error {
+	latest, ok := k.History.Latest()
 	if !ok {
-		return keyhistory.ErrEmpty
+		return ErrEmpty
 	}
-	if latest.Issuer != "" && (latest.Issuer != k.own.Issuer || latest.Audience != k.own.Audience) {
+	if latest.Issuer != "" && (latest.Issuer != k.Own.Issuer || latest.Audience != k.Own.Audience) {
 		return fmt.Errorf("the key history (set by `worker provision --jwks`) requires issuer %q and audience %q, "+
 			"but this worker was started with --issuer %q --audience %q: start it with the history's, or provision new ones",
-			latest.Issuer, latest.Audience, k.own.Issuer, k.own.Audience)
+			latest.Issuer, latest.Audience, k.Own.Issuer, k.Own.Audience)
 	}
-	differs := !sameKeys(latest.Keys, k.own.Keys)
+	differs := !Entry{Keys: latest.Keys}.Same(Entry{Keys: k.Own.Keys})
 	if k.differs.Swap(differs) != differs || differs {
-		ev := k.log.Info()
+		ev := k.Log.Info()
 		if differs {
-			ev = k.log.Warn()
+			ev = k.Log.Warn()
 		}
 		ev.Bool("differs", differs).Msg("this worker's --jwks file compared with the newest key set of the key history, which every worker judges by")
 	}
 	return nil
 }
 
-// sameKeys tells whether two key sets trust the same keys.
-func sameKeys(a, b jose.JSONWebKeySet) bool {
-	return keyhistory.Entry{Keys: a}.Same(keyhistory.Entry{Keys: b})
-}
-
-// notifyHUP starts catching SIGHUP, before the worker is reachable: a
-// SIGHUP that arrived before would otherwise end the process.
-func notifyHUP() (<-chan os.Signal, func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	return hup, func() { signal.Stop(hup) }
-}
-
-// watch reads the --jwks file again on SIGHUP and whenever its content
+// Watch reads the --jwks file again on SIGHUP and whenever its content
 // changes (checked every interval). In the embedded default the new set
-// goes into the key history, in force keyhistory.Margin after the server
+// goes into the key history, in force Margin after the server
 // stored it; elsewhere the file is only compared with the history (an
 // operator rotates with `worker provision --jwks`), at every check, since
 // the history changes too. A file that does not load changes nothing.
-func (k *trustedKeys) watch(ctx context.Context, path string, interval time.Duration, hup <-chan os.Signal) {
+func (k *Trusted) Watch(ctx context.Context, path string, interval time.Duration, hup <-chan os.Signal) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	last := fileHash(path)
@@ -167,8 +154,8 @@ func (k *trustedKeys) watch(ctx context.Context, path string, interval time.Dura
 		last = fileHash(path)
 		keys, err := auth.LoadJWKS(path)
 		if err == nil {
-			k.own.Keys = keys
-			if k.writes {
+			k.Own.Keys = keys
+			if k.Writes {
 				err = k.append(ctx, why)
 			}
 		}
@@ -176,27 +163,14 @@ func (k *trustedKeys) watch(ctx context.Context, path string, interval time.Dura
 			err = k.compare()
 		}
 		if err != nil {
-			k.log.Error().Err(err).Str("jwks", path).Str("trigger", why).Msg("JWKS not reloaded; the key history is unchanged")
+			k.Log.Error().Err(err).Str("jwks", path).Str("trigger", why).Msg("JWKS not reloaded; the key history is unchanged")
 			continue
 		}
 		kids := make([]string, 0, len(keys.Keys))
 		for _, key := range keys.Keys {
 			kids = append(kids, key.KeyID)
 		}
-		k.log.Info().Str("jwks", path).Str("trigger", why).Strs("kids", kids).Bool("written", k.writes).Msg("JWKS reloaded")
-	}
-}
-
-// ignoreHUP answers SIGHUP in the development mode, where there is no key
-// set file to reload.
-func ignoreHUP(ctx context.Context, hup <-chan os.Signal, log zerolog.Logger) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			log.Info().Msg("SIGHUP: nothing to reload in the development mode (the development key stays); use SIGINT or SIGTERM to stop")
-		}
+		k.Log.Info().Str("jwks", path).Str("trigger", why).Strs("kids", kids).Bool("written", k.Writes).Msg("JWKS reloaded")
 	}
 }
 

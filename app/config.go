@@ -1,0 +1,133 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/topology"
+)
+
+// Config is everything the worker is told.
+type Config struct {
+	NATSURL   string
+	NATSCreds string
+	// InboxPrefix is where the worker's connection receives its
+	// consumer's deliveries and its API replies; "" for InboxPrefix's default.
+	InboxPrefix string
+	Listen      string
+	DataDir     string
+	JWKS        string
+	Issuer      string
+	Audience    string
+	NATSConfig  string // a nats-server configuration file for the embedded server; "" for none
+
+	Retention       time.Duration
+	DuplicateWindow time.Duration
+	// EventsRetention is how long stream PASSKEYS_EVENTS keeps an event;
+	// EventsDuplicates its duplicate window: how late a second publication
+	// of an event is still dropped. Zero: DefaultEventsRetention and
+	// DefaultEventsDuplicates.
+	EventsRetention  time.Duration
+	EventsDuplicates time.Duration
+	MaxBatch         int
+	// Partitions is the number of partitions (fixed when stream PASSKEYS
+	// is created); Replicas the JetStream replicas of what the worker
+	// creates.
+	Partitions int
+	Replicas   int
+	// SnapshotInterval is how often a partition's snapshot is written;
+	// zero for runner.DefaultSnapshotInterval.
+	SnapshotInterval time.Duration
+	// ProvisionWait bounds how long `worker provision` waits for a
+	// JetStream that is not ready yet.
+	ProvisionWait time.Duration
+	CreateStream  bool
+	OutcomeWait   time.Duration
+	StoreTimeout  time.Duration
+	JWKSReload    time.Duration // how often the JWKS file is checked for changes
+	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
+	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
+	NoSync        bool          // benchmarks of the layers above the disk only
+	HoldEvents    bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
+
+	// Started, when set, is called once the worker serves, with the URL
+	// clients reach NATS at.
+	Started func(natsURL string)
+}
+
+// Embedded reports whether the worker runs its own NATS server.
+func (c *Config) Embedded() bool { return c.NATSURL == "" }
+
+// DevMode reports whether the worker trusts the development key.
+func (c *Config) DevMode() bool { return c.NATSURL == "" && c.JWKS == "" }
+
+// Defaults of the events stream.
+const (
+	DefaultEventsRetention  = 365 * 24 * time.Hour
+	DefaultEventsDuplicates = 24 * time.Hour
+)
+
+// Settings are the configuration's settings of what the workers use in
+// JetStream.
+func (c *Config) Settings() topology.Settings {
+	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
+		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas}
+}
+
+// Validate checks the configuration and fills in development defaults.
+func (c *Config) Validate() error {
+	if c.Partitions == 0 {
+		c.Partitions = partition.DefaultCount
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.EventsRetention == 0 {
+		c.EventsRetention = DefaultEventsRetention
+	}
+	if c.EventsDuplicates == 0 {
+		c.EventsDuplicates = DefaultEventsDuplicates
+	}
+	if c.DevMode() {
+		if c.Issuer == "" {
+			c.Issuer = auth.DevIssuer
+		}
+		if c.Audience == "" {
+			c.Audience = auth.DevAudience
+		}
+	}
+	var missing []string
+	for _, f := range []struct{ name, val string }{{"--jwks", c.JWKS}, {"--issuer", c.Issuer}, {"--audience", c.Audience}} {
+		if f.val == "" && !c.DevMode() {
+			missing = append(missing, f.name)
+		}
+	}
+	switch {
+	case len(missing) > 0 && !c.Embedded():
+		return fmt.Errorf("with --nats-url set, %v must be set too (the development key is only for the fully embedded default)", missing)
+	case len(missing) > 0:
+		return fmt.Errorf("with --jwks set, %v must be set too", missing)
+	case c.DataDir == "":
+		return errors.New("--data-dir must not be empty")
+	case c.MaxBatch < 1:
+		return errors.New("--max-batch must be at least 1")
+	}
+	if err := c.Settings().Validate(); err != nil {
+		return err
+	}
+	if c.Embedded() {
+		host, _, err := listenAddr(c.Listen)
+		if err != nil {
+			return err
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("--listen %s: the embedded NATS server has no users, so it listens on loopback only; "+
+				"for anything else run nats-server -c nats.conf and give the worker --nats-url", c.Listen)
+		}
+	}
+	return nil
+}

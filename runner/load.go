@@ -1,0 +1,130 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
+)
+
+// LegacyStoreFile is the one store of the version before partitions, in the
+// data directory: a worker that still has it upgrades it at start
+// (package upgrade).
+const LegacyStoreFile = "passkeys.db"
+
+// unrecoverable is the error of a partition whose state cannot be rebuilt
+// on any worker from what JetStream holds.
+type unrecoverable struct{ error }
+
+// load brings the partition's state up to the stream's end: its newest
+// snapshot when that is ahead of the local store (or there is none), then
+// the stream's commands after it.
+func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
+	path := StorePath(s.cfg.DataDir, pt.p)
+	local, err := s.localApplied(path)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, pt.lease.Progress)
+	if err != nil {
+		return err
+	}
+	if loaded {
+		log.Info().Uint64("local_applied_seq", local).Uint64("snapshot_applied_seq", info.Applied).Str("snapshot", info.Name).
+			Msg("partition state loaded from its snapshot")
+	}
+	pt.snapApplied = info.Applied
+	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: s.cfg.NoSync}); err != nil {
+		return err
+	}
+	applied, err := pt.store.AppliedSeq()
+	if err != nil {
+		return err
+	}
+	if applied < s.cfg.LegacyUntil {
+		return unrecoverable{fmt.Errorf("the partition's state has applied the stream up to %d, but the stream held commands up to %d "+
+			"before it was partitioned, and no snapshot covers them: start the worker that holds the data directory of "+
+			"the version before (its %s is upgraded at start) first", applied, s.cfg.LegacyUntil, LegacyStoreFile)}
+	}
+	if pt.cons, err = s.cfg.Stream.Consumer(ctx, topology.PartitionConsumerName(pt.p)); err != nil {
+		return fmt.Errorf("consumer %s: %w", topology.PartitionConsumerName(pt.p), err)
+	}
+	if err := s.checkGap(ctx, pt.cons, applied, log); err != nil {
+		return err
+	}
+	pt.applier = &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
+		Fence: pt.lease.Check}
+	n, last, err := pipeline.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
+		pt.lease.Progress)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Info().Int("applied", n).Uint64("applied_seq", last).Msg("caught up with the stream")
+	}
+	return nil
+}
+
+// localApplied is the applied sequence of the store at path; 0 without
+// one.
+func (s *Set) localApplied(path string) (uint64, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	st, err := storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout})
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	return st.AppliedSeq()
+}
+
+// checkGap refuses a partition state (restored from an old backup, with no
+// newer snapshot) that misses commands the stream no longer holds: the
+// partition's consumer acknowledged past what the state applied, and the
+// stream has since dropped them (MaxAge). AllowStoreGap accepts the loss.
+func (s *Set) checkGap(ctx context.Context, cons jetstream.Consumer, applied uint64, log zerolog.Logger) error {
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	si, err := s.cfg.Stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	ackFloor, first := ci.AckFloor.Stream, si.State.FirstSeq
+	if ackFloor <= applied || first <= applied+1 {
+		return nil
+	}
+	msg := fmt.Sprintf("the partition's state has applied the stream up to sequence %d, its consumer acknowledged up to %d, "+
+		"but the stream now starts at %d: commands between are gone and cannot be applied", applied, ackFloor, first)
+	if !s.cfg.AllowStoreGap {
+		return unrecoverable{errors.New(msg + "; restore a newer backup (or snapshot), or start a worker with --allow-store-gap to accept the loss")}
+	}
+	log.Error().Msg(msg + "; going on as --allow-store-gap says")
+	return nil
+}
+
+// unpin lets the partition's consumer serve whoever pulls next.
+func (s *Set) unpin(ctx context.Context, p int, log zerolog.Logger) {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	if err := s.cfg.Stream.UnpinConsumer(uctx, topology.PartitionConsumerName(p), topology.PriorityGroup); err != nil {
+		log.Debug().Err(err).Msg("unpin")
+	}
+}

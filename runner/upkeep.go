@@ -1,0 +1,88 @@
+package runner
+
+import (
+	"context"
+	"time"
+
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/pipeline"
+)
+
+// Replay serves passkeys.admin.replay for the partitions this worker
+// serves: only what each has applied; the rest its pipeline applies itself.
+func (s *Set) Replay(ctx context.Context, r pipeline.ReplayRange) (pipeline.ReplayReport, error) {
+	total := pipeline.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
+	var maxApplied uint64
+	for _, pt := range s.serving() {
+		applied, err := pt.store.AppliedSeq()
+		if err != nil {
+			return total, err
+		}
+		pr := r
+		pr.ToSeq = min(r.ToSeq, applied)
+		if pr.ToSeq < pr.FromSeq {
+			continue
+		}
+		rep, err := pipeline.Replay(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), pr, s.cfg.MaxBatch)
+		if err != nil {
+			return total, err
+		}
+		total.Add(rep)
+		maxApplied = max(maxApplied, applied)
+	}
+	total.ToSeq = min(r.ToSeq, maxApplied)
+	total.Partitions = s.Serving()
+	return total, nil
+}
+
+// pruneInterval is how often expired outcome records are pruned. A pass
+// reads the whole store (storage.PruneOutcomes); against a retention of
+// days, an hour's delay is nothing.
+const pruneInterval = time.Hour
+
+// pruneMargin is how far behind the command stream's clock pruning
+// stays.
+const pruneMargin = time.Hour
+
+// PruneOutcomes deletes expired outcome records of the partitions served,
+// an hour after the worker starts and every hour after, in small
+// transactions so the pipelines are never held up for long, until ctx
+// ends. "Expired" is by the command stream's clock (its leader's,
+// STREAM.INFO), less pruneMargin, never this worker's: a record is pruned
+// only when it expired so long ago that no command that could still look
+// for it exists. A repeat stored since has a later timestamp, and a record
+// expired as of a command's own timestamp is ignored by that command
+// whether or not it was pruned yet; the original command is past the
+// stream's MaxAge (the same retention) by more than the margin, so the
+// stream no longer holds it to deliver it again. So pruning changes no
+// answer, whatever the clocks.
+func (s *Set) PruneOutcomes(ctx context.Context) {
+	const chunk = 5000
+	log := s.cfg.Log
+	tick := time.NewTicker(pruneInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := s.cfg.Stream.Info(ictx)
+		cancel()
+		if err != nil || info.TimeStamp.IsZero() {
+			log.Warn().Err(err).Msg("outcome records not pruned: the command stream's clock could not be read")
+			continue
+		}
+		until := info.TimeStamp.Add(-pruneMargin)
+		for _, pt := range s.serving() {
+			start := time.Now()
+			n, err := pt.store.PruneOutcomes(until, chunk)
+			if err != nil {
+				log.Error().Err(err).Int("partition", pt.p).Int("pruned", n).Msg("prune outcome records")
+			} else if n > 0 {
+				log.Info().Int("partition", pt.p).Int("pruned", n).Dur("took", time.Since(start)).Msg("expired outcome records pruned")
+			}
+		}
+	}
+}
