@@ -147,7 +147,7 @@ func (w *worker) openNATS(ctx context.Context) error {
 		w.onClose(watch.Close)
 		serverGone = watch.LastGone
 	}
-	if w.replies, err = reply.NewGuard(nc, serverGone, log); err != nil {
+	if w.replies, err = reply.NewGuard(nc, serverGone, log, reply.Options{}); err != nil {
 		return err
 	}
 	w.onClose(w.replies.Close)

@@ -47,6 +47,9 @@ func connectOptions(cfg *Config, log zerolog.Logger) []nats.Option {
 		nats.Name("passkeys-worker"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
+		// A frozen server (stopped, not closed) keeps the socket open: without
+		// pings the client would wait the default four minutes to notice.
+		nats.PingInterval(5 * time.Second), nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: our own Close
 				log.Warn().Err(err).Msg("disconnected from NATS")

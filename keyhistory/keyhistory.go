@@ -154,16 +154,48 @@ func (h *History) catchUp(ctx context.Context) error {
 	h.mu.Lock()
 	from := h.read + 1
 	h.mu.Unlock()
+	fresh, err := h.readFrom(ctx, from, info.State.LastSeq)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	before := h.known
+	h.read = max(h.read, info.State.LastSeq)
+	h.known, h.knownAt = h.barrier(info.TimeStamp, asked), asked
+	added := h.add(fresh, before)
+	if !added {
+		return nil
+	}
+	eras, latest := h.erasOf(h.entries)
+	if len(eras) == 0 {
+		return nil
+	}
+	if h.v != nil {
+		if err := h.v.SetHistory(eras); err != nil {
+			return fmt.Errorf("key history: %w", err)
+		}
+	}
+	for _, e := range eras[min(len(h.eras), len(eras)):] {
+		h.log.Info().Time("in_force_from", e.From).Int("keys", len(e.Keys.Keys)).Str("issuer", e.Issuer).Msg("key set read from the key history")
+	}
+	h.eras, h.latest = eras, latest
+	return nil
+}
+
+// readFrom reads the history's entries from sequence from up to last; a
+// delete marker is reported and left out.
+func (h *History) readFrom(ctx context.Context, from, last uint64) ([]stored, error) {
 	var fresh []stored
-	for seq := from; seq <= info.State.LastSeq; {
+	for seq := from; seq <= last; {
 		m, err := h.reader.Next(ctx, seq, topology.KeyPrefix+".>")
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("key history: %w", err)
+			return nil, fmt.Errorf("key history: %w", err)
 		}
-		if m.Sequence > info.State.LastSeq {
+		if m.Sequence > last {
 			break
 		}
 		h.noteKey(strings.TrimPrefix(m.Subject, topology.KeyPrefix+"."))
@@ -176,13 +208,13 @@ func (h *History) catchUp(ctx context.Context) error {
 		}
 		seq = m.Sequence + 1
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	before := h.known
-	h.read = max(h.read, info.State.LastSeq)
-	if info.TimeStamp.After(h.known) {
-		h.known, h.knownAt = info.TimeStamp, asked
-	}
+	return fresh, nil
+}
+
+// add takes the entries read under keys never seen before (the first entry
+// under a key stands), reporting one stamped well before the last reading
+// that did not hold it. h.mu is held. It tells whether any was added.
+func (h *History) add(fresh []stored, before time.Time) bool {
 	added := false
 	for _, e := range fresh {
 		if h.seen[e.key] {
@@ -201,23 +233,7 @@ func (h *History) catchUp(ctx context.Context) error {
 		h.entries = append(h.entries, e)
 		added = true
 	}
-	if !added {
-		return nil
-	}
-	eras, latest := h.erasOf(h.entries)
-	if len(eras) == 0 {
-		return nil
-	}
-	if h.v != nil {
-		if err := h.v.SetHistory(eras); err != nil {
-			return fmt.Errorf("key history: %w", err)
-		}
-	}
-	for _, e := range eras[min(len(h.eras), len(eras)):] {
-		h.log.Info().Time("in_force_from", e.From).Int("keys", len(e.Keys.Keys)).Str("issuer", e.Issuer).Msg("key set read from the key history")
-	}
-	h.eras, h.latest = eras, latest
-	return nil
+	return added
 }
 
 // erasOf turns entries (in stream order) into the eras they put in force:
@@ -321,6 +337,32 @@ func (h *History) Sets() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.eras)
+}
+
+// barrier is the reading of the leader's clock that a catch-up which
+// asked at asked may take as its barrier (known): each reading replaces
+// the last, also when it is earlier (the stream's leader changed to a
+// server whose clock is behind: every command stamped after it waits for
+// the next reading), but it is never later than the last barrier plus the
+// time this worker counted since, plus MaxClockSkew (a leader whose clock
+// runs ahead must not make this worker believe it has read entries stored
+// after the reading by a server whose clock does not). Called with h.mu
+// held.
+func (h *History) barrier(reading time.Time, asked clock.Instant) time.Time {
+	if h.known.IsZero() {
+		return reading
+	}
+	limit := h.known.Add(time.Duration(asked-h.knownAt) + MaxClockSkew)
+	switch {
+	case reading.After(limit):
+		h.log.Error().Time("reading", reading).Time("limit", limit).
+			Msg("the key history's leader's clock is ahead of what this worker counted since its last reading: the NATS servers' clocks differ; the history's barrier stays at what this worker counted")
+		return limit
+	case reading.Before(h.known.Add(-MaxClockSkew)):
+		h.log.Warn().Time("reading", reading).Time("last", h.known).
+			Msg("the key history's leader's clock is behind its last reading (a new leader, or a clock set back): commands stamped after it wait for the next reading")
+	}
+	return reading
 }
 
 // covers tells whether every entry that could be in force at t has been

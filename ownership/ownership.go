@@ -52,6 +52,11 @@ type Config struct {
 	// Avoid is how long a worker avoids a partition whose runner failed or
 	// was stuck (1 minute): the others take it if they have room.
 	Avoid time.Duration
+	// RetryAlone is how soon a worker tries again a partition it avoids
+	// when every live member avoids it too, a lone worker included (5 s):
+	// a partition nobody else would serve is never left unserved for the
+	// whole Avoid.
+	RetryAlone time.Duration
 }
 
 func (c *Config) defaults() {
@@ -66,6 +71,9 @@ func (c *Config) defaults() {
 	}
 	if c.Avoid == 0 {
 		c.Avoid = time.Minute
+	}
+	if c.RetryAlone == 0 {
+		c.RetryAlone = 5 * time.Second
 	}
 }
 
@@ -325,7 +333,7 @@ func (c *Coordinator) round(ctx context.Context, take bool) {
 		return
 	}
 	for p := range c.cfg.Partitions {
-		if want[p] && c.Lease(p) == nil && !c.avoiding(p) {
+		if want[p] && c.Lease(p) == nil && c.mayTake(p) {
 			wg.Go(func() { c.take(ctx, p) })
 		}
 	}
@@ -463,6 +471,28 @@ func (c *Coordinator) avoiding(p int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return time.Now().Before(c.avoid[p])
+}
+
+// mayTake tells whether this worker may take partition p now: one it
+// avoids only when every live member avoids it too (nobody else would
+// serve it), RetryAlone after it failed here.
+func (c *Coordinator) mayTake(p int) bool {
+	c.mu.Lock()
+	until, avoided := c.avoid[p]
+	c.mu.Unlock()
+	now := time.Now()
+	if !avoided || !now.Before(until) {
+		return true
+	}
+	if now.Before(until.Add(c.cfg.RetryAlone - c.cfg.Avoid)) {
+		return false
+	}
+	for _, m := range c.members() {
+		if !c.avoids(m, p) {
+			return false
+		}
+	}
+	return true
 }
 
 // avoids tells whether member m avoids partition p: this worker by its

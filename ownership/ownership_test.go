@@ -172,3 +172,30 @@ func TestStuckOrFailingPartitionMoves(t *testing.T) {
 	start(t, kv, r, "b", ownership.Config{})
 	waitUntil(t, 30*time.Second, func() bool { return len(r.held("b")) == 8 })
 }
+
+// A lone worker does not leave a partition that failed on it unserved for
+// the whole Avoid: nobody else would serve it, so it tries again after
+// RetryAlone (a catch-up that timed out while a NATS node was frozen).
+func TestLoneWorkerRetriesAFailedPartition(t *testing.T) {
+	kv, _ := bucket(t)
+	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
+	var mu sync.Mutex
+	failed := map[int]bool{}
+	r.behave = func(id string, l *ownership.Lease) error {
+		mu.Lock()
+		first := !failed[l.Partition]
+		failed[l.Partition] = true
+		mu.Unlock()
+		if first {
+			return errors.New("catch-up: context deadline exceeded")
+		}
+		l.SetServing(true)
+		<-l.Context().Done()
+		return nil
+	}
+	a, _, _ := start(t, kv, r, "a", ownership.Config{Avoid: time.Hour, RetryAlone: 200 * time.Millisecond})
+	waitUntil(t, 20*time.Second, func() bool { return len(r.held("a")) == 8 })
+	if got := a.Avoided(); len(got) != 8 {
+		t.Fatalf("avoided %v; want all 8 still avoided (taken again only because nobody else would)", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -362,47 +363,81 @@ func TestAppliedCommandWithoutOutcomeIsAnswered(t *testing.T) {
 	}
 }
 
-// A reply nobody was there to take (the requester's connection was cut
-// when it went out: the server says "no responders") is sent again from
-// memory, and its requester gets it once it listens again. Commands whose
-// requesters left for good are acknowledged as soon as their replies have
-// settled: they hold up nothing (no redelivery, no ack-pending slot).
-func TestReplyWaitsForItsRequester(t *testing.T) {
-	keys := testenv.NewKeys(t)
-	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
-	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	guard, err := reply.NewGuard(f.nc, nil, testenv.Logger(t))
+// guarded starts a Processor whose replies go through a reply.Guard with
+// opts (serverGone as reply.NewGuard takes it), stopped by the function it
+// returns or at the test's end.
+func guarded(t *testing.T, f *consumerFixture, proc *command.Applier, serverGone func() time.Time, opts reply.Options) (*reply.Guard, func()) {
+	t.Helper()
+	guard, err := reply.NewGuard(f.nc, serverGone, testenv.Logger(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(guard.Close)
 	c := &Processor{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
 		Wait: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
 		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, f.cons) }()
-	t.Cleanup(func() { stop(); <-done })
+	var once sync.Once
+	end := func() { once.Do(func() { stop(); <-done; guard.Close() }) }
+	t.Cleanup(end)
+	return guard, end
+}
 
-	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
-	publish := func(subject, replyTo, msgID, body string) {
-		t.Helper()
-		msg := nats.NewMsg(subject)
-		msg.Header.Set(command.HeaderAuthorization, admin)
-		msg.Header.Set(command.HeaderReplyTo, replyTo)
-		msg.Header.Set(command.HeaderMsgID, msgID)
-		msg.Data = []byte(body)
-		if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
-			t.Fatal(err)
+// waitFor waits, up to 10 s, until cond holds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10 s")
 		}
 	}
+}
+
+// delivered is how many deliveries the fixture's consumer made, first
+// ones and redeliveries.
+func (f *consumerFixture) delivered(t *testing.T) uint64 {
+	t.Helper()
+	info, err := f.cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Delivered.Consumer
+}
+
+// publishAs stores a command with auth, Reply-To and Nats-Msg-Id.
+func (f *consumerFixture) publishAs(t *testing.T, auth, subject, replyTo, msgID, body string) {
+	t.Helper()
+	msg := nats.NewMsg(subject)
+	msg.Header.Set(command.HeaderAuthorization, auth)
+	msg.Header.Set(command.HeaderReplyTo, replyTo)
+	msg.Header.Set(command.HeaderMsgID, msgID)
+	msg.Data = []byte(body)
+	if _, err := f.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reply nobody was there to take (the requester's connection was cut
+// when it went out: the server says "no responders") is sent again from
+// memory, and its requester gets it once it listens again. Its command is
+// held (unacknowledged, kept in progress: no redelivery) until then, or
+// until its reply is given up; so are those whose requesters left for
+// good, and then they are acknowledged.
+func TestReplyWaitsForItsRequester(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	guard, _ := guarded(t, f, proc, nil, reply.Options{Tries: 3})
+
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
 	// Nobody listens on the first command's reply subject yet, nor ever on
 	// those of the 50 after it.
 	away := nats.NewInbox()
-	publish("passkeys.cmd.sync.u1", away+".1", "away-1", syncU1)
+	f.publishAs(t, admin, "passkeys.cmd.sync.u1", away+".1", "away-1", syncU1)
 	gone := nats.NewInbox()
 	for i := range 50 {
-		publish("passkeys.cmd.sync.x"+strconv.Itoa(i), gone+"."+strconv.Itoa(i), "gone-"+strconv.Itoa(i), syncU1)
+		f.publishAs(t, admin, "passkeys.cmd.sync.x"+strconv.Itoa(i), gone+"."+strconv.Itoa(i), "gone-"+strconv.Itoa(i), syncU1)
 	}
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "here", `{"tokenId":"pk-1"}`)
 	if got := f.next(t); !strings.Contains(string(got.Data), `"sequence":"2"`) {
@@ -421,19 +456,51 @@ func TestReplyWaitsForItsRequester(t *testing.T) {
 		t.Fatalf("the returning requester's reply: %s", reply.Data)
 	}
 	f.settled(t)
-	info, err := f.cons.Info(context.Background())
+	if back := f.delivered(t) - 52; back != 0 || guard.Resent() == 0 || guard.GivenUp() != 50 { // 52 commands, each delivered once
+		t.Fatalf("%d commands came back, %d replies sent again, %d given up; want replies sent again, the 50 gone given up, no command back",
+			back, guard.Resent(), guard.GivenUp())
+	}
+}
+
+// A worker that stops while a requester is away brings the command back
+// rather than acknowledging it: the partition's next holder answers it
+// again, from its stored outcome, and the requester, back by then, gets
+// the reply.
+func TestReplyWaitingAtStopComesBack(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	_, stopFirst := guarded(t, f, proc, nil, reply.Options{First: time.Minute})
+	away := nats.NewInbox()
+	f.publishAs(t, admin, "passkeys.cmd.sync.u1", away+".1", "away-1", syncU1)
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "here", `{"tokenId":"pk-1"}`)
+	f.next(t)
+	// The reply that found nobody is waiting for its next send (a minute
+	// away): the worker stops now.
+	waitFor(t, func() bool { return f.delivered(t) == 2 })
+	back, err := f.nc.SubscribeSync(away + ".1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back := info.Delivered.Consumer - 52; back != 0 || guard.Resent() == 0 { // 52 commands, each delivered once
-		t.Fatalf("%d commands came back, %d replies sent again; want replies sent again, no command back", back, guard.Resent())
+	stopFirst()
+	guarded(t, f, proc, nil, reply.Options{})
+	got, err := back.NextMsg(10 * time.Second)
+	if err != nil || !strings.Contains(string(got.Data), `"sequence":"1"`) {
+		t.Fatalf("the requester got no reply after the worker stopped: %v", err)
+	}
+	f.settled(t)
+	if n := f.delivered(t); n != 3 {
+		t.Fatalf("%d deliveries, want 3 (the waiting command once more)", n)
 	}
 }
 
 // A NATS server that went away a moment before a reply went out, or while
 // it settled, may have lost it (the other servers route to the dead one
 // until they notice): its command comes back and is answered again,
-// byte for byte. A server gone long before changes nothing.
+// byte for byte. The replies taken in the half minute before the loss are
+// sent again from memory (a frozen server is noticed late). A server gone
+// long before changes nothing.
 func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
@@ -441,45 +508,33 @@ func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 	var gone atomic.Pointer[time.Time]
 	long := time.Now().Add(-time.Minute)
 	gone.Store(&long)
-	guard, err := reply.NewGuard(f.nc, func() time.Time { return *gone.Load() }, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(guard.Close)
-	c := &Processor{Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8, Replies: guard,
-		Wait: retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond}, PriorityGroup: topology.PriorityGroup,
-		Order: &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0)}}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, f.cons) }()
-	t.Cleanup(func() { stop(); <-done })
+	guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{})
 
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
-	f.next(t)
+	synced := f.next(t)
 	f.settled(t)
-	sent := uint64(1)
-	redelivered := func() uint64 { // deliveries beyond the first of each
-		t.Helper()
-		info, err := f.cons.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.Delivered.Consumer - sent
-	}
-	if n := redelivered(); n != 0 {
-		t.Fatalf("a server gone a minute before: %d commands came back, want 0", n)
+	if n := f.delivered(t); n != 1 {
+		t.Fatalf("a server gone a minute before: %d deliveries, want 1", n)
 	}
 
 	now := time.Now()
 	gone.Store(&now)
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "remove", `{"tokenId":"pk-1"}`)
-	sent++
-	first, again := f.next(t), f.next(t)
-	if first.Subject != again.Subject || !bytes.Equal(first.Data, again.Data) || !strings.Contains(string(first.Data), `"sequence":"2"`) {
-		t.Fatalf("the reply and its repeat differ: %s %s / %s %s", first.Subject, first.Data, again.Subject, again.Data)
+	got := map[string][]*nats.Msg{}
+	for len(got["remove"]) < 2 || len(got["sync"]) < 1 {
+		m := f.next(t)
+		name := m.Subject[len(f.inbox)+1:]
+		got[name] = append(got[name], m)
+	}
+	first, again := got["remove"][0], got["remove"][1]
+	if !bytes.Equal(first.Data, again.Data) || !strings.Contains(string(first.Data), `"sequence":"2"`) {
+		t.Fatalf("the reply and its repeat differ: %s / %s", first.Data, again.Data)
+	}
+	if !bytes.Equal(got["sync"][0].Data, synced.Data) {
+		t.Fatalf("the earlier reply sent again differs: %s / %s", got["sync"][0].Data, synced.Data)
 	}
 	f.settled(t)
-	if n := redelivered(); n != 1 {
-		t.Fatalf("a server gone just before the reply: %d commands came back, want 1", n)
+	if n := f.delivered(t); n != 3 {
+		t.Fatalf("a server gone just before the reply: %d deliveries, want 3 (the removal's twice)", n)
 	}
 }

@@ -11,38 +11,49 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Guard sends the consumers' replies so that a requester that was
-// away when its reply went out (its NATS server died, its connection was
-// cut) still gets one: a requester may get a repeat, never silence. Core
-// NATS delivers at most once and says nothing of a message nobody took,
-// except to a publisher that gives a reply subject: then the server answers
-// "no responders" (a 503 status naming the subject) when nobody listens.
-// So each reply carries a reply subject of the worker's own, and its
-// command is acknowledged once the reply has settled (half a second):
+// Guard sends the processors' replies so that a requester that was away
+// when its reply went out (its NATS server died or froze, its connection
+// was cut) still gets one: a requester may get a repeat, never silence.
+// Core NATS delivers at most once and says nothing of a message nobody
+// took, except to a publisher that gives a reply subject: then the server
+// answers "no responders" (a 503 status naming the subject) when nobody
+// listens. So each reply carries a reply subject of the worker's own, and
+// its command is acknowledged once the reply has settled (half a second):
 //
 //   - When the server said nobody listened on the requester's inbox, or on
 //     the requester's other inboxes right after the reply (it may have been
 //     on its way to a server that died), the reply is sent again from
-//     memory, 1, 2, 4, 8 and 16 s later, until somebody takes it. A
-//     requester that left for good costs a few publishes, and a bounded
-//     queue of them, nothing more: the command itself is acknowledged.
+//     memory, 1, 2, 4, 8 and 16 s later, until somebody takes it. Its
+//     command stays unacknowledged meanwhile (kept in progress), so that
+//     if this worker stops or dies first, the command comes back to the
+//     partition's next holder and is answered again; past Options.MaxHeld
+//     such commands, and when a requester has more than its share waiting,
+//     a command is acknowledged and only its reply waits, in memory.
 //   - When the worker's own connection broke after the reply went out, or
-//     a NATS server of the cluster went away within a second of it (before:
-//     the other servers may still route to the dead one for a moment),
-//     nothing tells whether the reply arrived: the command is not
+//     a NATS server of the cluster went away within a second before it or
+//     while it settled (the other servers route to the dead one until they
+//     notice), nothing tells whether the reply arrived: the command is not
 //     acknowledged but comes back a second later, to whichever worker
 //     holds its partition then, and is answered again from its stored
-//     outcome. These are rare events
-//     no caller can cause.
+//     outcome.
+//   - A server that froze, or whose machine went away without closing its
+//     connections, is noticed only after a few seconds, and the other
+//     servers route to it for longer still: every reply sent in the half
+//     minute before such a loss is sent again from memory, once soon and
+//     once after the routes to the dead server are surely gone.
+//
+// These are rare events no caller can cause.
 type Guard struct {
 	conn *nats.Conn
 	log  zerolog.Logger
-	// settle is how long after a reply its command waits for its
-	// acknowledgement: the time for the server's "no responders".
-	settle time.Duration
+	opts Options
 
 	subject string
 	sub     *nats.Subscription
+	// noResp holds the "no responders" answers until settleDue reads them:
+	// a channel, not a callback, so that once a flush has returned, every
+	// answer the server sent before it is in it.
+	noResp chan *nats.Msg
 	// serverGone is when a NATS server last went away (nil: none ever
 	// does): a reply sent around then may have been lost in it.
 	serverGone func() time.Time
@@ -53,11 +64,58 @@ type Guard struct {
 	gone, goneFrom map[string]time.Time
 	queue          []settling
 	resends        []*resend
-	warned         map[string]time.Time // requester prefixes warned about, and when
-	wake           chan struct{}
-	stop, done     chan struct{}
+	// held counts the resends whose commands wait for them, unacknowledged;
+	// waiting the resends of each requester.
+	held    int
+	waiting map[string]int
+	// recent are the replies taken in the last recentWindow, for a server
+	// loss noticed late; lossSeen is the loss they were last sent again for.
+	recent   []sentReply
+	lossSeen time.Time
+	warned   map[string]time.Time // requester prefixes warned about, and when
+	forgot   time.Time            // when the maps were last cleaned
+	wake     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
 
 	resent, givenUp atomic.Int64
+}
+
+// Options are a Guard's bounds and schedule; zero fields take their
+// defaults.
+type Options struct {
+	// Settle is how long after a reply its command waits for its
+	// acknowledgement: the time for the server's "no responders". Default
+	// half a second.
+	Settle time.Duration
+	// Tries bounds the sends of a reply nobody takes (default 6: 1+5 sends
+	// over about 31 s); First is the pause before the first send again
+	// (default 1 s), doubling after each.
+	Tries int
+	First time.Duration
+	// MaxHeld bounds the commands kept unacknowledged while their replies
+	// are sent again (default 1,000); MaxWaiting the replies waiting to be
+	// sent again (default 10,000), and a tenth of that per requester.
+	MaxHeld, MaxWaiting int
+}
+
+func (o Options) withDefaults() Options {
+	if o.Settle <= 0 {
+		o.Settle = 500 * time.Millisecond
+	}
+	if o.Tries <= 0 {
+		o.Tries = 6
+	}
+	if o.First <= 0 {
+		o.First = time.Second
+	}
+	if o.MaxHeld <= 0 {
+		o.MaxHeld = 1000
+	}
+	if o.MaxWaiting <= 0 {
+		o.MaxWaiting = 10000
+	}
+	return o
 }
 
 // settling is a command whose reply was sent, waiting for its
@@ -65,7 +123,9 @@ type Guard struct {
 type settling struct {
 	msg   jetstream.Msg
 	reply *nats.Msg
-	sent  time.Time
+	// sent is taken before the publish: a "no responders" answer is never
+	// older than the reply it answers.
+	sent time.Time
 	// conn is the connection's reconnect count when the reply went out: a
 	// reply sent on a connection that broke since may have been lost with
 	// it (in the dying server's buffers), though nobody said so.
@@ -73,44 +133,52 @@ type settling struct {
 	log  zerolog.Logger
 }
 
-// resend is a reply nobody took, to be sent again.
-type resend struct {
+// sentReply is a reply that was taken, kept for a late server loss.
+type sentReply struct {
 	reply *nats.Msg
-	tries int       // sends so far
-	sent  time.Time // the last send, zero while waiting for the next
-	next  time.Time // when the next send is due
+	sent  time.Time
 }
 
-// Guard timing and bounds.
+// Guard timing and bounds that are not Options.
 const (
-	replySettle = 500 * time.Millisecond
 	// replyAgain is how soon a command whose reply may have been lost
 	// comes back.
 	replyAgain = time.Second
-	// replyTries bounds the sends of a reply nobody takes: 1+5 sends over
-	// about 31 s, backing off from 1 s.
-	replyTries = 6
-	// maxResends bounds the replies waiting to be sent again; past it the
-	// oldest is given up (a requester asks again with its Nats-Msg-Id).
-	maxResends = 10000
 	// serverGrace is how long before a reply a server that went away may
 	// still have lost it: the time the cluster's other servers take to
 	// drop the dead one's routes and interest, generously.
 	serverGrace = time.Second
+	// recentWindow is how far back a server loss makes replies go again
+	// (a frozen server is noticed a few seconds late, and routed to for
+	// up to about 20 s with the shipped nats.conf), and maxRecent bounds
+	// the replies kept for it.
+	recentWindow = 30 * time.Second
+	maxRecent    = 50000
+	// routesGone is how long after a server loss its routes are surely
+	// dropped by the other servers (nats.conf: ping_interval 5 s, ping_max
+	// 2), so that a reply sent again then reaches the requester where it
+	// is now, or gets its "no responders".
+	routesGone = 25 * time.Second
+	// progressEvery is how often a held command is kept in progress: well
+	// inside the consumers' ack wait.
+	progressEvery = 3 * time.Second
+	// maxGone bounds the "no responders" answers remembered.
+	maxGone = 100000
 )
 
-// NewGuard subscribes to the "no responders" answers on conn, below
-// its inbox prefix, and starts acknowledging. serverGone, when set, tells
-// when a NATS server last went away (natsconn.ServerWatch.LastGone). Close
-// stops it.
-func NewGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger) (*Guard, error) {
+// NewGuard subscribes to the "no responders" answers on conn, below its
+// inbox prefix, and starts acknowledging. serverGone, when set, tells when
+// a NATS server last went away (natsconn.ServerWatch.LastGone). Close stops
+// it.
+func NewGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger, opts Options) (*Guard, error) {
 	if serverGone == nil {
 		serverGone = func() time.Time { return time.Time{} }
 	}
-	g := &Guard{conn: conn, log: log, settle: replySettle, subject: conn.NewInbox(), serverGone: serverGone,
-		gone: map[string]time.Time{}, goneFrom: map[string]time.Time{}, warned: map[string]time.Time{},
+	g := &Guard{conn: conn, log: log, opts: opts.withDefaults(), subject: conn.NewInbox(), serverGone: serverGone,
+		noResp: make(chan *nats.Msg, 1<<16), gone: map[string]time.Time{}, goneFrom: map[string]time.Time{},
+		waiting: map[string]int{}, warned: map[string]time.Time{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	sub, err := conn.Subscribe(g.subject, g.noResponders)
+	sub, err := conn.ChanSubscribe(g.subject, g.noResp)
 	if err != nil {
 		return nil, err
 	}
@@ -119,8 +187,8 @@ func NewGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger) 
 	return g, nil
 }
 
-// Resent counts the replies sent again because nobody took them;
-// GivenUp those given up on after their last try.
+// Resent counts the replies sent again because nobody took them, or
+// because a server went away; GivenUp those given up on.
 func (g *Guard) Resent() int64  { return g.resent.Load() }
 func (g *Guard) GivenUp() int64 { return g.givenUp.Load() }
 
@@ -134,36 +202,24 @@ func requester(subject string) string {
 	return subject
 }
 
-// noResponders records a 503 for a reply subject.
-func (g *Guard) noResponders(m *nats.Msg) {
-	if m.Header.Get("Status") != "503" {
-		return
-	}
-	subject := m.Header.Get("Nats-Subject")
-	now := time.Now()
-	g.mu.Lock()
-	g.gone[subject] = now
-	g.goneFrom[requester(subject)] = now
-	g.mu.Unlock()
-}
-
 // Send publishes reply and has its command (msg) acknowledged once the
 // reply has settled.
 func (g *Guard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
 	reply.Reply = g.subject
-	conn := g.conn.Stats().Reconnects
+	s := settling{msg: msg, reply: reply, conn: g.conn.Stats().Reconnects, sent: time.Now(), log: log}
 	if err := g.conn.PublishMsg(reply); err != nil {
 		log.Error().Err(err).Msg("reply")
 	}
-	s := settling{msg: msg, reply: reply, conn: conn, log: log}
 	g.mu.Lock()
-	s.sent = time.Now() // under the lock: the queue is in the order of its times
-	g.queue = append(g.queue, s)
+	// In the order of the times: usually the end.
+	i := len(g.queue)
+	for i > 0 && g.queue[i-1].sent.After(s.sent) {
+		i--
+	}
+	g.queue = append(g.queue, settling{})
+	copy(g.queue[i+1:], g.queue[i:])
+	g.queue[i] = s
 	g.mu.Unlock()
-	g.poke()
-}
-
-func (g *Guard) poke() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -171,7 +227,10 @@ func (g *Guard) poke() {
 }
 
 // Close settles what is settling without waiting out the settle time (the
-// worker stops), gives up the replies waiting to be sent again, and stops.
+// worker stops): a command whose reply was taken is acknowledged, one
+// whose requester was away, or whose reply is being sent again, comes back
+// to the partition's next holder; replies kept only in memory are given
+// up.
 func (g *Guard) Close() {
 	close(g.stop)
 	<-g.done
@@ -203,51 +262,103 @@ func (g *Guard) run() {
 	}
 }
 
+// noResponders files the "no responders" answers that have arrived.
+func (g *Guard) noResponders() {
+	for {
+		select {
+		case m := <-g.noResp:
+			if m.Header.Get("Status") != "503" {
+				continue
+			}
+			subject := m.Header.Get("Nats-Subject")
+			now := time.Now()
+			g.mu.Lock()
+			if len(g.gone) < maxGone {
+				g.gone[subject] = now
+				g.goneFrom[requester(subject)] = now
+			}
+			g.mu.Unlock()
+		default:
+			return
+		}
+	}
+}
+
+// outcome is what settleDue does with the commands and replies it
+// settled, outside the lock: a publish may wait for the connection, and
+// Send must not wait for it meanwhile.
+type outcome struct {
+	ack, nak, progress []jetstream.Msg
+	comeBack           []settling
+	send               []*nats.Msg
+}
+
 // settleDue handles what is due: replies that have settled (all of them
 // when stopping) and replies to send again.
-func (g *Guard) settleDue(all bool) {
+func (g *Guard) settleDue(stopping bool) {
 	// Every "no responders" for a reply sent before now has arrived once
 	// the server has answered a PING sent now. Without that answer (the
 	// connection is down) nothing is known of the replies.
 	unknown := g.conn.FlushTimeout(2*time.Second) != nil
+	g.noResponders()
 	reconnects, serverGone := g.conn.Stats().Reconnects, g.serverGone()
 	now := time.Now()
+	var out outcome
 	g.mu.Lock()
 	n := 0
-	for n < len(g.queue) && (all || !g.queue[n].sent.Add(g.settle).After(now)) {
+	for n < len(g.queue) && (stopping || !g.queue[n].sent.Add(g.opts.Settle).After(now)) {
 		n++
 	}
 	due := append([]settling(nil), g.queue[:n]...)
 	g.queue = append(g.queue[:0], g.queue[n:]...)
-	var comeBack, taken []settling
 	for _, s := range due {
 		switch {
 		case unknown || s.conn != reconnects || serverGone.After(s.sent.Add(-serverGrace)):
-			comeBack = append(comeBack, s)
-			continue
+			out.comeBack = append(out.comeBack, s)
+		case g.missed(s.reply.Subject, s.sent) && stopping:
+			out.nak = append(out.nak, s.msg)
 		case g.missed(s.reply.Subject, s.sent):
-			g.schedule(&resend{reply: s.reply, tries: 1, next: s.sent.Add(time.Second)})
+			if held := g.schedule(s.reply, s.msg, now.Add(g.opts.First), time.Time{}); !held {
+				out.ack = append(out.ack, s.msg)
+			}
+		default:
+			out.ack = append(out.ack, s.msg)
+			g.remember(s.reply, s.sent)
 		}
-		taken = append(taken, s)
 	}
-	again := g.dueResends(now, all)
-	g.forget(now)
+	g.afterLoss(serverGone, now)
+	g.dueResends(now, stopping, &out)
+	if now.Sub(g.forgot) > time.Second {
+		g.forget(now)
+	}
 	g.mu.Unlock()
-	// Acknowledged and sent outside the lock: a publish may wait for the
-	// connection, and Send must not wait for it meanwhile.
-	for _, s := range taken {
-		if err := s.msg.Ack(); err != nil {
-			s.log.Error().Err(err).Msg("ack")
+	g.carryOut(out)
+}
+
+// carryOut acknowledges, sends again and brings back what settleDue
+// decided.
+func (g *Guard) carryOut(out outcome) {
+	for _, m := range out.ack {
+		if err := m.Ack(); err != nil {
+			g.log.Error().Err(err).Msg("ack")
 		}
 	}
-	for _, s := range comeBack {
+	for _, m := range out.progress {
+		_ = m.InProgress()
+	}
+	for _, m := range out.nak {
+		if err := m.NakWithDelay(replyAgain); err != nil {
+			g.log.Error().Err(err).Msg("nak")
+		}
+	}
+	for _, s := range out.comeBack {
 		s.log.Warn().Str("reply_to", s.reply.Subject).Msg("not known whether the reply arrived (a connection broke, or a NATS server went away): the command comes back to be answered again")
 		if err := s.msg.NakWithDelay(replyAgain); err != nil {
 			s.log.Error().Err(err).Msg("nak")
 		}
 	}
-	for _, r := range again {
-		if err := g.conn.PublishMsg(r.reply); err != nil {
+	for _, r := range out.send {
+		if err := g.conn.PublishMsg(r); err != nil {
 			g.log.Warn().Err(err).Msg("send a reply again")
 		}
 		g.resent.Add(1)
@@ -261,65 +372,13 @@ func (g *Guard) settleDue(all bool) {
 func (g *Guard) missed(subject string, sent time.Time) bool {
 	t, gone := g.gone[subject]
 	f, cut := g.goneFrom[requester(subject)]
-	return (gone && !t.Before(sent)) || (cut && !f.Before(sent) && f.Before(sent.Add(g.settle)))
-}
-
-// schedule queues r to be sent again (the oldest is given up when the
-// queue is full), and warns once a minute per requester. Called with g.mu
-// held.
-func (g *Guard) schedule(r *resend) {
-	if len(g.resends) >= maxResends {
-		g.resends = g.resends[1:]
-		g.givenUp.Add(1)
-	}
-	g.resends = append(g.resends, r)
-	who := requester(r.reply.Subject)
-	if at, ok := g.warned[who]; !ok || time.Since(at) > time.Minute {
-		g.warned[who] = time.Now()
-		g.log.Warn().Str("requester", who).Msg("a requester was not there to take its reply; it is sent again for up to half a minute (further ones of this requester not logged for a minute)")
-	}
-}
-
-// dueResends returns the replies to send now, having dropped those that
-// were taken since their last send and given up those out of tries.
-// Called with g.mu held.
-func (g *Guard) dueResends(now time.Time, stopping bool) []*resend {
-	var out []*resend
-	keep := g.resends[:0]
-	for _, r := range g.resends {
-		if !r.sent.IsZero() {
-			if r.sent.Add(g.settle).After(now) && !stopping {
-				keep = append(keep, r) // its answer is not in yet
-				continue
-			}
-			if !g.missed(r.reply.Subject, r.sent) {
-				continue // taken
-			}
-			if r.tries >= replyTries {
-				g.givenUp.Add(1)
-				continue
-			}
-			r.next, r.sent = now.Add(time.Duration(1<<r.tries)*time.Second/2), time.Time{}
-		}
-		if stopping {
-			g.givenUp.Add(1)
-			continue
-		}
-		if !r.next.After(now) {
-			r.tries++
-			r.sent = now
-			out = append(out, r)
-		}
-		keep = append(keep, r)
-	}
-	clear(g.resends[len(keep):])
-	g.resends = keep
-	return out
+	return (gone && !t.Before(sent)) || (cut && !f.Before(sent) && f.Before(sent.Add(g.opts.Settle)))
 }
 
 // forget drops what is older than a minute from the maps. Called with
 // g.mu held.
 func (g *Guard) forget(now time.Time) {
+	g.forgot = now
 	for _, m := range []map[string]time.Time{g.gone, g.goneFrom, g.warned} {
 		for k, t := range m {
 			if now.Sub(t) > time.Minute {

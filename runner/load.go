@@ -64,7 +64,7 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if pt.cons, err = s.cfg.Stream.Consumer(ctx, topology.PartitionConsumerName(pt.p)); err != nil {
 		return fmt.Errorf("consumer %s: %w", topology.PartitionConsumerName(pt.p), err)
 	}
-	if err := s.checkGap(ctx, pt.cons, applied, log); err != nil {
+	if err := s.checkStream(ctx, pt, applied, log); err != nil {
 		return err
 	}
 	pt.applier = &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
@@ -94,18 +94,44 @@ func (s *Set) localApplied(path string) (uint64, error) {
 	return st.AppliedSeq()
 }
 
-// checkGap refuses a partition state (restored from an old backup, with no
-// newer snapshot) that misses commands the stream no longer holds: the
-// partition's consumer acknowledged past what the state applied, and the
-// stream has since dropped them (MaxAge). AllowStoreGap accepts the loss.
-func (s *Set) checkGap(ctx context.Context, cons jetstream.Consumer, applied uint64, log zerolog.Logger) error {
-	ci, err := cons.Info(ctx)
+// checkStream refuses a partition state that does not belong to the
+// stream as it is: one built from another stream PASSKEYS (deleted and
+// created again, or restored from a backup: its commands would be taken
+// for ones applied already), one ahead of the stream's last command, and
+// one (restored from an old backup, with no newer snapshot) that misses
+// commands the stream no longer holds: the partition's consumer
+// acknowledged past what the state applied, and the stream has since
+// dropped them (MaxAge). AllowStoreGap accepts that last loss. A state
+// that never said which stream it follows (from before this check) is
+// taken to follow this one.
+func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zerolog.Logger) error {
+	ci, err := pt.cons.Info(ctx)
 	if err != nil {
 		return err
 	}
 	si, err := s.cfg.Stream.Info(ctx)
 	if err != nil {
 		return err
+	}
+	id := StreamID(si)
+	var follows string
+	if err := pt.store.View(func(tx *storage.Tx) error { follows = tx.Stream(); return nil }); err != nil {
+		return err
+	}
+	switch {
+	case follows != "" && follows != id:
+		return unrecoverable{fmt.Errorf("the partition's state was built from another stream PASSKEYS (created %s) than this one "+
+			"(created %s): the stream was created again or restored, and its commands would be taken for ones applied already; "+
+			"restore the stream the state belongs to, or remove the partition's stores and the snapshots in %s",
+			follows, id, topology.SnapshotBucket)}
+	case applied > si.State.LastSeq:
+		return unrecoverable{fmt.Errorf("the partition's state has applied the stream up to %d, but the stream holds commands only up to %d: "+
+			"it was created again or restored from an older backup; restore the stream the state belongs to, or remove the partition's "+
+			"stores and the snapshots in %s", applied, si.State.LastSeq, topology.SnapshotBucket)}
+	case follows == "":
+		if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetStream(id) }); err != nil {
+			return err
+		}
 	}
 	ackFloor, first := ci.AckFloor.Stream, si.State.FirstSeq
 	if ackFloor <= applied || first <= applied+1 {
@@ -119,6 +145,10 @@ func (s *Set) checkGap(ctx context.Context, cons jetstream.Consumer, applied uin
 	log.Error().Msg(msg + "; going on as --allow-store-gap says")
 	return nil
 }
+
+// StreamID names the instance of a stream: its creation time, which
+// stays the same through updates and leader changes.
+func StreamID(info *jetstream.StreamInfo) string { return info.Created.UTC().Format(time.RFC3339Nano) }
 
 // unpin lets the partition's consumer serve whoever pulls next.
 func (s *Set) unpin(ctx context.Context, p int, log zerolog.Logger) {

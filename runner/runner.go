@@ -242,6 +242,9 @@ func (s *Set) run(l *ownership.Lease) error {
 	s.noteRecoverable(pt.p, err, log)
 	if err == nil {
 		err = s.serve(ctx, pt, log)
+		if err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Msg("stopped serving the partition")
+		}
 	}
 	s.letGo(pt, log)
 	if ctx.Err() != nil {

@@ -41,8 +41,12 @@ func (s *Set) Replay(ctx context.Context, r pipeline.ReplayRange) (pipeline.Repl
 const pruneInterval = time.Hour
 
 // pruneMargin is how far behind the command stream's clock pruning
-// stays.
-const pruneMargin = time.Hour
+// stays; maxPruneSkew how far that clock and this machine's may differ for
+// pruning to go ahead.
+const (
+	pruneMargin  = time.Hour
+	maxPruneSkew = 10 * time.Minute
+)
 
 // PruneOutcomes deletes expired outcome records of the partitions served,
 // an hour after the worker starts and every hour after, in small
@@ -55,7 +59,9 @@ const pruneMargin = time.Hour
 // whether or not it was pruned yet; the original command is past the
 // stream's MaxAge (the same retention) by more than the margin, so the
 // stream no longer holds it to deliver it again. So pruning changes no
-// answer, whatever the clocks.
+// answer, unless the leader's clock is off by more than the margin: a
+// reading that this machine's clock does not confirm within maxPruneSkew
+// prunes nothing.
 func (s *Set) PruneOutcomes(ctx context.Context) {
 	const chunk = 5000
 	log := s.cfg.Log
@@ -72,6 +78,11 @@ func (s *Set) PruneOutcomes(ctx context.Context) {
 		cancel()
 		if err != nil || info.TimeStamp.IsZero() {
 			log.Warn().Err(err).Msg("outcome records not pruned: the command stream's clock could not be read")
+			continue
+		}
+		if d := time.Since(info.TimeStamp); d > maxPruneSkew || d < -maxPruneSkew {
+			// One of the two clocks is wrong, and which one cannot be told.
+			log.Warn().Time("stream_clock", info.TimeStamp).Msg("outcome records not pruned: the command stream's leader's clock and this machine's differ by more than 10 minutes")
 			continue
 		}
 		until := info.TimeStamp.Add(-pruneMargin)

@@ -51,6 +51,7 @@ var (
 var (
 	keyAppliedSeq   = []byte("applied_stream_seq")
 	keyOutcomeCount = []byte("outcome_count")
+	keyStream       = []byte("stream")
 )
 
 // DefaultTimeout is how long Open waits for another process's lock on the file.
@@ -201,7 +202,7 @@ func (t *Tx) users() *bolt.Bucket {
 
 // ErrBadUserID is returned for a user id the store cannot key: empty, or
 // holding the zero byte that separates a user from its outcome records.
-// The handler never passes one (passkey.ValidateUserID refuses them).
+// The service and the pipeline never pass one (passkey.ValidateUserID refuses them).
 var ErrBadUserID = errors.New("empty user id, or one with a zero byte")
 
 // Outcome is the answer a command got, kept so that a repeat of the
@@ -312,6 +313,13 @@ func (t *Tx) AppliedSeq() uint64 {
 	}
 	return binary.BigEndian.Uint64(raw)
 }
+
+// Stream names the stream whose commands the store has applied (its
+// creation time): "" for a store that never said.
+func (t *Tx) Stream() string { return string(t.tx.Bucket(bucketMeta).Get(keyStream)) }
+
+// SetStream records the stream whose commands the store applies.
+func (t *Tx) SetStream(id string) error { return t.tx.Bucket(bucketMeta).Put(keyStream, []byte(id)) }
 
 // NoteAppliedSeq raises AppliedSeq to seq; a lower seq leaves it as it is.
 func (t *Tx) NoteAppliedSeq(seq uint64) error {

@@ -100,40 +100,15 @@ func call[T any](ctx context.Context, f func(context.Context) (T, error)) (T, er
 
 func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles, error) {
 	var h Handles
-	sc := s.StreamConfig()
-	existing, err := call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, StreamName) })
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-	case err != nil:
-		return h, fmt.Errorf("stream %s: %w", StreamName, err)
-	default:
-		old := existing.CachedInfo()
-		got, err := StreamPartitions(old.Config)
-		if err != nil {
-			return h, retry.Permanent(err)
-		}
-		switch {
-		case got == 0:
-			// Before partitions: its commands so far stay where they are,
-			// under their old subjects, for the migration.
-			if old.State.LastSeq > 0 {
-				sc.Metadata[MetaLegacyUntil] = strconv.FormatUint(old.State.LastSeq, 10)
-			}
-		case got != s.Partitions:
-			return h, retry.Permanent(CheckPartitions(old.Config, s.Partitions))
-		default:
-			if v, ok := old.Config.Metadata[MetaLegacyUntil]; ok {
-				sc.Metadata[MetaLegacyUntil] = v
-			}
-		}
+	sc, err := s.streamConfigOver(ctx, js)
+	if err != nil {
+		return h, err
 	}
 	if h.Stream, err = ensureStream(ctx, js, sc); err != nil {
 		return h, err
 	}
-	for _, c := range []jetstream.StreamConfig{s.DeadLetterStreamConfig(), s.EventsStreamConfig()} {
-		if _, err := ensureStream(ctx, js, c); err != nil {
-			return h, err
-		}
+	if _, err := ensureStream(ctx, js, s.EventsStreamConfig()); err != nil {
+		return h, err
 	}
 	for p := range s.Partitions {
 		cc := s.PartitionConsumerConfig(p)
@@ -160,6 +135,41 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 		return h, err
 	}
 	return h, nil
+}
+
+// streamConfigOver is stream PASSKEYS' configuration as it will be over
+// the stream as it is: a stream of the version before partitions keeps
+// its last sequence of that time in its metadata (the upgrade's), and a
+// stream split into another count of partitions is refused.
+func (s Settings) streamConfigOver(ctx context.Context, js jetstream.JetStream) (jetstream.StreamConfig, error) {
+	sc := s.StreamConfig()
+	existing, err := call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, StreamName) })
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return sc, nil
+	case err != nil:
+		return sc, fmt.Errorf("stream %s: %w", StreamName, err)
+	}
+	old := existing.CachedInfo()
+	got, err := StreamPartitions(old.Config)
+	if err != nil {
+		return sc, retry.Permanent(err)
+	}
+	switch {
+	case got == 0:
+		// Before partitions: its commands so far stay where they are,
+		// under their old subjects, for the upgrade.
+		if old.State.LastSeq > 0 {
+			sc.Metadata[MetaLegacyUntil] = strconv.FormatUint(old.State.LastSeq, 10)
+		}
+	case got != s.Partitions:
+		return sc, retry.Permanent(CheckPartitions(old.Config, s.Partitions))
+	default:
+		if v, ok := old.Config.Metadata[MetaLegacyUntil]; ok {
+			sc.Metadata[MetaLegacyUntil] = v
+		}
+	}
+	return sc, nil
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
@@ -198,8 +208,10 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if h.Keys, err = call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, KeyStream) }); err != nil {
 		return h, missing("stream "+KeyStream, err)
 	}
-	if c := h.Keys.CachedInfo().Config; !c.DenyDelete || !c.DenyPurge || c.AllowRollup || c.MaxMsgsPerSubject >= 0 {
-		return h, retry.Permanent(fmt.Errorf("stream %s (the key history) may still have entries deleted or rewritten: run `worker provision` to make it append-only", KeyStream))
+	if c := h.Keys.CachedInfo().Config; !c.DenyDelete || !c.DenyPurge || c.AllowRollup || c.MaxMsgsPerSubject >= 0 ||
+		c.MaxAge > 0 || c.MaxMsgs > 0 || c.MaxBytes > 0 {
+		return h, retry.Permanent(fmt.Errorf("stream %s (the key history) may still have entries deleted, rewritten or aged out: "+
+			"run `worker provision` to make it append-only, with no limits", KeyStream))
 	}
 	return h, nil
 }

@@ -50,10 +50,6 @@ const (
 
 // The other streams.
 const (
-	// DeadLetterStreamName kept the commands the version before
-	// partitions terminated; nothing writes to it any more.
-	DeadLetterStreamName = "PASSKEYS_DLQ"
-	DeadLetterPrefix     = "passkeys.dlq"
 	// EventsStreamName holds one CloudEvent per applied change.
 	EventsStreamName = "PASSKEYS_EVENTS"
 	EventsPrefix     = "passkeys.events"
@@ -194,20 +190,6 @@ func (s Settings) PartitionConsumerConfig(p int) jetstream.ConsumerConfig {
 	}
 }
 
-// DeadLetterStreamConfig is PASSKEYS_DLQ: what the version before
-// partitions recorded of the commands it terminated, kept for operators.
-func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        DeadLetterStreamName,
-		Description: "Passkey commands the version before partitions terminated",
-		Subjects:    []string{DeadLetterPrefix + ".>"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Duplicates:  time.Hour,
-		Replicas:    s.Replicas,
-	}
-}
-
 // EventsStreamConfig is PASSKEYS_EVENTS: one CloudEvent per applied change
 // on passkeys.events.<userId>, kept for EventsRetention. Its duplicate
 // window is how late a second publication of an event is still dropped.
@@ -243,8 +225,9 @@ func (s Settings) SnapshotBucketConfig() jetstream.ObjectStoreConfig {
 
 // KeyStreamConfig is the key history: append-only, so that no entry can
 // be rewritten, deleted or rolled up once a worker may have judged by it.
-// Every message on every subject is kept (no per-subject limit), messages
-// may not be deleted, the stream not purged, and roll-ups are refused.
+// Every message on every subject is kept (no per-subject limit, no age,
+// count or size limit), messages may not be deleted, the stream not
+// purged, and roll-ups are refused.
 func (s Settings) KeyStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              KeyStream,
@@ -253,6 +236,9 @@ func (s Settings) KeyStreamConfig() jetstream.StreamConfig {
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		MaxMsgsPerSubject: -1,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxAge:            0, // no limit: an entry that aged out would change what older commands are judged by
 		Discard:           jetstream.DiscardNew,
 		DenyDelete:        true,
 		DenyPurge:         true,
@@ -265,9 +251,9 @@ func (s Settings) KeyStreamConfig() jetstream.StreamConfig {
 // the provisioner's report.
 func (s Settings) Describe() string {
 	return strings.Join([]string{
-		fmt.Sprintf("stream %s (%d partitions, %d replicas)", StreamName, s.Partitions, s.Replicas),
+		fmt.Sprintf("stream %s (%d partitions, R%d)", StreamName, s.Partitions, s.Replicas),
 		fmt.Sprintf("%d durable consumers %s-p000...", s.Partitions, ConsumerName),
-		"stream " + EventsStreamName, "stream " + DeadLetterStreamName,
+		"stream " + EventsStreamName,
 		"key-value bucket " + LeaseBucket, "object store " + SnapshotBucket, "stream " + KeyStream + " (the key history)",
 	}, ", ")
 }

@@ -188,11 +188,18 @@ func (u *upgrade) applyTail(ctx context.Context, from uint64) (uint64, int, erro
 	}
 }
 
-// install gives every new store the applied sequence until and moves it to
-// its partition's place.
+// install gives every new store the applied sequence until and the
+// stream it follows, and moves it to its partition's place.
 func (u *upgrade) install(until uint64) error {
 	for p, s := range u.stores {
-		if err := s.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(until) }); err != nil {
+		stream := runner.StreamID(u.cfg.Stream.CachedInfo())
+		err := s.Update(func(tx *storage.Tx) error {
+			if err := tx.SetStream(stream); err != nil {
+				return err
+			}
+			return tx.SetAppliedSeq(until)
+		})
+		if err != nil {
 			return err
 		}
 		if err := s.Close(); err != nil {

@@ -33,8 +33,9 @@ type clusterNode struct {
 }
 
 // startCluster starts three nats-server processes, clustered, each with
-// JetStream on its own store, and returns once each accepts connections;
-// JetStream may not have formed yet.
+// JetStream on its own store and the shipped nats.conf's pings, and
+// returns once each accepts connections; JetStream may not have formed
+// yet.
 func startCluster(t *testing.T) []*clusterNode {
 	t.Helper()
 	bin := buildNATSServer(t)
@@ -59,6 +60,8 @@ host: %s
 port: %s
 jetstream { store_dir: %q }
 cluster { name: passkeys, host: %s, port: %s, routes: [%s] }
+ping_interval: "5s"
+ping_max: 2
 `, i+1, host, port, filepath.Join(dir, "js"), rhost, rport, strings.Join(rs, ", "))
 		path := filepath.Join(dir, "node.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -100,6 +103,18 @@ func (n *clusterNode) start(t *testing.T) {
 		}
 		return err == nil
 	})
+}
+
+// freeze stops the node's process (SIGSTOP) without closing anything, as
+// a machine that hangs or drops off the network; the test's end wakes it
+// (SIGCONT) before it is killed.
+func (n *clusterNode) freeze(t *testing.T) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	p := n.cmd.Process
+	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
 }
 
 func (n *clusterNode) kill(t *testing.T) {

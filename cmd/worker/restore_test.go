@@ -182,3 +182,29 @@ func eventsPublished(tb testing.TB, js jetstream.JetStream, addr string) uint64 
 	})
 	return streamLen(tb, js, "PASSKEYS_EVENTS")
 }
+
+// A partition state built from another stream PASSKEYS (the stream was
+// deleted and created again, here by the worker itself on its next start)
+// is refused: its applied sequence is past every command of the new
+// stream, which would all be taken for commands applied already. The
+// partition is not served and says why; nothing is answered from the old
+// state.
+func TestStateOfAnotherStreamIsRefused(t *testing.T) {
+	e := newEnv(t, "--partitions", "1")
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
+	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", e.token(t, "u1"), map[string]string{"tokenId": "pk-1"}))
+	e.w.stop(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(context.Background(), "PASSKEYS"); err != nil {
+		t.Fatal(err)
+	}
+	w := e.startWorker(t, "--partitions", "1")
+	waitFor(t, func() bool { return strings.Contains(w.log.String(), "PARTITION CANNOT BE REBUILT") })
+	if !strings.Contains(w.log.String(), "built from another stream PASSKEYS") {
+		t.Fatalf("the refusal does not say why:\n%s", w.log)
+	}
+	testenv.WantError(t, e.request(t, "passkeys.list.u1", e.token(t, "u1"), nil), 14, passkey.IDPartitionUnavailable, "503")
+}

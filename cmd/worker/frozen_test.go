@@ -1,0 +1,116 @@
+package main
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/testenv"
+)
+
+// A NATS node that freezes (SIGSTOP: a hung machine, or one cut off the
+// network, that closes nothing) under a batch revocation, with the
+// requester connected to it. The other servers route replies to it until
+// their pings give up, nobody says "no responders", and the requester
+// notices only by its own pings; yet every stream publish is answered,
+// without being asked again: the worker sends again the replies of the
+// half minute before the loss, soon and once the dead routes are gone.
+func TestFrozenNATSNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a three-node cluster and a worker process")
+	}
+	const users, perUser = 100, 3
+	nodes := startCluster(t)
+	url := clusterURL(nodes)
+	e := &env{url: url, keys: testenv.NewKeys(t), dataDir: t.TempDir()}
+	addr := freeAddr(t)
+	e.startProcess(t, buildWorker(t), "--replicas", "3", "--http-listen", addr, "--log-level", "info")
+	waitWithin(t, 90*time.Second, func() bool { return len(served(addr)) == 8 })
+
+	// The publisher on n1 (never frozen); the requester on n2, noticing a
+	// silent server within about 3 s (its own pings), and moving on.
+	pub, err := nats.Connect("nats://"+nodes[0].addr+",nats://"+nodes[2].addr, nats.DontRandomize(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	nc, err := nats.Connect("nats://"+nodes[1].addr+","+url, nats.DontRandomize(), nats.MaxReconnects(-1),
+		nats.ReconnectWait(50*time.Millisecond), nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(pub, jetstream.WithPublishAsyncMaxPending(64), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := testenv.Bearer(e.keys.Mint(t, testenv.Token{Subject: "admin", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	storeCommand := storeUntilStored(t, js, admin)
+	syncUsers(t, nc, storeCommand, users, perUser)
+
+	removals := &replies{got: map[int][][]byte{}}
+	inbox := collect(t, nc, removals)
+	total := users * perUser
+	var unstored []*nats.Msg
+	var mu sync.Mutex
+	var watching sync.WaitGroup
+	for k := range total {
+		msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
+		msg.Header.Set("Authorization", admin)
+		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(k))
+		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
+		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		f, err := js.PublishMsgAsync(msg)
+		for err != nil {
+			<-js.PublishAsyncComplete()
+			f, err = js.PublishMsgAsync(msg)
+		}
+		watching.Go(func() {
+			select {
+			case <-f.Ok():
+			case <-f.Err():
+				mu.Lock()
+				unstored = append(unstored, f.Msg())
+				mu.Unlock()
+			}
+		})
+		if k == total/3 {
+			waitCount(t, removals, total/6, 60*time.Second)
+			nodes[1].freeze(t)
+			t.Logf("froze NATS node n2, the requester's, after %d replies", removals.count())
+		}
+		time.Sleep(10 * time.Millisecond) // a steady batch over a few seconds, across the freeze
+	}
+	<-js.PublishAsyncComplete()
+	watching.Wait()
+	for _, m := range unstored { // publishes whose acknowledgement was lost: again, the same Nats-Msg-Id
+		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
+	}
+	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
+	start := time.Now()
+	missing := func() []int {
+		removals.mu.Lock()
+		defer removals.mu.Unlock()
+		var lost []int
+		for k := range total {
+			if len(removals.got[k]) == 0 {
+				lost = append(lost, k)
+			}
+		}
+		return lost
+	}
+	lost := missing()
+	for deadline := time.Now().Add(90 * time.Second); len(lost) > 0 && time.Now().Before(deadline); lost = missing() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(lost) > 0 {
+		logConsumers(t, js)
+		t.Fatalf("%d of %d stream publishes got no reply (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])
+	}
+	t.Logf("every publish answered, the last %s after the batch was stored", time.Since(start).Round(100*time.Millisecond))
+}
