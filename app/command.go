@@ -38,27 +38,7 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	var logLevel, logFormat string
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	natsFlags(fs, &cfg, "comma-separated; empty starts an embedded NATS server with JetStream")
-	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server (port 0: any free port)")
-	fs.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the bbolt file and the embedded server's JetStream store")
-	fs.StringVar(&cfg.JWKS, "jwks", "", "JSON Web Key Set file that signs the callers' tokens")
-	fs.StringVar(&cfg.Issuer, "issuer", "", "required iss of every token")
-	fs.StringVar(&cfg.Audience, "audience", "", "required member of every token's aud")
-	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.StringVar(&logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
-	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
-	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
-	eventFlags(fs, &cfg)
-	clusterFlags(fs, &cfg)
-	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", runner.DefaultSnapshotInterval, "how often each partition's state is written to object store "+topology.SnapshotBucket)
-	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
-	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update stream PASSKEYS and consumer passkeys-worker at start-up")
-	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
-	fs.DurationVar(&cfg.StoreTimeout, "store-lock-timeout", storage.DefaultTimeout, "how long to wait for another process's lock on the data file")
-	fs.BoolVar(&cfg.AllowStoreGap, "allow-store-gap", false, "start even when a store restored from an old backup misses commands the stream no longer holds")
-	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address for Prometheus /metrics, /healthz and /readyz (empty: none)")
-	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
+	workerFlags(fs, &cfg, &logLevel, &logFormat)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: worker [flags]\n       worker backup --out DIR [--from HOST:PORT | --data-dir DIR]\n       worker provision --nats-url URL [--outcome-retention D] [--duplicate-window D] [--partitions N] [--replicas R]\n\nRemoves passkeys: consumes commands from JetStream stream PASSKEYS and serves\nthe passkeys micro service. With neither --nats-url nor --jwks it runs fully\nembedded with a development signing key (never for production).\n\nFlags (each also read from the environment variable shown):\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -89,6 +69,31 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	// in the outbox, as a worker that died between commit and publish would.
 	cfg.HoldEvents = getenv("PASSKEYS_TEST_HOLD_EVENTS") == "1"
 	return Run(ctx, cfg, log)
+}
+
+// workerFlags adds the worker's flags.
+func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
+	natsFlags(fs, cfg, "comma-separated; empty starts an embedded NATS server with JetStream")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:4222", "client address of the embedded NATS server (port 0: any free port)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "./data", "directory of the bbolt file and the embedded server's JetStream store")
+	fs.StringVar(&cfg.JWKS, "jwks", "", "JSON Web Key Set file that signs the callers' tokens")
+	fs.StringVar(&cfg.Issuer, "issuer", "", "required iss of every token")
+	fs.StringVar(&cfg.Audience, "audience", "", "required member of every token's aud")
+	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
+	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
+	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
+	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
+	eventFlags(fs, cfg)
+	clusterFlags(fs, cfg)
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", runner.DefaultSnapshotInterval, "how often each partition's state is written to object store "+topology.SnapshotBucket)
+	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
+	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update the streams, consumers and buckets at start-up, as worker provision does (false: a worker whose NATS user may create nothing)")
+	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
+	fs.DurationVar(&cfg.StoreTimeout, "store-lock-timeout", storage.DefaultTimeout, "how long to wait for another process's lock on the data file")
+	fs.BoolVar(&cfg.AllowStoreGap, "allow-store-gap", false, "start even when a store restored from an old backup misses commands the stream no longer holds")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address of /metrics (Prometheus), /healthz, /readyz, /partitions and /backup (empty: none)")
+	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
 }
 
 // eventFlags adds the flags of stream PASSKEYS_EVENTS.
@@ -131,8 +136,8 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: stream %s (split into\n--partitions), a durable consumer per partition, streams %s and %s,\nkey-value bucket %s, stream %s (the key history), object store %s. A cluster that is\nstill forming is waited for (up to --wait). With --jwks, --issuer and --audience\nit also adds the key set to the key history, unless it is the newest already:\nrotate by running it again with the new file (add the new key first, remove the\nold one later). Then exits.\n\nFlags:\n",
-			topology.StreamName, topology.EventsStreamName, topology.DeadLetterStreamName, topology.LeaseBucket, topology.KeyStream, topology.SnapshotBucket)
+		made := topology.Settings{Partitions: partition.DefaultCount, Replicas: 1}.Describe()
+		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: %s\n(with --partitions and --replicas as given). A cluster that is still forming is\nwaited for (up to --wait). With --jwks, --issuer and --audience it also adds the\nkey set to the key history, unless it is the newest already: rotate by running\nit again with the new file (add the new key first, remove the old one later).\nThen exits.\n\nFlags:\n", made)
 		fs.PrintDefaults()
 	}
 	if done, err := cli.ParseFlags(fs, args, getenv); done || err != nil {

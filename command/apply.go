@@ -16,6 +16,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/event"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
@@ -103,16 +104,17 @@ type checked struct {
 	fingerprint []byte
 	// refusal is a definitive refusal found before reading the store.
 	// Typed: only a rule's *passkey.Error can become a stored outcome; any
-	// other error makes the command broken (tried again), never a
-	// permanent INTERNAL answer by accident.
+	// other error makes the command broken (below), never a refusal with
+	// a rule's id by accident.
 	refusal *passkey.Error
-	broken  error // preparing it panicked: retry it, alone
+	broken  error // checking it panicked: it breaks alike on every worker, so its answer is INTERNAL, stored
 }
 
 // Apply applies cmds, in order, in one transaction, and returns a result
 // for each. A failure of the store fails the whole batch: it returns the
-// error and nothing was committed. A panic while deciding one command makes
-// only that command transient. It returns ctx's error when ctx ends before
+// error and nothing was committed. A panic while checking or deciding one
+// command makes that command's answer INTERNAL (stored like any refusal:
+// the panic is the same on every worker), not the batch's. It returns ctx's error when ctx ends before
 // the keys of the commands' time are known.
 func (a *Applier) Apply(ctx context.Context, cmds []*Command) ([]Result, error) {
 	c, err := a.Check(ctx, cmds)
@@ -248,25 +250,9 @@ func (a *Applier) check(c *Command) checked {
 	principal, authErr := a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp)
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
-	msgIDs := c.Header.Values(HeaderMsgID)
-	msgIDErr := CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
-	switch {
-	case msgIDErr != nil || len(msgIDs) == 0:
-		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq)
-	case authErr != nil:
-		pr.key = MsgIDKey(msgIDs[0])
-	default:
-		// One hash of the principal per command: the scope serves the key
-		// and, taken off, the caller's own id for the event.
-		scope := passkey.MsgIDScope(principal.Issuer, principal.Subject)
-		pr.msgID = strings.TrimPrefix(msgIDs[0], scope)
-		pr.key = MsgIDKey(scope + pr.msgID)
-		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
-			pr.plainKey = plain
-		}
-	}
+	msgIDErr := pr.keyBy(c.Header.Values(HeaderMsgID), principal, authErr)
 
-	op, userID, err := passkey.ParseSubject(Prefix, c.Subject)
+	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject)
 	pr.op, pr.userID = op, userID
 	if err == nil {
 		pr.owner = userID
@@ -303,6 +289,31 @@ func (a *Applier) check(c *Command) checked {
 	return pr
 }
 
+// keyBy sets the key the command's outcome is kept under: its Nats-Msg-Id
+// scoped to its verified principal (and the plain id, where a command
+// straight into the stream may have kept it), the plain id when the token
+// does not verify, or its stream sequence without a valid id. It returns
+// what is wrong with the ids.
+func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr error) error {
+	msgIDErr := CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
+	switch {
+	case msgIDErr != nil || len(msgIDs) == 0:
+		pr.key = binary.BigEndian.AppendUint64([]byte("s:"), pr.cmd.StreamSeq)
+	case authErr != nil:
+		pr.key = MsgIDKey(msgIDs[0])
+	default:
+		// One hash of the principal per command: the scope serves the key
+		// and, taken off, the caller's own id for the event.
+		scope := passkey.MsgIDScope(principal.Issuer, principal.Subject)
+		pr.msgID = strings.TrimPrefix(msgIDs[0], scope)
+		pr.key = MsgIDKey(scope + pr.msgID)
+		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
+			pr.plainKey = plain
+		}
+	}
+	return msgIDErr
+}
+
 // apply runs one checked command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
 func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
@@ -313,80 +324,101 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		}
 	}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
-	if pr.broken != nil {
-		a.Log.Error().Err(pr.broken).Uint64("stream_seq", pr.cmd.StreamSeq).Str("subject", Truncate(pr.cmd.Subject)).
-			Msg("command failed; answered INTERNAL")
-		res.Answer = passkey.Refused(passkey.ErrInternal)
-		return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
-			Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
-	}
-	stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.plainKey, pr.cmd.Timestamp)
-	if errors.Is(err, storage.ErrCorrupt) {
-		// One damaged record must not hold up the commands batched with it.
-		res.Transient = err
-		return res, nil
-	}
-	if err != nil {
-		return res, err
-	}
-	if stored == nil && pr.cmd.StreamSeq != 0 && pr.cmd.StreamSeq <= tx.AppliedSeq() {
-		// The store has applied the stream past this command, yet keeps no
-		// outcome for it: whatever became of it is in the state already.
-		// Applying it now would apply it twice, or out of order.
-		res.Skipped = true
-		return res, nil
-	}
-	if stored != nil {
-		if !SameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
-			res.Answer = passkey.Refused(passkey.ErrMsgIDReused)
-			return res, nil
-		}
-		res.Answer, res.Repeat = stored.Answer, true
-		if stored.Expires.Before(expires) {
-			// A repeat stored past JetStream's duplicate window is a new stream
-			// message that lives a full MaxAge from now; the record must live
-			// as long, or a later replay of that message would apply it again.
-			stored.Expires = expires
-			return res, tx.PutOutcome(pr.owner, pr.key, stored)
-		}
-		return res, nil
-	}
-	if pr.refusal != nil {
-		res.Answer = passkey.Refused(pr.refusal)
-	} else {
-		user, err := tx.User(pr.userID)
+	if pr.broken == nil {
+		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.plainKey, pr.cmd.Timestamp)
 		if errors.Is(err, storage.ErrCorrupt) {
+			// One damaged record must not hold up the commands batched with it.
 			res.Transient = err
 			return res, nil
 		}
 		if err != nil {
 			return res, err
 		}
-		next, err := a.decide(pr, user)
-		var perr *passkey.Error
-		switch {
-		case err == nil:
-			if err := tx.PutUser(next); err != nil {
-				return res, err
-			}
-			// The change's event, in the same transaction (an outbox):
-			// published after the commit, never lost, never made twice.
-			if err := tx.PutEvent(next.ID, next.Sequence, changeEvent(pr, user, next)); err != nil {
-				return res, err
-			}
-			res.Answer = passkey.Changed(next)
-		case errors.As(err, &perr):
-			res.Answer = passkey.Refused(perr)
-		default:
-			// Not a rule's answer: the rule broke (a panic). It breaks
-			// the same way on every worker, so it is the command's answer.
-			a.Log.Error().Err(err).Uint64("stream_seq", pr.cmd.StreamSeq).Str("subject", Truncate(pr.cmd.Subject)).
-				Msg("command failed; answered INTERNAL")
-			res.Answer = passkey.Refused(passkey.ErrInternal)
+		if stored != nil {
+			return a.repeat(tx, pr, stored, expires, res)
+		}
+		if pr.cmd.StreamSeq != 0 && pr.cmd.StreamSeq <= tx.AppliedSeq() {
+			// The store has applied the stream past this command, yet keeps
+			// no outcome for it: whatever became of it is in the state
+			// already. Applying it now would apply it twice, or out of order.
+			res.Skipped = true
+			return res, nil
 		}
 	}
+	answer, transient, err := a.answer(tx, pr)
+	if err != nil || transient != nil {
+		res.Transient = transient
+		return res, err
+	}
+	res.Answer = answer
 	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
 		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
+}
+
+// repeat answers a command that has an outcome already: the same answer,
+// when it is the same command; REQUEST-MSGID-REUSED when another command
+// used its Nats-Msg-Id.
+func (a *Applier) repeat(tx *storage.Tx, pr *checked, stored *storage.Outcome, expires time.Time, res Result) (Result, error) {
+	if !SameCommand(stored, pr.cmd.Subject, pr.fingerprint) {
+		res.Answer = passkey.Refused(passkey.ErrMsgIDReused)
+		return res, nil
+	}
+	res.Answer, res.Repeat = stored.Answer, true
+	if stored.Expires.Before(expires) {
+		// A repeat stored past JetStream's duplicate window is a new stream
+		// message that lives a full MaxAge from now; the record must live
+		// as long, or a later replay of that message would apply it again.
+		stored.Expires = expires
+		return res, tx.PutOutcome(pr.owner, pr.key, stored)
+	}
+	return res, nil
+}
+
+// answer decides a command seen for the first time: INTERNAL for a broken
+// one, its refusal, or the rule's verdict on the stored user, with the
+// change and its event written. transient is a damaged user record (the
+// command waits; the batch goes on); err a store failure.
+func (a *Applier) answer(tx *storage.Tx, pr *checked) (_ passkey.Answer, transient, err error) {
+	switch {
+	case pr.broken != nil:
+		a.internal(pr, pr.broken)
+		return passkey.Refused(passkey.ErrInternal), nil, nil
+	case pr.refusal != nil:
+		return passkey.Refused(pr.refusal), nil, nil
+	}
+	user, err := tx.User(pr.userID)
+	if errors.Is(err, storage.ErrCorrupt) {
+		return passkey.Answer{}, err, nil
+	}
+	if err != nil {
+		return passkey.Answer{}, nil, err
+	}
+	next, err := a.decide(pr, user)
+	var perr *passkey.Error
+	switch {
+	case errors.As(err, &perr):
+		return passkey.Refused(perr), nil, nil
+	case err != nil:
+		// Not a rule's answer: the rule broke (a panic). It breaks the
+		// same way on every worker, so it is the command's answer.
+		a.internal(pr, err)
+		return passkey.Refused(passkey.ErrInternal), nil, nil
+	}
+	if err := tx.PutUser(next); err != nil {
+		return passkey.Answer{}, nil, err
+	}
+	// The change's event, in the same transaction (an outbox): published
+	// after the commit, never lost, never made twice.
+	if err := tx.PutEvent(next.ID, next.Sequence, changeEvent(pr, user, next)); err != nil {
+		return passkey.Answer{}, nil, err
+	}
+	return passkey.Changed(next), nil, nil
+}
+
+// internal logs why a command's answer is INTERNAL.
+func (a *Applier) internal(pr *checked, err error) {
+	a.Log.Error().Err(err).Uint64("stream_seq", pr.cmd.StreamSeq).Str("subject", Truncate(pr.cmd.Subject)).
+		Msg("command failed; answered INTERNAL")
 }
 
 // changeEvent is the event of the change from before to after that pr made.

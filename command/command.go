@@ -8,12 +8,6 @@ import (
 	"github.com/passkeys/worker/passkey"
 )
 
-// Subject prefixes of the contract.
-const (
-	Prefix         = "passkeys.cmd" // stored commands: passkeys.cmd.<op>.<userId>
-	EndpointPrefix = "passkeys"     // request-reply: passkeys.<op>.<userId>
-)
-
 // Header names of the contract.
 const (
 	HeaderAuthorization = "Authorization"

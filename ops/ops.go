@@ -131,30 +131,7 @@ func Serve(addr string, m *metrics.Metrics, h *Health, dataDir string, log zerol
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	backups := make(chan struct{}, 1) // one backup at a time: each holds a copy of the store on disk
-	mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
-		// The whole user database: only for a client on this machine.
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			http.Error(w, "backups are served to loopback clients only", http.StatusForbidden)
-			return
-		}
-		select {
-		case backups <- struct{}{}:
-			defer func() { <-backups }()
-		default:
-			http.Error(w, "a backup is already being taken; try again when it is done", http.StatusServiceUnavailable)
-			return
-		}
-		p, err := strconv.Atoi(r.URL.Query().Get("partition"))
-		store, ok := h.Partitions.Store(p)
-		if err != nil || !ok {
-			http.Error(w, fmt.Sprintf("name one of the partitions this worker serves: /backup?partition=N, N in %v", h.Partitions.Serving()),
-				http.StatusNotFound)
-			return
-		}
-		backup.Serve(w, store, dataDir, log)
-	})
+	mux.HandleFunc("GET /backup", backupHandler(h, dataDir, log))
 	mux.HandleFunc("GET /partitions", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(h.Partitions.Status())
@@ -181,4 +158,33 @@ func Serve(addr string, m *metrics.Metrics, h *Health, dataDir string, log zerol
 		_ = srv.Shutdown(ctx)
 		<-done
 	}, nil
+}
+
+// backupHandler serves /backup?partition=N to loopback clients, one backup
+// at a time (each holds a copy of the store on disk).
+func backupHandler(h *Health, dataDir string, log zerolog.Logger) http.HandlerFunc {
+	backups := make(chan struct{}, 1)
+	return func(w http.ResponseWriter, r *http.Request) {
+		// The whole user database: only for a client on this machine.
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			http.Error(w, "backups are served to loopback clients only", http.StatusForbidden)
+			return
+		}
+		select {
+		case backups <- struct{}{}:
+			defer func() { <-backups }()
+		default:
+			http.Error(w, "a backup is already being taken; try again when it is done", http.StatusServiceUnavailable)
+			return
+		}
+		p, err := strconv.Atoi(r.URL.Query().Get("partition"))
+		store, ok := h.Partitions.Store(p)
+		if err != nil || !ok {
+			http.Error(w, fmt.Sprintf("name one of the partitions this worker serves: /backup?partition=N, N in %v", h.Partitions.Serving()),
+				http.StatusNotFound)
+			return
+		}
+		backup.Serve(w, store, dataDir, log)
+	}
 }

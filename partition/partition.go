@@ -20,13 +20,35 @@ const DefaultCount = 8
 // a lease, and a worker holds them all on its own.
 const MaxCount = 256
 
-// Subject prefixes: publishers send to CommandPrefix; the stream stores
+// The contract's subjects, spelt here only: requesters ask the endpoints
+// under EndpointPrefix (passkeys.<op>.<userId>); publishers send commands
+// to CommandPrefix (passkeys.cmd.<op>.<userId>); the stream stores them
 // under StoredPrefix.<partition>, outside what it captures, so nobody can
 // publish straight into a partition.
 const (
-	CommandPrefix = "passkeys.cmd"
-	StoredPrefix  = "passkeys.part"
+	EndpointPrefix = "passkeys"
+	CommandPrefix  = EndpointPrefix + ".cmd"
+	StoredPrefix   = EndpointPrefix + ".part"
+	// ReplaySubject is the operator's replay endpoint.
+	ReplaySubject = EndpointPrefix + ".admin.replay"
 )
+
+// CommandSubject is where a command of operation op on userID is
+// published into the stream.
+func CommandSubject(op, userID string) string { return CommandPrefix + "." + op + "." + userID }
+
+// EndpointSubject is the request-reply subject of operation op on userID.
+func EndpointSubject(op, userID string) string { return EndpointPrefix + "." + op + "." + userID }
+
+// EndpointOf is the request-reply subject of a command subject
+// (passkeys.cmd.remove.u1 -> passkeys.remove.u1); false for any other.
+func EndpointOf(commandSubject string) (string, bool) {
+	tail, ok := strings.CutPrefix(commandSubject, CommandPrefix+".")
+	if !ok {
+		return "", false
+	}
+	return EndpointPrefix + "." + tail, true
+}
 
 // ValidateCount checks a --partitions value.
 func ValidateCount(n int) error {

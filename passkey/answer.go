@@ -4,7 +4,7 @@ import "time"
 
 // Answer is what a command got: the details of the change it made, or the
 // refusal. It is what an outcome keeps (package storage writes it), and
-// what a reply is rendered from (package handler writes ZITADEL's shapes):
+// what a reply is rendered from (package reply writes ZITADEL's shapes):
 // a repeat's reply is the first one's, byte for byte, because both are a
 // function of the same Answer.
 type Answer struct {

@@ -1,6 +1,6 @@
 // Package passkey holds the rules of passkey removal: who may change which
 // user, which login methods count, and what every refusal is called. It knows
-// nothing of NATS or bbolt; the handler package adapts it to the wire and the
+// nothing of NATS or bbolt; packages reply and service adapt it to the wire and the
 // storage package keeps its records.
 package passkey
 
@@ -52,36 +52,39 @@ func AsError(err error) *Error {
 // Stable error ids. The table in ../shared/CONTRACT.md names the cases; these
 // are the ids a client matches on.
 const (
-	IDBodyInvalid          = "REQUEST-BODY-INVALID"
-	IDBodyTooLarge         = "REQUEST-BODY-TOO-LARGE"
-	IDContentType          = "REQUEST-CONTENT-TYPE"
-	IDSubjectInvalid       = "REQUEST-SUBJECT-INVALID"
-	IDTokenIDMissing       = "REQUEST-TOKENID-MISSING"
-	IDTokenIDTooLong       = "REQUEST-TOKENID-TOO-LONG"
-	IDTokenIDInvalid       = "REQUEST-TOKENID-INVALID"
-	IDHeaderInvalid        = "REQUEST-HEADER-INVALID"
-	IDMsgIDReused          = "REQUEST-MSGID-REUSED"
-	IDSyncInvalid          = "REQUEST-SYNC-INVALID"
-	IDAuthMissing          = "AUTH-MISSING"
-	IDAuthMalformed        = "AUTH-MALFORMED"
-	IDAuthAlgorithm        = "AUTH-ALGORITHM"
-	IDAuthKeyUnknown       = "AUTH-KEY-UNKNOWN"
-	IDAuthSignature        = "AUTH-SIGNATURE"
-	IDAuthIssuer           = "AUTH-ISSUER"
-	IDAuthAudience         = "AUTH-AUDIENCE"
-	IDAuthExpired          = "AUTH-EXPIRED"
-	IDAuthNotYetValid      = "AUTH-NOT-YET-VALID"
-	IDAuthClaims           = "AUTH-CLAIMS"
-	IDDeniedUser           = "PERMISSION-USER"
-	IDDeniedForce          = "PERMISSION-FORCE"
-	IDDeniedSync           = "PERMISSION-SYNC"
-	IDDeniedReplay         = "PERMISSION-REPLAY"
-	IDReplayInvalid        = "REQUEST-REPLAY-INVALID"
-	IDUserNotFound         = "USER-NOT-FOUND"
-	IDPasskeyNotFound      = "PASSKEY-NOT-FOUND"
-	IDPasskeyLast          = "PASSKEY-LAST"
-	IDOwnerImmutable       = "USER-RESOURCEOWNER-IMMUTABLE"
-	IDInternal             = "INTERNAL"
+	IDBodyInvalid     = "REQUEST-BODY-INVALID"
+	IDBodyTooLarge    = "REQUEST-BODY-TOO-LARGE"
+	IDContentType     = "REQUEST-CONTENT-TYPE"
+	IDSubjectInvalid  = "REQUEST-SUBJECT-INVALID"
+	IDTokenIDMissing  = "REQUEST-TOKENID-MISSING"
+	IDTokenIDTooLong  = "REQUEST-TOKENID-TOO-LONG"
+	IDTokenIDInvalid  = "REQUEST-TOKENID-INVALID"
+	IDHeaderInvalid   = "REQUEST-HEADER-INVALID"
+	IDMsgIDReused     = "REQUEST-MSGID-REUSED"
+	IDSyncInvalid     = "REQUEST-SYNC-INVALID"
+	IDAuthMissing     = "AUTH-MISSING"
+	IDAuthMalformed   = "AUTH-MALFORMED"
+	IDAuthAlgorithm   = "AUTH-ALGORITHM"
+	IDAuthKeyUnknown  = "AUTH-KEY-UNKNOWN"
+	IDAuthSignature   = "AUTH-SIGNATURE"
+	IDAuthIssuer      = "AUTH-ISSUER"
+	IDAuthAudience    = "AUTH-AUDIENCE"
+	IDAuthExpired     = "AUTH-EXPIRED"
+	IDAuthNotYetValid = "AUTH-NOT-YET-VALID"
+	IDAuthClaims      = "AUTH-CLAIMS"
+	IDDeniedUser      = "PERMISSION-USER"
+	IDDeniedForce     = "PERMISSION-FORCE"
+	IDDeniedSync      = "PERMISSION-SYNC"
+	IDDeniedReplay    = "PERMISSION-REPLAY"
+	IDReplayInvalid   = "REQUEST-REPLAY-INVALID"
+	IDUserNotFound    = "USER-NOT-FOUND"
+	IDPasskeyNotFound = "PASSKEY-NOT-FOUND"
+	IDPasskeyLast     = "PASSKEY-LAST"
+	IDOwnerImmutable  = "USER-RESOURCEOWNER-IMMUTABLE"
+	IDInternal        = "INTERNAL"
+	// IDRetriesExhausted was the version before partitions' answer to a
+	// command the store kept failing; outcomes it stored still carry it.
+	// Today's worker waits instead, and never gives it.
 	IDRetriesExhausted     = "COMMAND-RETRIES-EXHAUSTED"
 	IDStreamUnavailable    = "STREAM-UNAVAILABLE"
 	IDOutcomeUnavailable   = "OUTCOME-UNAVAILABLE"
@@ -144,9 +147,6 @@ var (
 	// passkeys:system scope.
 	ErrDeniedReplay = &Error{Code: CodePermissionDenied, ID: IDDeniedReplay,
 		Message: "only a principal with the passkeys:system scope may replay commands"}
-	// ErrRetriesExhausted is the final answer of a command that failed on
-	// every delivery.
-	ErrRetriesExhausted = &Error{Code: CodeInternal, ID: IDRetriesExhausted, Message: "the command could not be processed; it was not applied"}
 	// ErrStreamUnavailable answers a request a forwarding endpoint could not
 	// store.
 	ErrStreamUnavailable = &Error{Code: CodeUnavailable, ID: IDStreamUnavailable,

@@ -62,7 +62,7 @@ type Endpoints struct {
 
 // ReplaySubject is the request-reply endpoint through which an operator
 // re-drives stored commands.
-const ReplaySubject = command.EndpointPrefix + ".admin.replay"
+const ReplaySubject = partition.ReplaySubject
 
 // Start registers the passkeys micro service on nc.
 func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
@@ -88,7 +88,7 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	}
 	for _, e := range endpoints {
 		err := svc.AddEndpoint(string(e.op), s.confined(e.handler),
-			micro.WithEndpointSubject(command.EndpointPrefix+"."+string(e.op)+".*"))
+			micro.WithEndpointSubject(partition.EndpointSubject(string(e.op), "*")))
 		if err != nil {
 			_ = svc.Stop()
 			return nil, err
@@ -174,7 +174,7 @@ func (s *Endpoints) confined(h micro.HandlerFunc) micro.HandlerFunc {
 func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 	return func(req micro.Request) {
 		in := command.Header(req.Headers())
-		gotOp, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
+		gotOp, userID, err := passkey.ParseSubject(partition.EndpointPrefix, req.Subject())
 		if err == nil && gotOp != op {
 			err = passkey.ErrWrongOperation
 		}
@@ -198,7 +198,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 			s.respondError(req, err)
 			return
 		}
-		subject := command.Prefix + "." + string(op) + "." + userID
+		subject := partition.CommandSubject(string(op), userID)
 		msg := nats.NewMsg(subject)
 		msg.Data = req.Data()
 		for k, v := range in {
@@ -325,7 +325,7 @@ var errNotProcessedYet = errors.New("the original command has no outcome yet")
 
 // list answers from the store; the token is judged at the time of the request.
 func (s *Endpoints) list(req micro.Request) {
-	_, userID, err := passkey.ParseSubject(command.EndpointPrefix, req.Subject())
+	_, userID, err := passkey.ParseSubject(partition.EndpointPrefix, req.Subject())
 	if err != nil {
 		s.respondError(req, err)
 		return

@@ -39,37 +39,7 @@ func Split(src *Store, dsts []*Store, partOf func(userID string) int, applied ui
 		}
 	}
 	counts := make([]int64, len(dsts))
-	err = src.db.View(func(stx *bolt.Tx) error {
-		err := stx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
-			user, _, isOutcome := bytes.Cut(k, []byte{0})
-			p := partOf(string(user))
-			b := txs[p].Bucket(bucketUsers)
-			b.FillPercent = usersFill
-			if isOutcome {
-				counts[p]++
-			}
-			return b.Put(bytes.Clone(k), bytes.Clone(v))
-		})
-		if err != nil {
-			return err
-		}
-		err = stx.Bucket(bucketOutcomes).ForEach(func(k, v []byte) error {
-			for i, tx := range txs {
-				counts[i]++
-				if err := tx.Bucket(bucketOutcomes).Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		return stx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
-			user, _, _ := bytes.Cut(k, []byte{0})
-			return txs[partOf(string(user))].Bucket(bucketOutbox).Put(bytes.Clone(k), bytes.Clone(v))
-		})
-	})
+	err = src.db.View(func(stx *bolt.Tx) error { return copySplit(stx, txs, partOf, counts) })
 	if err != nil {
 		return fmt.Errorf("storage: split %s: %w", src.path, err)
 	}
@@ -89,6 +59,41 @@ func Split(src *Store, dsts []*Store, partOf func(userID string) int, applied ui
 		}
 	}
 	return nil
+}
+
+// copySplit copies every record of stx into the partition's transaction
+// its user belongs to (the outcomes of commands that name no valid user
+// into every one), counting the outcome records each gets.
+func copySplit(stx *bolt.Tx, txs []*bolt.Tx, partOf func(userID string) int, counts []int64) error {
+	err := stx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
+		user, _, isOutcome := bytes.Cut(k, []byte{0})
+		p := partOf(string(user))
+		b := txs[p].Bucket(bucketUsers)
+		b.FillPercent = usersFill
+		if isOutcome {
+			counts[p]++
+		}
+		return b.Put(bytes.Clone(k), bytes.Clone(v))
+	})
+	if err != nil {
+		return err
+	}
+	err = stx.Bucket(bucketOutcomes).ForEach(func(k, v []byte) error {
+		for i, tx := range txs {
+			counts[i]++
+			if err := tx.Bucket(bucketOutcomes).Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return stx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
+		user, _, _ := bytes.Cut(k, []byte{0})
+		return txs[partOf(string(user))].Bucket(bucketOutbox).Put(bytes.Clone(k), bytes.Clone(v))
+	})
 }
 
 // Records calls fn with every record of the state, in key order: the users

@@ -12,7 +12,7 @@ import (
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/command"
-	"github.com/passkeys/worker/internal/publisher"
+	"github.com/passkeys/worker/publisher"
 )
 
 // The exit status tells a script what happened: 0 done, 1 the worker

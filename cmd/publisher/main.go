@@ -1,5 +1,5 @@
 // Command publisher talks to the passkeys worker the way a calling service
-// or an operator would (package internal/publisher).
+// or an operator would (package publisher).
 package main
 
 import (
@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/passkeys/worker/internal/publisher"
+	"github.com/passkeys/worker/publisher"
 )
 
 func main() {

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/passkeys/worker/app"
-	"github.com/passkeys/worker/internal/publisher"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/publisher"
 )
 
 // A user NATS refuses a subject to is told so at once, not after its timeout.

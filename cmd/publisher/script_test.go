@@ -14,7 +14,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/passkeys/worker/app"
-	"github.com/passkeys/worker/internal/benchcmd"
+	"github.com/passkeys/worker/bench"
 )
 
 func TestMain(m *testing.M) {
@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 		// bench is cmd/bench's command line.
 		"bench": func() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			code := benchcmd.Run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+			code := bench.Run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 			stop()
 			os.Exit(code)
 		},
