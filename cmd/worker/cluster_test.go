@@ -285,22 +285,7 @@ func TestClusterFailover(t *testing.T) {
 	// Every stream publish is answered, without being asked again: wait for
 	// the replies themselves (a consumer's counts may lag behind the stream
 	// on a server that is catching up).
-	lostOnes := func() []int {
-		removals.mu.Lock()
-		defer removals.mu.Unlock()
-		var lost []int
-		for k := range total {
-			if len(removals.got[k]) == 0 {
-				lost = append(lost, k)
-			}
-		}
-		return lost
-	}
-	lost := lostOnes()
-	for deadline := time.Now().Add(60 * time.Second); len(lost) > 0 && time.Now().Before(deadline); lost = lostOnes() {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if len(lost) > 0 {
+	if lost := unanswered(removals, total, 60*time.Second); len(lost) > 0 {
 		logConsumers(t, js)
 		t.Errorf("%d of %d stream publishes got no reply in a minute (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])
 		askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
@@ -340,12 +325,7 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 	for _, p := range procs[1:] {
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.cmd.Wait(); err != nil {
-			t.Fatalf("worker exit: %v", err)
-		}
+		p.stop(t)
 	}
 	verifyExactlyOnceIn(t, removals, users, perUser, 8, dataDirs)
 }
@@ -467,16 +447,32 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 	// the first, once it is a member again).
 	waitWithin(t, 60*time.Second, func() bool { return len(served(addrs[owner]))+len(served(addrs[other])) == 1 })
 	for _, p := range procs {
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.cmd.Wait(); err != nil {
-			t.Fatalf("worker exit: %v", err)
-		}
+		p.stop(t)
 	}
 	logOwner := readFile(t, procs[owner].log.Name())
 	if !strings.Contains(logOwner, "lease lost") {
 		t.Errorf("the frozen owner never noticed it lost its lease")
 	}
 	verifyExactlyOnceIn(t, removals, users, perUser, 1, dataDirs)
+}
+
+// unanswered waits up to within for a reply to each of the first total
+// requests of r, and returns those that got none.
+func unanswered(r *replies, total int, within time.Duration) []int {
+	missing := func() []int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var lost []int
+		for k := range total {
+			if len(r.got[k]) == 0 {
+				lost = append(lost, k)
+			}
+		}
+		return lost
+	}
+	lost := missing()
+	for deadline := time.Now().Add(within); len(lost) > 0 && time.Now().Before(deadline); lost = missing() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return lost
 }

@@ -63,6 +63,17 @@ type process struct {
 	log *os.File
 }
 
+// stop stops the worker with SIGTERM and fails unless it exits 0.
+func (p *process) stop(tb testing.TB) {
+	tb.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		tb.Fatalf("worker exit after SIGTERM: %v", err)
+	}
+}
+
 func (e *env) startProcess(tb testing.TB, bin string, extra ...string) *process {
 	tb.Helper()
 	return e.startProcessEnv(tb, bin, nil, extra...)
@@ -172,12 +183,7 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 		t.Fatal("publishes not acknowledged")
 	}
 	waitCount(t, removals, total, 120*time.Second)
-	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.cmd.Wait(); err != nil {
-		t.Fatalf("worker exit after SIGTERM: %v", err)
-	}
+	proc.stop(t)
 	restartLog, err := os.ReadFile(proc.log.Name())
 	if err != nil {
 		t.Fatal(err)

@@ -94,12 +94,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 		send(cmd{"passkeys.cmd.remove." + id, `{"tokenId":"pk-0"}`, "r0-" + id, adminEd})
 	}
 	waitCount(t, got, len(cmds), 60*time.Second)
-	if err := procA.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := procA.cmd.Wait(); err != nil {
-		t.Fatalf("worker A exit: %v", err)
-	}
+	procA.stop(t)
 
 	// The rotation, as an operator does it: the key that signed the
 	// commands so far is dropped.
@@ -131,12 +126,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 	addrB := freeAddr(t)
 	procB := b.startProcess(t, bin, "--snapshot-interval", "1h", "--log-level", "info", "--http-listen", addrB)
 	waitWithin(t, 30*time.Second, func() bool { return allServed([]string{addrB}) }) // A's leases expire first
-	if err := procB.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := procB.cmd.Wait(); err != nil {
-		t.Fatalf("worker B exit: %v", err)
-	}
+	procB.stop(t)
 	logB := readFile(t, procB.log.Name())
 	if !strings.Contains(logB, "partition state loaded from its snapshot") || caughtUp(logB) != users+1 {
 		t.Fatalf("worker B did not take over from the snapshots and then %d commands of the stream (it applied %d)", users+1, caughtUp(logB))
@@ -151,12 +141,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 	addrC := freeAddr(t)
 	procC := c.startProcess(t, bin, "--snapshot-interval", "1h", "--log-level", "info", "--http-listen", addrC)
 	waitWithin(t, 30*time.Second, func() bool { return allServed([]string{addrC}) })
-	if err := procC.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := procC.cmd.Wait(); err != nil {
-		t.Fatalf("worker C exit: %v", err)
-	}
+	procC.stop(t)
 	if n := caughtUp(readFile(t, procC.log.Name())); n != len(cmds) {
 		t.Fatalf("worker C applied %d commands from the stream, want all %d", n, len(cmds))
 	}
@@ -192,12 +177,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 			t.Errorf("repeat of command %d (%s): %s, first reply %s", k, cm.msgID, reply.Data, got.got[k][0])
 		}
 	}
-	if err := procC.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := procC.cmd.Wait(); err != nil {
-		t.Fatalf("worker C exit: %v", err)
-	}
+	procC.stop(t)
 }
 
 func readFile(t *testing.T, path string) string {

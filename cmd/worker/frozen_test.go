@@ -93,21 +93,7 @@ func TestFrozenNATSNode(t *testing.T) {
 	}
 	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
 	start := time.Now()
-	missing := func() []int {
-		removals.mu.Lock()
-		defer removals.mu.Unlock()
-		var lost []int
-		for k := range total {
-			if len(removals.got[k]) == 0 {
-				lost = append(lost, k)
-			}
-		}
-		return lost
-	}
-	lost := missing()
-	for deadline := time.Now().Add(90 * time.Second); len(lost) > 0 && time.Now().Before(deadline); lost = missing() {
-		time.Sleep(50 * time.Millisecond)
-	}
+	lost := unanswered(removals, total, 90*time.Second)
 	if len(lost) > 0 {
 		logConsumers(t, js)
 		t.Fatalf("%d of %d stream publishes got no reply (the first: %v)", len(lost), total, lost[:min(len(lost), 10)])

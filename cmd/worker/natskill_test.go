@@ -151,12 +151,7 @@ func TestNATSServerKilled(t *testing.T) {
 	// change, each user's in order.
 	verifyEvents(t, js, users, 1+perUser)
 
-	if err := proc.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := proc.cmd.Wait(); err != nil {
-		t.Fatalf("worker exit: %v", err)
-	}
+	proc.stop(t)
 	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
 }
 

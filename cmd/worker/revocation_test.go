@@ -206,12 +206,7 @@ func TestKeyRotationWithSeveralWorkers(t *testing.T) {
 		t.Fatalf("u1's events %v, want %v", ids, want)
 	}
 	for _, p := range []*process{procs[standby], w3} {
-		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.cmd.Wait(); err != nil {
-			t.Fatalf("worker exit: %v", err)
-		}
+		p.stop(t)
 	}
 }
 
@@ -288,24 +283,14 @@ func TestStaleOwnerNeverOverwritesASnapshot(t *testing.T) {
 		s, err := js.Stream(context.Background(), "PASSKEYS")
 		return err == nil && s.CachedInfo().State.Msgs == 0
 	})
-	if err := f2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := f2.cmd.Wait(); err != nil {
-		t.Fatalf("worker exit: %v", err)
-	}
+	f2.stop(t)
 	f3, addr3 := start("", "1h")
 	waitWithin(t, 30*time.Second, func() bool { return slices.Contains(served(addr3), 0) })
 	list := ask(t, nc, "passkeys.list.u1", tok, "", nil, 20*time.Second)
 	if strings.Contains(string(list.Data), `"pk-1"`) || strings.Contains(string(list.Data), `"pk-2"`) || !strings.Contains(string(list.Data), `"pk-3"`) {
 		t.Fatalf("a fresh worker lists %s: a confirmed removal was undone", list.Data)
 	}
-	if err := f3.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := f3.cmd.Wait(); err != nil {
-		t.Fatalf("worker exit: %v", err)
-	}
+	f3.stop(t)
 }
 
 // A woken owner answers nothing from its old state. The owner is frozen,
