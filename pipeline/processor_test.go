@@ -538,3 +538,77 @@ func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 		t.Fatalf("a server gone just before the reply: %d deliveries, want 3 (the removal's twice)", n)
 	}
 }
+
+// A reply sent again is no surer than the first send: when a server went
+// away while it settled, nothing tells whether it arrived, and its held
+// command comes back to be answered again (here, to the requester that is
+// back by then), rather than being taken for delivered.
+func TestReplySentAgainAroundAServerLossComesBack(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	var gone atomic.Pointer[time.Time]
+	never := time.Time{}
+	gone.Store(&never)
+	guard, _ := guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{First: 300 * time.Millisecond})
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	away := nats.NewInbox()
+	f.publishAs(t, admin, "passkeys.cmd.sync.u1", away+".1", "away-1", syncU1)
+	// The first send found nobody; once it has been sent again, a server
+	// goes away.
+	waitFor(t, func() bool { return guard.Resent() > 0 })
+	now := time.Now()
+	gone.Store(&now)
+	back, err := f.nc.SubscribeSync(away + ".1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := back.NextMsg(10 * time.Second)
+	if err != nil || !strings.Contains(string(got.Data), `"sequence":"1"`) {
+		t.Fatalf("the requester got no reply: %v", err)
+	}
+	waitFor(t, func() bool { return f.delivered(t) >= 2 })
+}
+
+// The replies sent again after a server loss (a precaution: they were
+// taken) take no requester's share: a reply that really found its
+// requester away right after still waits for it.
+func TestPrecautionsAfterALossLeaveTheRequestersShare(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f := newConsumerFixture(t, keys, 5*time.Second, false)
+	var gone atomic.Pointer[time.Time]
+	never := time.Time{}
+	gone.Store(&never)
+	guard, _ := guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{MaxWaiting: 100, First: 2 * time.Second})
+	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
+	requester := nats.NewInbox()
+	taken, err := f.nc.SubscribeSync(requester + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 { // more than the requester's share (100/10)
+		f.publishAs(t, admin, "passkeys.cmd.sync.t"+strconv.Itoa(i), requester+".t"+strconv.Itoa(i), "t-"+strconv.Itoa(i), syncU1)
+	}
+	for range 20 {
+		if _, err := taken.NextMsg(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.settled(t)
+	if err := taken.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	gone.Store(&now) // the 20 are sent again as a precaution
+	waitFor(t, func() bool { return guard.Resent() >= 20 })
+	f.publishAs(t, admin, "passkeys.cmd.sync.u1", requester+".away", "away-1", syncU1)
+	waitFor(t, func() bool { return f.delivered(t) == 21 })
+	back, err := f.nc.SubscribeSync(requester + ".away")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := back.NextMsg(10 * time.Second); err != nil || !strings.Contains(string(got.Data), `"sequence":"1"`) {
+		t.Fatalf("the requester, back, got no reply: %v (given up: %d)", err, guard.GivenUp())
+	}
+}

@@ -26,9 +26,12 @@ import (
 //     memory, 1, 2, 4, 8 and 16 s later, until somebody takes it. Its
 //     command stays unacknowledged meanwhile (kept in progress), so that
 //     if this worker stops or dies first, the command comes back to the
-//     partition's next holder and is answered again; past Options.MaxHeld
-//     such commands, and when a requester has more than its share waiting,
-//     a command is acknowledged and only its reply waits, in memory.
+//     partition's next holder and is answered again. Past Options.MaxHeld
+//     such commands, a command is acknowledged and only its reply waits, in
+//     memory; past a requester's share of waiting replies, its command
+//     comes back a little later instead (a few times, then it is given up).
+//     A send again that may itself have been lost (the connection broke, a
+//     server went away) brings its held command back.
 //   - When the worker's own connection broke after the reply went out, or
 //     a NATS server of the cluster went away within a second before it or
 //     while it settled (the other servers route to the dead one until they
@@ -38,9 +41,10 @@ import (
 //     outcome.
 //   - A server that froze, or whose machine went away without closing its
 //     connections, is noticed only after a few seconds, and the other
-//     servers route to it for longer still: every reply sent in the half
-//     minute before such a loss is sent again from memory, once soon and
-//     once after the routes to the dead server are surely gone.
+//     servers route to it for longer still: every reply taken in the half
+//     minute before such a loss (at most maxRecent) is sent again from
+//     memory, once soon and once after the routes to the dead server are
+//     surely gone, outside every requester's share.
 //
 // These are rare events no caller can cause.
 type Guard struct {
@@ -60,10 +64,14 @@ type Guard struct {
 
 	mu sync.Mutex
 	// gone is when the server last said nobody listens on a reply subject,
-	// and on the inboxes of a requester (prefix).
-	gone, goneFrom map[string]time.Time
-	queue          []settling
-	resends        []*resend
+	// and on the inboxes of a requester (prefix); kept only for subjects and
+	// requesters with a reply settling or waiting to be sent again
+	// (pending, pendingFrom), so bounded by them.
+	gone, goneFrom       map[string]time.Time
+	pending, pendingFrom map[string]int
+	queue                []settling
+	resends              []*resend
+	precautions          []precaution
 	// held counts the resends whose commands wait for them, unacknowledged;
 	// waiting the resends of each requester.
 	held    int
@@ -162,8 +170,6 @@ const (
 	// progressEvery is how often a held command is kept in progress: well
 	// inside the consumers' ack wait.
 	progressEvery = 3 * time.Second
-	// maxGone bounds the "no responders" answers remembered.
-	maxGone = 100000
 )
 
 // NewGuard subscribes to the "no responders" answers on conn, below its
@@ -176,6 +182,7 @@ func NewGuard(conn *nats.Conn, serverGone func() time.Time, log zerolog.Logger, 
 	}
 	g := &Guard{conn: conn, log: log, opts: opts.withDefaults(), subject: conn.NewInbox(), serverGone: serverGone,
 		noResp: make(chan *nats.Msg, 1<<16), gone: map[string]time.Time{}, goneFrom: map[string]time.Time{},
+		pending: map[string]int{}, pendingFrom: map[string]int{},
 		waiting: map[string]int{}, warned: map[string]time.Time{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := conn.ChanSubscribe(g.subject, g.noResp)
@@ -219,6 +226,7 @@ func (g *Guard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
 	g.queue = append(g.queue, settling{})
 	copy(g.queue[i+1:], g.queue[i:])
 	g.queue[i] = s
+	g.pend(reply.Subject, 1)
 	g.mu.Unlock()
 	select {
 	case g.wake <- struct{}{}:
@@ -244,7 +252,8 @@ func (g *Guard) run() {
 	defer tick.Stop()
 	for {
 		g.mu.Lock()
-		idle := len(g.queue) == 0 && len(g.resends) == 0
+		// recent: a server loss noticed now still has replies to send again.
+		idle := len(g.queue) == 0 && len(g.resends) == 0 && len(g.precautions) == 0 && len(g.recent) == 0
 		g.mu.Unlock()
 		var wake <-chan time.Time
 		if !idle {
@@ -273,9 +282,11 @@ func (g *Guard) noResponders() {
 			subject := m.Header.Get("Nats-Subject")
 			now := time.Now()
 			g.mu.Lock()
-			if len(g.gone) < maxGone {
+			if g.pending[subject] > 0 {
 				g.gone[subject] = now
-				g.goneFrom[requester(subject)] = now
+			}
+			if who := requester(subject); g.pendingFrom[who] > 0 {
+				g.goneFrom[who] = now
 			}
 			g.mu.Unlock()
 		default:
@@ -289,8 +300,11 @@ func (g *Guard) noResponders() {
 // Send must not wait for it meanwhile.
 type outcome struct {
 	ack, nak, progress []jetstream.Msg
-	comeBack           []settling
-	send               []*nats.Msg
+	// later come back after a pause that grows with their deliveries: their
+	// requesters were away and past their share of resends.
+	later    []jetstream.Msg
+	comeBack []settling
+	send     []*nats.Msg
 }
 
 // settleDue handles what is due: replies that have settled (all of them
@@ -299,9 +313,9 @@ func (g *Guard) settleDue(stopping bool) {
 	// Every "no responders" for a reply sent before now has arrived once
 	// the server has answered a PING sent now. Without that answer (the
 	// connection is down) nothing is known of the replies.
-	unknown := g.conn.FlushTimeout(2*time.Second) != nil
+	st := sendState{unknown: g.conn.FlushTimeout(2*time.Second) != nil}
 	g.noResponders()
-	reconnects, serverGone := g.conn.Stats().Reconnects, g.serverGone()
+	st.reconnects, st.serverGone = g.conn.Stats().Reconnects, g.serverGone()
 	now := time.Now()
 	var out outcome
 	g.mu.Lock()
@@ -310,29 +324,74 @@ func (g *Guard) settleDue(stopping bool) {
 		n++
 	}
 	due := append([]settling(nil), g.queue[:n]...)
+	clear(g.queue[:n])
 	g.queue = append(g.queue[:0], g.queue[n:]...)
 	for _, s := range due {
-		switch {
-		case unknown || s.conn != reconnects || serverGone.After(s.sent.Add(-serverGrace)):
-			out.comeBack = append(out.comeBack, s)
-		case g.missed(s.reply.Subject, s.sent) && stopping:
-			out.nak = append(out.nak, s.msg)
-		case g.missed(s.reply.Subject, s.sent):
-			if held := g.schedule(s.reply, s.msg, now.Add(g.opts.First), time.Time{}); !held {
-				out.ack = append(out.ack, s.msg)
-			}
-		default:
-			out.ack = append(out.ack, s.msg)
-			g.remember(s.reply, s.sent)
-		}
+		g.settle(s, now, st, stopping, &out)
 	}
-	g.afterLoss(serverGone, now)
-	g.dueResends(now, stopping, &out)
+	g.afterLoss(st.serverGone, now)
+	g.dueResends(now, st, stopping, &out)
+	if !stopping {
+		g.duePrecautions(now, &out)
+	}
 	if now.Sub(g.forgot) > time.Second {
 		g.forget(now)
 	}
 	g.mu.Unlock()
 	g.carryOut(out)
+}
+
+// settle decides what becomes of a command whose reply has settled: it
+// comes back when nothing tells whether its reply arrived; it is
+// acknowledged when the reply was taken; when the requester was away its
+// reply is sent again (the command held, or acknowledged past MaxHeld), or,
+// past the requester's share, the command comes back later to be answered
+// again, a few times at most. Called with g.mu held.
+func (g *Guard) settle(s settling, now time.Time, st sendState, stopping bool, out *outcome) {
+	missed := g.missed(s.reply.Subject, s.sent)
+	g.pend(s.reply.Subject, -1)
+	switch {
+	case st.lost(s.sent, s.conn):
+		out.comeBack = append(out.comeBack, s)
+	case missed && stopping:
+		out.nak = append(out.nak, s.msg)
+	case missed:
+		queued, held := g.schedule(s.reply, s.msg, now.Add(g.opts.First))
+		switch {
+		case held:
+		case queued:
+			out.ack = append(out.ack, s.msg)
+		case delivered(s.msg) < g.opts.Tries:
+			out.later = append(out.later, s.msg)
+		default:
+			g.givenUp.Add(1)
+			out.ack = append(out.ack, s.msg)
+		}
+	default:
+		out.ack = append(out.ack, s.msg)
+		g.remember(s.reply, s.sent)
+	}
+}
+
+// delivered is how often msg has been delivered (1 when unknown).
+func delivered(msg jetstream.Msg) int {
+	if md, err := msg.Metadata(); err == nil {
+		return int(md.NumDelivered)
+	}
+	return 1
+}
+
+// pend counts a reply settling or waiting to be sent again (d = 1) or no
+// longer (d = -1), by subject and by requester. Called with g.mu held.
+func (g *Guard) pend(subject string, d int) {
+	count(g.pending, subject, d)
+	count(g.pendingFrom, requester(subject), d)
+}
+
+func count(m map[string]int, k string, d int) {
+	if m[k] += d; m[k] <= 0 {
+		delete(m, k)
+	}
 }
 
 // carryOut acknowledges, sends again and brings back what settleDue
@@ -348,6 +407,11 @@ func (g *Guard) carryOut(out outcome) {
 	}
 	for _, m := range out.nak {
 		if err := m.NakWithDelay(replyAgain); err != nil {
+			g.log.Error().Err(err).Msg("nak")
+		}
+	}
+	for _, m := range out.later {
+		if err := m.NakWithDelay(replyAgain << min(delivered(m), 5)); err != nil {
 			g.log.Error().Err(err).Msg("nak")
 		}
 	}
@@ -379,6 +443,14 @@ func (g *Guard) missed(subject string, sent time.Time) bool {
 // g.mu held.
 func (g *Guard) forget(now time.Time) {
 	g.forgot = now
+	cut := 0
+	for cut < len(g.recent) && now.Sub(g.recent[cut].sent) > recentWindow {
+		cut++
+	}
+	if cut > 0 {
+		clear(g.recent[:cut])
+		g.recent = append(g.recent[:0], g.recent[cut:]...)
+	}
 	for _, m := range []map[string]time.Time{g.gone, g.goneFrom, g.warned} {
 		for k, t := range m {
 			if now.Sub(t) > time.Minute {

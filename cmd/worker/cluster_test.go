@@ -237,29 +237,9 @@ func TestClusterFailover(t *testing.T) {
 	total := users * perUser
 	msgID := func(k int) string { return passkey.ScopeMsgID(testenv.Issuer, "admin", "rm-"+strconv.Itoa(k)) }
 	var failover time.Duration
-	var unstored []*nats.Msg
-	var unstoredMu sync.Mutex
-	var watching sync.WaitGroup // one per publish, until its acknowledgement or error
+	batch := &asyncBatch{js: js}
 	for k := range total {
-		msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
-		msg.Header.Set("Authorization", admin)
-		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(k))
-		msg.Header.Set(nats.MsgIdHdr, msgID(k))
-		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
-		f, err := js.PublishMsgAsync(msg)
-		for err != nil { // the window is full: wait for acknowledgements
-			<-js.PublishAsyncComplete()
-			f, err = js.PublishMsgAsync(msg)
-		}
-		watching.Go(func() {
-			select {
-			case <-f.Ok():
-			case <-f.Err():
-				unstoredMu.Lock()
-				unstored = append(unstored, f.Msg())
-				unstoredMu.Unlock()
-			}
-		})
+		batch.publish(removalCommand(t, k, users, admin, inbox, msgID(k)))
 		switch k {
 		case total / 3:
 			waitCount(t, removals, total/6, 60*time.Second)
@@ -273,14 +253,11 @@ func TestClusterFailover(t *testing.T) {
 	if failover > 30*time.Second {
 		t.Errorf("failover took %s, more than the contract's 30 s", failover)
 	}
-	<-js.PublishAsyncComplete()
-	watching.Wait()
-	unstoredMu.Lock()
+	unstored := batch.wait()
 	for _, m := range unstored { // publishes whose acknowledgement was lost: again, the same Nats-Msg-Id
 		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
 	}
 	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
-	unstoredMu.Unlock()
 
 	// Every stream publish is answered, without being asked again: wait for
 	// the replies themselves (a consumer's counts may lag behind the stream
@@ -475,4 +452,52 @@ func unanswered(r *replies, total int, within time.Duration) []int {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return lost
+}
+
+// removalCommand is the k-th removal of a batch over users: the user's
+// passkey k/users, its reply to inbox.k, under msgID.
+func removalCommand(t *testing.T, k, users int, admin, inbox, msgID string) *nats.Msg {
+	msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
+	msg.Header.Set("Authorization", admin)
+	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(k))
+	msg.Header.Set(nats.MsgIdHdr, msgID)
+	msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+	return msg
+}
+
+// asyncBatch publishes commands as a batch publisher does and keeps those
+// whose acknowledgement was lost (a server died with it), to be stored
+// again.
+type asyncBatch struct {
+	js       jetstream.JetStream
+	mu       sync.Mutex
+	unstored []*nats.Msg
+	watching sync.WaitGroup // one per publish, until its acknowledgement or error
+}
+
+func (b *asyncBatch) publish(msg *nats.Msg) {
+	f, err := b.js.PublishMsgAsync(msg)
+	for err != nil { // the window is full: wait for acknowledgements
+		<-b.js.PublishAsyncComplete()
+		f, err = b.js.PublishMsgAsync(msg)
+	}
+	b.watching.Go(func() {
+		select {
+		case <-f.Ok():
+		case <-f.Err():
+			b.mu.Lock()
+			b.unstored = append(b.unstored, f.Msg())
+			b.mu.Unlock()
+		}
+	})
+}
+
+// wait waits for every publish's acknowledgement or error, and returns the
+// publishes that got none.
+func (b *asyncBatch) wait() []*nats.Msg {
+	<-b.js.PublishAsyncComplete()
+	b.watching.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.unstored
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -56,29 +55,9 @@ func TestFrozenNATSNode(t *testing.T) {
 	removals := &replies{got: map[int][][]byte{}}
 	inbox := collect(t, nc, removals)
 	total := users * perUser
-	var unstored []*nats.Msg
-	var mu sync.Mutex
-	var watching sync.WaitGroup
+	batch := &asyncBatch{js: js}
 	for k := range total {
-		msg := nats.NewMsg("passkeys.cmd.remove.user-" + strconv.Itoa(k%users))
-		msg.Header.Set("Authorization", admin)
-		msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(k))
-		msg.Header.Set(nats.MsgIdHdr, "rm-"+strconv.Itoa(k))
-		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
-		f, err := js.PublishMsgAsync(msg)
-		for err != nil {
-			<-js.PublishAsyncComplete()
-			f, err = js.PublishMsgAsync(msg)
-		}
-		watching.Go(func() {
-			select {
-			case <-f.Ok():
-			case <-f.Err():
-				mu.Lock()
-				unstored = append(unstored, f.Msg())
-				mu.Unlock()
-			}
-		})
+		batch.publish(removalCommand(t, k, users, admin, inbox, "rm-"+strconv.Itoa(k)))
 		if k == total/3 {
 			waitCount(t, removals, total/6, 60*time.Second)
 			nodes[1].freeze(t)
@@ -86,8 +65,7 @@ func TestFrozenNATSNode(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // a steady batch over a few seconds, across the freeze
 	}
-	<-js.PublishAsyncComplete()
-	watching.Wait()
+	unstored := batch.wait()
 	for _, m := range unstored { // publishes whose acknowledgement was lost: again, the same Nats-Msg-Id
 		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
 	}
