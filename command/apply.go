@@ -199,6 +199,7 @@ func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
 	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
 		var applied uint64
+		var appliedAt time.Time
 		for i := start; i < len(c.checked); i++ {
 			r, err := a.apply(tx, &c.checked[i])
 			if err != nil {
@@ -211,9 +212,11 @@ func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
 				}
 				break
 			}
-			applied = max(applied, c.checked[i].cmd.StreamSeq)
+			if seq := c.checked[i].cmd.StreamSeq; seq > applied {
+				applied, appliedAt = seq, c.checked[i].cmd.Timestamp
+			}
 		}
-		return tx.NoteAppliedSeq(applied)
+		return tx.NoteApplied(applied, appliedAt)
 	})
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -40,7 +41,17 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, pt.lease.Progress)
+	si, err := s.cfg.Stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, StreamID(si), pt.lease.Progress)
+	if errors.Is(err, snapshot.ErrOtherStream) {
+		// Loud, and no harm done: the local store (or the stream alone)
+		// is what the partition is rebuilt from, and checked below.
+		log.Error().Err(err).Msg("the partition's newest snapshot was built from another stream PASSKEYS; it is not loaded")
+		info, err = snapshot.Info{}, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -114,11 +125,31 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zer
 		return err
 	}
 	id := StreamID(si)
-	var follows string
-	if err := pt.store.View(func(tx *storage.Tx) error { follows = tx.Stream(); return nil }); err != nil {
+	var follows, refused string
+	var appliedAt time.Time
+	err = pt.store.View(func(tx *storage.Tx) error {
+		follows, refused, appliedAt = tx.Stream(), tx.Refused(), tx.AppliedAt()
+		return nil
+	})
+	if err != nil {
 		return err
 	}
+	if refused == "" {
+		refused, err = s.otherCommandAt(ctx, pt.p, applied, appliedAt)
+		if err != nil {
+			return err
+		}
+		if refused != "" {
+			if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetRefused(refused) }); err != nil {
+				return err
+			}
+		}
+	}
 	switch {
+	case refused != "":
+		return unrecoverable{fmt.Errorf("%s: the stream was restored or created again, and its commands would be taken for ones "+
+			"applied already; restore the stream the state belongs to, or remove the partition's stores and the snapshots in %s",
+			refused, topology.SnapshotBucket)}
 	case follows != "" && follows != id:
 		return unrecoverable{fmt.Errorf("the partition's state was built from another stream PASSKEYS (created %s) than this one "+
 			"(created %s): the stream was created again or restored, and its commands would be taken for ones applied already; "+
@@ -144,6 +175,29 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zer
 	}
 	log.Error().Msg(msg + "; going on as --allow-store-gap says")
 	return nil
+}
+
+// otherCommandAt tells, when the stream still holds a command of partition
+// p under applied, the sequence the store applied last, whether it is
+// another command than the one the store applied (stamped at appliedAt):
+// a stream restored from a backup keeps its creation time, and once it has
+// grown past the store's sequence, only this tells them apart. "" when it
+// is the same one, or nothing can be compared.
+func (s *Set) otherCommandAt(ctx context.Context, p int, applied uint64, appliedAt time.Time) (string, error) {
+	if applied == 0 || appliedAt.IsZero() {
+		return "", nil
+	}
+	m, err := s.cfg.Reader.Next(ctx, applied, partition.Filter(p))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return "", nil
+	case err != nil:
+		return "", err
+	case m.Sequence != applied || m.Time.Equal(appliedAt):
+		return "", nil
+	}
+	return fmt.Sprintf("the stream's command %d is stamped %s, but the one the partition's state applied under %d was stamped %s",
+		applied, m.Time.UTC().Format(time.RFC3339Nano), applied, appliedAt.UTC().Format(time.RFC3339Nano)), nil
 }
 
 // StreamID names the instance of a stream: its creation time, which

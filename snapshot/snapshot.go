@@ -151,18 +151,24 @@ func (s *Store) prune(ctx context.Context, p int) {
 	}
 }
 
+// ErrOtherStream is a snapshot built from another stream PASSKEYS than the
+// one the worker uses (deleted and created again): never loaded.
+var ErrOtherStream = errors.New("a snapshot of another stream")
+
 // Fetch writes partition p's newest snapshot to the file dst (atomically,
 // mode 0600) when it applied more than local, and returns it; loaded is
 // false when there is none newer. The file is opened and its applied
-// sequence checked against the snapshot's before it replaces dst. progress,
-// when set, is called as the download goes on.
-func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, progress func()) (info Info, loaded bool, err error) {
+// sequence checked against the snapshot's before it replaces dst, and so
+// is the stream it was built from: a snapshot that names another stream
+// than stream (both set) is ErrOtherStream, and dst is left as it was.
+// progress, when set, is called as the download goes on.
+func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst, stream string, progress func()) (info Info, loaded bool, err error) {
 	for attempt := 0; ; attempt++ {
 		newest, ok, err := s.Newest(ctx, p)
 		if err != nil || !ok || newest.Applied <= local {
 			return newest, false, err
 		}
-		err = s.fetch(ctx, newest, dst, progress)
+		err = s.fetch(ctx, newest, dst, stream, progress)
 		if err == nil {
 			return newest, true, nil
 		}
@@ -174,7 +180,7 @@ func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, prog
 	}
 }
 
-func (s *Store) fetch(ctx context.Context, info Info, dst string, progress func()) error {
+func (s *Store) fetch(ctx context.Context, info Info, dst, stream string, progress func()) error {
 	tmp := dst + ".loading"
 	defer os.Remove(tmp)
 	err := storage.WriteFileAtomic(tmp, func(w io.Writer) error {
@@ -193,12 +199,17 @@ func (s *Store) fetch(ctx context.Context, info Info, dst string, progress func(
 	if err != nil {
 		return fmt.Errorf("snapshot %s does not open: %w", info.Name, err)
 	}
-	applied, err := st.AppliedSeq()
+	var applied uint64
+	var built string
+	err = st.View(func(tx *storage.Tx) error { applied, built = tx.AppliedSeq(), tx.Stream(); return nil })
 	if cerr := st.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", info.Name, err)
+	}
+	if built != "" && stream != "" && built != stream {
+		return fmt.Errorf("snapshot %s was built from stream PASSKEYS created %s, not this one (created %s): %w", info.Name, built, stream, ErrOtherStream)
 	}
 	if applied != info.Applied {
 		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d", info.Name, applied, info.Applied)

@@ -1,6 +1,7 @@
 package snapshot_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -26,7 +27,12 @@ func store(t *testing.T, applied uint64) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(applied) }); err != nil {
+	if err := s.Update(func(tx *storage.Tx) error {
+		if err := tx.SetStream("stream-a"); err != nil {
+			return err
+		}
+		return tx.SetAppliedSeq(applied)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -88,12 +94,25 @@ func TestSnapshotsNeverGoBackwards(t *testing.T) {
 	}
 	// A taker loads the newest, only when it is ahead of its own store.
 	dst := filepath.Join(t.TempDir(), "p000.db")
-	info, loaded, err := snaps.Fetch(ctx, 0, 0, dst, nil)
+	info, loaded, err := snaps.Fetch(ctx, 0, 0, dst, "", nil)
 	if err != nil || !loaded || info.Applied != 50 {
 		t.Fatalf("fetch: %+v %v %v", info, loaded, err)
 	}
-	if _, loaded, err := snaps.Fetch(ctx, 0, 50, dst, nil); err != nil || loaded {
+	if _, loaded, err := snaps.Fetch(ctx, 0, 50, dst, "", nil); err != nil || loaded {
 		t.Fatalf("fetch when the local store is as new: loaded %v (%v)", loaded, err)
+	}
+	// A snapshot of another stream PASSKEYS (one created again) is never
+	// loaded, and the local store stays as it was.
+	local := store(t, 5)
+	before, err := os.ReadFile(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, loaded, err := snaps.Fetch(ctx, 0, 5, local, "stream-b", nil); !errors.Is(err, snapshot.ErrOtherStream) || loaded {
+		t.Fatalf("fetch of another stream's snapshot: loaded %v (%v), want ErrOtherStream", loaded, err)
+	}
+	if after, err := os.ReadFile(local); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the local store changed under a refused snapshot (%v)", err)
 	}
 	// A snapshot whose file does not hold what its name says is refused.
 	if _, err := snaps.Save(ctx, 1, store(t, 60), 60, held); err != nil {
@@ -104,7 +123,7 @@ func TestSnapshotsNeverGoBackwards(t *testing.T) {
 		mustOpen(t, bad)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), nil); err == nil ||
+	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), "", nil); err == nil ||
 		!strings.Contains(err.Error(), "applied the stream up to 61, not 70") {
 		t.Fatalf("a snapshot whose state is not its name's: %v", err)
 	}

@@ -52,6 +52,8 @@ var (
 	keyAppliedSeq   = []byte("applied_stream_seq")
 	keyOutcomeCount = []byte("outcome_count")
 	keyStream       = []byte("stream")
+	keyAppliedAt    = []byte("applied_at")
+	keyRefused      = []byte("refused")
 )
 
 // DefaultTimeout is how long Open waits for another process's lock on the file.
@@ -327,6 +329,41 @@ func (t *Tx) NoteAppliedSeq(seq uint64) error {
 		return nil
 	}
 	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+}
+
+// NoteApplied raises AppliedSeq to seq, the stream sequence of a command
+// stamped at (its stream timestamp), and keeps that timestamp: a stream
+// restored or created again holds another command under seq, which tells
+// it apart from the one this store applied.
+func (t *Tx) NoteApplied(seq uint64, at time.Time) error {
+	if seq <= t.AppliedSeq() {
+		return nil
+	}
+	if err := t.NoteAppliedSeq(seq); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketMeta).Put(keyAppliedAt, binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
+}
+
+// AppliedAt is the stream timestamp of the command at AppliedSeq; zero when
+// the store did not keep it (written before it did, or split from a store
+// that did not).
+func (t *Tx) AppliedAt() time.Time {
+	raw := t.tx.Bucket(bucketMeta).Get(keyAppliedAt)
+	if len(raw) != 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(raw)))
+}
+
+// Refused is why the store was found not to belong to the stream it is
+// used with, "" when it never was: a refusal that stands until an operator
+// removes the store.
+func (t *Tx) Refused() string { return string(t.tx.Bucket(bucketMeta).Get(keyRefused)) }
+
+// SetRefused records why the store does not belong to its stream.
+func (t *Tx) SetRefused(why string) error {
+	return t.tx.Bucket(bucketMeta).Put(keyRefused, []byte(why))
 }
 
 // PutEvent keeps the event doc of user userID's change to sequence seq in

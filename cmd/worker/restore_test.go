@@ -11,12 +11,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -207,4 +210,47 @@ func TestStateOfAnotherStreamIsRefused(t *testing.T) {
 		t.Fatalf("the refusal does not say why:\n%s", w.log)
 	}
 	testenv.WantError(t, e.request(t, "passkeys.list.u1", e.token(t, "u1"), nil), 14, passkey.IDPartitionUnavailable, "503")
+}
+
+// A stream restored from an older backup keeps its creation time, so only
+// its commands tell it apart: once it has grown past what a partition's
+// state applied, the command under the state's last sequence is another
+// one (here: the state says it applied a command 2 stamped otherwise than
+// the stream's command 2, the sync of u2 it never saw). The state is
+// refused, for good, rather than taking u2's sync for applied.
+func TestStateOfARestoredStreamIsRefused(t *testing.T) {
+	e := newEnv(t, "--partitions", "1")
+	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
+	e.w.stop(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg("passkeys.cmd.sync.u2")
+	msg.Header.Set("Authorization", e.token(t, "a", admin))
+	msg.Header.Set(nats.MsgIdHdr, "sync-u2")
+	msg.Data = encode(t, syncBody(true, "pk-1"))
+	ack, err := js.PublishMsg(context.Background(), msg)
+	if err != nil || ack.Sequence != 2 {
+		t.Fatalf("publish: %v, %+v", err, ack)
+	}
+	st, err := storage.Open(runner.StorePath(e.dataDir, 0), storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(func(tx *storage.Tx) error { return tx.NoteApplied(2, time.Unix(1, 0)) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // and again: the refusal stands
+		w := e.startWorker(t, "--partitions", "1")
+		waitFor(t, func() bool { return strings.Contains(w.log.String(), "PARTITION CANNOT BE REBUILT") })
+		if !strings.Contains(w.log.String(), "the stream's command 2 is stamped") {
+			t.Fatalf("the refusal does not say why:\n%s", w.log)
+		}
+		testenv.WantError(t, e.request(t, "passkeys.list.u2", e.token(t, "a", admin), nil), 14, passkey.IDPartitionUnavailable, "503")
+		w.stop(t)
+	}
 }
