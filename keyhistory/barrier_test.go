@@ -1,6 +1,7 @@
 package keyhistory
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -10,10 +11,9 @@ import (
 )
 
 // The barrier follows each reading of the leader's clock, also back in
-// time (a new leader whose clock is behind), but never runs ahead of what
-// this worker counted since the last reading (a leader whose clock is
-// ahead would make it believe it had read entries a correct clock stamps
-// later).
+// time (a new leader whose clock is behind), but never runs ahead of the
+// slowest clock read, by what this worker counted since, by more than
+// MaxClockSkew: not once, and not by a run of readings of a fast leader.
 func TestBarrierFollowsReadingsButNeverRunsAhead(t *testing.T) {
 	base := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	at := clock.Instant(0)
@@ -27,15 +27,44 @@ func TestBarrierFollowsReadingsButNeverRunsAhead(t *testing.T) {
 		{"first", 0, 0, 0},
 		{"on time", 10 * time.Second, 10 * time.Second, 10 * time.Second},
 		{"ahead, within the skew", 10 * time.Second, 20*time.Second + MaxClockSkew, 20*time.Second + MaxClockSkew},
-		{"a leader 30 s ahead", 10 * time.Second, time.Minute, 30*time.Second + 2*MaxClockSkew},
-		{"back to a correct leader", time.Second, 32 * time.Second, 32 * time.Second},
-		{"a leader 10 s behind", time.Second, 23 * time.Second, 23 * time.Second},
+		{"a leader 30 s ahead", 10 * time.Second, time.Minute, 30*time.Second + MaxClockSkew},
+		{"still 30 s ahead, a second later", time.Second, 61 * time.Second, 31*time.Second + MaxClockSkew},
+		{"and again", time.Second, 62 * time.Second, 32*time.Second + MaxClockSkew},
+		{"back to a correct leader", time.Second, 33 * time.Second, 33 * time.Second},
+		{"a leader 10 s behind", time.Second, 24 * time.Second, 24 * time.Second},
+		{"ahead of that one and of this machine", time.Second, 45 * time.Second, 35*time.Second + MaxClockSkew},
+		{"ahead of it, but in step with this machine", time.Second, 36 * time.Second, 36 * time.Second},
+		{"on time after it", time.Second, 37 * time.Second, 37 * time.Second},
 	} {
 		at = at.Add(tt.elapsed)
-		got := h.barrier(base.Add(tt.reading), at)
+		// This machine's clock is correct: the leader's readings are
+		// "on time" when they match at.
+		wall := base.Add(time.Duration(at))
+		got := h.barrierAt(base.Add(tt.reading), at, wall)
 		h.known, h.knownAt = got, at
 		if want := base.Add(tt.want); !got.Equal(want) {
 			t.Errorf("%s: barrier %s, want %s", tt.name, got.Sub(base), tt.want)
 		}
+	}
+}
+
+// The time the endpoints judge requests at never goes back, even when the
+// key bucket's leader changes to a server whose clock is behind: a key
+// retired at the later time stays retired.
+func TestNowNeverGoesBack(t *testing.T) {
+	base := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	h := &History{log: zerolog.Nop()}
+	h.known, h.knownAt = base.Add(10*time.Second), clock.Now()
+	first, err := h.Now(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.known, h.knownAt = base, clock.Now() // a new leader, 10 s behind
+	second, err := h.Now(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Before(first) {
+		t.Fatalf("Now went back from %s to %s", first.Sub(base), second.Sub(base))
 	}
 }

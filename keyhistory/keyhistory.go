@@ -100,13 +100,18 @@ type History struct {
 	v      *auth.Verifier
 	log    zerolog.Logger
 
-	mu       sync.Mutex
-	entries  []stored
-	seen     map[string]bool // keys already read (a rewritten key is ignored)
-	lastKey  int             // the highest n of any set.n ever written, delete markers included
-	read     uint64          // the last stream sequence read
-	known    time.Time       // the leader's clock when every entry up to read was stored
-	knownAt  clock.Instant   // this worker's clock when it asked for known
+	mu      sync.Mutex
+	entries []stored
+	seen    map[string]bool // keys already read (a rewritten key is ignored)
+	lastKey int             // the highest n of any set.n ever written, delete markers included
+	read    uint64          // the last stream sequence read
+	known   time.Time       // the leader's clock when every entry up to read was stored
+	knownAt clock.Instant   // this worker's clock when it asked for known
+	// anchor is the slowest leader's clock seen, by this worker's clock
+	// (anchorAt): what caps a reading that runs ahead.
+	anchor   time.Time
+	anchorAt clock.Instant
+	nowFloor time.Time // Now never returns an earlier time than it did
 	eras     []auth.KeyEra
 	latest   Entry // the newest entry, decoded
 	refresh  chan struct{}
@@ -340,27 +345,47 @@ func (h *History) Sets() int {
 }
 
 // barrier is the reading of the leader's clock that a catch-up which
-// asked at asked may take as its barrier (known): each reading replaces
-// the last, also when it is earlier (the stream's leader changed to a
-// server whose clock is behind: every command stamped after it waits for
-// the next reading), but it is never later than the last barrier plus the
-// time this worker counted since, plus MaxClockSkew (a leader whose clock
-// runs ahead must not make this worker believe it has read entries stored
-// after the reading by a server whose clock does not). Called with h.mu
-// held.
+// asked at asked may take as its barrier (known). Each reading replaces the
+// last, also when it is earlier (the stream's leader changed to a server
+// whose clock is behind: every command stamped after it waits for the next
+// reading). A reading that runs ahead of the slowest leader's clock seen
+// (the anchor, moved on by what this worker counted since) by more than
+// MaxClockSkew is capped there, once (a run of readings cannot push the
+// cap on), unless it agrees with this machine's own clock: a leader whose
+// clock runs ahead must not make this worker believe it has read entries
+// that a server with a correct clock would stamp later, and one slow
+// leader must not hold every command back for good. Called with h.mu held.
 func (h *History) barrier(reading time.Time, asked clock.Instant) time.Time {
-	if h.known.IsZero() {
+	return h.barrierAt(reading, asked, time.Now())
+}
+
+// barrierAt is barrier with this machine's wall clock at wall.
+func (h *History) barrierAt(reading time.Time, asked clock.Instant, wall time.Time) time.Time {
+	if h.anchor.IsZero() {
+		h.anchor, h.anchorAt = reading, asked
 		return reading
 	}
-	limit := h.known.Add(time.Duration(asked-h.knownAt) + MaxClockSkew)
+	expected := h.anchor.Add(time.Duration(asked - h.anchorAt))
 	switch {
-	case reading.After(limit):
+	case reading.After(expected.Add(MaxClockSkew)) && reading.After(wall.Add(MaxClockSkew)):
+		limit := expected
+		if wall.After(limit) {
+			limit = wall
+		}
+		limit = limit.Add(MaxClockSkew)
 		h.log.Error().Time("reading", reading).Time("limit", limit).
-			Msg("the key history's leader's clock is ahead of what this worker counted since its last reading: the NATS servers' clocks differ; the history's barrier stays at what this worker counted")
+			Msg("the key history's leader's clock is ahead of the slowest one this worker has read, and of this machine's, by more than the servers' clocks may differ; the history's barrier stays at the limit")
 		return limit
-	case reading.Before(h.known.Add(-MaxClockSkew)):
-		h.log.Warn().Time("reading", reading).Time("last", h.known).
-			Msg("the key history's leader's clock is behind its last reading (a new leader, or a clock set back): commands stamped after it wait for the next reading")
+	case reading.After(expected.Add(MaxClockSkew)):
+		// Ahead of a slow leader seen before, in step with this machine:
+		// the slow one was the odd one out.
+		h.anchor, h.anchorAt = reading, asked
+	case reading.Before(expected):
+		if reading.Before(expected.Add(-MaxClockSkew)) {
+			h.log.Warn().Time("reading", reading).Time("expected", expected).
+				Msg("the key history's leader's clock is behind its last readings (a new leader, or a clock set back): commands stamped after it wait for the next reading")
+		}
+		h.anchor, h.anchorAt = reading, asked
 	}
 	return reading
 }
@@ -407,10 +432,18 @@ func (h *History) Now(ctx context.Context) (time.Time, error) {
 	for {
 		h.mu.Lock()
 		known, since := h.known, clock.Since(h.knownAt)
-		h.mu.Unlock()
 		if !known.IsZero() && since < Margin-MaxClockSkew-time.Second {
-			return known.Add(since), nil
+			// Never earlier than a time already given: a new leader whose
+			// clock is behind must not bring a retired key back.
+			now := known.Add(since)
+			if now.Before(h.nowFloor) {
+				now = h.nowFloor
+			}
+			h.nowFloor = now
+			h.mu.Unlock()
+			return now, nil
 		}
+		h.mu.Unlock()
 		if err := h.catchUpOnce(ctx); err != nil {
 			return time.Time{}, err
 		}
