@@ -23,7 +23,7 @@ import (
 //   - When the server said nobody listened on the requester's inbox, or on
 //     the requester's other inboxes right after the reply (it may have been
 //     on its way to a server that died), the reply is sent again from
-//     memory, 1, 2, 4, 8 and 16 s later, until somebody takes it. Its
+//     memory, 1, 3, 7, 15 and 31 s after the first send, until somebody takes it. Its
 //     command stays unacknowledged meanwhile (kept in progress), so that
 //     if this worker stops or dies first, the command comes back to the
 //     partition's next holder and is answered again. Past Options.MaxHeld
