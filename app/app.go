@@ -205,7 +205,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	w.metrics = metrics.New()
 	answers := &service.AnswerStats{}
 	w.parts = runner.New(runner.Config{ID: id, Partitions: cfg.Partitions, DataDir: cfg.DataDir, MaxBatch: cfg.MaxBatch,
-		Retention: cfg.Retention, EventsDuplicates: cfg.EventsDuplicates, SnapshotInterval: cfg.SnapshotInterval,
+		Retention: cfg.Retention, EventsDuplicates: cfg.EventsDuplicates, SnapshotInterval: cfg.SnapshotInterval, SnapshotChanges: cfg.SnapshotChanges,
 		StoreTimeout: cfg.StoreTimeout, LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config),
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents,
 		Leases: w.topo.Leases, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,

@@ -42,6 +42,10 @@ type Config struct {
 	// SnapshotInterval is how often a partition's snapshot is written;
 	// zero for runner.DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
+	// SnapshotChanges is how many commands a partition applies before its
+	// snapshot is written, at the latest; zero for
+	// runner.DefaultSnapshotChanges.
+	SnapshotChanges int
 	// ProvisionWait bounds how long `worker provision` waits for a
 	// JetStream that is not ready yet.
 	ProvisionWait time.Duration

@@ -60,6 +60,9 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 			Msg("partition state loaded from its snapshot")
 	}
 	pt.snapApplied = info.Applied
+	if !info.Time.IsZero() {
+		pt.snapAt = info.Time
+	}
 	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: s.cfg.NoSync}); err != nil {
 		return err
 	}

@@ -55,6 +55,7 @@ type Config struct {
 	// EventsDuplicates is the events stream's duplicate window.
 	EventsDuplicates time.Duration
 	SnapshotInterval time.Duration
+	SnapshotChanges  int
 	StoreTimeout     time.Duration
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
@@ -96,6 +97,7 @@ type Set struct {
 	// why, until one is served.
 	unrecoverable map[int]error
 	snapFailures  atomic.Int64 // snapshots that could not be written
+	snapBytes     atomic.Int64 // bytes of the snapshots written
 }
 
 // part is one partition this worker holds.

@@ -108,6 +108,9 @@ func (s *Set) RegisterGauges(m *metrics.Metrics) {
 			}
 			return out
 		})
+	m.CounterFunc("passkeys_snapshot_bytes_total", "Bytes of the partitions' snapshots this worker wrote.", func() float64 {
+		return float64(s.snapBytes.Load())
+	})
 	m.Gauge("passkeys_snapshot_failures", "Snapshots that could not be written since the worker started.", func() float64 {
 		return float64(s.snapFailures.Load())
 	})

@@ -43,6 +43,10 @@ type Info struct {
 	Name string
 	// Applied is the last stream sequence its state applied.
 	Applied uint64
+	// Time is when it was written (the NATS server's time).
+	Time time.Time
+	// Size is its size in bytes.
+	Size uint64
 }
 
 // Store is the snapshot bucket.
@@ -83,7 +87,7 @@ func (s *Store) list(ctx context.Context, p int) ([]Info, error) {
 			s.log.Warn().Str("snapshot", o.Name).Msg("a snapshot without its applied sequence is ignored")
 			continue
 		}
-		out = append(out, Info{Name: o.Name, Applied: applied})
+		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime, Size: o.Size})
 	}
 	slices.SortFunc(out, func(a, b Info) int {
 		switch {
