@@ -45,11 +45,22 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, StreamID(si), pt.lease.Progress)
-	if errors.Is(err, snapshot.ErrOtherStream) {
-		// Loud, and no harm done: the local store (or the stream alone)
-		// is what the partition is rebuilt from, and checked below.
-		log.Error().Err(err).Msg("the partition's newest snapshot was built from another stream PASSKEYS; it is not loaded")
+	accept := func(st snapshot.State) error {
+		why, _, err := s.ofStream(ctx, pt.p, si, st)
+		if err == nil && why != "" {
+			err = errors.New(why)
+		}
+		return err
+	}
+	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, accept, pt.lease.Progress)
+	if errors.Is(err, snapshot.ErrRefused) {
+		// Loud, and no harm done: the local store (or the stream alone) is
+		// what the partition is rebuilt from, and checked below. The
+		// snapshot is set aside, so that it is not taken for the newest.
+		log.Error().Err(err).Msg("the partition's newest snapshot does not belong to the stream; it is not loaded, and is set aside as refused.<name>")
+		if err := s.cfg.Snapshots.SetAside(ctx, info, err.Error(), pt.lease.Check); err != nil {
+			log.Warn().Err(err).Msg("could not set the refused snapshot aside")
+		}
 		info, err = snapshot.Info{}, nil
 	}
 	if err != nil {
@@ -127,43 +138,41 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zer
 	if err != nil {
 		return err
 	}
-	id := StreamID(si)
-	var follows, refused string
-	var appliedAt time.Time
+	st := snapshot.State{Applied: applied}
+	var refused string
 	err = pt.store.View(func(tx *storage.Tx) error {
-		follows, refused, appliedAt = tx.Stream(), tx.Refused(), tx.AppliedAt()
+		st.Stream, st.AppliedAt, refused = tx.Stream(), tx.AppliedAt(), tx.Refused()
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if refused == "" {
-		refused, err = s.otherCommandAt(ctx, pt.p, applied, appliedAt)
-		if err != nil {
-			return err
-		}
-		if refused != "" {
-			if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetRefused(refused) }); err != nil {
+	why, same, err := s.ofStream(ctx, pt.p, si, st)
+	if err != nil {
+		return err
+	}
+	switch {
+	case why != "":
+		if why != refused {
+			if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetRefused(why) }); err != nil {
 				return err
 			}
 		}
-	}
-	switch {
+		return unrecoverable{fmt.Errorf("%s: its commands would be taken for ones applied already; restore the stream the state "+
+			"belongs to, or remove the partition's stores and the snapshots in %s", why, topology.SnapshotBucket)}
+	case refused != "" && !same:
+		// Refused before, and nothing tells now that the stream is the
+		// state's again: the refusal stands.
+		return unrecoverable{fmt.Errorf("%s (refused before, and the stream's command under %d no longer tells): "+
+			"remove the partition's stores and the snapshots in %s", refused, applied, topology.SnapshotBucket)}
 	case refused != "":
-		return unrecoverable{fmt.Errorf("%s: the stream was restored or created again, and its commands would be taken for ones "+
-			"applied already; restore the stream the state belongs to, or remove the partition's stores and the snapshots in %s",
-			refused, topology.SnapshotBucket)}
-	case follows != "" && follows != id:
-		return unrecoverable{fmt.Errorf("the partition's state was built from another stream PASSKEYS (created %s) than this one "+
-			"(created %s): the stream was created again or restored, and its commands would be taken for ones applied already; "+
-			"restore the stream the state belongs to, or remove the partition's stores and the snapshots in %s",
-			follows, id, topology.SnapshotBucket)}
-	case applied > si.State.LastSeq:
-		return unrecoverable{fmt.Errorf("the partition's state has applied the stream up to %d, but the stream holds commands only up to %d: "+
-			"it was created again or restored from an older backup; restore the stream the state belongs to, or remove the partition's "+
-			"stores and the snapshots in %s", applied, si.State.LastSeq, topology.SnapshotBucket)}
-	case follows == "":
-		if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetStream(id) }); err != nil {
+		log.Warn().Str("refused_before", refused).Msg("the stream the partition's state belongs to is back: it is served again")
+		if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetRefused("") }); err != nil {
+			return err
+		}
+	}
+	if st.Stream == "" {
+		if err := pt.store.Update(func(tx *storage.Tx) error { return tx.SetStream(StreamID(si)) }); err != nil {
 			return err
 		}
 	}
@@ -180,30 +189,42 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zer
 	return nil
 }
 
-// otherCommandAt tells, when the stream still holds a command of partition
-// p under applied, the sequence the store applied last, whether it is
-// another command than the one the store applied (stamped at appliedAt):
-// a stream restored from a backup keeps its creation time, and once it has
-// grown past the store's sequence, only this tells them apart. "" when it
-// is the same one, or nothing can be compared.
-func (s *Set) otherCommandAt(ctx context.Context, p int, applied uint64, appliedAt time.Time) (string, error) {
-	if applied == 0 || appliedAt.IsZero() {
-		return "", nil
+// ofStream tells why a partition state (a store, a snapshot) does not
+// belong to the stream as it is (si), "" when nothing says so: it was built
+// from another stream PASSKEYS (created again); it has applied more than
+// the stream holds (created again, or restored from an older backup); or
+// the stream holds another command under the sequence the state applied
+// last than the one the state applied (a stream restored from a backup
+// keeps its creation time, and may have grown past the state since). same
+// tells that the stream's command under that sequence is the state's.
+func (s *Set) ofStream(ctx context.Context, p int, si *jetstream.StreamInfo, st snapshot.State) (why string, same bool, err error) {
+	switch id := StreamID(si); {
+	case st.Stream != "" && st.Stream != id:
+		return fmt.Sprintf("the partition's state was built from another stream PASSKEYS (created %s) than this one (created %s)",
+			st.Stream, id), false, nil
+	case st.Applied > si.State.LastSeq:
+		return fmt.Sprintf("the partition's state has applied the stream up to %d, but the stream holds commands only up to %d",
+			st.Applied, si.State.LastSeq), false, nil
+	case st.Applied == 0 || st.AppliedAt.IsZero():
+		return "", false, nil
 	}
-	m, err := s.cfg.Reader.Next(ctx, applied, partition.Filter(p))
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return "", nil
-	case err != nil:
-		return "", err
-	case m.Sequence != applied || m.Time.Equal(appliedAt):
-		return "", nil
+	m, err := s.cfg.Reader.Get(ctx, st.Applied)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return "", false, nil // gone (MaxAge): nothing to compare
 	}
-	return fmt.Sprintf("the stream's command %d is stamped %s, but the one the partition's state applied under %d was stamped %s",
-		applied, m.Time.UTC().Format(time.RFC3339Nano), applied, appliedAt.UTC().Format(time.RFC3339Nano)), nil
+	if err != nil {
+		return "", false, err
+	}
+	switch got, _, err := partition.Original(m.Subject); {
+	case err == nil && got < 0:
+		return "", false, nil // a command of the version before partitions: nothing to compare
+	case err == nil && got == p && m.Time.Equal(st.AppliedAt):
+		return "", true, nil
+	}
+	return fmt.Sprintf("the stream's command %d (%s, stamped %s) is not the one the partition's state applied under %d (stamped %s)",
+		st.Applied, m.Subject, m.Time.UTC().Format(time.RFC3339Nano), st.Applied, st.AppliedAt.UTC().Format(time.RFC3339Nano)), false, nil
 }
 
-// StreamID names the instance of a stream: its creation time, which
 // stays the same through updates and leader changes.
 func StreamID(info *jetstream.StreamInfo) string { return info.Created.UTC().Format(time.RFC3339Nano) }
 

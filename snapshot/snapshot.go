@@ -155,24 +155,32 @@ func (s *Store) prune(ctx context.Context, p int) {
 	}
 }
 
-// ErrOtherStream is a snapshot built from another stream PASSKEYS than the
-// one the worker uses (deleted and created again): never loaded.
-var ErrOtherStream = errors.New("a snapshot of another stream")
+// ErrRefused is a snapshot its taker found not to belong to the stream
+// (Fetch's accept): never loaded.
+var ErrRefused = errors.New("the snapshot does not belong to the stream")
+
+// State is what a snapshot's file says of the stream it follows: the
+// stream's identity, the last sequence applied and that command's stream
+// timestamp (zero where the state did not keep them).
+type State struct {
+	Stream    string
+	Applied   uint64
+	AppliedAt time.Time
+}
 
 // Fetch writes partition p's newest snapshot to the file dst (atomically,
 // mode 0600) when it applied more than local, and returns it; loaded is
 // false when there is none newer. The file is opened and its applied
-// sequence checked against the snapshot's before it replaces dst, and so
-// is the stream it was built from: a snapshot that names another stream
-// than stream (both set) is ErrOtherStream, and dst is left as it was.
-// progress, when set, is called as the download goes on.
-func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst, stream string, progress func()) (info Info, loaded bool, err error) {
+// sequence checked against the snapshot's, and its State given to accept,
+// before it replaces dst: an error from accept is ErrRefused (dst stays as
+// it was). progress, when set, is called as the download goes on.
+func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, accept func(State) error, progress func()) (info Info, loaded bool, err error) {
 	for attempt := 0; ; attempt++ {
 		newest, ok, err := s.Newest(ctx, p)
 		if err != nil || !ok || newest.Applied <= local {
 			return newest, false, err
 		}
-		err = s.fetch(ctx, newest, dst, stream, progress)
+		err = s.fetch(ctx, newest, dst, accept, progress)
 		if err == nil {
 			return newest, true, nil
 		}
@@ -184,7 +192,7 @@ func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst, stream stri
 	}
 }
 
-func (s *Store) fetch(ctx context.Context, info Info, dst, stream string, progress func()) error {
+func (s *Store) fetch(ctx context.Context, info Info, dst string, accept func(State) error, progress func()) error {
 	tmp := dst + ".loading"
 	defer os.Remove(tmp)
 	err := storage.WriteFileAtomic(tmp, func(w io.Writer) error {
@@ -199,24 +207,28 @@ func (s *Store) fetch(ctx context.Context, info Info, dst, stream string, progre
 	if err != nil {
 		return fmt.Errorf("load snapshot %s: %w", info.Name, err)
 	}
-	st, err := storage.Open(tmp, storage.Options{Timeout: time.Second})
+	st0, err := storage.Open(tmp, storage.Options{Timeout: time.Second})
 	if err != nil {
 		return fmt.Errorf("snapshot %s does not open: %w", info.Name, err)
 	}
-	var applied uint64
-	var built string
-	err = st.View(func(tx *storage.Tx) error { applied, built = tx.AppliedSeq(), tx.Stream(); return nil })
-	if cerr := st.Close(); err == nil {
+	var st State
+	err = st0.View(func(tx *storage.Tx) error {
+		st = State{Stream: tx.Stream(), Applied: tx.AppliedSeq(), AppliedAt: tx.AppliedAt()}
+		return nil
+	})
+	if cerr := st0.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", info.Name, err)
 	}
-	if built != "" && stream != "" && built != stream {
-		return fmt.Errorf("snapshot %s was built from stream PASSKEYS created %s, not this one (created %s): %w", info.Name, built, stream, ErrOtherStream)
+	if st.Applied != info.Applied {
+		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d", info.Name, st.Applied, info.Applied)
 	}
-	if applied != info.Applied {
-		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d", info.Name, applied, info.Applied)
+	if accept != nil {
+		if err := accept(st); err != nil {
+			return fmt.Errorf("snapshot %s: %w: %w", info.Name, ErrRefused, err)
+		}
 	}
 	return os.Rename(tmp, dst)
 }
@@ -233,4 +245,21 @@ func (p progressWriter) Write(b []byte) (int, error) {
 		p.progress()
 	}
 	return n, err
+}
+
+// SetAside renames a snapshot found not to belong to the stream out of the
+// partition's snapshots (refused.<name>, why in its description), so that
+// it is neither loaded nor taken for the newest again; an operator may
+// look at it, and remove it. fence is checked right before.
+func (s *Store) SetAside(ctx context.Context, info Info, why string, fence func() error) error {
+	obj, err := s.obj.GetInfo(ctx, info.Name)
+	if err != nil {
+		return err
+	}
+	if err := fence(); err != nil {
+		return err
+	}
+	meta := obj.ObjectMeta
+	meta.Name, meta.Description = "refused."+info.Name, why
+	return s.obj.UpdateMeta(ctx, info.Name, meta)
 }

@@ -94,25 +94,41 @@ func TestSnapshotsNeverGoBackwards(t *testing.T) {
 	}
 	// A taker loads the newest, only when it is ahead of its own store.
 	dst := filepath.Join(t.TempDir(), "p000.db")
-	info, loaded, err := snaps.Fetch(ctx, 0, 0, dst, "", nil)
+	info, loaded, err := snaps.Fetch(ctx, 0, 0, dst, nil, nil)
 	if err != nil || !loaded || info.Applied != 50 {
 		t.Fatalf("fetch: %+v %v %v", info, loaded, err)
 	}
-	if _, loaded, err := snaps.Fetch(ctx, 0, 50, dst, "", nil); err != nil || loaded {
+	if _, loaded, err := snaps.Fetch(ctx, 0, 50, dst, nil, nil); err != nil || loaded {
 		t.Fatalf("fetch when the local store is as new: loaded %v (%v)", loaded, err)
 	}
-	// A snapshot of another stream PASSKEYS (one created again) is never
-	// loaded, and the local store stays as it was.
+	// A snapshot its taker does not accept (here: of another stream
+	// PASSKEYS, one created again) is never loaded, and the local store
+	// stays as it was; set aside, it is no longer the newest.
 	local := store(t, 5)
 	before, err := os.ReadFile(local)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, loaded, err := snaps.Fetch(ctx, 0, 5, local, "stream-b", nil); !errors.Is(err, snapshot.ErrOtherStream) || loaded {
-		t.Fatalf("fetch of another stream's snapshot: loaded %v (%v), want ErrOtherStream", loaded, err)
+	var seen snapshot.State
+	accept := func(st snapshot.State) error {
+		seen = st
+		if st.Stream != "stream-b" {
+			return errors.New("built from another stream")
+		}
+		return nil
+	}
+	refused, loaded, err := snaps.Fetch(ctx, 0, 5, local, accept, nil)
+	if !errors.Is(err, snapshot.ErrRefused) || loaded || seen.Stream != "stream-a" || seen.Applied != 50 {
+		t.Fatalf("fetch of another stream's snapshot: loaded %v (%v; the taker saw %+v), want ErrRefused", loaded, err, seen)
 	}
 	if after, err := os.ReadFile(local); err != nil || !bytes.Equal(before, after) {
 		t.Fatalf("the local store changed under a refused snapshot (%v)", err)
+	}
+	if err := snaps.SetAside(ctx, refused, "built from another stream", held); err != nil {
+		t.Fatal(err)
+	}
+	if newest, ok, err := snaps.Newest(ctx, 0); err != nil || !ok || newest.Applied != 30 {
+		t.Fatalf("newest after setting 50 aside: %+v %v %v, want 30", newest, ok, err)
 	}
 	// A snapshot whose file does not hold what its name says is refused.
 	if _, err := snaps.Save(ctx, 1, store(t, 60), 60, held); err != nil {
@@ -123,7 +139,7 @@ func TestSnapshotsNeverGoBackwards(t *testing.T) {
 		mustOpen(t, bad)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), "", nil); err == nil ||
+	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), nil, nil); err == nil ||
 		!strings.Contains(err.Error(), "applied the stream up to 61, not 70") {
 		t.Fatalf("a snapshot whose state is not its name's: %v", err)
 	}

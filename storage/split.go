@@ -11,6 +11,10 @@ import (
 // SetAppliedSeq sets AppliedSeq to seq, lower or not: for a store made by
 // splitting another (Split), whose position is set once.
 func (t *Tx) SetAppliedSeq(seq uint64) error {
+	// The timestamp kept was another command's: none is known now.
+	if err := t.tx.Bucket(bucketMeta).Delete(keyAppliedAt); err != nil {
+		return err
+	}
 	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
 }
 

@@ -215,26 +215,31 @@ func TestStateOfAnotherStreamIsRefused(t *testing.T) {
 // A stream restored from an older backup keeps its creation time, so only
 // its commands tell it apart: once it has grown past what a partition's
 // state applied, the command under the state's last sequence is another
-// one (here: the state says it applied a command 2 stamped otherwise than
-// the stream's command 2, the sync of u2 it never saw). The state is
-// refused, for good, rather than taking u2's sync for applied.
+// one. Here u1's partition's state says it applied a command 2, but the
+// stream's command 2 is the sync of a user of another partition: u1's
+// partition is refused (and stays refused at the next start) rather than
+// taking the commands up to 2 for applied.
 func TestStateOfARestoredStreamIsRefused(t *testing.T) {
-	e := newEnv(t, "--partitions", "1")
+	e := newEnv(t)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
 	e.w.stop(t)
+	other := "u2"
+	for i := 2; partition.Of(other, partition.DefaultCount) == partition.Of("u1", partition.DefaultCount); i++ {
+		other = "u" + strconv.Itoa(i)
+	}
 	js, err := jetstream.New(e.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := nats.NewMsg("passkeys.cmd.sync.u2")
+	msg := nats.NewMsg("passkeys.cmd.sync." + other)
 	msg.Header.Set("Authorization", e.token(t, "a", admin))
-	msg.Header.Set(nats.MsgIdHdr, "sync-u2")
+	msg.Header.Set(nats.MsgIdHdr, "sync-"+other)
 	msg.Data = encode(t, syncBody(true, "pk-1"))
 	ack, err := js.PublishMsg(context.Background(), msg)
 	if err != nil || ack.Sequence != 2 {
 		t.Fatalf("publish: %v, %+v", err, ack)
 	}
-	st, err := storage.Open(runner.StorePath(e.dataDir, 0), storage.Options{})
+	st, err := storage.Open(runner.StorePath(e.dataDir, partition.Of("u1", partition.DefaultCount)), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,12 +250,12 @@ func TestStateOfARestoredStreamIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // and again: the refusal stands
-		w := e.startWorker(t, "--partitions", "1")
+		w := e.startWorker(t)
 		waitFor(t, func() bool { return strings.Contains(w.log.String(), "PARTITION CANNOT BE REBUILT") })
-		if !strings.Contains(w.log.String(), "the stream's command 2 is stamped") {
+		if !strings.Contains(w.log.String(), "is not the one the partition's state applied under 2") {
 			t.Fatalf("the refusal does not say why:\n%s", w.log)
 		}
-		testenv.WantError(t, e.request(t, "passkeys.list.u2", e.token(t, "a", admin), nil), 14, passkey.IDPartitionUnavailable, "503")
+		testenv.WantError(t, e.request(t, "passkeys.list.u1", e.token(t, "a", admin), nil), 14, passkey.IDPartitionUnavailable, "503")
 		w.stop(t)
 	}
 }
