@@ -23,7 +23,7 @@ import (
 //   - When the server said nobody listened on the requester's inbox, or on
 //     the requester's other inboxes right after the reply (it may have been
 //     on its way to a server that died), the reply is sent again from
-//     memory, 1, 3, 7, 15 and 31 s after the first send, until somebody takes it. Its
+//     memory, about 1.5, 4, 8.5, 17 and 33.5 s after the first send, until somebody takes it. Its
 //     command stays unacknowledged meanwhile (kept in progress), so that
 //     if this worker stops or dies first, the command comes back to the
 //     partition's next holder and is answered again. Past Options.MaxHeld
@@ -72,6 +72,9 @@ type Guard struct {
 	queue                []settling
 	resends              []*resend
 	precautions          []precaution
+	// laterCount commands were brought back later since laterSince.
+	laterCount int
+	laterSince time.Time
 	// held counts the resends whose commands wait for them, unacknowledged;
 	// waiting the resends of each requester.
 	held    int
@@ -167,6 +170,9 @@ const (
 	// 2), so that a reply sent again then reaches the requester where it
 	// is now, or gets its "no responders".
 	routesGone = 25 * time.Second
+	// maxLaterPerSecond bounds the commands brought back later, past their
+	// requesters' shares.
+	maxLaterPerSecond = 100
 	// progressEvery is how often a held command is kept in progress: well
 	// inside the consumers' ack wait.
 	progressEvery = 3 * time.Second
@@ -361,7 +367,7 @@ func (g *Guard) settle(s settling, now time.Time, st sendState, stopping bool, o
 		case held:
 		case queued:
 			out.ack = append(out.ack, s.msg)
-		case delivered(s.msg) < g.opts.Tries:
+		case delivered(s.msg) < g.opts.Tries && g.mayComeBackLater(now):
 			out.later = append(out.later, s.msg)
 		default:
 			g.givenUp.Add(1)
@@ -371,6 +377,21 @@ func (g *Guard) settle(s settling, now time.Time, st sendState, stopping bool, o
 		out.ack = append(out.ack, s.msg)
 		g.remember(s.reply, s.sent)
 	}
+}
+
+// mayComeBackLater tells whether one more command may come back later
+// because its requester is past its share: at most maxLaterPerSecond, so
+// that a mass of vanished requesters cannot fill the partitions' pending
+// acknowledgements with commands that come back. Called with g.mu held.
+func (g *Guard) mayComeBackLater(now time.Time) bool {
+	if now.Sub(g.laterSince) >= time.Second {
+		g.laterSince, g.laterCount = now, 0
+	}
+	if g.laterCount >= maxLaterPerSecond {
+		return false
+	}
+	g.laterCount++
+	return true
 }
 
 // delivered is how often msg has been delivered (1 when unknown).
@@ -384,14 +405,21 @@ func delivered(msg jetstream.Msg) int {
 // pend counts a reply settling or waiting to be sent again (d = 1) or no
 // longer (d = -1), by subject and by requester. Called with g.mu held.
 func (g *Guard) pend(subject string, d int) {
-	count(g.pending, subject, d)
-	count(g.pendingFrom, requester(subject), d)
+	if count(g.pending, subject, d) {
+		delete(g.gone, subject) // only read while something is pending
+	}
+	if who := requester(subject); count(g.pendingFrom, who, d) {
+		delete(g.goneFrom, who)
+	}
 }
 
-func count(m map[string]int, k string, d int) {
+// count adds d to m[k], and tells whether that left nothing (k deleted).
+func count(m map[string]int, k string, d int) bool {
 	if m[k] += d; m[k] <= 0 {
 		delete(m, k)
+		return true
 	}
+	return false
 }
 
 // carryOut acknowledges, sends again and brings back what settleDue

@@ -60,11 +60,10 @@ func (g *Guard) schedule(reply *nats.Msg, msg jetstream.Msg, next time.Time) (qu
 // remember keeps a reply that was taken for recentWindow, in case a
 // server loss is noticed late. Called with g.mu held.
 func (g *Guard) remember(reply *nats.Msg, sent time.Time) {
-	cut := 0
-	for cut < len(g.recent) && (sent.Sub(g.recent[cut].sent) > recentWindow || len(g.recent)-cut >= maxRecent) {
-		cut++
-	}
-	if cut > 0 {
+	if len(g.recent) >= maxRecent {
+		// A tenth at once, the oldest: one copy per maxRecent/10 replies,
+		// not one per reply. (forget drops what is past the window.)
+		cut := maxRecent / 10
 		clear(g.recent[:cut])
 		g.recent = append(g.recent[:0], g.recent[cut:]...)
 	}
