@@ -12,8 +12,9 @@ import (
 
 // The barrier follows each reading of the leader's clock, also back in
 // time (a new leader whose clock is behind), but never runs ahead of the
-// slowest clock read, by what this worker counted since, by more than
-// MaxClockSkew: not once, and not by a run of readings of a fast leader.
+// slowest clock read in the last anchorWindow, by what this worker counted
+// since, and of this machine's clock, by more than MaxClockSkew: not once,
+// and not by a run of readings of a fast leader.
 func TestBarrierFollowsReadingsButNeverRunsAhead(t *testing.T) {
 	base := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	at := clock.Instant(0)
@@ -35,6 +36,7 @@ func TestBarrierFollowsReadingsButNeverRunsAhead(t *testing.T) {
 		{"ahead of that one and of this machine", time.Second, 45 * time.Second, 35*time.Second + MaxClockSkew},
 		{"ahead of it, but in step with this machine", time.Second, 36 * time.Second, 36 * time.Second},
 		{"on time after it", time.Second, 37 * time.Second, 37 * time.Second},
+		{"a fast leader, once the slow readings are past the window", 6 * time.Minute, 457 * time.Second, 457 * time.Second},
 	} {
 		at = at.Add(tt.elapsed)
 		// This machine's clock is correct: the leader's readings are
@@ -48,23 +50,27 @@ func TestBarrierFollowsReadingsButNeverRunsAhead(t *testing.T) {
 	}
 }
 
-// The time the endpoints judge requests at never goes back, even when the
-// key bucket's leader changes to a server whose clock is behind: a key
-// retired at the later time stays retired.
+// The time the endpoints judge requests at does not go back by up to
+// MaxClockSkew (the key bucket's leader changed to a server whose clock is
+// a little behind: a key retired at the later time stays retired); a clock
+// that was far ahead is followed back, not held on to.
 func TestNowNeverGoesBack(t *testing.T) {
 	base := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	h := &History{log: zerolog.Nop()}
-	h.known, h.knownAt = base.Add(10*time.Second), clock.Now()
-	first, err := h.Now(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	now := func(known time.Time) time.Time {
+		t.Helper()
+		h.known, h.knownAt = known, clock.Now()
+		got, err := h.Now(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
-	h.known, h.knownAt = base, clock.Now() // a new leader, 10 s behind
-	second, err := h.Now(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if second.Before(first) {
+	first := now(base.Add(10 * time.Second))
+	if second := now(base.Add(10*time.Second - MaxClockSkew/2)); second.Before(first) {
 		t.Fatalf("Now went back from %s to %s", first.Sub(base), second.Sub(base))
+	}
+	if third := now(base.Add(-time.Hour)); !third.Before(first.Add(-time.Minute)) {
+		t.Fatalf("Now held on to %s after the clock went back an hour", third.Sub(base))
 	}
 }

@@ -107,10 +107,10 @@ type History struct {
 	read    uint64          // the last stream sequence read
 	known   time.Time       // the leader's clock when every entry up to read was stored
 	knownAt clock.Instant   // this worker's clock when it asked for known
-	// anchor is the slowest leader's clock seen, by this worker's clock
-	// (anchorAt): what caps a reading that runs ahead.
-	anchor   time.Time
-	anchorAt clock.Instant
+	// offsets are the leader's clock readings of the last anchorWindow,
+	// each less this worker's clock when it asked: the slowest caps a
+	// reading that runs ahead.
+	offsets []offset
 	nowFloor time.Time // Now never returns an earlier time than it did
 	eras     []auth.KeyEra
 	latest   Entry // the newest entry, decoded
@@ -344,28 +344,52 @@ func (h *History) Sets() int {
 	return len(h.eras)
 }
 
+// offset is a reading of the leader's clock less this worker's monotonic
+// clock when it asked (at).
+type offset struct {
+	d  time.Duration
+	at clock.Instant
+}
+
+// anchorWindow is how long a reading of a slow leader's clock caps the
+// readings after it.
+const anchorWindow = 5 * time.Minute
+
 // barrier is the reading of the leader's clock that a catch-up which
 // asked at asked may take as its barrier (known). Each reading replaces the
 // last, also when it is earlier (the stream's leader changed to a server
 // whose clock is behind: every command stamped after it waits for the next
-// reading). A reading that runs ahead of the slowest leader's clock seen
-// (the anchor, moved on by what this worker counted since) by more than
-// MaxClockSkew is capped there, once (a run of readings cannot push the
-// cap on), unless it agrees with this machine's own clock: a leader whose
-// clock runs ahead must not make this worker believe it has read entries
-// that a server with a correct clock would stamp later, and one slow
-// leader must not hold every command back for good. Called with h.mu held.
+// reading). A reading that runs ahead of the slowest leader's clock read in
+// the last anchorWindow (moved on by what this worker counted since) by
+// more than MaxClockSkew is capped there, unless it agrees with this
+// machine's own clock: a leader whose clock runs ahead must not make this
+// worker believe it has read entries that a server with a correct clock
+// would stamp later, a run of readings cannot push the cap on, and one slow
+// leader holds nothing back for longer than the window. Called with h.mu
+// held.
 func (h *History) barrier(reading time.Time, asked clock.Instant) time.Time {
 	return h.barrierAt(reading, asked, time.Now())
 }
 
 // barrierAt is barrier with this machine's wall clock at wall.
 func (h *History) barrierAt(reading time.Time, asked clock.Instant, wall time.Time) time.Time {
-	if h.anchor.IsZero() {
-		h.anchor, h.anchorAt = reading, asked
+	d := time.Duration(reading.UnixNano() - int64(asked))
+	keep := h.offsets[:0]
+	slowest, any := time.Duration(0), false
+	for _, o := range h.offsets {
+		if time.Duration(asked-o.at) > anchorWindow {
+			continue
+		}
+		keep = append(keep, o)
+		if !any || o.d < slowest {
+			slowest, any = o.d, true
+		}
+	}
+	h.offsets = append(keep, offset{d: d, at: asked})
+	if !any {
 		return reading
 	}
-	expected := h.anchor.Add(time.Duration(asked - h.anchorAt))
+	expected := time.Unix(0, int64(asked)+int64(slowest))
 	switch {
 	case reading.After(expected.Add(MaxClockSkew)) && reading.After(wall.Add(MaxClockSkew)):
 		limit := expected
@@ -374,18 +398,11 @@ func (h *History) barrierAt(reading time.Time, asked clock.Instant, wall time.Ti
 		}
 		limit = limit.Add(MaxClockSkew)
 		h.log.Error().Time("reading", reading).Time("limit", limit).
-			Msg("the key history's leader's clock is ahead of the slowest one this worker has read, and of this machine's, by more than the servers' clocks may differ; the history's barrier stays at the limit")
+			Msg("the key history's leader's clock is ahead of the slowest one this worker has read lately, and of this machine's, by more than the servers' clocks may differ; the history's barrier stays at the limit")
 		return limit
-	case reading.After(expected.Add(MaxClockSkew)):
-		// Ahead of a slow leader seen before, in step with this machine:
-		// the slow one was the odd one out.
-		h.anchor, h.anchorAt = reading, asked
-	case reading.Before(expected):
-		if reading.Before(expected.Add(-MaxClockSkew)) {
-			h.log.Warn().Time("reading", reading).Time("expected", expected).
-				Msg("the key history's leader's clock is behind its last readings (a new leader, or a clock set back): commands stamped after it wait for the next reading")
-		}
-		h.anchor, h.anchorAt = reading, asked
+	case reading.Before(expected.Add(-MaxClockSkew)):
+		h.log.Warn().Time("reading", reading).Time("expected", expected).
+			Msg("the key history's leader's clock is behind its last readings (a new leader, or a clock set back): commands stamped after it wait for the next reading")
 	}
 	return reading
 }
@@ -434,10 +451,17 @@ func (h *History) Now(ctx context.Context) (time.Time, error) {
 		known, since := h.known, clock.Since(h.knownAt)
 		if !known.IsZero() && since < Margin-MaxClockSkew-time.Second {
 			// Never earlier than a time already given: a new leader whose
-			// clock is behind must not bring a retired key back.
+			// clock is a little behind must not bring a retired key back.
+			// (A regression of more than the servers' clocks may differ
+			// is followed, and logged: a clock far ahead must not hold
+			// the endpoints' time for as long as it was ahead.)
 			now := known.Add(since)
-			if now.Before(h.nowFloor) {
+			switch {
+			case !now.Before(h.nowFloor):
+			case h.nowFloor.Sub(now) <= MaxClockSkew:
 				now = h.nowFloor
+			default:
+				h.log.Warn().Time("now", now).Time("before", h.nowFloor).Msg("the key history's clock went back by more than the servers' clocks may differ; following it")
 			}
 			h.nowFloor = now
 			h.mu.Unlock()
