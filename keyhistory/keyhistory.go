@@ -110,7 +110,7 @@ type History struct {
 	// offsets are the leader's clock readings of the last anchorWindow,
 	// each less this worker's clock when it asked: the slowest caps a
 	// reading that runs ahead.
-	offsets []offset
+	offsets  []offset
 	nowFloor time.Time // Now never returns an earlier time than it did
 	eras     []auth.KeyEra
 	latest   Entry // the newest entry, decoded
