@@ -34,46 +34,10 @@ type unrecoverable struct{ error }
 // the stream's commands after it.
 func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	path := StorePath(s.cfg.DataDir, pt.p)
-	local, err := s.localApplied(path)
-	if err != nil {
+	if err := s.fetchSnapshot(ctx, pt, path, log); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	si, err := s.cfg.Stream.Info(ctx)
-	if err != nil {
-		return err
-	}
-	accept := func(st snapshot.State) error {
-		why, _, err := s.ofStream(ctx, pt.p, si, st)
-		if err == nil && why != "" {
-			err = errors.New(why)
-		}
-		return err
-	}
-	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, accept, pt.lease.Progress)
-	if errors.Is(err, snapshot.ErrRefused) {
-		// Loud, and no harm done: the local store (or the stream alone) is
-		// what the partition is rebuilt from, and checked below. The
-		// snapshot is set aside, so that it is not taken for the newest.
-		log.Error().Err(err).Msg("the partition's newest snapshot does not belong to the stream; it is not loaded, and is set aside as refused.<name>")
-		if err := s.cfg.Snapshots.SetAside(ctx, info, err.Error(), pt.lease.Check); err != nil {
-			log.Warn().Err(err).Msg("could not set the refused snapshot aside")
-		}
-		info, err = snapshot.Info{}, nil
-	}
-	if err != nil {
-		return err
-	}
-	if loaded {
-		log.Info().Uint64("local_applied_seq", local).Uint64("snapshot_applied_seq", info.Applied).Str("snapshot", info.Name).
-			Msg("partition state loaded from its snapshot")
-	}
-	pt.snapApplied = info.Applied
-	if !info.Time.IsZero() {
-		pt.snapAt = info.Time
-	}
+	var err error
 	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: s.cfg.NoSync}); err != nil {
 		return err
 	}
@@ -101,6 +65,53 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	}
 	if n > 0 {
 		log.Info().Int("applied", n).Uint64("applied_seq", last).Msg("caught up with the stream")
+	}
+	return nil
+}
+
+// fetchSnapshot puts the partition's newest snapshot in place of its store
+// at path when it is ahead of it (and belongs to the stream), and notes
+// which snapshot the state starts from.
+func (s *Set) fetchSnapshot(ctx context.Context, pt *part, path string, log zerolog.Logger) error {
+	local, err := s.localApplied(path)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	si, err := s.cfg.Stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	accept := func(st snapshot.State) error {
+		why, _, err := s.ofStream(ctx, pt.p, si, st)
+		if err == nil && why != "" {
+			err = errors.New(why)
+		}
+		return err
+	}
+	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, accept, pt.lease.Progress)
+	if errors.Is(err, snapshot.ErrRefused) {
+		// Loud, and no harm done: the local store (or the stream alone) is
+		// what the partition is rebuilt from, and checked after. The
+		// snapshot is set aside, so that it is not taken for the newest.
+		log.Error().Err(err).Msg("the partition's newest snapshot does not belong to the stream; it is not loaded, and is set aside as refused.<name>")
+		if err := s.cfg.Snapshots.SetAside(ctx, info, err.Error(), pt.lease.Check); err != nil {
+			log.Warn().Err(err).Msg("could not set the refused snapshot aside")
+		}
+		info, err = snapshot.Info{}, nil
+	}
+	if err != nil {
+		return err
+	}
+	if loaded {
+		log.Info().Uint64("local_applied_seq", local).Uint64("snapshot_applied_seq", info.Applied).Str("snapshot", info.Name).
+			Msg("partition state loaded from its snapshot")
+	}
+	pt.snapApplied = info.Applied
+	if !info.Time.IsZero() {
+		pt.snapAt = info.Time
 	}
 	return nil
 }
