@@ -114,9 +114,13 @@ func (e *Publisher) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+			_ = e.Store.FlushDeletes() // else published again (and dropped) at the next start
 			return
 		case <-e.wake:
 		case <-tick.C:
+			if err := e.Store.FlushDeletes(); err != nil {
+				e.Log.Warn().Err(err).Msg("published events not yet deleted from the outbox; tried again")
+			}
 		}
 	}
 }
@@ -203,9 +207,9 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 		}
 	}
 	if len(done) > 0 {
-		if err := e.Store.DeleteEvents(done); err != nil {
-			return len(done), err
-		}
+		// Out of the outbox with the partition's next commit, or the
+		// publisher's next tick: not a commit of their own each round.
+		e.Store.DeleteEventsLater(done)
 		if e.Observer != nil {
 			e.Observer.EventsPublished(len(done))
 		}

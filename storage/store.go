@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -75,6 +76,11 @@ var ErrLocked = errors.New("storage: the data file is locked by another process"
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	// deletes are outbox keys whose events were published, to be deleted
+	// with the next write transaction (DeleteEventsLater).
+	deleteMu sync.Mutex
+	deletes  map[string]struct{}
 }
 
 // ErrCorrupt is wrapped by every error about a damaged data file or record:
@@ -146,8 +152,45 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in one read-write transaction, committed (and synced) when
 // fn returns nil and rolled back otherwise.
+// It also deletes the outbox keys DeleteEventsLater queued: a published
+// event goes out of the outbox with the next change instead of costing a
+// commit (and an fsync) of its own; on a failure they stay queued.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	keys := s.takeDeletes()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := fn(&Tx{tx: tx}); err != nil {
+			return err
+		}
+		return deleteKeys(tx.Bucket(bucketOutbox), keys)
+	})
+	if err != nil {
+		s.DeleteEventsLater(keys)
+	}
+	return err
+}
+
+// takeDeletes empties the queue of DeleteEventsLater.
+func (s *Store) takeDeletes() [][]byte {
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
+	if len(s.deletes) == 0 {
+		return nil
+	}
+	keys := make([][]byte, 0, len(s.deletes))
+	for k := range s.deletes {
+		keys = append(keys, []byte(k))
+	}
+	clear(s.deletes)
+	return keys
+}
+
+func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // View runs fn in a read-only transaction.
@@ -399,6 +442,9 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 			if sep < 0 || len(k) != sep+9 {
 				return fmt.Errorf("storage: outbox key %x: %w", k, ErrCorrupt)
 			}
+			if s.deleting(k) {
+				continue // published: it goes with the next write
+			}
 			evs = append(evs, PendingEvent{Key: bytes.Clone(k), UserID: string(k[:sep]),
 				Seq: binary.BigEndian.Uint64(k[sep+1:]), Doc: bytes.Clone(v)})
 		}
@@ -407,23 +453,57 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 	return evs, err
 }
 
-// DeleteEvents removes published events from the outbox.
+// DeleteEvents removes published events from the outbox (and those
+// queued by DeleteEventsLater), in a transaction of its own.
 func (s *Store) DeleteEvents(keys [][]byte) error {
-	return s.Update(func(t *Tx) error {
-		b := t.tx.Bucket(bucketOutbox)
-		for _, k := range keys {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
+	return s.Update(func(t *Tx) error { return deleteKeys(t.tx.Bucket(bucketOutbox), keys) })
+}
+
+// DeleteEventsLater queues published events to be deleted from the outbox
+// with the next write transaction; PendingEvents no longer returns them.
+// Lost in a crash, they are published again, under their ids, which the
+// events stream drops as duplicates.
+func (s *Store) DeleteEventsLater(keys [][]byte) {
+	if len(keys) == 0 {
+		return
+	}
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
+	if s.deletes == nil {
+		s.deletes = map[string]struct{}{}
+	}
+	for _, k := range keys {
+		s.deletes[string(k)] = struct{}{}
+	}
+}
+
+// FlushDeletes deletes what DeleteEventsLater queued, when no other write
+// has: a transaction of its own, only if there is anything.
+func (s *Store) FlushDeletes() error {
+	s.deleteMu.Lock()
+	n := len(s.deletes)
+	s.deleteMu.Unlock()
+	if n == 0 {
 		return nil
-	})
+	}
+	return s.Update(func(*Tx) error { return nil })
+}
+
+// deleting tells whether key is queued to be deleted.
+func (s *Store) deleting(key []byte) bool {
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
+	_, ok := s.deletes[string(key)]
+	return ok
 }
 
 // OutboxLen is how many events wait to be published.
 func (s *Store) OutboxLen() (int, error) {
 	n := 0
 	err := s.View(func(t *Tx) error { n = t.tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
+	s.deleteMu.Lock()
+	n = max(0, n-len(s.deletes)) // published, going with the next write
+	s.deleteMu.Unlock()
 	return n, err
 }
 

@@ -323,3 +323,45 @@ func TestOpenDamagedFile(t *testing.T) {
 		t.Fatalf("error %q: want ErrCorrupt, the file's path and what to do", err)
 	}
 }
+
+// A published event queued by DeleteEventsLater is no longer pending, and
+// leaves the outbox with the next write transaction (whatever it writes),
+// or with FlushDeletes when there is none.
+func TestEventsDeletedWithTheNextWrite(t *testing.T) {
+	s := MustOpenStore(t)
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := s.Update(func(tx *Tx) error { return tx.PutEvent("u1", seq, []byte(`{}`)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending, err := s.PendingEvents(10)
+	if err != nil || len(pending) != 3 {
+		t.Fatalf("pending %d (%v), want 3", len(pending), err)
+	}
+	s.DeleteEventsLater([][]byte{pending[0].Key, pending[1].Key})
+	if p, _ := s.PendingEvents(10); len(p) != 1 || p[0].Seq != 3 {
+		t.Fatalf("pending after two were published: %+v", p)
+	}
+	if n, _ := s.OutboxLen(); n != 1 {
+		t.Fatalf("outbox length %d, want 1", n)
+	}
+	// The next write takes them out with it.
+	if err := s.Update(func(tx *Tx) error { return tx.NoteAppliedSeq(7) }); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := s.View(func(tx *Tx) error { left = tx.tx.Bucket(bucketOutbox).Stats().KeyN; return nil }); err != nil || left != 1 {
+		t.Fatalf("%d events in the outbox after the next write (%v), want 1", left, err)
+	}
+	// A write that fails keeps them queued.
+	s.DeleteEventsLater([][]byte{pending[2].Key})
+	if err := s.Update(func(*Tx) error { return errors.New("no") }); err == nil {
+		t.Fatal("the failing write went through")
+	}
+	if err := s.FlushDeletes(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.View(func(tx *Tx) error { left = tx.tx.Bucket(bucketOutbox).Stats().KeyN; return nil }); err != nil || left != 0 {
+		t.Fatalf("%d events in the outbox after the flush (%v), want 0", left, err)
+	}
+}
