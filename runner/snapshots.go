@@ -124,7 +124,13 @@ func (s *Set) snapshot(ctx context.Context, pt *part) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: copy the store: %w", err)
 	}
+	select {
+	case s.uploads <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	saved, err := s.cfg.Snapshots.Save(ctx, pt.p, tmp, applied, pt.lease.Check)
+	<-s.uploads
 	if err != nil {
 		return err
 	}

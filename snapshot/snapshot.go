@@ -136,6 +136,12 @@ func (s *Store) Save(ctx context.Context, p int, path string, applied uint64, fe
 		Metadata: map[string]string{metaApplied: strconv.FormatUint(applied, 10)},
 	}, f)
 	if err != nil {
+		// nats.go purges the chunks of a failed upload, but its description
+		// may have been stored already: delete it, or it would be listed,
+		// and taken for the newest, with nothing behind it.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = s.obj.Delete(dctx, name(p, applied))
+		cancel()
 		return false, fmt.Errorf("snapshot of %s: %w", partition.Name(p), err)
 	}
 	s.prune(ctx, p)
@@ -174,22 +180,41 @@ type State struct {
 // sequence checked against the snapshot's, and its State given to accept,
 // before it replaces dst: an error from accept is ErrRefused (dst stays as
 // it was). progress, when set, is called as the download goes on.
+//
+// A snapshot that cannot be read (deleted meanwhile, or broken: an upload
+// that failed half way can leave its description without its chunks) is
+// passed over for the next older one ahead of local; the first error is
+// returned only when none could be read.
 func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, accept func(State) error, progress func()) (info Info, loaded bool, err error) {
-	for attempt := 0; ; attempt++ {
-		newest, ok, err := s.Newest(ctx, p)
-		if err != nil || !ok || newest.Applied <= local {
-			return newest, false, err
+	all, err := s.list(ctx, p)
+	if err != nil || len(all) == 0 || all[0].Applied <= local {
+		if len(all) > 0 {
+			info = all[0]
 		}
-		err = s.fetch(ctx, newest, dst, accept, progress)
-		if err == nil {
-			return newest, true, nil
+		return info, false, err
+	}
+	var first error
+	for _, c := range all {
+		if c.Applied <= local {
+			break
 		}
-		// Deleted while it was read (a newer one was saved): the newest
-		// again, a few times.
-		if !errors.Is(err, jetstream.ErrObjectNotFound) || attempt == 3 {
-			return newest, false, err
+		err := s.fetch(ctx, c, dst, accept, progress)
+		switch {
+		case err == nil:
+			return c, true, nil
+		case errors.Is(err, ErrRefused):
+			return c, false, err
+		case ctx.Err() != nil:
+			return c, false, err
+		}
+		if !errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.log.Warn().Err(err).Str("snapshot", c.Name).Msg("a snapshot could not be read; the next older one is tried")
+		}
+		if first == nil {
+			first = err
 		}
 	}
+	return all[0], false, first
 }
 
 func (s *Store) fetch(ctx context.Context, info Info, dst string, accept func(State) error, progress func()) error {

@@ -43,6 +43,12 @@ func store(t *testing.T, applied uint64) string {
 
 func bucket(t *testing.T) (*snapshot.Store, jetstream.ObjectStore) {
 	t.Helper()
+	snaps, obj, _ := bucketJS(t)
+	return snaps, obj
+}
+
+func bucketJS(t *testing.T) (*snapshot.Store, jetstream.ObjectStore, jetstream.JetStream) {
+	t.Helper()
 	ns := testenv.StartNATS(t)
 	js, err := jetstream.New(testenv.Connect(t, ns.ClientURL()))
 	if err != nil {
@@ -52,7 +58,7 @@ func bucket(t *testing.T) (*snapshot.Store, jetstream.ObjectStore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return snapshot.New(obj, zerolog.Nop()), obj
+	return snapshot.New(obj, zerolog.Nop()), obj, js
 }
 
 func held() error { return nil }
@@ -153,4 +159,34 @@ func mustOpen(t *testing.T, path string) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// A snapshot whose chunks are gone (an upload that failed half way, after
+// its description was stored: nats.go purges the chunks then) is passed
+// over for the next older one, rather than failing every takeover.
+func TestBrokenNewestSnapshotFallsBackToAnOlder(t *testing.T) {
+	ctx := context.Background()
+	snaps, obj, js := bucketJS(t)
+	for _, applied := range []uint64{10, 30} {
+		if _, err := snaps.Save(ctx, 0, store(t, applied), applied, held); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := obj.GetInfo(ctx, "p000.00000000000000000030")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, "OBJ_"+topology.SnapshotBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject("$O."+topology.SnapshotBucket+".C."+info.NUID)); err != nil {
+		t.Fatal(err)
+	}
+	// (No deadline on ctx: nats.go then gives up on a missing chunk after
+	// its own timeout, as it does under a lease's context.)
+	got, loaded, err := snaps.Fetch(ctx, 0, 0, filepath.Join(t.TempDir(), "p000.db"), nil, nil)
+	if err != nil || !loaded || got.Applied != 10 {
+		t.Fatalf("fetch with a broken newest: %+v loaded %v (%v), want the older one (10)", got, loaded, err)
+	}
 }
