@@ -145,7 +145,12 @@ func TestSnapshotsNeverGoBackwards(t *testing.T) {
 		mustOpen(t, bad)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), nil, nil); err == nil ||
+	// (passed over for the next older one)
+	if got, loaded, err := snaps.Fetch(ctx, 1, 0, filepath.Join(t.TempDir(), "p001.db"), nil, nil); err != nil || !loaded || got.Applied != 60 {
+		t.Fatalf("a snapshot whose state is not its name's: loaded %+v %v (%v), want the one before it (60)", got, loaded, err)
+	}
+	// With no older one to fall back on, it is the error.
+	if _, _, err := snaps.Fetch(ctx, 1, 60, filepath.Join(t.TempDir(), "p001.db"), nil, nil); err == nil ||
 		!strings.Contains(err.Error(), "applied the stream up to 61, not 70") {
 		t.Fatalf("a snapshot whose state is not its name's: %v", err)
 	}
