@@ -98,9 +98,11 @@ type Set struct {
 	unrecoverable map[int]error
 	snapFailures  atomic.Int64 // snapshots that could not be written
 	snapBytes     atomic.Int64 // bytes of the snapshots written
-	// uploads lets one snapshot upload run at a time: several large
-	// uploads at once are refused by the server (429, too many requests).
-	uploads chan struct{}
+	// transfers lets one snapshot upload or download run at a time:
+	// several large uploads at once are refused by the server (429, too
+	// many requests), and several downloads at once overrun the
+	// connection's pending limit (the server cuts it as a slow consumer).
+	transfers chan struct{}
 }
 
 // part is one partition this worker holds.
@@ -119,7 +121,7 @@ type part struct {
 
 // New returns the Set of cfg; Join and Run start it.
 func New(cfg Config) *Set {
-	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, uploads: make(chan struct{}, 1)}
+	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, transfers: make(chan struct{}, 1)}
 	s.coord = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions}, s.run, cfg.Log)
 	return s
 }

@@ -84,6 +84,17 @@ func (s *Set) snapshotDue(pt *part) bool {
 	return time.Since(pt.snapAt) >= s.snapshotInterval()
 }
 
+// transfer waits for this worker's turn to move a snapshot (s.transfers);
+// the caller gives it back with <-s.transfers.
+func (s *Set) transfer(ctx context.Context) error {
+	select {
+	case s.transfers <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // snapshotTime is when the partition's newest snapshot was written or
 // checked, or when the part started.
 func (pt *part) snapshotTime() time.Time {
@@ -124,13 +135,11 @@ func (s *Set) snapshot(ctx context.Context, pt *part) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: copy the store: %w", err)
 	}
-	select {
-	case s.uploads <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.transfer(ctx); err != nil {
+		return err
 	}
 	saved, err := s.cfg.Snapshots.Save(ctx, pt.p, tmp, applied, pt.lease.Check)
-	<-s.uploads
+	<-s.transfers
 	if err != nil {
 		return err
 	}
