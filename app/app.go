@@ -191,8 +191,12 @@ func (w *worker) openKeys(ctx context.Context) error {
 // answer from them.
 func (w *worker) openPartitions(ctx context.Context, id string) error {
 	cfg, log := &w.cfg, w.log
-	snaps := snapshot.New(w.topo.Snapshots, log)
-	err := upgrade.Run(ctx, upgrade.Config{DataDir: cfg.DataDir, Partitions: cfg.Partitions, Retention: cfg.Retention,
+	snapStream, err := w.js.Stream(ctx, topology.SnapshotStream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", topology.SnapshotStream, err)
+	}
+	snaps := snapshot.New(w.topo.Snapshots, snapStream, log)
+	err = upgrade.Run(ctx, upgrade.Config{DataDir: cfg.DataDir, Partitions: cfg.Partitions, Retention: cfg.Retention,
 		StoreTimeout: cfg.StoreTimeout, NoSync: cfg.NoSync, DeleteConsumer: cfg.CreateStream, JS: w.js, Stream: w.topo.Stream,
 		Reader: w.reader, Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Log: log})
 	if err != nil {

@@ -91,10 +91,10 @@ func (s *Set) fetchSnapshot(ctx context.Context, pt *part, path string, log zero
 		}
 		return err
 	}
-	if err := s.transfer(ctx); err != nil {
+	if err := s.transfer(ctx, pt.lease.Progress); err != nil {
 		return err
 	}
-	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, accept, pt.lease.Progress)
+	info, loaded, err := s.cfg.Snapshots.Fetch(ctx, pt.p, local, path, accept, pt.lease.Check, pt.lease.Progress)
 	<-s.transfers
 	if errors.Is(err, snapshot.ErrRefused) {
 		// Loud, and no harm done: the local store (or the stream alone) is

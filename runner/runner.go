@@ -117,6 +117,7 @@ type part struct {
 	snapMu      sync.Mutex
 	snapApplied uint64    // applied sequence of the newest snapshot known
 	snapAt      time.Time // when it was written or checked, or when the part started
+	checkedAt   time.Time // when the bucket's newest was last looked at
 }
 
 // New returns the Set of cfg; Join and Run start it.

@@ -75,9 +75,13 @@ func (s *Set) snapshotDue(pt *part) bool {
 	pt.snapMu.Lock()
 	defer pt.snapMu.Unlock()
 	switch {
-	case applied <= pt.snapApplied:
+	case applied <= pt.snapApplied && time.Since(pt.checkedAt) < s.snapshotInterval():
 		pt.snapAt = time.Now()
 		return false
+	case applied <= pt.snapApplied:
+		// Now and then the bucket itself is asked: its newest may be gone
+		// (deleted, set aside as broken) behind this worker's back.
+		return true
 	case applied-pt.snapApplied >= s.snapshotChanges():
 		return true
 	}
@@ -86,12 +90,22 @@ func (s *Set) snapshotDue(pt *part) bool {
 
 // transfer waits for this worker's turn to move a snapshot (s.transfers);
 // the caller gives it back with <-s.transfers.
-func (s *Set) transfer(ctx context.Context) error {
-	select {
-	case s.transfers <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+// progress, when set, is called every second of the wait (a partition
+// loading must not look stuck while it waits for its turn).
+func (s *Set) transfer(ctx context.Context, progress func()) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case s.transfers <- struct{}{}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if progress != nil {
+				progress()
+			}
+		}
 	}
 }
 
@@ -120,6 +134,7 @@ func (s *Set) snapshot(ctx context.Context, pt *part) error {
 	if err != nil {
 		return err
 	}
+	pt.checkedAt = time.Now()
 	if ok && newest.Applied >= applied {
 		pt.snapApplied, pt.snapAt = newest.Applied, time.Now() // the newest snapshot is this state
 		return nil
@@ -135,7 +150,7 @@ func (s *Set) snapshot(ctx context.Context, pt *part) error {
 	if err != nil {
 		return fmt.Errorf("snapshot: copy the store: %w", err)
 	}
-	if err := s.transfer(ctx); err != nil {
+	if err := s.transfer(ctx, nil); err != nil {
 		return err
 	}
 	saved, err := s.cfg.Snapshots.Save(ctx, pt.p, tmp, applied, pt.lease.Check)

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +12,8 @@ import (
 // A partition's snapshot is written when its state is ahead of the newest
 // by the policy's count of commands, or by anything once that snapshot is
 // the policy's age; a state no further than its snapshot is not written
-// again and counts as fresh.
+// again and counts as fresh, though the bucket is looked at again once in
+// the policy's age (its newest may be gone behind the worker's back).
 func TestSnapshotPolicy(t *testing.T) {
 	s := &Set{cfg: Config{SnapshotInterval: time.Hour, SnapshotChanges: 100}}
 	pt := &part{store: testenv.MustOpenStore(t)}
@@ -29,12 +31,16 @@ func TestSnapshotPolicy(t *testing.T) {
 		due         bool
 	}{
 		{"nothing new", 50, 50, 3 * time.Hour, false},
+		{"nothing new, but the bucket not looked at for the policy's age", 50, 50, 3 * time.Hour, true},
 		{"a few commands, a fresh snapshot", 60, 50, time.Minute, false},
 		{"the policy's count of commands", 150, 50, time.Minute, true},
 		{"a few commands, a snapshot the policy's age", 160, 150, time.Hour, true},
 	} {
 		apply(tt.applied)
-		pt.snapApplied, pt.snapAt = tt.snapApplied, time.Now().Add(-tt.snapAge)
+		pt.snapApplied, pt.snapAt, pt.checkedAt = tt.snapApplied, time.Now().Add(-tt.snapAge), time.Now()
+		if strings.Contains(tt.name, "not looked at") {
+			pt.checkedAt = time.Now().Add(-2 * time.Hour)
+		}
 		if got := s.snapshotDue(pt); got != tt.due {
 			t.Errorf("%s: due %v, want %v", tt.name, got, tt.due)
 		}
@@ -42,7 +48,7 @@ func TestSnapshotPolicy(t *testing.T) {
 	if age := time.Since(pt.snapshotTime()); age < time.Hour {
 		t.Fatalf("a snapshot found due keeps its age (%s)", age)
 	}
-	pt.snapApplied = 160
+	pt.snapApplied, pt.checkedAt = 160, time.Now()
 	s.snapshotDue(pt)
 	if age := time.Since(pt.snapshotTime()); age > time.Minute {
 		t.Fatalf("a state no further than its snapshot should count as fresh, is %s old", age)

@@ -51,13 +51,37 @@ type Info struct {
 
 // Store is the snapshot bucket.
 type Store struct {
-	obj jetstream.ObjectStore
-	log zerolog.Logger
+	obj    jetstream.ObjectStore
+	stream jetstream.Stream // the bucket's stream: nil, and a snapshot's chunks are not counted
+	log    zerolog.Logger
 }
 
 // New returns the snapshots of object store obj.
-func New(obj jetstream.ObjectStore, log zerolog.Logger) *Store {
-	return &Store{obj: obj, log: log}
+func New(obj jetstream.ObjectStore, stream jetstream.Stream, log zerolog.Logger) *Store {
+	return &Store{obj: obj, stream: stream, log: log}
+}
+
+// ErrBroken is a snapshot that cannot be loaded, whoever tries: chunks
+// missing, a file that does not open, or one that does not hold what its
+// name says.
+var ErrBroken = errors.New("the snapshot is broken")
+
+// complete tells whether every chunk of snapshot name is in the bucket's
+// stream (true when it cannot count them).
+func (s *Store) complete(ctx context.Context, name string) (bool, error) {
+	if s.stream == nil {
+		return true, nil
+	}
+	oi, err := s.obj.GetInfo(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	chunks := "$O." + oi.Bucket + ".C." + oi.NUID
+	si, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(chunks))
+	if err != nil {
+		return false, err
+	}
+	return si.State.Subjects[chunks] >= uint64(oi.Chunks), nil
 }
 
 // name is the object name of partition p's snapshot that applied applied.
@@ -139,8 +163,13 @@ func (s *Store) Save(ctx context.Context, p int, path string, applied uint64, fe
 		// nats.go purges the chunks of a failed upload, but its description
 		// may have been stored already: delete it, or it would be listed,
 		// and taken for the newest, with nothing behind it.
+		// (Only when its chunks are missing: a Put that timed out waiting
+		// for its acknowledgements may have stored everything, and a
+		// snapshot of the same name may be another worker's, complete.)
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = s.obj.Delete(dctx, name(p, applied))
+		if ok, cerr := s.complete(dctx, name(p, applied)); cerr == nil && !ok {
+			_ = s.obj.Delete(dctx, name(p, applied))
+		}
 		cancel()
 		return false, fmt.Errorf("snapshot of %s: %w", partition.Name(p), err)
 	}
@@ -181,11 +210,14 @@ type State struct {
 // before it replaces dst: an error from accept is ErrRefused (dst stays as
 // it was). progress, when set, is called as the download goes on.
 //
-// A snapshot that cannot be read (deleted meanwhile, or broken: an upload
-// that failed half way can leave its description without its chunks) is
-// passed over for the next older one ahead of local; the first error is
-// returned only when none could be read.
-func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, accept func(State) error, progress func()) (info Info, loaded bool, err error) {
+// A snapshot that is broken (ErrBroken: chunks missing after an upload
+// that failed half way, a file that does not open or does not hold what
+// its name says) or was deleted meanwhile is passed over for the next
+// older one ahead of local, and a broken one is set aside (fence checked
+// first); any other error (a timeout, a connection cut) is returned, so
+// that the takeover is tried again rather than rebuilt from an older state.
+func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, accept func(State) error, fence func() error,
+	progress func()) (info Info, loaded bool, err error) {
 	all, err := s.list(ctx, p)
 	if err != nil || len(all) == 0 || all[0].Applied <= local {
 		if len(all) > 0 {
@@ -202,13 +234,14 @@ func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, acce
 		switch {
 		case err == nil:
 			return c, true, nil
-		case errors.Is(err, ErrRefused):
+		case errors.Is(err, ErrBroken):
+			s.log.Error().Err(err).Str("snapshot", c.Name).Msg("a broken snapshot is set aside (refused.<name>); the next older one is tried")
+			if err := s.SetAside(ctx, c, err.Error(), fence); err != nil {
+				s.log.Warn().Err(err).Str("snapshot", c.Name).Msg("could not set the broken snapshot aside")
+			}
+		case errors.Is(err, jetstream.ErrObjectNotFound) && ctx.Err() == nil:
+		default:
 			return c, false, err
-		case ctx.Err() != nil:
-			return c, false, err
-		}
-		if !errors.Is(err, jetstream.ErrObjectNotFound) {
-			s.log.Warn().Err(err).Str("snapshot", c.Name).Msg("a snapshot could not be read; the next older one is tried")
 		}
 		if first == nil {
 			first = err
@@ -218,6 +251,11 @@ func (s *Store) Fetch(ctx context.Context, p int, local uint64, dst string, acce
 }
 
 func (s *Store) fetch(ctx context.Context, info Info, dst string, accept func(State) error, progress func()) error {
+	if ok, err := s.complete(ctx, info.Name); err != nil {
+		return fmt.Errorf("snapshot %s: %w", info.Name, err)
+	} else if !ok {
+		return fmt.Errorf("snapshot %s: chunks missing: %w", info.Name, ErrBroken)
+	}
 	tmp := dst + ".loading"
 	defer os.Remove(tmp)
 	err := storage.WriteFileAtomic(tmp, func(w io.Writer) error {
@@ -229,12 +267,15 @@ func (s *Store) fetch(ctx context.Context, info Info, dst string, accept func(St
 		_, err = io.Copy(progressWriter{w, progress}, obj)
 		return err
 	})
+	if errors.Is(err, jetstream.ErrDigestMismatch) {
+		return fmt.Errorf("load snapshot %s: %w: %w", info.Name, ErrBroken, err)
+	}
 	if err != nil {
 		return fmt.Errorf("load snapshot %s: %w", info.Name, err)
 	}
 	st0, err := storage.Open(tmp, storage.Options{Timeout: time.Second})
 	if err != nil {
-		return fmt.Errorf("snapshot %s does not open: %w", info.Name, err)
+		return fmt.Errorf("snapshot %s does not open: %w: %w", info.Name, ErrBroken, err)
 	}
 	var st State
 	err = st0.View(func(tx *storage.Tx) error {
@@ -248,7 +289,7 @@ func (s *Store) fetch(ctx context.Context, info Info, dst string, accept func(St
 		return fmt.Errorf("snapshot %s: %w", info.Name, err)
 	}
 	if st.Applied != info.Applied {
-		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d", info.Name, st.Applied, info.Applied)
+		return fmt.Errorf("snapshot %s holds a state that applied the stream up to %d, not %d: %w", info.Name, st.Applied, info.Applied, ErrBroken)
 	}
 	if accept != nil {
 		if err := accept(st); err != nil {

@@ -81,6 +81,7 @@ type Store struct {
 	// with the next write transaction (DeleteEventsLater).
 	deleteMu sync.Mutex
 	deletes  map[string]struct{}
+	inflight map[string]struct{} // taken by a write transaction not committed yet
 }
 
 // ErrCorrupt is wrapped by every error about a damaged data file or record:
@@ -163,10 +164,24 @@ func (s *Store) Update(fn func(*Tx) error) error {
 		}
 		return deleteKeys(tx.Bucket(bucketOutbox), keys)
 	})
-	if err != nil {
-		s.DeleteEventsLater(keys)
-	}
+	s.landed(keys, err == nil)
 	return err
+}
+
+// landed ends the flight of keys taken by a write transaction: deleted
+// with it, or queued again when it failed.
+func (s *Store) landed(keys [][]byte, ok bool) {
+	if len(keys) == 0 {
+		return
+	}
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
+	for _, k := range keys {
+		delete(s.inflight, string(k))
+		if !ok {
+			s.deletes[string(k)] = struct{}{}
+		}
+	}
 }
 
 // takeDeletes empties the queue of DeleteEventsLater.
@@ -176,9 +191,13 @@ func (s *Store) takeDeletes() [][]byte {
 	if len(s.deletes) == 0 {
 		return nil
 	}
+	if s.inflight == nil {
+		s.inflight = map[string]struct{}{}
+	}
 	keys := make([][]byte, 0, len(s.deletes))
 	for k := range s.deletes {
 		keys = append(keys, []byte(k))
+		s.inflight[k] = struct{}{}
 	}
 	clear(s.deletes)
 	return keys
@@ -493,8 +512,9 @@ func (s *Store) FlushDeletes() error {
 func (s *Store) deleting(key []byte) bool {
 	s.deleteMu.Lock()
 	defer s.deleteMu.Unlock()
-	_, ok := s.deletes[string(key)]
-	return ok
+	_, queued := s.deletes[string(key)]
+	_, flying := s.inflight[string(key)]
+	return queued || flying
 }
 
 // OutboxLen is how many events wait to be published.
@@ -502,7 +522,7 @@ func (s *Store) OutboxLen() (int, error) {
 	n := 0
 	err := s.View(func(t *Tx) error { n = t.tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
 	s.deleteMu.Lock()
-	n = max(0, n-len(s.deletes)) // published, going with the next write
+	n = max(0, n-len(s.deletes)-len(s.inflight)) // published, going with the next write
 	s.deleteMu.Unlock()
 	return n, err
 }

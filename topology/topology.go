@@ -52,7 +52,9 @@ const (
 const (
 	// EventsStreamName holds one CloudEvent per applied change.
 	EventsStreamName = "PASSKEYS_EVENTS"
-	EventsPrefix     = "passkeys.events"
+	// SnapshotStream is the stream behind object store SnapshotBucket.
+	SnapshotStream = "OBJ_" + SnapshotBucket
+	EventsPrefix   = "passkeys.events"
 )
 
 // The buckets the workers coordinate through.
