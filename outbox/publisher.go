@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -49,6 +50,11 @@ type Publisher struct {
 	Dedup     time.Duration
 
 	wake chan struct{}
+	// started is when Run began, and before the outbox keys it held then:
+	// only those, or any once Run has gone on for half the window, can be
+	// that old; the others are not looked up.
+	started time.Time
+	before  map[string]bool
 
 	mu         sync.Mutex
 	notDrained time.Time // since when the outbox has not been emptied; zero while it is
@@ -97,6 +103,14 @@ func (e *Publisher) Run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
+	e.started, e.before = time.Now(), map[string]bool{}
+	if pending, err := e.Store.PendingEvents(math.MaxInt); err == nil {
+		for _, ev := range pending {
+			e.before[string(ev.Key)] = true
+		}
+	} else {
+		e.before = nil // every event is looked at
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -137,6 +151,9 @@ func New(js jetstream.JetStream, store *storage.Store, log zerolog.Logger, o Obs
 func (e *Publisher) publishedAlready(ctx context.Context, ev storage.PendingEvent) (bool, error) {
 	if e.Published == nil || e.Dedup == 0 {
 		return false, nil
+	}
+	if e.before != nil && !e.before[string(ev.Key)] && time.Since(e.started) < e.Dedup/2 {
+		return false, nil // written since Run began: younger than half the window
 	}
 	var doc struct {
 		Time time.Time `json:"time"`
