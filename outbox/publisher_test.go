@@ -48,15 +48,7 @@ func TestEventPublisherWaitsAndKeepsOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		n, err := p.publishRound(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-	}
+	drain(ctx, t, p)
 	if n, _ := store.OutboxLen(); n != 0 {
 		t.Fatalf("outbox holds %d events after publishing", n)
 	}
@@ -129,15 +121,7 @@ func TestOldEventPublishedOnce(t *testing.T) {
 	}
 	p := New(js, store, zerolog.Nop(), nil)
 	p.Published, p.Dedup = jsread.New(js, topology.EventsStreamName, false), time.Minute
-	for {
-		n, err := p.publishRound(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-	}
+	drain(ctx, t, p)
 	if n, _ := store.OutboxLen(); n != 0 {
 		t.Fatalf("outbox holds %d events", n)
 	}
@@ -151,5 +135,19 @@ func TestOldEventPublishedOnce(t *testing.T) {
 	}
 	if got := info.State.Subjects; got[topology.EventsPrefix+".u1"] != 1 || got[topology.EventsPrefix+".u2"] != 1 {
 		t.Fatalf("events per user %v: u1's old event published again, or u2's not at all", got)
+	}
+}
+
+// drain publishes rounds until one publishes nothing.
+func drain(ctx context.Context, t *testing.T, p *Publisher) {
+	t.Helper()
+	for {
+		n, err := p.publishRound(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
 	}
 }

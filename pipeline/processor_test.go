@@ -384,6 +384,18 @@ func guarded(t *testing.T, f *consumerFixture, proc *command.Applier, serverGone
 	return guard, end
 }
 
+// serverLosses is a NATS server watch whose losses a test sets.
+type serverLosses struct{ at atomic.Pointer[time.Time] }
+
+func lossesAt(t time.Time) *serverLosses {
+	l := &serverLosses{}
+	l.set(t)
+	return l
+}
+
+func (l *serverLosses) set(t time.Time) { l.at.Store(&t) }
+func (l *serverLosses) last() time.Time { return *l.at.Load() }
+
 // waitFor waits, up to 10 s, until cond holds.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
@@ -505,10 +517,8 @@ func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	var gone atomic.Pointer[time.Time]
-	long := time.Now().Add(-time.Minute)
-	gone.Store(&long)
-	guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{})
+	gone := lossesAt(time.Now().Add(-time.Minute))
+	guarded(t, f, proc, gone.last, reply.Options{})
 
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	synced := f.next(t)
@@ -517,8 +527,7 @@ func TestReplyAroundAServerLossIsSentAgain(t *testing.T) {
 		t.Fatalf("a server gone a minute before: %d deliveries, want 1", n)
 	}
 
-	now := time.Now()
-	gone.Store(&now)
+	gone.set(time.Now())
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "remove", `{"tokenId":"pk-1"}`)
 	got := map[string][]*nats.Msg{}
 	for len(got["remove"]) < 2 || len(got["sync"]) < 1 {
@@ -547,18 +556,15 @@ func TestReplySentAgainAroundAServerLossComesBack(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	var gone atomic.Pointer[time.Time]
-	never := time.Time{}
-	gone.Store(&never)
-	guard, _ := guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{First: 300 * time.Millisecond})
+	gone := lossesAt(time.Time{})
+	guard, _ := guarded(t, f, proc, gone.last, reply.Options{First: 300 * time.Millisecond})
 	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
 	away := nats.NewInbox()
 	f.publishAs(t, admin, "passkeys.cmd.sync.u1", away+".1", "away-1", syncU1)
 	// The first send found nobody; once it has been sent again, a server
 	// goes away.
 	waitFor(t, func() bool { return guard.Resent() > 0 })
-	now := time.Now()
-	gone.Store(&now)
+	gone.set(time.Now())
 	back, err := f.nc.SubscribeSync(away + ".1")
 	if err != nil {
 		t.Fatal(err)
@@ -577,10 +583,8 @@ func TestPrecautionsAfterALossLeaveTheRequestersShare(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 5*time.Second, false)
-	var gone atomic.Pointer[time.Time]
-	never := time.Time{}
-	gone.Store(&never)
-	guard, _ := guarded(t, f, proc, func() time.Time { return *gone.Load() }, reply.Options{MaxWaiting: 100, First: 2 * time.Second})
+	gone := lossesAt(time.Time{})
+	guard, _ := guarded(t, f, proc, gone.last, reply.Options{MaxWaiting: 100, First: 2 * time.Second})
 	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "a", Org: "org1", Scopes: []string{"passkeys:admin"}}))
 	requester := nats.NewInbox()
 	taken, err := f.nc.SubscribeSync(requester + ".*")
@@ -599,8 +603,7 @@ func TestPrecautionsAfterALossLeaveTheRequestersShare(t *testing.T) {
 	if err := taken.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	gone.Store(&now) // the 20 are sent again as a precaution
+	gone.set(time.Now()) // the 20 are sent again as a precaution
 	waitFor(t, func() bool { return guard.Resent() >= 20 })
 	f.publishAs(t, admin, "passkeys.cmd.sync.u1", requester+".away", "away-1", syncU1)
 	waitFor(t, func() bool { return f.delivered(t) == 21 })

@@ -34,10 +34,13 @@ type unrecoverable struct{ error }
 // the stream's commands after it.
 func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	path := StorePath(s.cfg.DataDir, pt.p)
-	if err := s.fetchSnapshot(ctx, pt, path, log); err != nil {
+	si, err := s.cfg.Stream.Info(ctx) // once: what the snapshot and the store are checked against
+	if err != nil {
 		return err
 	}
-	var err error
+	if err := s.fetchSnapshot(ctx, pt, path, si, log); err != nil {
+		return err
+	}
 	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: s.cfg.NoSync}); err != nil {
 		return err
 	}
@@ -53,7 +56,7 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if pt.cons, err = s.cfg.Stream.Consumer(ctx, topology.PartitionConsumerName(pt.p)); err != nil {
 		return fmt.Errorf("consumer %s: %w", topology.PartitionConsumerName(pt.p), err)
 	}
-	if err := s.checkStream(ctx, pt, applied, log); err != nil {
+	if err := s.checkStream(ctx, pt, applied, si, log); err != nil {
 		return err
 	}
 	pt.applier = &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
@@ -72,16 +75,12 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 // fetchSnapshot puts the partition's newest snapshot in place of its store
 // at path when it is ahead of it (and belongs to the stream), and notes
 // which snapshot the state starts from.
-func (s *Set) fetchSnapshot(ctx context.Context, pt *part, path string, log zerolog.Logger) error {
+func (s *Set) fetchSnapshot(ctx context.Context, pt *part, path string, si *jetstream.StreamInfo, log zerolog.Logger) error {
 	local, err := s.localApplied(path)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	si, err := s.cfg.Stream.Info(ctx)
-	if err != nil {
 		return err
 	}
 	accept := func(st snapshot.State) error {
@@ -144,12 +143,8 @@ func (s *Set) localApplied(path string) (uint64, error) {
 // dropped them (MaxAge). AllowStoreGap accepts that last loss. A state
 // that never said which stream it follows (from before this check) is
 // taken to follow this one.
-func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zerolog.Logger) error {
+func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, si *jetstream.StreamInfo, log zerolog.Logger) error {
 	ci, err := pt.cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	si, err := s.cfg.Stream.Info(ctx)
 	if err != nil {
 		return err
 	}
@@ -213,6 +208,15 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, log zer
 // keeps its creation time, and may have grown past the state since). same
 // tells that the stream's command under that sequence is the state's.
 func (s *Set) ofStream(ctx context.Context, p int, si *jetstream.StreamInfo, st snapshot.State) (why string, same bool, err error) {
+	if st.Applied > si.State.LastSeq {
+		// Ahead of the reading taken when the load began: read again
+		// before refusing (a refusal stands until it is lifted).
+		fresh, err := s.cfg.Stream.Info(ctx)
+		if err != nil {
+			return "", false, err
+		}
+		si = fresh
+	}
 	switch id := StreamID(si); {
 	case st.Stream != "" && st.Stream != id:
 		return fmt.Sprintf("the partition's state was built from another stream PASSKEYS (created %s) than this one (created %s)",

@@ -454,6 +454,10 @@ type PendingEvent struct {
 // order of its changes.
 func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 	var evs []PendingEvent
+	// One lock for the walk, not one per key (no write waits on it while
+	// holding the store).
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
 	err := s.View(func(t *Tx) error {
 		c := t.tx.Bucket(bucketOutbox).Cursor()
 		for k, v := c.First(); k != nil && len(evs) < max; k, v = c.Next() {
@@ -461,8 +465,11 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 			if sep < 0 || len(k) != sep+9 {
 				return fmt.Errorf("storage: outbox key %x: %w", k, ErrCorrupt)
 			}
-			if s.deleting(k) {
+			if _, queued := s.deletes[string(k)]; queued {
 				continue // published: it goes with the next write
+			}
+			if _, flying := s.inflight[string(k)]; flying {
+				continue
 			}
 			evs = append(evs, PendingEvent{Key: bytes.Clone(k), UserID: string(k[:sep]),
 				Seq: binary.BigEndian.Uint64(k[sep+1:]), Doc: bytes.Clone(v)})
@@ -506,15 +513,6 @@ func (s *Store) FlushDeletes() error {
 		return nil
 	}
 	return s.Update(func(*Tx) error { return nil })
-}
-
-// deleting tells whether key is queued to be deleted.
-func (s *Store) deleting(key []byte) bool {
-	s.deleteMu.Lock()
-	defer s.deleteMu.Unlock()
-	_, queued := s.deletes[string(key)]
-	_, flying := s.inflight[string(key)]
-	return queued || flying
 }
 
 // OutboxLen is how many events wait to be published.
