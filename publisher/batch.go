@@ -1,0 +1,555 @@
+package publisher
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/internal/progress"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/passkey"
+)
+
+// Job is one valid input line, ready to publish.
+type Job struct {
+	Line    int
+	UserID  string
+	Subject string // the stream subject, passkeys.cmd.<op>.<userId>
+	Body    []byte
+	Input   json.RawMessage // what the line asked, for the results file
+	// Bearer, when set, is this line's own token (the benchmark's
+	// self-service removals); otherwise the client's.
+	Bearer string
+}
+
+// badLine is an input line that could not be read; it is reported, never dropped.
+type badLine struct {
+	Line int
+	err  error
+}
+
+// LineResult is one line of the results file.
+type LineResult struct {
+	Line  int             `json:"line"`
+	Input json.RawMessage `json:"input,omitempty"`
+	Class string          `json:"outcome"` // ClassDone ... ClassUnanswered
+	Reply json.RawMessage `json:"reply,omitempty"`
+	Error string          `json:"error,omitempty"`
+
+	Latency time.Duration `json:"-"` // from publish to reply, for the bench
+}
+
+// Classes of reply, the summary's columns (the results file's "outcome").
+const (
+	ClassDone       = "done" // shown as "removed" or "synced"
+	classNotFound   = "not found"
+	classLast       = "last login method"
+	classDenied     = "permission denied"
+	classOther      = "other"
+	classBadLine    = "bad line"
+	ClassUnanswered = "unanswered"
+)
+
+// Classify names the class of reply.
+func Classify(reply *nats.Msg) string {
+	if reply.Header.Get("Nats-Service-Error-Code") == "" {
+		return ClassDone
+	}
+	var body struct {
+		Code    int
+		Details []struct{ ID string }
+	}
+	_ = json.Unmarshal(reply.Data, &body)
+	switch {
+	case len(body.Details) == 1 && body.Details[0].ID == passkey.IDPasskeyLast:
+		return classLast
+	case body.Code == int(passkey.CodeNotFound):
+		return classNotFound
+	case body.Code == int(passkey.CodePermissionDenied):
+		return classDenied
+	default:
+		return classOther
+	}
+}
+
+// readRevocations reads JSON Lines ({"userId","tokenId","force"}) or CSV with
+// a header (userId,tokenId[,force]); which one, the first non-blank
+// character tells.
+func readRevocations(r io.Reader) ([]Job, []badLine, error) {
+	br := bufio.NewReader(r)
+	first, err := firstByte(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	if first == '{' {
+		return readJSONLines(br, func(line int, raw []byte) (Job, error) {
+			var in struct {
+				UserID  string `json:"userId"`
+				TokenID string `json:"tokenId"`
+				Force   bool   `json:"force"`
+			}
+			if err := strictJSON(raw, &in); err != nil {
+				return Job{}, err
+			}
+			return removalJob(line, in.UserID, in.TokenID, in.Force)
+		})
+	}
+	return readCSV(br)
+}
+
+func removalJob(line int, userID, tokenID string, force bool) (Job, error) {
+	if err := passkey.ValidateUserID(userID); err != nil {
+		return Job{}, fmt.Errorf("userId %q: %w", userID, err)
+	}
+	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: force})
+	if _, err := passkey.DecodeRemove(body); err != nil {
+		return Job{}, err
+	}
+	input, _ := json.Marshal(map[string]any{"userId": userID, "tokenId": tokenID, "force": force})
+	return Job{Line: line, UserID: userID, Subject: partition.CommandSubject(string(passkey.OpRemove), userID), Body: body, Input: input}, nil
+}
+
+// readSyncs reads JSON Lines of {"userId": ..., <sync body>}.
+func readSyncs(r io.Reader) ([]Job, []badLine, error) {
+	return readJSONLines(bufio.NewReader(r), func(line int, raw []byte) (Job, error) {
+		var in syncLine
+		if err := strictJSON(raw, &in); err != nil {
+			return Job{}, err
+		}
+		if err := passkey.ValidateUserID(in.UserID); err != nil {
+			return Job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
+		}
+		body, _ := json.Marshal(in.SyncRequest)
+		if _, err := passkey.DecodeSync(body); err != nil {
+			return Job{}, err
+		}
+		return Job{Line: line, UserID: in.UserID, Subject: partition.CommandSubject(string(passkey.OpSync), in.UserID), Body: body, Input: json.RawMessage(raw)}, nil
+	})
+}
+
+func firstByte(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err == io.EOF {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if !strings.ContainsRune(" \t\r\n", rune(b)) {
+			return b, br.UnreadByte()
+		}
+	}
+}
+
+func strictJSON(raw []byte, v any) error {
+	if err := passkey.DecodeStrict(raw, v); err != nil {
+		return fmt.Errorf("not a valid line: %v", err)
+	}
+	return nil
+}
+
+// readJSONLines reads one JSON object a line; blank lines and lines starting
+// with # are skipped.
+func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (Job, error)) ([]Job, []badLine, error) {
+	sc := bufio.NewScanner(br)
+	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
+	var jobs []Job
+	var bad []badLine
+	for n := 1; sc.Scan(); n++ {
+		raw := []byte(strings.TrimSpace(sc.Text()))
+		if len(raw) == 0 || raw[0] == '#' {
+			continue
+		}
+		j, err := parse(n, raw)
+		if err != nil {
+			bad = append(bad, badLine{n, err})
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, bad, sc.Err()
+}
+
+func readCSV(br *bufio.Reader) ([]Job, []badLine, error) {
+	r := csv.NewReader(br)
+	r.FieldsPerRecord = -1
+	r.TrimLeadingSpace = true
+	header, err := r.Read()
+	if err == io.EOF {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("CSV header: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.TrimSpace(h)] = i
+	}
+	uc, ok1 := col["userId"]
+	tc, ok2 := col["tokenId"]
+	fc, hasForce := col["force"]
+	if !ok1 || !ok2 {
+		return nil, nil, fmt.Errorf("CSV header %q: want userId,tokenId[,force]", strings.Join(header, ","))
+	}
+	var jobs []Job
+	var bad []badLine
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		line, _ := r.FieldPos(0)
+		if err != nil {
+			bad = append(bad, badLine{line, err})
+			continue
+		}
+		if len(rec) != len(header) {
+			bad = append(bad, badLine{line, fmt.Errorf("%d fields, the header has %d", len(rec), len(header))})
+			continue
+		}
+		force := false
+		if hasForce && strings.TrimSpace(rec[fc]) != "" {
+			if force, err = strconv.ParseBool(strings.TrimSpace(rec[fc])); err != nil {
+				bad = append(bad, badLine{line, fmt.Errorf("force %q is not true or false", rec[fc])})
+				continue
+			}
+		}
+		j, err := removalJob(line, strings.TrimSpace(rec[uc]), strings.TrimSpace(rec[tc]), force)
+		if err != nil {
+			bad = append(bad, badLine{line, err})
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, bad, nil
+}
+
+// batchName is the default batch name: the file's name without extension.
+func batchName(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
+// batchFlags are the flags revoke and sync share.
+type batchFlags struct {
+	name     string
+	inFlight int
+	results  string
+	progress string
+}
+
+func (p *Publisher) batchFlagSet(name, what string) (*batchFlags, *Client, *flag.FlagSet) {
+	fs := p.Flags(name, "FILE")
+	c := ClientFlags(fs)
+	b := &batchFlags{}
+	fs.StringVar(&b.name, "batch", "", "the batch's name in the summary (default: the file's name); when given, it is also part of every Nats-Msg-Id, so the same lines under a new name are new commands")
+	fs.IntVar(&b.inFlight, "in-flight", 256, "most "+what+" published and not yet answered")
+	fs.StringVar(&b.results, "results", "", "write one JSON line per input line with its outcome to this file")
+	fs.StringVar(&b.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), bar, lines or none")
+	return b, c, fs
+}
+
+// runBatch publishes every job as a batch publisher does and prints the
+// summary; it returns the exit code.
+func (p *Publisher) runBatch(ctx context.Context, c *Client, op, done string, path string, b *batchFlags,
+	read func(io.Reader) ([]Job, []badLine, error)) int {
+	jobs, bad, err := readJobs(p.Stdin, path, read)
+	if err != nil {
+		return p.Fail(ExitUsage, "%v", err)
+	}
+	for _, l := range bad {
+		fmt.Fprintf(p.Stderr, "publisher: line %d: %v (skipped)\n", l.Line, l.err)
+	}
+	// Ids come from what each line asks (commandID), never from the file's
+	// name: another file with the same line is the same command, and a
+	// changed line is a new one. An explicit --batch makes every line a new
+	// command, for a deliberate second run of the same content.
+	idPrefix := op
+	if b.name != "" {
+		idPrefix += ":" + b.name
+	} else {
+		b.name = batchName(path)
+	}
+	nc, err := p.Connect(c)
+	if err != nil {
+		return p.Fail(ExitFailed, "%v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(b.inFlight, 1)))
+	if err != nil {
+		return p.Fail(ExitFailed, "%v", err)
+	}
+	bar := progress.New(p.Stderr, b.progress, len(jobs), done)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	p.denials.mu.Lock()
+	p.denials.any = stop // a refusal by NATS applies to every Line: stop at the first
+	p.denials.mu.Unlock()
+	results := p.PublishJobs(ctx, nc, js, c, idPrefix, jobs, max(b.inFlight, 1), bar)
+	bar.Finish()
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		fmt.Fprintf(p.Stderr, "publisher: stopped: %v\n", cause)
+	}
+
+	return p.report(b, done, len(jobs), results, bad)
+}
+
+// readJobs reads the lines of path ("-": in) with read.
+func readJobs(in io.Reader, path string, read func(io.Reader) ([]Job, []badLine, error)) ([]Job, []badLine, error) {
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer f.Close()
+		in = f
+	}
+	jobs, bad, err := read(in)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return jobs, bad, nil
+}
+
+// report writes the results file (with --results), prints the summary
+// line, and returns the exit status: unanswered lines first, then bad
+// lines, then refusals.
+func (p *Publisher) report(b *batchFlags, done string, jobs int, results []LineResult, bad []badLine) int {
+	counts := map[string]int{}
+	for _, r := range results {
+		counts[r.Class]++
+	}
+	counts[classBadLine] = len(bad)
+	if b.results != "" {
+		for _, l := range bad {
+			results = append(results, LineResult{Line: l.Line, Class: classBadLine, Error: l.err.Error()})
+		}
+		slices.SortFunc(results, func(a, b LineResult) int { return a.Line - b.Line })
+		if err := writeResults(b.results, results); err != nil {
+			return p.Fail(ExitFailed, "results: %v", err)
+		}
+	}
+	fmt.Fprintf(p.Stdout, "%s: %d %s, %d not found, %d last login method, %d permission denied, %d other, %d bad lines, %d unanswered\n",
+		b.name, counts[ClassDone], done, counts[classNotFound], counts[classLast], counts[classDenied],
+		counts[classOther], counts[classBadLine], counts[ClassUnanswered])
+	switch {
+	case counts[ClassUnanswered] > 0:
+		return ExitFailed
+	case len(bad) > 0:
+		return ExitUsage
+	case counts[ClassDone] < jobs:
+		return ExitRejected
+	}
+	return ExitOK
+}
+
+func writeResults(path string, results []LineResult) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for _, r := range results {
+		if err := enc.Encode(r); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// PublishJobs publishes each job to the stream with Reply-To and the
+// Nats-Msg-Id commandID gives it, at most inFlight unanswered. A line that
+// JetStream reports as a duplicate (this file was run before) gets its
+// stored outcome through the request-reply endpoint with the same id.
+func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *Client, prefix string,
+	jobs []Job, inFlight int, bar progress.Progress) []LineResult {
+	b := &batchRun{jobs: jobs, results: make([]LineResult, len(jobs)), settled: make([]bool, len(jobs)),
+		sent: make([]atomic.Int64, len(jobs)), slots: make(chan struct{}, inFlight), bar: bar}
+	inbox := nc.NewInbox()
+	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
+		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
+			b.answer(i, m, nil)
+		}
+	})
+	if err != nil {
+		b.settleRest(err.Error())
+		return b.results
+	}
+	defer sub.Unsubscribe()
+	_ = sub.SetPendingLimits(-1, -1)
+
+	scope := ""
+	if iss, sub, ok := tokenPrincipal(c.Bearer); ok {
+		scope = passkey.MsgIDScope(iss, sub)
+	}
+	for i, j := range jobs {
+		select {
+		case b.slots <- struct{}{}:
+		case <-ctx.Done():
+			b.settleRest("interrupted")
+			return b.results
+		}
+		b.wg.Add(1)
+		jobScope := scope
+		if j.Bearer != "" {
+			jobScope = ""
+			if iss, sub, ok := tokenPrincipal(j.Bearer); ok {
+				jobScope = passkey.MsgIDScope(iss, sub)
+			}
+		}
+		p.publishJob(ctx, nc, js, c, b, i, j, inbox, commandID(jobScope, prefix, j))
+	}
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-time.After(c.Timeout + time.Duration(len(jobs))*time.Millisecond):
+	}
+	b.settleRest("no reply in time")
+	return b.results
+}
+
+// publishJob publishes job i and has b answered when its reply comes: from
+// the worker on the inbox, or, for a duplicate, from the stored outcome.
+func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, c *Client, b *batchRun, i int, j Job, inbox, msgID string) {
+	msg := nats.NewMsg(j.Subject)
+	bearer := c.Bearer
+	if j.Bearer != "" {
+		bearer = j.Bearer
+	}
+	msg.Header.Set("Authorization", "Bearer "+strings.TrimPrefix(bearer, "Bearer "))
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
+	msg.Header.Set(nats.MsgIdHdr, msgID)
+	msg.Data = j.Body
+	b.sent[i].Store(time.Now().UnixNano())
+	future, err := js.PublishMsgAsync(msg)
+	if err != nil {
+		b.answer(i, nil, err)
+		return
+	}
+	go func() {
+		select {
+		case ack := <-future.Ok():
+			if ack.Duplicate {
+				// Stored before: JetStream dropped it, the worker will not
+				// reply; its stored outcome is the answer.
+				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
+				subject, _ := partition.EndpointOf(j.Subject)
+				jc := *c
+				jc.Bearer = bearer
+				reply, err := p.Request(ctx, nc, &jc, subject, j.Body, hdr)
+				b.answer(i, reply, err)
+			}
+		case err := <-future.Err():
+			b.answer(i, nil, err)
+		}
+	}()
+}
+
+// batchRun is one publishJobs: each line is settled once, by its reply, an
+// error, or the final timeout, whichever comes first; after settleRest, no
+// late reply writes any more (mu guards results and settled).
+type batchRun struct {
+	jobs    []Job
+	sent    []atomic.Int64 // when each was published, for its latency
+	slots   chan struct{}  // one per line published and not yet answered
+	wg      sync.WaitGroup // the lines published and not yet answered
+	bar     progress.Progress
+	mu      sync.Mutex
+	results []LineResult
+	settled []bool
+}
+
+func (b *batchRun) settle(i int, r LineResult) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.settled[i] {
+		return false
+	}
+	b.settled[i], b.results[i] = true, r
+	return true
+}
+
+// answer settles line i with its reply or the error that ended it.
+func (b *batchRun) answer(i int, reply *nats.Msg, err error) {
+	r := LineResult{Line: b.jobs[i].Line, Input: b.jobs[i].Input, Latency: time.Duration(time.Now().UnixNano() - b.sent[i].Load())}
+	if err != nil {
+		r.Class, r.Error = ClassUnanswered, err.Error()
+	} else {
+		r.Class, r.Reply = Classify(reply), json.RawMessage(reply.Data)
+	}
+	if !b.settle(i, r) {
+		return
+	}
+	b.bar.Add(1)
+	<-b.slots
+	b.wg.Done()
+}
+
+// settleRest settles every line not settled yet as unanswered, for why.
+func (b *batchRun) settleRest(why string) {
+	for i, j := range b.jobs {
+		b.settle(i, LineResult{Line: j.Line, Input: j.Input, Class: ClassUnanswered, Error: why})
+	}
+}
+
+// commandID is the Nats-Msg-Id of job: prefix and a digest of what the
+// line asks (its line number, subject and body), after scope: the
+// principal of the publisher's token (passkey.MsgIDScope), as the forwarding
+// endpoints scope the ids they store, so that a repeat asked through an
+// endpoint finds the outcome of the line published straight into the stream.
+func commandID(scope, prefix string, j Job) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\n%s\n", j.Line, j.Subject)
+	h.Write(j.Body)
+	return scope + prefix + ":" + hex.EncodeToString(h.Sum(nil)[:8]) // 64 bits: unique among one principal's lines
+}
+
+// tokenPrincipal reads iss and sub from the publisher's own token, without
+// verifying it: the worker verifies it, this only names the id's scope.
+func tokenPrincipal(bearer string) (iss, sub string, ok bool) {
+	parts := strings.Split(strings.TrimSpace(strings.TrimPrefix(bearer, "Bearer ")), ".")
+	if len(parts) != 3 {
+		return "", "", false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "", "", false
+	}
+	var claims struct {
+		Iss string `json:"iss"`
+		Sub string `json:"sub"`
+	}
+	if json.Unmarshal(raw, &claims) != nil || claims.Sub == "" {
+		return "", "", false
+	}
+	return claims.Iss, claims.Sub, true
+}
