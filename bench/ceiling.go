@@ -89,7 +89,9 @@ func startStandIn(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, re
 	if err != nil {
 		return nil, err
 	}
-	reply := []byte(`{"details":{"sequence":"1"}}`)
+	// A reply of the worker's shape and size, which the publisher reads as it
+	// reads the worker's.
+	reply := []byte(`{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00.123456Z","changeDate":"2026-11-27T10:05:00.654321Z","resourceOwner":"bench-org"}}`)
 	answer := func(m jetstream.Msg) {
 		if to := m.Headers().Get("Reply-To"); to != "" {
 			_ = nc.Publish(to, reply)

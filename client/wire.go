@@ -163,3 +163,16 @@ func readList(data []byte) (List, error) {
 	}
 	return l, nil
 }
+
+// ReplyError reads a reply the worker sent to a command published straight
+// into stream PASSKEYS with a Reply-To (what a batch publisher does): nil
+// for a success, the *Error of a refusal, or an error wrapping ErrBadReply.
+func ReplyError(m *nats.Msg) error {
+	if m.Header.Get(micro.ErrorCodeHeader) == "" {
+		if _, err := readDetails(m.Data); err != nil {
+			return err
+		}
+		return nil
+	}
+	return readError(m)
+}

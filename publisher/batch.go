@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/progress"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
@@ -39,6 +40,10 @@ type Job struct {
 	// Bearer, when set, is this line's own token (the benchmark's
 	// self-service removals); otherwise the client's.
 	Bearer string
+	// Ask, when set, asks the request-reply endpoint for the line's
+	// outcome with the client (the same body, with the options given: the
+	// line's Nats-Msg-Id), for a line JetStream reports as a duplicate.
+	Ask func(ctx context.Context, c *client.Client, opts ...client.CallOption) error
 }
 
 // badLine is an input line that could not be read; it is reported, never dropped.
@@ -69,22 +74,23 @@ const (
 	ClassUnanswered = "unanswered"
 )
 
-// Classify names the class of reply.
-func Classify(reply *nats.Msg) string {
-	if reply.Header.Get("Nats-Service-Error-Code") == "" {
-		return ClassDone
-	}
-	var body struct {
-		Code    int
-		Details []struct{ ID string }
-	}
-	_ = json.Unmarshal(reply.Data, &body)
+// Classify names the class of a reply to a command.
+func Classify(reply *nats.Msg) string { return classOf(client.ReplyError(reply)) }
+
+// classOf names the class of a command's answer: err as the client reads
+// the reply (nil for a success).
+func classOf(err error) string {
+	var e *client.Error
 	switch {
-	case len(body.Details) == 1 && body.Details[0].ID == passkey.IDPasskeyLast:
+	case err == nil:
+		return ClassDone
+	case errors.Is(err, client.ErrLastPasskey):
 		return classLast
-	case body.Code == int(passkey.CodeNotFound):
+	case !errors.As(err, &e):
+		return classOther
+	case e.Code == int(passkey.CodeNotFound):
 		return classNotFound
-	case body.Code == int(passkey.CodePermissionDenied):
+	case e.Code == int(passkey.CodePermissionDenied):
 		return classDenied
 	default:
 		return classOther
@@ -125,7 +131,14 @@ func removalJob(line int, userID, tokenID string, force bool) (Job, error) {
 		return Job{}, err
 	}
 	input, _ := json.Marshal(map[string]any{"userId": userID, "tokenId": tokenID, "force": force})
-	return Job{Line: line, UserID: userID, Subject: partition.CommandSubject(string(passkey.OpRemove), userID), Body: body, Input: input}, nil
+	ask := func(ctx context.Context, c *client.Client, opts ...client.CallOption) error {
+		if force {
+			opts = append(opts, client.Force())
+		}
+		_, err := c.Remove(ctx, userID, tokenID, opts...)
+		return err
+	}
+	return Job{Line: line, UserID: userID, Subject: partition.CommandSubject(string(passkey.OpRemove), userID), Body: body, Input: input, Ask: ask}, nil
 }
 
 // readSyncs reads JSON Lines of {"userId": ..., <sync body>}.
@@ -138,11 +151,19 @@ func readSyncs(r io.Reader) ([]Job, []badLine, error) {
 		if err := passkey.ValidateUserID(in.UserID); err != nil {
 			return Job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
 		}
-		body, _ := json.Marshal(in.SyncRequest)
+		// The body is the client's encoding of the user, so that a duplicate's
+		// outcome, asked through the client, is asked with the same bytes.
+		u := clientUser(in.UserID, in.SyncRequest)
+		body, _ := json.Marshal(u) // strings, bools and slices of them always encode
 		if _, err := passkey.DecodeSync(body); err != nil {
 			return Job{}, err
 		}
-		return Job{Line: line, UserID: in.UserID, Subject: partition.CommandSubject(string(passkey.OpSync), in.UserID), Body: body, Input: json.RawMessage(raw)}, nil
+		ask := func(ctx context.Context, c *client.Client, opts ...client.CallOption) error {
+			_, err := c.Sync(ctx, u, opts...)
+			return err
+		}
+		return Job{Line: line, UserID: in.UserID, Subject: partition.CommandSubject(string(passkey.OpSync), in.UserID), Body: body,
+			Input: json.RawMessage(raw), Ask: ask}, nil
 	})
 }
 
@@ -394,7 +415,7 @@ func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
-			b.answer(i, m, nil)
+			b.answer(i, m.Data, client.ReplyError(m))
 		}
 	})
 	if err != nil {
@@ -452,7 +473,7 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 	b.sent[i].Store(time.Now().UnixNano())
 	future, err := js.PublishMsgAsync(msg)
 	if err != nil {
-		b.answer(i, nil, err)
+		b.unanswered(i, err)
 		return
 	}
 	go func() {
@@ -461,15 +482,10 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 			if ack.Duplicate {
 				// Stored before: JetStream dropped it, the worker will not
 				// reply; its stored outcome is the answer.
-				hdr := nats.Header{nats.MsgIdHdr: {msgID}}
-				subject, _ := partition.EndpointOf(j.Subject)
-				jc := *c
-				jc.Bearer = bearer
-				reply, err := p.Request(ctx, nc, &jc, subject, j.Body, hdr)
-				b.answer(i, reply, err)
+				b.askOutcome(ctx, nc, c, i, j, bearer, msgID)
 			}
 		case err := <-future.Err():
-			b.answer(i, nil, err)
+			b.unanswered(i, err)
 		}
 	}()
 }
@@ -498,14 +514,51 @@ func (b *batchRun) settle(i int, r LineResult) bool {
 	return true
 }
 
-// answer settles line i with its reply or the error that ended it.
-func (b *batchRun) answer(i int, reply *nats.Msg, err error) {
-	r := LineResult{Line: b.jobs[i].Line, Input: b.jobs[i].Input, Latency: time.Duration(time.Now().UnixNano() - b.sent[i].Load())}
-	if err != nil {
-		r.Class, r.Error = ClassUnanswered, err.Error()
-	} else {
-		r.Class, r.Reply = Classify(reply), json.RawMessage(reply.Data)
+// askOutcome settles line i with the stored outcome of its first
+// publication, asked through the client with the line's Nats-Msg-Id.
+func (b *batchRun) askOutcome(ctx context.Context, nc *nats.Conn, c *Client, i int, j Job, bearer, msgID string) {
+	if j.Ask == nil {
+		b.unanswered(i, errors.New("published before; its outcome cannot be asked"))
+		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var body []byte
+	err := j.Ask(ctx, client.New(nc, client.WithToken(bearer)), client.MsgID(msgID), client.ReplyBody(&body))
+	var e *client.Error
+	if err == nil || (errors.As(err, &e) && body != nil) {
+		b.answer(i, body, err)
+		return
+	}
+	b.unanswered(i, err)
+}
+
+// unanswered settles line i with the error that left it without an answer.
+func (b *batchRun) unanswered(i int, err error) {
+	b.settleWith(i, LineResult{Class: ClassUnanswered, Error: err.Error()})
+}
+
+// answer settles line i with the worker's reply body and how the client
+// reads it (nil for a success).
+func (b *batchRun) answer(i int, body []byte, err error) {
+	if errors.Is(err, client.ErrBadReply) {
+		b.settleWith(i, LineResult{Class: classOther, Reply: jsonOrNil(body), Error: err.Error()})
+		return
+	}
+	b.settleWith(i, LineResult{Class: classOf(err), Reply: jsonOrNil(body)})
+}
+
+// jsonOrNil is body for the results file, which holds it as JSON.
+func jsonOrNil(body []byte) json.RawMessage {
+	if !json.Valid(body) {
+		return nil
+	}
+	return json.RawMessage(body)
+}
+
+func (b *batchRun) settleWith(i int, r LineResult) {
+	r.Line, r.Input = b.jobs[i].Line, b.jobs[i].Input
+	r.Latency = time.Duration(time.Now().UnixNano() - b.sent[i].Load())
 	if !b.settle(i, r) {
 		return
 	}
@@ -552,4 +605,16 @@ func tokenPrincipal(bearer string) (iss, sub string, ok bool) {
 		return "", "", false
 	}
 	return claims.Iss, claims.Sub, true
+}
+
+// clientUser is a sync line as the client's User.
+func clientUser(id string, r passkey.SyncRequest) client.User {
+	u := client.User{ID: id, ResourceOwner: r.ResourceOwner, Password: r.Password, IDPLinks: r.IDPLinks, U2F: r.U2F, OTP: r.OTP}
+	if r.Passkeys != nil {
+		u.Passkeys = make([]client.Passkey, len(r.Passkeys))
+		for i, pk := range r.Passkeys {
+			u.Passkeys[i] = client.Passkey{ID: pk.ID, Name: pk.Name, State: client.State(pk.State)}
+		}
+	}
+	return u
 }

@@ -37,7 +37,7 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		meta, err := m.Metadata()
 		if err == nil && meta.Sequence.Stream%2 == 0 {
-			_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1"}}`))
+			_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00Z","changeDate":"2026-11-27T10:00:00Z","resourceOwner":"o"}}`))
 		}
 	})
 	if err != nil {

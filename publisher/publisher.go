@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/partition"
@@ -158,7 +159,7 @@ func ClientFlags(fs *flag.FlagSet) *Client {
 	fs.StringVar(&c.InboxPrefix, "inbox-prefix", "", "prefix of this client's reply inboxes (env PASSKEYS_INBOX_PREFIX; default: _INBOX_<user> when --nats-url or --nats-creds names a user, else _INBOX)")
 	fs.StringVar(&c.Bearer, "token", "", "bearer token (JWT) (env PASSKEYS_TOKEN); prefer --token-file, which keeps it out of the process list")
 	fs.StringVar(&c.BearerFile, "token-file", "", "file holding the bearer token (env PASSKEYS_TOKEN_FILE)")
-	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "how long to wait for each reply")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "how long to wait for each reply (remove and list: retries included)")
 	return c
 }
 
@@ -239,22 +240,11 @@ func (p *Publisher) Request(ctx context.Context, nc *nats.Conn, c *Client, subje
 	return reply, nil
 }
 
-// printReply writes the reply body as one line, and for an error reply
-// also a short line on stderr. It returns the exit code the reply means.
-func (p *Publisher) printReply(reply *nats.Msg) int {
-	fmt.Fprintf(p.Stdout, "%s\n", reply.Data)
-	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
-		fmt.Fprintf(p.Stderr, "publisher: %s %s\n", code, reply.Header.Get("Nats-Service-Error"))
-		return ExitRejected
-	}
-	return ExitOK
-}
-
 func (p *Publisher) remove(ctx context.Context, args []string) int {
 	fs := p.Flags("remove", "USER_ID TOKEN_ID")
 	c := ClientFlags(fs)
 	force := fs.Bool("force", false, "skip the last-login-method check (administrators only)")
-	msgID := fs.String("msg-id", "", "Nats-Msg-Id: repeat a removal with the same id to get its first reply")
+	msgID := fs.String("msg-id", "", "Nats-Msg-Id: repeat a removal with the same id to get its first reply (default: a new one)")
 	if code, ok := p.Parse(fs, args, 2); !ok {
 		return code
 	}
@@ -262,16 +252,50 @@ func (p *Publisher) remove(ctx context.Context, args []string) int {
 	if err := passkey.ValidateUserID(userID); err != nil {
 		return p.Fail(ExitUsage, "user id %q: %v", userID, err)
 	}
-	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: *force})
-	hdr := nats.Header{}
-	if *msgID != "" {
-		hdr.Set(nats.MsgIdHdr, *msgID)
+	var opts []client.CallOption
+	if *force {
+		opts = append(opts, client.Force())
 	}
-	return p.once(ctx, c, partition.EndpointSubject(string(passkey.OpRemove), userID), body, hdr)
+	if *msgID != "" {
+		opts = append(opts, client.MsgID(*msgID))
+	}
+	return p.ask(ctx, c, partition.EndpointSubject(string(passkey.OpRemove), userID), func(ctx context.Context, cl *client.Client, o ...client.CallOption) error {
+		_, err := cl.Remove(ctx, userID, tokenID, append(opts, o...)...)
+		return err
+	})
+}
+
+// ask connects and makes one client call (its retries included) within
+// --timeout, prints the reply's body, and returns the exit code it means.
+// A refusal also gets a short line on stderr, as the reply's
+// Nats-Service-Error headers say it.
+func (p *Publisher) ask(ctx context.Context, c *Client, subject string, call func(context.Context, *client.Client, ...client.CallOption) error) int {
+	nc, err := p.Connect(c)
+	if err != nil {
+		return p.Fail(ExitFailed, "%v", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	ctx, deny := context.WithCancelCause(ctx)
+	defer p.denials.watch(subject, deny)()
+	var body []byte
+	err = call(ctx, client.New(nc, client.WithToken(c.Bearer)), client.ReplyBody(&body))
+	var e *client.Error
+	switch {
+	case errors.As(err, &e) && e.HTTPStatus != 0:
+		fmt.Fprintf(p.Stdout, "%s\n", body)
+		fmt.Fprintf(p.Stderr, "%s: %d %s (%s)\n", p.program(), e.HTTPStatus, e.Message, e.ID)
+		return ExitRejected
+	case err != nil:
+		return p.Fail(ExitFailed, "%v", err)
+	}
+	fmt.Fprintf(p.Stdout, "%s\n", body)
+	return ExitOK
 }
 
 // once connects, sends one request, prints the reply and returns the exit
-// code it means.
+// code it means (replay, which the client package does not speak).
 func (p *Publisher) once(ctx context.Context, c *Client, subject string, body []byte, hdr nats.Header) int {
 	nc, err := p.Connect(c)
 	if err != nil {
@@ -282,7 +306,12 @@ func (p *Publisher) once(ctx context.Context, c *Client, subject string, body []
 	if err != nil {
 		return p.Fail(ExitFailed, "%v", err)
 	}
-	return p.printReply(reply)
+	fmt.Fprintf(p.Stdout, "%s\n", reply.Data)
+	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
+		fmt.Fprintf(p.Stderr, "%s: %s %s\n", p.program(), code, reply.Header.Get("Nats-Service-Error"))
+		return ExitRejected
+	}
+	return ExitOK
 }
 
 func (p *Publisher) list(ctx context.Context, args []string) int {
@@ -295,7 +324,10 @@ func (p *Publisher) list(ctx context.Context, args []string) int {
 	if err := passkey.ValidateUserID(userID); err != nil {
 		return p.Fail(ExitUsage, "user id %q: %v", userID, err)
 	}
-	return p.once(ctx, c, partition.EndpointSubject(string(passkey.OpList), userID), nil, nil)
+	return p.ask(ctx, c, partition.EndpointSubject(string(passkey.OpList), userID), func(ctx context.Context, cl *client.Client, o ...client.CallOption) error {
+		_, err := cl.List(ctx, userID, o...)
+		return err
+	})
 }
 
 // syncLine is one line of a sync file: the user id beside the sync body.
