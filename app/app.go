@@ -17,10 +17,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
+	"github.com/passkeys/worker/internal/telemetry"
 	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
@@ -70,6 +72,8 @@ type worker struct {
 	svc       micro.Service
 	// storeWrites tells /readyz whether the last commit failed.
 	storeWrites *ops.StoreWrites
+	// tracer records spans; nil when no tracing is set up.
+	tracer trace.Tracer
 
 	closers []func() // what close undoes, in the order it was done
 }
@@ -98,6 +102,9 @@ func (w *worker) open(ctx context.Context) error {
 	hup, stopHUP := notifyHUP()
 	w.hup = hup
 	w.onClose(stopHUP)
+	if err := w.openTracing(ctx); err != nil {
+		return err
+	}
 	if err := w.openNATS(ctx); err != nil {
 		return err
 	}
@@ -119,6 +126,31 @@ func (w *worker) open(ctx context.Context) error {
 			return err
 		}
 		w.onClose(stopHTTP)
+	}
+	return nil
+}
+
+// openTracing sets up the tracer, from Config.Tracing or the environment.
+func (w *worker) openTracing(ctx context.Context) error {
+	tp := w.cfg.Tracing
+	if tp == nil {
+		var shutdown func(context.Context) error
+		var err error
+		tp, shutdown, err = telemetry.Provider(ctx, os.Getenv, "passkeys-worker", service.Version)
+		if err != nil {
+			return err
+		}
+		w.onClose(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := shutdown(ctx); err != nil {
+				w.log.Warn().Err(err).Msg("flush traces")
+			}
+		})
+	}
+	if tp != nil {
+		w.tracer = tp.Tracer("github.com/passkeys/worker")
+		w.log.Info().Msg("tracing: spans are exported")
 	}
 	return nil
 }
@@ -214,9 +246,9 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents,
 		Leases: w.topo.Leases, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Replies: w.replies, Log: log})
+		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Replies: w.replies, Tracer: w.tracer, Log: log})
 	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Router: w.parts, Verifier: w.verifier, Log: log,
-		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Replayer: w.parts.Replay}
+		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Replayer: w.parts.Replay, Tracer: w.tracer}
 	if err := w.parts.Join(ctx, w.endpoints); err != nil {
 		return err
 	}

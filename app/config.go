@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/topology"
@@ -61,6 +63,10 @@ type Config struct {
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
 	Started func(natsURL string)
+	// Tracing, when set, is where the worker's spans go (tests); nil: as
+	// the OTEL_* environment says (package telemetry): exported over
+	// OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none.
+	Tracing trace.TracerProvider
 }
 
 // Embedded reports whether the worker runs its own NATS server.

@@ -8,6 +8,7 @@
 package event
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -81,7 +82,31 @@ type document struct {
 	Subject         string `json:"subject"`
 	Time            string `json:"time"`
 	DataContentType string `json:"datacontenttype"`
-	Data            any    `json:"data"`
+	// CloudEvents' distributed tracing extension: the trace of the command
+	// that made the change.
+	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
+	Data        any    `json:"data"`
+}
+
+// Trace is the W3C trace context of the command that made a change
+// (traceprop.Of of its headers): empty for a command that carried none.
+type Trace struct {
+	Parent, State string
+}
+
+// TraceOf reads the trace context of an event document; empty when it
+// has none.
+func TraceOf(doc []byte) Trace {
+	if !bytes.Contains(doc, []byte(`"traceparent":`)) {
+		return Trace{} // most events: no parse
+	}
+	var d struct {
+		TraceParent string `json:"traceparent"`
+		TraceState  string `json:"tracestate"`
+	}
+	_ = json.Unmarshal(doc, &d) // our own rendering: a failure leaves it empty
+	return Trace{Parent: d.TraceParent, State: d.TraceState}
 }
 
 // ID is the id of the event of user userID's change to sequence seq.
@@ -98,9 +123,10 @@ func ParseID(id string) (userID string, seq uint64, ok bool) {
 }
 
 // Removed is the event of the removal of passkey removed that left the user
-// as after; msgID is the caller's Nats-Msg-Id ("" for none).
-func Removed(after *passkey.User, removed passkey.Passkey, forced bool, actor Actor, msgID string) []byte {
-	return render(after, TypeRemoved, removedData{
+// as after; msgID is the caller's Nats-Msg-Id ("" for none), tr the
+// command's trace.
+func Removed(after *passkey.User, removed passkey.Passkey, forced bool, actor Actor, msgID string, tr Trace) []byte {
+	return render(after, TypeRemoved, tr, removedData{
 		UserID: after.ID, ResourceOwner: after.ResourceOwner, TokenID: removed.ID, Name: removed.Name, Forced: forced,
 		Actor: actor, Sequence: strconv.FormatUint(after.Sequence, 10), MsgID: msgID,
 		Remaining: Remaining{Passkeys: len(after.Passkeys), FirstFactors: after.FirstFactors()},
@@ -108,17 +134,17 @@ func Removed(after *passkey.User, removed passkey.Passkey, forced bool, actor Ac
 }
 
 // Synced is the event of a sync that left the user as after.
-func Synced(after *passkey.User, actor Actor, msgID string) []byte {
-	return render(after, TypeSynced, syncedData{
+func Synced(after *passkey.User, actor Actor, msgID string, tr Trace) []byte {
+	return render(after, TypeSynced, tr, syncedData{
 		UserID: after.ID, ResourceOwner: after.ResourceOwner, Actor: actor, Sequence: strconv.FormatUint(after.Sequence, 10),
 		Created: after.Sequence == 1, Passkeys: len(after.Passkeys), FirstFactors: after.FirstFactors(), MsgID: msgID,
 	})
 }
 
-func render(after *passkey.User, typ string, data any) []byte {
+func render(after *passkey.User, typ string, tr Trace, data any) []byte {
 	raw, _ := json.Marshal(document{ // a struct of strings and numbers cannot fail to encode
 		SpecVersion: "1.0", ID: ID(after.ID, after.Sequence), Source: Source, Type: typ, Subject: after.ID,
-		Time: Timestamp(after.ChangeDate), DataContentType: "application/json", Data: data,
+		Time: Timestamp(after.ChangeDate), DataContentType: "application/json", TraceParent: tr.Parent, TraceState: tr.State, Data: data,
 	})
 	return raw
 }

@@ -14,9 +14,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/internal/jsread"
+	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -48,6 +53,9 @@ type Publisher struct {
 	// would take it twice.
 	Published *jsread.Reader
 	Dedup     time.Duration
+	// Tracer, when set, records a span per event published, in the trace
+	// of the command that made the change.
+	Tracer trace.Tracer
 
 	wake chan struct{}
 	// started is when Run began, and before the outbox keys it held then:
@@ -185,6 +193,7 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 	type inFlight struct {
 		key    []byte
 		future jetstream.PubAckFuture
+		span   trace.Span
 	}
 	var sent []inFlight
 	var done [][]byte
@@ -204,11 +213,17 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 		msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
 		msg.Header.Set("Content-Type", "application/cloudevents+json")
 		msg.Data = ev.Doc
+		// The event's trace context also as headers, for consumers that
+		// read NATS headers rather than the document's extension.
+		tr := event.TraceOf(ev.Doc)
+		traceprop.Set(msg.Header, tr.Parent, tr.State)
+		span := e.span(ctx, msg)
 		f, err := e.JS.PublishMsgAsync(msg)
 		if err != nil {
+			span.End()
 			break
 		}
-		sent = append(sent, inFlight{ev.Key, f})
+		sent = append(sent, inFlight{ev.Key, f, span})
 	}
 	var firstErr error
 	for _, s := range sent {
@@ -216,12 +231,14 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 		case <-s.future.Ok():
 			done = append(done, s.key)
 		case err := <-s.future.Err():
+			s.span.SetStatus(codes.Error, err.Error())
 			if firstErr == nil {
 				firstErr = err
 			}
 		case <-ctx.Done():
 			return len(done), ctx.Err()
 		}
+		s.span.End()
 	}
 	if len(done) > 0 {
 		// Out of the outbox with the partition's next commit, or the
@@ -232,4 +249,17 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 		}
 	}
 	return len(done), firstErr
+}
+
+// span starts the publication's span, in the trace msg's headers carry; a
+// span that records nothing without a Tracer or a trace.
+func (e *Publisher) span(ctx context.Context, msg *nats.Msg) trace.Span {
+	if e.Tracer == nil || msg.Header.Get(traceprop.HeaderParent) == "" {
+		return noop.Span{}
+	}
+	_, span := e.Tracer.Start(traceprop.Extract(ctx, msg.Header), "passkeys.event.publish",
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+			attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject),
+			attribute.String("messaging.message.id", msg.Header.Get(nats.MsgIdHdr))))
+	return span
 }

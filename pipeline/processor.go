@@ -16,9 +16,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/reply"
 )
@@ -53,6 +58,13 @@ type Processor struct {
 	// only once the requester was there to take it (reply.Guard); else a
 	// reply is published and its command acknowledged at once.
 	Replies *reply.Guard
+	// Tracer, when set, records spans: each command's apply (a child of
+	// the trace context the command carries) and reply, and each batch's
+	// check and commit (linked to its commands' spans). Partition names the
+	// partition in them. Without it a command's trace context still goes
+	// into its reply's headers and its event.
+	Tracer    trace.Tracer
+	Partition int
 }
 
 // Observer is told what the processor does; metrics.Metrics is one.
@@ -253,6 +265,12 @@ type delivery struct {
 	cmd     *command.Command
 	replyTo string
 	log     zerolog.Logger
+	// traceParent and traceState are the command's trace context
+	// (traceprop.Of), which its reply repeats; span is its apply span, ctx
+	// holds it (Tracer set only).
+	traceParent, traceState string
+	span                    trace.Span
+	ctx                     context.Context
 }
 
 // checkedBatch is a batch that was checked and waits for its commit.
@@ -296,14 +314,24 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 			h.log.Warn().Msg("command redelivered")
 			c.Observer.Redelivered()
 		}
+		h.traceParent, h.traceState = traceprop.Of(m.Headers())
+		if c.Tracer != nil {
+			h.ctx, h.span = c.Tracer.Start(traceprop.Extract(ctx, m.Headers()), "passkeys.apply",
+				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+					attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", h.cmd.Subject),
+					attribute.Int64("messaging.nats.stream_seq", int64(meta.Sequence.Stream)), attribute.Int("passkeys.partition", c.Partition)))
+		}
 		hand = append(hand, h)
 		cmds = append(cmds, h.cmd)
 	}
 	if len(cmds) == 0 {
 		return checkedBatch{}, false
 	}
+	ctx, span := c.batchSpan(ctx, "passkeys.batch.check", hand)
 	checked, err := c.Applier.Check(ctx, cmds)
+	span.End()
 	if err != nil {
+		c.endSpans(hand, "stopping before the keys of the commands' time were known")
 		// Stopping before the keys of their time were known: unacknowledged,
 		// they come back.
 		return checkedBatch{}, false
@@ -321,8 +349,11 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 // partition, leaves a batch unfinished: its commands stay unacknowledged and
 // come back.
 func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
+	ctx, span := c.batchSpan(ctx, "passkeys.batch.commit", b.hand)
+	defer span.End()
 	if c.Order != nil {
 		if err := c.Order.fill(ctx, b.hand, c.applyRead, c.Wait, c.Log); err != nil {
+			c.endSpans(b.hand, "stopping before the batch's commit")
 			return
 		}
 	}
@@ -348,8 +379,38 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 		}})
 	if err != nil {
 		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they stay unacknowledged and come back")
+		c.endSpans(b.hand, "stopping with the command not applied")
 	}
 }
+
+// batchSpan starts a batch's span, linked to its commands' apply spans; a
+// span that records nothing without a Tracer.
+func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery) (context.Context, trace.Span) {
+	if c.Tracer == nil {
+		return ctx, noopSpan
+	}
+	links := make([]trace.Link, 0, len(hand))
+	for _, h := range hand {
+		if h.span != nil {
+			links = append(links, trace.Link{SpanContext: h.span.SpanContext()})
+		}
+	}
+	return c.Tracer.Start(ctx, name, trace.WithLinks(links...), trace.WithAttributes(
+		attribute.Int("passkeys.partition", c.Partition), attribute.Int("passkeys.batch_size", len(hand))))
+}
+
+// endSpans ends the apply spans of commands left unanswered (they come back).
+func (c *Processor) endSpans(hand []delivery, why string) {
+	for _, h := range hand {
+		if h.span != nil && h.span.IsRecording() {
+			h.span.SetStatus(codes.Unset, why)
+			h.span.End()
+		}
+	}
+}
+
+// noopSpan is the span of a batch when there is no Tracer.
+var noopSpan = noop.Span{}
 
 // applyRead applies commands read from the stream (not delivered here), in
 // order: nobody is replied to, their deliveries get their stored outcomes.
@@ -384,6 +445,14 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		ev = ev.Str("error_code", wire.ErrorCode).Str("error", wire.ErrorText)
 	}
 	ev.Msg("command processed")
+	if h.span != nil {
+		h.span.SetAttributes(attribute.String("passkeys.op", string(r.Op)), attribute.String("passkeys.user_id", r.UserID),
+			attribute.Bool("passkeys.repeat", r.Repeat), attribute.Int("passkeys.code", int(wire.Code)))
+		if wire.IsError() {
+			h.span.SetStatus(codes.Error, wire.ErrorText)
+		}
+		defer h.span.End()
+	}
 	c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
 	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
 		c.Observer.EventWritten()
@@ -395,6 +464,18 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		return
 	}
 	msg := &nats.Msg{Subject: h.replyTo, Header: wire.Header(), Data: wire.Body}
+	if h.traceParent != "" {
+		// The reply belongs to the command's trace: its caller's, as the
+		// stream stored it, so a replay answers with the same headers.
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		traceprop.Set(msg.Header, h.traceParent, h.traceState)
+	}
+	if h.span != nil {
+		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
+		defer span.End()
+	}
 	if c.Replies == nil {
 		if err := c.Conn.PublishMsg(msg); err != nil {
 			log.Error().Err(err).Msg("reply")

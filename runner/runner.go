@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
@@ -76,7 +77,10 @@ type Config struct {
 	Metrics    *metrics.Metrics
 	Observer   pipeline.Observer
 	Replies    *reply.Guard
-	Log        zerolog.Logger
+	// Tracer, when set, records the partitions' spans (pipeline.Processor,
+	// outbox.Publisher).
+	Tracer trace.Tracer
+	Log    zerolog.Logger
 }
 
 // Set runs the partitions this worker holds.
@@ -290,6 +294,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		return err
 	}
 	pt.events = outbox.New(s.cfg.EventsJS, pt.store, log, s.cfg.Metrics)
+	pt.events.Tracer = s.cfg.Tracer
 	pt.events.Hold = s.cfg.HoldEvents
 	pt.events.Published, pt.events.Dedup = s.cfg.EventsRead, s.cfg.EventsDuplicates
 	sub, err := s.endpoints.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
@@ -315,6 +320,8 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		Order:         &pipeline.OrderGuard{Reader: s.cfg.Reader, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      s.cfg.Observer,
 		Replies:       s.cfg.Replies,
+		Tracer:        s.cfg.Tracer,
+		Partition:     pt.p,
 	}
 	// The lease is ours, so whoever held the pin before lost it or let go:
 	// unpin, so that this worker's pulls are served now, not once the old

@@ -68,11 +68,7 @@ func (s *Endpoints) askHolder(req micro.Request, p int, kind, userID string, h n
 			err = nats.ErrNoResponders
 		}
 		if err == nil {
-			if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-				_ = req.Error(code, resp.Header.Get(micro.ErrorHeader), resp.Data)
-				return
-			}
-			_ = req.Respond(resp.Data)
+			respond(req, reply.Wire{Body: resp.Data, ErrorCode: resp.Header.Get(micro.ErrorCodeHeader), ErrorText: resp.Header.Get(micro.ErrorHeader)})
 			return
 		}
 		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {

@@ -13,11 +13,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/pipeline"
@@ -58,6 +63,12 @@ type Endpoints struct {
 	Answers *AnswerStats
 	// Replayer, when set, serves passkeys.admin.replay.
 	Replayer func(context.Context, pipeline.ReplayRange) (pipeline.ReplayReport, error)
+	// Tracer, when set, records a span per forwarded request (its forward
+	// and the wait for the stream's acknowledgement, or for a repeat's
+	// outcome), in the trace the request carries, and the forwarded command
+	// carries the span's context. Without it the command carries the
+	// request's trace context as it came.
+	Tracer trace.Tracer
 }
 
 // ReplaySubject is the request-reply endpoint through which an operator
@@ -124,14 +135,33 @@ func (s *Endpoints) verify(authorization []string) (passkey.Principal, error) {
 	return s.Verifier.Verify(authorization, now)
 }
 
-// respond answers a request. The only failure is a requester that is gone
-// or a connection that is closing; neither can be answered, so it is dropped.
+// respond answers a request, in the trace the request carries (its
+// traceparent and tracestate headers). The only failure is a requester that
+// is gone or a connection that is closing; neither can be answered, so it
+// is dropped.
 func respond(req micro.Request, r reply.Wire) {
+	var opts []micro.RespondOpt
+	if parent, state := traceprop.Of(nats.Header(req.Headers())); parent != "" {
+		h := nats.Header{}
+		traceprop.Set(h, parent, state)
+		opts = append(opts, micro.WithHeaders(micro.Headers(h)))
+	}
 	if r.IsError() {
-		_ = req.Error(r.ErrorCode, r.ErrorText, r.Body)
+		_ = req.Error(r.ErrorCode, r.ErrorText, r.Body, opts...)
 		return
 	}
-	_ = req.Respond(r.Body)
+	_ = req.Respond(r.Body, opts...)
+}
+
+// startSpan starts the span of a request at endpoint op, in the trace the
+// request carries; a span that records nothing without a Tracer.
+func (s *Endpoints) startSpan(req micro.Request, op passkey.Op) (context.Context, trace.Span) {
+	if s.Tracer == nil {
+		return context.Background(), noop.Span{}
+	}
+	return s.Tracer.Start(traceprop.Extract(context.Background(), nats.Header(req.Headers())), "passkeys.endpoint."+string(op),
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+			attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", req.Subject())))
 }
 
 // respondError answers a request with err. An error that is not a
@@ -173,6 +203,7 @@ func (s *Endpoints) confined(h micro.HandlerFunc) micro.HandlerFunc {
 // (passkey.ScopeMsgID), so no caller can occupy another's ids.
 func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 	return func(req micro.Request) {
+		ctx, span := s.startSpan(req, op)
 		in := command.Header(req.Headers())
 		gotOp, userID, err := passkey.ParseSubject(partition.EndpointPrefix, req.Subject())
 		if err == nil && gotOp != op {
@@ -195,6 +226,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 			err = passkey.ValidateMsgID(msgID, passkey.MaxScopedMsgIDLen)
 		}
 		if err != nil {
+			endSpan(span, err)
 			s.respondError(req, err)
 			return
 		}
@@ -212,20 +244,39 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 		if req.Reply() != "" {
 			msg.Header.Set(command.HeaderReplyTo, req.Reply())
 		}
+		if span.IsRecording() {
+			traceprop.Inject(ctx, msg.Header) // the command's apply is this span's child
+		} else {
+			parent, state := traceprop.Of(nats.Header(in))
+			traceprop.Set(msg.Header, parent, state)
+		}
 		future, err := s.JS.PublishMsgAsync(msg)
 		if err != nil {
 			s.Log.Error().Err(err).Str("subject", subject).Msg("forward: publish")
+			endSpan(span, passkey.ErrStreamUnavailable)
 			s.respondError(req, passkey.ErrStreamUnavailable)
 			return
 		}
 		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
-		go s.awaitPubAck(req, future, subject, userID, msgID, fingerprint)
+		go s.awaitPubAck(req, span, future, subject, userID, msgID, fingerprint)
 	}
 }
 
-func (s *Endpoints) awaitPubAck(req micro.Request, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
+// endSpan ends a request's span with the error that answered it, if any.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		e := passkey.AsError(err)
+		span.SetAttributes(attribute.String("passkeys.error_id", e.ID))
+		span.SetStatus(codes.Error, e.ID)
+	}
+	span.End()
+}
+
+func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
+	defer span.End()
 	select {
 	case ack := <-future.Ok():
+		span.SetAttributes(attribute.Int64("messaging.nats.stream_seq", int64(ack.Sequence)), attribute.Bool("passkeys.duplicate", ack.Duplicate))
 		if ack.Duplicate && msgID != "" {
 			// JetStream dropped the repeat: the original's outcome is the
 			// answer, unless the original was another command.

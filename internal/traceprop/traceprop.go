@@ -68,12 +68,31 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 	return w3c.Extract(ctx, Carrier(h))
 }
 
-// Copy copies the trace headers of from into to (both, or whichever from
-// has), so that a forwarded message stays in its request's trace.
-func Copy(to, from nats.Header) {
-	for _, k := range []string{HeaderParent, HeaderState} {
-		if v := Carrier(from).Get(k); v != "" {
-			to[k] = []string{v}
-		}
+// Of is the trace context h carries, written anew by the W3C propagator
+// (so a malformed header gives "" and a valid one its canonical form): the
+// traceparent and tracestate a reply and an event of the command that
+// carried h repeat. A pure function of h, so every worker that applies the
+// command writes the same.
+func Of(h nats.Header) (parent, state string) {
+	if Carrier(h).Get(HeaderParent) == "" {
+		return "", ""
+	}
+	sc := trace.SpanContextFromContext(w3c.Extract(context.Background(), Carrier(h)))
+	if !sc.IsValid() {
+		return "", ""
+	}
+	out := Carrier{}
+	w3c.Inject(trace.ContextWithRemoteSpanContext(context.Background(), sc), out)
+	return out.Get(HeaderParent), out.Get(HeaderState)
+}
+
+// Set sets h's trace headers to parent and state; nothing for "".
+func Set(h nats.Header, parent, state string) {
+	if parent == "" {
+		return
+	}
+	h[HeaderParent] = []string{parent}
+	if state != "" {
+		h[HeaderState] = []string{state}
 	}
 }
