@@ -22,7 +22,7 @@ import (
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
-	"github.com/passkeys/worker/internal/telemetry"
+	"github.com/passkeys/worker/internal/telemetry/otlphttp"
 	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
@@ -136,7 +136,7 @@ func (w *worker) openTracing(ctx context.Context) error {
 	if tp == nil {
 		var shutdown func(context.Context) error
 		var err error
-		tp, shutdown, err = telemetry.Provider(ctx, os.Getenv, "passkeys-worker", service.Version)
+		tp, shutdown, err = otlphttp.Provider(ctx, os.Getenv, "passkeys-worker", service.Version)
 		if err != nil {
 			return err
 		}

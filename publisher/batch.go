@@ -23,9 +23,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/progress"
+	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 )
@@ -412,6 +415,9 @@ func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	jobs []Job, inFlight int, bar progress.Progress) []LineResult {
 	b := &batchRun{jobs: jobs, results: make([]LineResult, len(jobs)), settled: make([]bool, len(jobs)),
 		sent: make([]atomic.Int64, len(jobs)), slots: make(chan struct{}, inFlight), bar: bar}
+	if p.Tracing != nil {
+		b.spans = make([]trace.Span, len(jobs))
+	}
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
@@ -470,6 +476,14 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 	msg.Header.Set("Reply-To", inbox+"."+strconv.Itoa(i))
 	msg.Header.Set(nats.MsgIdHdr, msgID)
 	msg.Data = j.Body
+	if b.spans != nil {
+		// Each line is a trace of its own: its command, apply, reply and event.
+		var span trace.Span
+		ctx, span = p.Tracing.Tracer(tracerName).Start(ctx, "passkeys.publish", trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithNewRoot(), trace.WithAttributes(attribute.String("messaging.destination.name", j.Subject), attribute.Int("passkeys.line", j.Line)))
+		b.spans[i] = span
+		traceprop.Inject(ctx, msg.Header)
+	}
 	b.sent[i].Store(time.Now().UnixNano())
 	future, err := js.PublishMsgAsync(msg)
 	if err != nil {
@@ -482,7 +496,7 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 			if ack.Duplicate {
 				// Stored before: JetStream dropped it, the worker will not
 				// reply; its stored outcome is the answer.
-				b.askOutcome(ctx, nc, c, i, j, bearer, msgID)
+				b.askOutcome(ctx, p.client(nc, bearer), c, i, j, msgID)
 			}
 		case err := <-future.Err():
 			b.unanswered(i, err)
@@ -496,6 +510,7 @@ func (p *Publisher) publishJob(ctx context.Context, nc *nats.Conn, js jetstream.
 type batchRun struct {
 	jobs    []Job
 	sent    []atomic.Int64 // when each was published, for its latency
+	spans   []trace.Span   // each line's span; nil without tracing
 	slots   chan struct{}  // one per line published and not yet answered
 	wg      sync.WaitGroup // the lines published and not yet answered
 	bar     progress.Progress
@@ -511,12 +526,16 @@ func (b *batchRun) settle(i int, r LineResult) bool {
 		return false
 	}
 	b.settled[i], b.results[i] = true, r
+	if b.spans != nil && b.spans[i] != nil {
+		b.spans[i].SetAttributes(attribute.String("passkeys.outcome", r.Class))
+		b.spans[i].End()
+	}
 	return true
 }
 
 // askOutcome settles line i with the stored outcome of its first
 // publication, asked through the client with the line's Nats-Msg-Id.
-func (b *batchRun) askOutcome(ctx context.Context, nc *nats.Conn, c *Client, i int, j Job, bearer, msgID string) {
+func (b *batchRun) askOutcome(ctx context.Context, cl *client.Client, c *Client, i int, j Job, msgID string) {
 	if j.Ask == nil {
 		b.unanswered(i, errors.New("published before; its outcome cannot be asked"))
 		return
@@ -524,7 +543,7 @@ func (b *batchRun) askOutcome(ctx context.Context, nc *nats.Conn, c *Client, i i
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	var body []byte
-	err := j.Ask(ctx, client.New(nc, client.WithToken(bearer)), client.MsgID(msgID), client.ReplyBody(&body))
+	err := j.Ask(ctx, cl, client.MsgID(msgID), client.ReplyBody(&body))
 	var e *client.Error
 	if err == nil || (errors.As(err, &e) && body != nil) {
 		b.answer(i, body, err)

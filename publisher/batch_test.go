@@ -4,10 +4,13 @@ import (
 	"context"
 	"io"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/passkeys/worker/internal/progress"
 	"github.com/passkeys/worker/internal/testenv"
@@ -64,5 +67,64 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 	}
 	if counts[ClassDone]+counts[ClassUnanswered] != n || counts[ClassUnanswered] < n/2 {
 		t.Fatalf("classes %v: want every line settled once, at least half unanswered", counts)
+	}
+}
+
+// With tracing, each line of a batch is a trace of its own: its command
+// carries the context of the line's span, which ends when the line settles.
+func TestPublishJobsTraceEachLine(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PASSKEYS", Subjects: []string{"passkeys.cmd.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	parents := map[string]bool{}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		mu.Lock()
+		parents[m.Headers().Get("traceparent")] = true
+		mu.Unlock()
+		_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00Z","changeDate":"2026-11-27T10:00:00Z","resourceOwner":"o"}}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+	const n = 20
+	jobs := make([]Job, n)
+	for i := range jobs {
+		jobs[i] = Job{Line: i + 1, UserID: "u" + strconv.Itoa(i), Subject: "passkeys.cmd.remove.u" + strconv.Itoa(i), Body: []byte(`{"tokenId":"pk-1"}`)}
+	}
+	rec := tracetest.NewSpanRecorder()
+	p := &Publisher{Stderr: io.Discard, Tracing: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))}
+	for _, r := range p.PublishJobs(ctx, nc, js, &Client{Timeout: 10 * time.Second}, "test", jobs, n, progress.None{}) {
+		if r.Class != ClassDone {
+			t.Fatalf("line %d: %s %s", r.Line, r.Class, r.Error)
+		}
+	}
+	spans := rec.Ended()
+	traces := map[string]bool{}
+	for _, s := range spans {
+		traces[s.SpanContext().TraceID().String()] = true
+		want := "00-" + s.SpanContext().TraceID().String() + "-" + s.SpanContext().SpanID().String() + "-01"
+		mu.Lock()
+		ok := parents[want]
+		mu.Unlock()
+		if !ok {
+			t.Errorf("no command carried %s", want)
+		}
+	}
+	if len(spans) != n || len(traces) != n {
+		t.Fatalf("%d spans in %d traces, want %d lines in a trace each", len(spans), len(traces), n)
 	}
 }

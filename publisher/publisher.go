@@ -20,11 +20,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/internal/natsconn"
+	"github.com/passkeys/worker/internal/telemetry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 )
@@ -77,6 +79,18 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return ExitUsage
 	}
 	p := &Publisher{Getenv: getenv, Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	tp, shutdown, err := telemetry.LightProvider(ctx, getenv, "passkeys-publisher", "")
+	if err != nil {
+		return p.Fail(ExitUsage, "%v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdown(ctx)
+	}()
+	if tp != nil {
+		p.Tracing = tp
+	}
 	switch args[0] {
 	case "remove":
 		return p.remove(ctx, args[1:])
@@ -110,7 +124,22 @@ type Publisher struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 
+	// Tracing, when set, records a span per call and per batch line, and
+	// the commands carry its trace context (set from the OTEL_* environment).
+	Tracing trace.TracerProvider
+
 	denials denials
+}
+
+const tracerName = "github.com/passkeys/worker/publisher"
+
+// client is the client package's view of nc, with bearer as the token.
+func (p *Publisher) client(nc *nats.Conn, bearer string) *client.Client {
+	opts := []client.Option{client.WithToken(bearer)}
+	if p.Tracing != nil {
+		opts = append(opts, client.WithTracerProvider(p.Tracing))
+	}
+	return client.New(nc, opts...)
 }
 
 // Client is the connection flags of a command that talks to NATS: where,
@@ -280,7 +309,7 @@ func (p *Publisher) ask(ctx context.Context, c *Client, subject string, call fun
 	ctx, deny := context.WithCancelCause(ctx)
 	defer p.denials.watch(subject, deny)()
 	var body []byte
-	err = call(ctx, client.New(nc, client.WithToken(c.Bearer)), client.ReplyBody(&body))
+	err = call(ctx, p.client(nc, c.Bearer), client.ReplyBody(&body))
 	var e *client.Error
 	switch {
 	case errors.As(err, &e) && e.HTTPStatus != 0:

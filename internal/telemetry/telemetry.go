@@ -1,22 +1,19 @@
-// Package telemetry sets up the worker's OpenTelemetry traces from the
-// standard environment variables: spans are exported over OTLP/HTTP when
+// Package telemetry sets up OpenTelemetry traces from the standard
+// environment variables: spans are exported over OTLP/HTTP when
 // OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is
-// set, and not recorded at all otherwise. The exporter, its headers,
-// timeout and compression, the sampler (OTEL_TRACES_SAMPLER) and the batch
-// processor are configured as the OpenTelemetry SDK documents them;
-// OTEL_SERVICE_NAME overrides the service name.
+// set, and not recorded at all otherwise; the sampler (OTEL_TRACES_SAMPLER)
+// and the batch processor are configured as the SDK documents them, and
+// OTEL_SERVICE_NAME overrides the service name. The worker exports with
+// OpenTelemetry's own exporter (package otlphttp); the publisher, which
+// must stay small, with LightProvider's.
 package telemetry
 
 import (
 	"context"
-	"fmt"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Enabled reports whether the environment asks for traces to be exported.
@@ -27,27 +24,17 @@ func Enabled(getenv func(string) string) bool {
 	return getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// Provider returns the tracer provider the environment asks for, and the
-// function that flushes and stops it; nil and a no-op when traces are not
-// exported (Enabled is false).
-func Provider(ctx context.Context, getenv func(string) string, service, version string) (trace.TracerProvider, func(context.Context) error, error) {
-	if !Enabled(getenv) {
-		return nil, func(context.Context) error { return nil }, nil
-	}
-	exp, err := otlptracehttp.New(ctx)
-	if err != nil {
-		return nil, nil, fmt.Errorf("OTLP trace exporter: %w", err)
-	}
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
-		attribute.String("service.name", service), attribute.String("service.version", version)))
-	if err != nil {
-		return nil, nil, err
+// Resource names the service, with what OTEL_RESOURCE_ATTRIBUTES
+// and OTEL_SERVICE_NAME say on top.
+func Resource(ctx context.Context, service, version string) *resource.Resource {
+	res := resource.NewSchemaless(attribute.String("service.name", service), attribute.String("service.version", version))
+	if merged, err := resource.Merge(resource.Default(), res); err == nil {
+		res = merged
 	}
 	if fromEnv, err := resource.New(ctx, resource.WithFromEnv()); err == nil {
 		if merged, err := resource.Merge(res, fromEnv); err == nil {
 			res = merged
 		}
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
-	return tp, tp.Shutdown, nil
+	return res
 }
