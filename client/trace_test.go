@@ -1,10 +1,15 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,4 +244,37 @@ func lastEvent(ctx context.Context, js jetstream.JetStream, userID string) (*jet
 		return nil, err
 	}
 	return st.GetLastMsgForSubject(ctx, "passkeys.events."+userID)
+}
+
+// With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker exports its spans with
+// OpenTelemetry's OTLP/HTTP exporter (flushed when it stops).
+func TestWorkerExportsOverOTLPHTTP(t *testing.T) {
+	var mu sync.Mutex
+	var bodies [][]byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/v1/traces" && r.Header.Get("Content-Type") == "application/x-protobuf" {
+			mu.Lock()
+			bodies = append(bodies, body)
+			mu.Unlock()
+		}
+	}))
+	defer srv.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
+	s := newStack(t)
+	stop := s.startWorker(t, t.TempDir())
+	nc := testenv.Connect(t, s.url)
+	c := client.New(nc, client.WithToken(s.system(t)))
+	if _, err := c.Sync(context.Background(), client.User{ID: "u1", ResourceOwner: "org1", Password: true}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	all := bytes.Join(bodies, nil)
+	for _, name := range []string{"passkeys.endpoint.sync", "passkeys.apply", "passkeys.batch.commit", "passkeys-worker"} {
+		if !bytes.Contains(all, []byte(name)) {
+			t.Errorf("no %s in what was exported (%d requests)", name, len(bodies))
+		}
+	}
 }
