@@ -114,6 +114,10 @@ func TestOneTraceAcrossTwoWorkers(t *testing.T) {
 		return r != nil && e != nil
 	})
 	replied, _ := findSpan(all, tid, "passkeys.reply")
+	waited, _ := findSpan(all, tid, "passkeys.commit.wait")
+	if waited == nil || waited.StartTime().After(apply.StartTime()) || waited.EndTime().After(apply.EndTime()) {
+		t.Errorf("the wait for the commit %v should start when the stream stored the command, before the apply %v", waited, apply)
+	}
 	published, publishedOn := findSpan(all, tid, "passkeys.event.publish")
 	for _, link := range []struct {
 		name          string
@@ -122,6 +126,7 @@ func TestOneTraceAcrossTwoWorkers(t *testing.T) {
 		{"endpoint <- client call", endpoint, call},
 		{"apply <- endpoint", apply, endpoint},
 		{"reply <- apply", replied, apply},
+		{"commit wait <- apply", waited, apply},
 		{"event <- endpoint (the command's trace context)", published, endpoint},
 	} {
 		if link.child.Parent().SpanID() != link.parent.SpanContext().SpanID() {

@@ -446,6 +446,11 @@ func (c *Processor) answer(h delivery, r command.Result) {
 	}
 	ev.Msg("command processed")
 	if h.span != nil {
+		// The wait for the commit: from when the stream stored the command
+		// (which the caller waited through) to its transaction's end.
+		_, wait := c.Tracer.Start(h.ctx, "passkeys.commit.wait",
+			trace.WithTimestamp(h.meta.Timestamp), trace.WithAttributes(attribute.Int64("messaging.nats.stream_seq", int64(h.meta.Sequence.Stream))))
+		wait.End()
 		h.span.SetAttributes(attribute.String("passkeys.op", string(r.Op)), attribute.String("passkeys.user_id", r.UserID),
 			attribute.Bool("passkeys.repeat", r.Repeat), attribute.Int("passkeys.code", int(wire.Code)))
 		if wire.IsError() {
