@@ -33,7 +33,7 @@ func (c Carrier) Get(key string) string {
 		return v[0]
 	}
 	for k, v := range c {
-		if len(v) > 0 && strings.EqualFold(k, key) {
+		if len(k) == len(key) && len(v) > 0 && strings.EqualFold(k, key) {
 			return v[0]
 		}
 	}
