@@ -1,6 +1,7 @@
 package command
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,12 +42,20 @@ func (h Header) Values(name string) []string { return h[name] }
 // ValuesFold collects the values of header name under any spelling of its
 // case: NATS headers are case-sensitive, callers are not always careful, and
 // a second spelling must not slip past the one-value checks.
+//
+// The result may share the header's own slice: callers only read it.
 func (h Header) ValuesFold(name string) []string {
 	var vals []string
+	found := false
 	for k, v := range h {
-		if strings.EqualFold(k, name) {
-			vals = append(vals, v...)
+		if len(k) != len(name) || !strings.EqualFold(k, name) {
+			continue
 		}
+		if !found {
+			vals, found = v, true // one spelling, as nearly always: no copy
+			continue
+		}
+		vals = append(slices.Clip(vals), v...) // a second spelling: a copy of both
 	}
 	return vals
 }

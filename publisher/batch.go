@@ -23,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -77,8 +78,18 @@ const (
 	ClassUnanswered = "unanswered"
 )
 
-// Classify names the class of a reply to a command.
-func Classify(reply *nats.Msg) string { return classOf(client.ReplyError(reply)) }
+// Classify names the class of a reply to a command. A reply without the
+// error headers is a success, its body kept as it came (the results file
+// holds it): a batch of thousands does not parse every success.
+func Classify(reply *nats.Msg) string { return classOf(replyError(reply)) }
+
+// replyError is how a batch reads a command's reply (Classify).
+func replyError(m *nats.Msg) error {
+	if m.Header.Get(micro.ErrorCodeHeader) == "" {
+		return nil
+	}
+	return client.ReplyError(m)
+}
 
 // classOf names the class of a command's answer: err as the client reads
 // the reply (nil for a success).
@@ -421,7 +432,7 @@ func (p *Publisher) PublishJobs(ctx context.Context, nc *nats.Conn, js jetstream
 	inbox := nc.NewInbox()
 	sub, err := nc.Subscribe(inbox+".*", func(m *nats.Msg) {
 		if i, err := strconv.Atoi(m.Subject[len(inbox)+1:]); err == nil && i >= 0 && i < len(jobs) {
-			b.answer(i, m.Data, client.ReplyError(m))
+			b.answer(i, m.Data, replyError(m))
 		}
 	})
 	if err != nil {
