@@ -3,9 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,8 +11,8 @@ import (
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/client"
-	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/internal/testenv/testworker"
 )
 
 // stack is a NATS server with JetStream, the test keys, and workers run in
@@ -33,29 +31,11 @@ func newStack(t *testing.T) *stack {
 // returns once it serves.
 func (s *stack) startWorker(t *testing.T, dir string, cfg ...func(*app.Config)) (stop func()) {
 	t.Helper()
-	log, err := app.NewLogger(io.Discard, app.LogJSON, "warn", "passkeys-worker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := app.Config{NATSURL: s.url, JWKS: s.keys.JWKSPath, Issuer: testenv.Issuer, Audience: testenv.Audience,
-		DataDir: dir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, MaxBatch: 64,
-		CreateStream: true, OutcomeWait: 10 * time.Second, Partitions: 2}
+	c := testworker.Config(s.url, s.keys, dir)
 	for _, f := range cfg {
 		f(&c)
 	}
-	started, stopped := make(chan string, 1), make(chan struct{})
-	c.Started = func(url string) { started <- url }
-	ctx, cancel := context.WithCancel(context.Background())
-	var runErr error
-	go func() { runErr = app.Run(ctx, c, log); close(stopped) }()
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-stopped }) }
-	t.Cleanup(stop)
-	select {
-	case <-started:
-	case <-stopped:
-		t.Fatalf("worker: %v", runErr)
-	}
+	_, stop = testworker.Start(t, c)
 	return stop
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -22,31 +23,12 @@ import (
 // worker answers every other command, so half the lines are unanswered and
 // the wait always runs out.
 func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
-	ns := testenv.StartNATS(t)
-	nc := testenv.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PASSKEYS", Subjects: []string{"passkeys.cmd.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		meta, err := m.Metadata()
-		if err == nil && meta.Sequence.Stream%2 == 0 {
-			_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00Z","changeDate":"2026-11-27T10:00:00Z","resourceOwner":"o"}}`))
+	nc, js := standIn(t, func(nc *nats.Conn, m jetstream.Msg) {
+		if meta, err := m.Metadata(); err == nil && meta.Sequence.Stream%2 == 0 {
+			_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(success))
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Stop()
+	ctx := context.Background()
 
 	const n = 300
 	jobs := make([]Job, n)
@@ -73,33 +55,15 @@ func TestPublishJobsSettlesEachLineOnce(t *testing.T) {
 // With tracing, each line of a batch is a trace of its own: its command
 // carries the context of the line's span, which ends when the line settles.
 func TestPublishJobsTraceEachLine(t *testing.T) {
-	ns := testenv.StartNATS(t)
-	nc := testenv.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PASSKEYS", Subjects: []string{"passkeys.cmd.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	parents := map[string]bool{}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	nc, js := standIn(t, func(nc *nats.Conn, m jetstream.Msg) {
 		mu.Lock()
 		parents[m.Headers().Get("traceparent")] = true
 		mu.Unlock()
-		_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(`{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00Z","changeDate":"2026-11-27T10:00:00Z","resourceOwner":"o"}}`))
+		_ = nc.Publish(m.Headers().Get("Reply-To"), []byte(success))
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Stop()
+	ctx := context.Background()
 	const n = 20
 	jobs := make([]Job, n)
 	for i := range jobs {
@@ -127,4 +91,34 @@ func TestPublishJobsTraceEachLine(t *testing.T) {
 	if len(spans) != n || len(traces) != n {
 		t.Fatalf("%d spans in %d traces, want %d lines in a trace each", len(spans), len(traces), n)
 	}
+}
+
+// success is a success reply of the worker's shape.
+const success = `{"details":{"sequence":"1","creationDate":"2026-11-27T10:00:00Z","changeDate":"2026-11-27T10:00:00Z","resourceOwner":"o"}}`
+
+// standIn is a NATS server with a stream PASSKEYS whose commands answer
+// handles, in place of a worker, until the test ends.
+func standIn(t *testing.T, answer func(*nats.Conn, jetstream.Msg)) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	ns := testenv.StartNATS(t)
+	nc := testenv.Connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PASSKEYS", Subjects: []string{"passkeys.cmd.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { answer(nc, m) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return nc, js
 }

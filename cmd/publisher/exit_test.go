@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/testenv/testworker"
 	"github.com/passkeys/worker/publisher"
 )
 
@@ -74,22 +74,7 @@ func TestExitCodes(t *testing.T) {
 // its NATS URL.
 func startEmbeddedWorker(tb testing.TB, dir string) string {
 	tb.Helper()
-	log, err := app.NewLogger(io.Discard, app.LogJSON, "warn", "passkeys-worker")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	started, stopped := make(chan string, 1), make(chan struct{})
-	var runErr error
-	cfg := app.Config{Listen: "127.0.0.1:0", DataDir: dir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
-		MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second, Started: func(url string) { started <- url }}
-	go func() { runErr = app.Run(ctx, cfg, log); close(stopped) }()
-	tb.Cleanup(func() { cancel(); <-stopped })
-	select {
-	case url := <-started:
-		return url
-	case <-stopped:
-		tb.Fatalf("embedded worker: %v", runErr)
-		return ""
-	}
+	url, _ := testworker.Start(tb, app.Config{Listen: "127.0.0.1:0", DataDir: dir, Retention: command.DefaultRetention,
+		DuplicateWindow: 2 * time.Minute, MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second})
+	return url
 }

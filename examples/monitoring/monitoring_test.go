@@ -14,10 +14,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/client"
-	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/internal/testenv/testworker"
 )
 
 type rules struct {
@@ -141,25 +140,9 @@ func scrape(t *testing.T) map[string]bool {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	log, err := app.NewLogger(io.Discard, app.LogJSON, "warn", "passkeys-worker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	started, stopped := make(chan string, 1), make(chan struct{})
-	var runErr error
-	go func() {
-		defer close(stopped)
-		runErr = app.Run(ctx, app.Config{NATSURL: ns.ClientURL(), JWKS: keys.JWKSPath, Issuer: testenv.Issuer, Audience: testenv.Audience,
-			DataDir: t.TempDir(), Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, MaxBatch: 64,
-			CreateStream: true, OutcomeWait: 10 * time.Second, Partitions: 2, HTTPListen: addr, Started: func(string) { started <- "" }}, log)
-	}()
-	t.Cleanup(func() { cancel(); <-stopped })
-	select {
-	case <-started:
-	case <-stopped:
-		t.Fatalf("worker: %v", runErr)
-	}
+	cfg := testworker.Config(ns.ClientURL(), keys, t.TempDir())
+	cfg.HTTPListen = addr
+	testworker.Start(t, cfg)
 	c := client.New(testenv.Connect(t, ns.ClientURL()), client.WithToken(keys.Mint(t, testenv.Token{Subject: "ops", Scopes: []string{"passkeys:system"}})))
 	if _, err := c.Sync(context.Background(), client.User{ID: "u1", ResourceOwner: "o", Password: true,
 		Passkeys: []client.Passkey{{ID: "pk-1", State: client.StateReady}}}); err != nil {
