@@ -209,14 +209,7 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 			done = append(done, ev.Key)
 			continue
 		}
-		msg := nats.NewMsg(topology.EventsPrefix + "." + ev.UserID)
-		msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
-		msg.Header.Set("Content-Type", "application/cloudevents+json")
-		msg.Data = ev.Doc
-		// The event's trace context also as headers, for consumers that
-		// read NATS headers rather than the document's extension.
-		tr := event.TraceOf(ev.Doc)
-		traceprop.Set(msg.Header, tr.Parent, tr.State)
+		msg := eventMsg(ev)
 		span := e.span(ctx, msg)
 		f, err := e.JS.PublishMsgAsync(msg)
 		if err != nil {
@@ -249,6 +242,19 @@ func (e *Publisher) publishRound(ctx context.Context) (int, error) {
 		}
 	}
 	return len(done), firstErr
+}
+
+// eventMsg is the message that publishes ev: its id as Nats-Msg-Id, and its
+// trace context also as headers, for consumers that read NATS headers
+// rather than the document's extension.
+func eventMsg(ev storage.PendingEvent) *nats.Msg {
+	msg := nats.NewMsg(topology.EventsPrefix + "." + ev.UserID)
+	msg.Header.Set(nats.MsgIdHdr, event.ID(ev.UserID, ev.Seq))
+	msg.Header.Set("Content-Type", "application/cloudevents+json")
+	msg.Data = ev.Doc
+	tr := event.TraceOf(ev.Doc)
+	traceprop.Set(msg.Header, tr.Parent, tr.State)
+	return msg
 }
 
 // span starts the publication's span, in the trace msg's headers carry; a

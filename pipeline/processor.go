@@ -383,6 +383,34 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	}
 }
 
+// traceAnswer records, on a command's apply span, its answer, and the
+// wait for its commit: from when the stream stored the command (which the
+// caller waited through) to its transaction's end.
+func (c *Processor) traceAnswer(h delivery, r command.Result, wire reply.Wire) {
+	_, wait := c.Tracer.Start(h.ctx, "passkeys.commit.wait",
+		trace.WithTimestamp(h.meta.Timestamp), trace.WithAttributes(attribute.Int64("messaging.nats.stream_seq", int64(h.meta.Sequence.Stream))))
+	wait.End()
+	h.span.SetAttributes(attribute.String("passkeys.op", string(r.Op)), attribute.String("passkeys.user_id", r.UserID),
+		attribute.Bool("passkeys.repeat", r.Repeat), attribute.Int("passkeys.code", int(wire.Code)))
+	if wire.IsError() {
+		h.span.SetStatus(codes.Error, wire.ErrorText)
+	}
+}
+
+// replyHeader is the header of a command's reply: the service error
+// headers of wire, and the command's trace context (its caller's, as the
+// stream stored it, so a replay answers with the same headers).
+func replyHeader(h delivery, wire reply.Wire) nats.Header {
+	hdr := wire.Header()
+	if h.traceParent != "" {
+		if hdr == nil {
+			hdr = nats.Header{}
+		}
+		traceprop.Set(hdr, h.traceParent, h.traceState)
+	}
+	return hdr
+}
+
 // batchSpan starts a batch's span, linked to its commands' apply spans; a
 // span that records nothing without a Tracer.
 func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery) (context.Context, trace.Span) {
@@ -446,16 +474,7 @@ func (c *Processor) answer(h delivery, r command.Result) {
 	}
 	ev.Msg("command processed")
 	if h.span != nil {
-		// The wait for the commit: from when the stream stored the command
-		// (which the caller waited through) to its transaction's end.
-		_, wait := c.Tracer.Start(h.ctx, "passkeys.commit.wait",
-			trace.WithTimestamp(h.meta.Timestamp), trace.WithAttributes(attribute.Int64("messaging.nats.stream_seq", int64(h.meta.Sequence.Stream))))
-		wait.End()
-		h.span.SetAttributes(attribute.String("passkeys.op", string(r.Op)), attribute.String("passkeys.user_id", r.UserID),
-			attribute.Bool("passkeys.repeat", r.Repeat), attribute.Int("passkeys.code", int(wire.Code)))
-		if wire.IsError() {
-			h.span.SetStatus(codes.Error, wire.ErrorText)
-		}
+		c.traceAnswer(h, r, wire)
 		defer h.span.End()
 	}
 	c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
@@ -468,15 +487,7 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		}
 		return
 	}
-	msg := &nats.Msg{Subject: h.replyTo, Header: wire.Header(), Data: wire.Body}
-	if h.traceParent != "" {
-		// The reply belongs to the command's trace: its caller's, as the
-		// stream stored it, so a replay answers with the same headers.
-		if msg.Header == nil {
-			msg.Header = nats.Header{}
-		}
-		traceprop.Set(msg.Header, h.traceParent, h.traceState)
-	}
+	msg := &nats.Msg{Subject: h.replyTo, Header: replyHeader(h, wire), Data: wire.Body}
 	if h.span != nil {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -30,31 +29,12 @@ import (
 	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/progress"
 	"github.com/passkeys/worker/internal/traceprop"
-	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/publisher/batchfile"
 )
 
-// Job is one valid input line, ready to publish.
-type Job struct {
-	Line    int
-	UserID  string
-	Subject string // the stream subject, passkeys.cmd.<op>.<userId>
-	Body    []byte
-	Input   json.RawMessage // what the line asked, for the results file
-	// Bearer, when set, is this line's own token (the benchmark's
-	// self-service removals); otherwise the client's.
-	Bearer string
-	// Ask, when set, asks the request-reply endpoint for the line's
-	// outcome with the client (the same body, with the options given: the
-	// line's Nats-Msg-Id), for a line JetStream reports as a duplicate.
-	Ask func(ctx context.Context, c *client.Client, opts ...client.CallOption) error
-}
-
-// badLine is an input line that could not be read; it is reported, never dropped.
-type badLine struct {
-	Line int
-	err  error
-}
+// Job is one valid input line, ready to publish (batchfile.Job).
+type Job = batchfile.Job
 
 // LineResult is one line of the results file.
 type LineResult struct {
@@ -111,174 +91,6 @@ func classOf(err error) string {
 	}
 }
 
-// readRevocations reads JSON Lines ({"userId","tokenId","force"}) or CSV with
-// a header (userId,tokenId[,force]); which one, the first non-blank
-// character tells.
-func readRevocations(r io.Reader) ([]Job, []badLine, error) {
-	br := bufio.NewReader(r)
-	first, err := firstByte(br)
-	if err != nil {
-		return nil, nil, err
-	}
-	if first == '{' {
-		return readJSONLines(br, func(line int, raw []byte) (Job, error) {
-			var in struct {
-				UserID  string `json:"userId"`
-				TokenID string `json:"tokenId"`
-				Force   bool   `json:"force"`
-			}
-			if err := strictJSON(raw, &in); err != nil {
-				return Job{}, err
-			}
-			return removalJob(line, in.UserID, in.TokenID, in.Force)
-		})
-	}
-	return readCSV(br)
-}
-
-func removalJob(line int, userID, tokenID string, force bool) (Job, error) {
-	if err := passkey.ValidateUserID(userID); err != nil {
-		return Job{}, fmt.Errorf("userId %q: %w", userID, err)
-	}
-	body, _ := json.Marshal(passkey.RemoveRequest{TokenID: tokenID, Force: force})
-	if _, err := passkey.DecodeRemove(body); err != nil {
-		return Job{}, err
-	}
-	input, _ := json.Marshal(map[string]any{"userId": userID, "tokenId": tokenID, "force": force})
-	ask := func(ctx context.Context, c *client.Client, opts ...client.CallOption) error {
-		if force {
-			opts = append(opts, client.Force())
-		}
-		_, err := c.Remove(ctx, userID, tokenID, opts...)
-		return err
-	}
-	return Job{Line: line, UserID: userID, Subject: partition.CommandSubject(string(passkey.OpRemove), userID), Body: body, Input: input, Ask: ask}, nil
-}
-
-// readSyncs reads JSON Lines of {"userId": ..., <sync body>}.
-func readSyncs(r io.Reader) ([]Job, []badLine, error) {
-	return readJSONLines(bufio.NewReader(r), func(line int, raw []byte) (Job, error) {
-		var in syncLine
-		if err := strictJSON(raw, &in); err != nil {
-			return Job{}, err
-		}
-		if err := passkey.ValidateUserID(in.UserID); err != nil {
-			return Job{}, fmt.Errorf("userId %q: %w", in.UserID, err)
-		}
-		// The body is the client's encoding of the user, so that a duplicate's
-		// outcome, asked through the client, is asked with the same bytes.
-		u := clientUser(in.UserID, in.SyncRequest)
-		body, _ := json.Marshal(u) // strings, bools and slices of them always encode
-		if _, err := passkey.DecodeSync(body); err != nil {
-			return Job{}, err
-		}
-		ask := func(ctx context.Context, c *client.Client, opts ...client.CallOption) error {
-			_, err := c.Sync(ctx, u, opts...)
-			return err
-		}
-		return Job{Line: line, UserID: in.UserID, Subject: partition.CommandSubject(string(passkey.OpSync), in.UserID), Body: body,
-			Input: json.RawMessage(raw), Ask: ask}, nil
-	})
-}
-
-func firstByte(br *bufio.Reader) (byte, error) {
-	for {
-		b, err := br.ReadByte()
-		if err == io.EOF {
-			return 0, nil
-		}
-		if err != nil {
-			return 0, err
-		}
-		if !strings.ContainsRune(" \t\r\n", rune(b)) {
-			return b, br.UnreadByte()
-		}
-	}
-}
-
-func strictJSON(raw []byte, v any) error {
-	if err := passkey.DecodeStrict(raw, v); err != nil {
-		return fmt.Errorf("not a valid line: %v", err)
-	}
-	return nil
-}
-
-// readJSONLines reads one JSON object a line; blank lines and lines starting
-// with # are skipped.
-func readJSONLines(br *bufio.Reader, parse func(line int, raw []byte) (Job, error)) ([]Job, []badLine, error) {
-	sc := bufio.NewScanner(br)
-	sc.Buffer(make([]byte, 0, 64<<10), passkey.MaxBodySize+1024)
-	var jobs []Job
-	var bad []badLine
-	for n := 1; sc.Scan(); n++ {
-		raw := []byte(strings.TrimSpace(sc.Text()))
-		if len(raw) == 0 || raw[0] == '#' {
-			continue
-		}
-		j, err := parse(n, raw)
-		if err != nil {
-			bad = append(bad, badLine{n, err})
-			continue
-		}
-		jobs = append(jobs, j)
-	}
-	return jobs, bad, sc.Err()
-}
-
-func readCSV(br *bufio.Reader) ([]Job, []badLine, error) {
-	r := csv.NewReader(br)
-	r.FieldsPerRecord = -1
-	r.TrimLeadingSpace = true
-	header, err := r.Read()
-	if err == io.EOF {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("CSV header: %w", err)
-	}
-	col := map[string]int{}
-	for i, h := range header {
-		col[strings.TrimSpace(h)] = i
-	}
-	uc, ok1 := col["userId"]
-	tc, ok2 := col["tokenId"]
-	fc, hasForce := col["force"]
-	if !ok1 || !ok2 {
-		return nil, nil, fmt.Errorf("CSV header %q: want userId,tokenId[,force]", strings.Join(header, ","))
-	}
-	var jobs []Job
-	var bad []badLine
-	for {
-		rec, err := r.Read()
-		if err == io.EOF {
-			break
-		}
-		line, _ := r.FieldPos(0)
-		if err != nil {
-			bad = append(bad, badLine{line, err})
-			continue
-		}
-		if len(rec) != len(header) {
-			bad = append(bad, badLine{line, fmt.Errorf("%d fields, the header has %d", len(rec), len(header))})
-			continue
-		}
-		force := false
-		if hasForce && strings.TrimSpace(rec[fc]) != "" {
-			if force, err = strconv.ParseBool(strings.TrimSpace(rec[fc])); err != nil {
-				bad = append(bad, badLine{line, fmt.Errorf("force %q is not true or false", rec[fc])})
-				continue
-			}
-		}
-		j, err := removalJob(line, strings.TrimSpace(rec[uc]), strings.TrimSpace(rec[tc]), force)
-		if err != nil {
-			bad = append(bad, badLine{line, err})
-			continue
-		}
-		jobs = append(jobs, j)
-	}
-	return jobs, bad, nil
-}
-
 // batchName is the default batch name: the file's name without extension.
 func batchName(path string) string {
 	base := filepath.Base(path)
@@ -307,13 +119,13 @@ func (p *Publisher) batchFlagSet(name, what string) (*batchFlags, *Client, *flag
 // runBatch publishes every job as a batch publisher does and prints the
 // summary; it returns the exit code.
 func (p *Publisher) runBatch(ctx context.Context, c *Client, op, done string, path string, b *batchFlags,
-	read func(io.Reader) ([]Job, []badLine, error)) int {
+	read func(io.Reader) ([]Job, []batchfile.BadLine, error)) int {
 	jobs, bad, err := readJobs(p.Stdin, path, read)
 	if err != nil {
 		return p.Fail(ExitUsage, "%v", err)
 	}
 	for _, l := range bad {
-		fmt.Fprintf(p.Stderr, "publisher: line %d: %v (skipped)\n", l.Line, l.err)
+		fmt.Fprintf(p.Stderr, "publisher: line %d: %v (skipped)\n", l.Line, l.Err)
 	}
 	// Ids come from what each line asks (commandID), never from the file's
 	// name: another file with the same line is the same command, and a
@@ -350,7 +162,7 @@ func (p *Publisher) runBatch(ctx context.Context, c *Client, op, done string, pa
 }
 
 // readJobs reads the lines of path ("-": in) with read.
-func readJobs(in io.Reader, path string, read func(io.Reader) ([]Job, []badLine, error)) ([]Job, []badLine, error) {
+func readJobs(in io.Reader, path string, read func(io.Reader) ([]Job, []batchfile.BadLine, error)) ([]Job, []batchfile.BadLine, error) {
 	if path != "-" {
 		f, err := os.Open(path)
 		if err != nil {
@@ -369,7 +181,7 @@ func readJobs(in io.Reader, path string, read func(io.Reader) ([]Job, []badLine,
 // report writes the results file (with --results), prints the summary
 // line, and returns the exit status: unanswered lines first, then bad
 // lines, then refusals.
-func (p *Publisher) report(b *batchFlags, done string, jobs int, results []LineResult, bad []badLine) int {
+func (p *Publisher) report(b *batchFlags, done string, jobs int, results []LineResult, bad []batchfile.BadLine) int {
 	counts := map[string]int{}
 	for _, r := range results {
 		counts[r.Class]++
@@ -377,7 +189,7 @@ func (p *Publisher) report(b *batchFlags, done string, jobs int, results []LineR
 	counts[classBadLine] = len(bad)
 	if b.results != "" {
 		for _, l := range bad {
-			results = append(results, LineResult{Line: l.Line, Class: classBadLine, Error: l.err.Error()})
+			results = append(results, LineResult{Line: l.Line, Class: classBadLine, Error: l.Err.Error()})
 		}
 		slices.SortFunc(results, func(a, b LineResult) int { return a.Line - b.Line })
 		if err := writeResults(b.results, results); err != nil {
@@ -635,16 +447,4 @@ func tokenPrincipal(bearer string) (iss, sub string, ok bool) {
 		return "", "", false
 	}
 	return claims.Iss, claims.Sub, true
-}
-
-// clientUser is a sync line as the client's User.
-func clientUser(id string, r passkey.SyncRequest) client.User {
-	u := client.User{ID: id, ResourceOwner: r.ResourceOwner, Password: r.Password, IDPLinks: r.IDPLinks, U2F: r.U2F, OTP: r.OTP}
-	if r.Passkeys != nil {
-		u.Passkeys = make([]client.Passkey, len(r.Passkeys))
-		for i, pk := range r.Passkeys {
-			u.Passkeys[i] = client.Passkey{ID: pk.ID, Name: pk.Name, State: client.State(pk.State)}
-		}
-	}
-	return u
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/passkeys/worker/internal/telemetry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
+	"github.com/passkeys/worker/publisher/batchfile"
 )
 
 // Exit codes.
@@ -359,18 +360,12 @@ func (p *Publisher) list(ctx context.Context, args []string) int {
 	})
 }
 
-// syncLine is one line of a sync file: the user id beside the sync body.
-type syncLine struct {
-	UserID string `json:"userId"`
-	passkey.SyncRequest
-}
-
 func (p *Publisher) sync(ctx context.Context, args []string) int {
 	b, c, fs := p.batchFlagSet("sync", "syncs")
 	if code, ok := p.Parse(fs, args, 1); !ok {
 		return code
 	}
-	return p.runBatch(ctx, c, "sync", "synced", fs.Arg(0), b, readSyncs)
+	return p.runBatch(ctx, c, "sync", "synced", fs.Arg(0), b, batchfile.ReadSyncs)
 }
 
 func (p *Publisher) revoke(ctx context.Context, args []string) int {
@@ -378,7 +373,7 @@ func (p *Publisher) revoke(ctx context.Context, args []string) int {
 	if code, ok := p.Parse(fs, args, 1); !ok {
 		return code
 	}
-	return p.runBatch(ctx, c, "revoke", "removed", fs.Arg(0), b, readRevocations)
+	return p.runBatch(ctx, c, "revoke", "removed", fs.Arg(0), b, batchfile.ReadRevocations)
 }
 
 func (p *Publisher) token(args []string) int {
