@@ -3,7 +3,6 @@ module github.com/passkeys/worker
 go 1.26.8
 
 require (
-	filippo.io/edwards25519 v1.2.0
 	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/hashicorp/golang-lru/v2 v2.0.7

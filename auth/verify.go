@@ -195,7 +195,15 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	keys := inForce.Keys.Keys
 	issuer, audience := v.expected(inForce)
 	v.mu.RUnlock()
-	key := tokenCacheKey(era, raw)
+	// The same token may verify under one key set and not another: the
+	// cache keeps it per key set.
+	var eraBytes [8]byte
+	binary.BigEndian.PutUint64(eraBytes[:], era)
+	h := sha256.New()
+	h.Write(eraBytes[:])
+	h.Write([]byte(raw))
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
 	if claims, ok := v.cache.get(key); ok {
 		return checkClaims(claims, issuer, audience, at)
 	}
@@ -215,29 +223,6 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 		return passkey.Principal{}, err
 	}
 	return checkClaims(claims, issuer, audience, at)
-}
-
-// tokenCacheKey is the cache's key of token raw under the key set of era:
-// the same token may verify under one key set and not another.
-func tokenCacheKey(era uint64, raw string) [sha256.Size]byte {
-	var eraBytes [8]byte
-	binary.BigEndian.PutUint64(eraBytes[:], era)
-	h := sha256.New()
-	h.Write(eraBytes[:])
-	h.Write([]byte(raw))
-	var key [sha256.Size]byte
-	h.Sum(key[:0])
-	return key
-}
-
-// cacheClaims keeps the claims of a token whose signature held under the
-// key set of era, unless the keys changed since (not cached past a change).
-func (v *Verifier) cacheClaims(key [sha256.Size]byte, era uint64, c Claims) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	if _, now := v.keysAt(time.Time{}); now>>16 == era>>16 {
-		v.cache.put(key, c)
-	}
 }
 
 // verifySignature finds the key the token names (or, without a kid, tries
@@ -262,7 +247,11 @@ func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.Signatur
 		if err := josejson.Unmarshal(payload, &c); err != nil {
 			return Claims{}, passkey.ErrAuthClaimTypes
 		}
-		v.cacheClaims(cacheKey, era, c)
+		v.mu.RLock()
+		if _, now := v.keysAt(time.Time{}); now>>16 == era>>16 { // not cached past a change of keys
+			v.cache.put(cacheKey, c)
+		}
+		v.mu.RUnlock()
 		return c, nil
 	}
 	if !tried {
