@@ -40,11 +40,12 @@ type Option func(*Client)
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // WithAttemptTimeout is how long the first attempt of a call waits for its
-// reply before asking again (2 s unless set); each next attempt waits twice
-// as long as the one before.
+// reply before asking again (2 s unless set, or set to 0 or less); each next
+// attempt waits twice as long as the one before.
 func WithAttemptTimeout(d time.Duration) Option { return func(c *Client) { c.attempt = d } }
 
-// WithTimeout bounds a call whose context has no deadline (30 s unless set).
+// WithTimeout bounds a call whose context has no deadline (30 s unless
+// set, or set to 0 or less).
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
 // WithTracerProvider is where the calls' spans go (otel's global provider
@@ -57,9 +58,15 @@ const tracerName = "github.com/passkeys/worker/client"
 
 // New returns a client that calls the worker over nc.
 func New(nc *nats.Conn, opts ...Option) *Client {
-	c := &Client{nc: nc, attempt: 2 * time.Second, timeout: 30 * time.Second}
+	c := &Client{nc: nc}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.attempt <= 0 {
+		c.attempt = 2 * time.Second
+	}
+	if c.timeout <= 0 {
+		c.timeout = 30 * time.Second
 	}
 	if c.tracer == nil {
 		c.tracer = otel.GetTracerProvider().Tracer(tracerName)
@@ -169,6 +176,9 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 	}
 	wait, pause := c.attempt, firstPause
 	var last error
+	// uncertain: an earlier attempt may have been stored (its reply did not
+	// come, or its outcome was not there yet).
+	uncertain := false
 	for {
 		cl.attempts++
 		actx, cancel := context.WithTimeout(ctx, wait)
@@ -178,7 +188,7 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 		case ctx.Err() != nil:
 			return nil, ended(ctx, op, userID, last, err)
 		case errors.Is(err, context.DeadlineExceeded):
-			last, wait = fmt.Errorf("no reply within %v", wait), 2*wait
+			last, wait, uncertain = fmt.Errorf("no reply within %v", wait), 2*wait, msgID != ""
 			continue // the attempt's wait ended: the worker may be taking over; ask again at once
 		case errors.Is(err, nats.ErrNoResponders):
 			last = errors.New("no worker listening")
@@ -192,9 +202,16 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 			var e *Error
 			if !errors.As(err, &e) || !e.Unavailable() {
 				keep(cl, m)
+				if uncertain && e != nil && e.Code == codeUnauthenticated {
+					// The endpoint judges the token before it looks for the
+					// outcome: by now it may have expired, or its key been
+					// retired, while an earlier attempt was applied.
+					return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+				}
 				return nil, err
 			}
 			last = err
+			uncertain = uncertain || (msgID != "" && (e.ID == ErrOutcomeUnavailable.ID || e.ID == ErrPartitionUnavailable.ID))
 		}
 		if !sleep(ctx, pause) {
 			return nil, ended(ctx, op, userID, last, nil)
@@ -266,7 +283,7 @@ func endSpan(span trace.Span, attempts int, err error) {
 		span.SetAttributes(attribute.String("passkeys.error_id", e.ID))
 		span.SetStatus(codes.Error, e.ID)
 	case err != nil:
-		span.SetStatus(codes.Error, err.Error())
+		span.SetStatus(codes.Error, "no answer") // the error may quote a reply's bytes
 	}
 	span.End()
 }

@@ -196,6 +196,9 @@ func TestUnreadableRepliesAreErrors(t *testing.T) {
 		{"BadSequence", &nats.Msg{Data: []byte(long)}, `{\"details\":{\"sequence\":\"three\"`},
 		{"ErrorWithoutID", &nats.Msg{Header: nats.Header{"Nats-Service-Error-Code": {"400"}}, Data: []byte(`{"code":3,"message":"x"}`)}, `{\"code\":3`},
 		{"NoDetails", &nats.Msg{Data: []byte(`{"result":[]}`)}, `{\"result\":[]}`},
+		{"LocalTime", &nats.Msg{Data: []byte(strings.Replace(details, "123456Z", "123456+05:00", 1))}, `{\"details\"`},
+		{"LeadingZero", &nats.Msg{Data: []byte(strings.Replace(details, `"3"`, `"03"`, 1))}, `{\"details\"`},
+		{"StatusAndCodeDisagree", &nats.Msg{Header: nats.Header{"Nats-Service-Error-Code": {"200"}}, Data: unavailable.Data}, `{\"code\":14`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f, nc := startFake(t, tt.reply)
@@ -324,5 +327,36 @@ func TestOneSentinelPerErrorID(t *testing.T) {
 	}
 	if len(known) != len(ids) {
 		t.Errorf("%d sentinels, %d ids", len(known), len(ids))
+	}
+}
+
+// A token refused after an attempt whose fate is unknown (no reply in
+// time) does not say the removal did not happen: the error wraps
+// ErrOutcomeUnknown beside the refusal. Refused at the first attempt, it
+// is the refusal alone.
+func TestRefusalAfterAnUnknownAttempt(t *testing.T) {
+	expired := errorReply(16, 401, "AUTH-EXPIRED", "the token had expired when the command was sent")
+	f, nc := startFake(t, nil, expired)
+	_, err := client.New(nc, client.WithAttemptTimeout(50*time.Millisecond)).Remove(context.Background(), "u1", "pk-1")
+	var e *client.Error
+	if !errors.Is(err, client.ErrOutcomeUnknown) || !errors.As(err, &e) || e.ID != "AUTH-EXPIRED" {
+		t.Fatalf("err %v, want ErrOutcomeUnknown beside AUTH-EXPIRED", err)
+	}
+	sameMsgID(t, f.requests(), 2)
+
+	_, nc = startFake(t, expired)
+	if _, err := client.New(nc).Remove(context.Background(), "u1", "pk-1"); errors.Is(err, client.ErrOutcomeUnknown) || !errors.Is(err, client.ErrAuthExpired) {
+		t.Fatalf("refused at once: %v", err)
+	}
+}
+
+// Timeouts of zero or less are the defaults, not a loop that never waits.
+func TestZeroTimeoutsAreDefaults(t *testing.T) {
+	f, nc := startFake(t, success)
+	if _, err := client.New(nc, client.WithAttemptTimeout(0), client.WithTimeout(-time.Second)).Remove(context.Background(), "u1", "pk-1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.requests()); n != 1 {
+		t.Errorf("%d requests", n)
 	}
 }

@@ -37,8 +37,16 @@
 // got. So a caller that keeps one MsgID for one intention (a revocation
 // request's own id, say) may also retry a whole call, hours later, and never
 // remove twice or lose the answer, within the worker's outcome retention
-// (7 days by default). List is a read: it is retried the same way, with no
-// id.
+// (7 days by default), as long as it calls as the same principal: the
+// worker keeps ids per token subject and issuer, so the same MsgID under
+// another principal (a rotated service account, another administrator) is
+// another command. List is a read: it is retried the same way, with no id.
+//
+// Two answers need more than asking again. A token refused after an
+// earlier attempt may have been applied wraps ErrOutcomeUnknown (the token
+// expired, or its key was retired, in between). And OUTCOME-UNAVAILABLE for
+// a command the worker applied but keeps no outcome of (it should not
+// happen; the worker logs it) stays so: the call ends with its context.
 //
 // # Errors
 //

@@ -35,6 +35,15 @@ func (e *Error) Is(target error) bool {
 // the client does so itself until its context ends.
 func (e *Error) Unavailable() bool { return e.Code == codeUnavailable }
 
+// ErrOutcomeUnknown is wrapped, beside the refusal, by the error of a
+// Remove or Sync whose token was refused (UNAUTHENTICATED) by a later
+// attempt after an earlier one may have been applied (its reply did not
+// come): the token expired or its key was retired in between, and the
+// endpoint judges the token before it looks for the stored outcome. The
+// change may have happened; ask for it with a fresh token and the same
+// MsgID, or List. Check it before the refusal's sentinel.
+var ErrOutcomeUnknown = errors.New("passkeys: an earlier attempt may have been applied; its outcome is unknown")
+
 // ErrBadReply is wrapped by the error of a reply that does not follow the
 // wire contract (a body that is not the contract's JSON, an error reply
 // without its id). The error quotes the reply's first bytes.

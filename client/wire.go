@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,6 +101,9 @@ func readError(m *nats.Msg) error {
 	if body.Code == nil || *body.Code <= 0 || len(body.Details) != 1 || body.Details[0].ID == "" {
 		return badReply(m.Data, "an error reply without its code and one detail with an id")
 	}
+	if status != httpStatus(*body.Code) {
+		return badReply(m.Data, "an error reply whose Nats-Service-Error-Code is not its code's HTTP status")
+	}
 	return &Error{Code: *body.Code, ID: body.Details[0].ID, Message: body.Details[0].Message, HTTPStatus: status}
 }
 
@@ -117,9 +121,9 @@ func readDetails(data []byte) (Details, error) {
 		return Details{}, badReply(data, "not a {\"details\": ...} reply")
 	}
 	d := body.Details
-	seq, err1 := strconv.ParseUint(d.Sequence, 10, 64)
-	created, err2 := time.Parse(time.RFC3339Nano, d.CreationDate)
-	changed, err3 := time.Parse(time.RFC3339Nano, d.ChangeDate)
+	seq, err1 := decimal(d.Sequence)
+	created, err2 := timestamp(d.CreationDate)
+	changed, err3 := timestamp(d.ChangeDate)
 	if err1 != nil || err2 != nil || err3 != nil || seq == 0 || d.ResourceOwner == "" {
 		return Details{}, badReply(data, "details without a sequence, dates or resourceOwner")
 	}
@@ -147,10 +151,10 @@ func readList(data []byte) (List, error) {
 		return List{}, badReply(data, "not a list reply")
 	}
 	d := body.Details
-	total, err1 := strconv.Atoi(d.TotalResult)
-	seq, err2 := strconv.ParseUint(d.ProcessedSequence, 10, 64)
-	ts, err3 := time.Parse(time.RFC3339Nano, d.Timestamp)
-	if err1 != nil || err2 != nil || err3 != nil || total != len(body.Result) {
+	total, err1 := decimal(d.TotalResult)
+	seq, err2 := decimal(d.ProcessedSequence)
+	ts, err3 := timestamp(d.Timestamp)
+	if err1 != nil || err2 != nil || err3 != nil || total != uint64(len(body.Result)) {
 		return List{}, badReply(data, "list details that do not match the result")
 	}
 	l := List{Passkeys: make([]Passkey, len(body.Result)), ProcessedSequence: seq, Timestamp: ts}
@@ -175,4 +179,39 @@ func ReplyError(m *nats.Msg) error {
 		return nil
 	}
 	return readError(m)
+}
+
+// decimal reads a proto3 JSON uint64: decimal digits, no sign, no leading zero.
+func decimal(s string) (uint64, error) {
+	if s == "" || (len(s) > 1 && s[0] == '0') || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%q is not a decimal number", s)
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// timestamp reads a proto3 JSON Timestamp: RFC 3339 in UTC, with "Z".
+func timestamp(s string) (time.Time, error) {
+	if !strings.HasSuffix(s, "Z") {
+		return time.Time{}, fmt.Errorf("%q is not a UTC timestamp", s)
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+// httpStatus is the HTTP status grpc-gateway maps a gRPC code to, as the
+// worker's Nats-Service-Error-Code gives it.
+func httpStatus(code int) int {
+	switch code {
+	case codeInvalidArgument, codeFailedPrecondition:
+		return 400
+	case codeUnauthenticated:
+		return 401
+	case codePermissionDenied:
+		return 403
+	case codeNotFound:
+		return 404
+	case codeUnavailable:
+		return 503
+	default:
+		return 500
+	}
 }

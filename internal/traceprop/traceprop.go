@@ -60,30 +60,82 @@ func Inject(ctx context.Context, h nats.Header) {
 	w3c.Inject(ctx, Carrier(h))
 }
 
-// Extract returns ctx with the remote span context h carries, if any.
+// Extract returns ctx with the remote span context h carries (Of), if any.
 func Extract(ctx context.Context, h nats.Header) context.Context {
-	if len(h) == 0 {
+	parent, state := Of(h)
+	if parent == "" {
 		return ctx
 	}
-	return w3c.Extract(ctx, Carrier(h))
+	c := Carrier{}
+	Set(nats.Header(c), parent, state)
+	return w3c.Extract(ctx, c)
 }
 
-// Of is the trace context h carries, written anew by the W3C propagator
-// (so a malformed header gives "" and a valid one its canonical form): the
-// traceparent and tracestate a reply and an event of the command that
-// carried h repeat. A pure function of h, so every worker that applies the
-// command writes the same.
+// MaxState bounds a tracestate this service carries (W3C's own advice is
+// at least 512 bytes); a longer one is dropped, not cut.
+const MaxState = 512
+
+// Of is the trace context h carries, as the command's reply and event
+// repeat it: a pure function of h, written here rather than by
+// OpenTelemetry's propagator (whose output has changed between releases),
+// so every worker of every version writes the same bytes for the same
+// stored command. The traceparent must be W3C's version 00, lower-case
+// hex, with a trace id and a span id that are not all zeros, given once
+// under whatever spelling of its name; otherwise the command has no trace
+// (a future version too). The tracestate is kept only beside a
+// traceparent, given once, printable ASCII and at most MaxState bytes.
 func Of(h nats.Header) (parent, state string) {
-	if Carrier(h).Get(HeaderParent) == "" {
+	parents := values(h, HeaderParent)
+	if len(parents) != 1 || !validParent(parents[0]) {
 		return "", ""
 	}
-	sc := trace.SpanContextFromContext(w3c.Extract(context.Background(), Carrier(h)))
-	if !sc.IsValid() {
-		return "", ""
+	if states := values(h, HeaderState); len(states) == 1 && validState(states[0]) {
+		state = states[0]
 	}
-	out := Carrier{}
-	w3c.Inject(trace.ContextWithRemoteSpanContext(context.Background(), sc), out)
-	return out.Get(HeaderParent), out.Get(HeaderState)
+	return parents[0], state
+}
+
+// values collects the values of name under every spelling of it.
+func values(h nats.Header, name string) []string {
+	var vals []string
+	for k, v := range h {
+		if len(k) == len(name) && strings.EqualFold(k, name) {
+			vals = append(vals, v...)
+		}
+	}
+	return vals
+}
+
+// validParent checks a version 00 traceparent: 00-<32 hex>-<16 hex>-<2 hex>.
+func validParent(s string) bool {
+	if len(s) != 55 || s[:3] != "00-" || s[35] != '-' || s[52] != '-' {
+		return false
+	}
+	traceID, spanID, flags := s[3:35], s[36:52], s[53:55]
+	return lowerHex(traceID) && lowerHex(spanID) && lowerHex(flags) &&
+		strings.Trim(traceID, "0") != "" && strings.Trim(spanID, "0") != ""
+}
+
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// validState checks a tracestate is printable ASCII of at most MaxState bytes.
+func validState(s string) bool {
+	if s == "" || len(s) > MaxState {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // Set sets h's trace headers to parent and state; nothing for "".
