@@ -122,7 +122,9 @@ func (p *Bench) bench(ctx context.Context, args []string) int {
 		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(c.inFlight))
+	// Twice the lines in flight: a line is settled by its reply, which can
+	// come before its publish's acknowledgement (on R3 it often does).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*c.inFlight))
 	if err != nil {
 		return p.Fail(publisher.ExitFailed, "%v", err)
 	}

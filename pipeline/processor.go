@@ -332,8 +332,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 	span.End()
 	if err != nil {
 		c.endSpans(hand, "stopping before the keys of the commands' time were known")
-		// Stopping before the keys of their time were known: unacknowledged,
-		// they come back.
+		// Stopping before the keys of their time were known: handed back,
+		// they come to the partition's next holder.
+		giveBack(hand)
 		return checkedBatch{}, false
 	}
 	return checkedBatch{hand: hand, checked: checked}, true
@@ -354,9 +355,11 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	if c.Order != nil {
 		if err := c.Order.fill(ctx, b.hand, c.applyRead, c.Wait, c.Log); err != nil {
 			c.endSpans(b.hand, "stopping before the batch's commit")
+			giveBack(b.hand)
 			return
 		}
 	}
+	answered := make([]bool, len(b.hand))
 	err := c.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
 		Committed: func(n int, took time.Duration, err error) {
 			c.Observer.Batch(n, took, err)
@@ -365,6 +368,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 			}
 		},
 		Done: func(i int, r command.Result) {
+			answered[i] = true
 			c.answer(b.hand[i], r)
 			if c.Order != nil {
 				c.Order.committed(b.hand[i].meta.Sequence.Stream)
@@ -378,10 +382,37 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 			}
 		}})
 	if err != nil {
-		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they stay unacknowledged and come back")
+		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they are handed back to the stream")
 		c.endSpans(b.hand, "stopping with the command not applied")
+		var left []delivery
+		for i, h := range b.hand {
+			if !answered[i] {
+				left = append(left, h)
+			}
+		}
+		giveBack(left)
 	}
 }
+
+// giveBack hands commands this worker stops without answering back to the
+// stream (a nak: the server delivers them again after GiveBackDelay, to
+// whichever worker pulls the partition then) rather than after their ack
+// wait: a partition let go of under load, or a worker stopping, would
+// otherwise leave their requesters waiting the ack wait (10 s) for an
+// answer. The delay keeps a stopping worker whose pull is still open from
+// being handed them straight back. Nothing changes for correctness:
+// unacknowledged, they would come back anyway, and whoever applies them
+// applies them in stream order, once.
+func giveBack(hand []delivery) {
+	for _, h := range hand {
+		_ = h.msg.NakWithDelay(GiveBackDelay)
+	}
+}
+
+// GiveBackDelay is how soon commands a stopping worker hands back are
+// delivered again: under the time a partition takes to change hands
+// (about 2 s: the lease, the unpin, the load).
+const GiveBackDelay = time.Second
 
 // traceAnswer records, on a command's apply span, its answer, and the
 // wait for its commit: from when the stream stored the command (which the

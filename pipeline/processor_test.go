@@ -71,6 +71,12 @@ func newConsumerFixture(t *testing.T, keys *testenv.Keys, ackWait time.Duration,
 // run starts a Consumer with proc, stopped at the test's end.
 func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string) {
 	t.Helper()
+	f.start(t, proc, group)
+}
+
+// start starts a Consumer with proc; stop (or the test's end) stops it.
+func (f *consumerFixture) start(t *testing.T, proc *command.Applier, group string) (stop func()) {
+	t.Helper()
 	applied, err := proc.Store.AppliedSeq()
 	if err != nil {
 		t.Fatal(err)
@@ -81,10 +87,13 @@ func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string)
 		PriorityGroup: group,
 		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
 	}
-	runCtx, stop := context.WithCancel(context.Background())
+	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(runCtx, f.cons) }()
-	t.Cleanup(func() { stop(); <-done })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }
 
 // send publishes a command to the stream with Reply-To <inbox>.<name>.
@@ -203,6 +212,33 @@ func TestStoreFaultMakesThePartitionWait(t *testing.T) {
 		}
 	}
 	f.settled(t)
+}
+
+// A worker that stops holding the partition hands back the commands it did
+// not answer (a nak with GiveBackDelay): the next holder answers them in
+// about a second, not after the ack wait (a minute here; f.next waits 10 s).
+func TestUnansweredCommandsAreHandedBack(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	var fenced atomic.Int64
+	lost := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
+		Fence: func() error { fenced.Add(1); return errors.New("the lease is gone") }}
+	f := newConsumerFixture(t, keys, time.Minute, true)
+	stopLost := f.start(t, lost, "")
+	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
+	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
+	waitFor(t, func() bool { return fenced.Load() > 0 })
+	stopLost()
+	if _, err := f.sub.NextMsg(10 * time.Millisecond); err == nil {
+		t.Fatal("the worker without the partition replied")
+	}
+	holder := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	f.start(t, holder, "")
+	got := f.replies(t, 2)
+	for name, prefix := range map[string]string{"sync": `{"details":{"sequence":"1"`, "rm1": `{"details":{"sequence":"2"`} {
+		if len(got[name]) != 1 || !strings.HasPrefix(string(got[name][0].Data), prefix) {
+			t.Errorf("%s: %v, want one reply %s...", name, got[name], prefix)
+		}
+	}
 }
 
 // A command whose rule panics fails the same way on every worker: its

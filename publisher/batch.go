@@ -142,7 +142,9 @@ func (p *Publisher) runBatch(ctx context.Context, c *Client, op, done string, pa
 		return p.Fail(ExitFailed, "%v", err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max(b.inFlight, 1)))
+	// Twice the lines in flight: a line is settled by its reply, which can
+	// come before its publish's acknowledgement (on R3 it often does).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*max(b.inFlight, 1)))
 	if err != nil {
 		return p.Fail(ExitFailed, "%v", err)
 	}
