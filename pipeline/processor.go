@@ -347,8 +347,8 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 // (the store fails, a record is damaged) makes the partition wait and try
 // again: nothing is nacked or given up, so no later command overtakes one
 // that is not applied. Only a stopping worker, or one that lost the
-// partition, leaves a batch unfinished: its commands stay unacknowledged and
-// come back.
+// partition, leaves a batch unfinished: it hands the commands it did not
+// answer back (giveBack), and they come to the partition's next holder.
 func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	ctx, span := c.batchSpan(ctx, "passkeys.batch.commit", b.hand)
 	defer span.End()
