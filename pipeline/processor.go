@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/passkey"
@@ -65,6 +66,8 @@ type Processor struct {
 	// into its reply's headers and its event.
 	Tracer    trace.Tracer
 	Partition int
+
+	ackWait time.Duration // the consumer's, for giveBack
 }
 
 // Observer is told what the processor does; metrics.Metrics is one.
@@ -134,8 +137,11 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	p := &pump{iter: iter, msgs: make(chan jetstream.Msg, c.MaxBatch), err: make(chan error, 1),
-		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
+	if info := cons.CachedInfo(); info != nil {
+		c.ackWait = info.Config.AckWait
+	}
+	p := &pump{iter: iter, msgs: make(chan pulled, c.MaxBatch), err: make(chan error, 1),
+		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log, conn: c.Conn}
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
 
@@ -151,7 +157,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 			c.commitBatch(ctx, b)
 		}
 	}()
-	batch := make([]jetstream.Msg, 0, c.MaxBatch)
+	batch := make([]pulled, 0, c.MaxBatch)
 	for {
 		var ok bool
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
@@ -181,7 +187,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 // nextBatch waits for a command, then takes whatever else is in hand, up to
 // MaxBatch, without waiting: a batch is what arrived while the last one
 // committed. ok is false once the pump has stopped or was abandoned.
-func (c *Processor) nextBatch(p *pump, batch []jetstream.Msg) ([]jetstream.Msg, bool) {
+func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 	select {
 	case m, ok := <-p.msgs:
 		if !ok {
@@ -209,7 +215,8 @@ func (c *Processor) nextBatch(p *pump, batch []jetstream.Msg) ([]jetstream.Msg, 
 // fill without blocking on the iterator.
 type pump struct {
 	iter    jetstream.MessagesContext
-	msgs    chan jetstream.Msg
+	msgs    chan pulled
+	conn    *nats.Conn    // whose reconnects each delivery notes; nil: none
 	err     chan error    // the reason the pump stopped; nil for a drain
 	done    chan struct{} // closed when the pump has stopped
 	abandon chan struct{} // closed when a stopping consumer gives up on the buffer
@@ -235,7 +242,7 @@ func (p *pump) run() {
 			continue
 		}
 		select {
-		case p.msgs <- msg:
+		case p.msgs <- pulled{msg: msg, at: clock.Now(), reconnects: reconnects(p.conn)}:
 		case <-p.abandon:
 			p.err <- nil
 			return
@@ -243,9 +250,10 @@ func (p *pump) run() {
 	}
 }
 
-// drain stops pulling and lets the buffered commands through. If the drain
+// drain stops pulling and lets the buffered commands through (a stopping
+// processor hands back those it does not answer: giveBack). If the drain
 // cannot finish (NATS is gone), it gives up on them after DrainTimeout:
-// unacknowledged, they come back to the next worker.
+// unacknowledged, they come back to the next worker after their ack wait.
 func (p *pump) drain() {
 	p.iter.Drain()
 	t := time.NewTimer(DrainTimeout)
@@ -260,11 +268,15 @@ func (p *pump) drain() {
 
 // delivery is a message with what the adapter read from it.
 type delivery struct {
-	msg     jetstream.Msg
-	meta    *jetstream.MsgMetadata
-	cmd     *command.Command
-	replyTo string
-	log     zerolog.Logger
+	msg jetstream.Msg
+	// at is when the pump took it, and reconnects the connection's count
+	// then: whether handing it back may touch another worker's delivery.
+	at         clock.Instant
+	reconnects uint64
+	meta       *jetstream.MsgMetadata
+	cmd        *command.Command
+	replyTo    string
+	log        zerolog.Logger
 	// traceParent and traceState are the command's trace context
 	// (traceprop.Of), which its reply repeats; span is its apply span, ctx
 	// holds it (Tracer set only).
@@ -282,10 +294,11 @@ type checkedBatch struct {
 // checkBatch reads each message (its metadata, reply subject, log fields)
 // and has the Applier check the batch; ok is false when no message was a
 // command.
-func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (checkedBatch, bool) {
+func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
-	for _, m := range msgs {
+	for _, p := range msgs {
+		m := p.msg
 		meta, err := m.Metadata()
 		if err != nil {
 			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message without JetStream metadata")
@@ -298,7 +311,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd}
+		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at, reconnects: p.reconnects}
 		if replyTo := h.cmd.Header.ValuesFold(command.HeaderReplyTo); command.CheckReplyTo(replyTo) == nil && len(replyTo) == 1 {
 			h.replyTo = replyTo[0]
 		}
@@ -334,7 +347,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []jetstream.Msg) (check
 		c.endSpans(hand, "stopping before the keys of the commands' time were known")
 		// Stopping before the keys of their time were known: handed back,
 		// they come to the partition's next holder.
-		giveBack(hand)
+		c.giveBack(ctx, hand)
 		return checkedBatch{}, false
 	}
 	return checkedBatch{hand: hand, checked: checked}, true
@@ -355,7 +368,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	if c.Order != nil {
 		if err := c.Order.fill(ctx, b.hand, c.applyRead, c.Wait, c.Log); err != nil {
 			c.endSpans(b.hand, "stopping before the batch's commit")
-			giveBack(b.hand)
+			c.giveBack(ctx, b.hand)
 			return
 		}
 	}
@@ -390,29 +403,62 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 				left = append(left, h)
 			}
 		}
-		giveBack(left)
+		c.giveBack(ctx, left)
 	}
 }
 
-// giveBack hands commands this worker stops without answering back to the
+// giveBack hands commands a stopping processor did not answer back to the
 // stream (a nak: the server delivers them again after GiveBackDelay, to
-// whichever worker pulls the partition then) rather than after their ack
-// wait: a partition let go of under load, or a worker stopping, would
-// otherwise leave their requesters waiting the ack wait (10 s) for an
-// answer. The delay keeps a stopping worker whose pull is still open from
-// being handed them straight back. Nothing changes for correctness:
-// unacknowledged, they would come back anyway, and whoever applies them
-// applies them in stream order, once.
-func giveBack(hand []delivery) {
+// whichever worker pulls the partition then) rather than leaving them to
+// their ack wait: a partition let go of under load, or a worker stopping,
+// would otherwise leave their requesters waiting the ack wait (10 s).
+// Nothing changes for correctness: unacknowledged, they would come back
+// anyway, and whoever applies them applies them in stream order, once.
+//
+// Only a stopping processor (ctx ended: let go of, the lease lost, the
+// worker stopping) hands back, and only deliveries that are surely still
+// its own: taken less than the ack wait less handBackMargin ago (by a clock
+// that counts a suspended machine's sleep) on a connection that has not
+// reconnected since. The server takes a nak for a command's current
+// delivery whichever delivery it names, so a late one (a worker woken from
+// a freeze, or naks flushed after a reconnect) would cut the ack wait of
+// the worker that holds the command now.
+func (c *Processor) giveBack(ctx context.Context, hand []delivery) {
+	if ctx.Err() == nil || c.ackWait <= handBackMargin || (c.Conn != nil && !c.Conn.IsConnected()) {
+		return
+	}
+	now := reconnects(c.Conn)
 	for _, h := range hand {
-		_ = h.msg.NakWithDelay(GiveBackDelay)
+		if h.reconnects == now && clock.Since(h.at) < c.ackWait-handBackMargin {
+			_ = h.msg.NakWithDelay(GiveBackDelay)
+		}
 	}
 }
 
 // GiveBackDelay is how soon commands a stopping worker hands back are
-// delivered again: under the time a partition takes to change hands
-// (about 2 s: the lease, the unpin, the load).
+// delivered again. The worker has stopped pulling by then (its drain sends
+// the unsubscribe within milliseconds); the partition's next holder takes
+// longer than that to start (the old holder's final snapshot, the lease,
+// the load), so the delay costs nobody any time.
 const GiveBackDelay = time.Second
+
+// handBackMargin keeps hand-backs well inside the ack wait.
+const handBackMargin = 2 * time.Second
+
+// reconnects is nc's reconnect count; 0 without a connection.
+func reconnects(nc *nats.Conn) uint64 {
+	if nc == nil {
+		return 0
+	}
+	return nc.Stats().Reconnects
+}
+
+// pulled is a delivery as the pump took it.
+type pulled struct {
+	msg        jetstream.Msg
+	at         clock.Instant
+	reconnects uint64
+}
 
 // traceAnswer records, on a command's apply span, its answer, and the
 // wait for its commit: from when the stream stored the command (which the

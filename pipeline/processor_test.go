@@ -77,6 +77,12 @@ func (f *consumerFixture) run(t *testing.T, proc *command.Applier, group string)
 // start starts a Consumer with proc; stop (or the test's end) stops it.
 func (f *consumerFixture) start(t *testing.T, proc *command.Applier, group string) (stop func()) {
 	t.Helper()
+	return f.startCtx(t, context.Background(), proc, group)
+}
+
+// startCtx is start under ctx: the Consumer also stops when ctx ends.
+func (f *consumerFixture) startCtx(t *testing.T, ctx context.Context, proc *command.Applier, group string) (stop func()) {
+	t.Helper()
 	applied, err := proc.Store.AppliedSeq()
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +93,7 @@ func (f *consumerFixture) start(t *testing.T, proc *command.Applier, group strin
 		PriorityGroup: group,
 		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
+	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(runCtx, f.cons) }()
 	var once sync.Once
@@ -214,30 +220,46 @@ func TestStoreFaultMakesThePartitionWait(t *testing.T) {
 	f.settled(t)
 }
 
-// A worker that stops holding the partition hands back the commands it did
-// not answer (a nak with GiveBackDelay): the next holder answers them in
-// about a second, not after the ack wait (a minute here; f.next waits 10 s).
+// A worker that loses the partition (its fence fails and ends its context,
+// as lease.Check does) hands back the commands it did not answer: the next
+// holder, on the pinned group as in production, answers them within about
+// GiveBackDelay, not after the ack wait (a minute here).
 func TestUnansweredCommandsAreHandedBack(t *testing.T) {
 	keys := testenv.NewKeys(t)
+	lostCtx, lose := context.WithCancel(context.Background())
 	var fenced atomic.Int64
 	lost := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
-		Fence: func() error { fenced.Add(1); return errors.New("the lease is gone") }}
-	f := newConsumerFixture(t, keys, time.Minute, true)
-	stopLost := f.start(t, lost, "")
+		Fence: func() error { fenced.Add(1); lose(); return errors.New("the lease is gone") }}
+	f := newConsumerFixture(t, keys, time.Minute, false)
+	stopLost := f.startCtx(t, lostCtx, lost, topology.PriorityGroup)
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
 	waitFor(t, func() bool { return fenced.Load() > 0 })
 	stopLost()
+	lostAt := time.Now()
 	if _, err := f.sub.NextMsg(10 * time.Millisecond); err == nil {
 		t.Fatal("the worker without the partition replied")
 	}
+	unpin(t, f)
 	holder := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
-	f.start(t, holder, "")
+	f.start(t, holder, topology.PriorityGroup)
 	got := f.replies(t, 2)
+	if took := time.Since(lostAt); took > 5*time.Second {
+		t.Errorf("answered %v after the partition was lost; the hand-back should take about %v", took, GiveBackDelay)
+	}
 	for name, prefix := range map[string]string{"sync": `{"details":{"sequence":"1"`, "rm1": `{"details":{"sequence":"2"`} {
 		if len(got[name]) != 1 || !strings.HasPrefix(string(got[name][0].Data), prefix) {
 			t.Errorf("%s: %v, want one reply %s...", name, got[name], prefix)
 		}
+	}
+}
+
+// unpin lets the consumer's next puller have the pin at once, as a worker
+// that takes a partition does.
+func unpin(t *testing.T, f *consumerFixture) {
+	t.Helper()
+	if err := f.stream.UnpinConsumer(context.Background(), topology.PartitionConsumerName(0), topology.PriorityGroup); err != nil {
+		t.Fatal(err)
 	}
 }
 
