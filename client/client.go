@@ -165,7 +165,11 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 		trace.WithAttributes(attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.destination.name", subject), attribute.String("passkeys.user_id", userID)))
 	defer func() { endSpan(span, cl.attempts, err) }()
+	return c.ask(ctx, op, userID, subject, body, cl)
+}
 
+// ask is do's loop of attempts, under ctx's deadline.
+func (c *Client) ask(ctx context.Context, op, userID, subject string, body []byte, cl *call) (*nats.Msg, error) {
 	msgID := cl.msgID
 	if msgID == "" && op != "list" {
 		msgID = newMsgID()
@@ -182,7 +186,7 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 	for {
 		cl.attempts++
 		actx, cancel := context.WithTimeout(ctx, wait)
-		m, err = c.nc.RequestMsgWithContext(actx, request(ctx, subject, body, token, msgID))
+		m, err := c.nc.RequestMsgWithContext(actx, request(ctx, subject, body, token, msgID))
 		cancel()
 		switch {
 		case ctx.Err() != nil:
