@@ -313,6 +313,9 @@ func (p *Publisher) ask(ctx context.Context, c *Client, subject string, call fun
 	err = call(ctx, p.client(nc, c.Bearer), client.ReplyBody(&body))
 	var e *client.Error
 	switch {
+	case errors.Is(err, client.ErrOutcomeUnknown):
+		// Not a refusal of the change: an earlier attempt may have made it.
+		return p.Fail(ExitFailed, "%v", err)
 	case errors.As(err, &e) && e.HTTPStatus != 0:
 		fmt.Fprintf(p.Stdout, "%s\n", body)
 		fmt.Fprintf(p.Stderr, "%s: %d %s (%s)\n", p.program(), e.HTTPStatus, e.Message, e.ID)
