@@ -370,7 +370,7 @@ func (b *batchRun) askOutcome(ctx context.Context, cl *client.Client, c *Client,
 	var body []byte
 	err := j.Ask(ctx, cl, client.MsgID(msgID), client.ReplyBody(&body))
 	var e *client.Error
-	if err == nil || (errors.As(err, &e) && body != nil) {
+	if err == nil || (errors.As(err, &e) && body != nil && !errors.Is(err, client.ErrOutcomeUnknown)) {
 		b.answer(i, body, err)
 		return
 	}
