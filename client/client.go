@@ -10,8 +10,6 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -21,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/internal/traceprop"
+	"github.com/passkeys/worker/passkey"
 )
 
 // Client calls the passkeys worker over one NATS connection. It is safe for
@@ -152,8 +151,10 @@ func options(opts []CallOption) *call {
 // do sends one request until it has an answer that asking again would not
 // change, or ctx ends (the package doc's retry policy).
 func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *call) (m *nats.Msg, err error) {
-	if why := checkUserID(userID); why != "" {
-		return nil, &Error{Code: codeInvalidArgument, ID: ErrSubjectInvalid.ID, Message: "user id " + why}
+	if err := passkey.ValidateUserID(userID); err != nil {
+		// The worker's own check and refusal: such a subject reaches no endpoint.
+		e := passkey.AsError(err)
+		return nil, &Error{Code: int(e.Code), ID: e.ID, Message: e.Message}
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -206,7 +207,7 @@ func (c *Client) ask(ctx context.Context, op, userID, subject string, body []byt
 			var e *Error
 			if !errors.As(err, &e) || !e.Unavailable() {
 				keep(cl, m)
-				if uncertain && e != nil && e.Code == codeUnauthenticated {
+				if uncertain && e != nil && e.Code == int(passkey.CodeUnauthenticated) {
 					// The endpoint judges the token before it looks for the
 					// outcome: by now it may have expired, or its key been
 					// retired, while an earlier attempt was applied.
@@ -297,18 +298,4 @@ func newMsgID() string {
 	var b [16]byte
 	_, _ = cryptorand.Read(b[:]) // never fails (crypto/rand's contract since Go 1.24)
 	return "client-" + hex.EncodeToString(b[:])
-}
-
-// checkUserID says what is wrong with a user id as a subject token, or "".
-func checkUserID(id string) string {
-	switch {
-	case id == "" || len(id) > 200:
-		return "must be 1 to 200 bytes"
-	}
-	for _, r := range id {
-		if r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError {
-			return "must be one NATS subject token: no '.', '*', '>', white space or control characters"
-		}
-	}
-	return ""
 }

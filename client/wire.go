@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/passkeys/worker/passkey"
 )
 
 // Details is what a change did: the answer to Remove and Sync.
@@ -101,7 +103,7 @@ func readError(m *nats.Msg) error {
 	if body.Code == nil || *body.Code <= 0 || len(body.Details) != 1 || body.Details[0].ID == "" {
 		return badReply(m.Data, "an error reply without its code and one detail with an id")
 	}
-	if status != httpStatus(*body.Code) {
+	if want, _ := passkey.Code(*body.Code).Status(); status != want {
 		return badReply(m.Data, "an error reply whose Nats-Service-Error-Code is not its code's HTTP status")
 	}
 	return &Error{Code: *body.Code, ID: body.Details[0].ID, Message: body.Details[0].Message, HTTPStatus: status}
@@ -195,23 +197,4 @@ func timestamp(s string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("%q is not a UTC timestamp", s)
 	}
 	return time.Parse(time.RFC3339Nano, s)
-}
-
-// httpStatus is the HTTP status grpc-gateway maps a gRPC code to, as the
-// worker's Nats-Service-Error-Code gives it.
-func httpStatus(code int) int {
-	switch code {
-	case codeInvalidArgument, codeFailedPrecondition:
-		return 400
-	case codeUnauthenticated:
-		return 401
-	case codePermissionDenied:
-		return 403
-	case codeNotFound:
-		return 404
-	case codeUnavailable:
-		return 503
-	default:
-		return 500
-	}
 }

@@ -12,12 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/event"
-	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -429,8 +427,7 @@ func (a *Applier) internal(pr *checked, err error) {
 // changeEvent is the event of the change from before to after that pr made.
 func changeEvent(pr *checked, before, after *passkey.User) []byte {
 	actor := event.ActorOf(pr.principal, pr.userID)
-	parent, state := traceprop.Of(nats.Header(pr.cmd.Header))
-	tr := event.Trace{Parent: parent, State: state}
+	tr := pr.cmd.Trace()
 	if pr.op == passkey.OpSync {
 		return event.Synced(after, actor, pr.msgID, tr)
 	}

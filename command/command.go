@@ -4,8 +4,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/event"
+	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -29,6 +34,20 @@ type Command struct {
 	// Timestamp is when the stream stored the command: the command's
 	// changeDate, and the time its token is judged at.
 	Timestamp time.Time
+
+	traceOnce sync.Once
+	trace     event.Trace
+}
+
+// Trace is the W3C trace context the command carries (traceprop.Of of its
+// headers), which its reply and its event repeat: read from the headers
+// once, whoever asks first.
+func (c *Command) Trace() event.Trace {
+	c.traceOnce.Do(func() {
+		parent, state := traceprop.Of(nats.Header(c.Header))
+		c.trace = event.Trace{Parent: parent, State: state}
+	})
+	return c.trace
 }
 
 // Header holds a command's headers, as NATS carries them (a nats.Header

@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/passkeys/worker/passkey"
-	"github.com/passkeys/worker/reply"
 )
 
 // Metrics holds the worker's collectors on a registry of its own.
@@ -104,7 +103,7 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 	if op == "" {
 		op = "invalid"
 	}
-	_, name := reply.Status(code)
+	_, name := code.Status()
 	m.commands.WithLabelValues(string(op), name).Inc()
 	m.latency.Observe(time.Since(storedAt).Seconds())
 }

@@ -23,6 +23,33 @@ const (
 	CodeUnauthenticated    Code = 16
 )
 
+// Status is what a gRPC code is called outside: the HTTP status
+// grpc-gateway maps it to (the Nats-Service-Error-Code header) and the
+// code's name (the passkeys_commands_total label; OK for a success). The
+// one mapping: the replies, the metrics and the client package use it.
+func (c Code) Status() (httpStatus int, name string) {
+	switch c {
+	case 0:
+		return 200, "OK"
+	case CodeInvalidArgument:
+		return 400, "INVALID_ARGUMENT"
+	case CodeFailedPrecondition:
+		return 400, "FAILED_PRECONDITION"
+	case CodeUnauthenticated:
+		return 401, "UNAUTHENTICATED"
+	case CodePermissionDenied:
+		return 403, "PERMISSION_DENIED"
+	case CodeNotFound:
+		return 404, "NOT_FOUND"
+	case CodeUnavailable:
+		return 503, "UNAVAILABLE"
+	case CodeInternal:
+		return 500, "INTERNAL"
+	default:
+		return 500, "UNKNOWN"
+	}
+}
+
 // Error is a definitive answer that is not a success. ID is stable: clients
 // and tests match on it, so an ID, once published, never changes meaning.
 type Error struct {

@@ -141,7 +141,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 		c.ackWait = info.Config.AckWait
 	}
 	p := &pump{iter: iter, msgs: make(chan pulled, c.MaxBatch), err: make(chan error, 1),
-		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log, conn: c.Conn}
+		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
 
@@ -216,7 +216,6 @@ func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 type pump struct {
 	iter    jetstream.MessagesContext
 	msgs    chan pulled
-	conn    *nats.Conn    // whose reconnects each delivery notes; nil: none
 	err     chan error    // the reason the pump stopped; nil for a drain
 	done    chan struct{} // closed when the pump has stopped
 	abandon chan struct{} // closed when a stopping consumer gives up on the buffer
@@ -242,7 +241,7 @@ func (p *pump) run() {
 			continue
 		}
 		select {
-		case p.msgs <- pulled{msg: msg, at: clock.Now(), reconnects: reconnects(p.conn)}:
+		case p.msgs <- pulled{msg: msg, at: clock.Now()}:
 		case <-p.abandon:
 			p.err <- nil
 			return
@@ -269,20 +268,16 @@ func (p *pump) drain() {
 // delivery is a message with what the adapter read from it.
 type delivery struct {
 	msg jetstream.Msg
-	// at is when the pump took it, and reconnects the connection's count
-	// then: whether handing it back may touch another worker's delivery.
-	at         clock.Instant
-	reconnects uint64
-	meta       *jetstream.MsgMetadata
-	cmd        *command.Command
-	replyTo    string
-	log        zerolog.Logger
-	// traceParent and traceState are the command's trace context
-	// (traceprop.Of), which its reply repeats; span is its apply span, ctx
-	// holds it (Tracer set only).
-	traceParent, traceState string
-	span                    trace.Span
-	ctx                     context.Context
+	// at is when the pump took it: whether handing it back may touch
+	// another worker's delivery.
+	at      clock.Instant
+	meta    *jetstream.MsgMetadata
+	cmd     *command.Command
+	replyTo string
+	log     zerolog.Logger
+	// span is the command's apply span, ctx holds it (Tracer set only).
+	span trace.Span
+	ctx  context.Context
 }
 
 // checkedBatch is a batch that was checked and waits for its commit.
@@ -311,7 +306,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at, reconnects: p.reconnects}
+		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at}
 		if replyTo := h.cmd.Header.ValuesFold(command.HeaderReplyTo); command.CheckReplyTo(replyTo) == nil && len(replyTo) == 1 {
 			h.replyTo = replyTo[0]
 		}
@@ -327,7 +322,6 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			h.log.Warn().Msg("command redelivered")
 			c.Observer.Redelivered()
 		}
-		h.traceParent, h.traceState = traceprop.Of(m.Headers())
 		if c.Tracer != nil {
 			h.ctx, h.span = c.Tracer.Start(traceprop.Extract(ctx, m.Headers()), "passkeys.apply",
 				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
@@ -418,18 +412,18 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 // Only a stopping processor (ctx ended: let go of, the lease lost, the
 // worker stopping) hands back, and only deliveries that are surely still
 // its own: taken less than the ack wait less handBackMargin ago (by a clock
-// that counts a suspended machine's sleep) on a connection that has not
-// reconnected since. The server takes a nak for a command's current
-// delivery whichever delivery it names, so a late one (a worker woken from
-// a freeze, or naks flushed after a reconnect) would cut the ack wait of
-// the worker that holds the command now.
+// that counts a suspended machine's sleep, so the server has not given them
+// to anyone else yet), sent while connected (not buffered for a reconnect).
+// The server takes a nak for a command's current delivery whichever
+// delivery it names, so a late one (a worker woken from a freeze, naks
+// flushed after a reconnect) would cut the ack wait of the worker that
+// holds the command now.
 func (c *Processor) giveBack(ctx context.Context, hand []delivery) {
 	if ctx.Err() == nil || c.ackWait <= handBackMargin || (c.Conn != nil && !c.Conn.IsConnected()) {
 		return
 	}
-	now := reconnects(c.Conn)
 	for _, h := range hand {
-		if h.reconnects == now && clock.Since(h.at) < c.ackWait-handBackMargin {
+		if clock.Since(h.at) < c.ackWait-handBackMargin {
 			_ = h.msg.NakWithDelay(GiveBackDelay)
 		}
 	}
@@ -445,19 +439,10 @@ const GiveBackDelay = time.Second
 // handBackMargin keeps hand-backs well inside the ack wait.
 const handBackMargin = 2 * time.Second
 
-// reconnects is nc's reconnect count; 0 without a connection.
-func reconnects(nc *nats.Conn) uint64 {
-	if nc == nil {
-		return 0
-	}
-	return nc.Stats().Reconnects
-}
-
-// pulled is a delivery as the pump took it.
+// pulled is a delivery and when the pump took it.
 type pulled struct {
-	msg        jetstream.Msg
-	at         clock.Instant
-	reconnects uint64
+	msg jetstream.Msg
+	at  clock.Instant
 }
 
 // traceAnswer records, on a command's apply span, its answer, and the
@@ -479,11 +464,11 @@ func (c *Processor) traceAnswer(h delivery, r command.Result, wire reply.Wire) {
 // stream stored it, so a replay answers with the same headers).
 func replyHeader(h delivery, wire reply.Wire) nats.Header {
 	hdr := wire.Header()
-	if h.traceParent != "" {
+	if tr := h.cmd.Trace(); tr.Parent != "" {
 		if hdr == nil {
 			hdr = nats.Header{}
 		}
-		traceprop.Set(hdr, h.traceParent, h.traceState)
+		traceprop.Set(hdr, tr.Parent, tr.State)
 	}
 	return hdr
 }

@@ -76,34 +76,8 @@ func Error(e *passkey.Error) Wire {
 		Message: msg,
 		Details: []errorDetail{{Type: errorDetailType, ID: e.ID, Message: e.Message}},
 	})
-	httpStatus, _ := Status(e.Code)
+	httpStatus, _ := e.Code.Status()
 	return Wire{Code: e.Code, Body: body, ErrorCode: strconv.Itoa(httpStatus), ErrorText: msg}
-}
-
-// Status is what a gRPC code is called outside: the HTTP status
-// grpc-gateway maps it to (the Nats-Service-Error-Code header) and the
-// code's name (the passkeys_commands_total label; OK for a success).
-func Status(c passkey.Code) (httpStatus int, name string) {
-	switch c {
-	case 0:
-		return 200, "OK"
-	case passkey.CodeInvalidArgument:
-		return 400, "INVALID_ARGUMENT"
-	case passkey.CodeFailedPrecondition:
-		return 400, "FAILED_PRECONDITION"
-	case passkey.CodeUnauthenticated:
-		return 401, "UNAUTHENTICATED"
-	case passkey.CodePermissionDenied:
-		return 403, "PERMISSION_DENIED"
-	case passkey.CodeNotFound:
-		return 404, "NOT_FOUND"
-	case passkey.CodeUnavailable:
-		return 503, "UNAVAILABLE"
-	case passkey.CodeInternal:
-		return 500, "INTERNAL"
-	default:
-		return 500, "UNKNOWN"
-	}
 }
 
 type objectDetails struct {

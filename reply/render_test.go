@@ -89,21 +89,3 @@ func TestRepeatRendersTheFirstReply(t *testing.T) {
 		}
 	}
 }
-
-// The contract's error table: each gRPC code with the HTTP status
-// grpc-gateway gives it, and the name the metrics label it with.
-func TestStatus(t *testing.T) {
-	for code, want := range map[passkey.Code]struct {
-		http int
-		name string
-	}{
-		0: {200, "OK"}, passkey.CodeInvalidArgument: {400, "INVALID_ARGUMENT"}, passkey.CodeUnauthenticated: {401, "UNAUTHENTICATED"},
-		passkey.CodePermissionDenied: {403, "PERMISSION_DENIED"}, passkey.CodeNotFound: {404, "NOT_FOUND"},
-		passkey.CodeFailedPrecondition: {400, "FAILED_PRECONDITION"}, passkey.CodeInternal: {500, "INTERNAL"},
-		passkey.CodeUnavailable: {503, "UNAVAILABLE"},
-	} {
-		if http, name := Status(code); http != want.http || name != want.name {
-			t.Errorf("code %d: %d %s, want %d %s", code, http, name, want.http, want.name)
-		}
-	}
-}

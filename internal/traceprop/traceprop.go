@@ -22,20 +22,15 @@ const (
 
 var w3c propagation.TraceContext
 
-// Carrier adapts a NATS header to otel's TextMapCarrier. NATS headers are
-// case-sensitive; a trace header is found in any letter case (an HTTP
-// bridge may have written Traceparent), and written lower case.
+// Carrier adapts a NATS header to otel's TextMapCarrier, for the W3C
+// propagator: it writes the lower-case names, and reads only the headers
+// Extract built with Of (a caller's spelling is Of's business).
 type Carrier nats.Header
 
-// Get returns the first value of key, in any letter case.
+// Get returns the first value of key.
 func (c Carrier) Get(key string) string {
 	if v := c[key]; len(v) > 0 {
 		return v[0]
-	}
-	for k, v := range c {
-		if len(k) == len(key) && len(v) > 0 && strings.EqualFold(k, key) {
-			return v[0]
-		}
 	}
 	return ""
 }
