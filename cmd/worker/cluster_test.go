@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -28,17 +28,37 @@ import (
 
 // clusterNode is one nats-server process of a three-node JetStream cluster.
 type clusterNode struct {
-	name, bin, conf, addr string
-	cmd                   *exec.Cmd
+	name, bin, conf, log, addr string
+	proc                       *serverProcess
 }
 
 // startCluster starts three nats-server processes, clustered, each with
 // JetStream on its own store and the shipped nats.conf's pings, and
 // returns once each accepts connections; JetStream may not have formed
-// yet.
+// yet. A port taken by another process between freeAddr and a server's
+// start (the suite runs beside other packages' tests) is a new try on
+// new ports, not a failure.
 func startCluster(t *testing.T) []*clusterNode {
 	t.Helper()
 	bin := buildNATSServer(t)
+	for try := 1; ; try++ {
+		nodes, err := tryCluster(t, bin)
+		if err == nil {
+			return nodes
+		}
+		for _, n := range nodes {
+			if n.proc != nil {
+				n.proc.stop()
+			}
+		}
+		if !errors.Is(err, errPortTaken) || try == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("try %d: %v", try, err)
+	}
+}
+
+func tryCluster(t *testing.T, bin string) ([]*clusterNode, error) {
 	var clients, routes []string
 	for range 3 {
 		clients = append(clients, freeAddr(t))
@@ -67,12 +87,17 @@ ping_max: 2
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, &clusterNode{name: fmt.Sprintf("n%d", i+1), bin: bin, conf: path, addr: clients[i]})
+		nodes = append(nodes, &clusterNode{name: fmt.Sprintf("n%d", i+1), bin: bin, conf: path,
+			log: filepath.Join(dir, "node.log"), addr: clients[i]})
 	}
 	for _, n := range nodes {
-		n.start(t)
+		p, err := startServerProcess(t, n.bin, n.addr, n.log, "Listening for route connections", "-c", n.conf)
+		if err != nil {
+			return nodes, fmt.Errorf("%s: %w", n.name, err)
+		}
+		n.proc = p
 	}
-	return nodes
+	return nodes, nil
 }
 
 func clusterURL(nodes []*clusterNode) string {
@@ -83,26 +108,14 @@ func clusterURL(nodes []*clusterNode) string {
 	return strings.Join(urls, ",")
 }
 
+// start starts the node again, on its ports and store.
 func (n *clusterNode) start(t *testing.T) {
 	t.Helper()
-	n.cmd = exec.Command(n.bin, "-c", n.conf)
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
+	p, err := startServerProcess(t, n.bin, n.addr, n.log, "Listening for route connections", "-c", n.conf)
+	if err != nil {
+		t.Fatalf("%s: %v", n.name, err)
 	}
-	cmd := n.cmd
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	waitWithin(t, 20*time.Second, func() bool {
-		c, err := net.Dial("tcp", n.addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	n.proc = p
 }
 
 // freeze stops the node's process (SIGSTOP) without closing anything, as
@@ -110,19 +123,16 @@ func (n *clusterNode) start(t *testing.T) {
 // (SIGCONT) before it is killed.
 func (n *clusterNode) freeze(t *testing.T) {
 	t.Helper()
-	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	p := n.proc.cmd.Process
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	p := n.cmd.Process
 	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
 }
 
 func (n *clusterNode) kill(t *testing.T) {
 	t.Helper()
-	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = n.cmd.Wait()
+	n.proc.kill(t)
 }
 
 // served asks a worker's /partitions which partitions it serves; nil

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -23,7 +25,7 @@ import (
 // on, run as a process of its own so that it can be killed.
 type natsServer struct {
 	bin, storeDir, addr string
-	cmd                 *exec.Cmd
+	proc                *serverProcess
 }
 
 func buildNATSServer(tb testing.TB) string {
@@ -39,36 +41,99 @@ func buildNATSServer(tb testing.TB) string {
 func (s *natsServer) start(tb testing.TB) {
 	tb.Helper()
 	host, port, _ := net.SplitHostPort(s.addr)
-	s.cmd = exec.Command(s.bin, "-js", "-sd", s.storeDir, "-a", host, "-p", port)
-	if err := s.cmd.Start(); err != nil {
+	p, err := startServerProcess(tb, s.bin, s.addr, filepath.Join(s.storeDir, "nats-server.log"), "Server is ready",
+		"-js", "-sd", s.storeDir, "-a", host, "-p", port)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd := s.cmd
-	tb.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", s.addr); err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatal("nats-server did not come up")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.proc = p
 }
 
 func (s *natsServer) kill(tb testing.TB) {
 	tb.Helper()
-	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	s.proc.kill(tb)
+}
+
+// serverProcess is a nats-server process of a test, with its output in a
+// file so that a failure can say what the server said.
+type serverProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited
+	log  string
+}
+
+// errPortTaken is a server that exited because another process took one
+// of its ports between freeAddr and the server's start.
+var errPortTaken = errors.New("a port was taken")
+
+// startServerProcess starts bin with args and returns once the server
+// accepts connections on addr and has said ready in its log (a clustered
+// server listens for clients before it binds its route port, and exits
+// if that is taken), or with an error that quotes its output's end if it
+// exits first or is not ready within a minute (the suite runs beside
+// other packages' tests on two cores).
+func startServerProcess(tb testing.TB, bin, addr, logPath, ready string, args ...string) (*serverProcess, error) {
+	tb.Helper()
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	_ = s.cmd.Wait()
+	defer out.Close()
+	st, err := out.Stat() // a restart appends: only what this run says counts
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &serverProcess{cmd: exec.Command(bin, args...), done: make(chan struct{}), log: logPath}
+	p.cmd.Stdout, p.cmd.Stderr = out, out
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	tb.Cleanup(p.stop)
+	for deadline := time.Now().Add(time.Minute); ; {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			if raw, _ := os.ReadFile(logPath); strings.Contains(string(raw[min(st.Size(), int64(len(raw))):]), ready) {
+				return p, nil
+			}
+		}
+		select {
+		case <-p.done:
+			said := p.tail()
+			if strings.Contains(said, "address already in use") {
+				return nil, fmt.Errorf("%w: %s", errPortTaken, said)
+			}
+			return nil, fmt.Errorf("nats-server exited before it listened on %s: %s", addr, said)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("nats-server did not listen on %s within a minute: %s", addr, p.tail())
+		}
+	}
+}
+
+// tail is the end of what the server wrote.
+func (p *serverProcess) tail() string {
+	raw, _ := os.ReadFile(p.log)
+	return string(raw[max(0, len(raw)-2000):])
+}
+
+// kill ends the process at once (SIGKILL) and waits for it.
+func (p *serverProcess) kill(tb testing.TB) {
+	tb.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		tb.Fatal(err)
+	}
+	<-p.done
+}
+
+func (p *serverProcess) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGCONT) // a frozen server first wakes
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }
 
 // The NATS server killed and restarted on the same store in the middle of
