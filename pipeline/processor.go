@@ -306,10 +306,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at}
-		if replyTo := h.cmd.Header.ValuesFold(command.HeaderReplyTo); command.CheckReplyTo(replyTo) == nil && len(replyTo) == 1 {
-			h.replyTo = replyTo[0]
-		}
+		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at, replyTo: replyToOf(cmd)}
 		h.log = c.Log.With().
 			Str("subject", command.Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
@@ -459,20 +456,6 @@ func (c *Processor) traceAnswer(h delivery, r command.Result, wire reply.Wire) {
 	}
 }
 
-// replyHeader is the header of a command's reply: the service error
-// headers of wire, and the command's trace context (its caller's, as the
-// stream stored it, so a replay answers with the same headers).
-func replyHeader(h delivery, wire reply.Wire) nats.Header {
-	hdr := wire.Header()
-	if tr := h.cmd.Trace(); tr.Parent != "" {
-		if hdr == nil {
-			hdr = nats.Header{}
-		}
-		traceprop.Set(hdr, tr.Parent, tr.State)
-	}
-	return hdr
-}
-
 // batchSpan starts a batch's span, linked to its commands' apply spans; a
 // span that records nothing without a Tracer.
 func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery) (context.Context, trace.Span) {
@@ -502,8 +485,10 @@ func (c *Processor) endSpans(hand []delivery, why string) {
 // noopSpan is the span of a batch when there is no Tracer.
 var noopSpan = noop.Span{}
 
-// applyRead applies commands read from the stream (not delivered here), in
-// order: nobody is replied to, their deliveries get their stored outcomes.
+// applyRead applies commands read from the stream (delivered to another
+// worker, not here), in order, and answers each at once (AnswerRead): its
+// delivery, when it comes back here, is answered again from its stored
+// outcome, the same reply, and acknowledged.
 func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done func(*command.Command)) error {
 	return c.Applier.ApplyInOrder(ctx, cmds, command.InOrder{Wait: c.Wait,
 		Committed: func(_ int, _ time.Duration, err error) {
@@ -511,7 +496,10 @@ func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done
 				c.Committed()
 			}
 		},
-		Done: func(i int, _ command.Result) { done(cmds[i]) }})
+		Done: func(i int, r command.Result) {
+			done(cmds[i])
+			AnswerRead(c.Conn, cmds[i], r, c.Log)
+		}})
 }
 
 // answer replies to and acknowledges one message, after its transaction
@@ -520,16 +508,10 @@ func (c *Processor) answer(h delivery, r command.Result) {
 	log := h.log.With().Str("user_id", r.UserID).Logger()
 	// Rendered after the commit: no reply body is built under the store's
 	// write lock.
-	var wire reply.Wire
 	if r.Skipped {
-		// Applied already (the store is past it) yet no outcome is kept for
-		// it: it is not applied again, and the requester is told so rather
-		// than left without an answer.
 		log.Error().Msg("command applied already but its outcome is not kept; answered OUTCOME-UNAVAILABLE")
-		wire = reply.Error(passkey.ErrOutcomeUnavailable)
-	} else {
-		wire = reply.Render(r.Answer)
 	}
+	wire := wireOf(r)
 	ev := log.Info().Str("op", string(r.Op)).Bool("repeat", r.Repeat)
 	if wire.IsError() {
 		ev = ev.Str("error_code", wire.ErrorCode).Str("error", wire.ErrorText)
@@ -549,7 +531,7 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		}
 		return
 	}
-	msg := &nats.Msg{Subject: h.replyTo, Header: replyHeader(h, wire), Data: wire.Body}
+	msg := &nats.Msg{Subject: h.replyTo, Header: replyHeader(h.cmd, wire), Data: wire.Body}
 	if h.span != nil {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()

@@ -303,8 +303,9 @@ func TestPoisonCommand(t *testing.T) {
 // Two workers both pulling one partition (a pin is not exclusive): the
 // first takes the partition's first commands and dies before it applies
 // them; the second is delivered the later ones first. It applies the
-// earlier ones from the stream before them, in order, and when they come
-// back after the ack wait they are repeats with the same replies.
+// earlier ones from the stream before them, in order, and answers them at
+// once (not after their ack wait); when they come back after the ack wait
+// they are repeats, answered again with the same replies byte for byte.
 func TestLaterCommandNeverOvertakes(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
@@ -325,17 +326,29 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 	}
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
 	f.run(t, proc, "")
-	first := f.next(t)
-	if name := first.Subject[len(f.inbox)+1:]; name != "rm2" {
-		t.Fatalf("first reply to %s, want rm2 (the only command delivered at first)", name)
+	// In stream order: the two read from the stream, answered as they are
+	// applied, then rm2, the only command delivered at first.
+	var first []*nats.Msg
+	for _, want := range []string{"sync", "rm1", "rm2"} {
+		m := f.next(t)
+		if name := m.Subject[len(f.inbox)+1:]; name != want {
+			t.Fatalf("reply to %s, want %s", name, want)
+		}
+		first = append(first, m)
+	}
+	if !strings.Contains(string(first[0].Data), `"sequence":"1"`) || !strings.Contains(string(first[1].Data), `"sequence":"2"`) {
+		t.Fatalf("the commands read from the stream: sync %s, rm1 %s", first[0].Data, first[1].Data)
 	}
 	// rm2 came after sync and rm1: with both applied first, it would leave
 	// u1 without a first factor.
-	testenv.WantError(t, first, 9, passkey.IDPasskeyLast, "400")
-	// After the ack wait the first worker's commands come back: repeats.
+	testenv.WantError(t, first[2], 9, passkey.IDPasskeyLast, "400")
+	// After the ack wait the first worker's commands come back: repeats,
+	// the same replies.
 	got := f.replies(t, 2)
-	if !strings.Contains(string(got["sync"][0].Data), `"sequence":"1"`) || !strings.Contains(string(got["rm1"][0].Data), `"sequence":"2"`) {
-		t.Fatalf("the redelivered commands: sync %s, rm1 %s", got["sync"][0].Data, got["rm1"][0].Data)
+	for i, name := range []string{"sync", "rm1"} {
+		if len(got[name]) != 1 || string(got[name][0].Data) != string(first[i].Data) {
+			t.Fatalf("%s when it came back: %v, want %s again", name, got[name], first[i].Data)
+		}
 	}
 	f.settled(t)
 	err = proc.Store.View(func(tx *storage.Tx) error {

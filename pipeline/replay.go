@@ -128,14 +128,15 @@ func Replay(ctx context.Context, reader *jsread.Reader, a *command.Applier, filt
 // CatchUp applies the partition's stored commands (filter) that follow
 // applied, in stream order, up to the last one the stream's leader holds
 // when it starts: what a worker does when it takes a partition over (from
-// its own older store, or a snapshot), before it consumes. Nobody is
-// replied to: the commands still unacknowledged come back through the
-// consumer and get their stored outcomes. A fault of this machine makes it
-// wait and try again (policy wait), never skip. progress, when set, is
-// called after each commit. It returns how many commands it applied and the
-// last sequence applied.
+// its own older store, or a snapshot), before it consumes. answer, when
+// set, is given each command's result once its transaction committed (the
+// worker answers those the consumer delivered to the holder before and
+// nobody acknowledged: AnswerRead). A fault of this machine makes it wait
+// and try again (policy wait), never skip. progress, when set, is called
+// after each commit. It returns how many commands it applied and the last
+// sequence applied.
 func CatchUp(ctx context.Context, reader *jsread.Reader, a *command.Applier, filter string, applied uint64,
-	maxBatch int, wait retry.Policy, progress func()) (int, uint64, error) {
+	maxBatch int, wait retry.Policy, progress func(), answer func(*command.Command, command.Result)) (int, uint64, error) {
 	last, err := lastOf(ctx, reader, filter)
 	if err != nil {
 		return 0, applied, fmt.Errorf("catch-up: %w", err)
@@ -150,9 +151,12 @@ func CatchUp(ctx context.Context, reader *jsread.Reader, a *command.Applier, fil
 		if len(batch) == 0 {
 			return n, applied, nil
 		}
-		err = a.ApplyInOrder(ctx, batch, command.InOrder{Wait: wait, Done: func(i int, _ command.Result) {
+		err = a.ApplyInOrder(ctx, batch, command.InOrder{Wait: wait, Done: func(i int, r command.Result) {
 			n++
 			applied = batch[i].StreamSeq
+			if answer != nil {
+				answer(batch[i], r)
+			}
 		}})
 		if err != nil {
 			return n, applied, err
