@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/command"
@@ -43,29 +44,109 @@ func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
 	return hdr
 }
 
-// AnswerRead replies to a command this worker applied from the stream, not
-// from a delivery of its own: one the partition's consumer delivered to
-// another worker (the holder before, whose deliveries in transit were lost
-// when it let go or died; a worker that briefly pulled the same partition)
-// and that nobody acknowledged yet. Its requester has its answer as soon as
-// the command is applied here, rather than once its ack wait has run out
-// and it comes back (10 s): what a takeover under load otherwise costs the
-// commands the old holder was handed last. The delivery still comes back
-// and is answered again from its stored outcome, byte for byte the same
-// (a command's outcome does not depend on the worker that applies it), so
-// a requester may get the same reply twice, never two different ones; that
-// later answer is the guarded one (reply.Guard), so this one is a plain
-// publish. It must be called only after the command's transaction
-// committed. It reports whether a reply went out.
-func AnswerRead(conn *nats.Conn, cmd *command.Command, r command.Result, log zerolog.Logger) bool {
+// EarlyAnswers are the answers a takeover owes the commands the holder
+// before was handed and did not answer: its deliveries lost on their way
+// to it when it let go, or those it died with. Unacknowledged, they come
+// back after their ack wait (10 s); the new holder's catch-up applies them
+// first, and answers them then, rather than leave their requesters waiting.
+//
+// The consumer does not say which commands are unacknowledged, only how
+// many (NumAckPending) and where (above AckFloor, at or below Delivered).
+// Those lost or held by a dead holder are the last delivered, so the
+// catch-up answers the last NumAckPending commands of that range. It may
+// so answer a few acknowledged ones among them (those above a command the
+// holder before kept unacknowledged because its requester was away: the
+// reply guard's), never more than NumAckPending in all.
+type EarlyAnswers struct {
+	floor, delivered uint64
+	max              int
+	owed             []early // the range's last max, in stream order
+}
+
+type early struct {
+	seq uint64
+	msg *nats.Msg
+}
+
+// NewEarlyAnswers owes answers to the commands info (the partition
+// consumer's state just before the catch-up) says were delivered and not
+// all acknowledged.
+func NewEarlyAnswers(info *jetstream.ConsumerInfo) *EarlyAnswers {
+	if info == nil || info.NumAckPending <= 0 {
+		return &EarlyAnswers{}
+	}
+	return &EarlyAnswers{floor: info.AckFloor.Stream, delivered: info.Delivered.Stream, max: info.NumAckPending}
+}
+
+// Note is told of each command the catch-up applied, with its result,
+// after its transaction committed, in stream order (CatchUp's answer).
+func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
+	if e.max == 0 || cmd.StreamSeq <= e.floor || cmd.StreamSeq > e.delivered {
+		return
+	}
+	a := early{seq: cmd.StreamSeq} // one without a Reply-To counts, and gets nothing
+	if to := replyToOf(cmd); to != "" {
+		wire := wireOf(r)
+		a.msg = &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
+	}
+	e.owed = append(e.owed, a)
+	if len(e.owed) >= 2*e.max {
+		e.owed = append(e.owed[:0], e.owed[len(e.owed)-e.max:]...)
+	}
+}
+
+// Send publishes the answers owed and returns the stream sequences of those
+// that went out (Processor.Answered). The partition is served by then (its
+// reads answered, its events published), so a requester that reads right
+// after its answer finds the partition there.
+func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) map[uint64]struct{} {
+	sent := map[uint64]struct{}{}
+	for _, a := range e.owed[max(0, len(e.owed)-e.max):] {
+		if a.msg == nil {
+			continue
+		}
+		if err := conn.PublishMsg(a.msg); err != nil {
+			log.Warn().Err(err).Uint64("stream_seq", a.seq).Msg("could not answer a command the holder before left unanswered; its delivery will be")
+			continue
+		}
+		sent[a.seq] = struct{}{}
+	}
+	if len(sent) > 0 {
+		log.Info().Int("answered", len(sent)).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
+			Msg("answered the commands the holder before was handed and did not acknowledge")
+	}
+	e.owed = nil
+	return sent
+}
+
+// answerRead replies to a command this processor applied from the stream,
+// not from a delivery of its own (the order check's fill: the consumer
+// delivered it to another worker, the holder before or one that briefly
+// pulled the same partition, and nobody acknowledged it yet), as soon as
+// its transaction committed, rather than once its ack wait has run out and
+// it comes back. Its outcome does not depend on the worker that applies it,
+// so when its delivery comes back here it is answered again with the same
+// bytes (see Answered). It reports whether a reply went out.
+func (c *Processor) answerRead(cmd *command.Command, r command.Result) bool {
 	to := replyToOf(cmd)
-	if conn == nil || to == "" {
+	if c.Conn == nil || to == "" {
 		return false
 	}
 	wire := wireOf(r)
-	if err := conn.PublishMsg(&nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}); err != nil {
-		log.Debug().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("early reply to a command applied from the stream")
+	if err := c.Conn.PublishMsg(&nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}); err != nil {
+		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return false
+	}
+	if c.Answered == nil {
+		c.Answered = map[uint64]struct{}{}
+	}
+	if len(c.Answered) < maxAnswered {
+		c.Answered[cmd.StreamSeq] = struct{}{}
 	}
 	return true
 }
+
+// maxAnswered bounds Processor.Answered: past it, a delivery of a command
+// answered from the stream is answered as any other (through the reply
+// guard).
+const maxAnswered = 50000

@@ -99,7 +99,7 @@ func (g *OrderGuard) applyBetween(ctx context.Context, front, until uint64, appl
 			return nil
 		}
 		log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", len(cmds)).
-			Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order, and answering them")
+			Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applying them from the stream first, in order, and answering those with a Reply-To")
 		if err := apply(ctx, cmds, func(c *command.Command) {
 			front = max(front, c.StreamSeq)
 			g.committed(front)

@@ -66,6 +66,14 @@ type Processor struct {
 	// into its reply's headers and its event.
 	Tracer    trace.Tracer
 	Partition int
+	// Answered holds the stream sequences of the commands answered before
+	// their delivery came here (EarlyAnswers, the order check's fill).
+	// Their requester had its answer: when the delivery comes, it is
+	// answered again, the same bytes, and acknowledged at once, not held by
+	// the reply guard for a requester who has since gone (a batch publisher
+	// that has all its answers, `nats req`), which would otherwise have it
+	// sent again and again.
+	Answered map[uint64]struct{}
 
 	ackWait time.Duration // the consumer's, for giveBack
 }
@@ -486,9 +494,7 @@ func (c *Processor) endSpans(hand []delivery, why string) {
 var noopSpan = noop.Span{}
 
 // applyRead applies commands read from the stream (delivered to another
-// worker, not here), in order, and answers each at once (AnswerRead): its
-// delivery, when it comes back here, is answered again from its stored
-// outcome, the same reply, and acknowledged.
+// worker, not here), in order, and answers each at once (answerRead).
 func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done func(*command.Command)) error {
 	return c.Applier.ApplyInOrder(ctx, cmds, command.InOrder{Wait: c.Wait,
 		Committed: func(_ int, _ time.Duration, err error) {
@@ -498,7 +504,7 @@ func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done
 		},
 		Done: func(i int, r command.Result) {
 			done(cmds[i])
-			AnswerRead(c.Conn, cmds[i], r, c.Log)
+			c.answerRead(cmds[i], r)
 		}})
 }
 
@@ -536,7 +542,11 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()
 	}
-	if c.Replies == nil {
+	_, early := c.Answered[h.meta.Sequence.Stream]
+	if early {
+		delete(c.Answered, h.meta.Sequence.Stream)
+	}
+	if c.Replies == nil || early {
 		if err := c.Conn.PublishMsg(msg); err != nil {
 			log.Error().Err(err).Msg("reply")
 		}

@@ -129,9 +129,8 @@ func Replay(ctx context.Context, reader *jsread.Reader, a *command.Applier, filt
 // applied, in stream order, up to the last one the stream's leader holds
 // when it starts: what a worker does when it takes a partition over (from
 // its own older store, or a snapshot), before it consumes. answer, when
-// set, is given each command's result once its transaction committed (the
-// worker answers those the consumer delivered to the holder before and
-// nobody acknowledged: AnswerRead). A fault of this machine makes it wait
+// set, is given each command's result once its transaction committed
+// (EarlyAnswers.Note: what the holder before left unanswered). A fault of this machine makes it wait
 // and try again (policy wait), never skip. progress, when set, is called
 // after each commit. It returns how many commands it applied and the last
 // sequence applied.

@@ -61,27 +61,17 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	}
 	pt.applier = &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
 		Fence: pt.lease.Check}
-	// The commands the consumer delivered and nobody acknowledged were in
-	// the hands of the holder before (or lost on their way to it when it
-	// let go): answered as they are applied, their requesters need not wait
-	// for their ack wait to run out.
-	var floor, delivered uint64
-	if ci := pt.cons.CachedInfo(); ci != nil {
-		floor, delivered = ci.AckFloor.Stream, ci.Delivered.Stream
-	}
-	answered := 0
-	answer := func(c *command.Command, r command.Result) {
-		if c.StreamSeq > floor && c.StreamSeq <= delivered && pipeline.AnswerRead(s.cfg.Conn, c, r, log) {
-			answered++
-		}
-	}
+	// The commands the holder before was handed and did not acknowledge
+	// are answered once the partition is served (serve), not after their
+	// ack wait.
+	pt.early = pipeline.NewEarlyAnswers(pt.cons.CachedInfo())
 	n, last, err := pipeline.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
-		pt.lease.Progress, answer)
+		pt.lease.Progress, pt.early.Note)
 	if err != nil {
 		return err
 	}
 	if n > 0 {
-		log.Info().Int("applied", n).Uint64("applied_seq", last).Int("answered", answered).Msg("caught up with the stream")
+		log.Info().Int("applied", n).Uint64("applied_seq", last).Msg("caught up with the stream")
 	}
 	return nil
 }

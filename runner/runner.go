@@ -117,6 +117,7 @@ type part struct {
 	applier *command.Applier
 	events  *outbox.Publisher
 	cons    jetstream.Consumer
+	early   *pipeline.EarlyAnswers // owed since the catch-up (load), sent by serve
 
 	snapMu      sync.Mutex
 	snapApplied uint64    // applied sequence of the newest snapshot known
@@ -331,6 +332,10 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	pt.lease.SetServing(true)
 	defer pt.lease.SetServing(false)
 	log.Info().Uint64("applied_seq", applied).Str("worker_id", s.cfg.ID).Msg("serving the partition")
+	if pt.early != nil && pt.lease.Check() == nil {
+		proc.Answered = pt.early.Send(s.cfg.Conn, log)
+	}
+	pt.early = nil
 	return proc.Run(ctx, pt.cons)
 }
 

@@ -2,6 +2,8 @@ package runner_test
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -12,17 +14,21 @@ import (
 
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/internal/testenv/testworker"
+	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/topology"
 )
 
 // A partition taken over while the holder before had commands in hand
 // that it never answered (it died with them, or they were on their way to
-// it when it let go): the new holder answers them as its catch-up applies
-// them, not once their ack wait has run out and they come back. The holder
-// before is a bare pull here that keeps them in progress, so the server
-// gives nothing back while the test waits: every reply is the early one.
-// When they do come back (a nak), they are answered again from their
-// stored outcomes, byte for byte the same.
+// it when it let go): the new holder answers them once it serves, not once
+// their ack wait has run out and they come back; the commands the holder
+// before acknowledged are not answered again. The holder before is a bare
+// pull here that keeps its commands in progress, so the server gives
+// nothing back while the test waits: every reply is the early one. When
+// they do come back (a nak), they are answered again with the same bytes
+// and headers (an error's, a trace context), and acknowledged at once even
+// where the requester has gone, rather than held by the reply guard and
+// sent again and again.
 func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	url := testenv.StartNATS(t).ClientURL()
 	keys := testenv.NewKeys(t)
@@ -37,41 +43,68 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	}
 	ctx := context.Background()
 	admin := testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "admin", Org: "org1", Scopes: []string{"passkeys:admin"}}))
-	inbox := nats.NewInbox()
-	sub, err := nc.SubscribeSync(inbox + ".*")
+	stays, leaves := nats.NewInbox(), nats.NewInbox() // a requester that stays, and one that leaves after its answers
+	subStays, err := nc.SubscribeSync(stays + ".*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	const users = 6
-	for u := range users {
-		m := nats.NewMsg("passkeys.cmd.sync.u" + strconv.Itoa(u))
+	subLeaves, err := nc.SubscribeSync(leaves + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(subject, replyTo, name, body string, hdr ...string) {
+		m := nats.NewMsg(subject)
 		m.Header.Set("Authorization", admin)
-		m.Header.Set("Reply-To", inbox+"."+strconv.Itoa(u))
-		m.Header.Set(nats.MsgIdHdr, "sync-"+strconv.Itoa(u))
-		m.Data = []byte(`{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"}]}`)
+		m.Header.Set("Reply-To", replyTo+"."+name)
+		m.Header.Set(nats.MsgIdHdr, name)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			m.Header.Set(hdr[i], hdr[i+1])
+		}
+		m.Data = []byte(body)
 		if _, err := js.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}
+	const users = 6
+	for u := range users {
+		inbox := stays
+		if u%2 == 1 {
+			inbox = leaves
+		}
+		send("passkeys.cmd.sync.u"+strconv.Itoa(u), inbox, "sync-"+strconv.Itoa(u),
+			`{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"}]}`,
+			"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e47"+strconv.Itoa(10+u)+"-00f067aa0ba902b7-01")
+	}
+	send("passkeys.cmd.remove.u0", stays, "rm-unknown", `{"tokenId":"pk-unknown"}`) // refused: NOT_FOUND
 
-	// The holder before: takes every command of both partitions and keeps
-	// them in progress without answering.
+	// The holder before: takes every command of both partitions,
+	// acknowledges the first of each, and keeps the rest in progress.
 	var held []jetstream.Msg
+	acked := map[string]bool{}
 	for p := range cfg.Partitions {
 		cons, err := js.Consumer(ctx, topology.StreamName, topology.PartitionConsumerName(p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		batch, err := cons.Fetch(users, jetstream.FetchPriorityGroup(topology.PriorityGroup), jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(users+1, jetstream.FetchPriorityGroup(topology.PriorityGroup), jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
+		first := true
 		for m := range batch.Messages() {
+			if first {
+				if err := m.DoubleAck(ctx); err != nil {
+					t.Fatal(err)
+				}
+				acked[m.Headers().Get(nats.MsgIdHdr)] = true
+				first = false
+				continue
+			}
 			held = append(held, m)
 		}
 	}
-	if len(held) != users {
-		t.Fatalf("the holder before took %d commands, want %d", len(held), users)
+	if len(held)+len(acked) != users+1 || len(acked) != cfg.Partitions {
+		t.Fatalf("the holder before took %d and acknowledged %d commands, want %d and one per partition", len(held)+len(acked), len(acked), users+1)
 	}
 	holding := make(chan struct{})
 	var wg sync.WaitGroup
@@ -94,40 +127,93 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 
 	cfg.DataDir = t.TempDir() // another worker takes both partitions over
 	testworker.Start(t, cfg)
-	first := readReplies(t, sub, users)
+	var owed []string
+	for _, m := range held {
+		owed = append(owed, m.Headers().Get(nats.MsgIdHdr))
+	}
+	first := readReplies(t, []*nats.Subscription{subStays, subLeaves}, owed)
+	wantReply(t, first["rm-unknown"], passkey.IDPasskeyNotFound)
+	for name, m := range first {
+		if name != "rm-unknown" && m.Header.Get("traceparent") == "" {
+			t.Errorf("the early reply to %s lost its trace context: %v", name, m.Header)
+		}
+	}
 
-	// The holder before gives them back: they come to the new holder, which
-	// answers them again from their stored outcomes.
+	// The holder before gives them back, and one requester has gone: the
+	// new holder answers them again from their stored outcomes, the same
+	// bytes, and acknowledges them at once.
+	if err := subLeaves.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
 	let()
 	for _, m := range held {
 		if err := m.Nak(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	again := readReplies(t, sub, users)
-	for name, body := range first {
-		if again[name] != body {
-			t.Errorf("reply %s: %s early, %s when its delivery came back", name, body, again[name])
+	var again []string
+	for _, name := range owed {
+		if m := first[name]; m.Sub == subStays {
+			again = append(again, name)
+		}
+	}
+	second := readReplies(t, []*nats.Subscription{subStays}, again)
+	for name, m := range second {
+		if string(m.Data) != string(first[name].Data) || !maps.EqualFunc(m.Header, first[name].Header, slices.Equal) {
+			t.Errorf("reply %s: %s %v early, %s %v when its delivery came back", name, first[name].Data, first[name].Header, m.Data, m.Header)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second) // the guard would hold them for its sends again, about 33 s
+	for p := range cfg.Partitions {
+		for {
+			cons, err := js.Consumer(ctx, topology.StreamName, topology.PartitionConsumerName(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info := cons.CachedInfo()
+			if info.NumAckPending == 0 && info.NumPending == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("partition %d: %d commands still unacknowledged (their requester gone, their answer given early)", p, info.NumAckPending)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 }
 
-// readReplies reads n replies on sub, one per name (the inbox's last token),
-// and checks each is a success.
-func readReplies(t *testing.T, sub *nats.Subscription, n int) map[string]string {
+// readReplies reads one reply for each of names (the reply subject's last
+// token) from subs, and fails on any other.
+func readReplies(t *testing.T, subs []*nats.Subscription, names []string) map[string]*nats.Msg {
 	t.Helper()
-	got := map[string]string{}
-	for len(got) < n {
-		m, err := sub.NextMsg(30 * time.Second)
-		if err != nil {
-			t.Fatalf("%d of %d replies: %v", len(got), n, err)
+	got := map[string]*nats.Msg{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(got) < len(names) {
+		for _, sub := range subs {
+			m, err := sub.NextMsg(10 * time.Millisecond)
+			if err == nats.ErrTimeout {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := m.Subject[len(sub.Subject)-1:]
+			if _, dup := got[name]; dup || !slices.Contains(names, name) {
+				t.Fatalf("a reply to %s; want one to each of %v", name, names)
+			}
+			got[name] = m
 		}
-		testenv.WantSuccess(t, m)
-		name := m.Subject[len(sub.Subject)-1:]
-		if _, dup := got[name]; dup {
-			t.Fatalf("reply %s twice", name)
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d replies (%v)", len(got), len(names), names)
 		}
-		got[name] = string(m.Data)
 	}
 	return got
+}
+
+func wantReply(t *testing.T, m *nats.Msg, id string) {
+	t.Helper()
+	if m == nil || m.Header.Get("Nats-Service-Error-Code") == "" {
+		t.Fatalf("want the error %s with its service error headers, got %v", id, m)
+	}
+	testenv.WantError(t, m, 5, id, "404")
 }

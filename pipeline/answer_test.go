@@ -1,0 +1,77 @@
+package pipeline
+
+import (
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/passkey"
+)
+
+// A takeover owes answers to the last NumAckPending commands above the
+// consumer's ack floor and at or below its last delivery, those with a
+// Reply-To, and to no other; however many the catch-up applies.
+func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
+	nc := testenv.Connect(t, testenv.StartNATS(t).ClientURL())
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name                    string
+		floor, delivered, count uint64
+		pending                 int
+		noReplyTo               []uint64
+		want                    []uint64
+	}{
+		{name: "the last of the range", floor: 2, delivered: 8, count: 10, pending: 3, want: []uint64{6, 7, 8}},
+		{name: "fewer in the range than pending", floor: 7, delivered: 9, count: 10, pending: 5, want: []uint64{8, 9}},
+		{name: "without a Reply-To", floor: 0, delivered: 5, count: 10, pending: 3, noReplyTo: []uint64{4}, want: []uint64{3, 5}},
+		{name: "a long catch-up", floor: 1000, delivered: 5000, count: 9000, pending: 2, want: []uint64{4999, 5000}},
+		{name: "nothing pending", floor: 0, delivered: 8, count: 10, pending: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			info := &jetstream.ConsumerInfo{NumAckPending: tc.pending,
+				AckFloor: jetstream.SequenceInfo{Stream: tc.floor}, Delivered: jetstream.SequenceInfo{Stream: tc.delivered}}
+			e := NewEarlyAnswers(info)
+			for seq := uint64(1); seq <= tc.count; seq++ {
+				h := command.Header{command.HeaderReplyTo: {inbox + "." + strconv.FormatUint(seq, 10)}}
+				if slices.Contains(tc.noReplyTo, seq) {
+					h = command.Header{}
+				}
+				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: h, StreamSeq: seq},
+					command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+			}
+			sent := e.Send(nc, zerolog.Nop())
+			if err := nc.Publish(inbox+".end", nil); err != nil { // after every answer: one connection keeps the order
+				t.Fatal(err)
+			}
+			var got []uint64
+			for {
+				m, err := sub.NextMsg(10 * time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Subject == inbox+".end" {
+					break
+				}
+				seq, _ := strconv.ParseUint(m.Subject[len(inbox)+1:], 10, 64)
+				got = append(got, seq)
+				if _, ok := sent[seq]; !ok {
+					t.Errorf("%d answered but not reported as sent", seq)
+				}
+			}
+			if !slices.Equal(got, tc.want) || len(sent) != len(tc.want) {
+				t.Errorf("answered %v (reported %d), want %v", got, len(sent), tc.want)
+			}
+		})
+	}
+}
