@@ -69,10 +69,9 @@ type Processor struct {
 	// Answered holds the stream sequences of the commands answered before
 	// their delivery came here (EarlyAnswers, the order check's fill).
 	// Their requester had its answer: when the delivery comes, it is
-	// answered again, the same bytes, and acknowledged at once, not held by
-	// the reply guard for a requester who has since gone (a batch publisher
-	// that has all its answers, `nats req`), which would otherwise have it
-	// sent again and again.
+	// answered again, the same bytes, through Replies.SendAnswered, which
+	// does not hold it for a requester who has since gone (a batch
+	// publisher that has all its answers, `nats req`).
 	Answered map[uint64]struct{}
 
 	ackWait time.Duration // the consumer's, for giveBack
@@ -542,17 +541,18 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()
 	}
-	_, early := c.Answered[h.meta.Sequence.Stream]
-	if early {
-		delete(c.Answered, h.meta.Sequence.Stream)
-	}
-	if c.Replies == nil || early {
+	if c.Replies == nil {
 		if err := c.Conn.PublishMsg(msg); err != nil {
 			log.Error().Err(err).Msg("reply")
 		}
 		if err := h.msg.Ack(); err != nil {
 			log.Error().Err(err).Msg("ack")
 		}
+		return
+	}
+	if _, early := c.Answered[h.meta.Sequence.Stream]; early {
+		delete(c.Answered, h.meta.Sequence.Stream)
+		c.Replies.SendAnswered(msg, h.msg, log)
 		return
 	}
 	c.Replies.Send(msg, h.msg, log)
