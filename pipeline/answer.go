@@ -95,12 +95,15 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 	}
 }
 
-// Send publishes the answers owed and returns the stream sequences of those
-// that went out (Processor.Answered). The partition is served by then (its
-// reads answered, its events published), so a requester that reads right
-// after its answer finds the partition there.
-func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) map[uint64]struct{} {
-	sent := map[uint64]struct{}{}
+// Send publishes the answers owed, plainly, and returns how many went out.
+// The partition is served by then (its reads answered, its events
+// published), so a requester that reads right after its answer finds the
+// partition there. The commands' deliveries, when they come back, are
+// answered again, the same bytes, through the reply guard as any other:
+// a requester away for the early answer still gets one. (One that has gone
+// for good after its early answer costs the guard's few sends again.)
+func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) int {
+	sent := 0
 	for _, a := range e.owed[max(0, len(e.owed)-e.max):] {
 		if a.msg == nil {
 			continue
@@ -109,10 +112,10 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) map[uint64]stru
 			log.Warn().Err(err).Uint64("stream_seq", a.seq).Msg("could not answer a command the holder before left unanswered; its delivery will be")
 			continue
 		}
-		sent[a.seq] = struct{}{}
+		sent++
 	}
-	if len(sent) > 0 {
-		log.Info().Int("answered", len(sent)).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
+	if sent > 0 {
+		log.Info().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
 			Msg("answered the commands the holder before was handed and did not acknowledge")
 	}
 	e.owed = nil
@@ -126,7 +129,8 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) map[uint64]stru
 // its transaction committed, rather than once its ack wait has run out and
 // it comes back. Its outcome does not depend on the worker that applies it,
 // so when its delivery comes back here it is answered again with the same
-// bytes (see Answered). It reports whether a reply went out.
+// bytes, through the reply guard as any other: a requester that was away
+// for both still gets its answer. It reports whether a reply went out.
 func (c *Processor) answerRead(cmd *command.Command, r command.Result) bool {
 	to := replyToOf(cmd)
 	if c.Conn == nil || to == "" {
@@ -137,16 +141,5 @@ func (c *Processor) answerRead(cmd *command.Command, r command.Result) bool {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return false
 	}
-	if c.Answered == nil {
-		c.Answered = map[uint64]struct{}{}
-	}
-	if len(c.Answered) < maxAnswered {
-		c.Answered[cmd.StreamSeq] = struct{}{}
-	}
 	return true
 }
-
-// maxAnswered bounds Processor.Answered: past it, a delivery of a command
-// answered from the stream is answered as any other (through the reply
-// guard).
-const maxAnswered = 50000

@@ -65,12 +65,9 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				}
 				seq, _ := strconv.ParseUint(m.Subject[len(inbox)+1:], 10, 64)
 				got = append(got, seq)
-				if _, ok := sent[seq]; !ok {
-					t.Errorf("%d answered but not reported as sent", seq)
-				}
 			}
-			if !slices.Equal(got, tc.want) || len(sent) != len(tc.want) {
-				t.Errorf("answered %v (reported %d), want %v", got, len(sent), tc.want)
+			if !slices.Equal(got, tc.want) || sent != len(tc.want) {
+				t.Errorf("answered %v (reported %d), want %v", got, sent, tc.want)
 			}
 		})
 	}

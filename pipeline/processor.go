@@ -66,13 +66,6 @@ type Processor struct {
 	// into its reply's headers and its event.
 	Tracer    trace.Tracer
 	Partition int
-	// Answered holds the stream sequences of the commands answered before
-	// their delivery came here (EarlyAnswers, the order check's fill).
-	// Their requester had its answer: when the delivery comes, it is
-	// answered again, the same bytes, through Replies.SendAnswered, which
-	// does not hold it for a requester who has since gone (a batch
-	// publisher that has all its answers, `nats req`).
-	Answered map[uint64]struct{}
 
 	ackWait time.Duration // the consumer's, for giveBack
 }
@@ -548,11 +541,6 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		if err := h.msg.Ack(); err != nil {
 			log.Error().Err(err).Msg("ack")
 		}
-		return
-	}
-	if _, early := c.Answered[h.meta.Sequence.Stream]; early {
-		delete(c.Answered, h.meta.Sequence.Stream)
-		c.Replies.SendAnswered(msg, h.msg, log)
 		return
 	}
 	c.Replies.Send(msg, h.msg, log)

@@ -142,9 +142,6 @@ type settling struct {
 	// it (in the dying server's buffers), though nobody said so.
 	conn uint64
 	log  zerolog.Logger
-	// answered is a command whose requester had its answer already
-	// (SendAnswered): one that is not there any more is not waited for.
-	answered bool
 }
 
 // sentReply is a reply that was taken, kept for a late server loss.
@@ -221,23 +218,8 @@ func requester(subject string) string {
 // Send publishes reply and has its command (msg) acknowledged once the
 // reply has settled.
 func (g *Guard) Send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
-	g.send(reply, msg, log, false)
-}
-
-// SendAnswered is Send for a command whose requester was answered already,
-// the same bytes, without the guard (a takeover's early answer,
-// pipeline.EarlyAnswers): when nobody listens any more (a batch publisher
-// that has all its answers, `nats req` gone after its reply), the command
-// is acknowledged rather than held while its reply is sent again and again.
-// A reply that may have been lost with a connection or a server still
-// brings its command back, as with Send.
-func (g *Guard) SendAnswered(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger) {
-	g.send(reply, msg, log, true)
-}
-
-func (g *Guard) send(reply *nats.Msg, msg jetstream.Msg, log zerolog.Logger, answered bool) {
 	reply.Reply = g.subject
-	s := settling{msg: msg, reply: reply, conn: g.conn.Stats().Reconnects, sent: time.Now(), log: log, answered: answered}
+	s := settling{msg: msg, reply: reply, conn: g.conn.Stats().Reconnects, sent: time.Now(), log: log}
 	if err := g.conn.PublishMsg(reply); err != nil {
 		log.Error().Err(err).Msg("reply")
 	}
@@ -377,8 +359,6 @@ func (g *Guard) settle(s settling, now time.Time, st sendState, stopping bool, o
 	switch {
 	case st.lost(s.sent, s.conn):
 		out.comeBack = append(out.comeBack, s)
-	case missed && s.answered:
-		out.ack = append(out.ack, s.msg)
 	case missed && stopping:
 		out.nak = append(out.nak, s.msg)
 	case missed:
