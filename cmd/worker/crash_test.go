@@ -183,6 +183,10 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 		t.Fatal("publishes not acknowledged")
 	}
 	waitCount(t, removals, total, 120*time.Second)
+	// The commands the killed worker held were answered early by the
+	// restarted one (its catch-up); their deliveries come back after the
+	// ack wait and are answered again, the same bytes (verifyExactlyOnce).
+	waitWithin(t, 60*time.Second, func() bool { return partitionsSettled(js) })
 	proc.stop(t)
 	restartLog, err := os.ReadFile(proc.log.Name())
 	if err != nil {
