@@ -20,6 +20,7 @@ type Metrics struct {
 	batchSize        prometheus.Histogram
 	commit           prometheus.Histogram
 	redeliveries     prometheus.Counter
+	early            prometheus.Counter
 	partitionChanges *prometheus.CounterVec
 	published        prometheus.Counter
 	written          prometheus.Counter
@@ -54,6 +55,10 @@ func New() *Metrics {
 			Name: "passkeys_redeliveries_total",
 			Help: "Commands received on a second or later delivery.",
 		}),
+		early: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "passkeys_replies_early_total",
+			Help: "Replies sent before their command's delivery came here: commands another worker was handed and did not acknowledge, applied from the stream at a takeover (or by the order check). Their deliveries are answered again when they come back.",
+		}),
 		partitionChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "passkeys_partition_changes_total",
 			Help: "Partitions this worker took (change=taken) or let go of (change=released): failovers and rebalancing.",
@@ -71,7 +76,7 @@ func New() *Metrics {
 			Help: "Batch transactions that failed (each retry counts).",
 		}),
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.partitionChanges, m.written, m.published, m.storeErrors)
+	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.early, m.partitionChanges, m.written, m.published, m.storeErrors)
 	// The runtime's and the process's own, under the same prefix as the rest.
 	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -110,6 +115,9 @@ func (m *Metrics) Answered(op passkey.Op, code passkey.Code, _ string, storedAt 
 
 // Redelivered records a command received again.
 func (m *Metrics) Redelivered() { m.redeliveries.Inc() }
+
+// AnsweredEarly counts a reply sent before its command's delivery came.
+func (m *Metrics) AnsweredEarly() { m.early.Inc() }
 
 // EventWritten records a change applied, whose event went into the outbox.
 func (m *Metrics) EventWritten() { m.written.Inc() }

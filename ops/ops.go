@@ -71,6 +71,7 @@ func (w *StoreWrites) failing() error {
 func (*StoreWrites) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (*StoreWrites) Redelivered()                                         {}
 func (*StoreWrites) EventWritten()                                        {}
+func (*StoreWrites) AnsweredEarly()                                       {}
 
 // Ready reports why the worker cannot take work, or nil: it must be
 // connected to NATS, its stream must exist, its last commit have succeeded,

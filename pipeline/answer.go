@@ -102,17 +102,29 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // answered again, the same bytes, through the reply guard as any other:
 // a requester away for the early answer still gets one. (One that has gone
 // for good after its early answer costs the guard's few sends again.)
-func (e *EarlyAnswers) Send(conn *nats.Conn, log zerolog.Logger) int {
+//
+// held is the partition's lease check, made before each answer: a worker
+// that paused and lost the partition meanwhile stops (what it would send
+// is what any holder sends, but a worker that lost its partition answers
+// nothing more). obs, when set, counts each answer (AnsweredEarly).
+func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, log zerolog.Logger) int {
 	sent := 0
 	for _, a := range e.owed[max(0, len(e.owed)-e.max):] {
 		if a.msg == nil {
 			continue
+		}
+		if err := held(); err != nil {
+			log.Warn().Err(err).Msg("stopped answering the commands the holder before left unanswered: the partition is not held")
+			break
 		}
 		if err := conn.PublishMsg(a.msg); err != nil {
 			log.Warn().Err(err).Uint64("stream_seq", a.seq).Msg("could not answer a command the holder before left unanswered; its delivery will be")
 			continue
 		}
 		sent++
+		if obs != nil {
+			obs.AnsweredEarly()
+		}
 	}
 	if sent > 0 {
 		log.Info().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
@@ -141,5 +153,6 @@ func (c *Processor) answerRead(cmd *command.Command, r command.Result) bool {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return false
 	}
+	c.Observer.AnsweredEarly()
 	return true
 }

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"errors"
 	"slices"
 	"strconv"
 	"testing"
@@ -50,7 +51,11 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: h, StreamSeq: seq},
 					command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 			}
-			sent := e.Send(nc, zerolog.Nop())
+			var counted countEarly
+			sent := e.Send(nc, func() error { return nil }, &counted, zerolog.Nop())
+			if int(counted) != sent {
+				t.Errorf("sent %d, counted %d", sent, counted)
+			}
 			if err := nc.Publish(inbox+".end", nil); err != nil { // after every answer: one connection keeps the order
 				t.Fatal(err)
 			}
@@ -70,5 +75,53 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				t.Errorf("answered %v (reported %d), want %v", got, sent, tc.want)
 			}
 		})
+	}
+}
+
+type countEarly int
+
+func (c *countEarly) Batch(int, time.Duration, error)                      {}
+func (c *countEarly) Answered(passkey.Op, passkey.Code, string, time.Time) {}
+func (c *countEarly) Redelivered()                                         {}
+func (c *countEarly) EventWritten()                                        {}
+func (c *countEarly) AnsweredEarly()                                       { *c++ }
+
+// A worker that lost the partition while it answers (it paused) stops.
+func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {
+	nc := testenv.Connect(t, testenv.StartNATS(t).ClientURL())
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEarlyAnswers(&jetstream.ConsumerInfo{NumAckPending: 5, Delivered: jetstream.SequenceInfo{Stream: 5}})
+	for seq := uint64(1); seq <= 5; seq++ {
+		e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: command.Header{command.HeaderReplyTo: {inbox + ".x"}}, StreamSeq: seq},
+			command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+	}
+	checks := 0
+	held := func() error {
+		if checks++; checks > 2 {
+			return errors.New("the lease is gone")
+		}
+		return nil
+	}
+	if sent := e.Send(nc, held, nil, zerolog.Nop()); sent != 2 {
+		t.Errorf("sent %d after the partition was lost at the third, want 2", sent)
+	}
+	if err := nc.Publish(inbox+".end", nil); err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; ; n++ {
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject == inbox+".end" {
+			if n != 2 {
+				t.Errorf("%d answers went out, want 2", n)
+			}
+			return
+		}
 	}
 }

@@ -81,6 +81,10 @@ type Observer interface {
 	// EventWritten reports a change the processor applied: one event
 	// written into the outbox.
 	EventWritten()
+	// AnsweredEarly reports a reply sent before the command's delivery came
+	// here (EarlyAnswers, the order check): the delivery, when it comes, is
+	// answered again and reported to Answered.
+	AnsweredEarly()
 }
 
 // nopObserver is the Observer of a Consumer that has none.
@@ -90,6 +94,7 @@ func (nopObserver) Batch(int, time.Duration, error)                      {}
 func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (nopObserver) Redelivered()                                         {}
 func (nopObserver) EventWritten()                                        {}
+func (nopObserver) AnsweredEarly()                                       {}
 
 // Observers tells each of its members.
 type Observers []Observer
@@ -115,6 +120,12 @@ func (os Observers) Redelivered() {
 func (os Observers) EventWritten() {
 	for _, o := range os {
 		o.EventWritten()
+	}
+}
+
+func (os Observers) AnsweredEarly() {
+	for _, o := range os {
+		o.AnsweredEarly()
 	}
 }
 

@@ -140,6 +140,9 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 		t.Fatal("no command of the requester that is away is held")
 	}
 	first := readReplies(t, subStays, owedStays)
+	if got := metric(t, cfg.HTTPListen, "passkeys_replies_early_total"); got != strconv.Itoa(len(held)) {
+		t.Errorf("passkeys_replies_early_total %s, want %d", got, len(held))
+	}
 	wantReply(t, first["rm-unknown"], passkey.IDPasskeyNotFound)
 	for name, m := range first {
 		if name != "rm-unknown" && m.Header.Get("traceparent") == "" {
@@ -175,25 +178,32 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 // again because nobody took it.
 func waitResent(t *testing.T, addr string) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if v, ok := strings.CutPrefix(line, "passkeys_replies_resent_total "); ok && v != "0" {
-				return
-			}
-		}
+	for deadline := time.Now().Add(20 * time.Second); metric(t, addr, "passkeys_replies_resent_total") == "0"; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("no reply was sent again in 20 s")
 		}
 	}
+}
+
+// metric reads a metric's value from the worker's /metrics at addr.
+func metric(t *testing.T, addr, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return ""
 }
 
 func freeAddr(t *testing.T) string {

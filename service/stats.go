@@ -64,6 +64,7 @@ func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText strin
 func (o *AnswerStats) Batch(int, time.Duration, error) {}
 func (o *AnswerStats) Redelivered()                    {}
 func (o *AnswerStats) EventWritten()                   {}
+func (o *AnswerStats) AnsweredEarly()                  {}
 
 // Stats is what op's endpoint reports.
 func (o *AnswerStats) Stats(op passkey.Op) EndpointAnswers {

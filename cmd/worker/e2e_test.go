@@ -616,6 +616,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`passkeys_consumer_ack_pending 0`,
 		`passkeys_tokens_cached 1`,
 		`passkeys_redeliveries_total 0`,
+		`passkeys_replies_early_total 0`,
 		`passkeys_events_written_total 2`, // the sync and the removal; not the repeat or the refusal
 	} {
 		if !strings.Contains(text, want+"\n") {
