@@ -6,6 +6,7 @@
 #   bench/scripts/rows.sh build BEFORE AFTER   # binaries of two commits, in $WORK (default /tmp/rows)
 #   bench/scripts/rows.sh one V                # batch under one admin token, separate nats-server
 #   bench/scripts/rows.sh peruser V            # a token per user, and 1,000 sequential request-replies
+#                                              # (REMOVALS=0: the request-replies without the batch before)
 #   bench/scripts/rows.sh r3 V N [IN_FLIGHT]   # R3 cluster, N workers, batch under one admin token
 #
 # V is "before" or "after". Each run prints one line of figures. Run the
@@ -74,8 +75,8 @@ one|peruser)
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals 20000 --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
     python3 -c "import json;d=json.load(open('run/bench.json'));print('$V one', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
   else
-    "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals 40000 --sequential 1000 --storage=false 2>run/bench.err | tail -1 > run/bench.json
-    python3 -c "import json;d=json.load(open('run/bench.json'));print('$V peruser', round(d['batch']['per_second']), 'verify', round(d['verify_ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_verify_ceiling'],3), 'p50', round(d['sequential']['p50_ms'],3), 'p99', round(d['sequential']['p99_ms'],3), 'transport p50', round(d['ceiling_sequential']['p50_ms'],3), 'above', round(d['sequential_p50_above_ceiling_ms'],3))"
+    "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals "${REMOVALS:-40000}" --sequential 1000 --storage=false 2>run/bench.err | tail -1 > run/bench.json
+    python3 -c "import json;d=json.load(open('run/bench.json'));b=d.get('batch') or {'per_second':0};print('$V peruser', round(b['per_second']), 'verify', round((d.get('verify_ceiling_batch') or {'per_second':0})['per_second']), 'ratio', round(d.get('ratio_to_verify_ceiling',0),3), 'p50', round(d['sequential']['p50_ms'],3), 'p99', round(d['sequential']['p99_ms'],3), 'transport p50 / p99', round(d['ceiling_sequential']['p50_ms'],3), round(d['ceiling_sequential']['p99_ms'],3), 'above', round(d['sequential_p50_above_ceiling_ms'],3))"
   fi
   stop_all
   ;;
