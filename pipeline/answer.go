@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"slices"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -60,7 +62,10 @@ func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
 type EarlyAnswers struct {
 	floor, delivered uint64
 	max              int
-	owed             []early // the range's last max, in stream order
+	// owed is a ring of the range's last max commands: owed[next] is the
+	// oldest once it is full.
+	owed []early
+	next int
 }
 
 type early struct {
@@ -89,10 +94,12 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 		wire := wireOf(r)
 		a.msg = &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
 	}
-	e.owed = append(e.owed, a)
-	if len(e.owed) >= 2*e.max {
-		e.owed = append(e.owed[:0], e.owed[len(e.owed)-e.max:]...)
+	if len(e.owed) < e.max {
+		e.owed = append(e.owed, a)
+		return
 	}
+	e.owed[e.next] = a
+	e.next = (e.next + 1) % e.max
 }
 
 // Send publishes the answers owed, plainly, and returns how many went out.
@@ -109,7 +116,7 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // nothing more). obs, when set, counts each answer (AnsweredEarly).
 func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, log zerolog.Logger) int {
 	sent := 0
-	for _, a := range e.owed[max(0, len(e.owed)-e.max):] {
+	for _, a := range slices.Concat(e.owed[e.next:], e.owed[:e.next]) {
 		if a.msg == nil {
 			continue
 		}
@@ -127,10 +134,10 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 		}
 	}
 	if sent > 0 {
-		log.Info().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
+		log.Warn().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
 			Msg("answered the commands the holder before was handed and did not acknowledge")
 	}
-	e.owed = nil
+	e.owed, e.next = nil, 0
 	return sent
 }
 

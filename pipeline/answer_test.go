@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,8 +54,8 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 			}
 			var counted countEarly
 			sent := e.Send(nc, func() error { return nil }, &counted, zerolog.Nop())
-			if int(counted) != sent {
-				t.Errorf("sent %d, counted %d", sent, counted)
+			if int(counted.n.Load()) != sent {
+				t.Errorf("sent %d, counted %d", sent, counted.n.Load())
 			}
 			if err := nc.Publish(inbox+".end", nil); err != nil { // after every answer: one connection keeps the order
 				t.Fatal(err)
@@ -78,13 +79,14 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 	}
 }
 
-type countEarly int
+// countEarly is an Observer that counts AnsweredEarly.
+type countEarly struct{ n atomic.Int64 }
 
 func (c *countEarly) Batch(int, time.Duration, error)                      {}
 func (c *countEarly) Answered(passkey.Op, passkey.Code, string, time.Time) {}
 func (c *countEarly) Redelivered()                                         {}
 func (c *countEarly) EventWritten()                                        {}
-func (c *countEarly) AnsweredEarly()                                       { *c++ }
+func (c *countEarly) AnsweredEarly()                                       { c.n.Add(1) }
 
 // A worker that lost the partition while it answers (it paused) stops.
 func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {

@@ -36,6 +36,8 @@ type consumerFixture struct {
 	keys   *testenv.Keys
 	inbox  string
 	sub    *nats.Subscription
+	// observer, when set, is the Observer of the processors it starts.
+	observer Observer
 }
 
 // newConsumerFixture sets up the stream, partition 0's consumer (with
@@ -92,6 +94,7 @@ func (f *consumerFixture) startCtx(t *testing.T, ctx context.Context, proc *comm
 		Wait:          retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 		PriorityGroup: group,
 		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
+		Observer:      f.observer,
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -325,9 +328,11 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 		t.Fatalf("the first worker took %d commands, want 2", n)
 	}
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
+	var early countEarly
+	f.observer = &early
 	f.run(t, proc, "")
 	// In stream order: the two read from the stream, answered as they are
-	// applied, then rm2, the only command delivered at first.
+	// applied (and counted), then rm2, the only command delivered at first.
 	var first []*nats.Msg
 	for _, want := range []string{"sync", "rm1", "rm2"} {
 		m := f.next(t)
@@ -342,6 +347,9 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 	// rm2 came after sync and rm1: with both applied first, it would leave
 	// u1 without a first factor.
 	testenv.WantError(t, first[2], 9, passkey.IDPasskeyLast, "400")
+	if n := early.n.Load(); n != 2 {
+		t.Errorf("%d answers counted as early, want 2 (sync and rm1)", n)
+	}
 	// After the ack wait the first worker's commands come back: repeats,
 	// the same replies.
 	got := f.replies(t, 2)

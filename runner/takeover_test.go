@@ -18,6 +18,7 @@ import (
 
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/internal/testenv/testworker"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/topology"
 )
@@ -25,14 +26,14 @@ import (
 // A partition taken over while the holder before had commands in hand
 // that it never answered (it died with them, or they were on their way to
 // it when it let go): the new holder answers them once it serves, not once
-// their ack wait has run out and they come back; the commands the holder
-// before acknowledged are not answered again. The holder before is a bare
-// pull here that keeps its commands in progress, so the server gives
-// nothing back while the test waits: every reply is the early one. When
-// they do come back (a nak), they are answered again with the same bytes
-// and headers (an error's, a trace context), through the reply guard: a
-// requester that was away for the early answer and for that one too still
-// gets its answer once it is back.
+// their ack wait has run out and they come back: the last as many as the
+// consumer says are unacknowledged, above its ack floor. The holder before
+// is a bare pull here that keeps its commands in progress, so the server
+// gives nothing back while the test waits: every reply is the early one.
+// When they do come back (a nak), they are answered again with the same
+// bytes and headers (an error's, a trace context), through the reply
+// guard: a requester that was away for the early answer and for that one
+// too still gets its answer once it is back.
 func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	url := testenv.StartNATS(t).ClientURL()
 	keys := testenv.NewKeys(t)
@@ -65,46 +66,59 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	const users = 6
-	for u := range users {
+	// Nine commands of partition 0: a sync of each of eight users, then a
+	// refused removal. The requester of the sixth and eighth is away until
+	// the end.
+	var users []string
+	for u := 0; len(users) < 8; u++ {
+		if id := "u" + strconv.Itoa(u); partition.Of(id, cfg.Partitions) == 0 {
+			users = append(users, id)
+		}
+	}
+	var names []string
+	for k, u := range users {
 		inbox := stays
-		if u%2 == 1 {
+		if k == 5 || k == 7 {
 			inbox = away
 		}
-		send("passkeys.cmd.sync.u"+strconv.Itoa(u), inbox, "sync-"+strconv.Itoa(u),
-			`{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"}]}`,
-			"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e47"+strconv.Itoa(10+u)+"-00f067aa0ba902b7-01")
+		names = append(names, "sync-"+u)
+		send("passkeys.cmd.sync."+u, inbox, names[k], `{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"}]}`,
+			"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e47"+strconv.Itoa(10+k)+"-00f067aa0ba902b7-01")
 	}
-	send("passkeys.cmd.remove.u0", stays, "rm-unknown", `{"tokenId":"pk-unknown"}`) // refused: NOT_FOUND
+	names = append(names, "rm-unknown")
+	send("passkeys.cmd.remove."+users[0], stays, "rm-unknown", `{"tokenId":"pk-unknown"}`) // refused: NOT_FOUND
 
-	// The holder before: takes every command of both partitions,
-	// acknowledges the first of each, and keeps the rest in progress.
+	// The holder before: takes all nine, acknowledges the first, third and
+	// fourth, and keeps the rest in progress. The consumer then says: six
+	// unacknowledged, above the first, up to the ninth. The new holder
+	// answers the last six of those eight: the fourth (acknowledged: the
+	// bound's price) to the ninth; not the third (acknowledged), nor the
+	// second (held, but not among the last: its delivery answers it).
+	cons, err := js.Consumer(ctx, topology.StreamName, topology.PartitionConsumerName(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(len(names), jetstream.FetchPriorityGroup(topology.PriorityGroup), jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var held []jetstream.Msg
-	acked := map[string]bool{}
-	for p := range cfg.Partitions {
-		cons, err := js.Consumer(ctx, topology.StreamName, topology.PartitionConsumerName(p))
-		if err != nil {
-			t.Fatal(err)
+	k := 0
+	for m := range batch.Messages() {
+		if got := m.Headers().Get(nats.MsgIdHdr); got != names[k] {
+			t.Fatalf("delivery %d is %s, want %s", k, got, names[k])
 		}
-		batch, err := cons.Fetch(users+1, jetstream.FetchPriorityGroup(topology.PriorityGroup), jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		first := true
-		for m := range batch.Messages() {
-			if first {
-				if err := m.DoubleAck(ctx); err != nil {
-					t.Fatal(err)
-				}
-				acked[m.Headers().Get(nats.MsgIdHdr)] = true
-				first = false
-				continue
+		if k == 0 || k == 2 || k == 3 {
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
 			}
+		} else {
 			held = append(held, m)
 		}
+		k++
 	}
-	if len(held)+len(acked) != users+1 || len(acked) != cfg.Partitions {
-		t.Fatalf("the holder before took %d and acknowledged %d commands, want %d and one per partition", len(held)+len(acked), len(acked), users+1)
+	if k != len(names) {
+		t.Fatalf("the holder before took %d commands, want %d", k, len(names))
 	}
 	holding := make(chan struct{})
 	var wg sync.WaitGroup
@@ -128,20 +142,10 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	cfg.DataDir = t.TempDir() // another worker takes both partitions over
 	cfg.HTTPListen = freeAddr(t)
 	testworker.Start(t, cfg)
-	var owedStays, owedAway []string
-	for _, m := range held {
-		if name := m.Headers().Get(nats.MsgIdHdr); strings.HasPrefix(m.Headers().Get("Reply-To"), away) {
-			owedAway = append(owedAway, name)
-		} else {
-			owedStays = append(owedStays, name)
-		}
-	}
-	if len(owedAway) == 0 {
-		t.Fatal("no command of the requester that is away is held")
-	}
-	first := readReplies(t, subStays, owedStays)
-	if got := metric(t, cfg.HTTPListen, "passkeys_replies_early_total"); got != strconv.Itoa(len(held)) {
-		t.Errorf("passkeys_replies_early_total %s, want %d", got, len(held))
+	early := []string{names[3], names[4], names[6], names[8]} // of the stays requester
+	first := readReplies(t, subStays, early)
+	if got := metric(t, cfg.HTTPListen, "passkeys_replies_early_total"); got != "6" {
+		t.Errorf("passkeys_replies_early_total %s, want 6", got)
 	}
 	wantReply(t, first["rm-unknown"], passkey.IDPasskeyNotFound)
 	for name, m := range first {
@@ -158,10 +162,10 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	second := readReplies(t, subStays, owedStays)
+	second := readReplies(t, subStays, []string{names[1], names[4], names[6], names[8]})
 	for name, m := range second {
-		if string(m.Data) != string(first[name].Data) || !maps.EqualFunc(m.Header, first[name].Header, slices.Equal) {
-			t.Errorf("reply %s: %s %v early, %s %v when its delivery came back", name, first[name].Data, first[name].Header, m.Data, m.Header)
+		if f, ok := first[name]; ok && (string(m.Data) != string(f.Data) || !maps.EqualFunc(m.Header, f.Header, slices.Equal)) {
+			t.Errorf("reply %s: %s %v early, %s %v when its delivery came back", name, f.Data, f.Header, m.Data, m.Header)
 		}
 	}
 	// The requester that was away for both: once the guard has sent a reply
@@ -171,7 +175,7 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readReplies(t, subAway, owedAway)
+	readReplies(t, subAway, []string{names[5], names[7]})
 }
 
 // waitResent waits until the worker at addr says it has sent a reply

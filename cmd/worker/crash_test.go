@@ -198,6 +198,9 @@ func testStoppedMidLoad(t *testing.T, sig syscall.Signal) {
 		// The kill must have caught commands in hand, or this test proves little.
 		t.Fatal("no command was redelivered after the kill: the kill caught nothing in hand")
 	}
+	if early := bytes.Contains(restartLog, []byte(`"message":"answered the commands the holder before was handed and did not acknowledge"`)); sig == syscall.SIGKILL && !early {
+		t.Error("the restarted worker did not answer the killed one's commands before their deliveries came back")
+	}
 
 	verifyExactlyOnce(t, removals, users, perUser, e.dataDir)
 }
