@@ -46,6 +46,11 @@ func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
 	return hdr
 }
 
+// replyMsg is the reply to cmd, to subject to, of wire.
+func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
+	return &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
+}
+
 // EarlyAnswers are the answers a takeover owes the commands the holder
 // before was handed and did not answer: its deliveries lost on their way
 // to it when it let go, or those it died with. Unacknowledged, they come
@@ -91,8 +96,7 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 	}
 	a := early{seq: cmd.StreamSeq} // one without a Reply-To counts, and gets nothing
 	if to := replyToOf(cmd); to != "" {
-		wire := wireOf(r)
-		a.msg = &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
+		a.msg = replyMsg(to, cmd, wireOf(r))
 	}
 	if len(e.owed) < e.max {
 		e.owed = append(e.owed, a)
@@ -149,17 +153,15 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 // it comes back. Its outcome does not depend on the worker that applies it,
 // so when its delivery comes back here it is answered again with the same
 // bytes, through the reply guard as any other: a requester that was away
-// for both still gets its answer. It reports whether a reply went out.
-func (c *Processor) answerRead(cmd *command.Command, r command.Result) bool {
+// for both still gets its answer.
+func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
 	to := replyToOf(cmd)
 	if c.Conn == nil || to == "" {
-		return false
+		return
 	}
-	wire := wireOf(r)
-	if err := c.Conn.PublishMsg(&nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}); err != nil {
+	if err := c.Conn.PublishMsg(replyMsg(to, cmd, wireOf(r))); err != nil {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
-		return false
+		return
 	}
 	c.Observer.AnsweredEarly()
-	return true
 }

@@ -540,7 +540,7 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		}
 		return
 	}
-	msg := &nats.Msg{Subject: h.replyTo, Header: replyHeader(h.cmd, wire), Data: wire.Body}
+	msg := replyMsg(h.replyTo, h.cmd, wire)
 	if h.span != nil {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()

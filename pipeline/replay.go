@@ -130,10 +130,10 @@ func Replay(ctx context.Context, reader *jsread.Reader, a *command.Applier, filt
 // when it starts: what a worker does when it takes a partition over (from
 // its own older store, or a snapshot), before it consumes. answer, when
 // set, is given each command's result once its transaction committed
-// (EarlyAnswers.Note: what the holder before left unanswered). A fault of this machine makes it wait
-// and try again (policy wait), never skip. progress, when set, is called
-// after each commit. It returns how many commands it applied and the last
-// sequence applied.
+// (EarlyAnswers.Note: what the holder before left unanswered). A fault of
+// this machine makes it wait and try again (policy wait), never skip.
+// progress, when set, is called after each commit. It returns how many
+// commands it applied and the last sequence applied.
 func CatchUp(ctx context.Context, reader *jsread.Reader, a *command.Applier, filter string, applied uint64,
 	maxBatch int, wait retry.Policy, progress func(), answer func(*command.Command, command.Result)) (int, uint64, error) {
 	last, err := lastOf(ctx, reader, filter)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -140,7 +139,7 @@ func TestTakeoverAnswersWhatTheHolderBeforeHeld(t *testing.T) {
 	t.Cleanup(let)
 
 	cfg.DataDir = t.TempDir() // another worker takes both partitions over
-	cfg.HTTPListen = freeAddr(t)
+	cfg.HTTPListen = testenv.FreeAddr(t)
 	testworker.Start(t, cfg)
 	early := []string{names[3], names[4], names[6], names[8]} // of the stays requester
 	first := readReplies(t, subStays, early)
@@ -214,16 +213,6 @@ func metric(t *testing.T, addr, name string) string {
 	}
 	t.Fatalf("no metric %s", name)
 	return ""
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // readReplies reads one reply for each of names (the reply subject's last

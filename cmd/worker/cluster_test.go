@@ -35,7 +35,7 @@ type clusterNode struct {
 // startCluster starts three nats-server processes, clustered, each with
 // JetStream on its own store and the shipped nats.conf's pings, and
 // returns once each accepts connections; JetStream may not have formed
-// yet. A port taken by another process between freeAddr and a server's
+// yet. A port taken by another process between testenv.FreeAddr and a server's
 // start (the suite runs beside other packages' tests) is a new try on
 // new ports, not a failure.
 func startCluster(t *testing.T) []*clusterNode {
@@ -61,8 +61,8 @@ func startCluster(t *testing.T) []*clusterNode {
 func tryCluster(t *testing.T, bin string) ([]*clusterNode, error) {
 	var clients, routes []string
 	for range 3 {
-		clients = append(clients, freeAddr(t))
-		routes = append(routes, freeAddr(t))
+		clients = append(clients, testenv.FreeAddr(t))
+		routes = append(routes, testenv.FreeAddr(t))
 	}
 	var nodes []*clusterNode
 	for i := range 3 {
@@ -211,7 +211,7 @@ func TestClusterFailover(t *testing.T) {
 	var httpAddrs, dataDirs []string
 	for range 3 { // together, on a cluster still forming, each creating what it needs
 		e := &env{url: url, keys: keys, dataDir: t.TempDir()}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		procs = append(procs, e.startProcess(t, bin, "--replicas", "3", "--http-listen", addr, "--snapshot-interval", "2s", "--log-level", "info"))
 		httpAddrs, dataDirs = append(httpAddrs, addr), append(dataDirs, e.dataDir)
 	}
@@ -377,7 +377,7 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 	var addrs, dataDirs []string
 	for range 2 {
 		e := &env{url: ns.ClientURL(), keys: keys, dataDir: t.TempDir()}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		procs = append(procs, e.startProcess(t, bin, "--partitions", "1", "--http-listen", addr, "--snapshot-interval", "1s"))
 		addrs, dataDirs = append(addrs, addr), append(dataDirs, e.dataDir)
 	}

@@ -123,7 +123,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 	// B: an empty data directory, the snapshots (of the first half) and
 	// the stream.
 	b := &env{url: a.url, keys: keys, dataDir: t.TempDir()}
-	addrB := freeAddr(t)
+	addrB := testenv.FreeAddr(t)
 	procB := b.startProcess(t, bin, "--snapshot-interval", "1h", "--log-level", "info", "--http-listen", addrB)
 	waitWithin(t, 30*time.Second, func() bool { return allServed([]string{addrB}) }) // A's leases expire first
 	procB.stop(t)
@@ -138,7 +138,7 @@ func TestTakeoverIsDeterministic(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &env{url: a.url, keys: keys, dataDir: t.TempDir()}
-	addrC := freeAddr(t)
+	addrC := testenv.FreeAddr(t)
 	procC := c.startProcess(t, bin, "--snapshot-interval", "1h", "--log-level", "info", "--http-listen", addrC)
 	waitWithin(t, 30*time.Second, func() bool { return allServed([]string{addrC}) })
 	procC.stop(t)

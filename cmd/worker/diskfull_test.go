@@ -70,7 +70,7 @@ func TestDiskFull(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(small, "data")}
 	e.nc = testenv.Connect(t, e.url)
-	httpAddr := freeAddr(t)
+	httpAddr := testenv.FreeAddr(t)
 	e.w = e.startWorker(t, "--http-listen", httpAddr)
 	admin := e.token(t, "a", admin)
 	js, err := jetstream.New(e.nc)

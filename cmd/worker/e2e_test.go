@@ -521,7 +521,7 @@ func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
 // trusts: a file that differs from the history is a warning and a metric,
 // and a file that does not load changes nothing.
 func TestJWKSRotation(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	e := newEnv(t, "--jwks-reload-interval", "50ms", "--http-listen", addr)
 	mint := func(kid, sub string, scopes ...string) string {
 		org := ""
@@ -580,7 +580,7 @@ func TestJWKSRotation(t *testing.T) {
 // /metrics counts what the worker does; /healthz answers while it runs;
 // /readyz only while it is connected and its stream, consumer and store are there.
 func TestMetricsAndHealth(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	ns := testenv.StartNATS(t)
 	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(t.TempDir(), "data")}
 	e.nc = testenv.Connect(t, e.url)

@@ -27,7 +27,7 @@ func TestFrozenNATSNode(t *testing.T) {
 	nodes := startCluster(t)
 	url := clusterURL(nodes)
 	e := &env{url: url, keys: testenv.NewKeys(t), dataDir: t.TempDir()}
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	e.startProcess(t, buildWorker(t), "--replicas", "3", "--http-listen", addr, "--log-level", "info")
 	waitWithin(t, 90*time.Second, func() bool { return len(served(addr)) == 8 })
 

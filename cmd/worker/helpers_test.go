@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -97,17 +96,6 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 			tb.Fatalf("worker did not start\n%s", w.log)
 		}
 	}
-}
-
-// freeAddr is a loopback address with a port nothing listens on now.
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // checkLog holds the worker's log to the contract: one JSON line per event,

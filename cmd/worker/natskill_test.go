@@ -63,7 +63,7 @@ type serverProcess struct {
 }
 
 // errPortTaken is a server that exited because another process took one
-// of its ports between freeAddr and the server's start.
+// of its ports between testenv.FreeAddr and the server's start.
 var errPortTaken = errors.New("a port was taken")
 
 // startServerProcess starts bin with args and returns once the server
@@ -146,7 +146,7 @@ func TestNATSServerKilled(t *testing.T) {
 		t.Skip("starts and kills a NATS server process")
 	}
 	const users, perUser = 1000, 10
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	srv := &natsServer{bin: buildNATSServer(t), storeDir: t.TempDir(), addr: addr}
 	srv.start(t)
 

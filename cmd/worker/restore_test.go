@@ -28,7 +28,7 @@ import (
 // partition applies what its store missed before it takes new work, and
 // the stores end as ones that never went back.
 func TestBackupRestoreCatchUp(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	e := newEnv(t, "--http-listen", addr)
 	adminTok := e.token(t, "a", admin)
 	users := func(from, to int, f func(id string)) {

@@ -116,7 +116,7 @@ func TestKeyRotationWithSeveralWorkers(t *testing.T) {
 	adminNC := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"]).nc
 	startWith := func(jwks string) (*process, string) {
 		e := &env{url: workerURL, keys: &testenv.Keys{JWKSPath: jwks}, dataDir: t.TempDir()}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		return e.startProcess(t, bin, "--create-stream=false", "--partitions", "1", "--http-listen", addr, "--log-level", "info"), addr
 	}
 	w1, addr1 := startWith(fileA)
@@ -238,7 +238,7 @@ func TestStaleOwnerNeverOverwritesASnapshot(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		return e.startProcess(t, bin, "--partitions", "1", "--outcome-retention", "15s", "--duplicate-window", "5s",
 			"--snapshot-interval", interval, "--http-listen", addr, "--log-level", "debug"), addr
 	}
@@ -310,7 +310,7 @@ func TestWokenOwnerAnswersNothingStale(t *testing.T) {
 	var addrs []string
 	for range 2 {
 		e := &env{url: ns.ClientURL(), keys: keys, dataDir: t.TempDir()}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		procs, addrs = append(procs, e.startProcess(t, bin, "--partitions", "1", "--http-listen", addr)), append(addrs, addr)
 	}
 	waitWithin(t, 30*time.Second, func() bool { return owner(addrs) >= 0 })
@@ -371,7 +371,7 @@ func TestFrozenWorkerIsDropped(t *testing.T) {
 	var addrs []string
 	for range 2 {
 		e := &env{url: testenv.UserURL(ns.ClientURL(), "passkeys-worker"), keys: keys, dataDir: t.TempDir()}
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		procs, addrs = append(procs, e.startProcess(t, bin, "--create-stream=false", "--http-listen", addr)), append(addrs, addr)
 	}
 	waitWithin(t, 30*time.Second, func() bool { return allServed(addrs) })

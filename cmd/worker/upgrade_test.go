@@ -95,7 +95,7 @@ func TestUpgradeFromF814a73(t *testing.T) {
 	ns.WaitForShutdown()
 
 	start := func() (*worker, *nats.Conn) {
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		w := &worker{cancel: cancel, done: make(chan struct{}), log: &testenv.SyncBuffer{}}
 		go func() {

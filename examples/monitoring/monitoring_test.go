@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -134,12 +133,7 @@ func scrape(t *testing.T) map[string]bool {
 	t.Helper()
 	ns := testenv.StartNATS(t)
 	keys := testenv.NewKeys(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	cfg := testworker.Config(ns.ClientURL(), keys, t.TempDir())
 	cfg.HTTPListen = addr
 	testworker.Start(t, cfg)

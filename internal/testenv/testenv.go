@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,19 @@ const (
 	Issuer   = "https://issuer.test"
 	Audience = "passkeys-test"
 )
+
+// FreeAddr is a loopback address with a port nobody listened on a moment
+// ago, for a process or listener the test starts next (another may take it
+// meanwhile: a test that starts a server there says so when it fails).
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
 
 // StartNATS starts a NATS server with JetStream on a random loopback port,
 // stored under a temporary directory, and stops it when the test ends.
