@@ -174,7 +174,12 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
 			break
 		}
-		if b, ok := c.checkBatch(ctx, batch); ok {
+		b, ok := c.checkBatch(ctx, batch)
+		// The array is kept for the next batch: without its messages,
+		// which would stay in memory (up to MaxBatch of each partition)
+		// until a batch as large overwrote them.
+		clear(batch)
+		if ok {
 			checkedBatches <- b
 		}
 	}

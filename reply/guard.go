@@ -1,6 +1,7 @@
 package reply
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -330,8 +331,10 @@ func (g *Guard) settleDue(stopping bool) {
 		n++
 	}
 	due := append([]settling(nil), g.queue[:n]...)
-	clear(g.queue[:n])
-	g.queue = append(g.queue[:0], g.queue[n:]...)
+	// slices.Delete zeroes the slots past the new end: a message dropped
+	// from a queue must not stay reachable from its array until an append
+	// overwrites it (the same for recent and precautions).
+	g.queue = slices.Delete(g.queue, 0, n)
 	for _, s := range due {
 		g.settle(s, now, st, stopping, &out)
 	}
@@ -475,10 +478,7 @@ func (g *Guard) forget(now time.Time) {
 	for cut < len(g.recent) && now.Sub(g.recent[cut].sent) > recentWindow {
 		cut++
 	}
-	if cut > 0 {
-		clear(g.recent[:cut])
-		g.recent = append(g.recent[:0], g.recent[cut:]...)
-	}
+	g.recent = slices.Delete(g.recent, 0, cut)
 	for _, m := range []map[string]time.Time{g.gone, g.goneFrom, g.warned} {
 		for k, t := range m {
 			if now.Sub(t) > time.Minute {

@@ -1,6 +1,7 @@
 package reply
 
 import (
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -63,9 +64,7 @@ func (g *Guard) remember(reply *nats.Msg, sent time.Time) {
 	if len(g.recent) >= maxRecent {
 		// A tenth at once, the oldest: one copy per maxRecent/10 replies,
 		// not one per reply. (forget drops what is past the window.)
-		cut := maxRecent / 10
-		clear(g.recent[:cut])
-		g.recent = append(g.recent[:0], g.recent[cut:]...)
+		g.recent = slices.Delete(g.recent, 0, maxRecent/10)
 	}
 	g.recent = append(g.recent, sentReply{reply: reply, sent: sent})
 }
@@ -88,8 +87,7 @@ func (g *Guard) afterLoss(serverGone, now time.Time) {
 		}
 	}
 	if over := len(g.precautions) - maxRecent; over > 0 {
-		clear(g.precautions[:over])
-		g.precautions = append(g.precautions[:0], g.precautions[over:]...)
+		g.precautions = slices.Delete(g.precautions, 0, over)
 	}
 	clear(g.recent)
 	g.recent = g.recent[:0]
