@@ -9,7 +9,8 @@
 #                                              # (REMOVALS=0: the request-replies without the batch before)
 #   bench/scripts/rows.sh r3 V N [IN_FLIGHT]   # R3 cluster, N workers, batch under one admin token
 #
-# V is "before" or "after". Each run prints one line of figures. Run the
+# USERS and N set the users and removals of "one" (default 20,000 each; a
+# longer run: USERS=60000 N=180000). V is "before" or "after". Each run prints one line of figures. Run the
 # versions alternately, three times at least, and take medians. With
 # BALANCED=0 the bench starts once all partitions are served, before they
 # are spread over the workers.
@@ -72,7 +73,7 @@ one|peruser)
   "$WORK/worker.$V" provision --nats-url $URL1 --jwks jwks.json --issuer passkeys-dev --audience passkeys --wait 30s > run/provision.log
   start_workers "$V" $URL1 1 1; wait_served 1
   if [ "$1" = one ]; then
-    "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals 20000 --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
+    "$WORK/bench" --nats-url $URL1 --data-dir keys --users ${USERS:-20000} --removals ${N:-20000} --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
     python3 -c "import json;d=json.load(open('run/bench.json'));print('$V one', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
   else
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals "${REMOVALS:-40000}" --sequential 1000 --storage=false 2>run/bench.err | tail -1 > run/bench.json
