@@ -8,12 +8,14 @@
 #   bench/scripts/rows.sh peruser V            # a token per user, and 1,000 sequential request-replies
 #                                              # (REMOVALS=0: the request-replies without the batch before)
 #   bench/scripts/rows.sh r3 V N [IN_FLIGHT]   # R3 cluster, N workers, batch under one admin token
+#   bench/scripts/rows.sh mem V [USERS]        # the worker's memory at rest after syncing USERS
+#                                              # (default 1,000,000): its last GC's heap, RssAnon
 #
 # USERS and N set the users and removals of "one" (default 20,000 each; a
-# longer run: USERS=60000 N=180000). V is "before" or "after". Each run prints one line of figures. Run the
-# versions alternately, three times at least, and take medians. With
-# BALANCED=0 the bench starts once all partitions are served, before they
-# are spread over the workers.
+# longer run: USERS=60000 N=180000). V is "before" or "after". Each run
+# prints one line of figures. Run the versions alternately, three times at
+# least, and take medians. With BALANCED=0 the bench starts once all
+# partitions are served, before they are spread over the workers.
 set -euo pipefail
 SRC=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 WORK=${WORK:-/tmp/rows}
@@ -101,7 +103,23 @@ CONF
   python3 -c "import json;d=json.load(open('run/bench.json'));print('$V r3 workers $N', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
   stop_all
   ;;
+mem)
+  V=$2; stop_all; rm -rf run; mkdir run
+  "$WORK/nats-server" -js -a 127.0.0.1 -p 4399 -sd "$WORK/run/js" > run/nats.log 2>&1 &
+  until curl -s -o /dev/null --max-time 0.2 telnet://127.0.0.1:4399; [ $? -ne 7 ]; do sleep 0.1; done
+  "$WORK/worker.$V" provision --nats-url $URL1 --jwks jwks.json --issuer passkeys-dev --audience passkeys --wait 30s > run/provision.log
+  GODEBUG=gctrace=1 start_workers "$V" $URL1 1 1; wait_served 1
+  pid=$(pgrep -f "$WORK/worker\.$V --nats-url")
+  "$WORK/bench" --nats-url $URL1 --data-dir keys --users "${3:-1000000}" --removals 0 --sequential 0 --tokens one \
+    --storage=false --ceiling=false 2>run/bench.err | tail -1 > run/bench.json
+  # At rest: the runtime forces a GC two minutes after the last; then its
+  # scavenger gives back what the heap no longer needs.
+  sleep 200
+  echo "$V mem users ${3:-1000000}: $(grep '^gc ' run/w1.log | tail -1 | grep -o '[0-9]*->[0-9]*->[0-9]* MB')" \
+    "$(grep -E 'VmHWM|RssAnon' "/proc/$pid/status" | tr -s ' \t\n' ' ')"
+  stop_all
+  ;;
 *)
-  sed -n 2,14p "$0"; exit 2
+  sed -n 2,18p "$SRC/bench/scripts/rows.sh"; exit 2
   ;;
 esac
