@@ -9,10 +9,12 @@
 #                                              # (REMOVALS=0: the request-replies without the batch before)
 #   bench/scripts/rows.sh r3 V N [IN_FLIGHT]   # R3 cluster, N workers, batch under one admin token
 #   bench/scripts/rows.sh mem V [USERS]        # the worker's memory at rest after syncing USERS
-#                                              # (default 1,000,000): its last GC's heap, RssAnon
+#                                              # (default 1,000,000): its last GC's heap, RssAnon,
+#                                              # and the size of its store files
 #
 # USERS and N set the users and removals of "one" (default 20,000 each; a
-# longer run: USERS=60000 N=180000). V is "before" or "after". Each run
+# longer run: USERS=60000 N=180000); PARTITIONS the partitions of "one" and
+# "peruser" (default 8). V is "before" or "after". Each run
 # prints one line of figures. Run the versions alternately, three times at
 # least, and take medians. With BALANCED=0 the bench starts once all
 # partitions are served, before they are spread over the workers.
@@ -22,6 +24,7 @@ WORK=${WORK:-/tmp/rows}
 mkdir -p "$WORK"
 cd "$WORK"
 URL1=nats://127.0.0.1:4399
+PARTS=${PARTITIONS:-8}
 R3=nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303
 
 stop_all() { # the workers first (they drain), then the servers; until all are gone
@@ -40,7 +43,7 @@ wait_served() { # n workers on http ports 9101.., until all 8 are served and (un
       s=$(curl -sf "http://127.0.0.1:910$k/metrics" | awk '/^passkeys_partitions_served /{print $2}' || true)
       s=${s:-0}; total=$((total + s)); [ "$s" -lt "$least" ] && least=$s
     done
-    [ "$total" -ge 8 ] && { [ "${BALANCED:-1}" = 0 ] || [ "$least" -ge $((8 / n)) ]; } && return 0
+    [ "$total" -ge "$PARTS" ] && { [ "${BALANCED:-1}" = 0 ] || [ "$least" -ge $((PARTS / n)) ]; } && return 0
     sleep 0.2
   done
   echo "partitions not served" >&2; return 1
@@ -48,7 +51,7 @@ wait_served() { # n workers on http ports 9101.., until all 8 are served and (un
 
 start_workers() { # V URL N REPLICAS
   for k in $(seq 1 "$3"); do
-    "$WORK/worker.$1" --nats-url "$2" --jwks jwks.json --issuer passkeys-dev --audience passkeys --replicas "$4" \
+    "$WORK/worker.$1" --nats-url "$2" --jwks jwks.json --issuer passkeys-dev --audience passkeys --replicas "$4" --partitions "$PARTS" \
       --data-dir "run/w$k" --log-level warn --http-listen "127.0.0.1:910$k" > "run/w$k.log" 2>&1 &
   done
 }
@@ -72,7 +75,7 @@ one|peruser)
   V=$2; stop_all; rm -rf run; mkdir run
   "$WORK/nats-server" -js -a 127.0.0.1 -p 4399 -sd "$WORK/run/js" > run/nats.log 2>&1 &
   until curl -s -o /dev/null --max-time 0.2 telnet://127.0.0.1:4399; [ $? -ne 7 ]; do sleep 0.1; done
-  "$WORK/worker.$V" provision --nats-url $URL1 --jwks jwks.json --issuer passkeys-dev --audience passkeys --wait 30s > run/provision.log
+  "$WORK/worker.$V" provision --nats-url $URL1 --partitions "$PARTS" --jwks jwks.json --issuer passkeys-dev --audience passkeys --wait 30s > run/provision.log
   start_workers "$V" $URL1 1 1; wait_served 1
   if [ "$1" = one ]; then
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users ${USERS:-20000} --removals ${N:-20000} --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
@@ -116,10 +119,11 @@ mem)
   # scavenger gives back what the heap no longer needs.
   sleep 200
   echo "$V mem users ${3:-1000000}: $(grep '^gc ' run/w1.log | tail -1 | grep -o '[0-9]*->[0-9]*->[0-9]* MB')" \
-    "$(grep -E 'VmHWM|RssAnon' "/proc/$pid/status" | tr -s ' \t\n' ' ')"
+    "$(grep -E 'VmHWM|RssAnon' "/proc/$pid/status" | tr -s ' \t\n' ' ')" \
+    "store files $(du -cb run/w1/partitions/*.db | tail -1 | cut -f1) bytes"
   stop_all
   ;;
 *)
-  sed -n 2,18p "$SRC/bench/scripts/rows.sh"; exit 2
+  awk 'NR > 1 && /^set /{exit} NR > 1' "$SRC/bench/scripts/rows.sh"; exit 2
   ;;
 esac
