@@ -175,10 +175,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 			break
 		}
 		b, ok := c.checkBatch(ctx, batch)
-		// The array is kept for the next batch: without its messages,
-		// which would stay in memory (up to MaxBatch of each partition)
-		// until a batch as large overwrote them.
-		clear(batch)
+		clear(batch) // the array is reused: without its messages, kept until overwritten
 		if ok {
 			checkedBatches <- b
 		}
