@@ -95,7 +95,13 @@ func TestOneTraceAcrossTwoWorkers(t *testing.T) {
 		seq = d.Sequence
 		calls := caller.rec.Ended()
 		tid = calls[len(calls)-1].SpanContext().TraceID()
-		waitUntil(t, "the apply span", func() bool { s, _ := findSpan(workers, tid, "passkeys.apply"); return s != nil })
+		// The endpoint's span may end after the reply (it waits for the
+		// stream's acknowledgement of the forward): wait for both.
+		waitUntil(t, "the endpoint and apply spans", func() bool {
+			e, _ := findSpan(workers, tid, "passkeys.endpoint.remove")
+			a, _ := findSpan(workers, tid, "passkeys.apply")
+			return e != nil && a != nil
+		})
 		_, endpointOn = findSpan(workers, tid, "passkeys.endpoint.remove")
 		_, applyOn = findSpan(workers, tid, "passkeys.apply")
 	}
