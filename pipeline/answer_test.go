@@ -80,13 +80,12 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 }
 
 // countEarly is an Observer that counts AnsweredEarly.
-type countEarly struct{ n atomic.Int64 }
+type countEarly struct {
+	nopObserver
+	n atomic.Int64
+}
 
-func (c *countEarly) Batch(int, time.Duration, error)                      {}
-func (c *countEarly) Answered(passkey.Op, passkey.Code, string, time.Time) {}
-func (c *countEarly) Redelivered()                                         {}
-func (c *countEarly) EventWritten()                                        {}
-func (c *countEarly) AnsweredEarly()                                       { c.n.Add(1) }
+func (c *countEarly) AnsweredEarly() { c.n.Add(1) }
 
 // A worker that lost the partition while it answers (it paused) stops.
 func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {
