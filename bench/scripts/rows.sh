@@ -12,6 +12,10 @@
 #                                              # (default 1,000,000): its last GC's heap, RssAnon,
 #                                              # and the size of its store files
 #
+# SYNC=always runs every nats-server with jetstream { sync_interval: always }
+# (each write fsynced before it is acknowledged); unset, the server's
+# default (fsync every two minutes).
+#
 # USERS and N set the users and removals of "one" (default 20,000 each; a
 # longer run: USERS=60000 N=180000); PARTITIONS the partitions of "one" and
 # "peruser" (default 8). V is "before" or "after". Each run
@@ -26,6 +30,8 @@ cd "$WORK"
 URL1=nats://127.0.0.1:4399
 PARTS=${PARTITIONS:-8}
 R3=nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303
+SYNCCONF=""
+[ "${SYNC:-}" = always ] && SYNCCONF="sync_interval: always"
 
 stop_all() { # the workers first (they drain), then the servers; until all are gone
   pkill -f "$WORK/worker\.(before|after)" 2>/dev/null || true
@@ -73,16 +79,17 @@ build)
   ;;
 one|peruser)
   V=$2; stop_all; rm -rf run; mkdir run
-  "$WORK/nats-server" -js -a 127.0.0.1 -p 4399 -sd "$WORK/run/js" > run/nats.log 2>&1 &
+  echo "jetstream { $SYNCCONF }" > run/one.conf
+  "$WORK/nats-server" -c run/one.conf -js -a 127.0.0.1 -p 4399 -sd "$WORK/run/js" > run/nats.log 2>&1 &
   until curl -s -o /dev/null --max-time 0.2 telnet://127.0.0.1:4399; [ $? -ne 7 ]; do sleep 0.1; done
   "$WORK/worker.$V" provision --nats-url $URL1 --partitions "$PARTS" --jwks jwks.json --issuer passkeys-dev --audience passkeys --wait 30s > run/provision.log
   start_workers "$V" $URL1 1 1; wait_served 1
   if [ "$1" = one ]; then
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users ${USERS:-20000} --removals ${N:-20000} --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
-    python3 -c "import json;d=json.load(open('run/bench.json'));print('$V one', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
+    python3 -c "import json;d=json.load(open('run/bench.json'));print('$V one sync ${SYNC:-default}', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
   else
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users 20000 --removals "${REMOVALS:-40000}" --sequential 1000 --storage=false 2>run/bench.err | tail -1 > run/bench.json
-    python3 -c "import json;d=json.load(open('run/bench.json'));b=d.get('batch') or {'per_second':0};print('$V peruser', round(b['per_second']), 'verify', round((d.get('verify_ceiling_batch') or {'per_second':0})['per_second']), 'ratio', round(d.get('ratio_to_verify_ceiling',0),3), 'p50', round(d['sequential']['p50_ms'],3), 'p99', round(d['sequential']['p99_ms'],3), 'transport p50 / p99', round(d['ceiling_sequential']['p50_ms'],3), round(d['ceiling_sequential']['p99_ms'],3), 'above', round(d['sequential_p50_above_ceiling_ms'],3))"
+    python3 -c "import json;d=json.load(open('run/bench.json'));b=d.get('batch') or {'per_second':0};print('$V peruser sync ${SYNC:-default}', round(b['per_second']), 'verify', round((d.get('verify_ceiling_batch') or {'per_second':0})['per_second']), 'ratio', round(d.get('ratio_to_verify_ceiling',0),3), 'p50', round(d['sequential']['p50_ms'],3), 'p99', round(d['sequential']['p99_ms'],3), 'transport p50 / p99', round(d['ceiling_sequential']['p50_ms'],3), round(d['ceiling_sequential']['p99_ms'],3), 'above', round(d['sequential_p50_above_ceiling_ms'],3))"
   fi
   stop_all
   ;;
@@ -93,7 +100,7 @@ r3)
 server_name: n$i
 listen: 127.0.0.1:430$i
 http: 127.0.0.1:822$i
-jetstream { store_dir: "$WORK/run/n$i" }
+jetstream { store_dir: "$WORK/run/n$i", $SYNCCONF }
 cluster { name: rows, listen: 127.0.0.1:630$i, routes: [nats-route://127.0.0.1:6301, nats-route://127.0.0.1:6302, nats-route://127.0.0.1:6303] }
 CONF
     "$WORK/nats-server" -c "$WORK/run/n$i.conf" > "run/n$i.log" 2>&1 &
@@ -103,7 +110,7 @@ CONF
   start_workers "$V" $R3 "$N" 3; wait_served "$N"
   "$WORK/bench" --nats-url nats://127.0.0.1:4301 --data-dir keys --users 20000 --removals 40000 --sequential 0 --tokens one \
     --storage=false --in-flight "$INFLIGHT" 2>run/bench.err | tail -1 > run/bench.json
-  python3 -c "import json;d=json.load(open('run/bench.json'));print('$V r3 workers $N', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
+  python3 -c "import json;d=json.load(open('run/bench.json'));print('$V r3 sync ${SYNC:-default} workers $N', round(d['batch']['per_second']), 'transport', round(d['ceiling_batch']['per_second']), 'ratio', round(d['ratio_to_ceiling'],3))"
   stop_all
   ;;
 mem)

@@ -1,0 +1,315 @@
+// Package chaos is the fault campaign: three nats-server processes in a
+// cluster and three worker processes, each machine's data on a disk that
+// loses what was not fsynced when its power is cut, clients that remove,
+// list and sync through the client package, and a nemesis that kills,
+// freezes, cuts off and powers down machines on a seeded schedule. The
+// whole history is then checked against a per-user model (porcupine) and
+// the contract's invariants. A seed replays the fault schedule, not the
+// interleaving.
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Config is one campaign.
+type Config struct {
+	Seed     uint64
+	Duration time.Duration // how long the clients and the nemesis run
+	Faults   []string      // the kinds the nemesis draws from (AllFaults when empty)
+	Users    int
+	Clients  int
+	// Dir holds the machines' disks, configurations and logs; a failure's
+	// folder is written inside it.
+	Dir string
+	// NATSConf is the nats.conf every node includes (the shipped one).
+	NATSConf string
+	// NATSServer and Worker are the binaries.
+	NATSServer, Worker string
+	// Power puts every machine's data on a lazyfs mount (FUSE), which the
+	// power faults need.
+	Power bool
+	// CheckTimeout bounds porcupine's search.
+	CheckTimeout time.Duration
+	Log          io.Writer
+}
+
+func (cfg *Config) defaults() {
+	if len(cfg.Faults) == 0 {
+		cfg.Faults = AllFaults
+	}
+	if cfg.Users == 0 {
+		cfg.Users = 40
+	}
+	if cfg.Clients == 0 {
+		cfg.Clients = 6
+	}
+	if cfg.CheckTimeout == 0 {
+		cfg.CheckTimeout = 2 * time.Minute
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+}
+
+// campaign is one run's state.
+type campaign struct {
+	cfg   *Config
+	c     *cluster
+	w     *workload
+	nem   *nemesis
+	start time.Time
+	rep   *Report
+	ncs   []*nats.Conn
+}
+
+func (k *campaign) logf(format string, args ...any) {
+	fmt.Fprintf(k.cfg.Log, "%7.1fs  %s\n", time.Since(k.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// Run runs a campaign and checks its history. The error is a campaign that
+// could not run (a server that would not start); anomalies are in the
+// report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.defaults()
+	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
+	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients, cfg.Faults, cfg.Power)
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	c, err := newCluster(&cfg)
+	k.c = c
+	defer func() {
+		for _, nc := range k.ncs {
+			nc.Close()
+		}
+		if err := c.close(); err != nil {
+			k.logf("closing the cluster: %v", err)
+		}
+	}()
+	if err != nil {
+		return nil, err
+	}
+	if err := k.setUp(ctx); err != nil {
+		return nil, err
+	}
+	k.runFaults(ctx)
+	if err := k.settle(ctx); err != nil {
+		return k.rep, err
+	}
+	k.resolve()
+	k.finalReads()
+	ops := k.w.hist.snapshot()
+	k.logf("checking %d operations", len(ops))
+	v := check(ops, cfg.CheckTimeout)
+	k.rep.fill(ops, k.nem.Faults(), v, k.c)
+	if !k.rep.OK() {
+		k.rep.FailureDir, err = k.writeFailure(ops, v)
+	}
+	return k.rep, err
+}
+
+// setUp starts the nodes, provisions the streams and the keys as the
+// operator does, starts the workers, and syncs every user once.
+func (k *campaign) setUp(ctx context.Context) error {
+	k.logf("starting three nats-server nodes")
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i, m := range k.c.machines {
+		wg.Go(func() { errs[i] = k.c.startNode(m) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	service, err := k.connect("passkeys-service")
+	if err != nil {
+		return err
+	}
+	admin, err := k.connect("passkeys-admin")
+	if err != nil {
+		return err
+	}
+	jwks := filepath.Join(k.cfg.Dir, "jwks.json")
+	if k.w, err = newWorkload(k.cfg, jwks, service, admin, k.start); err != nil {
+		return err
+	}
+	k.logf("worker provision --replicas 3")
+	out, err := exec.CommandContext(ctx, k.cfg.Worker, "provision", "--nats-url", k.c.natsURLs("passkeys-provisioner"),
+		"--replicas", "3", "--jwks", jwks, "--issuer", issuer, "--audience", audience).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("worker provision: %v\n%s", err, out)
+	}
+	for _, m := range k.c.machines {
+		if err := m.worker.start(); err != nil {
+			return err
+		}
+	}
+	k.logf("syncing %d users", len(k.w.users))
+	for _, u := range k.w.users {
+		for try := 0; ; try++ {
+			op := &Op{Client: k.cfg.Clients, Kind: OpSync, User: u.id, Set: u.passkeys(0), Password: u.password, MsgID: newMsgID()}
+			k.w.do(op, u)
+			if op.Result.Status == StatusOK {
+				k.w.hist.add(op)
+				break
+			}
+			if try == 5 {
+				return fmt.Errorf("the first sync of %s: %s %s %s", u.id, op.Result.Status, op.Result.ErrID, op.Result.Err)
+			}
+		}
+	}
+	return nil
+}
+
+// connect is a client connection as user, to every node directly.
+func (k *campaign) connect(user string) (*nats.Conn, error) {
+	nc, err := nats.Connect(k.c.natsURLs(user), nats.CustomInboxPrefix("_INBOX_"+user), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100*time.Millisecond), nats.Name("chaos-"+user))
+	if err != nil {
+		return nil, fmt.Errorf("connect as %s: %w", user, err)
+	}
+	k.ncs = append(k.ncs, nc)
+	return nc, nil
+}
+
+// runFaults runs the clients and the nemesis for the campaign's duration,
+// restarting any program that exits by itself as a supervisor would (and
+// reporting it), then heals every fault.
+func (k *campaign) runFaults(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.Duration)
+	defer cancel()
+	k.nem = &nemesis{c: k.c, rng: newRand(k.cfg.Seed), kinds: k.cfg.Faults, start: k.start, log: k.logf}
+	var wg sync.WaitGroup
+	wg.Go(func() { k.nem.run(ctx) })
+	for id := range k.cfg.Clients {
+		wg.Go(func() { k.w.run(ctx, id) })
+	}
+	wg.Go(func() { k.supervise(ctx) })
+	wg.Wait()
+	k.c.healAll()
+	k.logf("faults over: %d operations", len(k.w.hist.snapshot()))
+}
+
+// supervise restarts a program that exited by itself (not killed by the
+// nemesis), once a second, and records that it did.
+func (k *campaign) supervise(ctx context.Context) {
+	for sleepCtx(ctx, time.Second) {
+		k.restartExited()
+	}
+}
+
+func (k *campaign) restartExited() {
+	for _, m := range k.c.machines {
+		for _, p := range []*process{m.nats, m.worker} {
+			if gone, said := p.exited(); gone {
+				k.logf("%s exited by itself; started again", p.name)
+				k.rep.addExit(p.name, said)
+				p.kill()
+				if err := p.start(); err != nil {
+					k.logf("%s: %v", p.name, err)
+				}
+			}
+		}
+	}
+}
+
+// settle waits until every user can be read again, all faults healed.
+func (k *campaign) settle(ctx context.Context) error {
+	k.logf("waiting for every user to be served")
+	k.restartExited()
+	for _, m := range k.c.machines {
+		if !m.nats.running() {
+			if err := k.c.startNode(m); err != nil {
+				return err
+			}
+		}
+		if err := m.worker.start(); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	for _, u := range k.w.users {
+		for {
+			op := &Op{Client: k.cfg.Clients, Kind: OpList, User: u.id}
+			k.w.do(op, u)
+			if op.Result.Status == StatusOK {
+				break
+			}
+			if ctx.Err() != nil || time.Since(t0) > 3*time.Minute {
+				return fmt.Errorf("%s not served 3 minutes after the faults: %s", u.id, op.Result.Err)
+			}
+		}
+	}
+	k.rep.Recovery = time.Since(t0)
+	return nil
+}
+
+// resolve asks again, with the same Nats-Msg-Id, for every change: one
+// whose first answer did not tell gets its outcome; one that had an
+// answer must get the same bytes again.
+func (k *campaign) resolve() {
+	ops := k.w.hist.snapshot()
+	k.logf("asking again for %d changes", len(ops))
+	users := map[string]*user{}
+	for _, u := range k.w.users {
+		users[u.id] = u
+	}
+	var mu sync.Mutex
+	work := make(chan *Op)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for op := range work {
+				again := *op
+				k.w.do(&again, users[op.User])
+				mu.Lock()
+				k.rep.noteRepeat(op, &again)
+				mu.Unlock()
+			}
+		})
+	}
+	for _, op := range ops {
+		if op.isChange() {
+			work <- op
+		}
+	}
+	close(work)
+	wg.Wait()
+}
+
+// finalReads reads every user once more, after everything was resolved.
+func (k *campaign) finalReads() {
+	for _, u := range k.w.users {
+		k.w.list(k.cfg.Clients, u)
+	}
+}
+
+// writeFailure writes the seed, the history, the faults and porcupine's
+// picture of the history into a folder, and says how to replay it.
+func (k *campaign) writeFailure(ops []*Op, v *Verdict) (string, error) {
+	dir := filepath.Join(k.cfg.Dir, "failure")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := writeHistory(filepath.Join(dir, "history.jsonl"), ops); err != nil {
+		return dir, err
+	}
+	if err := k.rep.write(filepath.Join(dir, "report.json")); err != nil {
+		return dir, err
+	}
+	if err := writeVisualization(filepath.Join(dir, "history.html"), v); err != nil {
+		return dir, err
+	}
+	return dir, nil
+}

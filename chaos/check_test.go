@@ -1,0 +1,99 @@
+package chaos
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/passkeys/worker/passkey"
+)
+
+// h builds a one-user history: each op's call and return are given in
+// milliseconds.
+func h(ops ...*Op) []*Op { return ops }
+
+func syncOp(call, ret int64, seq uint64, password bool, set ...string) *Op {
+	return &Op{Kind: OpSync, User: "u", Set: set, Password: password, MsgID: "s", Call: call * 1e6, Return: ret * 1e6,
+		Result: Result{Status: StatusOK, Seq: seq}}
+}
+
+func removeOp(call, ret int64, pk string, r Result) *Op {
+	return &Op{Kind: OpRemove, User: "u", PK: pk, MsgID: "r-" + pk, Call: call * 1e6, Return: ret * 1e6, Result: r}
+}
+
+func listOp(call, ret int64, seq uint64, pks ...string) *Op {
+	return &Op{Kind: OpList, User: "u", Call: call * 1e6, Return: ret * 1e6, Result: Result{Status: StatusOK, Seq: seq, Passkeys: pks}}
+}
+
+func ok(seq uint64) Result { return Result{Status: StatusOK, Seq: seq} }
+func refused(id string) Result { return Result{Status: StatusRefused, ErrID: id} }
+
+func TestCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		ops       []*Op
+		legal     bool
+		anomalies []string // a piece of each anomaly expected
+	}{
+		{"RemovalsAndReads", h(syncOp(0, 1, 1, false, "a", "b"), removeOp(2, 3, "a", ok(2)), listOp(4, 5, 2, "b"),
+			removeOp(6, 7, "b", refused(passkey.IDPasskeyLast)), removeOp(8, 9, "a", refused(passkey.IDPasskeyNotFound)),
+			listOp(10, 11, 2, "b")), true, nil},
+		{"ConcurrentReadSeesEither", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 6, "a", ok(2)), listOp(3, 4, 1, "a", "b"),
+			listOp(5, 7, 2, "b"), listOp(8, 9, 2, "b")), true, nil},
+		{"RemovalUndone", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 3, "a", ok(2)), listOp(4, 5, 1, "a", "b")),
+			false, []string{"confirmed, then list"}},
+		{"SequenceRepeated", h(syncOp(0, 1, 1, true, "a", "b", "c"), removeOp(2, 3, "a", ok(2)), removeOp(4, 5, "b", ok(2))),
+			false, []string{"sequence 2 given twice", "not lower"}},
+		{"WrongVerdict", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 3, "a", refused(passkey.IDPasskeyLast))), false, nil},
+		{"UnknownResolvedAsApplied", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 50, "a", Result{Status: StatusUnknown}),
+			listOp(10, 11, 2, "b")), true, nil},
+		{"UnknownNeverApplied", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 50, "a", Result{Status: StatusUnknown}),
+			listOp(10, 11, 1, "a", "b")), true, nil},
+		{"GapNoUnknownCanFill", h(syncOp(0, 1, 1, true, "a", "b", "c"), removeOp(2, 3, "a", ok(3))),
+			false, []string{"only 0 operations unresolved"}},
+		{"FinalReadDisagrees", h(syncOp(0, 1, 1, true, "a", "b"), removeOp(2, 3, "a", ok(2)), listOp(4, 5, 2, "a")),
+			false, []string{"the last read"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := check(tc.ops, 10*time.Second)
+			if got := v.Linearizable == porcupine.Ok; got != tc.legal {
+				t.Errorf("linearizable %s, want legal %v", v.Linearizable, tc.legal)
+			}
+			for _, want := range tc.anomalies {
+				if !strings.Contains(strings.Join(v.Anomalies, "\n"), want) {
+					t.Errorf("no anomaly with %q in %q", want, v.Anomalies)
+				}
+			}
+			if tc.legal && len(v.Anomalies) > 0 {
+				t.Errorf("anomalies in a legal history: %q", v.Anomalies)
+			}
+		})
+	}
+}
+
+func TestRepeatMismatch(t *testing.T) {
+	op := &Op{User: "u", MsgID: "m", Result: Result{Status: StatusOK, Body: []byte(`{"details":{"sequence":"2"}}`)}}
+	if d := repeatMismatch(op, []byte(`{"details":{"sequence":"2"}}`)); d != "" {
+		t.Errorf("same bytes: %s", d)
+	}
+	if d := repeatMismatch(op, []byte(`{"details":{"sequence":"3"}}`)); !strings.Contains(d, "a different reply") {
+		t.Errorf("different bytes: %q", d)
+	}
+}
+
+func TestUnavailability(t *testing.T) {
+	s := int64(time.Second)
+	ops := []*Op{
+		{User: "u", Kind: OpList, Call: 0, Return: s / 10, Result: Result{Status: StatusOK}},
+		{User: "u", Kind: OpList, Call: 10 * s, Return: 40 * s, Result: Result{Status: StatusUnknown}},
+		{User: "u", Kind: OpList, Call: 41 * s, Return: 43 * s, Result: Result{Status: StatusOK}},
+		{User: "v", Kind: OpList, Call: 100 * s, Return: 103 * s, Result: Result{Status: StatusOK}},
+	}
+	faults := []Fault{{Kind: FaultNodeKill, Start: 9 * s, End: 12 * s}}
+	got := unavailability(ops, faults)
+	if got[FaultNodeKill] != 33*time.Second || got["none"] != 3*time.Second {
+		t.Errorf("unavailability %v, want node-kill 33s and none 3s", got)
+	}
+}

@@ -1,0 +1,232 @@
+package chaos
+
+import (
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// Report is what a campaign did and found.
+type Report struct {
+	Seed     uint64        `json:"seed"`
+	Duration time.Duration `json:"duration"`
+	// Ops counts the clients' operations by kind, and by result.
+	Ops     map[string]int `json:"ops"`
+	Results map[string]int `json:"results"`
+	// Faults counts the faults injected, by kind.
+	Faults     map[string]int `json:"faults"`
+	FaultList  []Fault        `json:"faultList"`
+	FaultError []string       `json:"faultErrors,omitempty"`
+	// Linearizable is porcupine's verdict on the per-user model.
+	Linearizable string `json:"linearizable"`
+	// Anomalies are the invariants' findings, and every repeat whose bytes
+	// differed.
+	Anomalies []string `json:"anomalies"`
+	// AskedAgain is how many changes had no telling answer and were
+	// resolved by asking again with the same Nats-Msg-Id; Unresolved, how
+	// many stayed without one even then.
+	AskedAgain int `json:"askedAgain"`
+	Unresolved int `json:"unresolved"`
+	// Repeats is how many changes were asked again to compare their bytes.
+	Repeats int `json:"repeats"`
+	// Unavailable is, per fault kind, the longest time one user's
+	// operations all failed or waited, from the first call of such a run
+	// to the answer that ended it (a stall is put down to every fault that
+	// was on, or ended less than 30 s before, while it lasted).
+	Unavailable map[string]time.Duration `json:"unavailable"`
+	// P50, P99 and Max are the latencies of the operations that got a
+	// telling answer, retries included.
+	P50 time.Duration `json:"p50"`
+	P99 time.Duration `json:"p99"`
+	Max time.Duration `json:"max"`
+	// Recovery is how long after the faults every user was served again.
+	Recovery time.Duration `json:"recovery"`
+	// Exits are programs that exited by themselves, with their last words.
+	Exits []string `json:"exits,omitempty"`
+	// Fsyncs is how many fsyncs each machine's disk saw.
+	Fsyncs     map[string]int64 `json:"fsyncs,omitempty"`
+	FailureDir string            `json:"failureDir,omitempty"`
+}
+
+func newReport(cfg *Config) *Report {
+	return &Report{Seed: cfg.Seed, Duration: cfg.Duration, Ops: map[string]int{}, Results: map[string]int{},
+		Faults: map[string]int{}, Unavailable: map[string]time.Duration{}, Fsyncs: map[string]int64{}}
+}
+
+// OK tells whether the campaign found nothing wrong.
+func (r *Report) OK() bool { return r.Linearizable == string(porcupine.Ok) && len(r.Anomalies) == 0 }
+
+func (r *Report) addExit(name, said string) {
+	if i := strings.LastIndex(said, "\n{"); i >= 0 {
+		said = said[i+1:]
+	}
+	r.Exits = append(r.Exits, name+": "+strings.TrimSpace(said))
+}
+
+// noteRepeat files what asking again for op gave: its outcome, where its
+// first answer did not tell, or an anomaly where the bytes differ.
+func (r *Report) noteRepeat(op, again *Op) {
+	r.Repeats++
+	switch {
+	case op.Result.Status == StatusUnknown && again.Result.Status != StatusUnknown:
+		op.Result, op.Return, op.Resolved = again.Result, again.Return, true
+		r.AskedAgain++
+	case op.Result.Status == StatusUnknown:
+		r.Unresolved++
+	case again.Result.Status == StatusUnknown:
+		r.Anomalies = append(r.Anomalies, fmt.Sprintf("%s: asked again with Nats-Msg-Id %s: no answer (%s)", op.User, op.MsgID, again.Result.Err))
+	default:
+		if d := repeatMismatch(op, again.Result.Body); d != "" {
+			r.Anomalies = append(r.Anomalies, d)
+		}
+	}
+}
+
+// fill counts the history and the faults and takes the checker's verdict.
+func (r *Report) fill(ops []*Op, faults []Fault, v *Verdict, c *cluster) {
+	r.FaultList = faults
+	for _, f := range faults {
+		r.Faults[f.Kind]++
+		if f.Err != "" {
+			r.FaultError = append(r.FaultError, f.Kind+" "+f.Target+": "+f.Err)
+		}
+	}
+	var lat []time.Duration
+	for _, op := range ops {
+		r.Ops[op.Kind]++
+		r.Results[op.Kind+" "+op.Result.Status+" "+op.Result.ErrID]++
+		if op.Result.Status != StatusUnknown && !op.Resolved {
+			lat = append(lat, time.Duration(op.Return-op.Call))
+		}
+	}
+	slices.Sort(lat)
+	if n := len(lat); n > 0 {
+		r.P50, r.P99, r.Max = lat[n/2], lat[n*99/100], lat[n-1]
+	}
+	r.Linearizable = string(v.Linearizable)
+	r.Anomalies = append(r.Anomalies, v.Anomalies...)
+	r.Unavailable = unavailability(ops, faults)
+	for _, m := range c.machines {
+		if m.fs != nil {
+			r.Fsyncs[fmt.Sprintf("m%d", m.i+1)] = m.fs.Stats().Fsyncs
+		}
+	}
+}
+
+// unavailability is, per fault kind, the longest stall of one user: a run
+// of operations that got no telling answer (or one that took over a
+// second), from its first call to the answer that ended it.
+func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
+	byUser := map[string][]*Op{}
+	for _, op := range ops {
+		byUser[op.User] = append(byUser[op.User], op)
+	}
+	out := map[string]time.Duration{}
+	for _, uops := range byUser {
+		slices.SortFunc(uops, func(a, b *Op) int { return int(a.Call - b.Call) })
+		run := int64(-1)
+		for _, op := range uops {
+			failed := op.Resolved || op.Result.Status == StatusUnknown
+			if failed {
+				if run < 0 {
+					run = op.Call
+				}
+				continue
+			}
+			from := op.Call
+			if run >= 0 {
+				from = min(from, run)
+			}
+			run = -1
+			if stall := time.Duration(op.Return - from); stall > time.Second {
+				for _, kind := range blame(faults, from, op.Return) {
+					out[kind] = max(out[kind], stall)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// blame is the kinds of the faults on while [from, to] lasted, or
+// "none".
+func blame(faults []Fault, from, to int64) []string {
+	var kinds []string
+	for _, f := range faults {
+		if f.Start <= to && f.End+int64(30*time.Second) >= from && !slices.Contains(kinds, f.Kind) {
+			kinds = append(kinds, f.Kind)
+		}
+	}
+	if len(kinds) == 0 {
+		kinds = []string{"none"}
+	}
+	return kinds
+}
+
+func (r *Report) write(path string) error {
+	raw, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, raw, 0o600)
+}
+
+// String is the report for a person.
+func (r *Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d, %v: %d operations %v\n", r.Seed, r.Duration, sum(r.Ops), r.Ops)
+	fmt.Fprintf(&b, "faults: %d %v\n", sum(r.Faults), r.Faults)
+	for _, k := range sortedNames(r.Results) {
+		fmt.Fprintf(&b, "  %-40s %d\n", k, r.Results[k])
+	}
+	fmt.Fprintf(&b, "model (porcupine): %s; anomalies: %d\n", r.Linearizable, len(r.Anomalies))
+	for _, a := range r.Anomalies[:min(len(r.Anomalies), 20)] {
+		fmt.Fprintf(&b, "  ANOMALY %s\n", a)
+	}
+	fmt.Fprintf(&b, "asked again: %d resolved, %d unresolved, %d repeats compared byte for byte\n", r.AskedAgain, r.Unresolved, r.Repeats)
+	fmt.Fprintf(&b, "latency of answered operations: p50 %v, p99 %v, max %v; every user served again %v after the faults\n",
+		r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Recovery.Round(time.Millisecond))
+	fmt.Fprintf(&b, "longest stall of one user, by fault kind:")
+	for _, k := range sortedNames(r.Unavailable) {
+		fmt.Fprintf(&b, " %s %.1fs", k, r.Unavailable[k].Seconds())
+	}
+	fmt.Fprintf(&b, "\nfsyncs per disk: %v\n", r.Fsyncs)
+	for _, e := range r.Exits {
+		fmt.Fprintf(&b, "exited by itself: %.300s\n", e)
+	}
+	for _, e := range r.FaultError {
+		fmt.Fprintf(&b, "fault error: %s\n", e)
+	}
+	return b.String()
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// newRand is the nemesis's generator: the seed alone decides its draws.
+func newRand(seed uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(seed, 0x6e656d65736973)) }
+
+// writeVisualization writes porcupine's picture of the history.
+func writeVisualization(path string, v *Verdict) error {
+	return porcupine.VisualizePath(model(), v.info, path)
+}

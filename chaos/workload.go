@@ -1,0 +1,200 @@
+package chaos
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/nats-io/nats.go"
+
+	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/client"
+)
+
+// The campaign's token issuer and audience, and its users' organisation.
+const (
+	issuer   = "https://chaos.passkeys.test"
+	audience = "passkeys-chaos"
+	org      = "org1"
+)
+
+// callTimeout bounds one call, its retries included: the contract's 30 s
+// for a failover.
+const callTimeout = 30 * time.Second
+
+// user is one of the campaign's users. Half have a password; the others
+// have only their passkeys, so that their last one is refused
+// (PASSKEY-LAST). Every sync gives the user a new generation of passkeys,
+// with ids never used before, so that a removed id never comes back.
+type user struct {
+	id       string
+	password bool
+	token    string
+	gen      atomic.Int64 // the newest generation a sync was asked for
+}
+
+func (u *user) passkeys(gen int64) []string {
+	var ids []string
+	for k := range 4 {
+		ids = append(ids, fmt.Sprintf("%s-g%d-%d", u.id, gen, k))
+	}
+	return ids
+}
+
+// workload is the campaign's clients: removals, lists and syncs over many
+// users through the client package, each call recorded in the history.
+type workload struct {
+	users   []*user
+	service *client.Client // self-service removals and lists
+	admin   *client.Client // syncs
+	hist    *history
+	start   time.Time
+	seed    uint64
+}
+
+// newWorkload makes the signing key (its JWKS at jwksPath), the users and
+// their tokens, valid for ttl.
+func newWorkload(cfg *Config, jwksPath string, service, admin *nats.Conn, start time.Time) (*workload, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	key := jose.JSONWebKey{Key: priv, KeyID: "chaos", Algorithm: "EdDSA", Use: "sig"}
+	raw, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{key.Public()}})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(jwksPath, raw, 0o600); err != nil {
+		return nil, err
+	}
+	ttl := cfg.Duration + 2*time.Hour
+	mint := func(sub string, scopes ...string) (string, error) {
+		return auth.Mint(key, auth.TokenRequest{Subject: sub, Org: org, Scopes: scopes, Issuer: issuer, Audience: audience, TTL: ttl})
+	}
+	adminToken, err := mint("chaos-admin", "passkeys:admin")
+	if err != nil {
+		return nil, err
+	}
+	w := &workload{hist: &history{}, start: start, seed: cfg.Seed,
+		service: client.New(service), admin: client.New(admin, client.WithToken(adminToken))}
+	for i := range cfg.Users {
+		u := &user{id: "user-" + strconv.Itoa(i), password: i%2 == 0}
+		if u.token, err = mint(u.id); err != nil {
+			return nil, err
+		}
+		w.users = append(w.users, u)
+	}
+	return w, nil
+}
+
+func (w *workload) now() int64 { return int64(time.Since(w.start)) }
+
+// run is client id's loop until ctx ends: a removal, a list or a sync of
+// a random user, then a short pause.
+func (w *workload) run(ctx context.Context, id int) {
+	rng := mrand.New(mrand.NewPCG(w.seed, uint64(id)+1))
+	for ctx.Err() == nil {
+		u := w.users[rng.IntN(len(w.users))]
+		switch r := rng.IntN(100); {
+		case r < 55:
+			gen := u.gen.Load() - int64(rng.IntN(2))
+			w.remove(id, u, u.passkeys(max(gen, 0))[rng.IntN(4)])
+		case r < 92:
+			w.list(id, u)
+		default:
+			w.sync(id, u, u.gen.Add(1))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(5+rng.IntN(20)) * time.Millisecond):
+		}
+	}
+}
+
+func (w *workload) remove(id int, u *user, pk string) {
+	op := &Op{Client: id, Kind: OpRemove, User: u.id, PK: pk, MsgID: newMsgID()}
+	w.do(op, u)
+	w.hist.add(op)
+}
+
+func (w *workload) sync(id int, u *user, gen int64) {
+	op := &Op{Client: id, Kind: OpSync, User: u.id, Set: u.passkeys(gen), Password: u.password, MsgID: newMsgID()}
+	w.do(op, u)
+	w.hist.add(op)
+}
+
+func (w *workload) list(id int, u *user) *Op {
+	op := &Op{Client: id, Kind: OpList, User: u.id}
+	w.do(op, u)
+	w.hist.add(op)
+	return op
+}
+
+// do makes op's call (a first one, or one asked again with its
+// Nats-Msg-Id) and fills in its times and result.
+func (w *workload) do(op *Op, u *user) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	var body []byte
+	opts := []client.CallOption{client.ReplyBody(&body)}
+	if op.MsgID != "" {
+		opts = append(opts, client.MsgID(op.MsgID))
+	}
+	op.Call = w.now()
+	var err error
+	var seq uint64
+	var list []string
+	switch op.Kind {
+	case OpRemove:
+		var d client.Details
+		d, err = w.service.Remove(ctx, op.User, op.PK, append(opts, client.Token(u.token))...)
+		seq = d.Sequence
+	case OpSync:
+		snap := client.User{ID: op.User, ResourceOwner: org, Password: op.Password}
+		for _, id := range op.Set {
+			snap.Passkeys = append(snap.Passkeys, client.Passkey{ID: id, Name: "key " + id, State: client.StateReady})
+		}
+		var d client.Details
+		d, err = w.admin.Sync(ctx, snap, opts...)
+		seq = d.Sequence
+	default:
+		var l client.List
+		l, err = w.service.List(ctx, op.User, client.Token(u.token))
+		seq = l.ProcessedSequence
+		for _, pk := range l.Passkeys {
+			list = append(list, pk.ID)
+		}
+		slices.Sort(list)
+	}
+	op.Return = w.now()
+	op.Result = resultOf(err, body, seq, list)
+}
+
+// resultOf classifies a call's answer.
+func resultOf(err error, body []byte, seq uint64, list []string) Result {
+	var e *client.Error
+	switch {
+	case err == nil:
+		return Result{Status: StatusOK, Seq: seq, Passkeys: list, Body: body}
+	case errors.Is(err, client.ErrOutcomeUnknown) || !errors.As(err, &e) || e.Unavailable():
+		return Result{Status: StatusUnknown, Err: err.Error()}
+	}
+	return Result{Status: StatusRefused, ErrID: e.ID, Body: body}
+}
+
+// newMsgID is a Nats-Msg-Id of the campaign's own: 64 random bits.
+func newMsgID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("chaos-%x", b)
+}

@@ -1,0 +1,111 @@
+// Command chaos runs the fault campaign (package chaos): three nats-server
+// nodes and three workers under a seeded schedule of kills, freezes,
+// network cuts and power cuts, with clients whose whole history is then
+// checked against a per-user model. It prints its seed, its figures, and,
+// on a failure, the folder with the history and the command that replays
+// the fault schedule. Exit status 1: anomalies; 2: the campaign could not
+// run.
+//
+//	go run ./cmd/chaos --seed 7 --duration 2m
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/passkeys/worker/chaos"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	seed := fs.Uint64("seed", 0, "the fault schedule's seed (0: a random one, printed)")
+	duration := fs.Duration("duration", 2*time.Minute, "how long the clients and the faults run")
+	faults := fs.String("faults", "all", "fault kinds, comma-separated, or all: "+strings.Join(chaos.AllFaults, ","))
+	users := fs.Int("users", 40, "users (half of them with no password)")
+	clients := fs.Int("clients", 6, "concurrent clients")
+	dir := fs.String("dir", "", "working folder: disks, logs, and a failure's history (default: a new temporary one, removed when the campaign passes)")
+	natsConf := fs.String("nats-conf", "nats.conf", "the nats.conf every node includes")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg := chaos.Config{Seed: *seed, Duration: *duration, Users: *users, Clients: *clients, NATSConf: *natsConf,
+		Dir: *dir, Power: chaos.FUSEAvailable(), Log: stdout}
+	if cfg.Seed == 0 {
+		cfg.Seed = uint64(time.Now().UnixNano())
+	}
+	if *faults != "all" {
+		cfg.Faults = strings.Split(*faults, ",")
+	}
+	for _, k := range cfg.Faults {
+		if chaos.PowerFaults(k) && !cfg.Power {
+			fmt.Fprintf(stderr, "chaos: fault %s needs FUSE (root and /dev/fuse)\n", k)
+			return 2
+		}
+	}
+	if cfg.Faults == nil && !cfg.Power {
+		fmt.Fprintln(stderr, "chaos: no FUSE here (root and /dev/fuse): power faults left out")
+		cfg.Faults = withoutPower(chaos.AllFaults)
+	}
+	keep := cfg.Dir != ""
+	if !keep {
+		tmp, err := os.MkdirTemp("", "chaos-")
+		if err != nil {
+			fmt.Fprintln(stderr, "chaos:", err)
+			return 2
+		}
+		cfg.Dir = tmp
+	}
+	var err error
+	if cfg.NATSServer, cfg.Worker, err = chaos.Build(cfg.Dir); err != nil {
+		fmt.Fprintln(stderr, "chaos:", err)
+		return 2
+	}
+	fmt.Fprintf(stdout, "chaos: seed %d, folder %s\n", cfg.Seed, cfg.Dir)
+	rep, err := chaos.Run(ctx, cfg)
+	if rep != nil {
+		fmt.Fprint(stdout, rep)
+	}
+	replay := fmt.Sprintf("go run ./cmd/chaos --seed %d --duration %v --faults %s --users %d --clients %d --nats-conf %s",
+		cfg.Seed, cfg.Duration, *faults, cfg.Users, cfg.Clients, cfg.NATSConf)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "chaos: %v\nreplay the fault schedule: %s\nlogs: %s\n", err, replay, cfg.Dir)
+		return 2
+	case !rep.OK():
+		fmt.Fprintf(stderr, "chaos: ANOMALIES; history, faults and porcupine's picture in %s\nreplay the fault schedule: %s\n", rep.FailureDir, replay)
+		return 1
+	}
+	if !keep {
+		if err := os.RemoveAll(cfg.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintln(stderr, "chaos:", err)
+		}
+	}
+	fmt.Fprintln(stdout, "chaos: passed")
+	return 0
+}
+
+func withoutPower(kinds []string) []string {
+	var out []string
+	for _, k := range kinds {
+		if !chaos.PowerFaults(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
