@@ -78,7 +78,10 @@ func connectOptions(cfg *Config, log zerolog.Logger) []nats.Option {
 }
 
 func startEmbedded(cfg *Config, log zerolog.Logger) (*server.Server, error) {
-	opts := &server.Options{}
+	// Without a configuration, every write is fsynced before it is
+	// acknowledged, as the shipped nats.conf says: a power loss then loses
+	// no command the stream acknowledged. A configuration decides for itself.
+	opts := &server.Options{SyncAlways: true}
 	if cfg.NATSConfig != "" {
 		var err error
 		if opts, err = loadEmbeddedConfig(cfg.NATSConfig); err != nil {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -105,10 +106,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	k.runFaults(ctx)
 	if err := k.settle(ctx); err != nil {
-		return k.rep, err
+		// Nothing more can be asked: the history so far is checked, and
+		// the users left unserved are an anomaly of their own.
+		k.rep.Anomalies = append(k.rep.Anomalies, err.Error())
+	} else {
+		k.resolve()
+		k.finalReads()
 	}
-	k.resolve()
-	k.finalReads()
 	ops := k.w.hist.snapshot()
 	k.logf("checking %d operations", len(ops))
 	v := check(ops, cfg.CheckTimeout)
@@ -259,7 +263,7 @@ func (k *campaign) settle(ctx context.Context) error {
 // whose first answer did not tell gets its outcome; one that had an
 // answer must get the same bytes again.
 func (k *campaign) resolve() {
-	ops := k.w.hist.snapshot()
+	ops := slices.DeleteFunc(k.w.hist.snapshot(), func(op *Op) bool { return !op.isChange() })
 	k.logf("asking again for %d changes", len(ops))
 	users := map[string]*user{}
 	for _, u := range k.w.users {
@@ -280,9 +284,7 @@ func (k *campaign) resolve() {
 		})
 	}
 	for _, op := range ops {
-		if op.isChange() {
-			work <- op
-		}
+		work <- op
 	}
 	close(work)
 	wg.Wait()

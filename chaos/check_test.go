@@ -27,7 +27,7 @@ func listOp(call, ret int64, seq uint64, pks ...string) *Op {
 	return &Op{Kind: OpList, User: "u", Call: call * 1e6, Return: ret * 1e6, Result: Result{Status: StatusOK, Seq: seq, Passkeys: pks}}
 }
 
-func ok(seq uint64) Result { return Result{Status: StatusOK, Seq: seq} }
+func ok(seq uint64) Result     { return Result{Status: StatusOK, Seq: seq} }
 func refused(id string) Result { return Result{Status: StatusRefused, ErrID: id} }
 
 func TestCheck(t *testing.T) {

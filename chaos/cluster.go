@@ -41,14 +41,13 @@ type machine struct {
 	routeTo []*proxy
 }
 
-func (m *machine) natsStore() string { return filepath.Join(m.mount, "nats") }
+func (m *machine) natsStore() string  { return filepath.Join(m.mount, "nats") }
 func (m *machine) workerData() string { return filepath.Join(m.mount, "worker") }
 
 // cluster is the campaign's three machines.
 type cluster struct {
 	cfg      *Config
 	machines []*machine
-	mu       sync.Mutex // one fault at a time touches a machine's processes
 }
 
 // userURL is the URL of addr for user (one of nats.conf's).
@@ -226,6 +225,9 @@ func (c *cluster) boot(ms []*machine) error {
 func (c *cluster) close() error {
 	var errs []error
 	for _, m := range c.machines {
+		if m.nats == nil {
+			continue // laid out only in part
+		}
 		m.worker.kill()
 		m.nats.kill()
 		for _, p := range append(append([]*proxy{}, m.toNode...), m.routeTo...) {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Kinds of operation a client makes.
@@ -100,6 +101,16 @@ func writeHistory(path string, ops []*Op) error {
 		b.WriteByte('\n')
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// CheckHistory checks a history that a failed campaign wrote
+// (history.jsonl) again, as the campaign did.
+func CheckHistory(path string, timeout time.Duration) (*Verdict, error) {
+	ops, err := readHistory(path)
+	if err != nil {
+		return nil, err
+	}
+	return check(ops, timeout), nil
 }
 
 // readHistory reads what writeHistory wrote.

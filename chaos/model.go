@@ -131,9 +131,10 @@ func model() porcupine.Model {
 			return out
 		},
 		Hash: func(state any) uint64 {
+			s := state.(userState)
 			h := fnv.New64a()
-			fmt.Fprintf(h, "%v", state)
-			return h.Sum64()
+			h.Write([]byte(s.Passkeys))
+			return h.Sum64() ^ s.Seq<<1 ^ map[bool]uint64{true: 1}[s.Password]
 		},
 		DescribeOperation: func(input, _ any) string { return describe(input.(*Op)) },
 		DescribeState: func(state any) string {

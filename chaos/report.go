@@ -51,7 +51,7 @@ type Report struct {
 	Exits []string `json:"exits,omitempty"`
 	// Fsyncs is how many fsyncs each machine's disk saw.
 	Fsyncs     map[string]int64 `json:"fsyncs,omitempty"`
-	FailureDir string            `json:"failureDir,omitempty"`
+	FailureDir string           `json:"failureDir,omitempty"`
 }
 
 func newReport(cfg *Config) *Report {
@@ -62,11 +62,10 @@ func newReport(cfg *Config) *Report {
 // OK tells whether the campaign found nothing wrong.
 func (r *Report) OK() bool { return r.Linearizable == string(porcupine.Ok) && len(r.Anomalies) == 0 }
 
+// addExit files a program that exited by itself, with its log's last line.
 func (r *Report) addExit(name, said string) {
-	if i := strings.LastIndex(said, "\n{"); i >= 0 {
-		said = said[i+1:]
-	}
-	r.Exits = append(r.Exits, name+": "+strings.TrimSpace(said))
+	lines := strings.Split(strings.TrimSpace(said), "\n")
+	r.Exits = append(r.Exits, name+": "+lines[len(lines)-1])
 }
 
 // noteRepeat files what asking again for op gave: its outcome, where its

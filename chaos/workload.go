@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,40 @@ type user struct {
 	password bool
 	token    string
 	gen      atomic.Int64 // the newest generation a sync was asked for
+
+	mu   sync.Mutex
+	seen []string // the passkeys the last answer showed the user to have
+}
+
+// pick is a passkey to remove: mostly one the user was last seen to have,
+// else one of its newest generation or the one before (which may be gone:
+// PASSKEY-NOT-FOUND).
+func (u *user) pick(rng *mrand.Rand) string {
+	u.mu.Lock()
+	seen := slices.Clone(u.seen)
+	u.mu.Unlock()
+	if len(seen) > 0 && rng.IntN(4) != 0 {
+		return seen[rng.IntN(len(seen))]
+	}
+	gen := u.gen.Load() - int64(rng.IntN(2))
+	return u.passkeys(max(gen, 0))[rng.IntN(4)]
+}
+
+// saw notes what an answer showed of the user's passkeys.
+func (u *user) saw(op *Op) {
+	if op.Result.Status != StatusOK {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch op.Kind {
+	case OpList:
+		u.seen = slices.Clone(op.Result.Passkeys)
+	case OpSync:
+		u.seen = slices.Clone(op.Set)
+	case OpRemove:
+		u.seen = slices.DeleteFunc(u.seen, func(id string) bool { return id == op.PK })
+	}
 }
 
 func (u *user) passkeys(gen int64) []string {
@@ -107,8 +142,7 @@ func (w *workload) run(ctx context.Context, id int) {
 		u := w.users[rng.IntN(len(w.users))]
 		switch r := rng.IntN(100); {
 		case r < 55:
-			gen := u.gen.Load() - int64(rng.IntN(2))
-			w.remove(id, u, u.passkeys(max(gen, 0))[rng.IntN(4)])
+			w.remove(id, u, u.pick(rng))
 		case r < 92:
 			w.list(id, u)
 		default:
@@ -178,6 +212,7 @@ func (w *workload) do(op *Op, u *user) {
 	}
 	op.Return = w.now()
 	op.Result = resultOf(err, body, seq, list)
+	u.saw(op)
 }
 
 // resultOf classifies a call's answer.

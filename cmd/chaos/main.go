@@ -41,8 +41,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	clients := fs.Int("clients", 6, "concurrent clients")
 	dir := fs.String("dir", "", "working folder: disks, logs, and a failure's history (default: a new temporary one, removed when the campaign passes)")
 	natsConf := fs.String("nats-conf", "nats.conf", "the nats.conf every node includes")
+	history := fs.String("check", "", "check this history.jsonl of a failed campaign again, and run nothing")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *history != "" {
+		return checkAgain(*history, stdout, stderr)
 	}
 	cfg := chaos.Config{Seed: *seed, Duration: *duration, Users: *users, Clients: *clients, NATSConf: *natsConf,
 		Dir: *dir, Power: chaos.FUSEAvailable(), Log: stdout}
@@ -97,6 +101,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintln(stdout, "chaos: passed")
+	return 0
+}
+
+// checkAgain checks a failed campaign's history again.
+func checkAgain(path string, stdout, stderr io.Writer) int {
+	v, err := chaos.CheckHistory(path, 5*time.Minute)
+	if err != nil {
+		fmt.Fprintln(stderr, "chaos:", err)
+		return 2
+	}
+	fmt.Fprintf(stdout, "model (porcupine): %s; anomalies: %d\n", v.Linearizable, len(v.Anomalies))
+	for _, a := range v.Anomalies {
+		fmt.Fprintln(stdout, "  ANOMALY", a)
+	}
+	if !v.OK() {
+		return 1
+	}
 	return 0
 }
 
