@@ -169,7 +169,7 @@ func (w *worker) openNATS(ctx context.Context) error {
 	w.onClose(nc.Close)
 	w.nc, w.clientURL = nc, clientURL
 	var serverGone func() time.Time
-	if !cfg.Embedded() {
+	if !cfg.Embedded() && !cfg.without(MechServerWatch) {
 		watch, err := natsconn.WatchServers(cfg.NATSURL, func(server string) {
 			log.Warn().Str("server", server).Msg("a NATS server went away: the commands whose replies went out around then are answered again")
 		}, connectOptions(cfg, log)...)
@@ -179,7 +179,7 @@ func (w *worker) openNATS(ctx context.Context) error {
 		w.onClose(watch.Close)
 		serverGone = watch.LastGone
 	}
-	if w.replies, err = reply.NewGuard(nc, serverGone, log, reply.Options{}); err != nil {
+	if w.replies, err = reply.NewGuard(nc, serverGone, log, reply.Options{NoResends: cfg.without(MechReplyResends)}); err != nil {
 		return err
 	}
 	w.onClose(w.replies.Close)
@@ -243,7 +243,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	w.parts = runner.New(runner.Config{ID: id, Partitions: cfg.Partitions, DataDir: cfg.DataDir, MaxBatch: cfg.MaxBatch,
 		Retention: cfg.Retention, EventsDuplicates: cfg.EventsDuplicates, SnapshotInterval: cfg.SnapshotInterval, SnapshotChanges: cfg.SnapshotChanges,
 		StoreTimeout: cfg.StoreTimeout, LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config),
-		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents,
+		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
 		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Replies: w.replies, Tracer: w.tracer, Log: log})

@@ -20,8 +20,9 @@ func TestClusterConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.ServerName != "n1" || opts.Cluster.Name != "passkeys" || len(opts.Routes) != 3 || !opts.JetStream || len(opts.Users) != 4 {
-		t.Fatalf("cluster.conf: server %q, cluster %q, %d routes, JetStream %v, %d users",
-			opts.ServerName, opts.Cluster.Name, len(opts.Routes), opts.JetStream, len(opts.Users))
+	if opts.ServerName != "n1" || opts.Cluster.Name != "passkeys" || len(opts.Routes) != 3 || !opts.JetStream || len(opts.Users) != 4 ||
+		!opts.SyncAlways {
+		t.Fatalf("cluster.conf: server %q, cluster %q, %d routes, JetStream %v, %d users, sync always %v",
+			opts.ServerName, opts.Cluster.Name, len(opts.Routes), opts.JetStream, len(opts.Users), opts.SyncAlways)
 	}
 }

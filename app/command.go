@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,6 +70,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	// A test hook, no flag: the process-kill test of the events holds them
 	// in the outbox, as a worker that died between commit and publish would.
 	cfg.HoldEvents = getenv("PASSKEYS_TEST_HOLD_EVENTS") == "1"
+	if len(cfg.Without) > 0 {
+		log.Warn().Strs("without", cfg.Without).Msg("mechanisms switched off (--without), for a fault campaign's measure: not for production")
+	}
 	return Run(ctx, cfg, log)
 }
 
@@ -95,7 +100,20 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.BoolVar(&cfg.AllowStoreGap, "allow-store-gap", false, "start even when a store restored from an old backup misses commands the stream no longer holds")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address of /metrics (Prometheus), /healthz, /readyz, /partitions and /backup (empty: none)")
 	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
+	fs.Func("without", "mechanisms switched off, comma-separated, for the fault campaign's measure of what each earns (docs/reliability.md): "+
+		strings.Join(mechanisms, ", ")+"; not for production", func(v string) error {
+		for _, m := range strings.Split(v, ",") {
+			if !slices.Contains(mechanisms, m) {
+				return fmt.Errorf("%q is none of %s", m, strings.Join(mechanisms, ", "))
+			}
+			cfg.Without = append(cfg.Without, m)
+		}
+		return nil
+	})
 }
+
+// mechanisms are what --without may switch off.
+var mechanisms = []string{MechReplyResends, MechEarlyAnswers, MechServerWatch}
 
 // eventFlags adds the flags of stream PASSKEYS_EVENTS.
 func eventFlags(fs *flag.FlagSet, cfg *Config) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -59,6 +60,10 @@ type Config struct {
 	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
 	NoSync        bool          // benchmarks of the layers above the disk only
 	HoldEvents    bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
+	// Without names mechanisms switched off (--without), for the fault
+	// campaign's measure of what each one earns: MechReplyResends,
+	// MechEarlyAnswers, MechServerWatch.
+	Without []string
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.
@@ -68,6 +73,25 @@ type Config struct {
 	// OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none.
 	Tracing trace.TracerProvider
 }
+
+// The mechanisms --without may switch off.
+const (
+	// MechReplyResends: the reply guard sends a reply nobody took again
+	// (and holds its command meanwhile); without it, such a reply is given
+	// up and its command acknowledged.
+	MechReplyResends = "reply-resends"
+	// MechEarlyAnswers: a takeover answers at once the commands the holder
+	// before left unanswered, and the order check those it applies from the
+	// stream; without it, they are answered when their deliveries come back.
+	MechEarlyAnswers = "early-answers"
+	// MechServerWatch: a connection to each NATS server tells the reply
+	// guard when one went away, and the replies sent around then are sent
+	// again; without it, nothing watches.
+	MechServerWatch = "server-watch"
+)
+
+// without tells whether mechanism m is switched off.
+func (c *Config) without(m string) bool { return slices.Contains(c.Without, m) }
 
 // Embedded reports whether the worker runs its own NATS server.
 func (c *Config) Embedded() bool { return c.NATSURL == "" }

@@ -20,6 +20,9 @@ func TestLoadEmbeddedConfig(t *testing.T) {
 	if opts.MaxPayload != 1<<20 || opts.JetStreamMaxStore != 10<<30 {
 		t.Errorf("limits not taken: max_payload %d, max_file_store %d", opts.MaxPayload, opts.JetStreamMaxStore)
 	}
+	if !opts.SyncAlways {
+		t.Error("sync_interval: always not taken: a power loss would lose what the stream acknowledged")
+	}
 	if len(opts.Users) != 0 || len(opts.Nkeys) != 0 {
 		t.Errorf("users kept: %d", len(opts.Users))
 	}

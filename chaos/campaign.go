@@ -40,6 +40,9 @@ type Config struct {
 	// Power puts every machine's data on a lazyfs mount (FUSE), which the
 	// power faults need.
 	Power bool
+	// Without is the worker's --without: mechanisms switched off, to
+	// measure what each one earns.
+	Without []string
 	// CheckTimeout bounds porcupine's search.
 	CheckTimeout time.Duration
 	Log          io.Writer
@@ -84,7 +87,8 @@ func (k *campaign) logf(format string, args ...any) {
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
 	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
-	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients, cfg.Faults, cfg.Power)
+	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients,
+		cfg.Faults, cfg.Power, cfg.Without)
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}

@@ -132,6 +132,9 @@ func (c *cluster) layOut(m *machine) error {
 		args: []string{"--nats-url", strings.Join(workerURLs, ","), "--jwks", filepath.Join(c.cfg.Dir, "jwks.json"),
 			"--issuer", issuer, "--audience", audience, "--data-dir", m.workerData(), "--replicas", "3",
 			"--create-stream=false", "--log-level", "info", "--log-format", "json"}}
+	if len(c.cfg.Without) > 0 {
+		m.worker.args = append(m.worker.args, "--without", strings.Join(c.cfg.Without, ","))
+	}
 	return nil
 }
 

@@ -156,7 +156,7 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 // for both still gets its answer.
 func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
 	to := replyToOf(cmd)
-	if c.Conn == nil || to == "" {
+	if c.Conn == nil || to == "" || c.NoEarlyAnswer {
 		return
 	}
 	if err := c.Conn.PublishMsg(replyMsg(to, cmd, wireOf(r))); err != nil {

@@ -66,6 +66,10 @@ type Processor struct {
 	// into its reply's headers and its event.
 	Tracer    trace.Tracer
 	Partition int
+	// NoEarlyAnswer: a command applied from the stream (the order check's)
+	// is answered when its delivery comes, not at once (the fault
+	// campaign's measure of the early answers).
+	NoEarlyAnswer bool
 
 	ackWait time.Duration // the consumer's, for giveBack
 }

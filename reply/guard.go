@@ -109,6 +109,9 @@ type Options struct {
 	// are sent again (default 1,000); MaxWaiting the replies waiting to be
 	// sent again (default 10,000), and a tenth of that per requester.
 	MaxHeld, MaxWaiting int
+	// NoResends gives up at once on a reply nobody took, and acknowledges
+	// its command: the fault campaign's measure of the resends.
+	NoResends bool
 }
 
 func (o Options) withDefaults() Options {
@@ -364,6 +367,9 @@ func (g *Guard) settle(s settling, now time.Time, st sendState, stopping bool, o
 		out.comeBack = append(out.comeBack, s)
 	case missed && stopping:
 		out.nak = append(out.nak, s.msg)
+	case missed && g.opts.NoResends:
+		g.givenUp.Add(1)
+		out.ack = append(out.ack, s.msg)
 	case missed:
 		queued, held := g.schedule(s.reply, s.msg, now.Add(g.opts.First))
 		switch {

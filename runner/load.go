@@ -64,7 +64,10 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	// The commands the holder before was handed and did not acknowledge
 	// are answered once the partition is served (serve), not after their
 	// ack wait.
-	pt.early = pipeline.NewEarlyAnswers(pt.cons.CachedInfo())
+	pt.early = &pipeline.EarlyAnswers{}
+	if !s.cfg.NoEarlyAnswers {
+		pt.early = pipeline.NewEarlyAnswers(pt.cons.CachedInfo())
+	}
 	n, last, err := pipeline.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
 		pt.lease.Progress, pt.early.Note)
 	if err != nil {

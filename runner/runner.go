@@ -62,6 +62,9 @@ type Config struct {
 	// have applied that far before it may serve.
 	LegacyUntil                       uint64
 	AllowStoreGap, NoSync, HoldEvents bool
+	// NoEarlyAnswers switches the early answers off (pipeline.EarlyAnswers
+	// and the order check's): the fault campaign's measure of them.
+	NoEarlyAnswers bool
 
 	Leases   jetstream.KeyValue
 	Conn     *nats.Conn
@@ -323,6 +326,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		Replies:       s.cfg.Replies,
 		Tracer:        s.cfg.Tracer,
 		Partition:     pt.p,
+		NoEarlyAnswer: s.cfg.NoEarlyAnswers,
 	}
 	// The lease is ours, so whoever held the pin before lost it or let go:
 	// unpin, so that this worker's pulls are served now, not once the old
