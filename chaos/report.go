@@ -38,7 +38,8 @@ type Report struct {
 	// Unavailable is, per fault kind, the longest time one user's
 	// operations all failed or waited, from the first call of such a run
 	// to the answer that ended it (a stall is put down to every fault that
-	// was on, or ended less than 30 s before, while it lasted).
+	// was on, or had healed less than 10 s before, while it lasted: with
+	// faults a few seconds apart, one stall is often put down to two).
 	Unavailable map[string]time.Duration `json:"unavailable"`
 	// P50, P99 and Max are the latencies of the operations that got a
 	// telling answer, retries included.
@@ -159,12 +160,16 @@ func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
 	return out
 }
 
-// blame is the kinds of the faults on while [from, to] lasted, or
-// "none".
+// blameAfter is how long after its heal a fault is still blamed for a
+// stall: a takeover waits out a lease, an ack wait, a leader election.
+const blameAfter = 10 * time.Second
+
+// blame is the kinds of the faults on (or healed less than blameAfter
+// before) while [from, to] lasted, or "none".
 func blame(faults []Fault, from, to int64) []string {
 	var kinds []string
 	for _, f := range faults {
-		if f.Start <= to && f.End+int64(30*time.Second) >= from && !slices.Contains(kinds, f.Kind) {
+		if f.Start <= to && f.End+int64(blameAfter) >= from && !slices.Contains(kinds, f.Kind) {
 			kinds = append(kinds, f.Kind)
 		}
 	}
