@@ -139,9 +139,33 @@ func leaseKey(p int) string      { return "partitions." + strconv.Itoa(p) }
 // Join makes this process the member of its worker id. A membership put by
 // another process of the same id that is still renewed is a duplicate
 // (ErrDuplicate); one that is no longer renewed (this worker's previous
-// run, killed) is waited out, at most the bucket's TTL.
+// run, killed) is waited out, at most the bucket's TTL. A bucket that does
+// not answer (a JetStream cluster still electing its leaders after every
+// node restarted) is asked again for up to JoinWait, not given up on at
+// once: the fault campaign's workers exited here after a power cut of
+// every machine.
 func (c *Coordinator) Join(ctx context.Context) error {
 	key := memberKey(c.cfg.ID)
+	deadline := time.Now().Add(JoinWait)
+	for {
+		err := c.join(ctx, key)
+		if err == nil || ctx.Err() != nil || errors.Is(err, ErrDuplicate) || time.Now().After(deadline) {
+			return err
+		}
+		c.log.Warn().Err(err).Str("worker_id", c.cfg.ID).Msg("could not join the workers yet; trying again")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// JoinWait bounds how long Join asks a bucket that does not answer.
+const JoinWait = 2 * time.Minute
+
+// join is one attempt of Join's.
+func (c *Coordinator) join(ctx context.Context, key string) error {
 	for {
 		gctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
 		e, err := c.kv.Get(gctx, key)

@@ -3,10 +3,14 @@ package ownership_test
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -197,5 +201,56 @@ func TestLoneWorkerRetriesAFailedPartition(t *testing.T) {
 	waitUntil(t, 20*time.Second, func() bool { return len(r.held("a")) == 8 })
 	if got := a.Avoided(); len(got) != 8 {
 		t.Fatalf("avoided %v; want all 8 still avoided (taken again only because nobody else would)", got)
+	}
+}
+
+// Join waits for a lease bucket that does not answer yet (a JetStream that
+// is still coming back after every node restarted), rather than give up at
+// once: the fault campaign's workers exited here after a power cut of
+// every machine.
+func TestJoinWaitsForTheBucket(t *testing.T) {
+	dir, addr := t.TempDir(), testenv.FreeAddr(t)
+	host, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	serve := func() *server.Server {
+		ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Host: host, Port: port, NoLog: true, NoSigs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("NATS server did not start")
+		}
+		return ns
+	}
+	ns := serve()
+	js, err := jetstream.New(testenv.Connect(t, ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(context.Background(), topology.Settings{Replicas: 1}.LeaseBucketConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
+	c := ownership.New(kv, ownership.Config{ID: "a", Partitions: 8, Renew: 500 * time.Millisecond}, r.runner("a"), zerolog.Nop())
+	joined := make(chan error, 1)
+	go func() { joined <- c.Join(context.Background()) }()
+	select {
+	case err := <-joined:
+		t.Fatalf("joined with no server: %v", err)
+	case <-time.After(3 * time.Second): // several attempts failed meanwhile
+	}
+	ns = serve()
+	defer ns.Shutdown()
+	select {
+	case err := <-joined:
+		if err != nil {
+			t.Fatalf("join once the server is back: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no join 30 s after the server came back")
 	}
 }
