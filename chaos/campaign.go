@@ -86,6 +86,14 @@ func (k *campaign) logf(format string, args ...any) {
 // report.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
+	for _, kind := range cfg.Faults {
+		if !slices.Contains(AllFaults, kind) {
+			return nil, fmt.Errorf("no fault kind %q (the kinds: %v)", kind, AllFaults)
+		}
+		if PowerFaults(kind) && !cfg.Power {
+			return nil, fmt.Errorf("fault %s needs the lazyfs disks (Config.Power)", kind)
+		}
+	}
 	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
 	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients,
 		cfg.Faults, cfg.Power, cfg.Without)
@@ -165,11 +173,14 @@ func (k *campaign) setUp(ctx context.Context) error {
 	}
 	k.logf("syncing %d users", len(k.w.users))
 	for _, u := range k.w.users {
+		// One Nats-Msg-Id for every attempt, each recorded: an attempt
+		// without an answer may have been applied.
+		msgID := newMsgID()
 		for try := 0; ; try++ {
-			op := &Op{Client: k.cfg.Clients, Kind: OpSync, User: u.id, Set: u.passkeys(0), Password: u.password, MsgID: newMsgID()}
+			op := &Op{Client: k.cfg.Clients, Kind: OpSync, User: u.id, Set: u.passkeys(0), Password: u.password, MsgID: msgID}
 			k.w.do(op, u)
+			k.w.hist.add(op)
 			if op.Result.Status == StatusOK {
-				k.w.hist.add(op)
 				break
 			}
 			if try == 5 {
@@ -249,8 +260,9 @@ func (k *campaign) settle(ctx context.Context) error {
 	t0 := time.Now()
 	for _, u := range k.w.users {
 		for {
-			op := &Op{Client: k.cfg.Clients, Kind: OpList, User: u.id}
-			k.w.do(op, u)
+			// Recorded: the reads between the heal and the re-asks are
+			// what shows a change lost with a power cut and made again.
+			op := k.w.list(k.cfg.Clients, u)
 			if op.Result.Status == StatusOK {
 				break
 			}

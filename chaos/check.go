@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/passkeys/worker/passkey"
 )
 
 // Verdict is what the checker found in a history.
@@ -89,7 +91,49 @@ func checkUser(user string, ops []*Op) []string {
 		}
 	}
 	found = append(found, reappeared(user, ops)...)
+	found = append(found, refusals(user, ops)...)
+	found = append(found, dates(user, ops)...)
 	return append(found, finalState(user, ops, changes, unknown)...)
+}
+
+// failureIDs are the refusals that say the command failed and changed
+// nothing: the store or NATS failed until the retries ran out.
+var failureIDs = []string{passkey.IDInternal, passkey.IDRetriesExhausted}
+
+// refusals is every refusal the campaign's calls should never get: its
+// tokens are valid all along and its requests well formed, so anything but
+// a verdict of the rules or a failure after retries (an authentication
+// refusal, a denial, a reply that breaks the contract) is an anomaly.
+func refusals(user string, ops []*Op) []string {
+	var found []string
+	for _, op := range ops {
+		if id := op.Result.ErrID; op.Result.Status == StatusRefused && !definitive(id) && !slices.Contains(failureIDs, id) {
+			found = append(found, fmt.Sprintf("%s: an unexpected refusal: %s %s", user, describe(op), op.Result.Err))
+		}
+	}
+	return found
+}
+
+// dates is every sequence of the user seen with two changeDates: a change
+// lost and made again (a later command took its number) shows so, even
+// where no read saw the loss.
+func dates(user string, ops []*Op) []string {
+	var found []string
+	seen := map[uint64]*Op{}
+	for _, op := range ops {
+		if op.Result.Status != StatusOK || op.Result.Date == "" {
+			continue
+		}
+		first, ok := seen[op.Result.Seq]
+		switch {
+		case !ok:
+			seen[op.Result.Seq] = op
+		case first.Result.Date != op.Result.Date:
+			found = append(found, fmt.Sprintf("%s: sequence %d changed at %s (%s) and at %s (%s)", user, op.Result.Seq,
+				first.Result.Date, describe(first), op.Result.Date, describe(op)))
+		}
+	}
+	return found
 }
 
 // reappeared is every read that shows a passkey after its removal was

@@ -149,18 +149,26 @@ func (c *cluster) nodeConf(m *machine, routes []string) (string, error) {
 	if err := os.WriteFile(filepath.Join(m.dir, "nats.conf"), shipped, 0o600); err != nil {
 		return "", err
 	}
-	// no_advertise: the nodes know each other, and the clients know the
-	// nodes, only through the proxies, so that a cut holds.
+	// The nodes know each other, and the workers know the nodes, only
+	// through the proxies, so that a cut holds: no_advertise keeps the
+	// nodes' client addresses from the workers, and each node gossips a
+	// route address where nobody listens (a node dials a gossiped route
+	// that is not one of its own configured ones).
+	nowhere, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
 	conf := fmt.Sprintf(`server_name: n%d
 listen: %q
 include ./nats.conf
 cluster {
   name: passkeys
   listen: %q
+  advertise: %q
   routes: [%s]
   no_advertise: true
 }
-`, m.i+1, m.client, m.route, strings.Join(routes, ", "))
+`, m.i+1, m.client, m.route, nowhere, strings.Join(routes, ", "))
 	path := filepath.Join(m.dir, "node.conf")
 	return path, os.WriteFile(path, []byte(conf), 0o600)
 }

@@ -60,6 +60,9 @@ type Result struct {
 	Seq uint64 `json:"seq,omitempty"`
 	// Passkeys is a list's passkey ids, sorted.
 	Passkeys []string `json:"passkeys,omitempty"`
+	// Date is a change's changeDate, or a list's timestamp (the changeDate
+	// of its processed sequence's change), RFC 3339.
+	Date string `json:"date,omitempty"`
 	// Body is a change's reply, byte for byte.
 	Body []byte `json:"body,omitempty"`
 	// Err is what the client said when the status is unknown.

@@ -127,9 +127,10 @@ func (n *nemesis) plan(kind string, m, other *machine, hold, down time.Duration)
 		return n.inject(kind, m.nats.name+"-"+other.nats.name, func() error { n.cut(links, max(hold, 2*time.Second)); return nil })
 	case FaultPowerOne:
 		return n.inject(kind, fmt.Sprintf("m%d", m.i+1), func() error { return n.c.powerCut([]*machine{m}) })
-	default: // FaultPowerAll
+	case FaultPowerAll:
 		return n.inject(kind, "all", func() error { return n.c.powerCut(n.c.machines) })
 	}
+	panic("chaos: no fault kind " + kind) // Run checked the kinds
 }
 
 // inject returns the function that runs one fault and records it.

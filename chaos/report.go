@@ -65,7 +65,12 @@ func newReport(cfg *Config) *Report {
 }
 
 // OK tells whether the campaign found nothing wrong.
-func (r *Report) OK() bool { return r.Linearizable == string(porcupine.Ok) && len(r.Anomalies) == 0 }
+// A power cut that was not clean (a process still used the disk) or a
+// fault that failed to be injected or healed fails the campaign too: its
+// history does not show what it claims to.
+func (r *Report) OK() bool {
+	return r.Linearizable == string(porcupine.Ok) && len(r.Anomalies) == 0 && r.Detached == 0 && len(r.FaultError) == 0
+}
 
 // addExit files a program that exited by itself, with its log's last line.
 func (r *Report) addExit(name, said string) {

@@ -188,11 +188,12 @@ func (w *workload) do(op *Op, u *user) {
 	var err error
 	var seq uint64
 	var list []string
+	var date time.Time
 	switch op.Kind {
 	case OpRemove:
 		var d client.Details
 		d, err = w.service.Remove(ctx, op.User, op.PK, append(opts, client.Token(u.token))...)
-		seq = d.Sequence
+		seq, date = d.Sequence, d.ChangeDate
 	case OpSync:
 		snap := client.User{ID: op.User, ResourceOwner: org, Password: op.Password}
 		for _, id := range op.Set {
@@ -200,11 +201,11 @@ func (w *workload) do(op *Op, u *user) {
 		}
 		var d client.Details
 		d, err = w.admin.Sync(ctx, snap, opts...)
-		seq = d.Sequence
+		seq, date = d.Sequence, d.ChangeDate
 	default:
 		var l client.List
 		l, err = w.service.List(ctx, op.User, client.Token(u.token))
-		seq = l.ProcessedSequence
+		seq, date = l.ProcessedSequence, l.Timestamp
 		for _, pk := range l.Passkeys {
 			list = append(list, pk.ID)
 		}
@@ -212,6 +213,9 @@ func (w *workload) do(op *Op, u *user) {
 	}
 	op.Return = w.now()
 	op.Result = resultOf(err, body, seq, list)
+	if op.Result.Status == StatusOK && seq > 0 {
+		op.Result.Date = date.UTC().Format(time.RFC3339Nano)
+	}
 	u.saw(op)
 }
 
@@ -221,11 +225,17 @@ func resultOf(err error, body []byte, seq uint64, list []string) Result {
 	switch {
 	case err == nil:
 		return Result{Status: StatusOK, Seq: seq, Passkeys: list, Body: body}
+	case errors.Is(err, client.ErrBadReply):
+		return Result{Status: StatusRefused, ErrID: badReply, Body: body, Err: err.Error()}
 	case errors.Is(err, client.ErrOutcomeUnknown) || !errors.As(err, &e) || e.Unavailable():
 		return Result{Status: StatusUnknown, Err: err.Error()}
 	}
 	return Result{Status: StatusRefused, ErrID: e.ID, Body: body}
 }
+
+// badReply is the id the campaign gives a reply that breaks the wire
+// contract (client.ErrBadReply): an anomaly.
+const badReply = "CHAOS-BAD-REPLY"
 
 // newMsgID is a Nats-Msg-Id of the campaign's own: 64 random bits.
 func newMsgID() string {

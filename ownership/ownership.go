@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -149,7 +150,7 @@ func (c *Coordinator) Join(ctx context.Context) error {
 	deadline := time.Now().Add(JoinWait)
 	for {
 		err := c.join(ctx, key)
-		if err == nil || ctx.Err() != nil || errors.Is(err, ErrDuplicate) || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || !transient(err) || time.Now().After(deadline) {
 			return err
 		}
 		c.log.Warn().Err(err).Str("worker_id", c.cfg.ID).Msg("could not join the workers yet; trying again")
@@ -163,6 +164,15 @@ func (c *Coordinator) Join(ctx context.Context) error {
 
 // JoinWait bounds how long Join asks a bucket that does not answer.
 const JoinWait = 2 * time.Minute
+
+// transient tells whether err is a bucket that did not answer (yet): a
+// time-out, no responders, or JetStream unavailable. A permission
+// violation or a missing bucket is not waited for.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || (errors.As(err, &apiErr) && apiErr.Code == 503)
+}
 
 // join is one attempt of Join's.
 func (c *Coordinator) join(ctx context.Context, key string) error {
@@ -185,6 +195,12 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 			continue // another process of this id came first: look at it
 		case err != nil:
 			return fmt.Errorf("join as member %s: %w", c.cfg.ID, err)
+		}
+		var m member
+		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation == c.incarnation {
+			// An earlier attempt's create was stored, its answer lost.
+			c.setMemberRev(e.Revision())
+			return nil
 		}
 		if err := c.waitOut(ctx, key, e.Revision()); err != nil {
 			return err

@@ -213,6 +213,21 @@ var dataCases = []cutCase{{
 	wantBefore: "AABBAAAA",
 	wantAfter:  "AAAAAAAA",
 }, {
+	// The backing file must not be opened O_APPEND: pwrite there appends,
+	// and the fsync would write the overlay's page after the old content.
+	name:  "appended through O_APPEND and fsynced",
+	setup: synced("hello world"),
+	act: func(t *testing.T, p string) {
+		withFile(t, p, os.O_WRONLY|os.O_APPEND, func(fh *os.File) error {
+			if _, err := fh.WriteString("!!"); err != nil {
+				return err
+			}
+			return fh.Sync()
+		})
+	},
+	wantBefore: "hello world!!",
+	wantAfter:  "hello world!!",
+}, {
 	name: "written through one handle, fsynced through another",
 	act: func(t *testing.T, p string) {
 		withFile(t, p, os.O_RDWR|os.O_CREATE, func(w *os.File) error {

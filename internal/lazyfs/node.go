@@ -125,7 +125,7 @@ func (n *node) truncate(h *handle, size int64) syscall.Errno {
 // buffered; O_DIRECT would need aligned buffers and means nothing for data
 // kept in memory; O_APPEND is the kernel's business.
 func backingFlags(flags uint32) uint32 {
-	return flags&^(syscall.O_TRUNC|syscall.O_DIRECT|syscall.O_ACCMODE) | syscall.O_RDWR
+	return flags&^(syscall.O_TRUNC|syscall.O_DIRECT|syscall.O_APPEND|syscall.O_ACCMODE) | syscall.O_RDWR
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
