@@ -131,8 +131,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	k.rep.fill(ops, k.nem.Faults(), v, k.c)
 	if !k.rep.OK() {
 		k.rep.FailureDir, err = k.writeFailure(ops, v)
+		return k.rep, err
 	}
-	return k.rep, err
+	// A passing campaign's history too, for whoever studies its figures
+	// (cmd/chaos removes the folder unless it was given one).
+	if err := writeHistory(filepath.Join(cfg.Dir, "history.jsonl"), ops); err != nil {
+		return k.rep, err
+	}
+	return k.rep, k.rep.write(filepath.Join(cfg.Dir, "report.json"))
 }
 
 // setUp starts the nodes, provisions the streams and the keys as the
