@@ -18,7 +18,7 @@ func TestShortCampaign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Seed: 1, Duration: 20 * time.Second, Users: 20, Clients: 4, Dir: dir, NATSConf: "../nats.conf",
+	cfg := Config{Seed: 1, Duration: 15 * time.Second, Users: 20, Clients: 4, Dir: dir, NATSConf: "../nats.conf",
 		NATSServer: natsServer, Worker: worker, Power: FUSEAvailable(), Log: testWriter{t}}
 	if !cfg.Power {
 		t.Log("no FUSE here: power faults left out")

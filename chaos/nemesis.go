@@ -50,11 +50,14 @@ type Fault struct {
 // nemesis injects the faults of a seeded schedule: the seed decides the
 // kinds, targets and durations, not the interleaving with the clients.
 type nemesis struct {
-	c      *cluster
-	rng    *mrand.Rand
-	kinds  []string
-	start  time.Time
-	log    func(format string, args ...any)
+	c     *cluster
+	rng   *mrand.Rand
+	kinds []string
+	start time.Time
+	log   func(format string, args ...any)
+	// ctx is run's: once it ends, a fault being held is healed at once,
+	// so that a campaign ends on time.
+	ctx    context.Context
 	mu     sync.Mutex
 	faults []Fault
 }
@@ -69,6 +72,7 @@ func (n *nemesis) span(lo, hi time.Duration) time.Duration {
 // run injects faults until ctx ends: a quiet 2 to 6 s, then one fault, or
 // two at once one time in five, each held and healed.
 func (n *nemesis) run(ctx context.Context) {
+	n.ctx = ctx
 	for {
 		if !sleepCtx(ctx, n.span(2*time.Second, 6*time.Second)) {
 			return
@@ -115,13 +119,13 @@ func (n *nemesis) plan(kind string, m, other *machine, hold, down time.Duration)
 	case FaultWorkerKill, FaultWorkerWipe:
 		return n.inject(kind, m.worker.name, func() error { return n.restartWorker(m, down, kind == FaultWorkerWipe) })
 	case FaultWorkerFreeze:
-		return n.inject(kind, m.worker.name, func() error { m.worker.freeze(); time.Sleep(hold); m.worker.thaw(); return nil })
+		return n.inject(kind, m.worker.name, func() error { m.worker.freeze(); n.wait(hold); m.worker.thaw(); return nil })
 	case FaultWorkerCut:
 		return n.inject(kind, m.worker.name, func() error { n.cut(m.toNode, max(hold, 2*time.Second)); return nil })
 	case FaultNodeKill:
-		return n.inject(kind, m.nats.name, func() error { m.nats.kill(); time.Sleep(down); return n.c.startNode(m) })
+		return n.inject(kind, m.nats.name, func() error { m.nats.kill(); n.wait(down); return n.c.startNode(m) })
 	case FaultNodeFreeze:
-		return n.inject(kind, m.nats.name, func() error { m.nats.freeze(); time.Sleep(hold); m.nats.thaw(); return nil })
+		return n.inject(kind, m.nats.name, func() error { m.nats.freeze(); n.wait(hold); m.nats.thaw(); return nil })
 	case FaultRouteCut:
 		links := []*proxy{m.routeTo[other.i], other.routeTo[m.i]}
 		return n.inject(kind, m.nats.name+"-"+other.nats.name, func() error { n.cut(links, max(hold, 2*time.Second)); return nil })
@@ -158,7 +162,7 @@ func (n *nemesis) restartWorker(m *machine, down time.Duration, wipe bool) error
 			return err
 		}
 	}
-	time.Sleep(down)
+	n.wait(down)
 	return m.worker.start()
 }
 
@@ -167,7 +171,7 @@ func (n *nemesis) cut(links []*proxy, d time.Duration) {
 	for _, l := range links {
 		l.Cut()
 	}
-	time.Sleep(d)
+	n.wait(d)
 	for _, l := range links {
 		l.Heal()
 	}
@@ -179,6 +183,9 @@ func (n *nemesis) Faults() []Fault {
 	defer n.mu.Unlock()
 	return slices.Clone(n.faults)
 }
+
+// wait holds a fault for d, or until the campaign's time is up.
+func (n *nemesis) wait(d time.Duration) { sleepCtx(n.ctx, d) }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
