@@ -66,6 +66,20 @@ func (cfg *Config) defaults() {
 	}
 }
 
+// CheckFaults tells whether every fault kind named is one, and can be
+// injected here (a power fault needs Power).
+func (cfg *Config) CheckFaults() error {
+	for _, kind := range cfg.Faults {
+		if !slices.Contains(AllFaults, kind) {
+			return fmt.Errorf("no fault kind %q (the kinds: %v)", kind, AllFaults)
+		}
+		if PowerFaults(kind) && !cfg.Power {
+			return fmt.Errorf("fault %s needs the lazyfs disks: FUSE (root and /dev/fuse)", kind)
+		}
+	}
+	return nil
+}
+
 // campaign is one run's state.
 type campaign struct {
 	cfg   *Config
@@ -86,13 +100,8 @@ func (k *campaign) logf(format string, args ...any) {
 // report.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.defaults()
-	for _, kind := range cfg.Faults {
-		if !slices.Contains(AllFaults, kind) {
-			return nil, fmt.Errorf("no fault kind %q (the kinds: %v)", kind, AllFaults)
-		}
-		if PowerFaults(kind) && !cfg.Power {
-			return nil, fmt.Errorf("fault %s needs the lazyfs disks (Config.Power)", kind)
-		}
+	if err := cfg.CheckFaults(); err != nil {
+		return nil, err
 	}
 	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
 	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients,

@@ -60,15 +60,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *faults != "all" {
 		cfg.Faults = strings.Split(*faults, ",")
 	}
-	for _, k := range cfg.Faults {
-		if chaos.PowerFaults(k) && !cfg.Power {
-			fmt.Fprintf(stderr, "chaos: fault %s needs FUSE (root and /dev/fuse)\n", k)
-			return 2
-		}
-	}
 	if cfg.Faults == nil && !cfg.Power {
 		fmt.Fprintln(stderr, "chaos: no FUSE here (root and /dev/fuse): power faults left out")
 		cfg.Faults = withoutPower(chaos.AllFaults)
+	}
+	if err := cfg.CheckFaults(); err != nil {
+		fmt.Fprintln(stderr, "chaos:", err)
+		return 2
 	}
 	keep := cfg.Dir != ""
 	if !keep {
@@ -86,13 +84,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "chaos: seed %d, folder %s\n", cfg.Seed, cfg.Dir)
 	rep, err := chaos.Run(ctx, cfg)
-	if rep != nil {
-		fmt.Fprint(stdout, rep)
-	}
 	replay := fmt.Sprintf("go run ./cmd/chaos --seed %d --duration %v --faults %s --users %d --clients %d --nats-conf %s",
 		cfg.Seed, cfg.Duration, *faults, cfg.Users, cfg.Clients, cfg.NATSConf)
 	if *without != "" {
 		replay += " --without " + *without
+	}
+	return finish(cfg, rep, err, keep, replay, stdout, stderr)
+}
+
+// finish prints the report and the verdict, and removes a temporary
+// folder of a campaign that passed.
+func finish(cfg chaos.Config, rep *chaos.Report, err error, keep bool, replay string, stdout, stderr io.Writer) int {
+	if rep != nil {
+		fmt.Fprint(stdout, rep)
 	}
 	switch {
 	case err != nil:
