@@ -98,7 +98,7 @@ type workload struct {
 }
 
 // newWorkload makes the signing key (its JWKS at jwksPath), the users and
-// their tokens, valid for ttl.
+// their tokens, valid for the campaign's duration and two hours more.
 func newWorkload(cfg *Config, jwksPath string, service, admin *nats.Conn, start time.Time) (*workload, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
