@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/internal/telemetry/otlphttp"
@@ -42,12 +43,31 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if cfg.FaultClock != "" {
+		go followClock(ctx, cfg.FaultClock, log)
+	}
 	w := &worker{cfg: cfg, log: log}
 	defer w.close()
 	if err := w.open(ctx); err != nil {
 		return err
 	}
 	return w.serve(ctx)
+}
+
+// followClock puts this worker's clocks off as the fault campaign's file
+// at path says (--fault-clock), until ctx ends.
+func followClock(ctx context.Context, path string, log zerolog.Logger) {
+	clock.Follow(ctx, path, 100*time.Millisecond, func(offset time.Duration, rate float64, err error) {
+		if err != nil {
+			log.Error().Err(err).Msg("clock fault file not taken")
+			return
+		}
+		if offset == 0 && rate == 1 {
+			log.Warn().Msg("clock fault (--fault-clock): none, this worker's clock is right")
+			return
+		}
+		log.Warn().Str("offset", offset.String()).Float64("rate", rate).Msg("clock fault (--fault-clock): this worker's clock is set off")
+	})
 }
 
 // worker is a running worker's parts: open brings them up in order, serve

@@ -70,6 +70,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	// A test hook, no flag: the process-kill test of the events holds them
 	// in the outbox, as a worker that died between commit and publish would.
 	cfg.HoldEvents = getenv("PASSKEYS_TEST_HOLD_EVENTS") == "1"
+	if cfg.FaultClock != "" {
+		log.Warn().Str("file", cfg.FaultClock).Msg("this worker's clock follows a fault file (--fault-clock), for a fault campaign: not for production")
+	}
 	if len(cfg.Without) > 0 {
 		log.Warn().Strs("without", cfg.Without).Msg("mechanisms switched off (--without), for a fault campaign's measure: not for production")
 	}
@@ -100,6 +103,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.BoolVar(&cfg.AllowStoreGap, "allow-store-gap", false, "start even when a store restored from an old backup misses commands the stream no longer holds")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "", "address of /metrics (Prometheus), /healthz, /readyz, /partitions and /backup (empty: none)")
 	fs.DurationVar(&cfg.JWKSReload, "jwks-reload-interval", 10*time.Second, "how often the JWKS file is checked for changes (it is also reloaded on SIGHUP)")
+	fs.StringVar(&cfg.FaultClock, "fault-clock", "", "for the fault campaign: a file that sets this worker's clock off (offset=<duration> rate=<number>), read every 100 ms; not for production")
 	fs.Func("without", "mechanisms switched off, comma-separated, for the fault campaign's measure of what each earns (docs/reliability.md): "+
 		strings.Join(mechanisms, ", ")+"; not for production", func(v string) error {
 		for _, m := range strings.Split(v, ",") {

@@ -64,6 +64,10 @@ type Config struct {
 	// campaign's measure of what each one earns: MechReplyResends,
 	// MechEarlyAnswers, MechServerWatch.
 	Without []string
+	// FaultClock is a file that sets this worker's clocks off
+	// (--fault-clock), for the fault campaign's clock faults: see package
+	// internal/clock.
+	FaultClock string
 
 	// Started, when set, is called once the worker serves, with the URL
 	// clients reach NATS at.

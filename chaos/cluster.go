@@ -44,6 +44,10 @@ type machine struct {
 func (m *machine) natsStore() string  { return filepath.Join(m.mount, "nats") }
 func (m *machine) workerData() string { return filepath.Join(m.mount, "worker") }
 
+// clockFile is where the nemesis says how the worker's clock is off
+// (worker --fault-clock); no file, no fault.
+func (m *machine) clockFile() string { return filepath.Join(m.dir, "clock") }
+
 // cluster is the campaign's three machines.
 type cluster struct {
 	cfg      *Config
@@ -131,7 +135,7 @@ func (c *cluster) layOut(m *machine) error {
 	m.worker = &process{name: fmt.Sprintf("w%d", m.i+1), bin: c.cfg.Worker, log: filepath.Join(m.dir, "worker.log"),
 		args: []string{"--nats-url", strings.Join(workerURLs, ","), "--jwks", filepath.Join(c.cfg.Dir, "jwks.json"),
 			"--issuer", issuer, "--audience", audience, "--data-dir", m.workerData(), "--replicas", "3",
-			"--create-stream=false", "--log-level", "info", "--log-format", "json"}}
+			"--create-stream=false", "--fault-clock", m.clockFile(), "--log-level", "info", "--log-format", "json"}}
 	if len(c.cfg.Without) > 0 {
 		m.worker.args = append(m.worker.args, "--without", strings.Join(c.cfg.Without, ","))
 	}

@@ -20,6 +20,10 @@ const (
 	FaultWorkerFreeze = "worker-freeze"
 	// FaultWorkerCut: no byte between a worker and any NATS node for 2 to 20 s.
 	FaultWorkerCut = "worker-cut"
+	// FaultWorkerClock: a worker's clock jumps ahead by 1 minute to 10 days
+	// or back by 1 minute to 3 days, or runs 1.5 to 10 times too fast, for
+	// 1 to 20 s; then it is right again (worker --fault-clock).
+	FaultWorkerClock = "worker-clock"
 	// FaultNodeKill: kill -9 a NATS node; it starts again on its store.
 	FaultNodeKill = "node-kill"
 	// FaultNodeFreeze: SIGSTOP a NATS node for 1 to 20 s, then SIGCONT.
@@ -34,7 +38,7 @@ const (
 )
 
 // AllFaults is every kind, in the order reports list them.
-var AllFaults = []string{FaultWorkerKill, FaultWorkerWipe, FaultWorkerFreeze, FaultWorkerCut, FaultNodeKill,
+var AllFaults = []string{FaultWorkerKill, FaultWorkerWipe, FaultWorkerFreeze, FaultWorkerCut, FaultWorkerClock, FaultNodeKill,
 	FaultNodeFreeze, FaultRouteCut, FaultPowerOne, FaultPowerAll}
 
 // Fault is one fault as injected: its kind, what it hit, when it began
@@ -122,6 +126,9 @@ func (n *nemesis) plan(kind string, m, other *machine, hold, down time.Duration)
 		return n.inject(kind, m.worker.name, func() error { m.worker.freeze(); n.wait(hold); m.worker.thaw(); return nil })
 	case FaultWorkerCut:
 		return n.inject(kind, m.worker.name, func() error { n.cut(m.toNode, max(hold, 2*time.Second)); return nil })
+	case FaultWorkerClock:
+		spec := n.clockFault()
+		return n.inject(kind, m.worker.name+" "+spec, func() error { return n.skewClock(m, spec, hold) })
 	case FaultNodeKill:
 		return n.inject(kind, m.nats.name, func() error { m.nats.kill(); n.wait(down); return n.c.startNode(m) })
 	case FaultNodeFreeze:
@@ -164,6 +171,33 @@ func (n *nemesis) restartWorker(m *machine, down time.Duration, wipe bool) error
 	}
 	n.wait(down)
 	return m.worker.start()
+}
+
+// clockFault draws how a worker's clock is off, as its --fault-clock file
+// spells it: a jump ahead of 1 minute to 10 days, back of 1 minute to 3
+// days, or a rate.
+func (n *nemesis) clockFault() string {
+	switch n.rng.IntN(3) {
+	case 0:
+		return fmt.Sprintf("offset=%v", n.span(time.Minute, 240*time.Hour).Round(time.Second)) // past the 7 days of retention too
+	case 1:
+		return fmt.Sprintf("offset=-%v", n.span(time.Minute, 72*time.Hour).Round(time.Second))
+	}
+	return fmt.Sprintf("rate=%v", []float64{1.5, 2, 4, 10}[n.rng.IntN(4)])
+}
+
+// skewClock puts machine m's worker's clock off as spec says for d, then
+// right again.
+func (n *nemesis) skewClock(m *machine, spec string, d time.Duration) error {
+	tmp := m.clockFile() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(spec+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, m.clockFile()); err != nil {
+		return err
+	}
+	n.wait(d)
+	return os.Remove(m.clockFile())
 }
 
 // cut stops every byte on links for d.

@@ -368,7 +368,7 @@ const anchorWindow = 5 * time.Minute
 // leader holds nothing back for longer than the window. Called with h.mu
 // held.
 func (h *History) barrier(reading time.Time, asked clock.Instant) time.Time {
-	return h.barrierAt(reading, asked, time.Now())
+	return h.barrierAt(reading, asked, clock.Wall())
 }
 
 // barrierAt is barrier with this machine's wall clock at wall.

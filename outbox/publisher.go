@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/passkeys/worker/event"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/storage"
@@ -166,7 +167,7 @@ func (e *Publisher) publishedAlready(ctx context.Context, ev storage.PendingEven
 	var doc struct {
 		Time time.Time `json:"time"`
 	}
-	if json.Unmarshal(ev.Doc, &doc) != nil || time.Since(doc.Time) < e.Dedup/2 {
+	if json.Unmarshal(ev.Doc, &doc) != nil || clock.Wall().Sub(doc.Time) < e.Dedup/2 {
 		return false, nil
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)

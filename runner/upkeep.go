@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/pipeline"
 )
@@ -80,7 +81,7 @@ func (s *Set) PruneOutcomes(ctx context.Context) {
 			log.Warn().Err(err).Msg("outcome records not pruned: the command stream's clock could not be read")
 			continue
 		}
-		if d := time.Since(info.TimeStamp); d > maxPruneSkew || d < -maxPruneSkew {
+		if d := clock.Wall().Sub(info.TimeStamp); d > maxPruneSkew || d < -maxPruneSkew {
 			// One of the two clocks is wrong, and which one cannot be told.
 			log.Warn().Time("stream_clock", info.TimeStamp).Msg("outcome records not pruned: the command stream's leader's clock and this machine's differ by more than 10 minutes")
 			continue

@@ -20,6 +20,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/traceprop"
@@ -343,7 +344,7 @@ func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, k
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
 			var err error
-			out, err = command.StoredOutcome(tx, userID, key, nil, time.Now())
+			out, err = command.StoredOutcome(tx, userID, key, nil, clock.Wall())
 			return err
 		})
 		switch {

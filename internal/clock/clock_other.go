@@ -6,6 +6,6 @@ import "time"
 
 var start = time.Now()
 
-// Now reads Go's monotonic clock, which on other systems may not count a
+// raw reads Go's monotonic clock, which on other systems may not count a
 // suspended machine's sleep.
-func Now() Instant { return Instant(time.Since(start)) }
+func raw() Instant { return Instant(time.Since(start)) }
