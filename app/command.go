@@ -155,6 +155,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	eventFlags(fs, &cfg)
 	clusterFlags(fs, &cfg)
 	fs.DurationVar(&cfg.ProvisionWait, "wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
+	resetLeases := fs.Bool("reset-leases", false, "delete the lease bucket "+topology.LeaseBucket+" first and create it again empty, after its TTL: for a bucket NATS left without a leader, which workers then name (docs/operations.md)")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every worker trusts from a few seconds after the NATS server stored it")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
@@ -198,6 +199,12 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
 	defer cancel()
+	if *resetLeases {
+		if err := topology.ResetLeases(ctx, js, log); err != nil {
+			return fmt.Errorf("provision --reset-leases: %w", err)
+		}
+		fmt.Fprintf(stdout, "lease bucket %s deleted; creating it again\n", topology.LeaseBucket)
+	}
 	h, err := topology.Provision(ctx, js, cfg.Settings(), log)
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,6 +90,9 @@ type campaign struct {
 	start time.Time
 	rep   *Report
 	ncs   []*nats.Conn
+	// lastReset is when the campaign, as the operator, last reset the
+	// lease bucket (the supervisor's goroutine only).
+	lastReset time.Time
 }
 
 func (k *campaign) logf(format string, args ...any) {
@@ -176,10 +180,8 @@ func (k *campaign) setUp(ctx context.Context) error {
 		return err
 	}
 	k.logf("worker provision --replicas 3")
-	out, err := exec.CommandContext(ctx, k.cfg.Worker, "provision", "--nats-url", k.c.natsURLs("passkeys-provisioner"),
-		"--replicas", "3", "--jwks", jwks, "--issuer", issuer, "--audience", audience).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("worker provision: %v\n%s", err, out)
+	if err := k.provision(ctx, "--jwks", jwks, "--issuer", issuer, "--audience", audience); err != nil {
+		return err
 	}
 	for _, m := range k.c.machines {
 		if err := m.worker.start(); err != nil {
@@ -202,6 +204,17 @@ func (k *campaign) setUp(ctx context.Context) error {
 				return fmt.Errorf("the first sync of %s: %s %s %s", u.id, op.Result.Status, op.Result.ErrID, op.Result.Err)
 			}
 		}
+	}
+	return nil
+}
+
+// provision runs `worker provision --replicas 3` as the operator does,
+// with extra flags.
+func (k *campaign) provision(ctx context.Context, extra ...string) error {
+	args := append([]string{"provision", "--nats-url", k.c.natsURLs("passkeys-provisioner"), "--replicas", "3"}, extra...)
+	out, err := exec.CommandContext(ctx, k.cfg.Worker, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("worker %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
@@ -249,6 +262,9 @@ func (k *campaign) restartExited() {
 			if gone, said := p.exited(); gone {
 				k.logf("%s exited by itself; started again", p.name)
 				k.rep.addExit(p.name, said)
+				if p == m.worker && strings.Contains(said, "--reset-leases") {
+					k.resetLeases(p.name)
+				}
 				p.kill()
 				if err := p.start(); err != nil {
 					k.logf("%s: %v", p.name, err)
@@ -256,6 +272,27 @@ func (k *campaign) restartExited() {
 			}
 		}
 	}
+}
+
+// resetLeases does what the operator does when a worker says the lease
+// bucket has not answered for long (nats-server left it without a leader:
+// docs/reliability.md): `worker provision --reset-leases`, at most once a
+// minute, reported as a repair.
+func (k *campaign) resetLeases(who string) {
+	if !k.lastReset.IsZero() && time.Since(k.lastReset) < time.Minute {
+		return
+	}
+	k.lastReset = time.Now()
+	at := time.Since(k.start)
+	k.logf("operator: %s says the lease bucket is silent; worker provision --reset-leases", who)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	repair := fmt.Sprintf("%.1fs: %s said the lease bucket had not answered for long; worker provision --reset-leases", at.Seconds(), who)
+	if err := k.provision(ctx, "--reset-leases"); err != nil {
+		repair += " failed: " + err.Error()
+	}
+	k.logf("operator: %s", repair)
+	k.rep.Repairs = append(k.rep.Repairs, repair)
 }
 
 // settle waits until every user can be read again, all faults healed.

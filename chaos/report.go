@@ -50,6 +50,10 @@ type Report struct {
 	Recovery time.Duration `json:"recovery"`
 	// Exits are programs that exited by themselves, with their last words.
 	Exits []string `json:"exits,omitempty"`
+	// Repairs are what the campaign did as the operator, on a program's
+	// word: `worker provision --reset-leases` when a worker said the lease
+	// bucket was silent (NATS left it without a leader).
+	Repairs []string `json:"repairs,omitempty"`
 	// Fsyncs is how many fsyncs each machine's disk saw; Dropped, how many
 	// bytes (whole pages) its power cuts lost; Detached, how many of its
 	// cuts found a process still using it (a cut that was not clean).
@@ -214,6 +218,9 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "\nper disk: fsyncs %v, bytes lost at power cuts %v, cuts not clean %d\n", r.Fsyncs, r.Dropped, r.Detached)
 	for _, e := range r.Exits {
 		fmt.Fprintf(&b, "exited by itself: %.300s\n", e)
+	}
+	for _, e := range r.Repairs {
+		fmt.Fprintf(&b, "operator repair: %.300s\n", e)
 	}
 	for _, e := range r.FaultError {
 		fmt.Fprintf(&b, "fault error: %s\n", e)

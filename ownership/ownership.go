@@ -121,6 +121,11 @@ type Coordinator struct {
 
 	firstRound chan struct{}
 	wake       chan struct{}
+
+	// Since when the membership's renewals have found the bucket silent,
+	// and when the operator was last told (renewMembership's goroutine
+	// only).
+	silentSince, silentTold time.Time
 }
 
 // New returns a coordinator of the lease bucket kv that runs run for each
@@ -150,8 +155,11 @@ func (c *Coordinator) Join(ctx context.Context) error {
 	deadline := time.Now().Add(JoinWait)
 	for {
 		err := c.join(ctx, key)
-		if err == nil || ctx.Err() != nil || !transient(err) || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || !transient(err) {
 			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w; %s", err, silentBucket(JoinWait))
 		}
 		c.log.Warn().Err(err).Str("worker_id", c.cfg.ID).Msg("could not join the workers yet; trying again")
 		select {
@@ -164,6 +172,15 @@ func (c *Coordinator) Join(ctx context.Context) error {
 
 // JoinWait bounds how long Join asks a bucket that does not answer.
 const JoinWait = 2 * time.Minute
+
+// silentBucket is what a worker tells the operator when the lease bucket
+// has not answered for d: the state NATS can leave a bucket in after its
+// nodes restart (docs/reliability.md), and the way out.
+func silentBucket(d time.Duration) string {
+	return fmt.Sprintf("the lease bucket %s has not answered for %v: if `nats stream info KV_%s` shows no leader "+
+		"while the other streams have one (a NATS fault, nats-server issue 5205), run `worker provision --reset-leases` "+
+		"(docs/operations.md)", topology.LeaseBucket, d, topology.LeaseBucket)
+}
 
 // transient tells whether err is a bucket that did not answer (yet): a
 // time-out, no responders, or JetStream unavailable. A permission
@@ -396,10 +413,11 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRevision())
 	if err == nil {
 		c.setMemberRev(rev)
+		c.silentSince, c.silentTold = time.Time{}, time.Time{}
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-		c.log.Warn().Err(err).Msg("could not renew membership; the leases run out unless it comes back")
+		c.renewFailed(err)
 		return nil
 	}
 	e, gerr := c.kv.Get(rctx, key)
@@ -419,6 +437,22 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// renewFailed logs a membership that could not be renewed, and, once
+// the bucket has not answered for JoinWait (and again every JoinWait),
+// tells the operator what that may be.
+func (c *Coordinator) renewFailed(err error) {
+	now := time.Now()
+	if c.silentSince.IsZero() || !transient(err) {
+		c.silentSince = now
+	}
+	if silent := now.Sub(c.silentSince); silent >= JoinWait && now.Sub(c.silentTold) >= JoinWait {
+		c.silentTold = now
+		c.log.Error().Err(err).Msg(silentBucket(silent.Round(time.Second)))
+		return
+	}
+	c.log.Warn().Err(err).Msg("could not renew membership; the leases run out unless it comes back")
 }
 
 // tend handles one held lease in a round: a runner that returned gives its

@@ -215,3 +215,44 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	}
 	return h, nil
 }
+
+// ResetLeases deletes the lease bucket's stream, for `worker provision
+// --reset-leases`: the way out of a bucket that NATS left without a leader
+// (nats-server issue 5205; docs/reliability.md), which no worker can hold a
+// partition through. It then waits out the lease TTL and a second: no
+// lease can be renewed while the bucket is gone, so every worker's hold
+// has ended (by its own clock) before Provision creates the bucket again,
+// empty, and a new lease can be taken. Leases are seconds of state; the
+// partitions' state is in their stores, snapshots and the stream.
+func ResetLeases(ctx context.Context, js jetstream.JetStream, log zerolog.Logger) error {
+	name := "KV_" + LeaseBucket
+	err := untilDeleted(ctx, js, name, log)
+	if err != nil {
+		return fmt.Errorf("delete stream %s: %w", name, err)
+	}
+	log.Warn().Str("stream", name).Dur("wait", LeaseTTL+time.Second).
+		Msg("lease bucket deleted; waiting out the lease TTL before creating it again, so that no worker still holds a lease from it")
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(LeaseTTL + time.Second):
+		return nil
+	}
+}
+
+// untilDeleted deletes stream name, trying again what may be transient;
+// a stream that is not there is deleted already.
+func untilDeleted(ctx context.Context, js jetstream.JetStream, name string, log zerolog.Logger) error {
+	_, err := untilDone(ctx, log, "delete stream "+name, func(ctx context.Context) (Handles, error) {
+		_, err := call(ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, js.DeleteStream(ctx, name) })
+		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return Handles{}, nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code != 503 {
+			return Handles{}, retry.Permanent(err)
+		}
+		return Handles{}, err
+	})
+	return err
+}
