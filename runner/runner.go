@@ -57,7 +57,12 @@ type Config struct {
 	EventsDuplicates time.Duration
 	SnapshotInterval time.Duration
 	SnapshotChanges  int
-	StoreTimeout     time.Duration
+	// LetGoSnapshotWait bounds the snapshot written while letting go of a
+	// partition (DefaultLetGoSnapshotWait when 0): the lease is held
+	// meanwhile, so nobody serves the partition, and a worker that takes
+	// it over does without (an older snapshot and more of the stream).
+	LetGoSnapshotWait time.Duration
+	StoreTimeout      time.Duration
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
 	LegacyUntil                       uint64
@@ -343,6 +348,13 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	return proc.Run(ctx, pt.cons)
 }
 
+// DefaultLetGoSnapshotWait is how long a worker letting go of a partition
+// tries to write its snapshot. One that waited on a NATS node that was down
+// held the partition for 30 s in an external fault test (the bound was
+// 30 s then), and nobody served it meanwhile; a snapshot at let-go only
+// shortens the next holder's catch-up.
+const DefaultLetGoSnapshotWait = 5 * time.Second
+
 // letGo ends a part: a last snapshot while the lease is still held, the
 // consumer unpinned for the next owner, the store closed.
 func (s *Set) letGo(pt *part, log zerolog.Logger) {
@@ -350,7 +362,11 @@ func (s *Set) letGo(pt *part, log zerolog.Logger) {
 		return
 	}
 	if pt.lease.Valid() && pt.applier != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		wait := s.cfg.LetGoSnapshotWait
+		if wait <= 0 {
+			wait = DefaultLetGoSnapshotWait
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		if err := s.snapshot(ctx, pt); err != nil {
 			log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")
 		}
