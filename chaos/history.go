@@ -47,8 +47,11 @@ type Op struct {
 	Return   int64  `json:"return"`
 	Result   Result `json:"result"`
 	// Resolved: the result came from asking again with the same
-	// Nats-Msg-Id at the end (the call itself got no answer that told).
-	Resolved bool `json:"resolved,omitempty"`
+	// Nats-Msg-Id at the end (the call itself got no answer that told);
+	// GaveUp is when the call itself ended, Return when the asking again
+	// did.
+	Resolved bool  `json:"resolved,omitempty"`
+	GaveUp   int64 `json:"gaveUp,omitempty"`
 }
 
 // Result is what an operation got back.

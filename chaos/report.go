@@ -88,7 +88,7 @@ func (r *Report) noteRepeat(op, again *Op) {
 	r.Repeats++
 	switch {
 	case op.Result.Status == StatusUnknown && again.Result.Status != StatusUnknown:
-		op.Result, op.Return, op.Resolved = again.Result, again.Return, true
+		op.Result, op.GaveUp, op.Return, op.Resolved = again.Result, op.Return, again.Return, true
 		r.AskedAgain++
 	case op.Result.Status == StatusUnknown:
 		r.Unresolved++
@@ -135,8 +135,10 @@ func (r *Report) fill(ops []*Op, faults []Fault, v *Verdict, c *cluster) {
 }
 
 // unavailability is, per fault kind, the longest stall of one user: a run
-// of operations that got no telling answer (or one that took over a
-// second), from its first call to the answer that ended it.
+// of operations that got no telling answer, ended by one that did (a
+// telling answer that took over a second is a stall of its own), as the
+// time in which one of them was in flight: a time when the user had no
+// operation in flight is no part of it.
 func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
 	byUser := map[string][]*Op{}
 	for _, op := range ops {
@@ -145,21 +147,20 @@ func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for _, uops := range byUser {
 		slices.SortFunc(uops, func(a, b *Op) int { return int(a.Call - b.Call) })
-		run := int64(-1)
+		var run [][2]int64 // the failed operations' spans
 		for _, op := range uops {
-			failed := op.Resolved || op.Result.Status == StatusUnknown
-			if failed {
-				if run < 0 {
-					run = op.Call
+			if op.Resolved || op.Result.Status == StatusUnknown {
+				end := op.Return
+				if op.Resolved {
+					end = op.GaveUp
 				}
+				run = append(run, [2]int64{op.Call, end})
 				continue
 			}
-			from := op.Call
-			if run >= 0 {
-				from = min(from, run)
-			}
-			run = -1
-			if stall := time.Duration(op.Return - from); stall > time.Second {
+			spans := append(run, [2]int64{op.Call, op.Return})
+			from := min(op.Call, spans[0][0])
+			run = nil
+			if stall := covered(spans); stall > time.Second {
 				for _, kind := range blame(faults, from, op.Return) {
 					out[kind] = max(out[kind], stall)
 				}
@@ -167,6 +168,23 @@ func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
 		}
 	}
 	return out
+}
+
+// covered is how long the union of spans (sorted by start) lasts.
+func covered(spans [][2]int64) time.Duration {
+	var total, from, to int64
+	for i, s := range spans {
+		switch {
+		case i == 0:
+			from, to = s[0], s[1]
+		case s[0] > to:
+			total += to - from
+			from, to = s[0], s[1]
+		default:
+			to = max(to, s[1])
+		}
+	}
+	return time.Duration(total + to - from)
 }
 
 // blameAfter is how long after its heal a fault is still blamed for a
