@@ -200,7 +200,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
 	defer cancel()
 	if *resetLeases {
-		if err := topology.ResetLeases(ctx, js, log); err != nil {
+		if err := topology.ResetLeases(ctx, js, cfg.Settings(), log); err != nil {
 			return fmt.Errorf("provision --reset-leases: %w", err)
 		}
 		fmt.Fprintf(stdout, "lease bucket %s deleted; creating it again\n", topology.LeaseBucket)

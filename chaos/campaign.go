@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Config is one campaign.
@@ -44,6 +45,10 @@ type Config struct {
 	// Without is the worker's --without: mechanisms switched off, to
 	// measure what each one earns.
 	Without []string
+	// Alone injects one fault at a time, never two, each after 12 to 16 s
+	// of quiet: the measure of unavailability against the goal of one
+	// fault at a time, every fault's stall its own.
+	Alone bool
 	// CheckTimeout bounds porcupine's search.
 	CheckTimeout time.Duration
 	Log          io.Writer
@@ -108,8 +113,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
-	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v", cfg.Seed, cfg.Duration, cfg.Users, cfg.Clients,
-		cfg.Faults, cfg.Power, cfg.Without)
+	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v, alone %v", cfg.Seed, cfg.Duration, cfg.Users,
+		cfg.Clients, cfg.Faults, cfg.Power, cfg.Without, cfg.Alone)
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -236,7 +241,7 @@ func (k *campaign) connect(user string) (*nats.Conn, error) {
 func (k *campaign) runFaults(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.Duration)
 	defer cancel()
-	k.nem = &nemesis{c: k.c, rng: newRand(k.cfg.Seed), kinds: k.cfg.Faults, start: k.start, log: k.logf}
+	k.nem = &nemesis{c: k.c, rng: newRand(k.cfg.Seed), kinds: k.cfg.Faults, start: k.start, log: k.logf, alone: k.cfg.Alone}
 	var wg sync.WaitGroup
 	wg.Go(func() { k.nem.run(ctx) })
 	for id := range k.cfg.Clients {
@@ -284,15 +289,40 @@ func (k *campaign) resetLeases(who string) {
 	}
 	k.lastReset = time.Now()
 	at := time.Since(k.start)
-	k.logf("operator: %s says the lease bucket is silent; worker provision --reset-leases", who)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	if leader := k.leaseLeader(ctx); leader != "" {
+		k.logf("operator: %s says the lease bucket is silent, but it has a leader (%s): no reset", who, leader)
+		return
+	}
+	k.logf("operator: %s says the lease bucket is silent, and it has no leader; worker provision --reset-leases", who)
 	repair := fmt.Sprintf("%.1fs: %s said the lease bucket had not answered for long; worker provision --reset-leases", at.Seconds(), who)
 	if err := k.provision(ctx, "--reset-leases"); err != nil {
 		repair += " failed: " + err.Error()
 	}
 	k.logf("operator: %s", repair)
 	k.rep.Repairs = append(k.rep.Repairs, repair)
+}
+
+// leaseLeader is the lease bucket's stream's leader, as the provisioner
+// sees it ("" when it has none, or does not answer within 10 s).
+func (k *campaign) leaseLeader(ctx context.Context) string {
+	nc, err := nats.Connect(k.c.natsURLs("passkeys-provisioner"), nats.CustomInboxPrefix("_INBOX_passkeys-provisioner"))
+	if err != nil {
+		return ""
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "KV_PASSKEYS_LEASES")
+	if err != nil || st.CachedInfo().Cluster == nil {
+		return ""
+	}
+	return st.CachedInfo().Cluster.Leader
 }
 
 // settle waits until every user can be read again, all faults healed.

@@ -107,11 +107,17 @@ func TestUnavailability(t *testing.T) {
 		{User: "v", Kind: OpList, Call: 100 * s, Return: 103 * s, Result: Result{Status: StatusOK}},
 		{User: "w", Kind: OpRemove, Call: 200 * s, GaveUp: 230 * s, Return: 500 * s, Resolved: true, Result: Result{Status: StatusOK}},
 		{User: "w", Kind: OpList, Call: 220 * s, Return: 232 * s, Result: Result{Status: StatusOK}},
+		{User: "x", Kind: OpList, Call: 300 * s, Return: 320 * s, Result: Result{Status: StatusOK}},
 	}
-	faults := []Fault{{Kind: FaultNodeKill, Start: 9 * s, End: 12 * s}, {Kind: FaultPowerOne, Start: 199 * s, End: 201 * s}}
-	got := unavailability(ops, faults)
+	faults := []Fault{{Kind: FaultNodeKill, Start: 9 * s, End: 12 * s}, {Kind: FaultPowerOne, Start: 199 * s, End: 201 * s},
+		{Kind: FaultRouteCut, Start: 299 * s, End: 301 * s}, {Kind: FaultWorkerCut, Start: 300 * s, End: 303 * s}}
+	all, alone := unavailability(ops, faults)
 	want := map[string]time.Duration{FaultNodeKill: 32 * time.Second, FaultPowerOne: 32 * time.Second, "none": 3 * time.Second}
-	if !maps.Equal(got, want) {
-		t.Errorf("unavailability %v, want %v", got, want)
+	if !maps.Equal(alone, want) {
+		t.Errorf("stalls of a fault alone %v, want %v", alone, want)
+	}
+	want[FaultRouteCut], want[FaultWorkerCut] = 20*time.Second, 20*time.Second
+	if !maps.Equal(all, want) {
+		t.Errorf("stalls %v, want %v", all, want)
 	}
 }

@@ -57,6 +57,7 @@ type nemesis struct {
 	c     *cluster
 	rng   *mrand.Rand
 	kinds []string
+	alone bool // one fault at a time, after a longer quiet
 	start time.Time
 	log   func(format string, args ...any)
 	// ctx is run's: once it ends, a fault being held is healed at once,
@@ -74,16 +75,21 @@ func (n *nemesis) span(lo, hi time.Duration) time.Duration {
 }
 
 // run injects faults until ctx ends: a quiet 2 to 6 s, then one fault, or
-// two at once one time in five, each held and healed.
+// two at once one time in five, each held and healed (alone: a quiet 12 to
+// 16 s, and one fault).
 func (n *nemesis) run(ctx context.Context) {
 	n.ctx = ctx
+	quiet, most := 2*time.Second, 6*time.Second
+	if n.alone {
+		quiet, most = 12*time.Second, 16*time.Second
+	}
 	for {
-		if !sleepCtx(ctx, n.span(2*time.Second, 6*time.Second)) {
+		if !sleepCtx(ctx, n.span(quiet, most)) {
 			return
 		}
 		first, kind, on := n.pick(nil, -1)
 		plans := []func(){first}
-		if n.rng.IntN(5) == 0 && kind != FaultPowerAll {
+		if !n.alone && n.rng.IntN(5) == 0 && kind != FaultPowerAll {
 			// A second fault at once, on another machine: one machine's
 			// processes and disk take one fault at a time.
 			second, _, _ := n.pick([]string{FaultPowerAll}, on)

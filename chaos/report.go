@@ -41,6 +41,10 @@ type Report struct {
 	// was on, or had healed less than 10 s before, while it lasted: with
 	// faults a few seconds apart, one stall is often put down to two).
 	Unavailable map[string]time.Duration `json:"unavailable"`
+	// UnavailableAlone is the same, counting only the stalls put down to
+	// one fault that nothing else was on with (or healed less than 10 s
+	// before): what the goal of one fault at a time is measured by.
+	UnavailableAlone map[string]time.Duration `json:"unavailableAlone"`
 	// P50, P99 and Max are the latencies of the operations that got a
 	// telling answer, retries included.
 	P50 time.Duration `json:"p50"`
@@ -65,7 +69,7 @@ type Report struct {
 
 func newReport(cfg *Config) *Report {
 	return &Report{Seed: cfg.Seed, Duration: cfg.Duration, Ops: map[string]int{}, Results: map[string]int{},
-		Faults: map[string]int{}, Unavailable: map[string]time.Duration{}, Fsyncs: map[string]int64{}, Dropped: map[string]int64{}}
+		Faults: map[string]int{}, Unavailable: map[string]time.Duration{}, UnavailableAlone: map[string]time.Duration{}, Fsyncs: map[string]int64{}, Dropped: map[string]int64{}}
 }
 
 // OK tells whether the campaign found nothing wrong.
@@ -124,7 +128,7 @@ func (r *Report) fill(ops []*Op, faults []Fault, v *Verdict, c *cluster) {
 	}
 	r.Linearizable = string(v.Linearizable)
 	r.Anomalies = append(r.Anomalies, v.Anomalies...)
-	r.Unavailable = unavailability(ops, faults)
+	r.Unavailable, r.UnavailableAlone = unavailability(ops, faults)
 	for _, m := range c.machines {
 		if m.fs != nil {
 			st := m.fs.Stats()
@@ -139,12 +143,12 @@ func (r *Report) fill(ops []*Op, faults []Fault, v *Verdict, c *cluster) {
 // telling answer that took over a second is a stall of its own), as the
 // time in which one of them was in flight: a time when the user had no
 // operation in flight is no part of it.
-func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
+func unavailability(ops []*Op, faults []Fault) (all, alone map[string]time.Duration) {
 	byUser := map[string][]*Op{}
 	for _, op := range ops {
 		byUser[op.User] = append(byUser[op.User], op)
 	}
-	out := map[string]time.Duration{}
+	all, alone = map[string]time.Duration{}, map[string]time.Duration{}
 	for _, uops := range byUser {
 		slices.SortFunc(uops, func(a, b *Op) int { return int(a.Call - b.Call) })
 		var run [][2]int64 // the failed operations' spans
@@ -161,13 +165,17 @@ func unavailability(ops []*Op, faults []Fault) map[string]time.Duration {
 			from := min(op.Call, spans[0][0])
 			run = nil
 			if stall := covered(spans); stall > time.Second {
-				for _, kind := range blame(faults, from, op.Return) {
-					out[kind] = max(out[kind], stall)
+				blamed := blame(faults, from, op.Return)
+				for _, f := range blamed {
+					all[f.Kind] = max(all[f.Kind], stall)
+				}
+				if len(blamed) == 1 && len(blame(faults, blamed[0].Start, blamed[0].End)) == 1 {
+					alone[blamed[0].Kind] = max(alone[blamed[0].Kind], stall)
 				}
 			}
 		}
 	}
-	return out
+	return all, alone
 }
 
 // covered is how long the union of spans (sorted by start) lasts.
@@ -191,19 +199,19 @@ func covered(spans [][2]int64) time.Duration {
 // stall: a takeover waits out a lease, an ack wait, a leader election.
 const blameAfter = 10 * time.Second
 
-// blame is the kinds of the faults on (or healed less than blameAfter
-// before) while [from, to] lasted, or "none".
-func blame(faults []Fault, from, to int64) []string {
-	var kinds []string
+// blame is the faults on (or healed less than blameAfter before) while
+// [from, to] lasted, or one of kind "none".
+func blame(faults []Fault, from, to int64) []Fault {
+	var on []Fault
 	for _, f := range faults {
-		if f.Start <= to && f.End+int64(blameAfter) >= from && !slices.Contains(kinds, f.Kind) {
-			kinds = append(kinds, f.Kind)
+		if f.Start <= to && f.End+int64(blameAfter) >= from {
+			on = append(on, f)
 		}
 	}
-	if len(kinds) == 0 {
-		kinds = []string{"none"}
+	if len(on) == 0 {
+		on = []Fault{{Kind: "none"}}
 	}
-	return kinds
+	return on
 }
 
 func (r *Report) write(path string) error {
@@ -232,6 +240,10 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "longest stall of one user, by fault kind:")
 	for _, k := range sortedNames(r.Unavailable) {
 		fmt.Fprintf(&b, " %s %.1fs", k, r.Unavailable[k].Seconds())
+	}
+	fmt.Fprintf(&b, "\n  ... by a fault alone:")
+	for _, k := range sortedNames(r.UnavailableAlone) {
+		fmt.Fprintf(&b, " %s %.1fs", k, r.UnavailableAlone[k].Seconds())
 	}
 	fmt.Fprintf(&b, "\nper disk: fsyncs %v, bytes lost at power cuts %v, cuts not clean %d\n", r.Fsyncs, r.Dropped, r.Detached)
 	for _, e := range r.Exits {

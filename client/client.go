@@ -40,9 +40,10 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 
 // WithAttemptTimeout is how long the first attempt of a call waits for its
 // reply before asking again (2 s unless set, or set to 0 or less); each next
-// attempt waits twice as long as the first: a request sent while no
-// worker could take it (a failover, a NATS node down) gets no reply at all,
-// and is asked again that much after the service is back at most.
+// attempt waits about twice as long as the first (give or take a quarter):
+// a request sent while no worker could take it (a failover, a NATS node
+// down) gets no reply at all, and is asked again that much after the
+// service is back at most.
 func WithAttemptTimeout(d time.Duration) Option { return func(c *Client) { c.attempt = d } }
 
 // WithTimeout bounds a call whose context has no deadline (30 s unless
@@ -195,7 +196,7 @@ func (c *Client) ask(ctx context.Context, op, userID, subject string, body []byt
 		case ctx.Err() != nil:
 			return nil, ended(ctx, op, userID, last, err)
 		case errors.Is(err, context.DeadlineExceeded):
-			last, wait, uncertain = fmt.Errorf("no reply within %v", wait), min(2*wait, 2*c.attempt), msgID != ""
+			last, wait, uncertain = fmt.Errorf("no reply within %v", wait), c.nextWait(), msgID != ""
 			continue // the attempt's wait ended: the worker may be taking over; ask again at once
 		case errors.Is(err, nats.ErrNoResponders):
 			last = errors.New("no worker listening")
@@ -225,6 +226,13 @@ func (c *Client) ask(ctx context.Context, op, userID, subject string, body []byt
 		}
 		pause = min(2*pause, maxPause)
 	}
+}
+
+// nextWait is how long an attempt after one that got no reply waits: twice
+// the first attempt's, give or take a quarter, so that the callers that
+// waited through one outage do not all ask again at the same moments.
+func (c *Client) nextWait() time.Duration {
+	return 3*c.attempt/2 + time.Duration(rand.Int64N(int64(c.attempt)+1))
 }
 
 // Pauses between attempts after an UNAVAILABLE answer or no responders.

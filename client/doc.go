@@ -23,8 +23,8 @@
 // change the outcome and may get it:
 //
 //   - no reply within the attempt's wait: the first attempt waits
-//     WithAttemptTimeout (2 s unless set), the next ones twice that, never
-//     past the context's deadline;
+//     WithAttemptTimeout (2 s unless set), the next ones about twice that
+//     (give or take a quarter), never past the context's deadline;
 //   - no worker listening (nats.ErrNoResponders: all workers restarting);
 //   - an UNAVAILABLE answer (gRPC code 14: PARTITION-UNAVAILABLE during a
 //     failover, STREAM-UNAVAILABLE, OUTCOME-UNAVAILABLE, KEYS-UNAVAILABLE),

@@ -100,10 +100,14 @@ func (l *Lease) SetServing(on bool) { l.serving.Store(on) }
 func (l *Lease) Serving() bool { return l.serving.Load() && l.Valid() }
 
 // renewed extends the lease after a renewal whose request was sent at sent.
+// One sent once the lease had run out revives nothing: the bucket may have
+// been made again meanwhile (worker provision --reset-leases), its
+// revisions starting over, so that an old revision matches another
+// worker's lease.
 func (l *Lease) renewed(rev uint64, sent clock.Instant, ttl time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lost || !l.until.Before(sent.Add(ttl)) {
+	if l.lost || !sent.Before(l.until) || !l.until.Before(sent.Add(ttl)) {
 		return
 	}
 	l.rev, l.until = rev, sent.Add(ttl)

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -121,11 +122,15 @@ type Coordinator struct {
 
 	firstRound chan struct{}
 	wake       chan struct{}
+	rewatch    chan struct{} // the membership joined again: watch it afresh
 
 	// Since when the membership's renewals have found the bucket silent,
 	// and when the operator was last told (renewMembership's goroutine
 	// only).
 	silentSince, silentTold time.Time
+	// noTakeUntil (a clock.Instant) is when this worker may take leases
+	// again after it joined a bucket afresh.
+	noTakeUntil atomic.Int64
 }
 
 // New returns a coordinator of the lease bucket kv that runs run for each
@@ -136,7 +141,7 @@ func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) *Coo
 	_, _ = rand.Read(b[:])
 	return &Coordinator{kv: kv, cfg: cfg, run: run, log: log, hold: topology.LeaseTTL - cfg.Margin,
 		incarnation: hex.EncodeToString(b[:]), leases: map[int]*Lease{}, avoid: map[int]time.Time{},
-		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1)}
+		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}
 }
 
 func memberKey(id string) string { return "members." + id }
@@ -433,7 +438,20 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 		rev, err := c.kv.Create(rctx, key, c.memberValue())
 		if err == nil {
 			c.setMemberRev(rev)
-			c.log.Warn().Msg("membership had run out (a pause?); joined again")
+			c.silentSince, c.silentTold = time.Time{}, time.Time{}
+			// Take no lease for a TTL: were the bucket made again early (by
+			// something that did not wait the TTL out, as worker provision
+			// --reset-leases does), a lease of the old one may still be held.
+			c.noTakeUntil.Store(int64(clock.Now().Add(topology.LeaseTTL + time.Second)))
+			c.log.Warn().Msg("membership had run out (a pause, or the bucket was made again); joined again")
+			// A bucket made again (worker provision --reset-leases) starts
+			// its sequences over, and a watch that goes on from the old
+			// bucket's last sequence sees nothing until the new one gets
+			// there: watch it afresh.
+			select {
+			case c.rewatch <- struct{}{}:
+			default:
+			}
 		}
 	}
 	return nil
@@ -470,6 +488,9 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 		c.log.Warn().Int("partition", l.Partition).Dur("no_progress_for", c.cfg.StuckAfter).
 			Msg("letting go of the partition: no progress while loading it; another worker may serve it")
 		c.avoidFor(l.Partition)
+	}
+	if l.Check() != nil {
+		return // run out or lost: a renewal could only bring it back on a bucket made again (Lease.renewed)
 	}
 	sent := clock.Now()
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
@@ -551,6 +572,9 @@ func (c *Coordinator) avoiding(p int) bool {
 // avoids only when every live member avoids it too (nobody else would
 // serve it), RetryAlone after it failed here.
 func (c *Coordinator) mayTake(p int) bool {
+	if clock.Now().Before(clock.Instant(c.noTakeUntil.Load())) {
+		return false
+	}
 	c.mu.Lock()
 	until, avoided := c.avoid[p]
 	c.mu.Unlock()
@@ -619,14 +643,32 @@ func (c *Coordinator) watchMembers(ctx context.Context, ready chan<- struct{}) {
 			}
 			continue
 		}
-		for e := range w.Updates() {
+		c.follow(ctx, w, func() { once.Do(func() { close(ready) }) })
+		_ = w.Stop()
+	}
+}
+
+// follow notes what watch w sees until it ends, ctx ends, or the
+// membership had to join again (rewatch); ready is called once the keys
+// already there were read.
+func (c *Coordinator) follow(ctx context.Context, w jetstream.KeyWatcher, ready func()) {
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
 			if e == nil {
-				once.Do(func() { close(ready) })
+				ready()
 				continue
 			}
 			c.noteMember(e)
+		case <-c.rewatch:
+			c.log.Info().Msg("watching the membership afresh")
+			return
+		case <-ctx.Done():
+			return
 		}
-		_ = w.Stop()
 	}
 }
 

@@ -136,6 +136,21 @@ func (s *Endpoints) verify(authorization []string) (passkey.Principal, error) {
 	return s.Verifier.Verify(authorization, now)
 }
 
+// now is the time a stored outcome's expiry is judged at: the key
+// history's reading of the servers' clock, as a token's is, or this
+// worker's wall clock where it cannot be read (the expiry is days away,
+// and a repeat comes within the duplicate window of its original).
+func (s *Endpoints) now(ctx context.Context) time.Time {
+	if s.Now != nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if t, err := s.Now(ctx); err == nil {
+			return t
+		}
+	}
+	return clock.Wall()
+}
+
 // respond answers a request, in the trace the request carries (its
 // traceparent and tracestate headers). The only failure is a requester that
 // is gone or a connection that is closing; neither can be answered, so it
@@ -340,11 +355,12 @@ func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key,
 func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
+	at := s.now(ctx)
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
 			var err error
-			out, err = command.StoredOutcome(tx, userID, key, nil, clock.Wall())
+			out, err = command.StoredOutcome(tx, userID, key, nil, at)
 			return err
 		})
 		switch {

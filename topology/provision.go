@@ -224,8 +224,11 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 // has ended (by its own clock) before Provision creates the bucket again,
 // empty, and a new lease can be taken. Leases are seconds of state; the
 // partitions' state is in their stores, snapshots and the stream.
-func ResetLeases(ctx context.Context, js jetstream.JetStream, log zerolog.Logger) error {
+func ResetLeases(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.Logger) error {
 	name := "KV_" + LeaseBucket
+	if err := s.matchesStream(ctx, js); err != nil {
+		return fmt.Errorf("nothing deleted: %w", err)
+	}
 	err := untilDeleted(ctx, js, name, log)
 	if err != nil {
 		return fmt.Errorf("delete stream %s: %w", name, err)
@@ -238,6 +241,25 @@ func ResetLeases(ctx context.Context, js jetstream.JetStream, log zerolog.Logger
 	case <-time.After(LeaseTTL + time.Second):
 		return nil
 	}
+}
+
+// matchesStream tells whether s is what stream PASSKEYS was provisioned
+// with (its partitions and replicas), so that a reset, done in a hurry,
+// does not delete the bucket and then fail to provision, or provision
+// every stream with other replicas.
+func (s Settings) matchesStream(ctx context.Context, js jetstream.JetStream) error {
+	st, err := call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, StreamName) })
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", StreamName, err)
+	}
+	cfg := st.CachedInfo().Config
+	if err := CheckPartitions(cfg, s.Partitions); err != nil {
+		return err
+	}
+	if cfg.Replicas != s.Replicas {
+		return fmt.Errorf("stream %s has %d replicas, and --replicas says %d: give the flags it was provisioned with", StreamName, cfg.Replicas, s.Replicas)
+	}
+	return nil
 }
 
 // untilDeleted deletes stream name, trying again what may be transient;

@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "", "working folder: disks, logs, and a failure's history (default: a new temporary one, removed when the campaign passes)")
 	natsConf := fs.String("nats-conf", "nats.conf", "the nats.conf every node includes")
 	without := fs.String("without", "", "the workers' --without: mechanisms switched off (reply-resends, early-answers, server-watch)")
+	alone := fs.Bool("alone", false, "one fault at a time, each after 12 to 16 s of quiet: unavailability against the goal of one fault at a time")
 	history := fs.String("check", "", "check this history.jsonl of a failed campaign again, and run nothing")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -50,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return checkAgain(*history, stdout, stderr)
 	}
 	cfg := chaos.Config{Seed: *seed, Duration: *duration, Users: *users, Clients: *clients, NATSConf: *natsConf,
-		Dir: *dir, Power: chaos.FUSEAvailable(), Log: stdout}
+		Dir: *dir, Power: chaos.FUSEAvailable(), Alone: *alone, Log: stdout}
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
 	}

@@ -15,9 +15,9 @@ import (
 
 // A clock fault, for the fault campaign only (worker --fault-clock): this
 // process's wall clock is off by an offset and both its clocks run at a
-// rate, as a machine's clock that jumps or runs fast would. The monotonic
-// clock never jumps and never goes back: it only takes the rate, and what
-// a fast rate counted stays counted once the fault is over.
+// rate of 1 or more, as a machine's clock that jumps or runs fast would.
+// The monotonic clock never jumps and never goes back: it only takes the
+// rate, and what a fast rate counted stays counted once the fault is over.
 type fault struct {
 	offset time.Duration // the wall clock's jump
 	rate   float64       // how fast both clocks run (1: as they should)
@@ -28,6 +28,7 @@ type fault struct {
 var (
 	current atomic.Pointer[fault]
 	setMu   sync.Mutex
+	latest  atomic.Int64 // the latest reading Now gave under a fault
 )
 
 // drift is what f's rate has added since it began, at raw reading now.
@@ -36,13 +37,25 @@ func (f *fault) drift(now Instant) time.Duration {
 }
 
 // Now reads the monotonic clock: CLOCK_BOOTTIME on Linux, so it counts
-// the time the machine was suspended.
+// the time the machine was suspended. Under a fault it never reads less
+// than it read before: a reading taken across a Set could otherwise go
+// back by what the old and the new rate differ over that moment.
 func Now() Instant {
+	f := current.Load()
 	now := raw()
-	if f := current.Load(); f != nil {
-		return now + Instant(f.before+f.drift(now))
+	if f == nil {
+		return now
 	}
-	return now
+	v := now + Instant(f.before+f.drift(max(now, f.since)))
+	for {
+		last := Instant(latest.Load())
+		if v <= last {
+			return last
+		}
+		if latest.CompareAndSwap(int64(last), int64(v)) {
+			return v
+		}
+	}
 }
 
 // Wall is the wall clock's reading, with no monotonic part: the time that
@@ -81,8 +94,11 @@ func ParseFault(s string) (offset time.Duration, rate float64, err error) {
 			offset, err = time.ParseDuration(v)
 		case "rate":
 			rate, err = strconv.ParseFloat(v, 64)
-			if err == nil && (rate <= 0 || rate > 1000) {
-				err = fmt.Errorf("rate %v is not in (0, 1000]", rate)
+			if err == nil && (rate < 1 || rate > 1000) {
+				// A clock that runs slow would hold a lease past the
+				// server's TTL: a fault the worker does not claim to
+				// survive (a pause is the campaign's freeze).
+				err = fmt.Errorf("rate %v is not in [1, 1000]", rate)
 			}
 		default:
 			err = fmt.Errorf("%q is neither offset= nor rate=", field)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -12,7 +13,7 @@ import (
 // its rate; once it is over the wall clock is right again and the
 // monotonic clock keeps what it counted, never going back.
 func TestFaultJumpsAndRuns(t *testing.T) {
-	t.Cleanup(func() { current.Store(nil) })
+	t.Cleanup(resetFault)
 	Set(3*time.Hour, 1)
 	if d := Wall().Sub(time.Now()); d < 3*time.Hour-time.Second || d > 3*time.Hour+time.Second {
 		t.Fatalf("wall clock off by %v, want 3h", d)
@@ -40,6 +41,43 @@ func TestFaultJumpsAndRuns(t *testing.T) {
 	}
 }
 
+// Readers never see the monotonic clock go back while faults of other
+// rates are set under them.
+func TestFaultNeverGoesBack(t *testing.T) {
+	t.Cleanup(resetFault)
+	Set(0, 1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	backs := make([]time.Duration, 4)
+	for i := range backs {
+		wg.Go(func() {
+			last := Now()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if now := Now(); now < last {
+					backs[i] = max(backs[i], time.Duration(last-now))
+				} else {
+					last = now
+				}
+			}
+		})
+	}
+	for i := range 2000 {
+		Set(0, []float64{1, 10, 1000}[i%3])
+	}
+	close(stop)
+	wg.Wait()
+	for i, b := range backs {
+		if b > 0 {
+			t.Errorf("reader %d saw the clock go back by %v", i, b)
+		}
+	}
+}
+
 func TestParseFault(t *testing.T) {
 	for _, tc := range []struct {
 		in     string
@@ -51,6 +89,7 @@ func TestParseFault(t *testing.T) {
 		{"offset=90m", 90 * time.Minute, 1, true},
 		{"offset=-2h rate=4", -2 * time.Hour, 4, true},
 		{"rate=0", 0, 1, false},
+		{"rate=0.5", 0, 1, false},
 		{"rate=x", 0, 1, false},
 		{"skew=1s", 0, 1, false},
 		{"offset=1", 0, 1, false},
@@ -65,7 +104,7 @@ func TestParseFault(t *testing.T) {
 // Follow takes the file's fault, reports a bad file without acting on it,
 // and ends the fault when the file goes.
 func TestFollowTheFile(t *testing.T) {
-	t.Cleanup(func() { current.Store(nil) })
+	t.Cleanup(resetFault)
 	path := filepath.Join(t.TempDir(), "clock")
 	type change struct {
 		offset time.Duration
@@ -105,4 +144,11 @@ func TestFollowTheFile(t *testing.T) {
 	if d := Wall().Sub(time.Now()); d > time.Second {
 		t.Fatalf("clock still off by %v once the file went", d)
 	}
+}
+
+// resetFault takes the fault away as if there had been none (Set(0, 1)
+// keeps what the rates counted).
+func resetFault() {
+	current.Store(nil)
+	latest.Store(0)
 }
