@@ -339,6 +339,13 @@ func (k *campaign) settle(ctx context.Context) error {
 			return err
 		}
 	}
+	// The supervisor goes on: a program may still exit by itself (a
+	// worker that says the lease bucket is silent, and its repair).
+	sctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { k.supervise(sctx) })
+	defer wg.Wait()
+	defer stop()
 	t0 := time.Now()
 	for _, u := range k.w.users {
 		for {
