@@ -15,11 +15,11 @@ import (
 func TestFaultJumpsAndRuns(t *testing.T) {
 	t.Cleanup(resetFault)
 	Set(3*time.Hour, 1)
-	if d := Wall().Sub(time.Now()); d < 3*time.Hour-time.Second || d > 3*time.Hour+time.Second {
+	if d := time.Until(Wall()); d < 3*time.Hour-time.Second || d > 3*time.Hour+time.Second {
 		t.Fatalf("wall clock off by %v, want 3h", d)
 	}
 	Set(-time.Hour, 1)
-	if d := Wall().Sub(time.Now()); d > -time.Hour+time.Second || d < -time.Hour-time.Second {
+	if d := time.Until(Wall()); d > -time.Hour+time.Second || d < -time.Hour-time.Second {
 		t.Fatalf("wall clock off by %v, want -1h", d)
 	}
 
@@ -36,7 +36,7 @@ func TestFaultJumpsAndRuns(t *testing.T) {
 	if after := Now(); after.Before(before) {
 		t.Fatalf("monotonic clock went back from %v to %v when the fault ended", before, after)
 	}
-	if d := Wall().Sub(time.Now()); d < -time.Second || d > time.Second {
+	if d := time.Until(Wall()); d < -time.Second || d > time.Second {
 		t.Fatalf("wall clock off by %v after the fault, want 0", d)
 	}
 }
@@ -134,14 +134,14 @@ func TestFollowTheFile(t *testing.T) {
 	want(change{time.Hour, false})
 	write("offset=nonsense")
 	want(change{0, true})
-	if d := Wall().Sub(time.Now()); d < time.Hour-time.Second {
+	if d := time.Until(Wall()); d < time.Hour-time.Second {
 		t.Fatalf("a bad file changed the clock: off by %v", d)
 	}
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
 	want(change{0, false})
-	if d := Wall().Sub(time.Now()); d > time.Second {
+	if d := time.Until(Wall()); d > time.Second {
 		t.Fatalf("clock still off by %v once the file went", d)
 	}
 }
