@@ -62,12 +62,8 @@ type Config struct {
 	// partition (DefaultLetGoSnapshotWait when 0): the lease is held
 	// meanwhile, so nobody serves the partition, and a worker that takes
 	// it over does without (an older snapshot and more of the stream).
-	// LetGoSnapshotChanges is how far the state must be ahead of its newest
-	// snapshot for one to be written at all (DefaultLetGoSnapshotChanges
-	// when 0).
-	LetGoSnapshotWait    time.Duration
-	LetGoSnapshotChanges uint64
-	StoreTimeout         time.Duration
+	LetGoSnapshotWait time.Duration
+	StoreTimeout      time.Duration
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
 	LegacyUntil                       uint64
@@ -353,19 +349,14 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	return proc.Run(ctx, pt.cons)
 }
 
-// A snapshot at let-go only shortens the next holder's catch-up, while
-// nobody serves the partition. One that waited on a NATS node that was
-// down held a partition for 30 s in an external fault test (the bound was
-// 30 s then). So a worker letting go writes one only when its state is
-// DefaultLetGoSnapshotChanges commands or more ahead of the newest
-// snapshot (fewer are a short catch-up from the stream), and tries for
-// DefaultLetGoSnapshotWait at most. An upload cut short leaves its chunks
-// in the object store (nats.go cleans them up with the context that ran
-// out): rare, since most let-gos write none.
-const (
-	DefaultLetGoSnapshotWait    = 15 * time.Second
-	DefaultLetGoSnapshotChanges = 5_000
-)
+// DefaultLetGoSnapshotWait is how long a worker letting go of a partition
+// tries to write its snapshot (when its state is ahead of the newest),
+// while nobody serves the partition. One that waited on a NATS node that
+// was down held a partition for 30 s in an external fault test (the bound
+// was 30 s then); a snapshot at let-go only shortens the next holder's
+// catch-up. An upload cut short leaves its chunks in the object store
+// (nats.go cleans them up with the context that ran out).
+const DefaultLetGoSnapshotWait = 15 * time.Second
 
 // letGo ends a part: a last snapshot while the lease is still held, the
 // consumer unpinned for the next owner, the store closed.
@@ -374,14 +365,11 @@ func (s *Set) letGo(pt *part, log zerolog.Logger) {
 		return
 	}
 	if pt.lease.Valid() && pt.applier != nil {
-		if s.letGoSnapshotDue(pt) {
-			wait := cmp.Or(s.cfg.LetGoSnapshotWait, DefaultLetGoSnapshotWait)
-			ctx, cancel := context.WithTimeout(context.Background(), wait)
-			if err := s.snapshot(ctx, pt); err != nil {
-				log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")
-			}
-			cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.cfg.LetGoSnapshotWait, DefaultLetGoSnapshotWait))
+		if err := s.snapshot(ctx, pt); err != nil {
+			log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")
 		}
+		cancel()
 		s.unpin(context.Background(), pt.p, log)
 	}
 	if err := pt.store.Close(); err != nil {

@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -87,18 +86,6 @@ func (s *Set) snapshotDue(pt *part) bool {
 		return true
 	}
 	return time.Since(pt.snapAt) >= s.snapshotInterval()
-}
-
-// letGoSnapshotDue tells whether the partition's state is far enough
-// ahead of its newest snapshot for one to be written while letting go.
-func (s *Set) letGoSnapshotDue(pt *part) bool {
-	applied, err := pt.store.AppliedSeq()
-	if err != nil {
-		return false
-	}
-	pt.snapMu.Lock()
-	defer pt.snapMu.Unlock()
-	return applied >= pt.snapApplied+cmp.Or(s.cfg.LetGoSnapshotChanges, DefaultLetGoSnapshotChanges)
 }
 
 // transfer waits for this worker's turn to move a snapshot (s.transfers);
