@@ -45,8 +45,8 @@ func TestResetLeases(t *testing.T) {
 	for u := range users {
 		testenv.WantSuccess(t, e.request(t, fmt.Sprintf("passkeys.sync.u%d", u), adminTok, syncBody(true, "pk-1", "pk-2")))
 	}
-	leases := leaseHolders(t, workerUser.nc, ids)
-	waitWithin(t, 30*time.Second, leases.split)
+	split := splitAsAssigned(t, workerUser.nc, ids)
+	waitWithin(t, 30*time.Second, split)
 
 	js, err := jetstream.New(provisioner.nc)
 	if err != nil {
@@ -83,7 +83,7 @@ func TestResetLeases(t *testing.T) {
 	if after := created(); !after.After(before) {
 		t.Fatalf("the lease bucket was not made again: created %v, before %v", after, before)
 	}
-	waitWithin(t, 30*time.Second, leases.split)
+	waitWithin(t, 30*time.Second, split)
 	for u := range users {
 		subject := fmt.Sprintf("passkeys.remove.u%d", u)
 		var reply *nats.Msg
@@ -97,36 +97,29 @@ func TestResetLeases(t *testing.T) {
 	}
 }
 
-// holders reads who holds each partition's lease, as the workers' user.
-type holders struct {
-	t   *testing.T
-	nc  *nats.Conn
-	ids []string
-}
-
-func leaseHolders(t *testing.T, nc *nats.Conn, ids []string) holders { return holders{t, nc, ids} }
-
-// split tells whether every partition is held by the worker the
-// assignment gives it to, with both workers members: as it is once each
-// sees the other.
-func (h holders) split() bool {
-	js, err := jetstream.New(h.nc)
+// splitAsAssigned tells, read as the workers' user, whether every
+// partition's lease is held by the worker the assignment over both ids
+// gives it to: as it is once each worker sees the other.
+func splitAsAssigned(t *testing.T, nc *nats.Conn, ids []string) func() bool {
+	js, err := jetstream.New(nc)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	kv, err := js.KeyValue(ctx, "PASSKEYS_LEASES")
-	if err != nil {
-		return false
-	}
-	for _, id := range h.ids {
-		for _, p := range partition.Owned(id, h.ids, partition.DefaultCount) {
-			e, err := kv.Get(ctx, fmt.Sprintf("partitions.%d", p))
-			if err != nil || !strings.HasPrefix(string(e.Value()), id+"/") {
-				return false
+	return func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, "PASSKEYS_LEASES")
+		if err != nil {
+			return false
+		}
+		for _, id := range ids {
+			for _, p := range partition.Owned(id, ids, partition.DefaultCount) {
+				e, err := kv.Get(ctx, fmt.Sprintf("partitions.%d", p))
+				if err != nil || !strings.HasPrefix(string(e.Value()), id+"/") {
+					return false
+				}
 			}
 		}
+		return true
 	}
-	return true
 }
