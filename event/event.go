@@ -1,5 +1,5 @@
 // Package event is what downstream systems are told of an applied change:
-// a CloudEvents 1.0 document in JSON structured mode, as ../shared/CONTRACT.md
+// a CloudEvents 1.0 document in JSON structured mode, as docs/contract.md
 // "Removal events" shows. A removal is ZITADEL's own event type for it, so
 // handlers written for ZITADEL's events fit; a sync is passkeys.user.synced.
 // An event's id is <userId>:<sequence>, the same however often the change is

@@ -76,7 +76,7 @@ func AsError(err error) *Error {
 	return ErrInternal
 }
 
-// Stable error ids. The table in ../shared/CONTRACT.md names the cases; these
+// Stable error ids. The table in docs/contract.md names the cases; these
 // are the ids a client matches on.
 const (
 	IDBodyInvalid     = "REQUEST-BODY-INVALID"

@@ -1,6 +1,6 @@
 // Command worker removes passkeys: it consumes removal and sync commands
 // from the PASSKEYS JetStream stream and serves the passkeys micro service.
-// See ../shared/CONTRACT.md for the wire contract and README.md for use.
+// See docs/contract.md for the wire contract and README.md for use.
 package main
 
 import (
