@@ -29,7 +29,6 @@ import (
 	"github.com/passkeys/worker/ops"
 	"github.com/passkeys/worker/ownership"
 	"github.com/passkeys/worker/pipeline"
-	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
@@ -84,7 +83,6 @@ type worker struct {
 	js        jetstream.JetStream
 	topo      topology.Handles
 	reader    *jsread.Reader // reads stream PASSKEYS without a consumer
-	replies   *reply.Guard
 	keys      *keyhistory.Trusted
 	metrics   *metrics.Metrics
 	parts     *runner.Set
@@ -175,8 +173,7 @@ func (w *worker) openTracing(ctx context.Context) error {
 	return nil
 }
 
-// openNATS connects (or starts the embedded server), watches the cluster's
-// servers for the reply guard, and provisions (or finds) what the workers
+// openNATS connects (or starts the embedded server) and provisions (or finds) what the workers
 // use in JetStream, waiting out what is transient (a cluster that is still
 // forming, another worker creating them at the same moment).
 func (w *worker) openNATS(ctx context.Context) error {
@@ -188,21 +185,6 @@ func (w *worker) openNATS(ctx context.Context) error {
 	w.onClose(shutdownServer)
 	w.onClose(nc.Close)
 	w.nc, w.clientURL = nc, clientURL
-	var serverGone func() time.Time
-	if !cfg.Embedded() && !cfg.without(MechServerWatch) {
-		watch, err := natsconn.WatchServers(cfg.NATSURL, func(server string) {
-			log.Warn().Str("server", server).Msg("a NATS server went away: the commands whose replies went out around then are answered again")
-		}, connectOptions(cfg, log)...)
-		if err != nil {
-			return fmt.Errorf("connect to NATS at %s: %w", natsconn.RedactURL(cfg.NATSURL), err)
-		}
-		w.onClose(watch.Close)
-		serverGone = watch.LastGone
-	}
-	if w.replies, err = reply.NewGuard(nc, serverGone, log, reply.Options{NoResends: cfg.without(MechReplyResends)}); err != nil {
-		return err
-	}
-	w.onClose(w.replies.Close)
 	if w.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -266,7 +248,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Replies: w.replies, Tracer: w.tracer, Log: log})
+		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log})
 	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Router: w.parts, Verifier: w.verifier, Log: log,
 		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Replayer: w.parts.Replay, Tracer: w.tracer}
 	if err := w.parts.Join(ctx, w.endpoints); err != nil {
@@ -289,10 +271,6 @@ func (w *worker) writes() *ops.StoreWrites {
 // scrape time.
 func (w *worker) registerGauges() {
 	m := w.metrics
-	m.CounterFunc("passkeys_replies_resent_total", "Replies sent again because nobody was there to take them (the requester's connection was cut).",
-		func() float64 { return float64(w.replies.Resent()) })
-	m.CounterFunc("passkeys_replies_given_up_total", "Replies nobody took after their last try (the requester left; it may ask again with its Nats-Msg-Id).",
-		func() float64 { return float64(w.replies.GivenUp()) })
 	m.Gauge("passkeys_tokens_cached", "Verified tokens in the signature cache.", func() float64 {
 		return float64(w.verifier.CachedTokens())
 	})

@@ -117,7 +117,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 }
 
 // mechanisms are what --without may switch off.
-var mechanisms = []string{MechReplyResends, MechEarlyAnswers, MechServerWatch}
+var mechanisms = []string{MechEarlyAnswers}
 
 // eventFlags adds the flags of stream PASSKEYS_EVENTS.
 func eventFlags(fs *flag.FlagSet, cfg *Config) {

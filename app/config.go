@@ -61,8 +61,7 @@ type Config struct {
 	NoSync        bool          // benchmarks of the layers above the disk only
 	HoldEvents    bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
 	// Without names mechanisms switched off (--without), for the fault
-	// campaign's measure of what each one earns: MechReplyResends,
-	// MechEarlyAnswers, MechServerWatch.
+	// campaign's measure of what each one earns: MechEarlyAnswers.
 	Without []string
 	// FaultClock is a file that sets this worker's clocks off
 	// (--fault-clock), for the fault campaign's clock faults: see package
@@ -80,18 +79,10 @@ type Config struct {
 
 // The mechanisms --without may switch off.
 const (
-	// MechReplyResends: the reply guard sends a reply nobody took again
-	// (and holds its command meanwhile); without it, such a reply is given
-	// up and its command acknowledged.
-	MechReplyResends = "reply-resends"
 	// MechEarlyAnswers: a takeover answers at once the commands the holder
 	// before left unanswered, and the order check those it applies from the
 	// stream; without it, they are answered when their deliveries come back.
 	MechEarlyAnswers = "early-answers"
-	// MechServerWatch: a connection to each NATS server tells the reply
-	// guard when one went away, and the replies sent around then are sent
-	// again; without it, nothing watches.
-	MechServerWatch = "server-watch"
 )
 
 // without tells whether mechanism m is switched off.

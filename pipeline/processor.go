@@ -59,10 +59,6 @@ type Processor struct {
 	// Committed, when set, is called after each transaction that
 	// committed: the event publisher's Wake.
 	Committed func()
-	// Replies, when set, sends each reply and acknowledges its command
-	// only once the requester was there to take it (reply.Guard); else a
-	// reply is published and its command acknowledged at once.
-	Replies *reply.Guard
 	// Tracer, when set, records spans: each command's apply (a child of
 	// the trace context the command carries) and reply, and each batch's
 	// check and commit (linked to its commands' spans). Partition names the
@@ -572,14 +568,10 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()
 	}
-	if c.Replies == nil {
-		if err := c.Conn.PublishMsg(msg); err != nil {
-			log.Error().Err(err).Msg("reply")
-		}
-		if err := h.msg.Ack(); err != nil {
-			log.Error().Err(err).Msg("ack")
-		}
-		return
+	if err := c.Conn.PublishMsg(msg); err != nil {
+		log.Error().Err(err).Msg("reply")
 	}
-	c.Replies.Send(msg, h.msg, log)
+	if err := h.msg.Ack(); err != nil {
+		log.Error().Err(err).Msg("ack")
+	}
 }

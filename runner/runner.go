@@ -30,7 +30,6 @@ import (
 	"github.com/passkeys/worker/ownership"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/pipeline"
-	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
@@ -85,7 +84,6 @@ type Config struct {
 	Snapshots  *snapshot.Store
 	Metrics    *metrics.Metrics
 	Observer   pipeline.Observer
-	Replies    *reply.Guard
 	// Tracer, when set, records the partitions' spans (pipeline.Processor,
 	// outbox.Publisher).
 	Tracer trace.Tracer
@@ -329,7 +327,6 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		PriorityGroup: topology.PriorityGroup,
 		Order:         &pipeline.OrderGuard{Reader: s.cfg.Reader, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      s.cfg.Observer,
-		Replies:       s.cfg.Replies,
 		Tracer:        s.cfg.Tracer,
 		Partition:     pt.p,
 		NoEarlyAnswer: s.cfg.NoEarlyAnswers,

@@ -599,8 +599,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-1"}`, "Nats-Msg-Id", "m1")) // a repeat
 	testenv.WantError(t, e.request(t, "passkeys.remove.u1", adminTok, `{"tokenId":"pk-2"}`), 9, "PASSKEY-LAST", "400")
 
-	// A command is acknowledged once its reply has settled (ReplyGuard):
-	// half a second after the reply.
+	// A command is acknowledged right after its reply.
 	var text string
 	waitFor(t, func() bool {
 		_, text = get("/metrics")
