@@ -45,6 +45,9 @@ type Config struct {
 	Partitions int
 	// Renew is how often membership and leases are renewed (2 s).
 	Renew time.Duration
+	// TTL is the lease bucket's TTL, as the bucket says
+	// (topology.Handles.LeaseTTL): required.
+	TTL time.Duration
 	// Margin is taken off the bucket's TTL: a lease is held until its last
 	// renewal was sent plus TTL less Margin (1 s).
 	Margin time.Duration
@@ -134,14 +137,22 @@ type Coordinator struct {
 }
 
 // New returns a coordinator of the lease bucket kv that runs run for each
-// partition it holds.
-func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) *Coordinator {
+// partition it holds. It refuses a bucket whose TTL leaves no safe hold:
+// one that two renewals do not fit into (a renewal lost to a slow server
+// would lose the lease), or none at all.
+func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) (*Coordinator, error) {
 	cfg.defaults()
+	hold := cfg.TTL - cfg.Margin
+	if hold < 2*cfg.Renew {
+		return nil, fmt.Errorf("key-value bucket %s has a TTL of %v: too short to hold a lease renewed every %v "+
+			"(at least %v); make it again with this build's TTL (`worker provision --reset-leases`)",
+			topology.LeaseBucket, cfg.TTL, cfg.Renew, 2*cfg.Renew+cfg.Margin)
+	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Coordinator{kv: kv, cfg: cfg, run: run, log: log, hold: topology.LeaseTTL - cfg.Margin,
+	return &Coordinator{kv: kv, cfg: cfg, run: run, log: log, hold: hold,
 		incarnation: hex.EncodeToString(b[:]), leases: map[int]*Lease{}, avoid: map[int]time.Time{},
-		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}
+		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}, nil
 }
 
 func memberKey(id string) string { return "members." + id }
@@ -235,7 +246,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 // alive: ErrDuplicate).
 func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error {
 	c.log.Warn().Str("worker_id", c.cfg.ID).Msg("another process was this worker's member lately; waiting to see whether it is gone")
-	deadline := time.Now().Add(topology.LeaseTTL + c.cfg.Renew)
+	deadline := time.Now().Add(c.cfg.TTL + c.cfg.Renew)
 	for time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
@@ -442,7 +453,7 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 			// Take no lease for a TTL: were the bucket made again early (by
 			// something that did not wait the TTL out, as worker provision
 			// --reset-leases does), a lease of the old one may still be held.
-			c.noTakeUntil.Store(int64(clock.Now().Add(topology.LeaseTTL + time.Second)))
+			c.noTakeUntil.Store(int64(clock.Now().Add(c.cfg.TTL + time.Second)))
 			c.log.Warn().Msg("membership had run out (a pause, or the bucket was made again); joined again")
 			// A bucket made again (worker provision --reset-leases) starts
 			// its sequences over, and a watch that goes on from the old

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,11 +28,29 @@ func bucket(t *testing.T) (jetstream.KeyValue, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.CreateKeyValue(context.Background(), topology.Settings{Replicas: 1}.LeaseBucketConfig())
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
+	bc.TTL = testTTL
+	kv, err := js.CreateKeyValue(context.Background(), bc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return kv, ns.Shutdown
+}
+
+// The tests run the protocol at twice production speed: a bucket's TTL of
+// 3 s, renewals every 0.5 s (ownership.Config is timing as configuration).
+const testTTL = 3 * time.Second
+
+// timing fills in cfg's timings of the tests' speed.
+func timing(cfg ownership.Config) ownership.Config {
+	cfg.TTL = testTTL
+	if cfg.Renew == 0 {
+		cfg.Renew = 500 * time.Millisecond
+	}
+	if cfg.Margin == 0 {
+		cfg.Margin = 500 * time.Millisecond
+	}
+	return cfg
 }
 
 // runners records what each worker's runner is given.
@@ -87,7 +106,10 @@ func (r *runners) lease(id string, p int) *ownership.Lease {
 func start(t *testing.T, kv jetstream.KeyValue, r *runners, id string, cfg ownership.Config) (*ownership.Coordinator, chan error, context.CancelFunc) {
 	t.Helper()
 	cfg.ID, cfg.Partitions = id, 8
-	c := ownership.New(kv, cfg, r.runner(id), zerolog.Nop())
+	c, err := ownership.New(kv, timing(cfg), r.runner(id), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Join(context.Background()); err != nil {
 		t.Fatalf("join %s: %v", id, err)
 	}
@@ -110,6 +132,7 @@ func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
 // Two workers split the partitions; when one stops, the other takes its
 // partitions at once (the leaver deletes its leases and membership).
 func TestTwoWorkersShareAndHandOver(t *testing.T) {
+	t.Parallel()
 	kv, _ := bucket(t)
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
 	_, _, stopA := start(t, kv, r, "a", ownership.Config{})
@@ -123,6 +146,7 @@ func TestTwoWorkersShareAndHandOver(t *testing.T) {
 // leases run out by its own clock: their contexts end (ErrExpired) and
 // Valid is false, though nobody told it anything.
 func TestLeaseRunsOutWithoutRenewal(t *testing.T) {
+	t.Parallel()
 	kv, shutdown := bucket(t)
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
 	start(t, kv, r, "a", ownership.Config{})
@@ -131,7 +155,7 @@ func TestLeaseRunsOutWithoutRenewal(t *testing.T) {
 	shutdown()
 	select {
 	case <-l.Context().Done():
-	case <-time.After(topology.LeaseTTL + 2*time.Second):
+	case <-time.After(testTTL + 2*time.Second):
 		t.Fatal("the lease's context did not end when it could not be renewed")
 	}
 	if !errors.Is(context.Cause(l.Context()), ownership.ErrExpired) || l.Valid() || l.Serving() || l.Check() == nil {
@@ -142,10 +166,14 @@ func TestLeaseRunsOutWithoutRenewal(t *testing.T) {
 // A second process with the same worker id (a copied data directory) is
 // refused while the first renews its membership.
 func TestDuplicateWorkerID(t *testing.T) {
+	t.Parallel()
 	kv, _ := bucket(t)
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
 	start(t, kv, r, "a", ownership.Config{})
-	twin := ownership.New(kv, ownership.Config{ID: "a", Partitions: 8}, r.runner("a-twin"), zerolog.Nop())
+	twin, err := ownership.New(kv, timing(ownership.Config{ID: "a", Partitions: 8}), r.runner("a-twin"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := twin.Join(ctx); !errors.Is(err, ownership.ErrDuplicate) {
@@ -157,6 +185,7 @@ func TestDuplicateWorkerID(t *testing.T) {
 // and avoided, and another worker serves it; one whose runner fails is
 // avoided too.
 func TestStuckOrFailingPartitionMoves(t *testing.T) {
+	t.Parallel()
 	kv, _ := bucket(t)
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
 	r.behave = func(id string, l *ownership.Lease) error {
@@ -181,6 +210,7 @@ func TestStuckOrFailingPartitionMoves(t *testing.T) {
 // the whole Avoid: nobody else would serve it, so it tries again after
 // RetryAlone (a catch-up that timed out while a NATS node was frozen).
 func TestLoneWorkerRetriesAFailedPartition(t *testing.T) {
+	t.Parallel()
 	kv, _ := bucket(t)
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
 	var mu sync.Mutex
@@ -209,6 +239,7 @@ func TestLoneWorkerRetriesAFailedPartition(t *testing.T) {
 // once: the fault campaign's workers exited here after a power cut of
 // every machine.
 func TestJoinWaitsForTheBucket(t *testing.T) {
+	t.Parallel()
 	dir, addr := t.TempDir(), testenv.FreeAddr(t)
 	host, portText, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portText)
@@ -228,14 +259,19 @@ func TestJoinWaitsForTheBucket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.CreateKeyValue(context.Background(), topology.Settings{Replicas: 1}.LeaseBucketConfig())
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
+	bc.TTL = testTTL
+	kv, err := js.CreateKeyValue(context.Background(), bc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ns.Shutdown()
 	ns.WaitForShutdown()
 	r := &runners{leases: map[string]map[int]*ownership.Lease{}}
-	c := ownership.New(kv, ownership.Config{ID: "a", Partitions: 8, Renew: 500 * time.Millisecond}, r.runner("a"), zerolog.Nop())
+	c, err := ownership.New(kv, timing(ownership.Config{ID: "a", Partitions: 8}), r.runner("a"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
 	joined := make(chan error, 1)
 	go func() { joined <- c.Join(context.Background()) }()
 	select {
@@ -252,5 +288,24 @@ func TestJoinWaitsForTheBucket(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no join 30 s after the server came back")
+	}
+}
+
+// A bucket whose TTL leaves no safe hold (two renewals do not fit into
+// it) is refused with the fix in the message; one that does is taken,
+// whatever this build's own TTL.
+func TestHoldComesFromTheBucketsTTL(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		ttl time.Duration
+		ok  bool
+	}{{0, false}, {4 * time.Second, false}, {5 * time.Second, true}, {time.Minute, true}} {
+		_, err := ownership.New(nil, ownership.Config{ID: "a", Partitions: 8, TTL: c.ttl}, nil, zerolog.Nop())
+		if (err == nil) != c.ok {
+			t.Errorf("TTL %v: %v, want ok %v", c.ttl, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--reset-leases") {
+			t.Errorf("TTL %v: %v, want the fix named", c.ttl, err)
+		}
 	}
 }

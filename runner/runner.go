@@ -72,6 +72,7 @@ type Config struct {
 	NoEarlyAnswers bool
 
 	Leases   jetstream.KeyValue
+	LeaseTTL time.Duration // the bucket's (topology.Handles.LeaseTTL)
 	Conn     *nats.Conn
 	Stream   jetstream.Stream
 	Reader   *jsread.Reader // reads stream PASSKEYS
@@ -132,11 +133,13 @@ type part struct {
 	checkedAt   time.Time // when the bucket's newest was last looked at
 }
 
-// New returns the Set of cfg; Join and Run start it.
-func New(cfg Config) *Set {
+// New returns the Set of cfg; Join and Run start it. Its error is
+// ownership.New's: a lease bucket whose TTL leaves no safe hold.
+func New(cfg Config) (*Set, error) {
 	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, transfers: make(chan struct{}, 1)}
-	s.coord = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions}, s.run, cfg.Log)
-	return s
+	var err error
+	s.coord, err = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions, TTL: cfg.LeaseTTL}, s.run, cfg.Log)
+	return s, err
 }
 
 // Join makes this worker a member (ownership.Coordinator.Join); Run then

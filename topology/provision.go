@@ -16,8 +16,12 @@ import (
 
 // Handles are what a worker uses of the topology.
 type Handles struct {
-	Stream    jetstream.Stream
-	Leases    jetstream.KeyValue
+	Stream jetstream.Stream
+	Leases jetstream.KeyValue
+	// LeaseTTL is the lease bucket's TTL as the bucket says: what a worker
+	// derives how long it holds a lease from (ownership.Config.TTL), never
+	// a constant of its own build.
+	LeaseTTL  time.Duration
 	Snapshots jetstream.ObjectStore
 	// Keys is the key history's stream.
 	Keys jetstream.Stream
@@ -119,11 +123,20 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 			return h, fmt.Errorf("create or update consumer %s: %w", cc.Durable, err)
 		}
 	}
-	kv := func(cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, cfg) })
+	lc := s.LeaseBucketConfig()
+	if old, err := js.KeyValue(ctx, LeaseBucket); err == nil {
+		// An existing bucket keeps its TTL: the running workers hold their
+		// leases by it, and a shorter one would let two hold a partition.
+		if lc.TTL, err = bucketTTL(ctx, old); err != nil {
+			return h, err
+		}
 	}
-	if h.Leases, err = kv(s.LeaseBucketConfig()); err != nil {
+	h.Leases, err = call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, lc) })
+	if err != nil {
 		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
+	}
+	if h.LeaseTTL, err = bucketTTL(ctx, h.Leases); err != nil {
+		return h, err
 	}
 	h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) {
 		return js.CreateOrUpdateObjectStore(ctx, s.SnapshotBucketConfig())
@@ -202,6 +215,9 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if h.Leases, err = kv(LeaseBucket); err != nil {
 		return h, missing("key-value bucket "+LeaseBucket, err)
 	}
+	if h.LeaseTTL, err = bucketTTL(ctx, h.Leases); err != nil {
+		return h, err
+	}
 	if h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, SnapshotBucket) }); err != nil {
 		return h, missing("object store "+SnapshotBucket, err)
 	}
@@ -216,29 +232,50 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	return h, nil
 }
 
+// bucketTTL is the TTL the lease bucket kv says it has.
+func bucketTTL(ctx context.Context, kv jetstream.KeyValue) (time.Duration, error) {
+	st, err := call(ctx, func(ctx context.Context) (jetstream.KeyValueStatus, error) { return kv.Status(ctx) })
+	if err != nil {
+		return 0, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
+	}
+	if st.TTL() <= 0 {
+		return 0, retry.Permanent(fmt.Errorf("key-value bucket %s has no TTL: a lease in it would never expire; "+
+			"delete it (`worker provision --reset-leases`)", LeaseBucket))
+	}
+	return st.TTL(), nil
+}
+
 // ResetLeases deletes the lease bucket's stream, for `worker provision
 // --reset-leases`: the way out of a bucket that NATS left without a leader
 // (nats-server issue 5205; docs/reliability.md), which no worker can hold a
 // partition through. It then waits out the lease TTL and a second: no
 // lease can be renewed while the bucket is gone, so every worker's hold
 // has ended (by its own clock) before Provision creates the bucket again,
-// empty, and a new lease can be taken. Leases are seconds of state; the
+// empty, and a new lease can be taken. A bucket left without a leader cannot
+// say its TTL: the wait is then this build's LeaseTTL, which the bucket
+// was made with unless an older build made it with another. Leases are seconds of state; the
 // partitions' state is in their stores, snapshots and the stream.
 func ResetLeases(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.Logger) error {
 	name := "KV_" + LeaseBucket
 	if err := s.matchesStream(ctx, js); err != nil {
 		return fmt.Errorf("nothing deleted: %w", err)
 	}
+	ttl := LeaseTTL
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if st, err := js.Stream(ictx, name); err == nil && st.CachedInfo().Config.MaxAge > ttl {
+		ttl = st.CachedInfo().Config.MaxAge
+	}
+	cancel()
 	err := untilDeleted(ctx, js, name, log)
 	if err != nil {
 		return fmt.Errorf("delete stream %s: %w", name, err)
 	}
-	log.Warn().Str("stream", name).Dur("wait", LeaseTTL+time.Second).
+	log.Warn().Str("stream", name).Dur("wait", ttl+time.Second).
 		Msg("lease bucket deleted; waiting out the lease TTL before creating it again, so that no worker still holds a lease from it")
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(LeaseTTL + time.Second):
+	case <-time.After(ttl + time.Second):
 		return nil
 	}
 }

@@ -60,7 +60,9 @@ const (
 // The buckets the workers coordinate through.
 const (
 	// LeaseBucket holds membership (members.<worker id>) and partition
-	// leases (partitions.<n>); a key not renewed for LeaseTTL expires.
+	// leases (partitions.<n>); a key not renewed for the bucket's TTL
+	// expires. LeaseTTL is the TTL a new bucket is made with; one that
+	// exists keeps its own (Handles.LeaseTTL), which workers read.
 	LeaseBucket = "PASSKEYS_LEASES"
 	LeaseTTL    = 6 * time.Second
 	// SnapshotBucket holds the partitions' snapshots.
