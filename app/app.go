@@ -245,7 +245,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	w.parts, err = runner.New(runner.Config{ID: id, Partitions: cfg.Partitions, DataDir: cfg.DataDir, MaxBatch: cfg.MaxBatch,
 		Retention: cfg.Retention, EventsDuplicates: cfg.EventsDuplicates, SnapshotInterval: cfg.SnapshotInterval, SnapshotChanges: cfg.SnapshotChanges,
 		StoreTimeout: cfg.StoreTimeout, LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config),
-		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, HoldEvents: cfg.HoldEvents, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
+		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
 		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log})

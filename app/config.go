@@ -59,7 +59,6 @@ type Config struct {
 	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
 	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
 	NoSync        bool          // benchmarks of the layers above the disk only
-	HoldEvents    bool          // tests only: publish no event (PASSKEYS_TEST_HOLD_EVENTS=1)
 	// Without names mechanisms switched off (--without), for the fault
 	// campaign's measure of what each one earns: MechEarlyAnswers.
 	Without []string

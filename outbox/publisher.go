@@ -43,9 +43,6 @@ type Publisher struct {
 	Store    *storage.Store
 	Log      zerolog.Logger
 	Observer Observer
-	// Hold, for tests only, publishes nothing: the events stay in the
-	// outbox, as when the worker dies between a commit and its publish.
-	Hold bool
 	// Published, when set, reads the last event stream PASSKEYS_EVENTS
 	// holds for a user; Dedup is the stream's duplicate window. An event
 	// older than half the window (it waited in an outbox through an
@@ -107,11 +104,6 @@ func (e *Publisher) Wake() {
 // Run publishes until ctx ends: at once when woken, and every second in
 // any case (an outage, events left by a crash).
 func (e *Publisher) Run(ctx context.Context) {
-	if e.Hold {
-		e.Log.Warn().Msg("TEST HOOK: events are held in the outbox, not published (PASSKEYS_TEST_HOLD_EVENTS)")
-		<-ctx.Done()
-		return
-	}
 	e.started, e.before = time.Now(), map[string]bool{}
 	if pending, err := e.Store.PendingEvents(math.MaxInt); err == nil {
 		for _, ev := range pending {

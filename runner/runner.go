@@ -66,7 +66,7 @@ type Config struct {
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
 	LegacyUntil                       uint64
-	AllowStoreGap, NoSync, HoldEvents bool
+	AllowStoreGap, NoSync bool
 	// NoEarlyAnswers switches the early answers off (pipeline.EarlyAnswers
 	// and the order check's): the fault campaign's measure of them.
 	NoEarlyAnswers bool
@@ -306,7 +306,6 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	}
 	pt.events = outbox.New(s.cfg.EventsJS, pt.store, log, s.cfg.Metrics)
 	pt.events.Tracer = s.cfg.Tracer
-	pt.events.Hold = s.cfg.HoldEvents
 	pt.events.Published, pt.events.Dedup = s.cfg.EventsRead, s.cfg.EventsDuplicates
 	sub, err := s.endpoints.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
 	if err != nil {
