@@ -65,7 +65,7 @@ type Config struct {
 	StoreTimeout      time.Duration
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
-	LegacyUntil                       uint64
+	LegacyUntil           uint64
 	AllowStoreGap, NoSync bool
 	// NoEarlyAnswers switches the early answers off (pipeline.EarlyAnswers
 	// and the order check's): the fault campaign's measure of them.
