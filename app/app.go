@@ -3,7 +3,7 @@
 // context ends, and closes them in reverse. What each part does lives in
 // its own package: topology (what JetStream holds), keyhistory (the trusted
 // keys), ownership and runner (the partitions this worker serves),
-// pipeline (applying commands), service (the endpoints), reply, outbox,
+// handler (applying commands), service (the endpoints), reply, outbox,
 // snapshot, upgrade, ops (HTTP), metrics.
 package app
 
@@ -28,7 +28,7 @@ import (
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
 	"github.com/passkeys/worker/ownership"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
@@ -248,7 +248,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: pipeline.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log})
+		Snapshots: snaps, Metrics: w.metrics, Observer: handler.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log})
 	if err != nil {
 		return err
 	}

@@ -47,10 +47,10 @@ type Health struct {
 	Writes     *StoreWrites
 }
 
-// StoreWrites remembers whether a pipeline's last store transaction
+// StoreWrites remembers whether a partition's last store transaction
 // failed: a worker whose commits fail (a full disk, a failing device) takes
 // commands only to retry them, and must not say it is ready. It is one more
-// pipeline.Observer.
+// handler.Observer.
 type StoreWrites struct {
 	mu      sync.Mutex
 	lastErr error

@@ -14,7 +14,7 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
@@ -64,11 +64,11 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	// The commands the holder before was handed and did not acknowledge
 	// are answered once the partition is served (serve), not after their
 	// ack wait.
-	pt.early = &pipeline.EarlyAnswers{}
+	pt.early = &handler.EarlyAnswers{}
 	if !s.cfg.NoEarlyAnswers {
-		pt.early = pipeline.NewEarlyAnswers(pt.cons.CachedInfo())
+		pt.early = handler.NewEarlyAnswers(pt.cons.CachedInfo())
 	}
-	n, last, err := pipeline.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
+	n, last, err := handler.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
 		pt.lease.Progress, pt.early.Note)
 	if err != nil {
 		return err

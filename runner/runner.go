@@ -1,7 +1,7 @@
 // Package runner runs the partitions this worker holds: for each lease the
 // ownership coordinator hands it, it loads the partition's state (its
 // newest snapshot, its own store, the stream after them), serves it (the
-// partition's pipeline consumes its commands, the service answers its
+// partition's handler consumes its commands, the service answers its
 // reads) while the lease is valid, and lets go of it (finishes what it has
 // in hand, writes a snapshot while the lease still holds).
 package runner
@@ -29,7 +29,7 @@ import (
 	"github.com/passkeys/worker/outbox"
 	"github.com/passkeys/worker/ownership"
 	"github.com/passkeys/worker/partition"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
@@ -67,7 +67,7 @@ type Config struct {
 	// have applied that far before it may serve.
 	LegacyUntil           uint64
 	AllowStoreGap, NoSync bool
-	// NoEarlyAnswers switches the early answers off (pipeline.EarlyAnswers
+	// NoEarlyAnswers switches the early answers off (handler.EarlyAnswers
 	// and the order check's): the fault campaign's measure of them.
 	NoEarlyAnswers bool
 
@@ -84,8 +84,8 @@ type Config struct {
 	Keys       command.KeyClock
 	Snapshots  *snapshot.Store
 	Metrics    *metrics.Metrics
-	Observer   pipeline.Observer
-	// Tracer, when set, records the partitions' spans (pipeline.Processor,
+	Observer   handler.Observer
+	// Tracer, when set, records the partitions' spans (handler.Processor,
 	// outbox.Publisher).
 	Tracer trace.Tracer
 	Log    zerolog.Logger
@@ -125,7 +125,7 @@ type part struct {
 	applier *command.Applier
 	events  *outbox.Publisher
 	cons    jetstream.Consumer
-	early   *pipeline.EarlyAnswers // owed since the catch-up (load), sent by serve
+	early   *handler.EarlyAnswers // owed since the catch-up (load), sent by serve
 
 	snapMu      sync.Mutex
 	snapApplied uint64    // applied sequence of the newest snapshot known
@@ -319,7 +319,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	go func() { defer close(snapped); s.snapshotLoop(ctx, pt, log) }()
 	defer func() { <-snapped }()
 
-	proc := &pipeline.Processor{
+	proc := &handler.Processor{
 		Committed:     pt.events.Wake,
 		Applier:       pt.applier,
 		Conn:          s.cfg.Conn,
@@ -327,7 +327,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		MaxBatch:      s.cfg.MaxBatch,
 		Wait:          retry.Wait,
 		PriorityGroup: topology.PriorityGroup,
-		Order:         &pipeline.OrderGuard{Reader: s.cfg.Reader, Filter: partition.Filter(pt.p), Applied: applied},
+		Order:         &handler.OrderGuard{Reader: s.cfg.Reader, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      s.cfg.Observer,
 		Tracer:        s.cfg.Tracer,
 		Partition:     pt.p,

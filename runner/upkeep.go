@@ -6,13 +6,13 @@ import (
 
 	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/partition"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 )
 
 // Replay serves passkeys.admin.replay for the partitions this worker
-// serves: only what each has applied; the rest its pipeline applies itself.
-func (s *Set) Replay(ctx context.Context, r pipeline.ReplayRange) (pipeline.ReplayReport, error) {
-	total := pipeline.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
+// serves: only what each has applied; the rest its handler applies itself.
+func (s *Set) Replay(ctx context.Context, r handler.ReplayRange) (handler.ReplayReport, error) {
+	total := handler.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
 	var maxApplied uint64
 	for _, pt := range s.serving() {
 		applied, err := pt.store.AppliedSeq()
@@ -24,7 +24,7 @@ func (s *Set) Replay(ctx context.Context, r pipeline.ReplayRange) (pipeline.Repl
 		if pr.ToSeq < pr.FromSeq {
 			continue
 		}
-		rep, err := pipeline.Replay(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), pr, s.cfg.MaxBatch)
+		rep, err := handler.Replay(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), pr, s.cfg.MaxBatch)
 		if err != nil {
 			return total, err
 		}
@@ -51,7 +51,7 @@ const (
 
 // PruneOutcomes deletes expired outcome records of the partitions served,
 // an hour after the worker starts and every hour after, in small
-// transactions so the pipelines are never held up for long, until ctx
+// transactions so the handlers are never held up for long, until ctx
 // ends. "Expired" is by the command stream's clock (its leader's,
 // STREAM.INFO), less pruneMargin, never this worker's: a record is pruned
 // only when it expired so long ago that no command that could still look

@@ -26,7 +26,7 @@ import (
 	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
 )
@@ -63,7 +63,7 @@ type Endpoints struct {
 	// Answers, when set, are reported in $SRV.STATS for remove and sync.
 	Answers *AnswerStats
 	// Replayer, when set, serves passkeys.admin.replay.
-	Replayer func(context.Context, pipeline.ReplayRange) (pipeline.ReplayReport, error)
+	Replayer func(context.Context, handler.ReplayRange) (handler.ReplayReport, error)
 	// Tracer, when set, records a span per forwarded request (its forward
 	// and the wait for the stream's acknowledgement, or for a repeat's
 	// outcome), in the trace the request carries, and the forwarded command
@@ -448,7 +448,7 @@ func (s *Endpoints) replay(req micro.Request) {
 		s.respondError(req, passkey.ErrDeniedReplay)
 		return
 	}
-	var r pipeline.ReplayRange
+	var r handler.ReplayRange
 	if err := passkey.DecodeStrict(req.Data(), &r); err != nil || r.FromSeq == 0 || r.ToSeq < r.FromSeq || (r.UserID != "" && passkey.ValidateUserID(r.UserID) != nil) {
 		s.respondError(req, passkey.ErrReplayInvalid)
 		return

@@ -266,7 +266,7 @@ func (t *Tx) users() *bolt.Bucket {
 
 // ErrBadUserID is returned for a user id the store cannot key: empty, or
 // holding the zero byte that separates a user from its outcome records.
-// The service and the pipeline never pass one (passkey.ValidateUserID refuses them).
+// The service and the handler never pass one (passkey.ValidateUserID refuses them).
 var ErrBadUserID = errors.New("empty user id, or one with a zero byte")
 
 // Outcome is the answer a command got, kept so that a repeat of the

@@ -21,7 +21,7 @@ import (
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
-	"github.com/passkeys/worker/pipeline"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
@@ -174,7 +174,7 @@ func (u *upgrade) applyTail(ctx context.Context, from uint64) (uint64, int, erro
 		if err != nil {
 			return 0, 0, fmt.Errorf("upgrade: %w", err)
 		}
-		cmd, err := pipeline.CommandOf(m)
+		cmd, err := handler.CommandOf(m)
 		if err != nil {
 			return 0, 0, fmt.Errorf("upgrade: stream sequence %d: %w", m.Sequence, err)
 		}

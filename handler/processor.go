@@ -1,11 +1,11 @@
-// Package pipeline applies a partition's commands: the Processor takes
+// Package handler handles a partition's JetStream messages: the Processor takes
 // them from the partition's durable consumer in batches, has them checked
 // and committed in stream order (command.Applier, the OrderGuard filling
 // what another worker took), and only then replies and acknowledges. It
 // also reads the partition's stored commands without a consumer: CatchUp
 // for a partition taken over, Replay for an operator. A fault of this
 // machine makes the partition wait, never skip.
-package pipeline
+package handler
 
 import (
 	"context"
