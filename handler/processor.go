@@ -33,7 +33,9 @@ import (
 // batches, has the Applier apply each batch in one transaction, and only
 // then replies to and acknowledges each command.
 type Processor struct {
-	Applier *command.Applier
+	// Partition is the partition the consumer delivers: its Applier
+	// applies, and it knows what was applied (the order check's).
+	Partition *Partition
 	// Conn publishes replies.
 	Conn *nats.Conn
 	Log  zerolog.Logger
@@ -49,10 +51,6 @@ type Processor struct {
 	// (DefaultPullExpiry when 0); the server sends a heartbeat every fifth
 	// of it, and two missed ones make the pull start again.
 	PullExpiry time.Duration
-	// Order, when set, makes sure the partition's commands are applied in
-	// stream order with none left out, even when another worker took some
-	// of them or the server redelivers late (see OrderGuard).
-	Order *OrderGuard
 	// Observer, when set, is told what happens: metrics, and the
 	// micro service's STATS. Observers tells several.
 	Observer Observer
@@ -61,17 +59,17 @@ type Processor struct {
 	Committed func()
 	// Tracer, when set, records spans: each command's apply (a child of
 	// the trace context the command carries) and reply, and each batch's
-	// check and commit (linked to its commands' spans). Partition names the
-	// partition in them. Without it a command's trace context still goes
-	// into its reply's headers and its event.
-	Tracer    trace.Tracer
-	Partition int
+	// check and commit (linked to its commands' spans). Without it a
+	// command's trace context still goes into its reply's headers and its
+	// event.
+	Tracer trace.Tracer
 	// NoEarlyAnswer: a command applied from the stream (the order check's)
 	// is answered when its delivery comes, not at once (the fault
 	// campaign's measure of the early answers).
 	NoEarlyAnswer bool
 
 	ackWait time.Duration // the consumer's, for giveBack
+	order   orderCheck
 }
 
 // Observer is told what the processor does; metrics.Metrics is one.
@@ -357,7 +355,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			h.ctx, h.span = c.Tracer.Start(traceprop.Extract(ctx, m.Headers()), "passkeys.apply",
 				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 					attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", h.cmd.Subject),
-					attribute.Int64("messaging.nats.stream_seq", int64(meta.Sequence.Stream)), attribute.Int("passkeys.partition", c.Partition)))
+					attribute.Int64("messaging.nats.stream_seq", int64(meta.Sequence.Stream)), attribute.Int("passkeys.partition", c.Partition.ID)))
 		}
 		hand = append(hand, h)
 		cmds = append(cmds, h.cmd)
@@ -366,7 +364,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 		return checkedBatch{}, false
 	}
 	ctx, span := c.batchSpan(ctx, "passkeys.batch.check", hand)
-	checked, err := c.Applier.Check(ctx, cmds)
+	checked, err := c.Partition.Applier.Check(ctx, cmds)
 	span.End()
 	if err != nil {
 		c.endSpans(hand, "stopping before the keys of the commands' time were known")
@@ -390,15 +388,13 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	ctx, span := c.batchSpan(ctx, "passkeys.batch.commit", b.hand)
 	defer span.End()
-	if c.Order != nil {
-		if err := c.Order.fill(ctx, b.hand, c.applyRead, c.Wait, c.Log); err != nil {
-			c.endSpans(b.hand, "stopping before the batch's commit")
-			c.giveBack(ctx, b.hand)
-			return
-		}
+	if err := c.fill(ctx, b.hand); err != nil {
+		c.endSpans(b.hand, "stopping before the batch's commit")
+		c.giveBack(ctx, b.hand)
+		return
 	}
 	answered := make([]bool, len(b.hand))
-	err := c.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
+	err := c.Partition.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
 		Committed: func(n int, took time.Duration, err error) {
 			c.Observer.Batch(n, took, err)
 			if err == nil && c.Committed != nil {
@@ -408,9 +404,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 		Done: func(i int, r command.Result) {
 			answered[i] = true
 			c.answer(b.hand[i], r)
-			if c.Order != nil {
-				c.Order.committed(b.hand[i].meta.Sequence.Stream)
-			}
+			c.Partition.advance(b.hand[i].meta.Sequence.Stream)
 		},
 		Pausing: func(from int) {
 			// Kept in progress: the server does not redeliver them past
@@ -503,7 +497,7 @@ func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery)
 		}
 	}
 	return c.Tracer.Start(ctx, name, trace.WithLinks(links...), trace.WithAttributes(
-		attribute.Int("passkeys.partition", c.Partition), attribute.Int("passkeys.batch_size", len(hand))))
+		attribute.Int("passkeys.partition", c.Partition.ID), attribute.Int("passkeys.batch_size", len(hand))))
 }
 
 // endSpans ends the apply spans of commands left unanswered (they come back).
@@ -518,21 +512,6 @@ func (c *Processor) endSpans(hand []delivery, why string) {
 
 // noopSpan is the span of a batch when there is no Tracer.
 var noopSpan = noop.Span{}
-
-// applyRead applies commands read from the stream (delivered to another
-// worker, not here), in order, and answers each at once (answerRead).
-func (c *Processor) applyRead(ctx context.Context, cmds []*command.Command, done func(*command.Command)) error {
-	return c.Applier.ApplyInOrder(ctx, cmds, command.InOrder{Wait: c.Wait,
-		Committed: func(_ int, _ time.Duration, err error) {
-			if err == nil && c.Committed != nil {
-				c.Committed()
-			}
-		},
-		Done: func(i int, r command.Result) {
-			done(cmds[i])
-			c.answerRead(cmds[i], r)
-		}})
-}
 
 // answer replies to and acknowledges one message, after its transaction
 // committed.

@@ -83,15 +83,14 @@ func (f *consumerFixture) start(t *testing.T, proc *command.Applier, group strin
 // startCtx is start under ctx: the Consumer also stops when ctx ends.
 func (f *consumerFixture) startCtx(t *testing.T, ctx context.Context, proc *command.Applier, group string) (stop func()) {
 	t.Helper()
-	applied, err := proc.Store.AppliedSeq()
+	part, err := NewPartition(0, proc, jsread.New(f.js, topology.StreamName, true), 8)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &Processor{
-		Applier: proc, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
+		Partition: part, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
 		Wait:          retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 		PriorityGroup: group,
-		Order:         &OrderGuard{Reader: jsread.New(f.js, topology.StreamName, true), Filter: partition.Filter(0), Applied: applied},
 		Observer:      f.observer,
 	}
 	runCtx, cancel := context.WithCancel(ctx)

@@ -12,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
@@ -59,8 +59,11 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err := s.checkStream(ctx, pt, applied, si, log); err != nil {
 		return err
 	}
-	pt.applier = &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
+	applier := &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
 		Fence: pt.lease.Check}
+	if pt.partition, err = handler.NewPartition(pt.p, applier, s.cfg.Reader, s.cfg.MaxBatch); err != nil {
+		return err
+	}
 	// The commands the holder before was handed and did not acknowledge
 	// are answered once the partition is served (serve), not after their
 	// ack wait.
@@ -68,13 +71,12 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if !s.cfg.NoEarlyAnswers {
 		pt.early = handler.NewEarlyAnswers(pt.cons.CachedInfo())
 	}
-	n, last, err := handler.CatchUp(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), applied, s.cfg.MaxBatch, retry.Wait,
-		pt.lease.Progress, pt.early.Note)
+	n, err := pt.partition.CatchUp(ctx, retry.Wait, pt.lease.Progress, pt.early.Note)
 	if err != nil {
 		return err
 	}
 	if n > 0 {
-		log.Info().Int("applied", n).Uint64("applied_seq", last).Msg("caught up with the stream")
+		log.Info().Int("applied", n).Uint64("applied_seq", pt.partition.Applied()).Msg("caught up with the stream")
 	}
 	return nil
 }

@@ -23,13 +23,13 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/outbox"
 	"github.com/passkeys/worker/ownership"
 	"github.com/passkeys/worker/partition"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
@@ -119,13 +119,15 @@ type Set struct {
 
 // part is one partition this worker holds.
 type part struct {
-	p       int
-	lease   *ownership.Lease
-	store   *storage.Store
-	applier *command.Applier
-	events  *outbox.Publisher
-	cons    jetstream.Consumer
-	early   *handler.EarlyAnswers // owed since the catch-up (load), sent by serve
+	p     int
+	lease *ownership.Lease
+	store *storage.Store
+	// partition applies the partition's commands to store, and knows
+	// what was applied; nil until the load has checked the store.
+	partition *handler.Partition
+	events    *outbox.Publisher
+	cons      jetstream.Consumer
+	early     *handler.EarlyAnswers // owed since the catch-up (load), sent by serve
 
 	snapMu      sync.Mutex
 	snapApplied uint64    // applied sequence of the newest snapshot known
@@ -300,10 +302,7 @@ func (s *Set) noteRecoverable(p int, err error, log zerolog.Logger) {
 // serve consumes the partition's commands and answers its reads until ctx
 // ends.
 func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
-	applied, err := pt.store.AppliedSeq()
-	if err != nil {
-		return err
-	}
+	applied := pt.partition.Applied()
 	pt.events = outbox.New(s.cfg.EventsJS, pt.store, log, s.cfg.Metrics)
 	pt.events.Tracer = s.cfg.Tracer
 	pt.events.Published, pt.events.Dedup = s.cfg.EventsRead, s.cfg.EventsDuplicates
@@ -321,16 +320,14 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 
 	proc := &handler.Processor{
 		Committed:     pt.events.Wake,
-		Applier:       pt.applier,
+		Partition:     pt.partition,
 		Conn:          s.cfg.Conn,
 		Log:           log,
 		MaxBatch:      s.cfg.MaxBatch,
 		Wait:          retry.Wait,
 		PriorityGroup: topology.PriorityGroup,
-		Order:         &handler.OrderGuard{Reader: s.cfg.Reader, Filter: partition.Filter(pt.p), Applied: applied},
 		Observer:      s.cfg.Observer,
 		Tracer:        s.cfg.Tracer,
-		Partition:     pt.p,
 		NoEarlyAnswer: s.cfg.NoEarlyAnswers,
 	}
 	// The lease is ours, so whoever held the pin before lost it or let go:
@@ -363,7 +360,7 @@ func (s *Set) letGo(pt *part, log zerolog.Logger) {
 	if pt.store == nil {
 		return
 	}
-	if pt.lease.Valid() && pt.applier != nil {
+	if pt.lease.Valid() && pt.partition != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.cfg.LetGoSnapshotWait, DefaultLetGoSnapshotWait))
 		if err := s.snapshot(ctx, pt); err != nil {
 			log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")

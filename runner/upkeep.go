@@ -4,9 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/passkeys/worker/internal/clock"
-	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/handler"
+	"github.com/passkeys/worker/internal/clock"
 )
 
 // Replay serves passkeys.admin.replay for the partitions this worker
@@ -15,16 +14,13 @@ func (s *Set) Replay(ctx context.Context, r handler.ReplayRange) (handler.Replay
 	total := handler.ReplayReport{FromSeq: r.FromSeq, ToSeq: r.ToSeq}
 	var maxApplied uint64
 	for _, pt := range s.serving() {
-		applied, err := pt.store.AppliedSeq()
-		if err != nil {
-			return total, err
-		}
+		applied := pt.partition.Applied()
 		pr := r
 		pr.ToSeq = min(r.ToSeq, applied)
 		if pr.ToSeq < pr.FromSeq {
 			continue
 		}
-		rep, err := handler.Replay(ctx, s.cfg.Reader, pt.applier, partition.Filter(pt.p), pr, s.cfg.MaxBatch)
+		rep, err := pt.partition.Replay(ctx, pr)
 		if err != nil {
 			return total, err
 		}

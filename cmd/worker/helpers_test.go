@@ -256,36 +256,6 @@ func partitionsSettled(js jetstream.JetStream) bool {
 	return true
 }
 
-// logConsumers logs the stream's last sequence and each partition
-// consumer's leader and counts, for a failure's reader.
-func logConsumers(t *testing.T, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, "PASSKEYS")
-	if err != nil {
-		t.Logf("stream: %v", err)
-		return
-	}
-	if si, err := st.Info(ctx); err == nil {
-		t.Logf("stream PASSKEYS: last sequence %d, leader %s", si.State.LastSeq, si.Cluster.Leader)
-	}
-	for p := range 8 {
-		c, err := st.Consumer(ctx, fmt.Sprintf("passkeys-worker-p%03d", p))
-		if err != nil {
-			t.Logf("partition %d: %v", p, err)
-			continue
-		}
-		ci, err := c.Info(ctx)
-		if err != nil {
-			t.Logf("partition %d: %v", p, err)
-			continue
-		}
-		t.Logf("partition %d: leader %s, delivered to %d, acknowledged to %d, %d pending, %d unacknowledged",
-			p, ci.Cluster.Leader, ci.Delivered.Stream, ci.AckFloor.Stream, ci.NumPending, ci.NumAckPending)
-	}
-}
-
 // storeUntilStored returns a function that publishes a command (with
 // auth, Reply-To and Nats-Msg-Id) until JetStream has it, retrying with the
 // same Nats-Msg-Id through an outage: a retry of a stored one is a
