@@ -26,7 +26,7 @@ import (
 	"github.com/passkeys/worker/client"
 	"github.com/passkeys/worker/internal/cli"
 	"github.com/passkeys/worker/internal/natsconn"
-	"github.com/passkeys/worker/internal/telemetry"
+	"github.com/passkeys/worker/internal/telemetry/otlpjson"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/publisher/batchfile"
@@ -80,7 +80,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return ExitUsage
 	}
 	p := &Publisher{Getenv: getenv, Stdin: stdin, Stdout: stdout, Stderr: stderr}
-	tp, shutdown, err := telemetry.LightProvider(ctx, getenv, "passkeys-publisher", "")
+	tp, shutdown, err := otlpjson.LightProvider(ctx, getenv, "passkeys-publisher", "")
 	if err != nil {
 		return p.Fail(ExitUsage, "%v", err)
 	}

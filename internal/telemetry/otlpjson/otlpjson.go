@@ -1,4 +1,6 @@
-package telemetry
+// Package otlpjson is a small OTLP/HTTP JSON exporter for the publisher, apart
+// from package telemetry so that the worker does not link it.
+package otlpjson
 
 import (
 	"bytes"
@@ -16,9 +18,11 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/passkeys/worker/internal/telemetry"
 )
 
-// LightProvider is Provider with a small exporter of its own: OTLP/HTTP
+// LightProvider is telemetry's provider with a small exporter of its own: OTLP/HTTP
 // in its JSON encoding, one POST per batch, for the publisher, a command
 // line tool that must stay small. The OpenTelemetry OTLP/HTTP exporter
 // links gRPC and protobuf (13 MB of the publisher's 25) to send the same
@@ -26,14 +30,14 @@ import (
 // standard variables (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS,
 // _TIMEOUT); it does not retry, and speaks no gRPC.
 func LightProvider(ctx context.Context, getenv func(string) string, service, version string) (trace.TracerProvider, func(context.Context) error, error) {
-	if !Enabled(getenv) {
+	if !telemetry.Enabled(getenv) {
 		return nil, func(context.Context) error { return nil }, nil
 	}
 	exp, err := newJSONExporter(getenv)
 	if err != nil {
 		return nil, nil, err
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(Resource(ctx, service, version)))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(telemetry.Resource(ctx, service, version)))
 	return tp, tp.Shutdown, nil
 }
 
