@@ -172,16 +172,9 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if err := cfg.Settings().Validate(); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	var entry keyhistory.Entry
-	if cfg.JWKS != "" || cfg.Issuer != "" || cfg.Audience != "" {
-		if cfg.JWKS == "" || cfg.Issuer == "" || cfg.Audience == "" {
-			return errors.New("provision: --jwks, --issuer and --audience go together")
-		}
-		keys, err := auth.LoadJWKS(cfg.JWKS)
-		if err != nil {
-			return fmt.Errorf("provision: %w", err)
-		}
-		entry = keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys}
+	entry, err := provisionEntry(&cfg)
+	if err != nil {
+		return err
 	}
 	log, err := NewLogger(stderr, LogAuto, "info", "passkeys-provision")
 	if err != nil {
@@ -210,6 +203,22 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	}
 	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings().Describe())
 	return provisionKeys(ctx, js, h.Keys, entry, stdout, log)
+}
+
+// provisionEntry is the key set `worker provision` adds to the key
+// history: none without --jwks.
+func provisionEntry(cfg *Config) (keyhistory.Entry, error) {
+	if cfg.JWKS == "" && cfg.Issuer == "" && cfg.Audience == "" {
+		return keyhistory.Entry{}, nil
+	}
+	if cfg.JWKS == "" || cfg.Issuer == "" || cfg.Audience == "" {
+		return keyhistory.Entry{}, errors.New("provision: --jwks, --issuer and --audience go together")
+	}
+	keys, err := auth.LoadJWKS(cfg.JWKS)
+	if err != nil {
+		return keyhistory.Entry{}, fmt.Errorf("provision: %w", err)
+	}
+	return keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys}, nil
 }
 
 // provisionKeys adds entry (when it has keys) to the key history and says

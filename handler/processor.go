@@ -154,16 +154,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
-	expiry := c.PullExpiry
-	if expiry <= 0 {
-		expiry = DefaultPullExpiry
-	}
-	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.MaxBatch),
-		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(expiry / 5)}
-	if c.PriorityGroup != "" {
-		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
-	}
-	iter, err := cons.Messages(opts...)
+	iter, err := cons.Messages(c.pullOptions()...)
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
@@ -214,6 +205,20 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 		return errors.New("consume: the message iterator closed")
 	}
 	return nil
+}
+
+// pullOptions are the options of the consumer's pull requests.
+func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
+	expiry := c.PullExpiry
+	if expiry <= 0 {
+		expiry = DefaultPullExpiry
+	}
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.MaxBatch),
+		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(expiry / 5)}
+	if c.PriorityGroup != "" {
+		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
+	}
+	return opts
 }
 
 // nextBatch waits for a command, then takes whatever else is in hand, up to

@@ -70,16 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	keep := cfg.Dir != ""
-	if !keep {
-		tmp, err := os.MkdirTemp("", "chaos-")
-		if err != nil {
-			fmt.Fprintln(stderr, "chaos:", err)
-			return 2
-		}
-		cfg.Dir = tmp
-	}
-	var err error
-	if cfg.NATSServer, cfg.Worker, err = chaos.Build(cfg.Dir); err != nil {
+	if err := prepare(&cfg); err != nil {
 		fmt.Fprintln(stderr, "chaos:", err)
 		return 2
 	}
@@ -91,6 +82,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		replay += " --without " + *without
 	}
 	return finish(cfg, rep, err, keep, replay, stdout, stderr)
+}
+
+// prepare makes cfg's working folder (a temporary one when none is given)
+// and builds the programs the campaign runs.
+func prepare(cfg *chaos.Config) error {
+	if cfg.Dir == "" {
+		tmp, err := os.MkdirTemp("", "chaos-")
+		if err != nil {
+			return err
+		}
+		cfg.Dir = tmp
+	}
+	var err error
+	cfg.NATSServer, cfg.Worker, err = chaos.Build(cfg.Dir)
+	return err
 }
 
 // finish prints the report and the verdict, and removes a temporary
