@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
@@ -28,7 +29,6 @@ import (
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
 	"github.com/passkeys/worker/ownership"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"

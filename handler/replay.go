@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/retry"
 )
