@@ -20,13 +20,13 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
 )

@@ -17,11 +17,11 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
