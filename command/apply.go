@@ -42,7 +42,7 @@ type Result struct {
 // Applier applies batches of commands to the store. It holds no
 // transport: the consumer adapter feeds it and sends what it returns.
 type Applier struct {
-	Store    *storage.Store
+	Store    Store
 	Verifier *auth.Verifier
 	// Retention is how long after its command was stored an outcome is
 	// kept: it expires at the command's stream timestamp plus Retention, so
@@ -59,14 +59,37 @@ type Applier struct {
 	// it (the partition's lease is not held) stops the commit, with
 	// ErrFenced. A worker applies to a partition only while it holds it.
 	Fence func() error
+	// Rules decide a command's change (nil: passkey's, Rules{}).
+	Rules Rules
+}
 
-	// Fault injection, for tests only (nil otherwise). BeforeDecide runs
-	// before each rule: a panic in it makes a command poison. BreakTx runs
-	// as each command is applied; an error from it fails the whole
-	// transaction, as a store error would: a command that breaks every
-	// commit it is part of.
-	BeforeDecide func(*Command)
-	BreakTx      func(*Command) error
+// Store is where an Applier commits; *storage.Store is the one.
+type Store interface {
+	// Update runs fn in one read-write transaction, committed when fn
+	// returns nil; an error leaves nothing of it.
+	Update(fn func(*storage.Tx) error) error
+	// AppliedSeq is the last stream sequence a committed transaction
+	// recorded.
+	AppliedSeq() (uint64, error)
+}
+
+// Rules decide what a command changes: passkey.RemovePasskey and
+// passkey.SyncUser (PasskeyRules). A rule that panics makes its command
+// poison: its INTERNAL answer is stored like any refusal.
+type Rules interface {
+	RemovePasskey(p passkey.Principal, userID string, u *passkey.User, req passkey.RemoveRequest, at time.Time) (*passkey.User, error)
+	SyncUser(p passkey.Principal, userID string, u *passkey.User, req passkey.SyncRequest, at time.Time) (*passkey.User, error)
+}
+
+// PasskeyRules are package passkey's rules.
+type PasskeyRules struct{}
+
+func (PasskeyRules) RemovePasskey(p passkey.Principal, userID string, u *passkey.User, req passkey.RemoveRequest, at time.Time) (*passkey.User, error) {
+	return passkey.RemovePasskey(p, userID, u, req, at)
+}
+
+func (PasskeyRules) SyncUser(p passkey.Principal, userID string, u *passkey.User, req passkey.SyncRequest, at time.Time) (*passkey.User, error) {
+	return passkey.SyncUser(p, userID, u, req, at)
 }
 
 // KeyClock tells when the trusted keys are known far enough to judge a
@@ -321,11 +344,6 @@ func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr e
 // store failure, which aborts the batch.
 func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
-	if a.BreakTx != nil {
-		if err := a.BreakTx(pr.cmd); err != nil {
-			return res, err
-		}
-	}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {
 		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.plainKey, pr.cmd.Timestamp)
@@ -484,12 +502,13 @@ func (a *Applier) decide(pr *checked, user *passkey.User) (next *passkey.User, e
 			err = fmt.Errorf("panic while deciding command: %v", r)
 		}
 	}()
-	if a.BeforeDecide != nil {
-		a.BeforeDecide(pr.cmd)
+	rules := a.Rules
+	if rules == nil {
+		rules = PasskeyRules{}
 	}
 	at := pr.cmd.Timestamp.UTC()
 	if pr.op == passkey.OpRemove {
-		return passkey.RemovePasskey(pr.principal, pr.userID, user, pr.remove, at)
+		return rules.RemovePasskey(pr.principal, pr.userID, user, pr.remove, at)
 	}
-	return passkey.SyncUser(pr.principal, pr.userID, user, pr.sync, at)
+	return rules.SyncUser(pr.principal, pr.userID, user, pr.sync, at)
 }

@@ -20,8 +20,9 @@ import (
 
 // applierFixture is an Applier on a real store with a pinned clock.
 type applierFixture struct {
-	a    *Applier
-	keys *testenv.Keys
+	a     *Applier
+	store *storage.Store // a.Store's
+	keys  *testenv.Keys
 	now  time.Time
 	seq  uint64
 }
@@ -30,8 +31,8 @@ func newApplier(tb testing.TB) *applierFixture {
 	tb.Helper()
 	keys := testenv.NewKeys(tb)
 	f := &applierFixture{keys: keys, now: time.Now().UTC()}
-	f.a = &Applier{Store: testenv.MustOpenStore(tb), Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour,
-		Log: zerolog.Nop()}
+	f.store = testenv.MustOpenStore(tb)
+	f.a = &Applier{Store: f.store, Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour, Log: zerolog.Nop()}
 	return f
 }
 
@@ -99,7 +100,7 @@ func TestProcessBatchInOrder(t *testing.T) {
 	if !res[3].Repeat || !reflect.DeepEqual(res[3].Answer, res[1].Answer) {
 		t.Errorf("the repeat of m1 in the same batch is not the first reply")
 	}
-	err := f.a.Store.View(func(tx *storage.Tx) error {
+	err := f.store.View(func(tx *storage.Tx) error {
 		if got := tx.AppliedSeq(); got != f.seq {
 			t.Errorf("applied seq %d, want %d", got, f.seq)
 		}
@@ -122,7 +123,7 @@ func TestRepeatExtendsOutcome(t *testing.T) {
 	if !later[0].Repeat || !reflect.DeepEqual(first[0].Answer, later[0].Answer) {
 		t.Fatalf("late repeat: %+v, want %+v", later[0].Answer, first[0].Answer)
 	}
-	err := f.a.Store.View(func(tx *storage.Tx) error {
+	err := f.store.View(func(tx *storage.Tx) error {
 		o, err := tx.Outcome("u1", MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "admin", "s2")))
 		if err != nil {
 			return err
@@ -171,7 +172,7 @@ func TestMsgIDKeptPerUser(t *testing.T) {
 	if res[1].Repeat || !res[3].Repeat || !reflect.DeepEqual(res[1].Answer, res[3].Answer) {
 		t.Errorf("u2's repeat is not u2's first reply")
 	}
-	err := f.a.Store.View(func(tx *storage.Tx) error {
+	err := f.store.View(func(tx *storage.Tx) error {
 		u, err := tx.User("u1")
 		if err != nil || u == nil || len(u.Passkeys) != 2 {
 			t.Errorf("u1 = %+v, %v; the reused key must change nothing", u, err)
@@ -318,8 +319,8 @@ func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
 	// A record of bytes the store never writes, where u1's command with
 	// Nats-Msg-Id "damaged" keeps its outcome (storage's layout: the users
 	// bucket, the user id, a zero byte, the outcome key).
-	path := f.a.Store.Path()
-	if err := f.a.Store.Close(); err != nil {
+	path := f.store.Path()
+	if err := f.store.Close(); err != nil {
 		t.Fatal(err)
 	}
 	db, err := bolt.Open(path, 0o600, nil)
@@ -336,10 +337,11 @@ func TestCorruptOutcomeFailsOnlyItsCommand(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if f.a.Store, err = storage.Open(path, storage.Options{}); err != nil {
+	if f.store, err = storage.Open(path, storage.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.a.Store.Close() })
+	f.a.Store = f.store
+	t.Cleanup(func() { f.store.Close() })
 	res := f.apply(t,
 		f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", map[string]any{"resourceOwner": "org1", "password": true}, adminScope),
 		f.cmd(t, "passkeys.cmd.remove.u1", "u1", "damaged", map[string]any{"tokenId": "pk-1"}),

@@ -18,12 +18,12 @@ import (
 func TestCommitInOrderNeverSkips(t *testing.T) {
 	f := newApplier(t)
 	broken := true
-	f.a.BreakTx = func(c *Command) error {
-		if broken && c.Subject == "passkeys.cmd.sync.u2" {
+	f.a.Store = breakingStore{f.store, func(tx *storage.Tx) error {
+		if u, err := tx.User("u2"); broken && (u != nil || err != nil) {
 			return errors.New("this command breaks the commit")
 		}
 		return nil
-	}
+	}}
 	sync := func(user string) *Command {
 		return f.cmd(t, "passkeys.cmd.sync."+user, "admin", "", map[string]any{"resourceOwner": "org1", "password": true,
 			"passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}}}, adminScope)
@@ -44,7 +44,7 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 	if !errors.Is(err, ErrGaveUp) || pauses == 0 {
 		t.Fatalf("CommitInOrder: %v after %d pauses, want ErrGaveUp after some", err, pauses)
 	}
-	err = f.a.Store.View(func(tx *storage.Tx) error {
+	err = f.store.View(func(tx *storage.Tx) error {
 		for _, u := range []string{"u2", "u3"} {
 			if got, err := tx.User(u); got != nil || err != nil {
 				t.Errorf("%s applied past the command that could not be: %+v %v", u, got, err)
@@ -76,7 +76,7 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 	if len(done) != 3 || done[0] != 0 || done[2] != 2 {
 		t.Fatalf("done %v, want 0 1 2", done)
 	}
-	err = f.a.Store.View(func(tx *storage.Tx) error {
+	err = f.store.View(func(tx *storage.Tx) error {
 		for _, u := range []string{"u1", "u2", "u3"} {
 			if got, err := tx.User(u); got == nil || got.Sequence != 1 || err != nil {
 				t.Errorf("%s = %+v %v, want sequence 1", u, got, err)
@@ -102,4 +102,21 @@ func TestCommitInOrderFenced(t *testing.T) {
 	if err := f.a.CommitInOrder(context.Background(), checked, InOrder{Wait: retry.Wait}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("CommitInOrder on a partition not held: %v", err)
 	}
+}
+
+// breakingStore is a store whose transactions fail when broken says so
+// of what they hold before they commit: a fault of this machine, as an
+// Applier sees it.
+type breakingStore struct {
+	*storage.Store
+	broken func(tx *storage.Tx) error
+}
+
+func (b breakingStore) Update(fn func(*storage.Tx) error) error {
+	return b.Store.Update(func(tx *storage.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return b.broken(tx)
+	})
 }

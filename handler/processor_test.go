@@ -167,17 +167,17 @@ const syncU1 = `{"resourceOwner":"org1","passkeys":[{"id":"pk-1","state":"ready"
 // works, the commands are applied in stream order.
 func TestStoreFaultMakesThePartitionWait(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	var failing atomic.Bool
 	var attempts atomic.Int64
 	failing.Store(true)
-	proc.BreakTx = func(*command.Command) error {
+	store := faultyStore{testenv.MustOpenStore(t), func() error {
 		if failing.Load() {
 			attempts.Add(1)
 			return errors.New("disk full")
 		}
 		return nil
-	}
+	}}
+	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, time.Second, false)
 	f.run(t, proc, topology.PriorityGroup)
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
@@ -268,12 +268,9 @@ func unpin(t *testing.T, f *consumerFixture) {
 // it again); the commands after it are applied.
 func TestPoisonCommand(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
-	proc.BeforeDecide = func(c *command.Command) {
-		if strings.HasSuffix(c.Subject, ".poison") {
-			panic("a bug")
-		}
-	}
+	store := testenv.MustOpenStore(t)
+	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
+		Rules: poisonRules{}}
 	f := newConsumerFixture(t, keys, time.Second, false)
 	f.run(t, proc, topology.PriorityGroup)
 	f.send(t, "passkeys.cmd.sync.poison", "a", "poison", syncU1, "passkeys:admin")
@@ -285,7 +282,7 @@ func TestPoisonCommand(t *testing.T) {
 	}
 	f.settled(t)
 	// Its answer is kept: a redelivery or a replay repeats it.
-	err := proc.Store.View(func(tx *storage.Tx) error {
+	err := store.View(func(tx *storage.Tx) error {
 		o, err := tx.Outcome("poison", command.MsgIDKey(passkey.ScopeMsgID(testenv.Issuer, "a", "id-poison")))
 		if err != nil {
 			return err
@@ -308,7 +305,8 @@ func TestPoisonCommand(t *testing.T) {
 // they are repeats, answered again with the same replies byte for byte.
 func TestLaterCommandNeverOvertakes(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	store := testenv.MustOpenStore(t)
+	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 2*time.Second, true)
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
@@ -356,7 +354,7 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 		}
 	}
 	f.settled(t)
-	err = proc.Store.View(func(tx *storage.Tx) error {
+	err = store.View(func(tx *storage.Tx) error {
 		u, err := tx.User("u1")
 		if err != nil {
 			return err
@@ -420,7 +418,8 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 // so (OUTCOME-UNAVAILABLE) rather than left without an answer.
 func TestAppliedCommandWithoutOutcomeIsAnswered(t *testing.T) {
 	keys := testenv.NewKeys(t)
-	proc := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	store := testenv.MustOpenStore(t)
+	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	if err := proc.Store.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(100) }); err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +428,7 @@ func TestAppliedCommandWithoutOutcomeIsAnswered(t *testing.T) {
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	testenv.WantError(t, f.next(t), 14, passkey.IDOutcomeUnavailable, "503")
 	f.settled(t)
-	if err := proc.Store.View(func(tx *storage.Tx) error {
+	if err := store.View(func(tx *storage.Tx) error {
 		if u, err := tx.User("u1"); u != nil || err != nil {
 			t.Errorf("the command was applied: %+v %v", u, err)
 		}
@@ -447,4 +446,29 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 10 s")
 		}
 	}
+}
+
+// faultyStore is a store whose transactions fail while fault says so: a
+// fault of this machine (a full disk).
+type faultyStore struct {
+	*storage.Store
+	fault func() error
+}
+
+func (f faultyStore) Update(fn func(*storage.Tx) error) error {
+	if err := f.fault(); err != nil {
+		return err
+	}
+	return f.Store.Update(fn)
+}
+
+// poisonRules are passkey's rules, with a bug for user "poison": they
+// panic.
+type poisonRules struct{ command.PasskeyRules }
+
+func (r poisonRules) SyncUser(p passkey.Principal, userID string, u *passkey.User, req passkey.SyncRequest, at time.Time) (*passkey.User, error) {
+	if userID == "poison" {
+		panic("a bug")
+	}
+	return r.PasskeyRules.SyncUser(p, userID, u, req, at)
 }
