@@ -23,8 +23,8 @@ type applierFixture struct {
 	a     *Applier
 	store *storage.Store // a.Store's
 	keys  *testenv.Keys
-	now  time.Time
-	seq  uint64
+	now   time.Time
+	seq   uint64
 }
 
 func newApplier(tb testing.TB) *applierFixture {
