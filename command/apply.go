@@ -112,9 +112,6 @@ type checked struct {
 	// into the stream with a plain id or through an endpoint, which scopes
 	// it), the plain id when no token verifies, or the stream sequence.
 	key []byte
-	// plainKey is the key under the id as sent, where a version before ids
-	// were scoped kept its outcome; nil when it is key.
-	plainKey []byte
 	// msgID is the caller's Nats-Msg-Id, without the scope of its
 	// principal, for the change's event; "" without one.
 	msgID     string
@@ -316,8 +313,7 @@ func (a *Applier) check(c *Command) checked {
 }
 
 // keyBy sets the key the command's outcome is kept under: its Nats-Msg-Id
-// scoped to its verified principal (and the plain id, where a command
-// straight into the stream may have kept it), the plain id when the token
+// scoped to its verified principal, the plain id when the token
 // does not verify, or its stream sequence without a valid id. It returns
 // what is wrong with the ids.
 func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr error) error {
@@ -333,9 +329,6 @@ func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr e
 		scope := passkey.MsgIDScope(principal.Issuer, principal.Subject)
 		pr.msgID = strings.TrimPrefix(msgIDs[0], scope)
 		pr.key = MsgIDKey(scope + pr.msgID)
-		if plain := MsgIDKey(msgIDs[0]); !bytes.Equal(plain, pr.key) {
-			pr.plainKey = plain
-		}
 	}
 	return msgIDErr
 }
@@ -346,7 +339,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {
-		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.plainKey, pr.cmd.Timestamp)
+		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.cmd.Timestamp)
 		if errors.Is(err, storage.ErrCorrupt) {
 			// One damaged record must not hold up the commands batched with it.
 			res.Transient = err
@@ -460,28 +453,16 @@ func changeEvent(pr *checked, before, after *passkey.User) []byte {
 
 // StoredOutcome is the outcome kept for owner's command under key, as of
 // at: one that expired by then is gone, on every worker, whether or not
-// this one has pruned it yet. Where none is and plainKey is set, it is one
-// that a version before ids were scoped kept under the plain id (records
-// without a fingerprint, compared by subject alone): a command committed
-// before an upgrade and redelivered after it is a repeat, not a second
-// change. The one lookup of a repeat's outcome: the applier's and the
-// endpoints'.
-func StoredOutcome(tx *storage.Tx, owner string, key, plainKey []byte, at time.Time) (*storage.Outcome, error) {
+// this one has pruned it yet. The one lookup of a repeat's outcome: the
+// applier's and the endpoints'. (Outcomes a version before ids were scoped
+// kept under the plain id, before 2026-11-27, expired with the default
+// retention of 7 days; they are not looked up.)
+func StoredOutcome(tx *storage.Tx, owner string, key []byte, at time.Time) (*storage.Outcome, error) {
 	stored, err := tx.Outcome(owner, key)
 	if stored != nil && stored.Expires.Before(at) {
 		stored = nil
 	}
-	if stored != nil || err != nil || plainKey == nil {
-		return stored, err
-	}
-	old, err := tx.Outcome(owner, plainKey)
-	if old != nil && old.Expires.Before(at) {
-		old = nil
-	}
-	if err != nil || old == nil || old.Fingerprint != nil {
-		return nil, err // a fingerprinted record under a plain id is an unverified command's: not this principal's
-	}
-	return old, nil
+	return stored, err
 }
 
 // SameCommand tells whether stored is the outcome of the command with this

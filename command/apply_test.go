@@ -270,25 +270,6 @@ func TestPlainAndScopedIDsAreOneKey(t *testing.T) {
 	}
 }
 
-// An outcome that a version before scoped ids kept under the plain id (a
-// record without a fingerprint) still answers that command's redelivery
-// after an upgrade: it is not applied twice.
-func TestOutcomeUnderPlainIDFromBefore(t *testing.T) {
-	f := newApplier(t)
-	body := map[string]any{"resourceOwner": "org1", "password": true}
-	first := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", body, adminScope))
-	err := f.a.Store.Update(func(tx *storage.Tx) error {
-		return tx.PutOutcome("u1", MsgIDKey("old-1"), &storage.Outcome{Subject: "passkeys.cmd.sync.u1", Answer: first[0].Answer, Expires: f.now.Add(time.Hour)})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "old-1", body, adminScope))
-	if !res[0].Repeat || !reflect.DeepEqual(res[0].Answer, first[0].Answer) {
-		t.Fatalf("redelivery after the upgrade: %+v", res[0].Answer)
-	}
-}
-
 // A Nats-Msg-Id that could not be a key (over the bound, or not printable
 // ASCII) is refused with REQUEST-HEADER-INVALID, and fails only its own
 // command: the others of its batch are applied.

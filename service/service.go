@@ -360,7 +360,7 @@ func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, k
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
 			var err error
-			out, err = command.StoredOutcome(tx, userID, key, nil, at)
+			out, err = command.StoredOutcome(tx, userID, key, at)
 			return err
 		})
 		switch {
