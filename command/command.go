@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/internal/traceprop"
 	"github.com/passkeys/worker/passkey"
@@ -44,7 +42,7 @@ type Command struct {
 // once, whoever asks first.
 func (c *Command) Trace() event.Trace {
 	c.traceOnce.Do(func() {
-		parent, state := traceprop.Of(nats.Header(c.Header))
+		parent, state := traceprop.Of(c.Header)
 		c.trace = event.Trace{Parent: parent, State: state}
 	})
 	return c.trace

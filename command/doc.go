@@ -3,6 +3,6 @@
 // the rules of package passkey, and keeps, in the same bbolt transaction as
 // the change, the Answer the command got, so that a redelivery, a replay or
 // a repeat with the same Nats-Msg-Id gets the same answer and changes
-// nothing. It knows nothing of NATS: package handler reads the stream, feeds
+// nothing. It does not import NATS: package handler reads the stream, feeds
 // Applier, and sends and acknowledges what comes back.
 package command

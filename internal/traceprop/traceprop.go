@@ -79,7 +79,7 @@ const MaxState = 512
 // under whatever spelling of its name; otherwise the command has no trace
 // (a future version too). The tracestate is kept only beside a
 // traceparent, given once, printable ASCII and at most MaxState bytes.
-func Of(h nats.Header) (parent, state string) {
+func Of(h map[string][]string) (parent, state string) {
 	parents := values(h, HeaderParent)
 	if len(parents) != 1 || !validParent(parents[0]) {
 		return "", ""
@@ -91,7 +91,7 @@ func Of(h nats.Header) (parent, state string) {
 }
 
 // values collects the values of name under every spelling of it.
-func values(h nats.Header, name string) []string {
+func values(h map[string][]string, name string) []string {
 	var vals []string
 	for k, v := range h {
 		if len(k) == len(name) && strings.EqualFold(k, name) {
