@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/internal/traceprop"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 )
 
@@ -164,7 +165,7 @@ func (c *Client) do(ctx context.Context, op, userID string, body []byte, cl *cal
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	subject := "passkeys." + op + "." + userID
+	subject := partition.EndpointSubject(op, userID)
 	ctx, span := c.tracer.Start(ctx, "passkeys."+op, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.destination.name", subject), attribute.String("passkeys.user_id", userID)))

@@ -31,7 +31,16 @@ const (
 	StoredPrefix   = EndpointPrefix + ".part"
 	// ReplaySubject is the operator's replay endpoint.
 	ReplaySubject = EndpointPrefix + ".admin.replay"
+	// InternalPrefix is where a worker asks the worker that serves a
+	// partition for what only that one knows:
+	// passkeys.internal.<partition>.<kind>.<userId>. Only the workers'
+	// NATS user may publish or subscribe here.
+	InternalPrefix = EndpointPrefix + ".internal"
 )
+
+// InternalPartition is the internal subjects' prefix of partition p, with
+// its final dot.
+func InternalPartition(p int) string { return InternalPrefix + "." + strconv.Itoa(p) + "." }
 
 // CommandSubject is where a command of operation op on userID is
 // published into the stream.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/reply"
 	"github.com/passkeys/worker/storage"
@@ -36,11 +36,6 @@ type PartitionStore struct {
 // longer serves the partition: the asker asks again.
 const notHolder = "Passkeys-Not-Holder"
 
-// InternalPrefix is where a worker asks the worker that serves a partition
-// for what only that one knows: passkeys.internal.<partition>.<kind>.<userId>.
-// Only the workers' NATS user may publish or subscribe here.
-const InternalPrefix = "passkeys.internal"
-
 // holderWait is how long a read waits for a partition that has no holder
 // (a failover under way) before it answers UNAVAILABLE.
 const holderWait = 5 * time.Second
@@ -56,7 +51,7 @@ type outcomeQuery struct {
 // a repeat's outcome), and relays its reply as it is. While no worker
 // serves p, it asks again until holderWait, then answers UNAVAILABLE.
 func (s *Endpoints) askHolder(req micro.Request, p int, kind, userID string, h nats.Header, body []byte) {
-	subject := InternalPrefix + "." + strconv.Itoa(p) + "." + kind + "." + userID
+	subject := partition.InternalPartition(p) + kind + "." + userID
 	ctx, cancel := context.WithTimeout(context.Background(), holderWait)
 	defer cancel()
 	for {
@@ -87,7 +82,7 @@ func (s *Endpoints) askHolder(req micro.Request, p int, kind, userID string, h n
 // partition p while this worker serves it: only while held.Valid, checked
 // after the store was read. The caller unsubscribes when it lets go of p.
 func (s *Endpoints) ServeInternal(p int, held PartitionStore) (*nats.Subscription, error) {
-	prefix := InternalPrefix + "." + strconv.Itoa(p) + "."
+	prefix := partition.InternalPartition(p)
 	answer := func(m *nats.Msg, r reply.Wire) {
 		h := r.Header()
 		if !held.Valid() {
