@@ -340,6 +340,9 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {
 		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.cmd.Timestamp)
+		if stored == nil && err == nil && pr.msgID != "" && pr.cmd.Timestamp.Before(scopedSince.Add(a.Retention)) {
+			stored, err = plainOutcome(tx, pr.owner, MsgIDKey(pr.msgID), pr.cmd.Timestamp)
+		}
 		if errors.Is(err, storage.ErrCorrupt) {
 			// One damaged record must not hold up the commands batched with it.
 			res.Transient = err
@@ -454,15 +457,32 @@ func changeEvent(pr *checked, before, after *passkey.User) []byte {
 // StoredOutcome is the outcome kept for owner's command under key, as of
 // at: one that expired by then is gone, on every worker, whether or not
 // this one has pruned it yet. The one lookup of a repeat's outcome: the
-// applier's and the endpoints'. (Outcomes a version before ids were scoped
-// kept under the plain id, before 2026-11-27, expired with the default
-// retention of 7 days; they are not looked up.)
+// applier's and the endpoints'.
 func StoredOutcome(tx *storage.Tx, owner string, key []byte, at time.Time) (*storage.Outcome, error) {
 	stored, err := tx.Outcome(owner, key)
 	if stored != nil && stored.Expires.Before(at) {
 		stored = nil
 	}
 	return stored, err
+}
+
+// scopedSince is when outcomes began to be kept under scoped ids. A
+// version before kept them under the id as sent; the applier looks those
+// up only for commands stamped within a retention of it (with the default
+// 7 days, none since 2026-12-04), so the lookup leaves every command's path
+// once they have all expired, and is deterministic: it depends on the
+// command's stream timestamp alone.
+var scopedSince = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+
+// plainOutcome is an outcome a version before scoped ids kept under the
+// plain id key, as of at: only one without a fingerprint (an unverified
+// command's record under a plain id is not this principal's).
+func plainOutcome(tx *storage.Tx, owner string, key []byte, at time.Time) (*storage.Outcome, error) {
+	old, err := StoredOutcome(tx, owner, key, at)
+	if err != nil || old == nil || old.Fingerprint != nil {
+		return nil, err
+	}
+	return old, nil
 }
 
 // SameCommand tells whether stored is the outcome of the command with this

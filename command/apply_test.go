@@ -270,6 +270,36 @@ func TestPlainAndScopedIDsAreOneKey(t *testing.T) {
 	}
 }
 
+// An outcome that a version before scoped ids kept under the plain id (a
+// record without a fingerprint) still answers that command's redelivery
+// after an upgrade, for commands stamped within a retention of the change
+// (scopedSince); later ones are not looked up, by their stream timestamp.
+func TestOutcomeUnderPlainIDFromBefore(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		at     time.Time
+		repeat bool
+	}{{"WithinTheRetention", scopedSince.Add(24 * time.Hour), true}, {"AfterIt", scopedSince.Add(8 * 24 * time.Hour), false}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newApplier(t)
+			f.now = c.at
+			body := map[string]any{"resourceOwner": "org1", "password": true}
+			first := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "", body, adminScope))
+			err := f.store.Update(func(tx *storage.Tx) error {
+				return tx.PutOutcome("u1", MsgIDKey("old-1"), &storage.Outcome{Subject: "passkeys.cmd.sync.u1", Answer: first[0].Answer,
+					Expires: f.now.Add(time.Hour)})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := f.apply(t, f.cmd(t, "passkeys.cmd.sync.u1", "admin", "old-1", body, adminScope))
+			if res[0].Repeat != c.repeat || (c.repeat && !reflect.DeepEqual(res[0].Answer, first[0].Answer)) {
+				t.Fatalf("redelivery after the upgrade: repeat %v, want %v: %+v", res[0].Repeat, c.repeat, res[0].Answer)
+			}
+		})
+	}
+}
+
 // A Nats-Msg-Id that could not be a key (over the bound, or not printable
 // ASCII) is refused with REQUEST-HEADER-INVALID, and fails only its own
 // command: the others of its batch are applied.

@@ -62,8 +62,9 @@ func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
 // Those lost or held by a dead holder are the last delivered, so the
 // catch-up answers the last NumAckPending commands of that range. It may
 // so answer a few acknowledged ones among them (those above a command the
-// holder before kept unacknowledged because its requester was away: the
-// reply guard's), never more than NumAckPending in all.
+// holder before was still waiting on), never more than NumAckPending in
+// all. It exists for the worker-kill fault: without it, what a dead holder
+// held waits out its ack wait (10 s) or the client's next attempt.
 type EarlyAnswers struct {
 	floor, delivered uint64
 	max              int
@@ -110,9 +111,7 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // The partition is served by then (its reads answered, its events
 // published), so a requester that reads right after its answer finds the
 // partition there. The commands' deliveries, when they come back, are
-// answered again, the same bytes, through the reply guard as any other:
-// a requester away for the early answer still gets one. (One that has gone
-// for good after its early answer costs the guard's few sends again.)
+// answered again, the same bytes.
 //
 // held is the partition's lease check, made before each answer: a worker
 // that paused and lost the partition meanwhile stops (what it would send
@@ -152,8 +151,7 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 // its transaction committed, rather than once its ack wait has run out and
 // it comes back. Its outcome does not depend on the worker that applies it,
 // so when its delivery comes back here it is answered again with the same
-// bytes, through the reply guard as any other: a requester that was away
-// for both still gets its answer.
+// bytes.
 func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
 	to := replyToOf(cmd)
 	if c.Conn == nil || to == "" || c.NoEarlyAnswer {

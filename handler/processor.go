@@ -1,6 +1,6 @@
 // Package handler handles a partition's JetStream messages: the Processor takes
 // them from the partition's durable consumer in batches, has them checked
-// and committed in stream order (command.Applier, the OrderGuard filling
+// and committed in stream order (command.Applier, the order check filling
 // what another worker took), and only then replies and acknowledges. It
 // also reads the partition's stored commands without a consumer: CatchUp
 // for a partition taken over, Replay for an operator. A fault of this
@@ -383,7 +383,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 
 // commitBatch applies a checked batch in stream order: first whatever the
 // partition's stream holds before it that this worker has not applied
-// (OrderGuard), then the batch itself, each command replied to and
+// (fill), then the batch itself, each command replied to and
 // acknowledged only after its transaction committed. A fault of this machine
 // (the store fails, a record is damaged) makes the partition wait and try
 // again: nothing is nacked or given up, so no later command overtakes one

@@ -82,7 +82,8 @@ func (r ReplayRange) matches(c *command.Command) bool {
 var replayWait = retry.Policy{First: 200 * time.Millisecond, Factor: 2, Max: 8 * time.Second, MaxElapsed: 30 * time.Second}
 
 // Replay runs the stored commands of r through the partition again, in
-// stream order, as far as the stream's leader holds them:
+// stream order, as far as the stream's leader holds them and the partition
+// has applied:
 // passkeys.admin.replay. Each is judged as the first time (its token and
 // changeDate at its stream timestamp); one that already has an outcome
 // changes nothing. Nobody is replied to.
@@ -102,7 +103,9 @@ func (p *Partition) Replay(ctx context.Context, r ReplayRange) (ReplayReport, er
 		}
 		return false
 	}
-	_, err = p.ApplyRange(ctx, Range{From: r.FromSeq, Through: min(last, r.ToSeq), Keep: keep, Wait: replayWait,
+	// Never past what the partition applied: a replay of one user's
+	// commands must not carry the applied sequence past the others'.
+	_, err = p.ApplyRange(ctx, Range{From: r.FromSeq, Through: min(last, r.ToSeq, p.Applied()), Keep: keep, Wait: replayWait,
 		Done: func(_ *command.Command, res command.Result) { rep.count(res) }})
 	if errors.Is(err, command.ErrGaveUp) {
 		rep.Failed = rep.Read - rep.Repeats - rep.Applied - rep.Refused

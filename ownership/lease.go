@@ -40,6 +40,7 @@ type Lease struct {
 
 	mu        sync.Mutex
 	rev       uint64
+	sent      clock.Instant // when the last renewal that counted was sent
 	until     clock.Instant // by the clock that counts a suspended machine's sleep too
 	timer     *time.Timer
 	releasing bool
@@ -52,7 +53,7 @@ type Lease struct {
 
 func newLease(parent context.Context, p int, rev uint64, sent clock.Instant, ttl time.Duration) *Lease {
 	ctx, cancel := context.WithCancelCause(parent)
-	l := &Lease{Partition: p, ctx: ctx, cancel: cancel, done: make(chan struct{}), rev: rev, until: sent.Add(ttl)}
+	l := &Lease{Partition: p, ctx: ctx, cancel: cancel, done: make(chan struct{}), rev: rev, sent: sent, until: sent.Add(ttl)}
 	l.progress.Store(int64(clock.Now()))
 	l.timer = time.AfterFunc(-clock.Since(l.until), l.expire)
 	return l
@@ -110,8 +111,20 @@ func (l *Lease) renewed(rev uint64, sent clock.Instant, ttl time.Duration) {
 	if l.lost || !sent.Before(l.until) || !l.until.Before(sent.Add(ttl)) {
 		return
 	}
-	l.rev, l.until = rev, sent.Add(ttl)
+	l.rev, l.sent, l.until = rev, sent, sent.Add(ttl)
 	l.timer.Reset(-clock.Since(l.until))
+}
+
+// shorten brings the lease's end forward to its last renewal plus hold:
+// the bucket's TTL shrank, and the bucket forgets the lease that much
+// sooner.
+func (l *Lease) shorten(hold time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if end := l.sent.Add(hold); end.Before(l.until) {
+		l.until = end
+		l.timer.Reset(-clock.Since(end))
+	}
 }
 
 // expire ends the lease's context when it ran out unrenewed.

@@ -108,11 +108,13 @@ type seenMember struct {
 
 // Coordinator keeps this worker's membership and leases.
 type Coordinator struct {
-	kv   jetstream.KeyValue
-	cfg  Config
-	run  Runner
-	log  zerolog.Logger
-	hold time.Duration // how long a renewal holds a lease: TTL less Margin
+	kv  jetstream.KeyValue
+	cfg Config
+	run Runner
+	log zerolog.Logger
+	// ttl is the bucket's TTL as last read, hold how long a renewal holds
+	// a lease (ttl less Margin), both in nanoseconds: followTTL keeps them.
+	ttl, hold atomic.Int64
 
 	incarnation string
 
@@ -150,9 +152,42 @@ func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) (*Co
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Coordinator{kv: kv, cfg: cfg, run: run, log: log, hold: hold,
+	c := &Coordinator{kv: kv, cfg: cfg, run: run, log: log,
 		incarnation: hex.EncodeToString(b[:]), leases: map[int]*Lease{}, avoid: map[int]time.Time{},
-		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}, nil
+		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}
+	c.ttl.Store(int64(cfg.TTL))
+	c.hold.Store(int64(hold))
+	return c, nil
+}
+
+// followTTL reads the bucket's TTL again, each membership round: a bucket
+// made again (worker provision --reset-leases), or set by a worker of
+// another build, may have another. A shorter one shortens the leases held
+// now at once, a longer one counts from their next renewal.
+func (c *Coordinator) followTTL(ctx context.Context) {
+	st, err := c.kv.Status(ctx)
+	if err != nil || st.TTL() <= 0 {
+		return // read again next round
+	}
+	ttl := st.TTL()
+	old := time.Duration(c.ttl.Swap(int64(ttl)))
+	if old == ttl {
+		return
+	}
+	hold := ttl - c.cfg.Margin
+	c.hold.Store(int64(hold))
+	ev := c.log.Warn()
+	if hold < 2*c.cfg.Renew {
+		ev = c.log.Error() // leases may run out between renewals: partitions move, nothing is held twice
+	}
+	ev.Dur("ttl", ttl).Dur("was", old).Msg("the lease bucket's TTL changed; leases are held by the new one")
+	if ttl < old {
+		c.mu.Lock()
+		for _, l := range c.leases {
+			l.shorten(hold)
+		}
+		c.mu.Unlock()
+	}
 }
 
 func memberKey(id string) string { return "members." + id }
@@ -246,7 +281,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 // alive: ErrDuplicate).
 func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error {
 	c.log.Warn().Str("worker_id", c.cfg.ID).Msg("another process was this worker's member lately; waiting to see whether it is gone")
-	deadline := time.Now().Add(c.cfg.TTL + c.cfg.Renew)
+	deadline := time.Now().Add(time.Duration(c.ttl.Load()) + c.cfg.Renew)
 	for time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
@@ -430,6 +465,7 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 	if err == nil {
 		c.setMemberRev(rev)
 		c.silentSince, c.silentTold = time.Time{}, time.Time{}
+		c.followTTL(rctx)
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
@@ -453,7 +489,9 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 			// Take no lease for a TTL: were the bucket made again early (by
 			// something that did not wait the TTL out, as worker provision
 			// --reset-leases does), a lease of the old one may still be held.
-			c.noTakeUntil.Store(int64(clock.Now().Add(c.cfg.TTL + time.Second)))
+			prev := time.Duration(c.ttl.Load())
+			c.followTTL(rctx)
+			c.noTakeUntil.Store(int64(clock.Now().Add(max(prev, time.Duration(c.ttl.Load())) + time.Second)))
 			c.log.Warn().Msg("membership had run out (a pause, or the bucket was made again); joined again")
 			// A bucket made again (worker provision --reset-leases) starts
 			// its sequences over, and a watch that goes on from the old
@@ -509,7 +547,7 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 	rev, err := c.kv.Update(rctx, leaseKey(l.Partition), []byte(c.cfg.ID+"/"+c.incarnation), l.revision())
 	switch {
 	case err == nil:
-		l.renewed(rev, sent, c.hold)
+		l.renewed(rev, sent, time.Duration(c.hold.Load()))
 	case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists):
 		c.log.Warn().Int("partition", l.Partition).Msg("lease lost: another worker holds the partition now, or it expired")
 		l.loseIt()
@@ -530,7 +568,7 @@ func (c *Coordinator) take(ctx context.Context, p int) {
 		}
 		return
 	}
-	l := newLease(context.WithoutCancel(ctx), p, rev, sent, c.hold)
+	l := newLease(context.WithoutCancel(ctx), p, rev, sent, time.Duration(c.hold.Load()))
 	c.mu.Lock()
 	c.leases[p] = l
 	c.mu.Unlock()
@@ -629,7 +667,7 @@ func (c *Coordinator) members() []string {
 	defer c.mu.Unlock()
 	out := []string{c.cfg.ID}
 	for id, s := range c.seen {
-		if clock.Since(s.at) < topology.LeaseTTL {
+		if clock.Since(s.at) < time.Duration(c.ttl.Load()) {
 			out = append(out, id)
 		}
 	}

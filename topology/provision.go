@@ -124,12 +124,16 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 		}
 	}
 	lc := s.LeaseBucketConfig()
-	if old, err := js.KeyValue(ctx, LeaseBucket); err == nil {
+	old, err := call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) })
+	switch {
+	case err == nil:
 		// An existing bucket keeps its TTL: the running workers hold their
-		// leases by it, and a shorter one would let two hold a partition.
+		// leases by it.
 		if lc.TTL, err = bucketTTL(ctx, old); err != nil {
 			return h, err
 		}
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
 	}
 	h.Leases, err = call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, lc) })
 	if err != nil {

@@ -1,0 +1,67 @@
+package ownership
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/passkeys/worker/internal/clock"
+	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/topology"
+)
+
+// A coordinator follows the bucket's TTL: when another build (or a reset)
+// makes it shorter, the leases held now end by the new one at once, and
+// the next renewals hold by it; a longer one counts from the next renewal.
+func TestLeasesFollowTheBucketsTTL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
+	bc.TTL = 10 * time.Second
+	kv, err := js.CreateKeyValue(ctx, bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(kv, Config{ID: "a", Partitions: 1, TTL: bc.TTL, Renew: 500 * time.Millisecond, Margin: 500 * time.Millisecond}, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := clock.Now()
+	l := newLease(ctx, 0, 1, sent, time.Duration(c.hold.Load()))
+	c.leases[0] = l
+	untilOf := func() clock.Instant { l.mu.Lock(); defer l.mu.Unlock(); return l.until }
+	if got, want := untilOf(), sent.Add(9500*time.Millisecond); got != want {
+		t.Fatalf("a lease taken under a 10-s TTL ends at +%v, want +9.5 s", time.Duration(got-sent))
+	}
+
+	bc.TTL = 4 * time.Second // shorter: as a build with another default would set it
+	if _, err := js.UpdateKeyValue(ctx, bc); err != nil {
+		t.Fatal(err)
+	}
+	c.followTTL(ctx)
+	if got := time.Duration(c.hold.Load()); got != 3500*time.Millisecond {
+		t.Errorf("hold %v after the TTL became 4 s, want 3.5 s", got)
+	}
+	if got, want := untilOf(), sent.Add(3500*time.Millisecond); got != want {
+		t.Errorf("the lease held now ends at +%v, want +3.5 s: the bucket forgets it that soon", time.Duration(got-sent))
+	}
+
+	bc.TTL = 20 * time.Second // longer: nothing held now lasts longer
+	if _, err := js.UpdateKeyValue(ctx, bc); err != nil {
+		t.Fatal(err)
+	}
+	c.followTTL(ctx)
+	if got := time.Duration(c.hold.Load()); got != 19500*time.Millisecond {
+		t.Errorf("hold %v after the TTL became 20 s, want 19.5 s", got)
+	}
+	if got, want := untilOf(), sent.Add(3500*time.Millisecond); got != want {
+		t.Errorf("the lease held now ends at +%v, want still +3.5 s until its next renewal", time.Duration(got-sent))
+	}
+}
