@@ -62,6 +62,7 @@ func fill(t *testing.T, dir string) string {
 // applied, nobody gets a reply for them, nothing is nacked past or
 // dead-lettered, and once there is room each is applied once and answered.
 func TestDiskFull(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("mounts a file system")
 	}

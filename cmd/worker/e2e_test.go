@@ -26,6 +26,7 @@ import (
 const admin = "passkeys:admin"
 
 func TestRequestReplyRemove(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	adminTok := e.token(t, "admin-1", admin)
 	created := testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1", "pk-2")))
@@ -63,6 +64,7 @@ func TestRequestReplyRemove(t *testing.T) {
 // A batch publisher writes to the stream itself, with Reply-To; changeDate is
 // the command's JetStream timestamp.
 func TestJetStreamPublishWithReplyTo(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1")))
 
@@ -123,6 +125,7 @@ func waitWithin(tb testing.TB, d time.Duration, cond func() bool) {
 }
 
 func TestIdempotentRepeats(t *testing.T) {
+	t.Parallel()
 	// A short duplicate window, so the test can also repeat past it and see
 	// the worker's own outcome records answer.
 	e := newEnv(t, "--duplicate-window", "1s")
@@ -172,6 +175,7 @@ func TestIdempotentRepeats(t *testing.T) {
 }
 
 func TestSequenceAcrossRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	adminTok := e.token(t, "a", admin)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2", "pk-3")))
@@ -220,6 +224,7 @@ func TestSequenceAcrossRestart(t *testing.T) {
 }
 
 func TestMicroServiceInfo(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reply, err := e.nc.Request("$SRV.INFO.passkeys", nil, 5*time.Second)
 	if err != nil {
@@ -262,6 +267,7 @@ func TestMicroServiceInfo(t *testing.T) {
 // Every row of the contract's error table that a caller can cause, through
 // the request-reply endpoints, with the code, the stable id and the header.
 func TestErrorTable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	adminTok := e.token(t, "a", admin)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(false, "pk-1")))
@@ -347,6 +353,7 @@ func padTo(body string, n int) string { return body + strings.Repeat(" ", n-len(
 // Commands written to the stream directly can be wrong in ways the
 // endpoints already refuse; the worker answers them the same way.
 func TestStreamCommandErrors(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, inbox, sub := e.streamClient(t)
 	self := e.token(t, "u1")
@@ -396,6 +403,7 @@ func TestStreamCommandErrors(t *testing.T) {
 // A Reply-To in the system namespace would let any caller make the worker
 // publish to the JetStream API; it is refused and nothing is published there.
 func TestReplyToIsConfined(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {
@@ -450,6 +458,7 @@ func streamLen(tb testing.TB, js jetstream.JetStream, name string) uint64 {
 // API or a dead-letter subject is dropped, not answered there (the worker's
 // connection may write to all three).
 func TestEndpointReplySubjectIsConfined(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {
@@ -489,6 +498,7 @@ func TestEndpointReplySubjectIsConfined(t *testing.T) {
 // the principal, so an administrator's later command under the same id is
 // its own command and is applied.
 func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {
@@ -521,6 +531,7 @@ func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
 // trusts: a file that differs from the history is a warning and a metric,
 // and a file that does not load changes nothing.
 func TestJWKSRotation(t *testing.T) {
+	t.Parallel()
 	addr := testenv.FreeAddr(t)
 	e := newEnv(t, "--jwks-reload-interval", "50ms", "--http-listen", addr)
 	mint := func(kid, sub string, scopes ...string) string {
@@ -580,6 +591,7 @@ func TestJWKSRotation(t *testing.T) {
 // /metrics counts what the worker does; /healthz answers while it runs;
 // /readyz only while it is connected and its stream, consumer and store are there.
 func TestMetricsAndHealth(t *testing.T) {
+	t.Parallel()
 	addr := testenv.FreeAddr(t)
 	ns := testenv.StartNATS(t)
 	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: filepath.Join(t.TempDir(), "data")}
@@ -648,6 +660,7 @@ func TestMetricsAndHealth(t *testing.T) {
 // passkeys.admin.replay: for the passkeys:system scope only; a replay of
 // applied commands changes nothing.
 func TestReplayEndpoint(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	adminTok := e.token(t, "a", admin)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1", "pk-2")))
@@ -673,6 +686,7 @@ func TestReplayEndpoint(t *testing.T) {
 // The stream and the consumer are what the contract says; with
 // --create-stream=false the worker makes neither and says what is missing.
 func TestStreamAndConsumerSetUp(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {

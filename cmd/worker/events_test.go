@@ -19,6 +19,7 @@ import (
 // with the contract's fields and Nats-Msg-Id equal to its id; a refusal and
 // a repeat give none.
 func TestRemovalEvents(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	js, err := jetstream.New(e.nc)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 // a second process with a copy of the data directory (the same worker-id)
 // is refused while the first is alive, and the first goes on serving.
 func TestOneProcessPerWorker(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	args := func(dataDir string) []string {
 		return []string{"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer, "--audience", testenv.Audience,
@@ -55,6 +56,7 @@ func TestOneProcessPerWorker(t *testing.T) {
 // history, where their NATS user may write it: one's set becomes the
 // history's first, and both judge by it; the other says its file differs.
 func TestDifferentFilesOnAnEmptyHistory(t *testing.T) {
+	t.Parallel()
 	ns := testenv.StartNATS(t)
 	first := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}
 	second := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}

@@ -62,6 +62,7 @@ func (p *permissionErrors) denied(t *testing.T, what, subject string, action fun
 // it; an administrator may batch-publish but not purge; the worker itself
 // may not purge or delete the stream, whatever a Reply-To asks of it.
 func TestNATSPermissions(t *testing.T) {
+	t.Parallel()
 	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
 	passwords := map[string]string{"worker": testenv.Passwords["passkeys-worker"],
 		"service": testenv.Passwords["passkeys-service"], "admin": testenv.Passwords["passkeys-admin"]}
@@ -157,6 +158,7 @@ func TestNATSPermissions(t *testing.T) {
 // any bearer token but its own user's; every user's plain request-reply with
 // its own inbox prefix works, and with the shared _INBOX it is refused.
 func TestInboxesAreConfined(t *testing.T) {
+	t.Parallel()
 	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
 	users := []string{"passkeys-worker", "passkeys-service", "passkeys-admin", "passkeys-provisioner"}
 	type spy struct {

@@ -25,6 +25,7 @@ import (
 // see no member, and each would take what it could), and every user is
 // served from where it was.
 func TestResetLeases(t *testing.T) {
+	t.Parallel()
 	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
 	operator := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"])
 	provisioner := connectAs(t, ns, "passkeys-provisioner", testenv.Passwords["passkeys-provisioner"])

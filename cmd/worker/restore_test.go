@@ -28,6 +28,7 @@ import (
 // partition applies what its store missed before it takes new work, and
 // the stores end as ones that never went back.
 func TestBackupRestoreCatchUp(t *testing.T) {
+	t.Parallel()
 	addr := testenv.FreeAddr(t)
 	e := newEnv(t, "--http-listen", addr)
 	adminTok := e.token(t, "a", admin)
@@ -193,6 +194,7 @@ func eventsPublished(tb testing.TB, js jetstream.JetStream, addr string) uint64 
 // partition is not served and says why; nothing is answered from the old
 // state.
 func TestStateOfAnotherStreamIsRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, "--partitions", "1")
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
 	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", e.token(t, "u1"), map[string]string{"tokenId": "pk-1"}))
@@ -220,6 +222,7 @@ func TestStateOfAnotherStreamIsRefused(t *testing.T) {
 // partition is refused (and stays refused at the next start) rather than
 // taking the commands up to 2 for applied.
 func TestStateOfARestoredStreamIsRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", e.token(t, "a", admin), syncBody(true, "pk-1", "pk-2")))
 	e.w.stop(t)

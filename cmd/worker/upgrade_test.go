@@ -50,6 +50,7 @@ func copyTree(t *testing.T, src, dst string) {
 // outcome is kept, the commands it had not applied are applied once, and
 // it goes on from there; a restart does not migrate again.
 func TestUpgradeFromF814a73(t *testing.T) {
+	t.Parallel()
 	dataDir := filepath.Join(t.TempDir(), "data")
 	copyTree(t, "testdata/f814a73/data", dataDir)
 	devKey, err := auth.LoadDevKey(dataDir)

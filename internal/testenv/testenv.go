@@ -68,11 +68,7 @@ var Passwords = map[string]string{"passkeys-worker": "w-secret", "passkeys-servi
 // path), its users' passwords set to Passwords, on a random loopback port.
 func StartNATSWithUsers(tb testing.TB, path string) *server.Server {
 	tb.Helper()
-	for user, env := range map[string]string{"passkeys-worker": "PASSKEYS_WORKER_NATS_PASSWORD",
-		"passkeys-service": "PASSKEYS_SERVICE_NATS_PASSWORD", "passkeys-admin": "PASSKEYS_ADMIN_NATS_PASSWORD",
-		"passkeys-provisioner": "PASSKEYS_PROVISIONER_NATS_PASSWORD"} {
-		tb.Setenv(env, Passwords[user])
-	}
+	setPasswords()
 	opts, err := server.ProcessConfigFile(path)
 	if err != nil {
 		tb.Fatal(err)
@@ -80,6 +76,19 @@ func StartNATSWithUsers(tb testing.TB, path string) *server.Server {
 	opts.StoreDir = tb.TempDir()
 	return start(tb, opts)
 }
+
+// setPasswords puts Passwords where nats.conf reads them, once for the
+// test process: the same values for every test, so tests that start
+// servers with users may run in parallel (t.Setenv would forbid it).
+var setPasswords = sync.OnceFunc(func() {
+	for user, env := range map[string]string{"passkeys-worker": "PASSKEYS_WORKER_NATS_PASSWORD",
+		"passkeys-service": "PASSKEYS_SERVICE_NATS_PASSWORD", "passkeys-admin": "PASSKEYS_ADMIN_NATS_PASSWORD",
+		"passkeys-provisioner": "PASSKEYS_PROVISIONER_NATS_PASSWORD"} {
+		if err := os.Setenv(env, Passwords[user]); err != nil {
+			panic(err)
+		}
+	}
+})
 
 // UserURL is url with user's name and password of Passwords in it.
 func UserURL(url, user string) string {
