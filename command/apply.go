@@ -59,7 +59,7 @@ type Applier struct {
 	// it (the partition's lease is not held) stops the commit, with
 	// ErrFenced. A worker applies to a partition only while it holds it.
 	Fence func() error
-	// Rules decide a command's change (nil: passkey's, Rules{}).
+	// Rules decide a command's change (nil: passkey's, PasskeyRules).
 	Rules Rules
 }
 

@@ -39,8 +39,6 @@ type Processor struct {
 	// Conn publishes replies.
 	Conn *nats.Conn
 	Log  zerolog.Logger
-	// MaxBatch bounds the commands applied in one transaction.
-	MaxBatch int
 	// Wait is how long the partition waits before it tries a command that
 	// could not be applied again (retry.Wait): as long as it takes.
 	Wait retry.Policy
@@ -161,7 +159,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if info := cons.CachedInfo(); info != nil {
 		c.ackWait = info.Config.AckWait
 	}
-	p := &pump{iter: iter, msgs: make(chan pulled, c.MaxBatch), err: make(chan error, 1),
+	p := &pump{iter: iter, msgs: make(chan pulled, c.Partition.MaxBatch), err: make(chan error, 1),
 		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
@@ -178,7 +176,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 			c.commitBatch(ctx, b)
 		}
 	}()
-	batch := make([]pulled, 0, c.MaxBatch)
+	batch := make([]pulled, 0, c.Partition.MaxBatch)
 	for {
 		var ok bool
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
@@ -213,7 +211,7 @@ func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
 	if expiry <= 0 {
 		expiry = DefaultPullExpiry
 	}
-	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.MaxBatch),
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.Partition.MaxBatch),
 		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(expiry / 5)}
 	if c.PriorityGroup != "" {
 		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
@@ -222,7 +220,7 @@ func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
 }
 
 // nextBatch waits for a command, then takes whatever else is in hand, up to
-// MaxBatch, without waiting: a batch is what arrived while the last one
+// the partition's MaxBatch, without waiting: a batch is what arrived while the last one
 // committed. ok is false once the pump has stopped or was abandoned.
 func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 	select {
@@ -234,7 +232,7 @@ func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 	case <-p.abandon:
 		return batch, false
 	}
-	for len(batch) < c.MaxBatch {
+	for len(batch) < c.Partition.MaxBatch {
 		select {
 		case m, ok := <-p.msgs:
 			if !ok {

@@ -88,7 +88,7 @@ func (f *consumerFixture) startCtx(t *testing.T, ctx context.Context, proc *comm
 		t.Fatal(err)
 	}
 	c := &Processor{
-		Partition: part, Conn: f.nc, Log: testenv.Logger(t), MaxBatch: 8,
+		Partition: part, Conn: f.nc, Log: testenv.Logger(t),
 		Wait:          retry.Policy{First: 10 * time.Millisecond, Factor: 2, Max: 100 * time.Millisecond},
 		PriorityGroup: group,
 		Observer:      f.observer,

@@ -323,7 +323,6 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 		Partition:     pt.partition,
 		Conn:          s.cfg.Conn,
 		Log:           log,
-		MaxBatch:      s.cfg.MaxBatch,
 		Wait:          retry.Wait,
 		PriorityGroup: topology.PriorityGroup,
 		Observer:      s.cfg.Observer,
