@@ -301,13 +301,29 @@ func askAgainForLost(t *testing.T, nc *nats.Conn, removals *replies, users, tota
 		msg.Header.Set("Authorization", auth)
 		msg.Header.Set(nats.MsgIdHdr, idOf(k))
 		msg.Data = encode(t, map[string]any{"tokenId": "pk-" + strconv.Itoa(k/users)})
+		data := askUntilAvailable(t, nc, msg, k)
+		removals.mu.Lock()
+		removals.got[k] = append(removals.got[k], data)
+		removals.mu.Unlock()
+	}
+	return lost
+}
+
+// askUntilAvailable sends msg until its answer is not UNAVAILABLE (code
+// 14: no worker serves the partition at the moment, or the outcome is not
+// known yet), as the client package does, for at most a minute; it returns
+// the last answer.
+func askUntilAvailable(t *testing.T, nc *nats.Conn, msg *nats.Msg, k int) []byte {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
 		reply, err := nc.RequestMsg(msg, 15*time.Second)
 		if err != nil {
 			t.Fatalf("asking again for removal %d: %v", k, err)
 		}
-		removals.mu.Lock()
-		removals.got[k] = append(removals.got[k], reply.Data)
-		removals.mu.Unlock()
+		if !strings.Contains(string(reply.Data), `"code":14`) || time.Now().After(deadline) {
+			return reply.Data
+		}
+		t.Logf("removal %d asked again: %s; asking once more", k, reply.Data)
 	}
-	return lost
 }
