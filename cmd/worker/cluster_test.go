@@ -276,8 +276,8 @@ func TestClusterFailover(t *testing.T) {
 	// Every stream publish is answered; a reply that went to the dead
 	// node is lost (core NATS is at most once), and asked again with its
 	// Nats-Msg-Id it is the stored outcome.
-	lost := unanswered(removals, total, 30*time.Second)
-	t.Logf("%d of %d stream publishes got no reply in 30 s (their replies went to the dead node)", len(lost), total)
+	lost := unanswered(removals, js, total, time.Minute)
+	t.Logf("%d of %d stream publishes got no reply once the partitions settled (their replies went to the dead node)", len(lost), total)
 	askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
 	waitWithin(t, 90*time.Second, func() bool { return partitionsSettled(js) })
 
@@ -445,9 +445,11 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 	verifyExactlyOnceIn(t, removals, users, perUser, 1, dataDirs)
 }
 
-// unanswered waits up to within for a reply to each of the first total
-// requests of r, and returns those that got none.
-func unanswered(r *replies, total int, within time.Duration) []int {
+// unanswered waits until every one of total commands has a reply, or
+// until the partitions have settled (every command applied and
+// acknowledged: the replies not here by then went to a dead or frozen
+// node and are lost), at most within; it returns those without a reply.
+func unanswered(r *replies, js jetstream.JetStream, total int, within time.Duration) []int {
 	missing := func() []int {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -461,7 +463,10 @@ func unanswered(r *replies, total int, within time.Duration) []int {
 	}
 	lost := missing()
 	for deadline := time.Now().Add(within); len(lost) > 0 && time.Now().Before(deadline); lost = missing() {
-		time.Sleep(20 * time.Millisecond)
+		if partitionsSettled(js) {
+			return missing()
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	return lost
 }

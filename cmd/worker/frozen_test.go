@@ -74,8 +74,8 @@ func TestFrozenNATSNode(t *testing.T) {
 		storeCommand(m.Subject, m.Header.Get("Reply-To"), m.Header.Get(nats.MsgIdHdr), json.RawMessage(m.Data))
 	}
 	t.Logf("%d publishes were stored again after their acknowledgement was lost", len(unstored))
-	lost := unanswered(removals, total, 30*time.Second)
-	t.Logf("%d of %d stream publishes got no reply in 30 s (their replies went to the frozen node)", len(lost), total)
+	lost := unanswered(removals, js, total, time.Minute)
+	t.Logf("%d of %d stream publishes got no reply once the partitions settled (their replies went to the frozen node)", len(lost), total)
 	askAgainForLost(t, nc, removals, users, total, admin, func(k int) string { return "rm-" + strconv.Itoa(k) })
 	removals.mu.Lock()
 	defer removals.mu.Unlock()
