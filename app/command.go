@@ -129,6 +129,8 @@ func eventFlags(fs *flag.FlagSet, cfg *Config) {
 func clusterFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.IntVar(&cfg.Partitions, "partitions", partition.DefaultCount, "how many partitions the users are split into; fixed when stream PASSKEYS is created")
 	fs.IntVar(&cfg.Replicas, "replicas", 1, "JetStream replicas of everything the worker creates (streams, consumers, buckets): 3 on a three-node cluster")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", topology.LeaseTTL, "the TTL of lease bucket "+topology.LeaseBucket+" when this creates it (a bucket that exists keeps its own; "+
+		"--reset-leases makes it again with this one): how long a partition waits for a worker that stopped renewing its lease; workers renew every third of it")
 }
 
 // natsFlags adds the connection flags; urlNote finishes --nats-url's usage.

@@ -42,6 +42,9 @@ type Config struct {
 	// creates.
 	Partitions int
 	Replicas   int
+	// LeaseTTL is the TTL of the lease bucket when this creates it (0:
+	// topology.LeaseTTL); a bucket that exists keeps its own.
+	LeaseTTL time.Duration
 	// SnapshotInterval is how often a partition's snapshot is written;
 	// zero for runner.DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
@@ -103,7 +106,7 @@ const (
 // JetStream.
 func (c *Config) Settings() topology.Settings {
 	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
-		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas}
+		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas, LeaseTTL: c.LeaseTTL}
 }
 
 // Validate checks the configuration and fills in development defaults.

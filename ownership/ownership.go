@@ -43,13 +43,15 @@ type Config struct {
 	ID string
 	// Partitions is how many partitions there are.
 	Partitions int
-	// Renew is how often membership and leases are renewed (2 s).
+	// Renew is how often membership and leases are renewed (2 s, or a
+	// third of a shorter TTL's 6 s).
 	Renew time.Duration
 	// TTL is the lease bucket's TTL, as the bucket says
 	// (topology.Handles.LeaseTTL): required.
 	TTL time.Duration
 	// Margin is taken off the bucket's TTL: a lease is held until its last
-	// renewal was sent plus TTL less Margin (1 s).
+	// renewal was sent plus TTL less Margin (1 s, or a sixth of a shorter
+	// TTL's 6 s).
 	Margin time.Duration
 	// StuckAfter lets go of a partition whose runner showed no progress
 	// for this long while loading it (30 s).
@@ -66,10 +68,10 @@ type Config struct {
 
 func (c *Config) defaults() {
 	if c.Renew == 0 {
-		c.Renew = 2 * time.Second
+		c.Renew = min(2*time.Second, c.TTL/3)
 	}
 	if c.Margin == 0 {
-		c.Margin = time.Second
+		c.Margin = min(time.Second, c.TTL/6)
 	}
 	if c.StuckAfter == 0 {
 		c.StuckAfter = 30 * time.Second
@@ -140,15 +142,15 @@ type Coordinator struct {
 
 // New returns a coordinator of the lease bucket kv that runs run for each
 // partition it holds. It refuses a bucket whose TTL leaves no safe hold:
-// one that two renewals do not fit into (a renewal lost to a slow server
-// would lose the lease), or none at all.
+// one under topology.MinLeaseTTL, one that two renewals do not fit into (a
+// renewal lost to a slow server would lose the lease), or none at all.
 func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) (*Coordinator, error) {
 	cfg.defaults()
 	hold := cfg.TTL - cfg.Margin
-	if hold < 2*cfg.Renew {
+	if cfg.TTL < topology.MinLeaseTTL || hold < 2*cfg.Renew {
 		return nil, fmt.Errorf("key-value bucket %s has a TTL of %v: too short to hold a lease renewed every %v "+
-			"(at least %v); make it again with this build's TTL (`worker provision --reset-leases`)",
-			topology.LeaseBucket, cfg.TTL, cfg.Renew, 2*cfg.Renew+cfg.Margin)
+			"(at least %v); make it again with a longer TTL (`worker provision --reset-leases --lease-ttl`)",
+			topology.LeaseBucket, cfg.TTL, cfg.Renew, max(topology.MinLeaseTTL, 2*cfg.Renew+cfg.Margin))
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])

@@ -291,15 +291,15 @@ func TestJoinWaitsForTheBucket(t *testing.T) {
 	}
 }
 
-// A bucket whose TTL leaves no safe hold (two renewals do not fit into
-// it) is refused with the fix in the message; one that does is taken,
-// whatever this build's own TTL.
+// A bucket whose TTL leaves no safe hold (under topology.MinLeaseTTL) is
+// refused with the fix in the message; one that does is taken, whatever
+// this build's own TTL, with renewals every third of it (at most 2 s).
 func TestHoldComesFromTheBucketsTTL(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		ttl time.Duration
 		ok  bool
-	}{{0, false}, {4 * time.Second, false}, {5 * time.Second, true}, {time.Minute, true}} {
+	}{{0, false}, {2 * time.Second, false}, {3 * time.Second, true}, {4 * time.Second, true}, {time.Minute, true}} {
 		_, err := ownership.New(nil, ownership.Config{ID: "a", Partitions: 8, TTL: c.ttl}, nil, zerolog.Nop())
 		if (err == nil) != c.ok {
 			t.Errorf("TTL %v: %v, want ok %v", c.ttl, err, c.ok)

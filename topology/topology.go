@@ -7,6 +7,7 @@
 package topology
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -61,10 +62,12 @@ const (
 const (
 	// LeaseBucket holds membership (members.<worker id>) and partition
 	// leases (partitions.<n>); a key not renewed for the bucket's TTL
-	// expires. LeaseTTL is the TTL a new bucket is made with; one that
+	// expires. LeaseTTL is the TTL a new bucket is made with unless
+	// Settings.LeaseTTL says another (at least MinLeaseTTL); one that
 	// exists keeps its own (Handles.LeaseTTL), which workers read.
 	LeaseBucket = "PASSKEYS_LEASES"
 	LeaseTTL    = 6 * time.Second
+	MinLeaseTTL = 3 * time.Second
 	// SnapshotBucket holds the partitions' snapshots.
 	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
 	// KeyStream holds the history of trusted key sets, append-only. Only
@@ -88,6 +91,8 @@ type Settings struct {
 	// and duplicate window.
 	EventsRetention, EventsDuplicates time.Duration
 	Partitions, Replicas              int
+	// LeaseTTL is the TTL of a lease bucket made now (0: LeaseTTL).
+	LeaseTTL time.Duration
 }
 
 // Validate checks the settings.
@@ -99,6 +104,8 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("--duplicate-window must be positive and at most the outcome retention")
 	case s.EventsRetention <= 0 || s.EventsDuplicates <= 0 || s.EventsDuplicates > s.EventsRetention:
 		return fmt.Errorf("--events-retention and --events-dedup-window must be positive, the window at most the retention")
+	case s.LeaseTTL != 0 && s.LeaseTTL < MinLeaseTTL:
+		return fmt.Errorf("--lease-ttl must be at least %v", MinLeaseTTL)
 	case s.Replicas < 1 || s.Replicas > 5:
 		return fmt.Errorf("--replicas must be between 1 and 5, not %d", s.Replicas)
 	}
@@ -215,7 +222,7 @@ func (s Settings) EventsStreamConfig() jetstream.StreamConfig {
 func (s Settings) LeaseBucketConfig() jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket: LeaseBucket, Description: "passkeys workers: membership and partition leases",
-		TTL: LeaseTTL, History: 1, Storage: jetstream.FileStorage, Replicas: s.Replicas,
+		TTL: cmp.Or(s.LeaseTTL, LeaseTTL), History: 1, Storage: jetstream.FileStorage, Replicas: s.Replicas,
 	}
 }
 

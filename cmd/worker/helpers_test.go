@@ -18,6 +18,12 @@ import (
 	"github.com/passkeys/worker/internal/testenv"
 )
 
+// testLeaseTTL is the TTL of the lease buckets the tests' workers and
+// provisioners make: the shortest a worker takes (topology.MinLeaseTTL),
+// half the production one, so that a partition whose holder stopped moves
+// in about 3 s, not 6 (timing as configuration).
+const testLeaseTTL = "3s"
+
 // worker is a worker started through run, as main starts it.
 type worker struct {
 	cancel context.CancelFunc
@@ -63,7 +69,7 @@ func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 	tb.Helper()
 	args := append([]string{
 		"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer, "--audience", testenv.Audience,
-		"--data-dir", e.dataDir, "--log-level", "debug",
+		"--data-dir", e.dataDir, "--log-level", "debug", "--lease-ttl", testLeaseTTL,
 	}, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &worker{cancel: cancel, done: make(chan struct{}), log: &testenv.SyncBuffer{}}
