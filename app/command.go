@@ -131,6 +131,8 @@ func clusterFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.IntVar(&cfg.Replicas, "replicas", 1, "JetStream replicas of everything the worker creates (streams, consumers, buckets): 3 on a three-node cluster")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", topology.LeaseTTL, "the TTL of lease bucket "+topology.LeaseBucket+" when this creates it (a bucket that exists keeps its own; "+
 		"--reset-leases makes it again with this one): how long a partition waits for a worker that stopped renewing its lease; workers renew every third of it")
+	fs.DurationVar(&cfg.AckWait, "ack-wait", topology.DefaultAckWait, "the ack wait of the partition consumers, set when this provisions them: "+
+		"how soon the commands a worker took and did not acknowledge (it died, or lost the partition) are delivered again")
 }
 
 // natsFlags adds the connection flags; urlNote finishes --nats-url's usage.

@@ -43,8 +43,10 @@ type Config struct {
 	Partitions int
 	Replicas   int
 	// LeaseTTL is the TTL of the lease bucket when this creates it (0:
-	// topology.LeaseTTL); a bucket that exists keeps its own.
-	LeaseTTL time.Duration
+	// topology.LeaseTTL); a bucket that exists keeps its own. AckWait is
+	// the partition consumers' ack wait, set when this provisions them (0:
+	// topology.DefaultAckWait).
+	LeaseTTL, AckWait time.Duration
 	// SnapshotInterval is how often a partition's snapshot is written;
 	// zero for runner.DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
@@ -106,7 +108,7 @@ const (
 // JetStream.
 func (c *Config) Settings() topology.Settings {
 	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
-		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas, LeaseTTL: c.LeaseTTL}
+		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas, LeaseTTL: c.LeaseTTL, AckWait: c.AckWait}
 }
 
 // Validate checks the configuration and fills in development defaults.

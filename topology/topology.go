@@ -35,6 +35,10 @@ const (
 	// fault in place.
 	DefaultAckWait       = 10 * time.Second
 	DefaultMaxAckPending = 20000
+	// MinAckWait is the shortest Settings.AckWait: well over a batch's
+	// commit, and over the margin a stopping worker keeps when it hands
+	// its commands back (handler's giveBack).
+	MinAckWait = 4 * time.Second
 )
 
 // Metadata the workers keep with stream PASSKEYS.
@@ -93,6 +97,8 @@ type Settings struct {
 	Partitions, Replicas              int
 	// LeaseTTL is the TTL of a lease bucket made now (0: LeaseTTL).
 	LeaseTTL time.Duration
+	// AckWait is the partition consumers' ack wait (0: DefaultAckWait).
+	AckWait time.Duration
 }
 
 // Validate checks the settings.
@@ -106,6 +112,8 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("--events-retention and --events-dedup-window must be positive, the window at most the retention")
 	case s.LeaseTTL != 0 && s.LeaseTTL < MinLeaseTTL:
 		return fmt.Errorf("--lease-ttl must be at least %v", MinLeaseTTL)
+	case s.AckWait != 0 && s.AckWait < MinAckWait:
+		return fmt.Errorf("--ack-wait must be at least %v", MinAckWait)
 	case s.Replicas < 1 || s.Replicas > 5:
 		return fmt.Errorf("--replicas must be between 1 and 5, not %d", s.Replicas)
 	}
@@ -189,7 +197,7 @@ func (s Settings) PartitionConsumerConfig(p int) jetstream.ConsumerConfig {
 		Durable:        PartitionConsumerName(p),
 		Description:    "passkeys worker, partition " + strconv.Itoa(p),
 		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        DefaultAckWait,
+		AckWait:        cmp.Or(s.AckWait, DefaultAckWait),
 		MaxDeliver:     -1,
 		MaxAckPending:  DefaultMaxAckPending,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,

@@ -204,7 +204,7 @@ func TestClusterFailover(t *testing.T) {
 	provisioned := make(chan error, 1)
 	go func() {
 		var out bytes.Buffer
-		err := run(context.Background(), []string{"provision", "--nats-url", url, "--replicas", "3", "--lease-ttl", testLeaseTTL}, func(string) string { return "" },
+		err := run(context.Background(), []string{"provision", "--nats-url", url, "--replicas", "3", "--lease-ttl", testLeaseTTL, "--ack-wait", testAckWait}, func(string) string { return "" },
 			&out, &out)
 		if err != nil {
 			err = fmt.Errorf("%w; its output:\n%s", err, out.String())

@@ -87,7 +87,7 @@ func (e *env) startProcessEnv(tb testing.TB, bin string, env []string, extra ...
 		tb.Fatal(err)
 	}
 	args := append([]string{"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer,
-		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn", "--lease-ttl", testLeaseTTL}, extra...)
+		"--audience", testenv.Audience, "--data-dir", e.dataDir, "--log-level", "warn", "--lease-ttl", testLeaseTTL, "--ack-wait", testAckWait}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log

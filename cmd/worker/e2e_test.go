@@ -687,7 +687,7 @@ func TestReplayEndpoint(t *testing.T) {
 // --create-stream=false the worker makes neither and says what is missing.
 func TestStreamAndConsumerSetUp(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnvTimed(t, false) // the production defaults, which the other tests shorten
 	js, err := jetstream.New(e.nc)
 	if err != nil {
 		t.Fatal(err)

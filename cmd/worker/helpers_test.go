@@ -24,6 +24,11 @@ import (
 // in about 3 s, not 6 (timing as configuration).
 const testLeaseTTL = "3s"
 
+// testAckWait is the partition consumers' ack wait in the tests: the
+// shortest a worker takes (topology.MinAckWait), so that the commands a
+// killed worker held come back in 4 s, not 10.
+const testAckWait = "4s"
+
 // worker is a worker started through run, as main starts it.
 type worker struct {
 	cancel context.CancelFunc
@@ -53,13 +58,23 @@ type env struct {
 	dataDir string
 	nc      *nats.Conn
 	w       *worker
+	// productionTiming starts the worker without the tests' timing.
+	productionTiming bool
 }
 
 func newEnv(tb testing.TB, extra ...string) *env {
 	tb.Helper()
+	return newEnvTimed(tb, true, extra...)
+}
+
+// newEnvTimed is newEnv, its worker with the tests' timing
+// (testLeaseTTL, testAckWait) or, testTiming false, the production
+// defaults.
+func newEnvTimed(tb testing.TB, testTiming bool, extra ...string) *env {
+	tb.Helper()
 	ns := testenv.StartNATS(tb)
 	// A directory the worker creates, as on a fresh machine.
-	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(tb), dataDir: filepath.Join(tb.TempDir(), "data")}
+	e := &env{url: ns.ClientURL(), keys: testenv.NewKeys(tb), dataDir: filepath.Join(tb.TempDir(), "data"), productionTiming: !testTiming}
 	e.nc = testenv.Connect(tb, e.url)
 	e.w = e.startWorker(tb, extra...)
 	return e
@@ -67,10 +82,14 @@ func newEnv(tb testing.TB, extra ...string) *env {
 
 func (e *env) startWorker(tb testing.TB, extra ...string) *worker {
 	tb.Helper()
-	args := append([]string{
+	args := []string{
 		"--nats-url", e.url, "--jwks", e.keys.JWKSPath, "--issuer", testenv.Issuer, "--audience", testenv.Audience,
-		"--data-dir", e.dataDir, "--log-level", "debug", "--lease-ttl", testLeaseTTL,
-	}, extra...)
+		"--data-dir", e.dataDir, "--log-level", "debug",
+	}
+	if !e.productionTiming {
+		args = append(args, "--lease-ttl", testLeaseTTL, "--ack-wait", testAckWait)
+	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &worker{cancel: cancel, done: make(chan struct{}), log: &testenv.SyncBuffer{}}
 	go func() {

@@ -74,7 +74,15 @@ func (r *Reader) leaderGet(ctx context.Context, req getRequest) (*jetstream.RawS
 	if err != nil {
 		return nil, err
 	}
-	resp, err := r.js.Conn().RequestWithContext(ctx, r.apiSubject("STREAM.MSG.GET"), body)
+	var resp *nats.Msg
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptWait)
+		resp, err = r.js.Conn().RequestWithContext(actx, r.apiSubject("STREAM.MSG.GET"), body)
+		cancel()
+		if err == nil || ctx.Err() != nil || !timedOut(err) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s: %w", r.stream, err)
 	}
@@ -118,6 +126,18 @@ func (r *Reader) Last(ctx context.Context, filter string) (*jetstream.RawStreamM
 	return r.leaderGet(ctx, getRequest{LastFor: filter})
 }
 
+// attemptWait bounds one request to the stream. A server that froze (its
+// process stopped, its routes not timed out yet) takes a request and never
+// answers: a partition's catch-up waited on one until the runner gave up
+// on it (30 s) in a frozen-node test. The next attempt goes to another
+// replica, or to the leader elected meanwhile.
+const attemptWait = 2 * time.Second
+
+// timedOut tells whether err is a request that got no answer in time.
+func timedOut(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+}
+
 // batchSize is how many messages one direct get brings.
 const batchSize = 256
 
@@ -138,11 +158,13 @@ func (r *Reader) Read(ctx context.Context, filter string, from, through uint64, 
 	}
 	behind := 0
 	for from <= through {
-		next, err := r.read(ctx, filter, from, through, keep)
+		actx, cancel := context.WithTimeout(ctx, attemptWait)
+		next, err := r.read(actx, filter, from, through, keep)
+		cancel()
 		if errors.Is(err, errEnough) {
 			return out, nil
 		}
-		if err != nil {
+		if err != nil && (ctx.Err() != nil || !timedOut(err)) {
 			return out, err
 		}
 		if next > from {
@@ -150,7 +172,7 @@ func (r *Reader) Read(ctx context.Context, filter string, from, through uint64, 
 			continue
 		}
 		// Nothing new: the replica that answered has not stored what the
-		// leader confirmed yet.
+		// leader confirmed yet, or the one asked did not answer.
 		behind++
 		select {
 		case <-ctx.Done():
