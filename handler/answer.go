@@ -13,15 +13,6 @@ import (
 	"github.com/passkeys/worker/reply"
 )
 
-// replyToOf is where a command's reply goes: its one Reply-To, when that
-// passes command.CheckReplyTo; "" for none.
-func replyToOf(cmd *command.Command) string {
-	if v := cmd.Header.ValuesFold(command.HeaderReplyTo); len(v) == 1 && command.CheckReplyTo(v) == nil {
-		return v[0]
-	}
-	return ""
-}
-
 // wireOf is the reply a command's result makes. A command applied already
 // (the store is past it) whose outcome is not kept is not applied again,
 // and its requester is told so rather than left without an answer.
@@ -96,8 +87,8 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 		return
 	}
 	a := early{seq: cmd.StreamSeq} // one without a Reply-To counts, and gets nothing
-	if to := replyToOf(cmd); to != "" {
-		a.msg = replyMsg(to, cmd, wireOf(r))
+	if r.ReplyTo != "" {
+		a.msg = replyMsg(r.ReplyTo, cmd, wireOf(r))
 	}
 	if len(e.owed) < e.max {
 		e.owed = append(e.owed, a)
@@ -153,11 +144,10 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 // so when its delivery comes back here it is answered again with the same
 // bytes.
 func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
-	to := replyToOf(cmd)
-	if c.Conn == nil || to == "" || c.NoEarlyAnswer {
+	if c.Conn == nil || r.ReplyTo == "" || c.NoEarlyAnswer {
 		return
 	}
-	if err := c.Conn.PublishMsg(replyMsg(to, cmd, wireOf(r))); err != nil {
+	if err := c.Conn.PublishMsg(replyMsg(r.ReplyTo, cmd, wireOf(r))); err != nil {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return
 	}

@@ -45,12 +45,12 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				AckFloor: jetstream.SequenceInfo{Stream: tc.floor}, Delivered: jetstream.SequenceInfo{Stream: tc.delivered}}
 			e := NewEarlyAnswers(info)
 			for seq := uint64(1); seq <= tc.count; seq++ {
-				h := command.Header{command.HeaderReplyTo: {inbox + "." + strconv.FormatUint(seq, 10)}}
+				to := inbox + "." + strconv.FormatUint(seq, 10)
 				if slices.Contains(tc.noReplyTo, seq) {
-					h = command.Header{}
+					to = ""
 				}
-				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: h, StreamSeq: seq},
-					command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", StreamSeq: seq},
+					command.Result{ReplyTo: to, Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 			}
 			var counted countEarly
 			sent := e.Send(nc, func() error { return nil }, &counted, zerolog.Nop())
@@ -97,8 +97,8 @@ func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {
 	}
 	e := NewEarlyAnswers(&jetstream.ConsumerInfo{NumAckPending: 5, Delivered: jetstream.SequenceInfo{Stream: 5}})
 	for seq := uint64(1); seq <= 5; seq++ {
-		e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: command.Header{command.HeaderReplyTo: {inbox + ".x"}}, StreamSeq: seq},
-			command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+		e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", StreamSeq: seq},
+			command.Result{ReplyTo: inbox + ".x", Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 	}
 	checks := 0
 	held := func() error {

@@ -305,11 +305,10 @@ type delivery struct {
 	msg jetstream.Msg
 	// at is when the pump took it: whether handing it back may touch
 	// another worker's delivery.
-	at      clock.Instant
-	meta    *jetstream.MsgMetadata
-	cmd     *command.Command
-	replyTo string
-	log     zerolog.Logger
+	at   clock.Instant
+	meta *jetstream.MsgMetadata
+	cmd  *command.Command
+	log  zerolog.Logger
 	// span is the command's apply span, ctx holds it (Tracer set only).
 	span trace.Span
 	ctx  context.Context
@@ -341,7 +340,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at, replyTo: replyToOf(cmd)}
+		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at}
 		h.log = c.Log.With().
 			Str("subject", command.Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
@@ -539,13 +538,13 @@ func (c *Processor) answer(h delivery, r command.Result) {
 	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
 		c.Observer.EventWritten()
 	}
-	if h.replyTo == "" {
+	if r.ReplyTo == "" {
 		if err := h.msg.Ack(); err != nil {
 			log.Error().Err(err).Msg("ack")
 		}
 		return
 	}
-	msg := replyMsg(h.replyTo, h.cmd, wire)
+	msg := replyMsg(r.ReplyTo, h.cmd, wire)
 	if h.span != nil {
 		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
 		defer span.End()
