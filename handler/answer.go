@@ -107,8 +107,9 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // held is the partition's lease check, made before each answer: a worker
 // that paused and lost the partition meanwhile stops (what it would send
 // is what any holder sends, but a worker that lost its partition answers
-// nothing more). obs, when set, counts each answer (AnsweredEarly).
-func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, log zerolog.Logger) int {
+// nothing more). counted, when set, is told of each answer
+// (Observer.AnsweredEarly).
+func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, counted func(), log zerolog.Logger) int {
 	sent := 0
 	for _, a := range slices.Concat(e.owed[e.next:], e.owed[:e.next]) {
 		if a.msg == nil {
@@ -123,8 +124,8 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 			continue
 		}
 		sent++
-		if obs != nil {
-			obs.AnsweredEarly()
+		if counted != nil {
+			counted()
 		}
 	}
 	if sent > 0 {
@@ -151,5 +152,7 @@ func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return
 	}
-	c.Observer.AnsweredEarly()
+	if c.Observer.AnsweredEarly != nil {
+		c.Observer.AnsweredEarly()
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,10 +51,10 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", StreamSeq: seq},
 					command.Result{ReplyTo: to, Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 			}
-			var counted countEarly
-			sent := e.Send(nc, func() error { return nil }, &counted, zerolog.Nop())
-			if int(counted.n.Load()) != sent {
-				t.Errorf("sent %d, counted %d", sent, counted.n.Load())
+			counted := 0
+			sent := e.Send(nc, func() error { return nil }, func() { counted++ }, zerolog.Nop())
+			if counted != sent {
+				t.Errorf("sent %d, counted %d", sent, counted)
 			}
 			if err := nc.Publish(inbox+".end", nil); err != nil { // after every answer: one connection keeps the order
 				t.Fatal(err)
@@ -78,14 +77,6 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 		})
 	}
 }
-
-// countEarly is an Observer that counts AnsweredEarly.
-type countEarly struct {
-	nopObserver
-	n atomic.Int64
-}
-
-func (c *countEarly) AnsweredEarly() { c.n.Add(1) }
 
 // A worker that lost the partition while it answers (it paused) stops.
 func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {

@@ -49,8 +49,7 @@ type Processor struct {
 	// (DefaultPullExpiry when 0); the server sends a heartbeat every fifth
 	// of it, and two missed ones make the pull start again.
 	PullExpiry time.Duration
-	// Observer, when set, is told what happens: metrics, and the
-	// micro service's STATS. Observers tells several.
+	// Observer is told what happens.
 	Observer Observer
 	// Committed, when set, is called after each transaction that
 	// committed: the event publisher's Wake.
@@ -70,63 +69,23 @@ type Processor struct {
 	order   orderCheck
 }
 
-// Observer is told what the processor does; metrics.Metrics is one.
-type Observer interface {
+// Observer is told what the processor does: metrics, the micro service's
+// STATS, /readyz. A nil func is not told.
+type Observer struct {
 	// Batch reports one attempt at a batch transaction.
-	Batch(size int, took time.Duration, err error)
+	Batch func(size int, took time.Duration, err error)
 	// Answered reports a command's answer (code 0 and no text: success),
 	// with the time the stream stored it.
-	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
-	Redelivered()
+	Answered func(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
+	// Redelivered reports a command delivered more than once.
+	Redelivered func()
 	// EventWritten reports a change the processor applied: one event
 	// written into the outbox.
-	EventWritten()
+	EventWritten func()
 	// AnsweredEarly reports a reply sent before the command's delivery came
 	// here (EarlyAnswers, the order check): the delivery, when it comes, is
 	// answered again and reported to Answered.
-	AnsweredEarly()
-}
-
-// nopObserver is the Observer of a Consumer that has none.
-type nopObserver struct{}
-
-func (nopObserver) Batch(int, time.Duration, error)                      {}
-func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
-func (nopObserver) Redelivered()                                         {}
-func (nopObserver) EventWritten()                                        {}
-func (nopObserver) AnsweredEarly()                                       {}
-
-// Observers tells each of its members.
-type Observers []Observer
-
-func (os Observers) Batch(size int, took time.Duration, err error) {
-	for _, o := range os {
-		o.Batch(size, took, err)
-	}
-}
-
-func (os Observers) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
-	for _, o := range os {
-		o.Answered(op, code, errorText, storedAt)
-	}
-}
-
-func (os Observers) Redelivered() {
-	for _, o := range os {
-		o.Redelivered()
-	}
-}
-
-func (os Observers) EventWritten() {
-	for _, o := range os {
-		o.EventWritten()
-	}
-}
-
-func (os Observers) AnsweredEarly() {
-	for _, o := range os {
-		o.AnsweredEarly()
-	}
+	AnsweredEarly func()
 }
 
 // DefaultPullExpiry is how long a partition's pull request waits at the
@@ -149,9 +108,6 @@ const DrainTimeout = 5 * time.Second
 // hand and returns nil. It returns an error if consumption stops for another
 // reason, such as the consumer being deleted.
 func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
 	iter, err := cons.Messages(c.pullOptions()...)
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
@@ -351,7 +307,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			// Redeliveries mean a lost ack, or an ack wait that ran
 			// out: worth a line at the default level.
 			h.log.Warn().Msg("command redelivered")
-			c.Observer.Redelivered()
+			if c.Observer.Redelivered != nil {
+				c.Observer.Redelivered()
+			}
 		}
 		if c.Tracer != nil {
 			h.ctx, h.span = c.Tracer.Start(traceprop.Extract(ctx, m.Headers()), "passkeys.apply",
@@ -398,7 +356,9 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	answered := make([]bool, len(b.hand))
 	err := c.Partition.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
 		Committed: func(n int, took time.Duration, err error) {
-			c.Observer.Batch(n, took, err)
+			if c.Observer.Batch != nil {
+				c.Observer.Batch(n, took, err)
+			}
 			if err == nil && c.Committed != nil {
 				c.Committed()
 			}
@@ -534,8 +494,10 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		c.traceAnswer(h, r, wire)
 		defer h.span.End()
 	}
-	c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
-	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
+	if c.Observer.Answered != nil {
+		c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
+	}
+	if !r.Repeat && !r.Skipped && r.Answer.Err == nil && c.Observer.EventWritten != nil {
 		c.Observer.EventWritten()
 	}
 	if r.ReplyTo == "" {

@@ -36,8 +36,7 @@ type EndpointAnswers struct {
 	AverageLatency time.Duration `json:"average_latency"`
 }
 
-// Answered counts one answer; with Batch, Redelivered and EventWritten
-// (which it ignores) it makes AnswerStats an Observer of the consumer.
+// Answered counts one answer (handler.Observer.Answered).
 func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
 	if op == "" {
 		return
@@ -60,11 +59,6 @@ func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText strin
 		s.lastError = errorText
 	}
 }
-
-func (o *AnswerStats) Batch(int, time.Duration, error) {}
-func (o *AnswerStats) Redelivered()                    {}
-func (o *AnswerStats) EventWritten()                   {}
-func (o *AnswerStats) AnsweredEarly()                  {}
 
 // Stats is what op's endpoint reports.
 func (o *AnswerStats) Stats(op passkey.Op) EndpointAnswers {
