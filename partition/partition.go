@@ -93,12 +93,9 @@ var ErrNotStored = errors.New("not a partitioned command subject")
 
 // Original maps a stored subject back to the subject its publisher used:
 // passkeys.part.3.remove.u1 is partition 3's passkeys.cmd.remove.u1. A
-// subject from before the stream was partitioned (passkeys.cmd...) is
-// returned as it is, with partition -1.
+// command stored before the stream was partitioned keeps the subject it
+// was published under (passkeys.cmd...): only the upgrade reads those.
 func Original(stored string) (int, string, error) {
-	if strings.HasPrefix(stored, CommandPrefix+".") {
-		return -1, stored, nil
-	}
 	rest, ok := strings.CutPrefix(stored, StoredPrefix+".")
 	if !ok {
 		return 0, "", ErrNotStored

@@ -14,7 +14,7 @@ func TestOriginal(t *testing.T) {
 	}{
 		{"passkeys.part.3.remove.u1", "passkeys.cmd.remove.u1", 3, false},
 		{"passkeys.part.0.sync.a-b", "passkeys.cmd.sync.a-b", 0, false},
-		{"passkeys.cmd.remove.u1", "passkeys.cmd.remove.u1", -1, false}, // from before partitions
+		{"passkeys.cmd.remove.u1", "", 0, true}, // from before partitions: the upgrade's alone
 		{"passkeys.part.x.remove.u1", "", 0, true},
 		{"passkeys.part.-1.remove.u1", "", 0, true},
 		{"passkeys.part.3", "", 0, true},

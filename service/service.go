@@ -321,9 +321,9 @@ func (s *Endpoints) originalDiffers(seq uint64, subject string, fingerprint []by
 	defer cancel()
 	orig, err := s.Reader.Get(ctx, seq)
 	if err == nil {
-		_, origSubject, perr := partition.Original(orig.Subject)
-		if perr != nil {
-			return true
+		origSubject := orig.Subject // as published, when stored before the stream was partitioned
+		if _, o, err := partition.Original(orig.Subject); err == nil {
+			origSubject = o
 		}
 		p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
 		return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
