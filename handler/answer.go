@@ -1,8 +1,6 @@
 package handler
 
 import (
-	"slices"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -59,10 +57,7 @@ func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
 type EarlyAnswers struct {
 	floor, delivered uint64
 	max              int
-	// owed is a ring of the range's last max commands: owed[next] is the
-	// oldest once it is full.
-	owed []early
-	next int
+	owed             []early // the range's last max commands, oldest first
 }
 
 type early struct {
@@ -90,12 +85,9 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 	if r.ReplyTo != "" {
 		a.msg = replyMsg(r.ReplyTo, cmd, wireOf(r))
 	}
-	if len(e.owed) < e.max {
-		e.owed = append(e.owed, a)
-		return
+	if e.owed = append(e.owed, a); len(e.owed) > e.max {
+		e.owed = e.owed[1:] // append copies the last max when it grows: O(max) kept
 	}
-	e.owed[e.next] = a
-	e.next = (e.next + 1) % e.max
 }
 
 // Send publishes the answers owed, plainly, and returns how many went out.
@@ -111,7 +103,7 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // (Observer.AnsweredEarly).
 func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, counted func(), log zerolog.Logger) int {
 	sent := 0
-	for _, a := range slices.Concat(e.owed[e.next:], e.owed[:e.next]) {
+	for _, a := range e.owed {
 		if a.msg == nil {
 			continue
 		}
@@ -132,7 +124,7 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, counted func(), 
 		log.Warn().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
 			Msg("answered the commands the holder before was handed and did not acknowledge")
 	}
-	e.owed, e.next = nil, 0
+	e.owed = nil
 	return sent
 }
 

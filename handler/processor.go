@@ -115,7 +115,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if info := cons.CachedInfo(); info != nil {
 		c.ackWait = info.Config.AckWait
 	}
-	p := &pump{iter: iter, msgs: make(chan pulled, c.Partition.MaxBatch), err: make(chan error, 1),
+	p := &pump{iter: iter, msgs: make(chan delivery, c.Partition.MaxBatch), err: make(chan error, 1),
 		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
@@ -132,7 +132,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 			c.commitBatch(ctx, b)
 		}
 	}()
-	batch := make([]pulled, 0, c.Partition.MaxBatch)
+	batch := make([]delivery, 0, c.Partition.MaxBatch)
 	for {
 		var ok bool
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
@@ -178,7 +178,7 @@ func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
 // nextBatch waits for a command, then takes whatever else is in hand, up to
 // the partition's MaxBatch, without waiting: a batch is what arrived while the last one
 // committed. ok is false once the pump has stopped or was abandoned.
-func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
+func (c *Processor) nextBatch(p *pump, batch []delivery) ([]delivery, bool) {
 	select {
 	case m, ok := <-p.msgs:
 		if !ok {
@@ -206,7 +206,7 @@ func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 // fill without blocking on the iterator.
 type pump struct {
 	iter    jetstream.MessagesContext
-	msgs    chan pulled
+	msgs    chan delivery // msg and at only
 	err     chan error    // the reason the pump stopped; nil for a drain
 	done    chan struct{} // closed when the pump has stopped
 	abandon chan struct{} // closed when a stopping consumer gives up on the buffer
@@ -232,7 +232,7 @@ func (p *pump) run() {
 			continue
 		}
 		select {
-		case p.msgs <- pulled{msg: msg, at: clock.Now()}:
+		case p.msgs <- delivery{msg: msg, at: clock.Now()}:
 		case <-p.abandon:
 			p.err <- nil
 			return
@@ -279,11 +279,11 @@ type checkedBatch struct {
 // checkBatch reads each message (its metadata, reply subject, log fields)
 // and has the Applier check the batch; ok is false when no message was a
 // command.
-func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch, bool) {
+func (c *Processor) checkBatch(ctx context.Context, msgs []delivery) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
-	for _, p := range msgs {
-		m := p.msg
+	for _, h := range msgs {
+		m := h.msg
 		meta, err := m.Metadata()
 		if err != nil {
 			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message without JetStream metadata")
@@ -296,7 +296,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at}
+		h.meta, h.cmd = meta, cmd
 		h.log = c.Log.With().
 			Str("subject", command.Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
@@ -353,7 +353,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 		c.giveBack(ctx, b.hand)
 		return
 	}
-	answered := make([]bool, len(b.hand))
+	answered := 0 // b.hand[:answered] are answered: Done comes in stream order
 	err := c.Partition.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
 		Committed: func(n int, took time.Duration, err error) {
 			if c.Observer.Batch != nil {
@@ -364,7 +364,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 			}
 		},
 		Done: func(i int, r command.Result) {
-			answered[i] = true
+			answered = i + 1
 			c.answer(b.hand[i], r)
 			c.Partition.advance(b.hand[i].meta.Sequence.Stream)
 		},
@@ -378,13 +378,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	if err != nil {
 		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they are handed back to the stream")
 		c.endSpans(b.hand, "stopping with the command not applied")
-		var left []delivery
-		for i, h := range b.hand {
-			if !answered[i] {
-				left = append(left, h)
-			}
-		}
-		c.giveBack(ctx, left)
+		c.giveBack(ctx, b.hand[answered:])
 	}
 }
 
@@ -425,12 +419,6 @@ const GiveBackDelay = time.Second
 
 // handBackMargin keeps hand-backs well inside the ack wait.
 const handBackMargin = 2 * time.Second
-
-// pulled is a delivery and when the pump took it.
-type pulled struct {
-	msg jetstream.Msg
-	at  clock.Instant
-}
 
 // traceAnswer records, on a command's apply span, its answer, and the
 // wait for its commit: from when the stream stored the command (which the
