@@ -253,7 +253,7 @@ func (a *Applier) check(c *Command) checked {
 	principal, authErr := a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp)
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
-	msgIDErr := pr.keyBy(c.Header.Values(HeaderMsgID), principal, authErr)
+	msgIDErr := pr.keyBy(c.Header[HeaderMsgID], principal, authErr) // exactly as JetStream matches it
 
 	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject)
 	pr.op, pr.userID = op, userID

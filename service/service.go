@@ -228,7 +228,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 		if err == nil && len(req.Data()) > passkey.MaxBodySize {
 			err = passkey.ErrBodyTooLarge
 		}
-		msgIDs := in.Values(command.HeaderMsgID)
+		msgIDs := in[command.HeaderMsgID] // exactly as JetStream matches it
 		if err == nil {
 			err = command.CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
 		}
