@@ -438,7 +438,7 @@ func (c *Processor) traceAnswer(h delivery, r command.Result, wire reply.Wire) {
 // span that records nothing without a Tracer.
 func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery) (context.Context, trace.Span) {
 	if c.Tracer == nil {
-		return ctx, noopSpan
+		return ctx, noop.Span{}
 	}
 	links := make([]trace.Link, 0, len(hand))
 	for _, h := range hand {
@@ -459,9 +459,6 @@ func (c *Processor) endSpans(hand []delivery, why string) {
 		}
 	}
 }
-
-// noopSpan is the span of a batch when there is no Tracer.
-var noopSpan = noop.Span{}
 
 // answer replies to and acknowledges one message, after its transaction
 // committed.
@@ -488,19 +485,14 @@ func (c *Processor) answer(h delivery, r command.Result) {
 	if !r.Repeat && !r.Skipped && r.Answer.Err == nil && c.Observer.EventWritten != nil {
 		c.Observer.EventWritten()
 	}
-	if r.ReplyTo == "" {
-		if err := h.msg.Ack(); err != nil {
-			log.Error().Err(err).Msg("ack")
+	if r.ReplyTo != "" {
+		if h.span != nil {
+			_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
+			defer span.End()
 		}
-		return
-	}
-	msg := replyMsg(r.ReplyTo, h.cmd, wire)
-	if h.span != nil {
-		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
-		defer span.End()
-	}
-	if err := c.Conn.PublishMsg(msg); err != nil {
-		log.Error().Err(err).Msg("reply")
+		if err := c.Conn.PublishMsg(replyMsg(r.ReplyTo, h.cmd, wire)); err != nil {
+			log.Error().Err(err).Msg("reply")
+		}
 	}
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")

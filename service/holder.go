@@ -97,7 +97,7 @@ func (s *Endpoints) ServeInternal(p int, held PartitionStore) (*nats.Subscriptio
 		var r reply.Wire
 		switch kind {
 		case "list":
-			principal, err := s.verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization))
+			principal, err := s.verify(command.Header(m.Header))
 			if err != nil {
 				r = reply.Error(passkey.AsError(err))
 			} else {

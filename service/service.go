@@ -72,10 +72,6 @@ type Endpoints struct {
 	Tracer trace.Tracer
 }
 
-// ReplaySubject is the request-reply endpoint through which an operator
-// re-drives stored commands.
-const ReplaySubject = partition.ReplaySubject
-
 // Start registers the passkeys micro service on nc.
 func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	cfg := micro.Config{
@@ -107,7 +103,7 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 		}
 	}
 	if s.Replayer != nil {
-		if err := svc.AddEndpoint("replay", s.confined(s.replay), micro.WithEndpointSubject(ReplaySubject)); err != nil {
+		if err := svc.AddEndpoint("replay", s.confined(s.replay), micro.WithEndpointSubject(partition.ReplaySubject)); err != nil {
 			_ = svc.Stop()
 			return nil, err
 		}
@@ -118,37 +114,28 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	return svc, nil
 }
 
-// verify judges a request's token by the keys in force now.
+// verify judges the token of a request with header h by the keys in
+// force now.
 //
 // Errors: those of auth.Verifier.Verify, and UNAVAILABLE
 // (KEYS-UNAVAILABLE) when the key history cannot be read.
-func (s *Endpoints) verify(authorization []string) (passkey.Principal, error) {
-	now := time.Now()
-	if s.Now != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		var err error
-		if now, err = s.Now(ctx); err != nil {
-			s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
-			return passkey.Principal{}, passkey.ErrKeysUnavailable
-		}
+func (s *Endpoints) verify(h command.Header) (passkey.Principal, error) {
+	now, err := s.now(context.Background(), 3*time.Second)
+	if err != nil {
+		s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
+		return passkey.Principal{}, passkey.ErrKeysUnavailable
 	}
-	return s.Verifier.Verify(authorization, now)
+	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now)
 }
 
-// now is the time a stored outcome's expiry is judged at: the key
-// history's reading of the servers' clock, as a token's is, or this
-// worker's wall clock where it cannot be read (the expiry is days away,
-// and a repeat comes within the duplicate window of its original).
-func (s *Endpoints) now(ctx context.Context) time.Time {
-	if s.Now != nil {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if t, err := s.Now(ctx); err == nil {
-			return t
-		}
+// now is Now, read within timeout; this machine's wall clock without Now.
+func (s *Endpoints) now(ctx context.Context, timeout time.Duration) (time.Time, error) {
+	if s.Now == nil {
+		return clock.Wall(), nil
 	}
-	return clock.Wall()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return s.Now(ctx)
 }
 
 // respond answers a request, in the trace the request carries (its
@@ -193,7 +180,7 @@ func (s *Endpoints) respondError(req micro.Request, err error) {
 }
 
 // confined serves a request only when its reply subject is one the worker
-// may publish to, as checkReplyTo decides for a command's Reply-To: the
+// may publish to, as command.CheckReplyTo decides for a command's Reply-To: the
 // worker's connection may write into the stream, the dead-letter stream and
 // the JetStream API, and a request must not be able to aim its answer there.
 // A request with such a reply subject cannot be answered at all; it is
@@ -234,7 +221,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 		}
 		var principal passkey.Principal
 		if err == nil {
-			principal, err = s.verify(in.ValuesFold(command.HeaderAuthorization))
+			principal, err = s.verify(in)
 		}
 		var msgID string
 		if err == nil && len(msgIDs) == 1 {
@@ -355,7 +342,13 @@ func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key,
 func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
-	at := s.now(ctx)
+	// The expiry is judged by the clock a token is; by this machine's where
+	// that cannot be read (the expiry is days away, and a repeat comes
+	// within the duplicate window of its original).
+	at, err := s.now(ctx, 2*time.Second)
+	if err != nil {
+		at = clock.Wall()
+	}
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
@@ -398,8 +391,8 @@ func (s *Endpoints) list(req micro.Request) {
 		s.respondError(req, err)
 		return
 	}
-	auth := command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization)
-	p, err := s.verify(auth)
+	h := command.Header(req.Headers())
+	p, err := s.verify(h)
 	if err != nil {
 		s.respondError(req, err)
 		return
@@ -411,7 +404,7 @@ func (s *Endpoints) list(req micro.Request) {
 			return
 		}
 	}
-	s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: auth}, nil)
+	s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: h.ValuesFold(command.HeaderAuthorization)}, nil)
 }
 
 // listFrom is the list reply for principal p from the store of userID's
@@ -439,7 +432,7 @@ func (s *Endpoints) listFrom(store *storage.Store, p passkey.Principal, userID s
 }
 
 func (s *Endpoints) replay(req micro.Request) {
-	p, err := s.verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization))
+	p, err := s.verify(command.Header(req.Headers()))
 	if err != nil {
 		s.respondError(req, err)
 		return
