@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -146,24 +147,13 @@ type Checked struct{ checked []checked }
 // of the commands' time are known, and returns ctx's error if ctx ends first.
 func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) {
 	if a.Keys != nil && len(cmds) > 0 {
-		latest := cmds[0].Timestamp
-		for _, c := range cmds[1:] {
-			if c.Timestamp.After(latest) {
-				latest = c.Timestamp
-			}
-		}
-		if err := a.Keys.Await(ctx, latest); err != nil {
+		latest := slices.MaxFunc(cmds, func(x, y *Command) int { return x.Timestamp.Compare(y.Timestamp) })
+		if err := a.Keys.Await(ctx, latest.Timestamp); err != nil {
 			return nil, err
 		}
 	}
 	c := &Checked{checked: make([]checked, len(cmds))}
 	workers := min(runtime.GOMAXPROCS(0), len(cmds))
-	if workers < 2 {
-		for i, cmd := range cmds {
-			c.checked[i] = a.checkSafely(cmd)
-		}
-		return c, nil
-	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
