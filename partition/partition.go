@@ -148,21 +148,18 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// Owned lists the partitions of n that the assignment gives to member:
-// rendezvous with bounded load. Partition by partition, in order, each goes
-// to the best-ranked member (rank) that still has room: n/members each,
-// and one more for the first n%members members to need it. So every member
-// serves n/members or one more, and every worker that sees the same members
-// computes the same assignment.
-func Owned(member string, members []string, n int) []int {
-	return OwnedAvoiding(member, members, n, nil)
-}
-
-// OwnedAvoiding is Owned where a member that avoids a partition (avoid
-// says so; a worker on which the partition failed lately) is passed over
-// for it: the partition goes to the best-ranked member that does not avoid
-// it and has room, else to the best-ranked one that does not avoid it
-// (room or not); only when every member avoids it is avoiding ignored.
+// OwnedAvoiding lists the partitions of n that the assignment gives to
+// member: rendezvous with bounded load. Partition by partition, in order,
+// each goes to the best-ranked member (rank) that still has room:
+// n/members each, and one more for the first n%members members to need
+// it. So every member serves n/members or one more, and every worker that
+// sees the same members computes the same assignment.
+//
+// A member that avoids a partition (avoid, when set, says so; a worker on
+// which the partition failed lately) is passed over for it: the partition
+// goes to the best-ranked member that does not avoid it and has room, else
+// to the best-ranked one that does not avoid it (room or not); only when
+// every member avoids it is avoiding ignored.
 func OwnedAvoiding(member string, members []string, n int, avoid func(member string, p int) bool) []int {
 	members = SortedMembers(members)
 	if len(members) == 0 {
