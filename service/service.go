@@ -260,8 +260,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 			s.respondError(req, passkey.ErrStreamUnavailable)
 			return
 		}
-		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
-		go s.awaitPubAck(req, span, future, subject, userID, msgID, fingerprint)
+		go s.awaitPubAck(req, span, future, msg, userID, msgID, principal)
 	}
 }
 
@@ -275,14 +274,21 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
+// awaitPubAck answers a forwarded request that JetStream took as a
+// duplicate, or could not store; the others are answered by the consumer.
+func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetstream.PubAckFuture, msg *nats.Msg, userID, msgID string,
+	p passkey.Principal) {
 	defer span.End()
+	subject := msg.Subject
 	select {
 	case ack := <-future.Ok():
 		span.SetAttributes(attribute.Int64("messaging.nats.stream_seq", int64(ack.Sequence)), attribute.Bool("passkeys.duplicate", ack.Duplicate))
 		if ack.Duplicate && msgID != "" {
 			// JetStream dropped the repeat: the original's outcome is the
-			// answer, unless the original was another command.
+			// answer, unless the original was another command. Only here
+			// is a command fingerprinted outside the applier, which never
+			// sees this one.
+			fingerprint := passkey.Fingerprint(subject, msg.Data, p.Issuer, p.Subject)
 			if s.originalDiffers(ack.Sequence, subject, fingerprint) {
 				respond(req, reply.Error(passkey.ErrMsgIDReused))
 				return
