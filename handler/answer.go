@@ -21,10 +21,10 @@ func wireOf(r command.Result) reply.Wire {
 	return reply.Render(r.Answer)
 }
 
-// replyHeader is the header of a command's reply: the service error
-// headers of wire, and the command's trace context (its caller's, as the
-// stream stored it, so a replay answers with the same headers).
-func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
+// replyMsg is the reply to cmd, to subject to, of wire: its body, the
+// service error headers, and the command's trace context (its caller's, as
+// the stream stored it, so a replay answers with the same headers).
+func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
 	hdr := wire.Header()
 	if tr := cmd.Trace(); tr.Parent != "" {
 		if hdr == nil {
@@ -32,12 +32,7 @@ func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
 		}
 		traceprop.Set(hdr, tr.Parent, tr.State)
 	}
-	return hdr
-}
-
-// replyMsg is the reply to cmd, to subject to, of wire.
-func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
-	return &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
+	return &nats.Msg{Subject: to, Header: hdr, Data: wire.Body}
 }
 
 // EarlyAnswers are the answers a takeover owes the commands the holder
