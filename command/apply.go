@@ -109,9 +109,10 @@ type KeyClock interface {
 type checked struct {
 	cmd     *Command
 	replyTo string // Result.ReplyTo
-	// owner is the user whose records hold the command's outcome: the user
-	// the subject names, or "" when it names none validly.
-	owner string
+	// op and userID are what the subject names; userID, "" when it names
+	// none validly, is also the user whose records hold the outcome.
+	op     passkey.Op
+	userID string
 	// key is the outcome's key: the Nats-Msg-Id scoped to the verified
 	// principal (so a principal's ids are its own, whether it published
 	// into the stream with a plain id or through an endpoint, which scopes
@@ -120,8 +121,6 @@ type checked struct {
 	// msgID is the caller's Nats-Msg-Id, without the scope of its
 	// principal, for the change's event; "" without one.
 	msgID     string
-	op        passkey.Op
-	userID    string
 	remove    passkey.RemoveRequest
 	sync      passkey.SyncRequest
 	principal passkey.Principal
@@ -245,11 +244,8 @@ func (a *Applier) check(c *Command) checked {
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
 	msgIDErr := pr.keyBy(c.Header[HeaderMsgID], principal, authErr) // exactly as JetStream matches it
 
-	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject)
+	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject) // "", "" on an error
 	pr.op, pr.userID = op, userID
-	if err == nil {
-		pr.owner = userID
-	}
 	switch {
 	case err != nil:
 	case op == passkey.OpList:
@@ -319,9 +315,9 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	res := Result{UserID: pr.userID, Op: pr.op, ReplyTo: pr.replyTo}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {
-		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.cmd.Timestamp)
+		stored, err := StoredOutcome(tx, pr.userID, pr.key, pr.cmd.Timestamp)
 		if stored == nil && err == nil && pr.msgID != "" && pr.cmd.Timestamp.Before(scopedSince.Add(a.Retention)) {
-			stored, err = plainOutcome(tx, pr.owner, MsgIDKey(pr.msgID), pr.cmd.Timestamp)
+			stored, err = plainOutcome(tx, pr.userID, MsgIDKey(pr.msgID), pr.cmd.Timestamp)
 		}
 		if errors.Is(err, storage.ErrCorrupt) {
 			// One damaged record must not hold up the commands batched with it.
@@ -348,7 +344,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		return res, err
 	}
 	res.Answer = answer
-	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
+	return res, tx.PutOutcome(pr.userID, pr.key, &storage.Outcome{
 		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
 }
 
@@ -366,7 +362,7 @@ func (a *Applier) repeat(tx *storage.Tx, pr *checked, stored *storage.Outcome, e
 		// message that lives a full MaxAge from now; the record must live
 		// as long, or a later replay of that message would apply it again.
 		stored.Expires = expires
-		return res, tx.PutOutcome(pr.owner, pr.key, stored)
+		return res, tx.PutOutcome(pr.userID, pr.key, stored)
 	}
 	return res, nil
 }
