@@ -45,10 +45,6 @@ type Processor struct {
 	// PriorityGroup is the group the consumer is pulled with, when it has
 	// priority groups (topology.PriorityGroup).
 	PriorityGroup string
-	// PullExpiry is how long one pull request waits at the server
-	// (DefaultPullExpiry when 0); the server sends a heartbeat every fifth
-	// of it, and two missed ones make the pull start again.
-	PullExpiry time.Duration
 	// Observer is told what happens.
 	Observer Observer
 	// Committed, when set, is called after each transaction that
@@ -88,8 +84,8 @@ type Observer struct {
 	AnsweredEarly func()
 }
 
-// DefaultPullExpiry is how long a partition's pull request waits at the
-// server. A pull request is held by the consumer's leader: when that server
+// pullExpiry is how long a partition's pull request waits at the server;
+// the server sends a heartbeat every fifth of it. A pull request is held by the consumer's leader: when that server
 // is frozen or cut off, the request and its heartbeats are lost, and the
 // partition is pulled again once two heartbeats are missed. With nats.go's
 // defaults (30 s, a heartbeat every 15 s) that took 30 s, and an external
@@ -98,7 +94,7 @@ type Observer struct {
 // per idle partition. It stays under the consumer's pin TTL
 // (topology.PinnedTTL, 5 s): the server keeps a pin only while pull
 // requests come within it, and the next one is sent when the last expired.
-const DefaultPullExpiry = 4 * time.Second
+const pullExpiry = 4 * time.Second
 
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
@@ -163,12 +159,8 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 
 // pullOptions are the options of the consumer's pull requests.
 func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
-	expiry := c.PullExpiry
-	if expiry <= 0 {
-		expiry = DefaultPullExpiry
-	}
 	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.Partition.MaxBatch),
-		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(expiry / 5)}
+		jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullExpiry / 5)}
 	if c.PriorityGroup != "" {
 		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
 	}
