@@ -319,10 +319,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []delivery) (checkedBat
 	checked, err := c.Partition.Applier.Check(ctx, cmds)
 	span.End()
 	if err != nil {
-		c.endSpans(hand, "stopping before the keys of the commands' time were known")
 		// Stopping before the keys of their time were known: handed back,
 		// they come to the partition's next holder.
-		c.giveBack(ctx, hand)
+		c.giveBack(ctx, hand, "stopping before the keys of the commands' time were known")
 		return checkedBatch{}, false
 	}
 	return checkedBatch{hand: hand, checked: checked}, true
@@ -341,8 +340,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	ctx, span := c.batchSpan(ctx, "passkeys.batch.commit", b.hand)
 	defer span.End()
 	if err := c.fill(ctx, b.hand); err != nil {
-		c.endSpans(b.hand, "stopping before the batch's commit")
-		c.giveBack(ctx, b.hand)
+		c.giveBack(ctx, b.hand, "stopping before the batch's commit")
 		return
 	}
 	answered := 0 // b.hand[:answered] are answered: Done comes in stream order
@@ -369,8 +367,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 		}})
 	if err != nil {
 		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they are handed back to the stream")
-		c.endSpans(b.hand, "stopping with the command not applied")
-		c.giveBack(ctx, b.hand[answered:])
+		c.giveBack(ctx, b.hand[answered:], "stopping with the command not applied")
 	}
 }
 
@@ -391,7 +388,15 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 // delivery it names, so a late one (a worker woken from a freeze, naks
 // flushed after a reconnect) would cut the ack wait of the worker that
 // holds the command now.
-func (c *Processor) giveBack(ctx context.Context, hand []delivery) {
+//
+// Their apply spans end, unanswered, with why.
+func (c *Processor) giveBack(ctx context.Context, hand []delivery, why string) {
+	for _, h := range hand {
+		if h.span != nil && h.span.IsRecording() {
+			h.span.SetStatus(codes.Unset, why)
+			h.span.End()
+		}
+	}
 	if ctx.Err() == nil || c.ackWait <= handBackMargin || (c.Conn != nil && !c.Conn.IsConnected()) {
 		return
 	}
@@ -440,16 +445,6 @@ func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery)
 	}
 	return c.Tracer.Start(ctx, name, trace.WithLinks(links...), trace.WithAttributes(
 		attribute.Int("passkeys.partition", c.Partition.ID), attribute.Int("passkeys.batch_size", len(hand))))
-}
-
-// endSpans ends the apply spans of commands left unanswered (they come back).
-func (c *Processor) endSpans(hand []delivery, why string) {
-	for _, h := range hand {
-		if h.span != nil && h.span.IsRecording() {
-			h.span.SetStatus(codes.Unset, why)
-			h.span.End()
-		}
-	}
 }
 
 // answer replies to and acknowledges one message, after its transaction
