@@ -29,6 +29,7 @@ import (
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
 	"github.com/passkeys/worker/ownership"
+	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
@@ -248,7 +249,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: handler.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log})
+		Snapshots: snaps, Metrics: w.metrics, Observer: w.observer(answers), Tracer: w.tracer, Log: log})
 	if err != nil {
 		return err
 	}
@@ -260,6 +261,20 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	w.parts.RegisterGauges(w.metrics)
 	w.registerGauges()
 	return nil
+}
+
+// observer tells the metrics, the micro service's STATS (answers) and
+// /readyz (writes) what the partitions' processors do.
+func (w *worker) observer(answers *service.AnswerStats) handler.Observer {
+	m, writes := w.metrics, w.writes()
+	return handler.Observer{
+		Batch: func(n int, took time.Duration, err error) { m.Batch(n, took, err); writes.Batch(n, took, err) },
+		Answered: func(op passkey.Op, code passkey.Code, text string, at time.Time) {
+			m.Answered(op, code, text, at)
+			answers.Answered(op, code, text, at)
+		},
+		Redelivered: m.Redelivered, EventWritten: m.EventWritten, AnsweredEarly: m.AnsweredEarly,
+	}
 }
 
 // writes is the observer of store writes that /readyz asks.

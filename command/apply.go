@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,9 @@ type Result struct {
 	// UserID and Op are what the subject named, when it could be parsed.
 	UserID string
 	Op     passkey.Op
+	// ReplyTo is where the answer goes: the command's one Reply-To, when
+	// the worker may publish to it (CheckReplyTo); "" for none.
+	ReplyTo string
 }
 
 // Applier applies batches of commands to the store. It holds no
@@ -103,10 +107,12 @@ type KeyClock interface {
 // checked is a command decoded and authenticated before the transaction,
 // so that the expensive work (signatures, JSON) does not hold the write lock.
 type checked struct {
-	cmd *Command
-	// owner is the user whose records hold the command's outcome: the user
-	// the subject names, or "" when it names none validly.
-	owner string
+	cmd     *Command
+	replyTo string // Result.ReplyTo
+	// op and userID are what the subject names; userID, "" when it names
+	// none validly, is also the user whose records hold the outcome.
+	op     passkey.Op
+	userID string
 	// key is the outcome's key: the Nats-Msg-Id scoped to the verified
 	// principal (so a principal's ids are its own, whether it published
 	// into the stream with a plain id or through an endpoint, which scopes
@@ -115,8 +121,6 @@ type checked struct {
 	// msgID is the caller's Nats-Msg-Id, without the scope of its
 	// principal, for the change's event; "" without one.
 	msgID     string
-	op        passkey.Op
-	userID    string
 	remove    passkey.RemoveRequest
 	sync      passkey.SyncRequest
 	principal passkey.Principal
@@ -130,56 +134,25 @@ type checked struct {
 	broken  error // checking it panicked: it breaks alike on every worker, so its answer is INTERNAL, stored
 }
 
-// Apply applies cmds, in order, in one transaction, and returns a result
-// for each. A failure of the store fails the whole batch: it returns the
-// error and nothing was committed. A panic while checking or deciding one
-// command makes that command's answer INTERNAL (stored like any refusal:
-// the panic is the same on every worker), not the batch's. It returns ctx's error when ctx ends before
-// the keys of the commands' time are known.
-func (a *Applier) Apply(ctx context.Context, cmds []*Command) ([]Result, error) {
-	c, err := a.Check(ctx, cmds)
-	if err != nil {
-		return nil, err
-	}
-	return a.Commit(c)
-}
-
 // Checked is a batch whose commands have been checked (Check) and wait for
-// their transaction (Commit).
-type Checked struct {
-	cmds    []*Command
-	checked []checked
-}
-
-// Commands are the batch's commands, in stream order.
-func (c *Checked) Commands() []*Command { return c.cmds }
+// their transaction (CommitInOrder).
+type Checked struct{ checked []checked }
 
 // Check checks every command of a batch: subject, headers, body and token,
 // all that needs no store. It is the expensive part (signatures, JSON) and
 // runs in parallel, on up to GOMAXPROCS goroutines, so that a batch's
 // commit (its fsyncs) can overlap the next batch's Check; the order of the
-// commands is kept for Commit. It first waits (Keys) until the keys of the
-// commands' time are known, and returns ctx's error if ctx ends first.
+// commands is kept for CommitInOrder. It first waits (Keys) until the keys
+// of the commands' time are known, and returns ctx's error if ctx ends first.
 func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) {
 	if a.Keys != nil && len(cmds) > 0 {
-		latest := cmds[0].Timestamp
-		for _, c := range cmds[1:] {
-			if c.Timestamp.After(latest) {
-				latest = c.Timestamp
-			}
-		}
-		if err := a.Keys.Await(ctx, latest); err != nil {
+		latest := slices.MaxFunc(cmds, func(x, y *Command) int { return x.Timestamp.Compare(y.Timestamp) })
+		if err := a.Keys.Await(ctx, latest.Timestamp); err != nil {
 			return nil, err
 		}
 	}
-	c := &Checked{cmds: cmds, checked: make([]checked, len(cmds))}
+	c := &Checked{checked: make([]checked, len(cmds))}
 	workers := min(runtime.GOMAXPROCS(0), len(cmds))
-	if workers < 2 {
-		for i, cmd := range cmds {
-			c.checked[i] = a.checkSafely(cmd)
-		}
-		return c, nil
-	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
@@ -193,29 +166,22 @@ func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) 
 	return c, nil
 }
 
-// Commit applies a checked batch, in order, in one transaction, and returns
-// a result for each command. A failure of the store fails the whole batch:
-// it returns the error and nothing was committed; the batch may be
-// committed again.
+// commitFrom applies a checked batch's commands from index start on, in
+// order, in one transaction, and returns a result for each (zero before
+// start). A failure of the store fails the whole batch: it returns the
+// error and nothing was committed; the batch may be committed again.
 //
 // A command that cannot be applied now (a damaged record: a fault of this
 // machine, not of the command) stops the batch there: it and every later
 // command are Transient and not committed, the ones before it are. So a
-// later command never overtakes it; the caller tries the rest again
-// (CommitFrom).
-func (a *Applier) Commit(c *Checked) ([]Result, error) {
-	return a.CommitFrom(c, 0)
-}
-
-// CommitFrom is Commit of the batch's commands from index start on; the
-// results before start are zero.
-func (a *Applier) CommitFrom(c *Checked, start int) ([]Result, error) {
+// later command never overtakes it; the caller tries the rest again.
+func (a *Applier) commitFrom(c *Checked, start int) ([]Result, error) {
 	if a.Fence != nil {
 		if err := a.Fence(); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrFenced, err)
 		}
 	}
-	results := make([]Result, len(c.cmds))
+	results := make([]Result, len(c.checked))
 	err := a.Store.Update(func(tx *storage.Tx) error {
 		clear(results)
 		var applied uint64
@@ -258,7 +224,9 @@ var errHeldBack = errors.New("held back behind an earlier command that could not
 func (a *Applier) checkSafely(c *Command) (pr checked) {
 	defer func() {
 		if r := recover(); r != nil {
-			pr = checked{cmd: c, key: binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq), broken: fmt.Errorf("panic while checking command: %v", r)}
+			to, _ := replyTo(c)
+			pr = checked{cmd: c, replyTo: to, key: binary.BigEndian.AppendUint64([]byte("s:"), c.StreamSeq),
+				broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
 	return a.check(c)
@@ -266,20 +234,18 @@ func (a *Applier) checkSafely(c *Command) (pr checked) {
 
 // check checks everything that does not need the store.
 func (a *Applier) check(c *Command) checked {
-	pr := checked{cmd: c}
+	to, replyErr := replyTo(c)
+	pr := checked{cmd: c, replyTo: to}
 	// The token is verified even when an earlier check refuses the command:
 	// its principal scopes the command's Nats-Msg-Id and is part of its
 	// fingerprint, so that one caller's command is never another's answer.
 	principal, authErr := a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp)
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
-	msgIDErr := pr.keyBy(c.Header.Values(HeaderMsgID), principal, authErr)
+	msgIDErr := pr.keyBy(c.Header[HeaderMsgID], principal, authErr) // exactly as JetStream matches it
 
-	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject)
+	op, userID, err := passkey.ParseSubject(partition.CommandPrefix, c.Subject) // "", "" on an error
 	pr.op, pr.userID = op, userID
-	if err == nil {
-		pr.owner = userID
-	}
 	switch {
 	case err != nil:
 	case op == passkey.OpList:
@@ -287,7 +253,7 @@ func (a *Applier) check(c *Command) checked {
 	case msgIDErr != nil:
 		err = msgIDErr
 	default:
-		err = CheckReplyTo(c.Header.ValuesFold(HeaderReplyTo))
+		err = replyErr
 	}
 	if err == nil {
 		err = passkey.ValidateContentType(c.Header.ValuesFold(HeaderContentType))
@@ -310,6 +276,16 @@ func (a *Applier) check(c *Command) checked {
 		pr.broken = err
 	}
 	return pr
+}
+
+// replyTo is where c's answer goes (Result.ReplyTo), and what is wrong
+// with its Reply-To: a command refused for it gets no answer.
+func replyTo(c *Command) (string, error) {
+	vals := c.Header.ValuesFold(HeaderReplyTo)
+	if err := CheckReplyTo(vals); err != nil || len(vals) == 0 {
+		return "", err
+	}
+	return vals[0], nil
 }
 
 // keyBy sets the key the command's outcome is kept under: its Nats-Msg-Id
@@ -336,12 +312,12 @@ func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr e
 // apply runs one checked command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
 func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
-	res := Result{UserID: pr.userID, Op: pr.op}
+	res := Result{UserID: pr.userID, Op: pr.op, ReplyTo: pr.replyTo}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {
-		stored, err := StoredOutcome(tx, pr.owner, pr.key, pr.cmd.Timestamp)
+		stored, err := StoredOutcome(tx, pr.userID, pr.key, pr.cmd.Timestamp)
 		if stored == nil && err == nil && pr.msgID != "" && pr.cmd.Timestamp.Before(scopedSince.Add(a.Retention)) {
-			stored, err = plainOutcome(tx, pr.owner, MsgIDKey(pr.msgID), pr.cmd.Timestamp)
+			stored, err = plainOutcome(tx, pr.userID, MsgIDKey(pr.msgID), pr.cmd.Timestamp)
 		}
 		if errors.Is(err, storage.ErrCorrupt) {
 			// One damaged record must not hold up the commands batched with it.
@@ -368,7 +344,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		return res, err
 	}
 	res.Answer = answer
-	return res, tx.PutOutcome(pr.owner, pr.key, &storage.Outcome{
+	return res, tx.PutOutcome(pr.userID, pr.key, &storage.Outcome{
 		Subject: pr.cmd.Subject, Fingerprint: pr.fingerprint, Answer: res.Answer, Expires: expires})
 }
 
@@ -386,7 +362,7 @@ func (a *Applier) repeat(tx *storage.Tx, pr *checked, stored *storage.Outcome, e
 		// message that lives a full MaxAge from now; the record must live
 		// as long, or a later replay of that message would apply it again.
 		stored.Expires = expires
-		return res, tx.PutOutcome(pr.owner, pr.key, stored)
+		return res, tx.PutOutcome(pr.userID, pr.key, stored)
 	}
 	return res, nil
 }

@@ -58,7 +58,11 @@ func (f *applierFixture) cmd(tb testing.TB, subject, sub, msgID string, body any
 
 func (f *applierFixture) apply(tb testing.TB, cmds ...*Command) []Result {
 	tb.Helper()
-	res, err := f.a.Apply(context.Background(), cmds)
+	c, err := f.a.Check(context.Background(), cmds)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	res, err := f.a.commitFrom(c, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -17,7 +17,7 @@ const (
 	HeaderAuthorization = "Authorization"
 	HeaderReplyTo       = "Reply-To"
 	HeaderContentType   = "Content-Type"
-	HeaderMsgID         = "Nats-Msg-Id" // JetStream's idempotency key
+	HeaderMsgID         = "Nats-Msg-Id" // JetStream's idempotency key, matched exactly as spelt
 )
 
 // DefaultRetention is how long an outcome is kept.
@@ -51,10 +51,6 @@ func (c *Command) Trace() event.Trace {
 // Header holds a command's headers, as NATS carries them (a nats.Header
 // converts to it as it is).
 type Header map[string][]string
-
-// Values are the values of the header named exactly name, as JetStream
-// matches Nats-Msg-Id.
-func (h Header) Values(name string) []string { return h[name] }
 
 // ValuesFold collects the values of header name under any spelling of its
 // case: NATS headers are case-sensitive, callers are not always careful, and

@@ -34,26 +34,26 @@ var ErrGaveUp = errors.New("gave up waiting for a fault of this machine to pass"
 // CommitInOrder commits a checked batch in stream order, the one way the
 // worker applies commands (consumer, gap filling, catch-up, replay,
 // upgrade): when the store fails, or a command cannot be applied now
-// (CommitFrom stops at it), the rest is tried again after the policy's next
+// (commitFrom stops at it), the rest is tried again after the policy's next
 // pause, and again, never skipped, so no later command overtakes it. It
 // returns nil once every command committed; ctx's error when ctx ends
 // first; at once an error wrapping ErrFenced when the Fence says the
 // partition is not held; ErrGaveUp as InOrder.Wait says.
 func (a *Applier) CommitInOrder(ctx context.Context, c *Checked, o InOrder) error {
 	var faultSince time.Time
-	for start, attempt := 0, 1; start < len(c.cmds); attempt++ {
+	for start, attempt := 0, 1; start < len(c.checked); attempt++ {
 		t := time.Now()
-		results, err := a.CommitFrom(c, start)
+		results, err := a.commitFrom(c, start)
 		if errors.Is(err, ErrFenced) {
-			a.Log.Warn().Err(err).Int("batch", len(c.cmds)-start).Msg("not applied: the partition's lease is not held; the commands come back to its holder")
+			a.Log.Warn().Err(err).Int("batch", len(c.checked)-start).Msg("not applied: the partition's lease is not held; the commands come back to its holder")
 			return err
 		}
 		if o.Committed != nil {
-			o.Committed(len(c.cmds)-start, time.Since(t), err)
+			o.Committed(len(c.checked)-start, time.Since(t), err)
 		}
 		if err == nil {
-			next := len(c.cmds)
-			for i := start; i < len(c.cmds); i++ {
+			next := len(c.checked)
+			for i := start; i < len(c.checked); i++ {
 				if results[i].Transient != nil {
 					next, err = i, results[i].Transient
 					break
@@ -62,7 +62,7 @@ func (a *Applier) CommitInOrder(ctx context.Context, c *Checked, o InOrder) erro
 					o.Done(i, results[i])
 				}
 			}
-			if start = next; start == len(c.cmds) {
+			if start = next; start == len(c.checked) {
 				return nil
 			}
 		}
@@ -70,11 +70,11 @@ func (a *Applier) CommitInOrder(ctx context.Context, c *Checked, o InOrder) erro
 			faultSince = t
 		}
 		if o.Wait.MaxElapsed > 0 && time.Since(faultSince) > o.Wait.MaxElapsed {
-			return fmt.Errorf("%w (%s at stream sequence %d): %w", ErrGaveUp, o.Wait.MaxElapsed, c.cmds[start].StreamSeq, err)
+			return fmt.Errorf("%w (%s at stream sequence %d): %w", ErrGaveUp, o.Wait.MaxElapsed, c.checked[start].cmd.StreamSeq, err)
 		}
 		delay := o.Wait.After(uint64(attempt))
-		a.Log.Error().Err(err).Int("batch", len(c.cmds)-start).Int("attempt", attempt).Dur("retry_in", delay).
-			Uint64("stream_seq", c.cmds[start].StreamSeq).
+		a.Log.Error().Err(err).Int("batch", len(c.checked)-start).Int("attempt", attempt).Dur("retry_in", delay).
+			Uint64("stream_seq", c.checked[start].cmd.StreamSeq).
 			Msg("could not apply the partition's next command (a fault of this worker's machine); the partition waits and tries again")
 		if o.Pausing != nil {
 			o.Pausing(start)

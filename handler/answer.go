@@ -1,8 +1,6 @@
 package handler
 
 import (
-	"slices"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -12,15 +10,6 @@ import (
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/reply"
 )
-
-// replyToOf is where a command's reply goes: its one Reply-To, when that
-// passes command.CheckReplyTo; "" for none.
-func replyToOf(cmd *command.Command) string {
-	if v := cmd.Header.ValuesFold(command.HeaderReplyTo); len(v) == 1 && command.CheckReplyTo(v) == nil {
-		return v[0]
-	}
-	return ""
-}
 
 // wireOf is the reply a command's result makes. A command applied already
 // (the store is past it) whose outcome is not kept is not applied again,
@@ -32,10 +21,10 @@ func wireOf(r command.Result) reply.Wire {
 	return reply.Render(r.Answer)
 }
 
-// replyHeader is the header of a command's reply: the service error
-// headers of wire, and the command's trace context (its caller's, as the
-// stream stored it, so a replay answers with the same headers).
-func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
+// replyMsg is the reply to cmd, to subject to, of wire: its body, the
+// service error headers, and the command's trace context (its caller's, as
+// the stream stored it, so a replay answers with the same headers).
+func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
 	hdr := wire.Header()
 	if tr := cmd.Trace(); tr.Parent != "" {
 		if hdr == nil {
@@ -43,12 +32,7 @@ func replyHeader(cmd *command.Command, wire reply.Wire) nats.Header {
 		}
 		traceprop.Set(hdr, tr.Parent, tr.State)
 	}
-	return hdr
-}
-
-// replyMsg is the reply to cmd, to subject to, of wire.
-func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
-	return &nats.Msg{Subject: to, Header: replyHeader(cmd, wire), Data: wire.Body}
+	return &nats.Msg{Subject: to, Header: hdr, Data: wire.Body}
 }
 
 // EarlyAnswers are the answers a takeover owes the commands the holder
@@ -68,10 +52,7 @@ func replyMsg(to string, cmd *command.Command, wire reply.Wire) *nats.Msg {
 type EarlyAnswers struct {
 	floor, delivered uint64
 	max              int
-	// owed is a ring of the range's last max commands: owed[next] is the
-	// oldest once it is full.
-	owed []early
-	next int
+	owed             []early // the range's last max commands, oldest first
 }
 
 type early struct {
@@ -96,15 +77,12 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 		return
 	}
 	a := early{seq: cmd.StreamSeq} // one without a Reply-To counts, and gets nothing
-	if to := replyToOf(cmd); to != "" {
-		a.msg = replyMsg(to, cmd, wireOf(r))
+	if r.ReplyTo != "" {
+		a.msg = replyMsg(r.ReplyTo, cmd, wireOf(r))
 	}
-	if len(e.owed) < e.max {
-		e.owed = append(e.owed, a)
-		return
+	if e.owed = append(e.owed, a); len(e.owed) > e.max {
+		e.owed = e.owed[1:] // append copies the last max when it grows: O(max) kept
 	}
-	e.owed[e.next] = a
-	e.next = (e.next + 1) % e.max
 }
 
 // Send publishes the answers owed, plainly, and returns how many went out.
@@ -116,10 +94,11 @@ func (e *EarlyAnswers) Note(cmd *command.Command, r command.Result) {
 // held is the partition's lease check, made before each answer: a worker
 // that paused and lost the partition meanwhile stops (what it would send
 // is what any holder sends, but a worker that lost its partition answers
-// nothing more). obs, when set, counts each answer (AnsweredEarly).
-func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, log zerolog.Logger) int {
+// nothing more). counted, when set, is told of each answer
+// (Observer.AnsweredEarly).
+func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, counted func(), log zerolog.Logger) int {
 	sent := 0
-	for _, a := range slices.Concat(e.owed[e.next:], e.owed[:e.next]) {
+	for _, a := range e.owed {
 		if a.msg == nil {
 			continue
 		}
@@ -132,15 +111,15 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 			continue
 		}
 		sent++
-		if obs != nil {
-			obs.AnsweredEarly()
+		if counted != nil {
+			counted()
 		}
 	}
 	if sent > 0 {
 		log.Warn().Int("answered", sent).Uint64("ack_floor", e.floor).Uint64("delivered", e.delivered).
 			Msg("answered the commands the holder before was handed and did not acknowledge")
 	}
-	e.owed, e.next = nil, 0
+	e.owed = nil
 	return sent
 }
 
@@ -153,13 +132,14 @@ func (e *EarlyAnswers) Send(conn *nats.Conn, held func() error, obs Observer, lo
 // so when its delivery comes back here it is answered again with the same
 // bytes.
 func (c *Processor) answerRead(cmd *command.Command, r command.Result) {
-	to := replyToOf(cmd)
-	if c.Conn == nil || to == "" || c.NoEarlyAnswer {
+	if c.Conn == nil || r.ReplyTo == "" || c.NoEarlyAnswer {
 		return
 	}
-	if err := c.Conn.PublishMsg(replyMsg(to, cmd, wireOf(r))); err != nil {
+	if err := c.Conn.PublishMsg(replyMsg(r.ReplyTo, cmd, wireOf(r))); err != nil {
 		c.Log.Warn().Err(err).Uint64("stream_seq", cmd.StreamSeq).Msg("could not answer a command applied from the stream; its delivery will be")
 		return
 	}
-	c.Observer.AnsweredEarly()
+	if c.Observer.AnsweredEarly != nil {
+		c.Observer.AnsweredEarly()
+	}
 }

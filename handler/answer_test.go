@@ -4,7 +4,6 @@ import (
 	"errors"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,17 +44,17 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 				AckFloor: jetstream.SequenceInfo{Stream: tc.floor}, Delivered: jetstream.SequenceInfo{Stream: tc.delivered}}
 			e := NewEarlyAnswers(info)
 			for seq := uint64(1); seq <= tc.count; seq++ {
-				h := command.Header{command.HeaderReplyTo: {inbox + "." + strconv.FormatUint(seq, 10)}}
+				to := inbox + "." + strconv.FormatUint(seq, 10)
 				if slices.Contains(tc.noReplyTo, seq) {
-					h = command.Header{}
+					to = ""
 				}
-				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: h, StreamSeq: seq},
-					command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+				e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", StreamSeq: seq},
+					command.Result{ReplyTo: to, Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 			}
-			var counted countEarly
-			sent := e.Send(nc, func() error { return nil }, &counted, zerolog.Nop())
-			if int(counted.n.Load()) != sent {
-				t.Errorf("sent %d, counted %d", sent, counted.n.Load())
+			counted := 0
+			sent := e.Send(nc, func() error { return nil }, func() { counted++ }, zerolog.Nop())
+			if counted != sent {
+				t.Errorf("sent %d, counted %d", sent, counted)
 			}
 			if err := nc.Publish(inbox+".end", nil); err != nil { // after every answer: one connection keeps the order
 				t.Fatal(err)
@@ -79,14 +78,6 @@ func TestEarlyAnswersOwesTheLastUnacknowledged(t *testing.T) {
 	}
 }
 
-// countEarly is an Observer that counts AnsweredEarly.
-type countEarly struct {
-	nopObserver
-	n atomic.Int64
-}
-
-func (c *countEarly) AnsweredEarly() { c.n.Add(1) }
-
 // A worker that lost the partition while it answers (it paused) stops.
 func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {
 	nc := testenv.Connect(t, testenv.StartNATS(t).ClientURL())
@@ -97,8 +88,8 @@ func TestEarlyAnswersStopWhenThePartitionIsLost(t *testing.T) {
 	}
 	e := NewEarlyAnswers(&jetstream.ConsumerInfo{NumAckPending: 5, Delivered: jetstream.SequenceInfo{Stream: 5}})
 	for seq := uint64(1); seq <= 5; seq++ {
-		e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", Header: command.Header{command.HeaderReplyTo: {inbox + ".x"}}, StreamSeq: seq},
-			command.Result{Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
+		e.Note(&command.Command{Subject: "passkeys.cmd.remove.u1", StreamSeq: seq},
+			command.Result{ReplyTo: inbox + ".x", Answer: passkey.Answer{Err: passkey.ErrPasskeyNotFound}})
 	}
 	checks := 0
 	held := func() error {

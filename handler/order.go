@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/partition"
@@ -91,14 +90,9 @@ func (c *Processor) applyBetween(ctx context.Context, front, until uint64) error
 	}
 }
 
-// CommandOf is the command a stream message holds, under the subject its
-// publisher used (a stored one of the version before partitions is read
-// as it is): every way a command comes out of the stream (a consumer's
-// delivery, a read, the upgrade's) ends here.
-func CommandOf(m *jetstream.RawStreamMsg) (*command.Command, error) {
-	return commandOf(m.Subject, m.Header, m.Data, m.Sequence, m.Time)
-}
-
+// commandOf is the command a partition's stored message holds, under the
+// subject its publisher used: both ways a command comes out of a
+// partition (a consumer's delivery, a read) end here.
 func commandOf(stored string, h nats.Header, data []byte, seq uint64, at time.Time) (*command.Command, error) {
 	_, subject, err := partition.Original(stored)
 	if err != nil {

@@ -90,7 +90,7 @@ func (p *Partition) ApplyRange(ctx context.Context, r Range) (int, error) {
 		from = msgs[len(msgs)-1].Sequence + 1
 		batch := make([]*command.Command, 0, len(msgs))
 		for _, m := range msgs {
-			cmd, err := CommandOf(m)
+			cmd, err := commandOf(m.Subject, m.Header, m.Data, m.Sequence, m.Time)
 			if err != nil {
 				return n, err
 			}

@@ -45,12 +45,7 @@ type Processor struct {
 	// PriorityGroup is the group the consumer is pulled with, when it has
 	// priority groups (topology.PriorityGroup).
 	PriorityGroup string
-	// PullExpiry is how long one pull request waits at the server
-	// (DefaultPullExpiry when 0); the server sends a heartbeat every fifth
-	// of it, and two missed ones make the pull start again.
-	PullExpiry time.Duration
-	// Observer, when set, is told what happens: metrics, and the
-	// micro service's STATS. Observers tells several.
+	// Observer is told what happens.
 	Observer Observer
 	// Committed, when set, is called after each transaction that
 	// committed: the event publisher's Wake.
@@ -70,67 +65,27 @@ type Processor struct {
 	order   orderCheck
 }
 
-// Observer is told what the processor does; metrics.Metrics is one.
-type Observer interface {
+// Observer is told what the processor does: metrics, the micro service's
+// STATS, /readyz. A nil func is not told.
+type Observer struct {
 	// Batch reports one attempt at a batch transaction.
-	Batch(size int, took time.Duration, err error)
+	Batch func(size int, took time.Duration, err error)
 	// Answered reports a command's answer (code 0 and no text: success),
 	// with the time the stream stored it.
-	Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
-	Redelivered()
+	Answered func(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time)
+	// Redelivered reports a command delivered more than once.
+	Redelivered func()
 	// EventWritten reports a change the processor applied: one event
 	// written into the outbox.
-	EventWritten()
+	EventWritten func()
 	// AnsweredEarly reports a reply sent before the command's delivery came
 	// here (EarlyAnswers, the order check): the delivery, when it comes, is
 	// answered again and reported to Answered.
-	AnsweredEarly()
+	AnsweredEarly func()
 }
 
-// nopObserver is the Observer of a Consumer that has none.
-type nopObserver struct{}
-
-func (nopObserver) Batch(int, time.Duration, error)                      {}
-func (nopObserver) Answered(passkey.Op, passkey.Code, string, time.Time) {}
-func (nopObserver) Redelivered()                                         {}
-func (nopObserver) EventWritten()                                        {}
-func (nopObserver) AnsweredEarly()                                       {}
-
-// Observers tells each of its members.
-type Observers []Observer
-
-func (os Observers) Batch(size int, took time.Duration, err error) {
-	for _, o := range os {
-		o.Batch(size, took, err)
-	}
-}
-
-func (os Observers) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
-	for _, o := range os {
-		o.Answered(op, code, errorText, storedAt)
-	}
-}
-
-func (os Observers) Redelivered() {
-	for _, o := range os {
-		o.Redelivered()
-	}
-}
-
-func (os Observers) EventWritten() {
-	for _, o := range os {
-		o.EventWritten()
-	}
-}
-
-func (os Observers) AnsweredEarly() {
-	for _, o := range os {
-		o.AnsweredEarly()
-	}
-}
-
-// DefaultPullExpiry is how long a partition's pull request waits at the
-// server. A pull request is held by the consumer's leader: when that server
+// pullExpiry is how long a partition's pull request waits at the server;
+// the server sends a heartbeat every fifth of it. A pull request is held by the consumer's leader: when that server
 // is frozen or cut off, the request and its heartbeats are lost, and the
 // partition is pulled again once two heartbeats are missed. With nats.go's
 // defaults (30 s, a heartbeat every 15 s) that took 30 s, and an external
@@ -139,7 +94,7 @@ func (os Observers) AnsweredEarly() {
 // per idle partition. It stays under the consumer's pin TTL
 // (topology.PinnedTTL, 5 s): the server keeps a pin only while pull
 // requests come within it, and the next one is sent when the last expired.
-const DefaultPullExpiry = 4 * time.Second
+const pullExpiry = 4 * time.Second
 
 // DrainTimeout bounds how long a stopping consumer waits for the commands
 // in its buffer.
@@ -149,9 +104,6 @@ const DrainTimeout = 5 * time.Second
 // hand and returns nil. It returns an error if consumption stops for another
 // reason, such as the consumer being deleted.
 func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
 	iter, err := cons.Messages(c.pullOptions()...)
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
@@ -159,7 +111,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	if info := cons.CachedInfo(); info != nil {
 		c.ackWait = info.Config.AckWait
 	}
-	p := &pump{iter: iter, msgs: make(chan pulled, c.Partition.MaxBatch), err: make(chan error, 1),
+	p := &pump{iter: iter, msgs: make(chan delivery, c.Partition.MaxBatch), err: make(chan error, 1),
 		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}
 	go p.run()
 	defer context.AfterFunc(ctx, p.drain)()
@@ -176,7 +128,7 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 			c.commitBatch(ctx, b)
 		}
 	}()
-	batch := make([]pulled, 0, c.Partition.MaxBatch)
+	batch := make([]delivery, 0, c.Partition.MaxBatch)
 	for {
 		var ok bool
 		if batch, ok = c.nextBatch(p, batch[:0]); !ok {
@@ -207,12 +159,8 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 
 // pullOptions are the options of the consumer's pull requests.
 func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
-	expiry := c.PullExpiry
-	if expiry <= 0 {
-		expiry = DefaultPullExpiry
-	}
 	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.Partition.MaxBatch),
-		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(expiry / 5)}
+		jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullExpiry / 5)}
 	if c.PriorityGroup != "" {
 		opts = append(opts, jetstream.PullPriorityGroup(c.PriorityGroup))
 	}
@@ -222,7 +170,7 @@ func (c *Processor) pullOptions() []jetstream.PullMessagesOpt {
 // nextBatch waits for a command, then takes whatever else is in hand, up to
 // the partition's MaxBatch, without waiting: a batch is what arrived while the last one
 // committed. ok is false once the pump has stopped or was abandoned.
-func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
+func (c *Processor) nextBatch(p *pump, batch []delivery) ([]delivery, bool) {
 	select {
 	case m, ok := <-p.msgs:
 		if !ok {
@@ -250,7 +198,7 @@ func (c *Processor) nextBatch(p *pump, batch []pulled) ([]pulled, bool) {
 // fill without blocking on the iterator.
 type pump struct {
 	iter    jetstream.MessagesContext
-	msgs    chan pulled
+	msgs    chan delivery // msg and at only
 	err     chan error    // the reason the pump stopped; nil for a drain
 	done    chan struct{} // closed when the pump has stopped
 	abandon chan struct{} // closed when a stopping consumer gives up on the buffer
@@ -276,7 +224,7 @@ func (p *pump) run() {
 			continue
 		}
 		select {
-		case p.msgs <- pulled{msg: msg, at: clock.Now()}:
+		case p.msgs <- delivery{msg: msg, at: clock.Now()}:
 		case <-p.abandon:
 			p.err <- nil
 			return
@@ -305,11 +253,10 @@ type delivery struct {
 	msg jetstream.Msg
 	// at is when the pump took it: whether handing it back may touch
 	// another worker's delivery.
-	at      clock.Instant
-	meta    *jetstream.MsgMetadata
-	cmd     *command.Command
-	replyTo string
-	log     zerolog.Logger
+	at   clock.Instant
+	meta *jetstream.MsgMetadata
+	cmd  *command.Command
+	log  zerolog.Logger
 	// span is the command's apply span, ctx holds it (Tracer set only).
 	span trace.Span
 	ctx  context.Context
@@ -324,11 +271,11 @@ type checkedBatch struct {
 // checkBatch reads each message (its metadata, reply subject, log fields)
 // and has the Applier check the batch; ok is false when no message was a
 // command.
-func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch, bool) {
+func (c *Processor) checkBatch(ctx context.Context, msgs []delivery) (checkedBatch, bool) {
 	hand := make([]delivery, 0, len(msgs))
 	cmds := make([]*command.Command, 0, len(msgs))
-	for _, p := range msgs {
-		m := p.msg
+	for _, h := range msgs {
+		m := h.msg
 		meta, err := m.Metadata()
 		if err != nil {
 			c.Log.Error().Err(err).Str("subject", command.Truncate(m.Subject())).Msg("message without JetStream metadata")
@@ -341,7 +288,7 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			_ = m.Term()
 			continue
 		}
-		h := delivery{msg: m, meta: meta, cmd: cmd, at: p.at, replyTo: replyToOf(cmd)}
+		h.meta, h.cmd = meta, cmd
 		h.log = c.Log.With().
 			Str("subject", command.Truncate(h.cmd.Subject)).
 			Uint64("stream_seq", meta.Sequence.Stream).
@@ -352,7 +299,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 			// Redeliveries mean a lost ack, or an ack wait that ran
 			// out: worth a line at the default level.
 			h.log.Warn().Msg("command redelivered")
-			c.Observer.Redelivered()
+			if c.Observer.Redelivered != nil {
+				c.Observer.Redelivered()
+			}
 		}
 		if c.Tracer != nil {
 			h.ctx, h.span = c.Tracer.Start(traceprop.Extract(ctx, m.Headers()), "passkeys.apply",
@@ -370,10 +319,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []pulled) (checkedBatch
 	checked, err := c.Partition.Applier.Check(ctx, cmds)
 	span.End()
 	if err != nil {
-		c.endSpans(hand, "stopping before the keys of the commands' time were known")
 		// Stopping before the keys of their time were known: handed back,
 		// they come to the partition's next holder.
-		c.giveBack(ctx, hand)
+		c.giveBack(ctx, hand, "stopping before the keys of the commands' time were known")
 		return checkedBatch{}, false
 	}
 	return checkedBatch{hand: hand, checked: checked}, true
@@ -392,20 +340,21 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 	ctx, span := c.batchSpan(ctx, "passkeys.batch.commit", b.hand)
 	defer span.End()
 	if err := c.fill(ctx, b.hand); err != nil {
-		c.endSpans(b.hand, "stopping before the batch's commit")
-		c.giveBack(ctx, b.hand)
+		c.giveBack(ctx, b.hand, "stopping before the batch's commit")
 		return
 	}
-	answered := make([]bool, len(b.hand))
+	answered := 0 // b.hand[:answered] are answered: Done comes in stream order
 	err := c.Partition.Applier.CommitInOrder(ctx, b.checked, command.InOrder{Wait: c.Wait,
 		Committed: func(n int, took time.Duration, err error) {
-			c.Observer.Batch(n, took, err)
+			if c.Observer.Batch != nil {
+				c.Observer.Batch(n, took, err)
+			}
 			if err == nil && c.Committed != nil {
 				c.Committed()
 			}
 		},
 		Done: func(i int, r command.Result) {
-			answered[i] = true
+			answered = i + 1
 			c.answer(b.hand[i], r)
 			c.Partition.advance(b.hand[i].meta.Sequence.Stream)
 		},
@@ -418,14 +367,7 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 		}})
 	if err != nil {
 		c.Log.Warn().Err(err).Msg("stopping with commands not applied; they are handed back to the stream")
-		c.endSpans(b.hand, "stopping with the command not applied")
-		var left []delivery
-		for i, h := range b.hand {
-			if !answered[i] {
-				left = append(left, h)
-			}
-		}
-		c.giveBack(ctx, left)
+		c.giveBack(ctx, b.hand[answered:], "stopping with the command not applied")
 	}
 }
 
@@ -446,7 +388,15 @@ func (c *Processor) commitBatch(ctx context.Context, b checkedBatch) {
 // delivery it names, so a late one (a worker woken from a freeze, naks
 // flushed after a reconnect) would cut the ack wait of the worker that
 // holds the command now.
-func (c *Processor) giveBack(ctx context.Context, hand []delivery) {
+//
+// Their apply spans end, unanswered, with why.
+func (c *Processor) giveBack(ctx context.Context, hand []delivery, why string) {
+	for _, h := range hand {
+		if h.span != nil && h.span.IsRecording() {
+			h.span.SetStatus(codes.Unset, why)
+			h.span.End()
+		}
+	}
 	if ctx.Err() == nil || c.ackWait <= handBackMargin || (c.Conn != nil && !c.Conn.IsConnected()) {
 		return
 	}
@@ -467,12 +417,6 @@ const GiveBackDelay = time.Second
 // handBackMargin keeps hand-backs well inside the ack wait.
 const handBackMargin = 2 * time.Second
 
-// pulled is a delivery and when the pump took it.
-type pulled struct {
-	msg jetstream.Msg
-	at  clock.Instant
-}
-
 // traceAnswer records, on a command's apply span, its answer, and the
 // wait for its commit: from when the stream stored the command (which the
 // caller waited through) to its transaction's end.
@@ -491,7 +435,7 @@ func (c *Processor) traceAnswer(h delivery, r command.Result, wire reply.Wire) {
 // span that records nothing without a Tracer.
 func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery) (context.Context, trace.Span) {
 	if c.Tracer == nil {
-		return ctx, noopSpan
+		return ctx, noop.Span{}
 	}
 	links := make([]trace.Link, 0, len(hand))
 	for _, h := range hand {
@@ -502,19 +446,6 @@ func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery)
 	return c.Tracer.Start(ctx, name, trace.WithLinks(links...), trace.WithAttributes(
 		attribute.Int("passkeys.partition", c.Partition.ID), attribute.Int("passkeys.batch_size", len(hand))))
 }
-
-// endSpans ends the apply spans of commands left unanswered (they come back).
-func (c *Processor) endSpans(hand []delivery, why string) {
-	for _, h := range hand {
-		if h.span != nil && h.span.IsRecording() {
-			h.span.SetStatus(codes.Unset, why)
-			h.span.End()
-		}
-	}
-}
-
-// noopSpan is the span of a batch when there is no Tracer.
-var noopSpan = noop.Span{}
 
 // answer replies to and acknowledges one message, after its transaction
 // committed.
@@ -535,23 +466,20 @@ func (c *Processor) answer(h delivery, r command.Result) {
 		c.traceAnswer(h, r, wire)
 		defer h.span.End()
 	}
-	c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
-	if !r.Repeat && !r.Skipped && r.Answer.Err == nil {
+	if c.Observer.Answered != nil {
+		c.Observer.Answered(r.Op, wire.Code, wire.ErrorText, h.meta.Timestamp)
+	}
+	if !r.Repeat && !r.Skipped && r.Answer.Err == nil && c.Observer.EventWritten != nil {
 		c.Observer.EventWritten()
 	}
-	if h.replyTo == "" {
-		if err := h.msg.Ack(); err != nil {
-			log.Error().Err(err).Msg("ack")
+	if r.ReplyTo != "" {
+		if h.span != nil {
+			_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
+			defer span.End()
 		}
-		return
-	}
-	msg := replyMsg(h.replyTo, h.cmd, wire)
-	if h.span != nil {
-		_, span := c.Tracer.Start(h.ctx, "passkeys.reply", trace.WithSpanKind(trace.SpanKindProducer))
-		defer span.End()
-	}
-	if err := c.Conn.PublishMsg(msg); err != nil {
-		log.Error().Err(err).Msg("reply")
+		if err := c.Conn.PublishMsg(replyMsg(r.ReplyTo, h.cmd, wire)); err != nil {
+			log.Error().Err(err).Msg("reply")
+		}
 	}
 	if err := h.msg.Ack(); err != nil {
 		log.Error().Err(err).Msg("ack")

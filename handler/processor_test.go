@@ -323,8 +323,8 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 		t.Fatalf("the first worker took %d commands, want 2", n)
 	}
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm2", `{"tokenId":"pk-2"}`)
-	var early countEarly
-	f.observer = &early
+	var early atomic.Int64
+	f.observer = Observer{AnsweredEarly: func() { early.Add(1) }}
 	f.run(t, proc, "")
 	// In stream order: the two read from the stream, answered as they are
 	// applied (and counted), then rm2, the only command delivered at first.
@@ -342,7 +342,7 @@ func TestLaterCommandNeverOvertakes(t *testing.T) {
 	// rm2 came after sync and rm1: with both applied first, it would leave
 	// u1 without a first factor.
 	testenv.WantError(t, first[2], 9, passkey.IDPasskeyLast, "400")
-	if n := early.n.Load(); n != 2 {
+	if n := early.Load(); n != 2 {
 		t.Errorf("%d answers counted as early, want 2 (sync and rm1)", n)
 	}
 	// After the ack wait the first worker's commands come back: repeats,

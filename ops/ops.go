@@ -23,7 +23,6 @@ import (
 
 	"github.com/passkeys/worker/backup"
 	"github.com/passkeys/worker/metrics"
-	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
@@ -49,8 +48,8 @@ type Health struct {
 
 // StoreWrites remembers whether a partition's last store transaction
 // failed: a worker whose commits fail (a full disk, a failing device) takes
-// commands only to retry them, and must not say it is ready. It is one more
-// handler.Observer.
+// commands only to retry them, and must not say it is ready. Batch is a
+// handler.Observer's.
 type StoreWrites struct {
 	mu      sync.Mutex
 	lastErr error
@@ -67,11 +66,6 @@ func (w *StoreWrites) failing() error {
 	defer w.mu.Unlock()
 	return w.lastErr
 }
-
-func (*StoreWrites) Answered(passkey.Op, passkey.Code, string, time.Time) {}
-func (*StoreWrites) Redelivered()                                         {}
-func (*StoreWrites) EventWritten()                                        {}
-func (*StoreWrites) AnsweredEarly()                                       {}
 
 // Ready reports why the worker cannot take work, or nil: it must be
 // connected to NATS, its stream must exist, its last commit have succeeded,

@@ -93,12 +93,9 @@ var ErrNotStored = errors.New("not a partitioned command subject")
 
 // Original maps a stored subject back to the subject its publisher used:
 // passkeys.part.3.remove.u1 is partition 3's passkeys.cmd.remove.u1. A
-// subject from before the stream was partitioned (passkeys.cmd...) is
-// returned as it is, with partition -1.
+// command stored before the stream was partitioned keeps the subject it
+// was published under (passkeys.cmd...): only the upgrade reads those.
 func Original(stored string) (int, string, error) {
-	if strings.HasPrefix(stored, CommandPrefix+".") {
-		return -1, stored, nil
-	}
 	rest, ok := strings.CutPrefix(stored, StoredPrefix+".")
 	if !ok {
 		return 0, "", ErrNotStored
@@ -151,21 +148,18 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// Owned lists the partitions of n that the assignment gives to member:
-// rendezvous with bounded load. Partition by partition, in order, each goes
-// to the best-ranked member (rank) that still has room: n/members each,
-// and one more for the first n%members members to need it. So every member
-// serves n/members or one more, and every worker that sees the same members
-// computes the same assignment.
-func Owned(member string, members []string, n int) []int {
-	return OwnedAvoiding(member, members, n, nil)
-}
-
-// OwnedAvoiding is Owned where a member that avoids a partition (avoid
-// says so; a worker on which the partition failed lately) is passed over
-// for it: the partition goes to the best-ranked member that does not avoid
-// it and has room, else to the best-ranked one that does not avoid it
-// (room or not); only when every member avoids it is avoiding ignored.
+// OwnedAvoiding lists the partitions of n that the assignment gives to
+// member: rendezvous with bounded load. Partition by partition, in order,
+// each goes to the best-ranked member (rank) that still has room:
+// n/members each, and one more for the first n%members members to need
+// it. So every member serves n/members or one more, and every worker that
+// sees the same members computes the same assignment.
+//
+// A member that avoids a partition (avoid, when set, says so; a worker on
+// which the partition failed lately) is passed over for it: the partition
+// goes to the best-ranked member that does not avoid it and has room, else
+// to the best-ranked one that does not avoid it (room or not); only when
+// every member avoids it is avoiding ignored.
 func OwnedAvoiding(member string, members []string, n int, avoid func(member string, p int) bool) []int {
 	members = SortedMembers(members)
 	if len(members) == 0 {

@@ -14,7 +14,7 @@ func TestOriginal(t *testing.T) {
 	}{
 		{"passkeys.part.3.remove.u1", "passkeys.cmd.remove.u1", 3, false},
 		{"passkeys.part.0.sync.a-b", "passkeys.cmd.sync.a-b", 0, false},
-		{"passkeys.cmd.remove.u1", "passkeys.cmd.remove.u1", -1, false}, // from before partitions
+		{"passkeys.cmd.remove.u1", "", 0, true}, // from before partitions: the upgrade's alone
 		{"passkeys.part.x.remove.u1", "", 0, true},
 		{"passkeys.part.-1.remove.u1", "", 0, true},
 		{"passkeys.part.3", "", 0, true},
@@ -50,12 +50,12 @@ func TestRank(t *testing.T) {
 			t.Errorf("%s ranks first for %d of %d partitions: %v", m, count[m], n, count)
 		}
 	}
-	if len(rank(0, nil)) != 0 || Owned("x", nil, 8) != nil {
+	if len(rank(0, nil)) != 0 || OwnedAvoiding("x", nil, 8, nil) != nil {
 		t.Error("an owner without members")
 	}
 }
 
-// Owned spreads the partitions evenly (rendezvous with a bound on each
+// OwnedAvoiding spreads the partitions evenly (rendezvous with a bound on each
 // member's load), the same for every member, for every set of members.
 func TestOwnedIsBalanced(t *testing.T) {
 	for m := 1; m <= 5; m++ {
@@ -67,9 +67,9 @@ func TestOwnedIsBalanced(t *testing.T) {
 			for _, n := range []int{1, 3, 8, 16} {
 				seen := map[int]string{}
 				for _, mem := range members {
-					got := Owned(mem, members, n)
+					got := OwnedAvoiding(mem, members, n, nil)
 					if !slices.IsSorted(got) {
-						t.Fatalf("Owned not sorted: %v", got)
+						t.Fatalf("OwnedAvoiding not sorted: %v", got)
 					}
 					if lo, hi := n/m, (n+m-1)/m; len(got) < lo || len(got) > hi {
 						t.Fatalf("%d members, %d partitions: %s owns %d", m, n, mem, len(got))
@@ -86,7 +86,7 @@ func TestOwnedIsBalanced(t *testing.T) {
 				}
 				if n >= m {
 					for _, mem := range members {
-						if len(Owned(mem, members, n)) == 0 {
+						if len(OwnedAvoiding(mem, members, n, nil)) == 0 {
 							t.Fatalf("%d members, %d partitions: %s owns none", m, n, mem)
 						}
 					}
@@ -117,7 +117,7 @@ func TestOwnedAvoiding(t *testing.T) {
 	members := []string{"a", "b", "c"}
 	var p int
 	for p = range 8 {
-		if slices.Contains(Owned("a", members, 8), p) {
+		if slices.Contains(OwnedAvoiding("a", members, 8, nil), p) {
 			break
 		}
 	}
@@ -130,7 +130,7 @@ func TestOwnedAvoiding(t *testing.T) {
 	}
 	all := func(string, int) bool { return true }
 	for _, m := range members {
-		if got, want := OwnedAvoiding(m, members, 8, all), Owned(m, members, 8); !slices.Equal(got, want) {
+		if got, want := OwnedAvoiding(m, members, 8, all), OwnedAvoiding(m, members, 8, nil); !slices.Equal(got, want) {
 			t.Errorf("%s avoiding everything, as everyone does: %v, want %v", m, got, want)
 		}
 	}

@@ -3,7 +3,6 @@ package reply
 import (
 	"encoding/json"
 	"strconv"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -60,8 +59,8 @@ func Render(a passkey.Answer) Wire {
 		Details objectDetails `json:"details"`
 	}{objectDetails{
 		Sequence:      strconv.FormatUint(a.Sequence, 10),
-		CreationDate:  Timestamp(a.CreationDate),
-		ChangeDate:    Timestamp(a.ChangeDate),
+		CreationDate:  event.Timestamp(a.CreationDate),
+		ChangeDate:    event.Timestamp(a.ChangeDate),
 		ResourceOwner: a.ResourceOwner,
 	}})
 	return Wire{Body: body}
@@ -115,11 +114,7 @@ func List(u *passkey.User, keys []passkey.Passkey) Wire {
 	}{listDetails{
 		TotalResult:       strconv.Itoa(len(keys)),
 		ProcessedSequence: strconv.FormatUint(u.Sequence, 10),
-		Timestamp:         Timestamp(u.ChangeDate),
+		Timestamp:         event.Timestamp(u.ChangeDate),
 	}, result})
 	return Wire{Body: body}
 }
-
-// Timestamp writes t as proto3 JSON writes a google.protobuf.Timestamp
-// (event.Timestamp: replies and events write times alike).
-func Timestamp(t time.Time) string { return event.Timestamp(t) }

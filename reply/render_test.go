@@ -6,11 +6,14 @@ import (
 	"time"
 
 	"github.com/passkeys/worker/command"
+	"github.com/passkeys/worker/event"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
 )
 
+// Replies and events write times alike, as proto3 JSON writes a
+// google.protobuf.Timestamp.
 func TestTimestamp(t *testing.T) {
 	base := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	for _, tt := range []struct {
@@ -23,7 +26,7 @@ func TestTimestamp(t *testing.T) {
 		{123456789, "2026-11-27T10:00:00.123456789Z"},
 		{1, "2026-11-27T10:00:00.000000001Z"},
 	} {
-		if got := Timestamp(base.Add(time.Duration(tt.ns)).In(time.FixedZone("X", 3600))); got != tt.want {
+		if got := event.Timestamp(base.Add(time.Duration(tt.ns)).In(time.FixedZone("X", 3600))); got != tt.want {
 			t.Errorf("Timestamp(+%dns) = %s, want %s", tt.ns, got, tt.want)
 		}
 	}

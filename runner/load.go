@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -244,7 +245,7 @@ func (s *Set) ofStream(ctx context.Context, p int, si *jetstream.StreamInfo, st 
 		return "", false, err
 	}
 	switch got, _, err := partition.Original(m.Subject); {
-	case err == nil && got < 0:
+	case strings.HasPrefix(m.Subject, partition.CommandPrefix+"."):
 		return "", false, nil // a command of the version before partitions: nothing to compare
 	case err == nil && got == p && m.Time.Equal(st.AppliedAt):
 		return "", true, nil

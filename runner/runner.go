@@ -338,7 +338,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	defer pt.lease.SetServing(false)
 	log.Info().Uint64("applied_seq", applied).Str("worker_id", s.cfg.ID).Msg("serving the partition")
 	if pt.early != nil {
-		pt.early.Send(s.cfg.Conn, pt.lease.Check, s.cfg.Observer, log)
+		pt.early.Send(s.cfg.Conn, pt.lease.Check, s.cfg.Observer.AnsweredEarly, log)
 	}
 	pt.early = nil
 	return proc.Run(ctx, pt.cons)

@@ -91,31 +91,25 @@ func (s *Endpoints) ServeInternal(p int, held PartitionStore) (*nats.Subscriptio
 		}
 		_ = m.RespondMsg(&nats.Msg{Header: h, Data: r.Body})
 	}
-	store := held.Store
 	return s.Conn.Subscribe(prefix+"*.*", func(m *nats.Msg) {
 		kind, userID, _ := strings.Cut(m.Subject[len(prefix):], ".")
-		var r reply.Wire
 		switch kind {
 		case "list":
-			principal, err := s.verify(command.Header(m.Header).ValuesFold(command.HeaderAuthorization))
+			principal, err := s.verify(command.Header(m.Header))
 			if err != nil {
-				r = reply.Error(passkey.AsError(err))
-			} else {
-				r = s.listFrom(store, principal, userID)
+				answer(m, reply.Error(passkey.AsError(err)))
+				return
 			}
+			answer(m, s.listFrom(held.Store, principal, userID))
 		case "outcome":
 			var q outcomeQuery
 			if err := json.Unmarshal(m.Data, &q); err != nil {
-				r = reply.Error(passkey.ErrInternal)
-				break
+				answer(m, reply.Error(passkey.ErrInternal))
+				return
 			}
 			go func() { // it may wait for the outcome: the subscription goes on meanwhile
-				answer(m, s.storedAnswer(store, q.Subject, userID, q.Key, q.Fingerprint))
+				answer(m, s.storedAnswer(held.Store, q.Subject, userID, q.Key, q.Fingerprint))
 			}()
-			return
-		default:
-			return
 		}
-		answer(m, r)
 	})
 }

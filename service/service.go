@@ -72,10 +72,6 @@ type Endpoints struct {
 	Tracer trace.Tracer
 }
 
-// ReplaySubject is the request-reply endpoint through which an operator
-// re-drives stored commands.
-const ReplaySubject = partition.ReplaySubject
-
 // Start registers the passkeys micro service on nc.
 func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	cfg := micro.Config{
@@ -107,7 +103,7 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 		}
 	}
 	if s.Replayer != nil {
-		if err := svc.AddEndpoint("replay", s.confined(s.replay), micro.WithEndpointSubject(ReplaySubject)); err != nil {
+		if err := svc.AddEndpoint("replay", s.confined(s.replay), micro.WithEndpointSubject(partition.ReplaySubject)); err != nil {
 			_ = svc.Stop()
 			return nil, err
 		}
@@ -118,37 +114,28 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 	return svc, nil
 }
 
-// verify judges a request's token by the keys in force now.
+// verify judges the token of a request with header h by the keys in
+// force now.
 //
 // Errors: those of auth.Verifier.Verify, and UNAVAILABLE
 // (KEYS-UNAVAILABLE) when the key history cannot be read.
-func (s *Endpoints) verify(authorization []string) (passkey.Principal, error) {
-	now := time.Now()
-	if s.Now != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		var err error
-		if now, err = s.Now(ctx); err != nil {
-			s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
-			return passkey.Principal{}, passkey.ErrKeysUnavailable
-		}
+func (s *Endpoints) verify(h command.Header) (passkey.Principal, error) {
+	now, err := s.now(context.Background(), 3*time.Second)
+	if err != nil {
+		s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
+		return passkey.Principal{}, passkey.ErrKeysUnavailable
 	}
-	return s.Verifier.Verify(authorization, now)
+	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now)
 }
 
-// now is the time a stored outcome's expiry is judged at: the key
-// history's reading of the servers' clock, as a token's is, or this
-// worker's wall clock where it cannot be read (the expiry is days away,
-// and a repeat comes within the duplicate window of its original).
-func (s *Endpoints) now(ctx context.Context) time.Time {
-	if s.Now != nil {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if t, err := s.Now(ctx); err == nil {
-			return t
-		}
+// now is Now, read within timeout; this machine's wall clock without Now.
+func (s *Endpoints) now(ctx context.Context, timeout time.Duration) (time.Time, error) {
+	if s.Now == nil {
+		return clock.Wall(), nil
 	}
-	return clock.Wall()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return s.Now(ctx)
 }
 
 // respond answers a request, in the trace the request carries (its
@@ -193,7 +180,7 @@ func (s *Endpoints) respondError(req micro.Request, err error) {
 }
 
 // confined serves a request only when its reply subject is one the worker
-// may publish to, as checkReplyTo decides for a command's Reply-To: the
+// may publish to, as command.CheckReplyTo decides for a command's Reply-To: the
 // worker's connection may write into the stream, the dead-letter stream and
 // the JetStream API, and a request must not be able to aim its answer there.
 // A request with such a reply subject cannot be answered at all; it is
@@ -228,13 +215,13 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 		if err == nil && len(req.Data()) > passkey.MaxBodySize {
 			err = passkey.ErrBodyTooLarge
 		}
-		msgIDs := in.Values(command.HeaderMsgID)
+		msgIDs := in[command.HeaderMsgID] // exactly as JetStream matches it
 		if err == nil {
 			err = command.CheckMsgIDs(msgIDs, passkey.MaxScopedMsgIDLen)
 		}
 		var principal passkey.Principal
 		if err == nil {
-			principal, err = s.verify(in.ValuesFold(command.HeaderAuthorization))
+			principal, err = s.verify(in)
 		}
 		var msgID string
 		if err == nil && len(msgIDs) == 1 {
@@ -273,8 +260,7 @@ func (s *Endpoints) forward(op passkey.Op) micro.HandlerFunc {
 			s.respondError(req, passkey.ErrStreamUnavailable)
 			return
 		}
-		fingerprint := passkey.Fingerprint(subject, msg.Data, principal.Issuer, principal.Subject)
-		go s.awaitPubAck(req, span, future, subject, userID, msgID, fingerprint)
+		go s.awaitPubAck(req, span, future, msg, userID, msgID, principal)
 	}
 }
 
@@ -288,14 +274,21 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetstream.PubAckFuture, subject, userID, msgID string, fingerprint []byte) {
+// awaitPubAck answers a forwarded request that JetStream took as a
+// duplicate, or could not store; the others are answered by the consumer.
+func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetstream.PubAckFuture, msg *nats.Msg, userID, msgID string,
+	p passkey.Principal) {
 	defer span.End()
+	subject := msg.Subject
 	select {
 	case ack := <-future.Ok():
 		span.SetAttributes(attribute.Int64("messaging.nats.stream_seq", int64(ack.Sequence)), attribute.Bool("passkeys.duplicate", ack.Duplicate))
 		if ack.Duplicate && msgID != "" {
 			// JetStream dropped the repeat: the original's outcome is the
-			// answer, unless the original was another command.
+			// answer, unless the original was another command. Only here
+			// is a command fingerprinted outside the applier, which never
+			// sees this one.
+			fingerprint := passkey.Fingerprint(subject, msg.Data, p.Issuer, p.Subject)
 			if s.originalDiffers(ack.Sequence, subject, fingerprint) {
 				respond(req, reply.Error(passkey.ErrMsgIDReused))
 				return
@@ -321,9 +314,9 @@ func (s *Endpoints) originalDiffers(seq uint64, subject string, fingerprint []by
 	defer cancel()
 	orig, err := s.Reader.Get(ctx, seq)
 	if err == nil {
-		_, origSubject, perr := partition.Original(orig.Subject)
-		if perr != nil {
-			return true
+		origSubject := orig.Subject // as published, when stored before the stream was partitioned
+		if _, o, err := partition.Original(orig.Subject); err == nil {
+			origSubject = o
 		}
 		p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
 		return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
@@ -355,7 +348,13 @@ func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key,
 func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
-	at := s.now(ctx)
+	// The expiry is judged by the clock a token is; by this machine's where
+	// that cannot be read (the expiry is days away, and a repeat comes
+	// within the duplicate window of its original).
+	at, err := s.now(ctx, 2*time.Second)
+	if err != nil {
+		at = clock.Wall()
+	}
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {
@@ -398,8 +397,8 @@ func (s *Endpoints) list(req micro.Request) {
 		s.respondError(req, err)
 		return
 	}
-	auth := command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization)
-	p, err := s.verify(auth)
+	h := command.Header(req.Headers())
+	p, err := s.verify(h)
 	if err != nil {
 		s.respondError(req, err)
 		return
@@ -411,7 +410,7 @@ func (s *Endpoints) list(req micro.Request) {
 			return
 		}
 	}
-	s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: auth}, nil)
+	s.askHolder(req, part, "list", userID, nats.Header{command.HeaderAuthorization: h.ValuesFold(command.HeaderAuthorization)}, nil)
 }
 
 // listFrom is the list reply for principal p from the store of userID's
@@ -439,7 +438,7 @@ func (s *Endpoints) listFrom(store *storage.Store, p passkey.Principal, userID s
 }
 
 func (s *Endpoints) replay(req micro.Request) {
-	p, err := s.verify(command.Header(req.Headers()).ValuesFold(command.HeaderAuthorization))
+	p, err := s.verify(command.Header(req.Headers()))
 	if err != nil {
 		s.respondError(req, err)
 		return

@@ -14,8 +14,8 @@ import (
 // return once a command is stored; its STATS carry these in each
 // endpoint's data, so they tell what callers were actually answered.
 type AnswerStats struct {
-	mu  sync.Mutex
-	ops map[passkey.Op]*opAnswers
+	mu           sync.Mutex
+	remove, sync opAnswers
 }
 
 type opAnswers struct {
@@ -36,23 +36,26 @@ type EndpointAnswers struct {
 	AverageLatency time.Duration `json:"average_latency"`
 }
 
-// Answered counts one answer; with Batch, Redelivered and EventWritten
-// (which it ignores) it makes AnswerStats an Observer of the consumer.
+// of is op's counts; nil for an operation the STATS do not report.
+func (o *AnswerStats) of(op passkey.Op) *opAnswers {
+	switch op {
+	case passkey.OpRemove:
+		return &o.remove
+	case passkey.OpSync:
+		return &o.sync
+	}
+	return nil
+}
+
+// Answered counts one answer (handler.Observer.Answered).
 func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText string, storedAt time.Time) {
-	if op == "" {
+	s := o.of(op)
+	if s == nil {
 		return
 	}
 	latency := time.Since(storedAt)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.ops == nil {
-		o.ops = map[passkey.Op]*opAnswers{}
-	}
-	s := o.ops[op]
-	if s == nil {
-		s = &opAnswers{}
-		o.ops[op] = s
-	}
 	s.answered++
 	s.latency += latency
 	if code != 0 {
@@ -61,32 +64,17 @@ func (o *AnswerStats) Answered(op passkey.Op, code passkey.Code, errorText strin
 	}
 }
 
-func (o *AnswerStats) Batch(int, time.Duration, error) {}
-func (o *AnswerStats) Redelivered()                    {}
-func (o *AnswerStats) EventWritten()                   {}
-func (o *AnswerStats) AnsweredEarly()                  {}
-
-// Stats is what op's endpoint reports.
-func (o *AnswerStats) Stats(op passkey.Op) EndpointAnswers {
+// statsHandler gives the forwarding endpoints their consumer-side outcomes.
+func (o *AnswerStats) statsHandler(e *micro.Endpoint) any {
+	s := o.of(passkey.Op(e.Name))
+	if s == nil {
+		return nil
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	s := o.ops[op]
-	if s == nil {
-		return EndpointAnswers{}
-	}
 	st := EndpointAnswers{Answered: s.answered, Errors: s.errors, LastError: s.lastError}
 	if s.answered > 0 {
 		st.AverageLatency = s.latency / time.Duration(s.answered)
 	}
 	return st
-}
-
-// statsHandler gives the forwarding endpoints their consumer-side outcomes.
-func (o *AnswerStats) statsHandler(e *micro.Endpoint) any {
-	switch op := passkey.Op(e.Name); op {
-	case passkey.OpRemove, passkey.OpSync:
-		return o.Stats(op)
-	default:
-		return nil
-	}
 }

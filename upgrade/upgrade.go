@@ -17,7 +17,6 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/command"
-	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
 	"github.com/passkeys/worker/partition"
@@ -174,10 +173,8 @@ func (u *upgrade) applyTail(ctx context.Context, from uint64) (uint64, int, erro
 		if err != nil {
 			return 0, 0, fmt.Errorf("upgrade: %w", err)
 		}
-		cmd, err := handler.CommandOf(m)
-		if err != nil {
-			return 0, 0, fmt.Errorf("upgrade: stream sequence %d: %w", m.Sequence, err)
-		}
+		// Stored as published, before the stream was partitioned.
+		cmd := &command.Command{Subject: m.Subject, Header: command.Header(m.Header), Body: m.Data, StreamSeq: m.Sequence, Timestamp: m.Time}
 		_, user, _ := passkey.ParseSubject(partition.CommandPrefix, cmd.Subject)
 		a := appliers[partition.Of(user, len(u.stores))]
 		if err := a.ApplyInOrder(ctx, []*command.Command{cmd}, command.InOrder{Wait: retry.Wait}); err != nil {

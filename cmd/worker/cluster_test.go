@@ -397,7 +397,7 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 		return true
 	})
 	owner := 0
-	if len(partition.Owned(ids[1], ids, 1)) == 1 {
+	if len(partition.OwnedAvoiding(ids[1], ids, 1, nil)) == 1 {
 		owner = 1
 	}
 	other := 1 - owner

@@ -114,7 +114,7 @@ func splitAsAssigned(t *testing.T, nc *nats.Conn, ids []string) func() bool {
 			return false
 		}
 		for _, id := range ids {
-			for _, p := range partition.Owned(id, ids, partition.DefaultCount) {
+			for _, p := range partition.OwnedAvoiding(id, ids, partition.DefaultCount, nil) {
 				e, err := kv.Get(ctx, fmt.Sprintf("partitions.%d", p))
 				if err != nil || !strings.HasPrefix(string(e.Value()), id+"/") {
 					return false
