@@ -89,15 +89,16 @@ type Config struct {
 	// outbox.Publisher).
 	Tracer trace.Tracer
 	Log    zerolog.Logger
+	// ServeInternal answers, from held's store, the other workers'
+	// questions about partition p while this worker serves it, until the
+	// subscription it returns is ended (service.Endpoints.ServeInternal).
+	ServeInternal func(p int, held service.PartitionStore) (*nats.Subscription, error)
 }
 
 // Set runs the partitions this worker holds.
 type Set struct {
 	cfg   Config
 	coord *ownership.Coordinator
-	// endpoints answer the other workers' questions about the partitions
-	// served here; set before Run.
-	endpoints *service.Endpoints
 
 	mu sync.RWMutex
 	// running holds every partition between its lease's grant and its
@@ -145,18 +146,11 @@ func New(cfg Config) (*Set, error) {
 }
 
 // Join makes this worker a member (ownership.Coordinator.Join); Run then
-// takes and serves partitions until ctx ends, with the endpoints answering
-// the other workers' questions about them.
-func (s *Set) Join(ctx context.Context, endpoints *service.Endpoints) error {
-	s.endpoints = endpoints
-	return s.coord.Join(ctx)
-}
+// takes and serves partitions until ctx ends.
+func (s *Set) Join(ctx context.Context) error { return s.coord.Join(ctx) }
 
 // Run serves until ctx ends (ownership.Coordinator.Run).
 func (s *Set) Run(ctx context.Context) error { return s.coord.Run(ctx) }
-
-// ID is this worker's member id.
-func (s *Set) ID() string { return s.cfg.ID }
 
 // serving lists the parts this worker serves now: caught up, consuming,
 // under a valid lease.
@@ -306,7 +300,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	pt.events = outbox.New(s.cfg.EventsJS, pt.store, log, s.cfg.Metrics)
 	pt.events.Tracer = s.cfg.Tracer
 	pt.events.Published, pt.events.Dedup = s.cfg.EventsRead, s.cfg.EventsDuplicates
-	sub, err := s.endpoints.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
+	sub, err := s.cfg.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
 	if err != nil {
 		return err
 	}
