@@ -7,7 +7,6 @@
 package runner
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"path/filepath"
@@ -55,14 +54,11 @@ type Config struct {
 	Retention  time.Duration
 	// EventsDuplicates is the events stream's duplicate window.
 	EventsDuplicates time.Duration
+	// SnapshotInterval and SnapshotChanges are the snapshot policy's (zero
+	// or less: DefaultSnapshotInterval and DefaultSnapshotChanges).
 	SnapshotInterval time.Duration
 	SnapshotChanges  int
-	// LetGoSnapshotWait bounds the snapshot written while letting go of a
-	// partition (DefaultLetGoSnapshotWait when 0): the lease is held
-	// meanwhile, so nobody serves the partition, and a worker that takes
-	// it over does without (an older snapshot and more of the stream).
-	LetGoSnapshotWait time.Duration
-	StoreTimeout      time.Duration
+	StoreTimeout     time.Duration
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
 	LegacyUntil           uint64
@@ -139,6 +135,12 @@ type part struct {
 // New returns the Set of cfg; Join and Run start it. Its error is
 // ownership.New's: a lease bucket whose TTL leaves no safe hold.
 func New(cfg Config) (*Set, error) {
+	if cfg.SnapshotInterval <= 0 {
+		cfg.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if cfg.SnapshotChanges <= 0 {
+		cfg.SnapshotChanges = DefaultSnapshotChanges
+	}
 	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, transfers: make(chan struct{}, 1)}
 	var err error
 	s.coord, err = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions, TTL: cfg.LeaseTTL}, s.run, cfg.Log)
@@ -338,14 +340,15 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	return proc.Run(ctx, pt.cons)
 }
 
-// DefaultLetGoSnapshotWait is how long a worker letting go of a partition
+// letGoSnapshotWait is how long a worker letting go of a partition
 // tries to write its snapshot (when its state is ahead of the newest),
-// while nobody serves the partition. One that waited on a NATS node that
+// while nobody serves the partition (a worker that takes it over does
+// without: an older snapshot and more of the stream). One that waited on a NATS node that
 // was down held a partition for 30 s in an external fault test (the bound
 // was 30 s then); a snapshot at let-go only shortens the next holder's
 // catch-up. An upload cut short leaves its chunks in the object store
 // (nats.go cleans them up with the context that ran out).
-const DefaultLetGoSnapshotWait = 15 * time.Second
+const letGoSnapshotWait = 15 * time.Second
 
 // letGo ends a part: a last snapshot while the lease is still held, the
 // consumer unpinned for the next owner, the store closed.
@@ -354,7 +357,7 @@ func (s *Set) letGo(pt *part, log zerolog.Logger) {
 		return
 	}
 	if pt.lease.Valid() && pt.partition != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.cfg.LetGoSnapshotWait, DefaultLetGoSnapshotWait))
+		ctx, cancel := context.WithTimeout(context.Background(), letGoSnapshotWait)
 		if err := s.snapshot(ctx, pt); err != nil {
 			log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")
 		}
