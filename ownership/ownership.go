@@ -316,16 +316,7 @@ func (c *Coordinator) memberRevision() uint64 {
 }
 
 func (c *Coordinator) memberValue() []byte {
-	m := member{Incarnation: c.incarnation}
-	c.mu.Lock()
-	for p, until := range c.avoid {
-		if time.Now().Before(until) {
-			m.Avoids = append(m.Avoids, p)
-		}
-	}
-	c.mu.Unlock()
-	slices.Sort(m.Avoids)
-	raw, _ := json.Marshal(m)
+	raw, _ := json.Marshal(member{Incarnation: c.incarnation, Avoids: c.Avoided()})
 	return raw
 }
 
@@ -365,9 +356,6 @@ func (c *Coordinator) Avoided() []int {
 	slices.Sort(out)
 	return out
 }
-
-// ID is this worker's member id.
-func (c *Coordinator) ID() string { return c.cfg.ID }
 
 // Run keeps membership and leases until ctx ends; then it lets go of every
 // partition (each runner finishes what it has in hand and writes its
@@ -611,12 +599,6 @@ func (c *Coordinator) avoidFor(p int) {
 	c.mu.Unlock()
 }
 
-func (c *Coordinator) avoiding(p int) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Before(c.avoid[p])
-}
-
 // mayTake tells whether this worker may take partition p now: one it
 // avoids only when every live member avoids it too (nobody else would
 // serve it), RetryAlone after it failed here.
@@ -645,11 +627,11 @@ func (c *Coordinator) mayTake(p int) bool {
 // avoids tells whether member m avoids partition p: this worker by its
 // own record, the others by their membership.
 func (c *Coordinator) avoids(m string, p int) bool {
-	if m == c.cfg.ID {
-		return c.avoiding(p)
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if m == c.cfg.ID {
+		return time.Now().Before(c.avoid[p])
+	}
 	return slices.Contains(c.seen[m].avoids, p)
 }
 
