@@ -45,7 +45,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if cfg.FaultClock != "" {
 		go followClock(ctx, cfg.FaultClock, log)
 	}
-	w := &worker{cfg: cfg, log: log}
+	w := &worker{cfg: cfg, log: log, storeWrites: &ops.StoreWrites{}}
 	defer w.close()
 	if err := w.open(ctx); err != nil {
 		return err
@@ -88,7 +88,8 @@ type worker struct {
 	parts     *runner.Set
 	endpoints *service.Endpoints
 	svc       micro.Service
-	// storeWrites tells /readyz whether the last commit failed.
+	// storeWrites observes the store writes, and tells /readyz whether the
+	// last commit failed.
 	storeWrites *ops.StoreWrites
 	// tracer records spans; nil when no tracing is set up.
 	tracer trace.Tracer
@@ -138,7 +139,7 @@ func (w *worker) open(ctx context.Context) error {
 		return err
 	}
 	if w.cfg.HTTPListen != "" {
-		h := &ops.Health{Conn: w.nc, Stream: w.topo.Stream, Partitions: w.parts, Writes: w.writes()}
+		h := &ops.Health{Conn: w.nc, Stream: w.topo.Stream, Partitions: w.parts, Writes: w.storeWrites}
 		stopHTTP, err := ops.Serve(w.cfg.HTTPListen, w.metrics, h, w.cfg.DataDir, w.log)
 		if err != nil {
 			return err
@@ -253,7 +254,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
 		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: handler.Observers{w.metrics, answers, w.writes()}, Tracer: w.tracer, Log: log,
+		Snapshots: snaps, Metrics: w.metrics, Observer: handler.Observers{w.metrics, answers, w.storeWrites}, Tracer: w.tracer, Log: log,
 		ServeInternal: w.endpoints.ServeInternal})
 	if err != nil {
 		return err
@@ -265,14 +266,6 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	w.parts.RegisterGauges(w.metrics)
 	w.registerGauges()
 	return nil
-}
-
-// writes is the observer of store writes that /readyz asks.
-func (w *worker) writes() *ops.StoreWrites {
-	if w.storeWrites == nil {
-		w.storeWrites = &ops.StoreWrites{}
-	}
-	return w.storeWrites
 }
 
 // registerGauges adds the gauges of the worker's other parts, read at
