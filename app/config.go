@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -108,25 +109,13 @@ func (c *Config) Settings() topology.Settings {
 
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
-	if c.Partitions == 0 {
-		c.Partitions = partition.DefaultCount
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.EventsRetention == 0 {
-		c.EventsRetention = DefaultEventsRetention
-	}
-	if c.EventsDuplicates == 0 {
-		c.EventsDuplicates = DefaultEventsDuplicates
-	}
+	c.Partitions = cmp.Or(c.Partitions, partition.DefaultCount)
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.EventsRetention = cmp.Or(c.EventsRetention, DefaultEventsRetention)
+	c.EventsDuplicates = cmp.Or(c.EventsDuplicates, DefaultEventsDuplicates)
 	if c.DevMode() {
-		if c.Issuer == "" {
-			c.Issuer = auth.DevIssuer
-		}
-		if c.Audience == "" {
-			c.Audience = auth.DevAudience
-		}
+		c.Issuer = cmp.Or(c.Issuer, auth.DevIssuer)
+		c.Audience = cmp.Or(c.Audience, auth.DevAudience)
 	}
 	var missing []string
 	for _, f := range []struct{ name, val string }{{"--jwks", c.JWKS}, {"--issuer", c.Issuer}, {"--audience", c.Audience}} {

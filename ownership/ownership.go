@@ -15,6 +15,7 @@
 package ownership
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -65,21 +66,11 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.Renew == 0 {
-		c.Renew = 2 * time.Second
-	}
-	if c.Margin == 0 {
-		c.Margin = time.Second
-	}
-	if c.StuckAfter == 0 {
-		c.StuckAfter = 30 * time.Second
-	}
-	if c.Avoid == 0 {
-		c.Avoid = time.Minute
-	}
-	if c.RetryAlone == 0 {
-		c.RetryAlone = 5 * time.Second
-	}
+	c.Renew = cmp.Or(c.Renew, 2*time.Second)
+	c.Margin = cmp.Or(c.Margin, time.Second)
+	c.StuckAfter = cmp.Or(c.StuckAfter, 30*time.Second)
+	c.Avoid = cmp.Or(c.Avoid, time.Minute)
+	c.RetryAlone = cmp.Or(c.RetryAlone, 5*time.Second)
 }
 
 // Runner serves partition l.Partition while l.Context lasts. When the
