@@ -190,9 +190,9 @@ func (w *worker) openNATS(ctx context.Context) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	if cfg.CreateStream {
-		w.topo, err = topology.Provision(ctx, w.js, cfg.Settings(), log)
+		w.topo, err = topology.Provision(ctx, w.js, cfg.Settings, log)
 	} else {
-		w.topo, err = topology.Find(ctx, w.js, cfg.Settings(), log)
+		w.topo, err = topology.Find(ctx, w.js, cfg.Settings, log)
 	}
 	if err != nil {
 		return err

@@ -162,7 +162,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if cfg.NATSURL == "" {
 		return errors.New("provision: --nats-url is required (the embedded server's worker provisions its own streams)")
 	}
-	if err := cfg.Settings().Validate(); err != nil {
+	if err := cfg.Settings.Validate(); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
 	entry, err := provisionEntry(&cfg)
@@ -185,16 +185,16 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
 	defer cancel()
 	if *resetLeases {
-		if err := topology.ResetLeases(ctx, js, cfg.Settings(), log); err != nil {
+		if err := topology.ResetLeases(ctx, js, cfg.Settings, log); err != nil {
 			return fmt.Errorf("provision --reset-leases: %w", err)
 		}
 		fmt.Fprintf(stdout, "lease bucket %s deleted; creating it again\n", topology.LeaseBucket)
 	}
-	h, err := topology.Provision(ctx, js, cfg.Settings(), log)
+	h, err := topology.Provision(ctx, js, cfg.Settings, log)
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings().Describe())
+	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings.Describe())
 	return provisionKeys(ctx, js, h.Keys, entry, stdout, log)
 }
 

@@ -29,20 +29,12 @@ type Config struct {
 	Audience    string
 	NATSConfig  string // a nats-server configuration file for the embedded server; "" for none
 
-	Retention       time.Duration
-	DuplicateWindow time.Duration
-	// EventsRetention is how long stream PASSKEYS_EVENTS keeps an event;
-	// EventsDuplicates its duplicate window: how late a second publication
-	// of an event is still dropped. Zero: DefaultEventsRetention and
+	// Settings are those of the streams, consumers and buckets; zero
+	// Partitions, Replicas, EventsRetention and EventsDuplicates take
+	// partition.DefaultCount, 1, DefaultEventsRetention and
 	// DefaultEventsDuplicates.
-	EventsRetention  time.Duration
-	EventsDuplicates time.Duration
-	MaxBatch         int
-	// Partitions is the number of partitions (fixed when stream PASSKEYS
-	// is created); Replicas the JetStream replicas of what the worker
-	// creates.
-	Partitions int
-	Replicas   int
+	topology.Settings
+	MaxBatch int
 	// SnapshotInterval is how often a partition's snapshot is written;
 	// zero for runner.DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
@@ -100,13 +92,6 @@ const (
 	DefaultEventsDuplicates = 24 * time.Hour
 )
 
-// Settings are the configuration's settings of what the workers use in
-// JetStream.
-func (c *Config) Settings() topology.Settings {
-	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
-		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas}
-}
-
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
 	c.Partitions = cmp.Or(c.Partitions, partition.DefaultCount)
@@ -133,7 +118,7 @@ func (c *Config) Validate() error {
 	case c.MaxBatch < 1:
 		return errors.New("--max-batch must be at least 1")
 	}
-	if err := c.Settings().Validate(); err != nil {
+	if err := c.Settings.Validate(); err != nil {
 		return err
 	}
 	if c.Embedded() {
