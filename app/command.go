@@ -67,8 +67,6 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	if err != nil {
 		return err
 	}
-	// A test hook, no flag: the process-kill test of the events holds them
-	// in the outbox, as a worker that died between commit and publish would.
 	if cfg.FaultClock != "" {
 		log.Warn().Str("file", cfg.FaultClock).Msg("this worker's clock follows a fault file (--fault-clock), for a fault campaign: not for production")
 	}
