@@ -47,13 +47,12 @@ func StorePath(dataDir string, p int) string {
 // Config is what a Set runs partitions with: the worker's settings and the
 // parts it shares with the rest of the worker.
 type Config struct {
-	ID         string // the member id (ownership.MemberID)
-	Partitions int    // how many the stream is split into
-	DataDir    string
-	MaxBatch   int
-	Retention  time.Duration
-	// EventsDuplicates is the events stream's duplicate window.
-	EventsDuplicates time.Duration
+	ID string // the member id (ownership.MemberID)
+	// Settings are the worker's: its partitions, the outcome retention,
+	// the events stream's duplicate window.
+	topology.Settings
+	DataDir  string
+	MaxBatch int
 	// SnapshotInterval and SnapshotChanges are the snapshot policy's (zero
 	// or less: DefaultSnapshotInterval and DefaultSnapshotChanges).
 	SnapshotInterval time.Duration
