@@ -108,13 +108,13 @@ type Coordinator struct {
 	ttl, hold atomic.Int64
 
 	incarnation string
+	memberRev   atomic.Uint64 // the revision of this worker's membership key
 
-	mu        sync.Mutex
-	memberRev uint64
-	leases    map[int]*Lease
-	avoid     map[int]time.Time // partitions this worker avoids until then
-	seen      map[string]seenMember
-	dup       error // set by the watch when another incarnation puts this id
+	mu     sync.Mutex
+	leases map[int]*Lease
+	avoid  map[int]time.Time // partitions this worker avoids until then
+	seen   map[string]seenMember
+	dup    error // set by the watch when another incarnation puts this id
 
 	firstRound chan struct{}
 	wake       chan struct{}
@@ -245,7 +245,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 			rev, err := c.kv.Create(cctx, key, c.memberValue())
 			cancel()
 			if err == nil {
-				c.setMemberRev(rev)
+				c.memberRev.Store(rev)
 				return nil
 			}
 			if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -258,7 +258,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 		var m member
 		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation == c.incarnation {
 			// An earlier attempt's create was stored, its answer lost.
-			c.setMemberRev(e.Revision())
+			c.memberRev.Store(e.Revision())
 			return nil
 		}
 		if err := c.waitOut(ctx, key, e.Revision()); err != nil {
@@ -292,18 +292,6 @@ func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error
 		}
 	}
 	return nil
-}
-
-func (c *Coordinator) setMemberRev(rev uint64) {
-	c.mu.Lock()
-	c.memberRev = rev
-	c.mu.Unlock()
-}
-
-func (c *Coordinator) memberRevision() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.memberRev
 }
 
 func (c *Coordinator) memberValue() []byte {
@@ -440,9 +428,9 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 	key := memberKey(c.cfg.ID)
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
 	defer cancel()
-	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRevision())
+	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRev.Load())
 	if err == nil {
-		c.setMemberRev(rev)
+		c.memberRev.Store(rev)
 		c.silentSince, c.silentTold = time.Time{}, time.Time{}
 		c.followTTL(rctx)
 		return nil
@@ -457,13 +445,13 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation != c.incarnation {
 			return fmt.Errorf("%w (%s): it took over this worker's membership while this one was not renewing it", ErrDuplicate, c.cfg.ID)
 		}
-		c.setMemberRev(e.Revision())
+		c.memberRev.Store(e.Revision())
 		return nil
 	}
 	if errors.Is(gerr, jetstream.ErrKeyNotFound) {
 		rev, err := c.kv.Create(rctx, key, c.memberValue())
 		if err == nil {
-			c.setMemberRev(rev)
+			c.memberRev.Store(rev)
 			c.silentSince, c.silentTold = time.Time{}, time.Time{}
 			// Take no lease for a TTL: were the bucket made again early (by
 			// something that did not wait the TTL out, as worker provision
@@ -630,7 +618,7 @@ func (c *Coordinator) avoids(m string, p int) bool {
 func (c *Coordinator) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_ = c.kv.Delete(ctx, memberKey(c.cfg.ID), jetstream.LastRevision(c.memberRevision()))
+	_ = c.kv.Delete(ctx, memberKey(c.cfg.ID), jetstream.LastRevision(c.memberRev.Load()))
 }
 
 // members lists the live members, sorted: those whose membership key was
@@ -705,7 +693,7 @@ func (c *Coordinator) noteMember(e jetstream.KeyValueEntry) {
 	var m member
 	_ = json.Unmarshal(e.Value(), &m)
 	if id == c.cfg.ID {
-		if m.Incarnation != "" && m.Incarnation != c.incarnation && e.Revision() > c.memberRev && c.dup == nil {
+		if m.Incarnation != "" && m.Incarnation != c.incarnation && e.Revision() > c.memberRev.Load() && c.dup == nil {
 			c.dup = fmt.Errorf("%w (%s): another process put this worker's membership", ErrDuplicate, c.cfg.ID)
 		}
 		return
