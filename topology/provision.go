@@ -213,10 +213,7 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if err := CheckPartitions(h.Stream.CachedInfo().Config, s.Partitions); err != nil {
 		return h, retry.Permanent(err)
 	}
-	kv := func(name string) (jetstream.KeyValue, error) {
-		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, name) })
-	}
-	if h.Leases, err = kv(LeaseBucket); err != nil {
+	if h.Leases, err = call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) }); err != nil {
 		return h, missing("key-value bucket "+LeaseBucket, err)
 	}
 	if h.LeaseTTL, err = bucketTTL(ctx, h.Leases); err != nil {
