@@ -248,10 +248,9 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	// (Router, Replayer) once they exist.
 	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Verifier: w.verifier, Log: log,
 		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
-	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, DataDir: cfg.DataDir, MaxBatch: cfg.MaxBatch,
-		SnapshotInterval: cfg.SnapshotInterval, SnapshotChanges: cfg.SnapshotChanges, StoreTimeout: cfg.StoreTimeout,
-		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync,
-		NoEarlyAnswers: cfg.without(MechEarlyAnswers), Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc,
+	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, Options: cfg.Options, DataDir: cfg.DataDir,
+		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), NoEarlyAnswers: cfg.without(MechEarlyAnswers),
+		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc,
 		Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS, EventsRead: jsread.New(w.js, topology.EventsStreamName, false),
 		Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Metrics: w.metrics,
 		Observer: handler.Observers{w.metrics, answers, w.storeWrites}, Tracer: w.tracer, Log: log,

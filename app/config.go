@@ -12,6 +12,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/topology"
 )
 
@@ -34,24 +35,15 @@ type Config struct {
 	// partition.DefaultCount, 1, DefaultEventsRetention and
 	// DefaultEventsDuplicates.
 	topology.Settings
-	MaxBatch int
-	// SnapshotInterval is how often a partition's snapshot is written;
-	// zero for runner.DefaultSnapshotInterval.
-	SnapshotInterval time.Duration
-	// SnapshotChanges is how many commands a partition applies before its
-	// snapshot is written, at the latest; zero for
-	// runner.DefaultSnapshotChanges.
-	SnapshotChanges int
+	// Options are how the partitions are run: batches, snapshots, stores.
+	runner.Options
 	// ProvisionWait bounds how long `worker provision` waits for a
 	// JetStream that is not ready yet.
 	ProvisionWait time.Duration
 	CreateStream  bool
 	OutcomeWait   time.Duration
-	StoreTimeout  time.Duration
 	JWKSReload    time.Duration // how often the JWKS file is checked for changes
 	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
-	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync        bool          // benchmarks of the layers above the disk only
 	// Without names mechanisms switched off (--without), for the fault
 	// campaign's measure of what each one earns: MechEarlyAnswers.
 	Without []string

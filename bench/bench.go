@@ -30,6 +30,7 @@ import (
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/publisher"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -507,7 +508,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: c.dataDir,
 		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, Partitions: c.partitions},
-		MaxBatch: c.maxBatch, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
+		Options:  runner.Options{MaxBatch: c.maxBatch, NoSync: c.noSync}, CreateStream: true, OutcomeWait: 10 * time.Second,
 		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience,
 		Started: func(url string) { started <- url },
 	}

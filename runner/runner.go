@@ -44,6 +44,20 @@ func StorePath(dataDir string, p int) string {
 	return filepath.Join(dataDir, Dir, partition.Name(p)+".db")
 }
 
+// Options are how the partitions are run, as the worker is told.
+type Options struct {
+	MaxBatch int // most commands applied in one store transaction
+	// SnapshotInterval is how often a changed partition's snapshot is
+	// written, SnapshotChanges how many commands it applies before, at the
+	// latest (zero or less: DefaultSnapshotInterval and
+	// DefaultSnapshotChanges).
+	SnapshotInterval time.Duration
+	SnapshotChanges  int
+	StoreTimeout     time.Duration // how long to wait for another process's lock on a store
+	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
+	NoSync           bool          // benchmarks of the layers above the disk only
+}
+
 // Config is what a Set runs partitions with: the worker's settings and the
 // parts it shares with the rest of the worker.
 type Config struct {
@@ -51,17 +65,11 @@ type Config struct {
 	// Settings are the worker's: its partitions, the outcome retention,
 	// the events stream's duplicate window.
 	topology.Settings
-	DataDir  string
-	MaxBatch int
-	// SnapshotInterval and SnapshotChanges are the snapshot policy's (zero
-	// or less: DefaultSnapshotInterval and DefaultSnapshotChanges).
-	SnapshotInterval time.Duration
-	SnapshotChanges  int
-	StoreTimeout     time.Duration
+	Options
+	DataDir string
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
-	LegacyUntil           uint64
-	AllowStoreGap, NoSync bool
+	LegacyUntil uint64
 	// NoEarlyAnswers switches the early answers off (handler.EarlyAnswers
 	// and the order check's): the fault campaign's measure of them.
 	NoEarlyAnswers bool

@@ -13,6 +13,7 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv/testworker"
 	"github.com/passkeys/worker/publisher"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/topology"
 )
 
@@ -76,6 +77,7 @@ func TestExitCodes(t *testing.T) {
 func startEmbeddedWorker(tb testing.TB, dir string) string {
 	tb.Helper()
 	url, _ := testworker.Start(tb, app.Config{Listen: "127.0.0.1:0", DataDir: dir,
-		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute}, MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second})
+		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute},
+		Options:  runner.Options{MaxBatch: 64}, CreateStream: true, OutcomeWait: 10 * time.Second})
 	return url
 }
