@@ -9,6 +9,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -219,11 +220,7 @@ func (s *Set) Serving() []int {
 func (s *Set) Unrecoverable() map[int]error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make(map[int]error, len(s.unrecoverable))
-	for p, err := range s.unrecoverable {
-		out[p] = err
-	}
-	return out
+	return maps.Clone(s.unrecoverable)
 }
 
 // AwaitFirstRound waits until the partitions taken in the first round are
