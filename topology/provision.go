@@ -148,10 +148,8 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 	if err != nil {
 		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
-	if h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig()); err != nil {
-		return h, err
-	}
-	return h, nil
+	h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig())
+	return h, err
 }
 
 // streamConfigOver is stream PASSKEYS' configuration as it will be over
