@@ -144,7 +144,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.SetOutput(stderr)
 	natsFlags(fs, &cfg, "with a user that may create the streams (required)")
 	settingsFlags(fs, &cfg, "the workers' outcome retention: the stream's max age")
-	fs.DurationVar(&cfg.ProvisionWait, "wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
 	resetLeases := fs.Bool("reset-leases", false, "delete the lease bucket "+topology.LeaseBucket+" first and create it again empty, after its TTL: for a bucket NATS left without a leader, which workers then name (docs/operations.md)")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every worker trusts from a few seconds after the NATS server stored it")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
@@ -180,7 +180,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
+	ctx, cancel := context.WithTimeout(ctx, *wait)
 	defer cancel()
 	if *resetLeases {
 		if err := topology.ResetLeases(ctx, js, cfg.Settings, log); err != nil {

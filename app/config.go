@@ -37,13 +37,10 @@ type Config struct {
 	topology.Settings
 	// Options are how the partitions are run: batches, snapshots, stores.
 	runner.Options
-	// ProvisionWait bounds how long `worker provision` waits for a
-	// JetStream that is not ready yet.
-	ProvisionWait time.Duration
-	CreateStream  bool
-	OutcomeWait   time.Duration
-	JWKSReload    time.Duration // how often the JWKS file is checked for changes
-	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
+	CreateStream bool
+	OutcomeWait  time.Duration
+	JWKSReload   time.Duration // how often the JWKS file is checked for changes
+	HTTPListen   string        // address of /metrics, /healthz, /readyz, /backup; "" for none
 	// Without names mechanisms switched off (--without), for the fault
 	// campaign's measure of what each one earns: MechEarlyAnswers.
 	Without []string
