@@ -121,14 +121,10 @@ func (w *worker) open(ctx context.Context) error {
 	hup, stopHUP := notifyHUP()
 	w.hup = hup
 	w.onClose(stopHUP)
-	if err := w.openTracing(ctx); err != nil {
-		return err
-	}
-	if err := w.openNATS(ctx); err != nil {
-		return err
-	}
-	if err := w.openKeys(ctx); err != nil {
-		return err
+	for _, step := range []func(context.Context) error{w.openTracing, w.openNATS, w.openKeys} {
+		if err := step(ctx); err != nil {
+			return err
+		}
 	}
 	id, err := ownership.MemberID(w.cfg.DataDir)
 	if err != nil {
