@@ -46,7 +46,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if cfg.FaultClock != "" {
 		go followClock(ctx, cfg.FaultClock, log)
 	}
-	w := &worker{cfg: cfg, log: log}
+	w := &worker{cfg: cfg, log: log, storeWrites: &ops.StoreWrites{}}
 	defer w.close()
 	if err := w.open(ctx); err != nil {
 		return err
@@ -89,7 +89,8 @@ type worker struct {
 	parts     *runner.Set
 	endpoints *service.Endpoints
 	svc       micro.Service
-	// storeWrites tells /readyz whether the last commit failed.
+	// storeWrites observes the store writes, and tells /readyz whether the
+	// last commit failed.
 	storeWrites *ops.StoreWrites
 	// tracer records spans; nil when no tracing is set up.
 	tracer trace.Tracer
@@ -121,14 +122,10 @@ func (w *worker) open(ctx context.Context) error {
 	hup, stopHUP := notifyHUP()
 	w.hup = hup
 	w.onClose(stopHUP)
-	if err := w.openTracing(ctx); err != nil {
-		return err
-	}
-	if err := w.openNATS(ctx); err != nil {
-		return err
-	}
-	if err := w.openKeys(ctx); err != nil {
-		return err
+	for _, step := range []func(context.Context) error{w.openTracing, w.openNATS, w.openKeys} {
+		if err := step(ctx); err != nil {
+			return err
+		}
 	}
 	id, err := ownership.MemberID(w.cfg.DataDir)
 	if err != nil {
@@ -139,7 +136,7 @@ func (w *worker) open(ctx context.Context) error {
 		return err
 	}
 	if w.cfg.HTTPListen != "" {
-		h := &ops.Health{Conn: w.nc, Stream: w.topo.Stream, Partitions: w.parts, Writes: w.writes()}
+		h := &ops.Health{Conn: w.nc, Stream: w.topo.Stream, Partitions: w.parts, Writes: w.storeWrites}
 		stopHTTP, err := ops.Serve(w.cfg.HTTPListen, w.metrics, h, w.cfg.DataDir, w.log)
 		if err != nil {
 			return err
@@ -190,9 +187,9 @@ func (w *worker) openNATS(ctx context.Context) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	if cfg.CreateStream {
-		w.topo, err = topology.Provision(ctx, w.js, cfg.Settings(), log)
+		w.topo, err = topology.Provision(ctx, w.js, cfg.Settings, log)
 	} else {
-		w.topo, err = topology.Find(ctx, w.js, cfg.Settings(), log)
+		w.topo, err = topology.Find(ctx, w.js, cfg.Settings, log)
 	}
 	if err != nil {
 		return err
@@ -243,19 +240,23 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	}
 	w.metrics = metrics.New()
 	answers := &service.AnswerStats{}
-	w.parts, err = runner.New(runner.Config{ID: id, Partitions: cfg.Partitions, DataDir: cfg.DataDir, MaxBatch: cfg.MaxBatch,
-		Retention: cfg.Retention, EventsDuplicates: cfg.EventsDuplicates, SnapshotInterval: cfg.SnapshotInterval, SnapshotChanges: cfg.SnapshotChanges,
-		StoreTimeout: cfg.StoreTimeout, LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config),
-		AllowStoreGap: cfg.AllowStoreGap, NoSync: cfg.NoSync, NoEarlyAnswers: cfg.without(MechEarlyAnswers),
-		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc, Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS,
-		EventsRead: jsread.New(w.js, topology.EventsStreamName, false), Verifier: w.verifier, Keys: w.keys.History,
-		Snapshots: snaps, Metrics: w.metrics, Observer: w.observer(answers), Tracer: w.tracer, Log: log})
+	// The endpoints answer the other workers' questions about the
+	// partitions served here (ServeInternal), and ask the partitions
+	// (Router, Replayer) once they exist.
+	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Verifier: w.verifier, Log: log,
+		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
+	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, Options: cfg.Options, DataDir: cfg.DataDir,
+		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), NoEarlyAnswers: cfg.without(MechEarlyAnswers),
+		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc,
+		Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS, EventsRead: jsread.New(w.js, topology.EventsStreamName, false),
+		Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Metrics: w.metrics,
+		Observer: w.observer(answers), Tracer: w.tracer, Log: log,
+		ServeInternal: w.endpoints.ServeInternal})
 	if err != nil {
 		return err
 	}
-	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Router: w.parts, Verifier: w.verifier, Log: log,
-		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Replayer: w.parts.Replay, Tracer: w.tracer}
-	if err := w.parts.Join(ctx, w.endpoints); err != nil {
+	w.endpoints.Router, w.endpoints.Replayer = w.parts, w.parts.Replay
+	if err := w.parts.Join(ctx); err != nil {
 		return err
 	}
 	w.parts.RegisterGauges(w.metrics)
@@ -266,7 +267,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 // observer tells the metrics, the micro service's STATS (answers) and
 // /readyz (writes) what the partitions' processors do.
 func (w *worker) observer(answers *service.AnswerStats) handler.Observer {
-	m, writes := w.metrics, w.writes()
+	m, writes := w.metrics, w.storeWrites
 	return handler.Observer{
 		Batch: func(n int, took time.Duration, err error) { m.Batch(n, took, err); writes.Batch(n, took, err) },
 		Answered: func(op passkey.Op, code passkey.Code, text string, at time.Time) {
@@ -275,14 +276,6 @@ func (w *worker) observer(answers *service.AnswerStats) handler.Observer {
 		},
 		Redelivered: m.Redelivered, EventWritten: m.EventWritten, AnsweredEarly: m.AnsweredEarly,
 	}
-}
-
-// writes is the observer of store writes that /readyz asks.
-func (w *worker) writes() *ops.StoreWrites {
-	if w.storeWrites == nil {
-		w.storeWrites = &ops.StoreWrites{}
-	}
-	return w.storeWrites
 }
 
 // registerGauges adds the gauges of the worker's other parts, read at

@@ -67,8 +67,6 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	if err != nil {
 		return err
 	}
-	// A test hook, no flag: the process-kill test of the events holds them
-	// in the outbox, as a worker that died between commit and publish would.
 	if cfg.FaultClock != "" {
 		log.Warn().Str("file", cfg.FaultClock).Msg("this worker's clock follows a fault file (--fault-clock), for a fault campaign: not for production")
 	}
@@ -89,10 +87,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
-	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "how long outcomes are kept for repeats; also the stream's max age")
-	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
-	eventFlags(fs, cfg)
-	clusterFlags(fs, cfg)
+	settingsFlags(fs, cfg, "how long outcomes are kept for repeats; also the stream's max age")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", runner.DefaultSnapshotInterval, "a changed partition's state is written to object store "+topology.SnapshotBucket+" at least this often")
 	fs.IntVar(&cfg.SnapshotChanges, "snapshot-changes", runner.DefaultSnapshotChanges, "... and as soon as it has applied this many commands since its last snapshot")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
@@ -118,15 +113,14 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 // mechanisms are what --without may switch off.
 var mechanisms = []string{MechEarlyAnswers}
 
-// eventFlags adds the flags of stream PASSKEYS_EVENTS.
-func eventFlags(fs *flag.FlagSet, cfg *Config) {
+// settingsFlags adds the flags of what the workers use in JetStream
+// (Config.Settings); retention is --outcome-retention's usage.
+func settingsFlags(fs *flag.FlagSet, cfg *Config, retention string) {
+	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, retention)
+	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
 	fs.DurationVar(&cfg.EventsRetention, "events-retention", DefaultEventsRetention, "how long stream PASSKEYS_EVENTS keeps an event")
 	fs.DurationVar(&cfg.EventsDuplicates, "events-dedup-window", DefaultEventsDuplicates,
 		"PASSKEYS_EVENTS' duplicate window: how late a second publication of an event (after a crash, or a restore's catch-up) is still dropped")
-}
-
-// clusterFlags adds the flags of partitions and replicas.
-func clusterFlags(fs *flag.FlagSet, cfg *Config) {
 	fs.IntVar(&cfg.Partitions, "partitions", partition.DefaultCount, "how many partitions the users are split into; fixed when stream PASSKEYS is created")
 	fs.IntVar(&cfg.Replicas, "replicas", 1, "JetStream replicas of everything the worker creates (streams, consumers, buckets): 3 on a three-node cluster")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", topology.LeaseTTL, "the TTL of lease bucket "+topology.LeaseBucket+" when this creates it (a bucket that exists keeps its own; "+
@@ -153,11 +147,8 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs := flag.NewFlagSet("worker provision", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsFlags(fs, &cfg, "with a user that may create the streams (required)")
-	fs.DurationVar(&cfg.Retention, "outcome-retention", command.DefaultRetention, "the workers' outcome retention: the stream's max age")
-	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 2*time.Minute, "JetStream's duplicate window for Nats-Msg-Id")
-	eventFlags(fs, &cfg)
-	clusterFlags(fs, &cfg)
-	fs.DurationVar(&cfg.ProvisionWait, "wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
+	settingsFlags(fs, &cfg, "the workers' outcome retention: the stream's max age")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
 	resetLeases := fs.Bool("reset-leases", false, "delete the lease bucket "+topology.LeaseBucket+" first and create it again empty, after its TTL: for a bucket NATS left without a leader, which workers then name (docs/operations.md)")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every worker trusts from a few seconds after the NATS server stored it")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
@@ -173,7 +164,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if cfg.NATSURL == "" {
 		return errors.New("provision: --nats-url is required (the embedded server's worker provisions its own streams)")
 	}
-	if err := cfg.Settings().Validate(); err != nil {
+	if err := cfg.Settings.Validate(); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
 	entry, err := provisionEntry(&cfg)
@@ -193,19 +184,19 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.ProvisionWait)
+	ctx, cancel := context.WithTimeout(ctx, *wait)
 	defer cancel()
 	if *resetLeases {
-		if err := topology.ResetLeases(ctx, js, cfg.Settings(), log); err != nil {
+		if err := topology.ResetLeases(ctx, js, cfg.Settings, log); err != nil {
 			return fmt.Errorf("provision --reset-leases: %w", err)
 		}
 		fmt.Fprintf(stdout, "lease bucket %s deleted; creating it again\n", topology.LeaseBucket)
 	}
-	h, err := topology.Provision(ctx, js, cfg.Settings(), log)
+	h, err := topology.Provision(ctx, js, cfg.Settings, log)
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings().Describe())
+	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings.Describe())
 	return provisionKeys(ctx, js, h.Keys, entry, stdout, log)
 }
 

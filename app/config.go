@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/topology"
 )
 
@@ -28,42 +30,17 @@ type Config struct {
 	Audience    string
 	NATSConfig  string // a nats-server configuration file for the embedded server; "" for none
 
-	Retention       time.Duration
-	DuplicateWindow time.Duration
-	// EventsRetention is how long stream PASSKEYS_EVENTS keeps an event;
-	// EventsDuplicates its duplicate window: how late a second publication
-	// of an event is still dropped. Zero: DefaultEventsRetention and
+	// Settings are those of the streams, consumers and buckets; zero
+	// Partitions, Replicas, EventsRetention and EventsDuplicates take
+	// partition.DefaultCount, 1, DefaultEventsRetention and
 	// DefaultEventsDuplicates.
-	EventsRetention  time.Duration
-	EventsDuplicates time.Duration
-	MaxBatch         int
-	// Partitions is the number of partitions (fixed when stream PASSKEYS
-	// is created); Replicas the JetStream replicas of what the worker
-	// creates.
-	Partitions int
-	Replicas   int
-	// LeaseTTL is the TTL of the lease bucket when this creates it (0:
-	// topology.LeaseTTL); a bucket that exists keeps its own. AckWait is
-	// the partition consumers' ack wait, set when this provisions them (0:
-	// topology.DefaultAckWait).
-	LeaseTTL, AckWait time.Duration
-	// SnapshotInterval is how often a partition's snapshot is written;
-	// zero for runner.DefaultSnapshotInterval.
-	SnapshotInterval time.Duration
-	// SnapshotChanges is how many commands a partition applies before its
-	// snapshot is written, at the latest; zero for
-	// runner.DefaultSnapshotChanges.
-	SnapshotChanges int
-	// ProvisionWait bounds how long `worker provision` waits for a
-	// JetStream that is not ready yet.
-	ProvisionWait time.Duration
-	CreateStream  bool
-	OutcomeWait   time.Duration
-	StoreTimeout  time.Duration
-	JWKSReload    time.Duration // how often the JWKS file is checked for changes
-	HTTPListen    string        // address of /metrics, /healthz, /readyz, /backup; "" for none
-	AllowStoreGap bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync        bool          // benchmarks of the layers above the disk only
+	topology.Settings
+	// Options are how the partitions are run: batches, snapshots, stores.
+	runner.Options
+	CreateStream bool
+	OutcomeWait  time.Duration
+	JWKSReload   time.Duration // how often the JWKS file is checked for changes
+	HTTPListen   string        // address of /metrics, /healthz, /readyz, /backup; "" for none
 	// Without names mechanisms switched off (--without), for the fault
 	// campaign's measure of what each one earns: MechEarlyAnswers.
 	Without []string
@@ -104,34 +81,15 @@ const (
 	DefaultEventsDuplicates = 24 * time.Hour
 )
 
-// Settings are the configuration's settings of what the workers use in
-// JetStream.
-func (c *Config) Settings() topology.Settings {
-	return topology.Settings{Retention: c.Retention, DuplicateWindow: c.DuplicateWindow, EventsRetention: c.EventsRetention,
-		EventsDuplicates: c.EventsDuplicates, Partitions: c.Partitions, Replicas: c.Replicas, LeaseTTL: c.LeaseTTL, AckWait: c.AckWait}
-}
-
 // Validate checks the configuration and fills in development defaults.
 func (c *Config) Validate() error {
-	if c.Partitions == 0 {
-		c.Partitions = partition.DefaultCount
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.EventsRetention == 0 {
-		c.EventsRetention = DefaultEventsRetention
-	}
-	if c.EventsDuplicates == 0 {
-		c.EventsDuplicates = DefaultEventsDuplicates
-	}
+	c.Partitions = cmp.Or(c.Partitions, partition.DefaultCount)
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.EventsRetention = cmp.Or(c.EventsRetention, DefaultEventsRetention)
+	c.EventsDuplicates = cmp.Or(c.EventsDuplicates, DefaultEventsDuplicates)
 	if c.DevMode() {
-		if c.Issuer == "" {
-			c.Issuer = auth.DevIssuer
-		}
-		if c.Audience == "" {
-			c.Audience = auth.DevAudience
-		}
+		c.Issuer = cmp.Or(c.Issuer, auth.DevIssuer)
+		c.Audience = cmp.Or(c.Audience, auth.DevAudience)
 	}
 	var missing []string
 	for _, f := range []struct{ name, val string }{{"--jwks", c.JWKS}, {"--issuer", c.Issuer}, {"--audience", c.Audience}} {
@@ -149,7 +107,7 @@ func (c *Config) Validate() error {
 	case c.MaxBatch < 1:
 		return errors.New("--max-batch must be at least 1")
 	}
-	if err := c.Settings().Validate(); err != nil {
+	if err := c.Settings.Validate(); err != nil {
 		return err
 	}
 	if c.Embedded() {

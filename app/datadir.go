@@ -14,23 +14,17 @@ import (
 // buildKeys is the key set this worker is given: its --jwks file, or the
 // development key.
 func buildKeys(cfg *Config, log zerolog.Logger) (jose.JSONWebKeySet, error) {
-	var keys jose.JSONWebKeySet
-	if cfg.DevMode() {
-		key, created, err := auth.LoadOrCreateDevKey(cfg.DataDir)
-		if err != nil {
-			return keys, fmt.Errorf("development key: %w", err)
-		}
-		log.Warn().Bool("created", created).Str("key_file", filepath.Join(cfg.DataDir, auth.DevKeyFile)).
-			Str("issuer", cfg.Issuer).Str("audience", cfg.Audience).
-			Msg("DEVELOPMENT MODE: trusting a local development signing key; anyone who can read the data directory can mint tokens. Never run this way in production: set --nats-url and --jwks")
-		keys = auth.PublicSet(key)
-	} else {
-		var err error
-		if keys, err = auth.LoadJWKS(cfg.JWKS); err != nil {
-			return keys, err
-		}
+	if !cfg.DevMode() {
+		return auth.LoadJWKS(cfg.JWKS)
 	}
-	return keys, nil
+	key, created, err := auth.LoadOrCreateDevKey(cfg.DataDir)
+	if err != nil {
+		return jose.JSONWebKeySet{}, fmt.Errorf("development key: %w", err)
+	}
+	log.Warn().Bool("created", created).Str("key_file", filepath.Join(cfg.DataDir, auth.DevKeyFile)).
+		Str("issuer", cfg.Issuer).Str("audience", cfg.Audience).
+		Msg("DEVELOPMENT MODE: trusting a local development signing key; anyone who can read the data directory can mint tokens. Never run this way in production: set --nats-url and --jwks")
+	return auth.PublicSet(key), nil
 }
 
 // prepareDataDir creates the data directory private to this user, warns

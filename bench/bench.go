@@ -30,7 +30,9 @@ import (
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/publisher"
+	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/topology"
 )
 
 // benchConfig is what bench was asked to do.
@@ -504,8 +506,9 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	started := make(chan string, 1)
 	done := make(chan error, 1)
 	cfg := app.Config{
-		Listen: "127.0.0.1:0", DataDir: c.dataDir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute,
-		MaxBatch: c.maxBatch, Partitions: c.partitions, CreateStream: true, OutcomeWait: 10 * time.Second, NoSync: c.noSync,
+		Listen: "127.0.0.1:0", DataDir: c.dataDir,
+		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, Partitions: c.partitions},
+		Options:  runner.Options{MaxBatch: c.maxBatch, NoSync: c.noSync}, CreateStream: true, OutcomeWait: 10 * time.Second,
 		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience,
 		Started: func(url string) { started <- url },
 	}

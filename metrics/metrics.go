@@ -30,55 +30,45 @@ type Metrics struct {
 // New makes the collectors and registers them, with the Go and process
 // collectors, on a new registry.
 func New() *Metrics {
-	m := &Metrics{
-		Registry: prometheus.NewRegistry(),
-		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "passkeys_commands_total",
-			Help: "Commands answered, by operation and result code (OK or the gRPC code name); repeats answered from a stored outcome included.",
-		}, []string{"op", "code"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "passkeys_command_latency_seconds",
-			Help:    "From the command's JetStream timestamp to its reply.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18), // 0.5 ms to about 65 s
-		}),
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "passkeys_batch_size",
-			Help:    "Commands applied in one store transaction.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
-		}),
-		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "passkeys_commit_duration_seconds",
-			Help:    "Time to apply and commit one batch (its bbolt transaction, fsyncs included).",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 0.1 ms to about 3 s
-		}),
-		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_redeliveries_total",
-			Help: "Commands received on a second or later delivery.",
-		}),
-		early: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_replies_early_total",
-			Help: "Replies sent before their command's delivery came here: commands another worker was handed and did not acknowledge, applied from the stream at a takeover (or by the order check). Their deliveries are answered again when they come back.",
-		}),
-		partitionChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "passkeys_partition_changes_total",
-			Help: "Partitions this worker took (change=taken) or let go of (change=released): failovers and rebalancing.",
-		}, []string{"change"}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_events_written_total",
-			Help: "Events written into the outbox with the changes the consumer applied (catch-up and replay not counted).",
-		}),
-		published: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_events_published_total",
-			Help: "Removal and sync events published to PASSKEYS_EVENTS and taken out of the outbox.",
-		}),
-		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "passkeys_store_errors_total",
-			Help: "Batch transactions that failed (each retry counts).",
-		}),
+	reg := prometheus.NewRegistry()
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		reg.MustRegister(c)
+		return c
 	}
-	m.Registry.MustRegister(m.commands, m.latency, m.batchSize, m.commit, m.redeliveries, m.early, m.partitionChanges, m.written, m.published, m.storeErrors)
+	counterVec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+		reg.MustRegister(c)
+		return c
+	}
+	histogram := func(name, help string, buckets []float64) prometheus.Histogram {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+		reg.MustRegister(h)
+		return h
+	}
+	m := &Metrics{
+		Registry: reg,
+		commands: counterVec("passkeys_commands_total",
+			"Commands answered, by operation and result code (OK or the gRPC code name); repeats answered from a stored outcome included.", "op", "code"),
+		latency: histogram("passkeys_command_latency_seconds", "From the command's JetStream timestamp to its reply.",
+			prometheus.ExponentialBuckets(0.0005, 2, 18)), // 0.5 ms to about 65 s
+		batchSize: histogram("passkeys_batch_size", "Commands applied in one store transaction.",
+			prometheus.ExponentialBuckets(1, 2, 11)), // 1 to 1024
+		commit: histogram("passkeys_commit_duration_seconds", "Time to apply and commit one batch (its bbolt transaction, fsyncs included).",
+			prometheus.ExponentialBuckets(0.0001, 2, 16)), // 0.1 ms to about 3 s
+		redeliveries: counter("passkeys_redeliveries_total", "Commands received on a second or later delivery."),
+		early: counter("passkeys_replies_early_total", "Replies sent before their command's delivery came here: commands another worker was handed "+
+			"and did not acknowledge, applied from the stream at a takeover (or by the order check). Their deliveries are answered again when they come back."),
+		partitionChanges: counterVec("passkeys_partition_changes_total",
+			"Partitions this worker took (change=taken) or let go of (change=released): failovers and rebalancing.", "change"),
+		written: counter("passkeys_events_written_total",
+			"Events written into the outbox with the changes the consumer applied (catch-up and replay not counted)."),
+		published: counter("passkeys_events_published_total",
+			"Removal and sync events published to PASSKEYS_EVENTS and taken out of the outbox."),
+		storeErrors: counter("passkeys_store_errors_total", "Batch transactions that failed (each retry counts)."),
+	}
 	// The runtime's and the process's own, under the same prefix as the rest.
-	prometheus.WrapRegistererWithPrefix("passkeys_", m.Registry).MustRegister(
+	prometheus.WrapRegistererWithPrefix("passkeys_", reg).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -15,6 +15,7 @@
 package ownership
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -67,21 +68,11 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.Renew == 0 {
-		c.Renew = min(2*time.Second, c.TTL/3)
-	}
-	if c.Margin == 0 {
-		c.Margin = min(time.Second, c.TTL/6)
-	}
-	if c.StuckAfter == 0 {
-		c.StuckAfter = 30 * time.Second
-	}
-	if c.Avoid == 0 {
-		c.Avoid = time.Minute
-	}
-	if c.RetryAlone == 0 {
-		c.RetryAlone = 5 * time.Second
-	}
+	c.Renew = cmp.Or(c.Renew, min(2*time.Second, c.TTL/3))
+	c.Margin = cmp.Or(c.Margin, min(time.Second, c.TTL/6))
+	c.StuckAfter = cmp.Or(c.StuckAfter, 30*time.Second)
+	c.Avoid = cmp.Or(c.Avoid, time.Minute)
+	c.RetryAlone = cmp.Or(c.RetryAlone, 5*time.Second)
 }
 
 // Runner serves partition l.Partition while l.Context lasts. When the
@@ -119,13 +110,13 @@ type Coordinator struct {
 	ttl, hold atomic.Int64
 
 	incarnation string
+	memberRev   atomic.Uint64 // the revision of this worker's membership key
 
-	mu        sync.Mutex
-	memberRev uint64
-	leases    map[int]*Lease
-	avoid     map[int]time.Time // partitions this worker avoids until then
-	seen      map[string]seenMember
-	dup       error // set by the watch when another incarnation puts this id
+	mu     sync.Mutex
+	leases map[int]*Lease
+	avoid  map[int]time.Time // partitions this worker avoids until then
+	seen   map[string]seenMember
+	dup    error // set by the watch when another incarnation puts this id
 
 	firstRound chan struct{}
 	wake       chan struct{}
@@ -256,7 +247,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 			rev, err := c.kv.Create(cctx, key, c.memberValue())
 			cancel()
 			if err == nil {
-				c.setMemberRev(rev)
+				c.memberRev.Store(rev)
 				return nil
 			}
 			if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -269,7 +260,7 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 		var m member
 		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation == c.incarnation {
 			// An earlier attempt's create was stored, its answer lost.
-			c.setMemberRev(e.Revision())
+			c.memberRev.Store(e.Revision())
 			return nil
 		}
 		if err := c.waitOut(ctx, key, e.Revision()); err != nil {
@@ -305,29 +296,8 @@ func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error
 	return nil
 }
 
-func (c *Coordinator) setMemberRev(rev uint64) {
-	c.mu.Lock()
-	c.memberRev = rev
-	c.mu.Unlock()
-}
-
-func (c *Coordinator) memberRevision() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.memberRev
-}
-
 func (c *Coordinator) memberValue() []byte {
-	m := member{Incarnation: c.incarnation}
-	c.mu.Lock()
-	for p, until := range c.avoid {
-		if time.Now().Before(until) {
-			m.Avoids = append(m.Avoids, p)
-		}
-	}
-	c.mu.Unlock()
-	slices.Sort(m.Avoids)
-	raw, _ := json.Marshal(m)
+	raw, _ := json.Marshal(member{Incarnation: c.incarnation, Avoids: c.Avoided()})
 	return raw
 }
 
@@ -367,9 +337,6 @@ func (c *Coordinator) Avoided() []int {
 	slices.Sort(out)
 	return out
 }
-
-// ID is this worker's member id.
-func (c *Coordinator) ID() string { return c.cfg.ID }
 
 // Run keeps membership and leases until ctx ends; then it lets go of every
 // partition (each runner finishes what it has in hand and writes its
@@ -463,9 +430,9 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 	key := memberKey(c.cfg.ID)
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
 	defer cancel()
-	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRevision())
+	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRev.Load())
 	if err == nil {
-		c.setMemberRev(rev)
+		c.memberRev.Store(rev)
 		c.silentSince, c.silentTold = time.Time{}, time.Time{}
 		c.followTTL(rctx)
 		return nil
@@ -480,13 +447,13 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 		if json.Unmarshal(e.Value(), &m) == nil && m.Incarnation != c.incarnation {
 			return fmt.Errorf("%w (%s): it took over this worker's membership while this one was not renewing it", ErrDuplicate, c.cfg.ID)
 		}
-		c.setMemberRev(e.Revision())
+		c.memberRev.Store(e.Revision())
 		return nil
 	}
 	if errors.Is(gerr, jetstream.ErrKeyNotFound) {
 		rev, err := c.kv.Create(rctx, key, c.memberValue())
 		if err == nil {
-			c.setMemberRev(rev)
+			c.memberRev.Store(rev)
 			c.silentSince, c.silentTold = time.Time{}, time.Time{}
 			// Take no lease for a TTL: were the bucket made again early (by
 			// something that did not wait the TTL out, as worker provision
@@ -613,12 +580,6 @@ func (c *Coordinator) avoidFor(p int) {
 	c.mu.Unlock()
 }
 
-func (c *Coordinator) avoiding(p int) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Before(c.avoid[p])
-}
-
 // mayTake tells whether this worker may take partition p now: one it
 // avoids only when every live member avoids it too (nobody else would
 // serve it), RetryAlone after it failed here.
@@ -647,11 +608,11 @@ func (c *Coordinator) mayTake(p int) bool {
 // avoids tells whether member m avoids partition p: this worker by its
 // own record, the others by their membership.
 func (c *Coordinator) avoids(m string, p int) bool {
-	if m == c.cfg.ID {
-		return c.avoiding(p)
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if m == c.cfg.ID {
+		return time.Now().Before(c.avoid[p])
+	}
 	return slices.Contains(c.seen[m].avoids, p)
 }
 
@@ -659,7 +620,7 @@ func (c *Coordinator) avoids(m string, p int) bool {
 func (c *Coordinator) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_ = c.kv.Delete(ctx, memberKey(c.cfg.ID), jetstream.LastRevision(c.memberRevision()))
+	_ = c.kv.Delete(ctx, memberKey(c.cfg.ID), jetstream.LastRevision(c.memberRev.Load()))
 }
 
 // members lists the live members, sorted: those whose membership key was
@@ -734,7 +695,7 @@ func (c *Coordinator) noteMember(e jetstream.KeyValueEntry) {
 	var m member
 	_ = json.Unmarshal(e.Value(), &m)
 	if id == c.cfg.ID {
-		if m.Incarnation != "" && m.Incarnation != c.incarnation && e.Revision() > c.memberRev && c.dup == nil {
+		if m.Incarnation != "" && m.Incarnation != c.incarnation && e.Revision() > c.memberRev.Load() && c.dup == nil {
 			c.dup = fmt.Errorf("%w (%s): another process put this worker's membership", ErrDuplicate, c.cfg.ID)
 		}
 		return

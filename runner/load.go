@@ -254,7 +254,8 @@ func (s *Set) ofStream(ctx context.Context, p int, si *jetstream.StreamInfo, st 
 		st.Applied, m.Subject, m.Time.UTC().Format(time.RFC3339Nano), st.Applied, st.AppliedAt.UTC().Format(time.RFC3339Nano)), false, nil
 }
 
-// stays the same through updates and leader changes.
+// StreamID names stream PASSKEYS as info says it is: by its creation time,
+// which stays the same through updates and leader changes.
 func StreamID(info *jetstream.StreamInfo) string { return info.Created.UTC().Format(time.RFC3339Nano) }
 
 // unpin lets the partition's consumer serve whoever pulls next.

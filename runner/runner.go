@@ -7,9 +7,9 @@
 package runner
 
 import (
-	"cmp"
 	"context"
 	"errors"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -45,28 +45,32 @@ func StorePath(dataDir string, p int) string {
 	return filepath.Join(dataDir, Dir, partition.Name(p)+".db")
 }
 
+// Options are how the partitions are run, as the worker is told.
+type Options struct {
+	MaxBatch int // most commands applied in one store transaction
+	// SnapshotInterval is how often a changed partition's snapshot is
+	// written, SnapshotChanges how many commands it applies before, at the
+	// latest (zero or less: DefaultSnapshotInterval and
+	// DefaultSnapshotChanges).
+	SnapshotInterval time.Duration
+	SnapshotChanges  int
+	StoreTimeout     time.Duration // how long to wait for another process's lock on a store
+	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
+	NoSync           bool          // benchmarks of the layers above the disk only
+}
+
 // Config is what a Set runs partitions with: the worker's settings and the
 // parts it shares with the rest of the worker.
 type Config struct {
-	ID         string // the member id (ownership.MemberID)
-	Partitions int    // how many the stream is split into
-	DataDir    string
-	MaxBatch   int
-	Retention  time.Duration
-	// EventsDuplicates is the events stream's duplicate window.
-	EventsDuplicates time.Duration
-	SnapshotInterval time.Duration
-	SnapshotChanges  int
-	// LetGoSnapshotWait bounds the snapshot written while letting go of a
-	// partition (DefaultLetGoSnapshotWait when 0): the lease is held
-	// meanwhile, so nobody serves the partition, and a worker that takes
-	// it over does without (an older snapshot and more of the stream).
-	LetGoSnapshotWait time.Duration
-	StoreTimeout      time.Duration
+	ID string // the member id (ownership.MemberID)
+	// Settings are the worker's: its partitions, the outcome retention,
+	// the events stream's duplicate window.
+	topology.Settings
+	Options
+	DataDir string
 	// LegacyUntil is the stream's MetaLegacyUntil: a partition's state must
 	// have applied that far before it may serve.
-	LegacyUntil           uint64
-	AllowStoreGap, NoSync bool
+	LegacyUntil uint64
 	// NoEarlyAnswers switches the early answers off (handler.EarlyAnswers
 	// and the order check's): the fault campaign's measure of them.
 	NoEarlyAnswers bool
@@ -89,15 +93,16 @@ type Config struct {
 	// outbox.Publisher).
 	Tracer trace.Tracer
 	Log    zerolog.Logger
+	// ServeInternal answers, from held's store, the other workers'
+	// questions about partition p while this worker serves it, until the
+	// subscription it returns is ended (service.Endpoints.ServeInternal).
+	ServeInternal func(p int, held service.PartitionStore) (*nats.Subscription, error)
 }
 
 // Set runs the partitions this worker holds.
 type Set struct {
 	cfg   Config
 	coord *ownership.Coordinator
-	// endpoints answer the other workers' questions about the partitions
-	// served here; set before Run.
-	endpoints *service.Endpoints
 
 	mu sync.RWMutex
 	// running holds every partition between its lease's grant and its
@@ -138,6 +143,12 @@ type part struct {
 // New returns the Set of cfg; Join and Run start it. Its error is
 // ownership.New's: a lease bucket whose TTL leaves no safe hold.
 func New(cfg Config) (*Set, error) {
+	if cfg.SnapshotInterval <= 0 {
+		cfg.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if cfg.SnapshotChanges <= 0 {
+		cfg.SnapshotChanges = DefaultSnapshotChanges
+	}
 	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, transfers: make(chan struct{}, 1)}
 	var err error
 	s.coord, err = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions, TTL: cfg.LeaseTTL}, s.run, cfg.Log)
@@ -145,18 +156,11 @@ func New(cfg Config) (*Set, error) {
 }
 
 // Join makes this worker a member (ownership.Coordinator.Join); Run then
-// takes and serves partitions until ctx ends, with the endpoints answering
-// the other workers' questions about them.
-func (s *Set) Join(ctx context.Context, endpoints *service.Endpoints) error {
-	s.endpoints = endpoints
-	return s.coord.Join(ctx)
-}
+// takes and serves partitions until ctx ends.
+func (s *Set) Join(ctx context.Context) error { return s.coord.Join(ctx) }
 
 // Run serves until ctx ends (ownership.Coordinator.Run).
 func (s *Set) Run(ctx context.Context) error { return s.coord.Run(ctx) }
-
-// ID is this worker's member id.
-func (s *Set) ID() string { return s.cfg.ID }
 
 // serving lists the parts this worker serves now: caught up, consuming,
 // under a valid lease.
@@ -216,11 +220,7 @@ func (s *Set) Serving() []int {
 func (s *Set) Unrecoverable() map[int]error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make(map[int]error, len(s.unrecoverable))
-	for p, err := range s.unrecoverable {
-		out[p] = err
-	}
-	return out
+	return maps.Clone(s.unrecoverable)
 }
 
 // AwaitFirstRound waits until the partitions taken in the first round are
@@ -306,7 +306,7 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	pt.events = outbox.New(s.cfg.EventsJS, pt.store, log, s.cfg.Metrics)
 	pt.events.Tracer = s.cfg.Tracer
 	pt.events.Published, pt.events.Dedup = s.cfg.EventsRead, s.cfg.EventsDuplicates
-	sub, err := s.endpoints.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
+	sub, err := s.cfg.ServeInternal(pt.p, service.PartitionStore{Store: pt.store, Valid: pt.lease.Serving})
 	if err != nil {
 		return err
 	}
@@ -344,14 +344,15 @@ func (s *Set) serve(ctx context.Context, pt *part, log zerolog.Logger) error {
 	return proc.Run(ctx, pt.cons)
 }
 
-// DefaultLetGoSnapshotWait is how long a worker letting go of a partition
+// letGoSnapshotWait is how long a worker letting go of a partition
 // tries to write its snapshot (when its state is ahead of the newest),
-// while nobody serves the partition. One that waited on a NATS node that
+// while nobody serves the partition (a worker that takes it over does
+// without: an older snapshot and more of the stream). One that waited on a NATS node that
 // was down held a partition for 30 s in an external fault test (the bound
 // was 30 s then); a snapshot at let-go only shortens the next holder's
 // catch-up. An upload cut short leaves its chunks in the object store
 // (nats.go cleans them up with the context that ran out).
-const DefaultLetGoSnapshotWait = 15 * time.Second
+const letGoSnapshotWait = 15 * time.Second
 
 // letGo ends a part: a last snapshot while the lease is still held, the
 // consumer unpinned for the next owner, the store closed.
@@ -360,7 +361,7 @@ func (s *Set) letGo(pt *part, log zerolog.Logger) {
 		return
 	}
 	if pt.lease.Valid() && pt.partition != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(s.cfg.LetGoSnapshotWait, DefaultLetGoSnapshotWait))
+		ctx, cancel := context.WithTimeout(context.Background(), letGoSnapshotWait)
 		if err := s.snapshot(ctx, pt); err != nil {
 			log.Warn().Err(err).Msg("could not write the partition's snapshot while letting go of it")
 		}

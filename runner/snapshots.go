@@ -27,24 +27,10 @@ const (
 	snapshotCheck = time.Minute
 )
 
-func (s *Set) snapshotInterval() time.Duration {
-	if s.cfg.SnapshotInterval > 0 {
-		return s.cfg.SnapshotInterval
-	}
-	return DefaultSnapshotInterval
-}
-
-func (s *Set) snapshotChanges() uint64 {
-	if s.cfg.SnapshotChanges > 0 {
-		return uint64(s.cfg.SnapshotChanges)
-	}
-	return DefaultSnapshotChanges
-}
-
 // snapshotLoop writes the partition's snapshot while the worker serves it,
 // as the policy says.
 func (s *Set) snapshotLoop(ctx context.Context, pt *part, log zerolog.Logger) {
-	tick := time.NewTicker(min(s.snapshotInterval(), snapshotCheck))
+	tick := time.NewTicker(min(s.cfg.SnapshotInterval, snapshotCheck))
 	defer tick.Stop()
 	for {
 		select {
@@ -75,17 +61,17 @@ func (s *Set) snapshotDue(pt *part) bool {
 	pt.snapMu.Lock()
 	defer pt.snapMu.Unlock()
 	switch {
-	case applied <= pt.snapApplied && time.Since(pt.checkedAt) < s.snapshotInterval():
+	case applied <= pt.snapApplied && time.Since(pt.checkedAt) < s.cfg.SnapshotInterval:
 		pt.snapAt = time.Now()
 		return false
 	case applied <= pt.snapApplied:
 		// Now and then the bucket itself is asked: its newest may be gone
 		// (deleted, set aside as broken) behind this worker's back.
 		return true
-	case applied-pt.snapApplied >= s.snapshotChanges():
+	case applied-pt.snapApplied >= uint64(s.cfg.SnapshotChanges):
 		return true
 	}
-	return time.Since(pt.snapAt) >= s.snapshotInterval()
+	return time.Since(pt.snapAt) >= s.cfg.SnapshotInterval
 }
 
 // transfer waits for this worker's turn to move a snapshot (s.transfers);

@@ -15,7 +15,7 @@ import (
 // again and counts as fresh, though the bucket is looked at again once in
 // the policy's age (its newest may be gone behind the worker's back).
 func TestSnapshotPolicy(t *testing.T) {
-	s := &Set{cfg: Config{SnapshotInterval: time.Hour, SnapshotChanges: 100}}
+	s := &Set{cfg: Config{Options: Options{SnapshotInterval: time.Hour, SnapshotChanges: 100}}}
 	pt := &part{store: testenv.MustOpenStore(t)}
 	apply := func(seq uint64) {
 		t.Helper()

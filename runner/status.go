@@ -60,7 +60,7 @@ func (s *Set) Ready() error {
 	for p, err := range s.Unrecoverable() {
 		return fmt.Errorf("partition %d cannot be rebuilt: %w", p, err)
 	}
-	maxAge := maxSnapshotAgeFactor * s.snapshotInterval()
+	maxAge := maxSnapshotAgeFactor * s.cfg.SnapshotInterval
 	for _, pt := range s.serving() {
 		if err := pt.store.View(func(*storage.Tx) error { return nil }); err != nil {
 			return fmt.Errorf("store of partition %d: %w", pt.p, err)

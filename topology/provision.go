@@ -148,10 +148,8 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 	if err != nil {
 		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
-	if h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig()); err != nil {
-		return h, err
-	}
-	return h, nil
+	h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig())
+	return h, err
 }
 
 // streamConfigOver is stream PASSKEYS' configuration as it will be over
@@ -213,10 +211,7 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if err := CheckPartitions(h.Stream.CachedInfo().Config, s.Partitions); err != nil {
 		return h, retry.Permanent(err)
 	}
-	kv := func(name string) (jetstream.KeyValue, error) {
-		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, name) })
-	}
-	if h.Leases, err = kv(LeaseBucket); err != nil {
+	if h.Leases, err = call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) }); err != nil {
 		return h, missing("key-value bucket "+LeaseBucket, err)
 	}
 	if h.LeaseTTL, err = bucketTTL(ctx, h.Leases); err != nil {

@@ -82,9 +82,6 @@ const (
 	KeyPrefix = "$KV.PASSKEYS_JWKS"
 )
 
-// BucketStream is the name of the stream behind a key-value bucket.
-func BucketStream(bucket string) string { return "KV_" + bucket }
-
 // Settings are what an operator chooses: retentions, windows, partitions
 // and replicas.
 type Settings struct {

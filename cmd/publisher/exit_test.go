@@ -13,6 +13,8 @@ import (
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv/testworker"
 	"github.com/passkeys/worker/publisher"
+	"github.com/passkeys/worker/runner"
+	"github.com/passkeys/worker/topology"
 )
 
 // The exit status tells a script what happened: 0 done, 1 the worker
@@ -74,7 +76,8 @@ func TestExitCodes(t *testing.T) {
 // its NATS URL.
 func startEmbeddedWorker(tb testing.TB, dir string) string {
 	tb.Helper()
-	url, _ := testworker.Start(tb, app.Config{Listen: "127.0.0.1:0", DataDir: dir, Retention: command.DefaultRetention,
-		DuplicateWindow: 2 * time.Minute, MaxBatch: 64, CreateStream: true, OutcomeWait: 10 * time.Second})
+	url, _ := testworker.Start(tb, app.Config{Listen: "127.0.0.1:0", DataDir: dir,
+		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute},
+		Options:  runner.Options{MaxBatch: 64}, CreateStream: true, OutcomeWait: 10 * time.Second})
 	return url
 }

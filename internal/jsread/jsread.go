@@ -34,9 +34,6 @@ func New(js jetstream.JetStream, stream string, direct bool) *Reader {
 	return &Reader{js: js, stream: stream, direct: direct}
 }
 
-// Stream is the name of the stream read.
-func (r *Reader) Stream() string { return r.stream }
-
 // getRequest is a leader-served STREAM.MSG.GET request.
 type getRequest struct {
 	Seq     uint64 `json:"seq,omitempty"`

@@ -13,21 +13,14 @@ import (
 )
 
 // Policy is a schedule: the pause after the first failure is First, each
-// next one Factor times the one before, never more than Max. Tries bounds
-// the attempts Do makes (0: until the context ends or MaxElapsed). The zero
-// Policy tries once.
+// next one Factor times the one before, never more than Max. Do tries until
+// the context ends or MaxElapsed. The zero Policy tries once.
 type Policy struct {
-	Tries      uint
 	First, Max time.Duration
 	Factor     float64
 	// MaxElapsed, when set, ends Do once the next pause would pass it.
 	MaxElapsed time.Duration
 }
-
-// InPlace is the schedule of a store transaction that failed while a
-// store from before partitions is upgraded: tried again where it is, 3
-// times, 50 ms, 200 ms and 800 ms later.
-var InPlace = Policy{Tries: 4, First: 50 * time.Millisecond, Factor: 4, Max: 800 * time.Millisecond}
 
 // Wait is how a partition waits on a command it could not apply (a fault
 // of the machine): tried again, and again, never given up on or passed.
@@ -42,8 +35,8 @@ func (p Policy) After(n uint64) time.Duration {
 	return min(time.Duration(d), p.Max)
 }
 
-// Do runs op until it succeeds, or the policy's tries or time run out, or
-// ctx ends, and returns its last result and error (ctx's cause when the
+// Do runs op until it succeeds, or the policy's time runs out, or ctx
+// ends, and returns its last result and error (ctx's cause when the
 // context ended a pause). notify, when set, hears of each failure that
 // will be tried again and of the pause before the next try.
 func Do[T any](ctx context.Context, p Policy, op func() (T, error), notify func(err error, next time.Duration)) (T, error) {
@@ -52,9 +45,6 @@ func Do[T any](ctx context.Context, p Policy, op func() (T, error), notify func(
 	}
 	b := &backoff.ExponentialBackOff{InitialInterval: p.First, Multiplier: p.Factor, MaxInterval: p.Max}
 	opts := []backoff.RetryOption{backoff.WithBackOff(b), backoff.WithMaxElapsedTime(p.MaxElapsed)}
-	if p.Tries > 0 {
-		opts = append(opts, backoff.WithMaxTries(p.Tries))
-	}
 	if notify != nil {
 		opts = append(opts, backoff.WithNotify(backoff.Notify(notify)))
 	}

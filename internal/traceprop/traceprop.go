@@ -61,9 +61,7 @@ func Extract(ctx context.Context, h nats.Header) context.Context {
 	if parent == "" {
 		return ctx
 	}
-	c := Carrier{}
-	Set(nats.Header(c), parent, state)
-	return w3c.Extract(ctx, c)
+	return w3c.Extract(ctx, Carrier{HeaderParent: {parent}, HeaderState: {state}})
 }
 
 // MaxState bounds a tracestate this service carries (W3C's own advice is

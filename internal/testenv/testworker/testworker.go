@@ -13,15 +13,17 @@ import (
 	"github.com/passkeys/worker/app"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/testenv"
+	"github.com/passkeys/worker/runner"
+	"github.com/passkeys/worker/topology"
 )
 
 // Config is a worker on the NATS server at natsURL, trusting keys' JWKS
 // with the test issuer and audience, on data directory dir, with 2
 // partitions (fewer to load than the default 8).
 func Config(natsURL string, keys *testenv.Keys, dir string) app.Config {
-	return app.Config{NATSURL: natsURL, JWKS: keys.JWKSPath, Issuer: testenv.Issuer, Audience: testenv.Audience,
-		DataDir: dir, Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, MaxBatch: 64,
-		CreateStream: true, OutcomeWait: 10 * time.Second, Partitions: 2}
+	return app.Config{NATSURL: natsURL, JWKS: keys.JWKSPath, Issuer: testenv.Issuer, Audience: testenv.Audience, DataDir: dir,
+		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, Partitions: 2},
+		Options:  runner.Options{MaxBatch: 64}, CreateStream: true, OutcomeWait: 10 * time.Second}
 }
 
 // Start runs a worker with cfg until stop or the test's end, and returns
