@@ -444,7 +444,7 @@ func eventKey(userID string, seq uint64) []byte {
 
 // PendingEvent is an event in the outbox.
 type PendingEvent struct {
-	Key    []byte // for DeleteEvents
+	Key    []byte // for DeleteEventsLater
 	UserID string
 	Seq    uint64
 	Doc    []byte
@@ -477,12 +477,6 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 		return nil
 	})
 	return evs, err
-}
-
-// DeleteEvents removes published events from the outbox (and those
-// queued by DeleteEventsLater), in a transaction of its own.
-func (s *Store) DeleteEvents(keys [][]byte) error {
-	return s.Update(func(t *Tx) error { return deleteKeys(t.tx.Bucket(bucketOutbox), keys) })
 }
 
 // DeleteEventsLater queues published events to be deleted from the outbox
@@ -622,32 +616,15 @@ func isOutcomeKey(name, k []byte) bool {
 }
 
 // Backup writes a consistent copy of the store to w, from one read
-// transaction, while writers go on. announce, when set, is told the size
-// before the first byte is written.
-func (s *Store) Backup(w io.Writer, announce func(size int64)) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if announce != nil {
-			announce(tx.Size())
-		}
-		var err error
-		n, err = tx.WriteTo(w)
+// transaction, while writers go on, and returns its size and the
+// AppliedSeq of the state copied.
+func (s *Store) Backup(w io.Writer) (written int64, applied uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		applied = (&Tx{tx: tx}).AppliedSeq()
+		written, err = tx.WriteTo(w)
 		return err
 	})
-	return n, err
-}
-
-// BackupApplied is Backup, and sets *applied to the AppliedSeq of the
-// state copied, read in the same transaction.
-func (s *Store) BackupApplied(w io.Writer, applied *uint64) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		*applied = (&Tx{tx: tx}).AppliedSeq()
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
+	return written, applied, err
 }
 
 // WriteFileAtomic writes what fill produces to path (mode 0600) through a
