@@ -346,37 +346,35 @@ func (t *Tx) outcomeLocation(userID string, key []byte) (*bolt.Bucket, []byte, e
 // addOutcomeCount keeps the number of outcome records, so that metrics can
 // report it without walking the bucket.
 func (t *Tx) addOutcomeCount(delta int64) error {
-	n := int64(t.outcomeCount()) + delta
-	if n < 0 {
-		n = 0
-	}
-	return t.tx.Bucket(bucketMeta).Put(keyOutcomeCount, binary.BigEndian.AppendUint64(nil, uint64(n)))
+	n := int64(t.metaUint(keyOutcomeCount)) + delta
+	return t.putMetaUint(keyOutcomeCount, uint64(max(n, 0)))
 }
 
-func (t *Tx) outcomeCount() uint64 {
-	raw := t.tx.Bucket(bucketMeta).Get(keyOutcomeCount)
+// metaUint is the meta value under key, written by putMetaUint; 0 when
+// there is none.
+func (t *Tx) metaUint(key []byte) uint64 {
+	raw := t.tx.Bucket(bucketMeta).Get(key)
 	if len(raw) != 8 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(raw)
+}
+
+// putMetaUint keeps v under key, big-endian in 8 bytes.
+func (t *Tx) putMetaUint(key []byte, v uint64) error {
+	return t.tx.Bucket(bucketMeta).Put(key, binary.BigEndian.AppendUint64(nil, v))
 }
 
 // OutcomeCount is how many outcome records the store holds.
 func (s *Store) OutcomeCount() (uint64, error) {
 	var n uint64
-	err := s.View(func(t *Tx) error { n = t.outcomeCount(); return nil })
+	err := s.View(func(t *Tx) error { n = t.metaUint(keyOutcomeCount); return nil })
 	return n, err
 }
 
 // AppliedSeq is the highest stream sequence whose command the store has
 // processed.
-func (t *Tx) AppliedSeq() uint64 {
-	raw := t.tx.Bucket(bucketMeta).Get(keyAppliedSeq)
-	if len(raw) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(raw)
-}
+func (t *Tx) AppliedSeq() uint64 { return t.metaUint(keyAppliedSeq) }
 
 // Stream names the stream whose commands the store has applied (its
 // creation time): "" for a store that never said.
@@ -390,7 +388,7 @@ func (t *Tx) NoteAppliedSeq(seq uint64) error {
 	if seq <= t.AppliedSeq() {
 		return nil
 	}
-	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+	return t.putMetaUint(keyAppliedSeq, seq)
 }
 
 // NoteApplied raises AppliedSeq to seq, the stream sequence of a command
@@ -404,7 +402,7 @@ func (t *Tx) NoteApplied(seq uint64, at time.Time) error {
 	if err := t.NoteAppliedSeq(seq); err != nil {
 		return err
 	}
-	return t.tx.Bucket(bucketMeta).Put(keyAppliedAt, binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
+	return t.putMetaUint(keyAppliedAt, uint64(at.UnixNano()))
 }
 
 // AppliedAt is the stream timestamp of the command at AppliedSeq; zero when
