@@ -13,6 +13,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,13 +115,7 @@ func (s *Store) list(ctx context.Context, p int) ([]Info, error) {
 		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime, Size: o.Size})
 	}
 	slices.SortFunc(out, func(a, b Info) int {
-		switch {
-		case a.Applied > b.Applied:
-			return -1
-		case a.Applied < b.Applied:
-			return 1
-		}
-		return strings.Compare(b.Name, a.Name)
+		return cmp.Or(cmp.Compare(b.Applied, a.Applied), strings.Compare(b.Name, a.Name))
 	})
 	return out, nil
 }
