@@ -78,10 +78,10 @@ type Store struct {
 	path string
 
 	// deletes are outbox keys whose events were published, to be deleted
-	// with the next write transaction (DeleteEventsLater).
+	// with the next write transaction (DeleteEventsLater); they stay here
+	// until it has committed.
 	deleteMu sync.Mutex
 	deletes  map[string]struct{}
-	inflight map[string]struct{} // taken by a write transaction not committed yet
 }
 
 // ErrCorrupt is wrapped by every error about a damaged data file or record:
@@ -157,59 +157,39 @@ func (s *Store) Close() error { return s.db.Close() }
 // event goes out of the outbox with the next change instead of costing a
 // commit (and an fsync) of its own; on a failure they stay queued.
 func (s *Store) Update(fn func(*Tx) error) error {
-	keys := s.takeDeletes()
+	keys := s.queuedDeletes()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := fn(&Tx{tx: tx}); err != nil {
 			return err
 		}
-		return deleteKeys(tx.Bucket(bucketOutbox), keys)
+		for _, k := range keys {
+			if err := tx.Bucket(bucketOutbox).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	s.landed(keys, err == nil)
+	if err == nil && len(keys) > 0 {
+		s.deleteMu.Lock()
+		for _, k := range keys {
+			delete(s.deletes, string(k))
+		}
+		s.deleteMu.Unlock()
+	}
 	return err
 }
 
-// landed ends the flight of keys taken by a write transaction: deleted
-// with it, or queued again when it failed.
-func (s *Store) landed(keys [][]byte, ok bool) {
-	if len(keys) == 0 {
-		return
-	}
+// queuedDeletes returns the keys DeleteEventsLater queued. They stay
+// queued, so PendingEvents passes them over, until a write transaction
+// that deletes them has committed.
+func (s *Store) queuedDeletes() [][]byte {
 	s.deleteMu.Lock()
 	defer s.deleteMu.Unlock()
-	for _, k := range keys {
-		delete(s.inflight, string(k))
-		if !ok {
-			s.deletes[string(k)] = struct{}{}
-		}
-	}
-}
-
-// takeDeletes empties the queue of DeleteEventsLater.
-func (s *Store) takeDeletes() [][]byte {
-	s.deleteMu.Lock()
-	defer s.deleteMu.Unlock()
-	if len(s.deletes) == 0 {
-		return nil
-	}
-	if s.inflight == nil {
-		s.inflight = map[string]struct{}{}
-	}
 	keys := make([][]byte, 0, len(s.deletes))
 	for k := range s.deletes {
 		keys = append(keys, []byte(k))
-		s.inflight[k] = struct{}{}
 	}
-	clear(s.deletes)
 	return keys
-}
-
-func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // View runs fn in a read-only transaction.
@@ -466,9 +446,6 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 			if _, queued := s.deletes[string(k)]; queued {
 				continue // published: it goes with the next write
 			}
-			if _, flying := s.inflight[string(k)]; flying {
-				continue
-			}
 			evs = append(evs, PendingEvent{Key: bytes.Clone(k), UserID: string(k[:sep]),
 				Seq: binary.BigEndian.Uint64(k[sep+1:]), Doc: bytes.Clone(v)})
 		}
@@ -512,7 +489,7 @@ func (s *Store) OutboxLen() (int, error) {
 	n := 0
 	err := s.View(func(t *Tx) error { n = t.tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
 	s.deleteMu.Lock()
-	n = max(0, n-len(s.deletes)-len(s.inflight)) // published, going with the next write
+	n = max(0, n-len(s.deletes)) // published, going with the next write
 	s.deleteMu.Unlock()
 	return n, err
 }
