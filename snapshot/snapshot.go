@@ -46,8 +46,6 @@ type Info struct {
 	Applied uint64
 	// Time is when it was written (the NATS server's time).
 	Time time.Time
-	// Size is its size in bytes.
-	Size uint64
 }
 
 // Store is the snapshot bucket.
@@ -112,7 +110,7 @@ func (s *Store) list(ctx context.Context, p int) ([]Info, error) {
 			s.log.Warn().Str("snapshot", o.Name).Msg("a snapshot without its applied sequence is ignored")
 			continue
 		}
-		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime, Size: o.Size})
+		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime})
 	}
 	slices.SortFunc(out, func(a, b Info) int {
 		return cmp.Or(cmp.Compare(b.Applied, a.Applied), strings.Compare(b.Name, a.Name))
