@@ -31,21 +31,16 @@ type cachedToken struct {
 	exp    time.Time
 }
 
+// newTokenCache returns a cache of max tokens; max must be positive.
 func newTokenCache(max int) *tokenCache {
-	if max <= 0 {
-		return nil
-	}
 	c, err := lru.New[[sha256.Size]byte, cachedToken](max)
 	if err != nil {
-		panic(err) // only for a size <= 0, refused above
+		panic(err) // only for a size <= 0
 	}
 	return &tokenCache{lru: c, now: time.Now}
 }
 
 func (c *tokenCache) get(key [sha256.Size]byte) (Claims, bool) {
-	if c == nil {
-		return Claims{}, false
-	}
 	e, ok := c.lru.Get(key)
 	if !ok {
 		return Claims{}, false
@@ -58,7 +53,7 @@ func (c *tokenCache) get(key [sha256.Size]byte) (Claims, bool) {
 }
 
 func (c *tokenCache) put(key [sha256.Size]byte, claims Claims) {
-	if c == nil || claims.Expiry == nil {
+	if claims.Expiry == nil {
 		return
 	}
 	exp := claims.Expiry.Time()
@@ -68,19 +63,5 @@ func (c *tokenCache) put(key [sha256.Size]byte, claims Claims) {
 	c.lru.Add(key, cachedToken{claims: claims, exp: exp})
 }
 
-func (c *tokenCache) clear() {
-	if c == nil {
-		return
-	}
-	c.lru.Purge()
-}
-
-func (c *tokenCache) len() int {
-	if c == nil {
-		return 0
-	}
-	return c.lru.Len()
-}
-
 // CachedTokens is how many verified tokens the cache holds, for tests and metrics.
-func (v *Verifier) CachedTokens() int { return v.cache.len() }
+func (v *Verifier) CachedTokens() int { return v.cache.lru.Len() }

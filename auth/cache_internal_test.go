@@ -27,8 +27,8 @@ func TestCacheForgetsLeastRecentlyUsed(t *testing.T) {
 			t.Fatalf("the token in use was forgotten after %d others", i+1)
 		}
 	}
-	if c.len() != 100 {
-		t.Fatalf("cache holds %d, bound 100", c.len())
+	if c.lru.Len() != 100 {
+		t.Fatalf("cache holds %d, bound 100", c.lru.Len())
 	}
 	if _, ok := c.get(cacheKey(0)); ok {
 		t.Fatal("the oldest unused token is still there")

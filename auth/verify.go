@@ -26,18 +26,11 @@ import (
 // Leeway is the clock skew allowed when judging exp, nbf and iat.
 const Leeway = 30 * time.Second
 
-// MaxTokenSize bounds the Authorization header, so a hostile caller cannot
-// make the worker parse megabytes of base64.
-const MaxTokenSize = passkey.MaxTokenSize
-
 // Scopes that widen what a principal may do.
 const (
 	ScopeAdmin  = "passkeys:admin"
 	ScopeSystem = "passkeys:system"
 )
-
-// OrgClaim names the claim that holds the principal's organisation.
-const OrgClaim = "urn:zitadel:iam:user:resourceowner:id"
 
 // allowedAlgorithms are the only signature algorithms a token may use (unexported:
 // a security allow-list no other package may append to). HMAC
@@ -45,7 +38,8 @@ const OrgClaim = "urn:zitadel:iam:user:resourceowner:id"
 // token "signed" with one of them.
 var allowedAlgorithms = []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256, jose.EdDSA}
 
-// Claims are the claims this service reads from a token.
+// Claims are the claims this service reads from a token; Org is the
+// principal's organisation.
 type Claims struct {
 	jwt.Claims
 	Scope string `json:"scope,omitempty"`
@@ -53,7 +47,7 @@ type Claims struct {
 }
 
 // Verifier checks tokens against a JSON Web Key Set, an issuer and an
-// audience. It is safe for concurrent use; SetKeys swaps the key set.
+// audience. It is safe for concurrent use; SetHistory swaps the key sets.
 //
 // It may hold a history of key sets (SetHistory), each in force from a
 // time on: a token is judged by the key set in force at the time given to
@@ -85,16 +79,10 @@ func NewVerifier(keys jose.JSONWebKeySet, issuer, audience string) (*Verifier, e
 	if issuer == "" || audience == "" {
 		return nil, errors.New("auth: issuer and audience are required")
 	}
-	if err := checkPublicKeys(keys); err != nil {
+	if err := CheckKeySet(keys); err != nil {
 		return nil, err
 	}
 	return &Verifier{issuer: issuer, audience: audience, eras: []KeyEra{{Keys: keys}}, cache: newTokenCache(DefaultCacheSize)}, nil
-}
-
-// SetKeys replaces the trusted keys with one key set, in force at every
-// time.
-func (v *Verifier) SetKeys(keys jose.JSONWebKeySet) error {
-	return v.SetHistory([]KeyEra{{Keys: keys}})
 }
 
 // SetHistory replaces the trusted keys with a history of key sets. The
@@ -104,7 +92,7 @@ func (v *Verifier) SetHistory(eras []KeyEra) error {
 		return errors.New("auth: an empty key history")
 	}
 	for _, e := range eras {
-		if err := checkPublicKeys(e.Keys); err != nil {
+		if err := CheckKeySet(e.Keys); err != nil {
 			return err
 		}
 	}
@@ -115,7 +103,7 @@ func (v *Verifier) SetHistory(eras []KeyEra) error {
 	v.gen++
 	// Under the lock, so no verification against the old keys can refill
 	// the cache after it is cleared.
-	v.cache.clear()
+	v.cache.lru.Purge()
 	v.mu.Unlock()
 	return nil
 }
@@ -151,20 +139,16 @@ func LoadJWKS(path string) (jose.JSONWebKeySet, error) {
 	if err := json.Unmarshal(raw, &keys); err != nil {
 		return keys, fmt.Errorf("parse JWKS %s: %w", path, err)
 	}
-	if err := checkPublicKeys(keys); err != nil {
+	if err := CheckKeySet(keys); err != nil {
 		return keys, fmt.Errorf("JWKS %s: %w", path, err)
 	}
 	return keys, nil
 }
 
 // CheckKeySet refuses an empty set and any key that is not a public
-// asymmetric key of an allowed algorithm.
-func CheckKeySet(keys jose.JSONWebKeySet) error { return checkPublicKeys(keys) }
-
-// checkPublicKeys refuses an empty set and any key that is not a public
-// asymmetric key: a symmetric key in the set would let anyone who knows it
-// (or the public half of another key) mint tokens.
-func checkPublicKeys(keys jose.JSONWebKeySet) error {
+// asymmetric key of an allowed algorithm: a symmetric key in the set would
+// let anyone who knows it (or the public half of another key) mint tokens.
+func CheckKeySet(keys jose.JSONWebKeySet) error {
 	if len(keys.Keys) == 0 {
 		return errors.New("the key set holds no key")
 	}
@@ -197,13 +181,7 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	v.mu.RUnlock()
 	// The same token may verify under one key set and not another: the
 	// cache keeps it per key set.
-	var eraBytes [8]byte
-	binary.BigEndian.PutUint64(eraBytes[:], era)
-	h := sha256.New()
-	h.Write(eraBytes[:])
-	h.Write([]byte(raw))
-	var key [sha256.Size]byte
-	h.Sum(key[:0])
+	key := sha256.Sum256(append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(raw)), era), raw...))
 	if claims, ok := v.cache.get(key); ok {
 		return checkClaims(claims, issuer, audience, at)
 	}
@@ -304,7 +282,7 @@ func bearer(values []string) (string, error) {
 	switch {
 	case !ok || !strings.EqualFold(scheme, "Bearer") || token == "":
 		return "", passkey.ErrAuthNotBearer
-	case len(token) > MaxTokenSize:
+	case len(token) > passkey.MaxTokenSize:
 		return "", passkey.ErrAuthTooLarge
 	}
 	return token, nil

@@ -126,7 +126,7 @@ func TestVerify(t *testing.T) {
 		{"NotBearer", []string{"Basic dTE6cGFzcw=="}, passkey.Principal{}, passkey.IDAuthMalformed},
 		{"EmptyBearer", []string{"Bearer "}, passkey.Principal{}, passkey.IDAuthMalformed},
 		{"Garbage", []string{"Bearer not.a.jwt"}, passkey.Principal{}, passkey.IDAuthMalformed},
-		{"Oversized", []string{"Bearer " + strings.Repeat("a", auth.MaxTokenSize+1)}, passkey.Principal{}, passkey.IDAuthMalformed},
+		{"Oversized", []string{"Bearer " + strings.Repeat("a", passkey.MaxTokenSize+1)}, passkey.Principal{}, passkey.IDAuthMalformed},
 		{"AlgNone", []string{"Bearer " + unsigned(map[string]any{"sub": "u1", "iss": testenv.Issuer, "aud": testenv.Audience, "exp": at.Add(time.Hour).Unix()})}, passkey.Principal{}, passkey.IDAuthAlgorithm},
 		{"HMACWithPublicKey", []string{testenv.Bearer(hmacWithPublicKey(t, keys))}, passkey.Principal{}, passkey.IDAuthAlgorithm},
 		{"UnknownKid", []string{testenv.Bearer(retired)}, passkey.Principal{}, passkey.IDAuthKeyUnknown},
@@ -180,7 +180,7 @@ func TestVerifyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.SetKeys(set); err != nil {
+	if err := v.SetHistory([]auth.KeyEra{{Keys: set}}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = v.Verify(tok, at)

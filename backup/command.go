@@ -75,7 +75,7 @@ func copyFrom(addr, out string) ([]string, error) {
 	var files []string
 	for _, p := range parts {
 		name := partition.Name(p) + ".db"
-		if _, err := backupFrom(addr, p, filepath.Join(out, name)); err != nil {
+		if err := backupFrom(addr, p, filepath.Join(out, name)); err != nil {
 			return nil, fmt.Errorf("backup of partition %d: %w", p, err)
 		}
 		files = append(files, name)
@@ -95,7 +95,7 @@ func copyLocal(dataDir, out string) ([]string, error) {
 	}
 	var files []string
 	for _, path := range stores {
-		if _, err := backupLocal(path, filepath.Join(out, filepath.Base(path))); err != nil {
+		if err := backupLocal(path, filepath.Join(out, filepath.Base(path))); err != nil {
 			return nil, fmt.Errorf("backup: %w", err)
 		}
 		files = append(files, filepath.Base(path))
@@ -156,45 +156,37 @@ func baseURL(addr string) string {
 	return url
 }
 
-func backupLocal(path, out string) (int64, error) {
+func backupLocal(path, out string) error {
 	s, err := storage.Open(path, storage.Options{Timeout: time.Second})
 	if errors.Is(err, storage.ErrLocked) {
-		return 0, fmt.Errorf("%w: a worker is running on it; use --from with its --http-listen address", err)
+		return fmt.Errorf("%w: a worker is running on it; use --from with its --http-listen address", err)
 	}
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer s.Close()
-	var n int64
-	err = storage.WriteFileAtomic(out, func(w io.Writer) error {
-		var err error
-		n, err = s.Backup(w, nil)
+	return storage.WriteFileAtomic(out, func(w io.Writer) error {
+		_, _, err := s.Backup(w)
 		return err
 	})
-	return n, err
 }
 
-func backupFrom(addr string, p int, out string) (int64, error) {
+func backupFrom(addr string, p int, out string) error {
 	url := baseURL(addr)
 	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Get(url + "/backup?partition=" + strconv.Itoa(p))
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("%s/backup: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("%s/backup: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
 	}
-	var n int64
-	err = storage.WriteFileAtomic(out, func(w io.Writer) error {
-		var err error
-		if n, err = io.Copy(w, resp.Body); err != nil {
-			return err
+	return storage.WriteFileAtomic(out, func(w io.Writer) error {
+		n, err := io.Copy(w, resp.Body)
+		if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+			err = fmt.Errorf("got %d of %d bytes", n, resp.ContentLength)
 		}
-		if resp.ContentLength >= 0 && n != resp.ContentLength {
-			return fmt.Errorf("got %d of %d bytes", n, resp.ContentLength)
-		}
-		return nil
+		return err
 	})
-	return n, err
 }

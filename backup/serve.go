@@ -21,19 +21,17 @@ const backupWriteTimeout = 30 * time.Minute
 // pages and so grow it). The file is removed afterwards.
 func Serve(w http.ResponseWriter, store *storage.Store, dataDir string, log zerolog.Logger) {
 	f, err := os.CreateTemp(dataDir, ".backup-*.tmp")
+	if err == nil {
+		defer os.Remove(f.Name())
+		defer f.Close()
+		err = f.Chmod(0o600)
+	}
 	if err != nil {
 		log.Error().Err(err).Msg("backup: temporary file")
 		http.Error(w, "backup failed; see the worker's log", http.StatusInternalServerError)
 		return
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := f.Chmod(0o600); err != nil {
-		log.Error().Err(err).Msg("backup: temporary file")
-		http.Error(w, "backup failed; see the worker's log", http.StatusInternalServerError)
-		return
-	}
-	n, err := store.Backup(f, nil)
+	n, _, err := store.Backup(f)
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}

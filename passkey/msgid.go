@@ -42,13 +42,19 @@ func ValidateMsgID(id string, max int) error {
 // endpoint are stored under it, so one caller can never occupy the ids of
 // another: an id is only ever a repeat of the same principal's command.
 func MsgIDScope(issuer, subject string) string {
+	return "~" + base64.RawURLEncoding.EncodeToString(digest([]byte(issuer), []byte(subject)))[:22] + ":"
+}
+
+// digest is the SHA-256 of parts, each preceded by its length (a uvarint),
+// so that no two lists of parts have the same input.
+func digest(parts ...[]byte) []byte {
 	h := sha256.New()
 	var n [binary.MaxVarintLen64]byte
-	for _, s := range []string{issuer, subject} {
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
-		h.Write([]byte(s))
+	for _, part := range parts {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(part)))])
+		h.Write(part)
 	}
-	return "~" + base64.RawURLEncoding.EncodeToString(h.Sum(nil))[:22] + ":"
+	return h.Sum(nil)
 }
 
 // ScopeMsgID returns id scoped to the principal with issuer and subject.
@@ -73,11 +79,5 @@ const FingerprintSize = 16
 // inbox with a fresh token of the same principal is the same command. A
 // stored outcome answers only a command with the same fingerprint.
 func Fingerprint(subject string, body []byte, issuer, principal string) []byte {
-	h := sha256.New()
-	var n [binary.MaxVarintLen64]byte
-	for _, part := range [][]byte{[]byte(subject), body, []byte(issuer), []byte(principal)} {
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(part)))])
-		h.Write(part)
-	}
-	return h.Sum(nil)[:FingerprintSize]
+	return digest([]byte(subject), body, []byte(issuer), []byte(principal))[:FingerprintSize]
 }

@@ -130,7 +130,8 @@ func (s *Set) snapshot(ctx context.Context, pt *part) error {
 	// Copied under the transaction that read applied: the file holds
 	// exactly that state.
 	err = storage.WriteFileAtomic(tmp, func(f io.Writer) error {
-		_, err := pt.store.BackupApplied(f, &applied)
+		var err error
+		_, applied, err = pt.store.Backup(f)
 		return err
 	})
 	if err != nil {

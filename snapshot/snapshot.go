@@ -13,6 +13,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,8 +46,6 @@ type Info struct {
 	Applied uint64
 	// Time is when it was written (the NATS server's time).
 	Time time.Time
-	// Size is its size in bytes.
-	Size uint64
 }
 
 // Store is the snapshot bucket.
@@ -111,16 +110,10 @@ func (s *Store) list(ctx context.Context, p int) ([]Info, error) {
 			s.log.Warn().Str("snapshot", o.Name).Msg("a snapshot without its applied sequence is ignored")
 			continue
 		}
-		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime, Size: o.Size})
+		out = append(out, Info{Name: o.Name, Applied: applied, Time: o.ModTime})
 	}
 	slices.SortFunc(out, func(a, b Info) int {
-		switch {
-		case a.Applied > b.Applied:
-			return -1
-		case a.Applied < b.Applied:
-			return 1
-		}
-		return strings.Compare(b.Name, a.Name)
+		return cmp.Or(cmp.Compare(b.Applied, a.Applied), strings.Compare(b.Name, a.Name))
 	})
 	return out, nil
 }

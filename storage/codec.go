@@ -122,19 +122,16 @@ func appendAnswer(b []byte, a passkey.Answer) []byte {
 	return binrec.AppendString(b, a.ResourceOwner)
 }
 
-// decodeAnswer reads an answer record, which must end raw.
-func decodeAnswer(raw []byte) (passkey.Answer, error) {
-	r := binrec.NewReader(raw)
-	var a passkey.Answer
+// readAnswer reads an answer record.
+func readAnswer(r *binrec.Reader) passkey.Answer {
 	switch r.Byte() {
 	case answerSuccessV1:
-		a = passkey.Answer{Sequence: r.Uvarint(), CreationDate: r.Time(), ChangeDate: r.Time(), ResourceOwner: r.String()}
+		return passkey.Answer{Sequence: r.Uvarint(), CreationDate: r.Time(), ChangeDate: r.Time(), ResourceOwner: r.String()}
 	case answerErrorV1:
-		a.Err = &passkey.Error{Code: passkey.Code(r.Byte()), ID: r.String(), Message: r.String()}
-	default:
-		return passkey.Answer{}, binrec.ErrCorrupt
+		return passkey.Answer{Err: &passkey.Error{Code: passkey.Code(r.Byte()), ID: r.String(), Message: r.String()}}
 	}
-	return a, r.Done()
+	r.Fail()
+	return passkey.Answer{}
 }
 
 // outcomeExpired tells whether the encoded outcome raw expired at or before
@@ -161,13 +158,9 @@ func decodeOutcome(raw []byte) (*Outcome, error) {
 			o.Fingerprint = []byte(fp)
 		}
 	}
-	if err := r.Err(); err != nil {
+	o.Answer = readAnswer(r)
+	if err := r.Done(); err != nil {
 		return nil, err
 	}
-	a, err := decodeAnswer(r.Rest())
-	if err != nil {
-		return nil, err
-	}
-	o.Answer = a
 	return o, nil
 }

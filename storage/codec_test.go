@@ -10,6 +10,13 @@ import (
 	"github.com/passkeys/worker/passkey"
 )
 
+// decodeAnswer reads an answer record, which must end raw.
+func decodeAnswer(raw []byte) (passkey.Answer, error) {
+	r := binrec.NewReader(raw)
+	a := readAnswer(r)
+	return a, r.Done()
+}
+
 func sampleUser() *passkey.User {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 123456789, time.UTC)
 	return &passkey.User{

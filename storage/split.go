@@ -2,7 +2,6 @@ package storage
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -15,7 +14,7 @@ func (t *Tx) SetAppliedSeq(seq uint64) error {
 	if err := t.tx.Bucket(bucketMeta).Delete(keyAppliedAt); err != nil {
 		return err
 	}
-	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+	return t.putMetaUint(keyAppliedSeq, seq)
 }
 
 // Split copies src into the stores dsts, one per partition: each user, with
@@ -52,7 +51,7 @@ func Split(src *Store, dsts []*Store, partOf func(userID string) int, applied ui
 		if err := t.SetAppliedSeq(applied); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMeta).Put(keyOutcomeCount, binary.BigEndian.AppendUint64(nil, uint64(counts[i]))); err != nil {
+		if err := t.putMetaUint(keyOutcomeCount, uint64(counts[i])); err != nil {
 			return err
 		}
 	}

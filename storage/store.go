@@ -78,10 +78,10 @@ type Store struct {
 	path string
 
 	// deletes are outbox keys whose events were published, to be deleted
-	// with the next write transaction (DeleteEventsLater).
+	// with the next write transaction (DeleteEventsLater); they stay here
+	// until it has committed.
 	deleteMu sync.Mutex
 	deletes  map[string]struct{}
-	inflight map[string]struct{} // taken by a write transaction not committed yet
 }
 
 // ErrCorrupt is wrapped by every error about a damaged data file or record:
@@ -157,59 +157,39 @@ func (s *Store) Close() error { return s.db.Close() }
 // event goes out of the outbox with the next change instead of costing a
 // commit (and an fsync) of its own; on a failure they stay queued.
 func (s *Store) Update(fn func(*Tx) error) error {
-	keys := s.takeDeletes()
+	keys := s.queuedDeletes()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := fn(&Tx{tx: tx}); err != nil {
 			return err
 		}
-		return deleteKeys(tx.Bucket(bucketOutbox), keys)
+		for _, k := range keys {
+			if err := tx.Bucket(bucketOutbox).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	s.landed(keys, err == nil)
+	if err == nil && len(keys) > 0 {
+		s.deleteMu.Lock()
+		for _, k := range keys {
+			delete(s.deletes, string(k))
+		}
+		s.deleteMu.Unlock()
+	}
 	return err
 }
 
-// landed ends the flight of keys taken by a write transaction: deleted
-// with it, or queued again when it failed.
-func (s *Store) landed(keys [][]byte, ok bool) {
-	if len(keys) == 0 {
-		return
-	}
+// queuedDeletes returns the keys DeleteEventsLater queued. They stay
+// queued, so PendingEvents passes them over, until a write transaction
+// that deletes them has committed.
+func (s *Store) queuedDeletes() [][]byte {
 	s.deleteMu.Lock()
 	defer s.deleteMu.Unlock()
-	for _, k := range keys {
-		delete(s.inflight, string(k))
-		if !ok {
-			s.deletes[string(k)] = struct{}{}
-		}
-	}
-}
-
-// takeDeletes empties the queue of DeleteEventsLater.
-func (s *Store) takeDeletes() [][]byte {
-	s.deleteMu.Lock()
-	defer s.deleteMu.Unlock()
-	if len(s.deletes) == 0 {
-		return nil
-	}
-	if s.inflight == nil {
-		s.inflight = map[string]struct{}{}
-	}
 	keys := make([][]byte, 0, len(s.deletes))
 	for k := range s.deletes {
 		keys = append(keys, []byte(k))
-		s.inflight[k] = struct{}{}
 	}
-	clear(s.deletes)
 	return keys
-}
-
-func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
-	for _, k := range keys {
-		if err := b.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // View runs fn in a read-only transaction.
@@ -346,37 +326,35 @@ func (t *Tx) outcomeLocation(userID string, key []byte) (*bolt.Bucket, []byte, e
 // addOutcomeCount keeps the number of outcome records, so that metrics can
 // report it without walking the bucket.
 func (t *Tx) addOutcomeCount(delta int64) error {
-	n := int64(t.outcomeCount()) + delta
-	if n < 0 {
-		n = 0
-	}
-	return t.tx.Bucket(bucketMeta).Put(keyOutcomeCount, binary.BigEndian.AppendUint64(nil, uint64(n)))
+	n := int64(t.metaUint(keyOutcomeCount)) + delta
+	return t.putMetaUint(keyOutcomeCount, uint64(max(n, 0)))
 }
 
-func (t *Tx) outcomeCount() uint64 {
-	raw := t.tx.Bucket(bucketMeta).Get(keyOutcomeCount)
+// metaUint is the meta value under key, written by putMetaUint; 0 when
+// there is none.
+func (t *Tx) metaUint(key []byte) uint64 {
+	raw := t.tx.Bucket(bucketMeta).Get(key)
 	if len(raw) != 8 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(raw)
+}
+
+// putMetaUint keeps v under key, big-endian in 8 bytes.
+func (t *Tx) putMetaUint(key []byte, v uint64) error {
+	return t.tx.Bucket(bucketMeta).Put(key, binary.BigEndian.AppendUint64(nil, v))
 }
 
 // OutcomeCount is how many outcome records the store holds.
 func (s *Store) OutcomeCount() (uint64, error) {
 	var n uint64
-	err := s.View(func(t *Tx) error { n = t.outcomeCount(); return nil })
+	err := s.View(func(t *Tx) error { n = t.metaUint(keyOutcomeCount); return nil })
 	return n, err
 }
 
 // AppliedSeq is the highest stream sequence whose command the store has
 // processed.
-func (t *Tx) AppliedSeq() uint64 {
-	raw := t.tx.Bucket(bucketMeta).Get(keyAppliedSeq)
-	if len(raw) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(raw)
-}
+func (t *Tx) AppliedSeq() uint64 { return t.metaUint(keyAppliedSeq) }
 
 // Stream names the stream whose commands the store has applied (its
 // creation time): "" for a store that never said.
@@ -390,7 +368,7 @@ func (t *Tx) NoteAppliedSeq(seq uint64) error {
 	if seq <= t.AppliedSeq() {
 		return nil
 	}
-	return t.tx.Bucket(bucketMeta).Put(keyAppliedSeq, binary.BigEndian.AppendUint64(nil, seq))
+	return t.putMetaUint(keyAppliedSeq, seq)
 }
 
 // NoteApplied raises AppliedSeq to seq, the stream sequence of a command
@@ -404,7 +382,7 @@ func (t *Tx) NoteApplied(seq uint64, at time.Time) error {
 	if err := t.NoteAppliedSeq(seq); err != nil {
 		return err
 	}
-	return t.tx.Bucket(bucketMeta).Put(keyAppliedAt, binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
+	return t.putMetaUint(keyAppliedAt, uint64(at.UnixNano()))
 }
 
 // AppliedAt is the stream timestamp of the command at AppliedSeq; zero when
@@ -444,7 +422,7 @@ func eventKey(userID string, seq uint64) []byte {
 
 // PendingEvent is an event in the outbox.
 type PendingEvent struct {
-	Key    []byte // for DeleteEvents
+	Key    []byte // for DeleteEventsLater
 	UserID string
 	Seq    uint64
 	Doc    []byte
@@ -468,21 +446,12 @@ func (s *Store) PendingEvents(max int) ([]PendingEvent, error) {
 			if _, queued := s.deletes[string(k)]; queued {
 				continue // published: it goes with the next write
 			}
-			if _, flying := s.inflight[string(k)]; flying {
-				continue
-			}
 			evs = append(evs, PendingEvent{Key: bytes.Clone(k), UserID: string(k[:sep]),
 				Seq: binary.BigEndian.Uint64(k[sep+1:]), Doc: bytes.Clone(v)})
 		}
 		return nil
 	})
 	return evs, err
-}
-
-// DeleteEvents removes published events from the outbox (and those
-// queued by DeleteEventsLater), in a transaction of its own.
-func (s *Store) DeleteEvents(keys [][]byte) error {
-	return s.Update(func(t *Tx) error { return deleteKeys(t.tx.Bucket(bucketOutbox), keys) })
 }
 
 // DeleteEventsLater queues published events to be deleted from the outbox
@@ -520,7 +489,7 @@ func (s *Store) OutboxLen() (int, error) {
 	n := 0
 	err := s.View(func(t *Tx) error { n = t.tx.Bucket(bucketOutbox).Stats().KeyN; return nil })
 	s.deleteMu.Lock()
-	n = max(0, n-len(s.deletes)-len(s.inflight)) // published, going with the next write
+	n = max(0, n-len(s.deletes)) // published, going with the next write
 	s.deleteMu.Unlock()
 	return n, err
 }
@@ -622,32 +591,15 @@ func isOutcomeKey(name, k []byte) bool {
 }
 
 // Backup writes a consistent copy of the store to w, from one read
-// transaction, while writers go on. announce, when set, is told the size
-// before the first byte is written.
-func (s *Store) Backup(w io.Writer, announce func(size int64)) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if announce != nil {
-			announce(tx.Size())
-		}
-		var err error
-		n, err = tx.WriteTo(w)
+// transaction, while writers go on, and returns its size and the
+// AppliedSeq of the state copied.
+func (s *Store) Backup(w io.Writer) (written int64, applied uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		applied = (&Tx{tx: tx}).AppliedSeq()
+		written, err = tx.WriteTo(w)
 		return err
 	})
-	return n, err
-}
-
-// BackupApplied is Backup, and sets *applied to the AppliedSeq of the
-// state copied, read in the same transaction.
-func (s *Store) BackupApplied(w io.Writer, applied *uint64) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		*applied = (&Tx{tx: tx}).AppliedSeq()
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
+	return written, applied, err
 }
 
 // WriteFileAtomic writes what fill produces to path (mode 0600) through a
