@@ -258,7 +258,7 @@ func provision(tb testing.TB, url, jwks string, extra ...string) {
 	tb.Helper()
 	var out, errs bytes.Buffer
 	err := run(context.Background(), append([]string{"provision", "--nats-url", testenv.UserURL(url, "passkeys-provisioner"),
-		"--jwks", jwks, "--issuer", testenv.Issuer, "--audience", testenv.Audience}, extra...),
+		"--jwks", jwks, "--issuer", testenv.Issuer, "--audience", testenv.Audience, "--lease-ttl", testLeaseTTL, "--ack-wait", testAckWait}, extra...),
 		func(string) string { return "" }, &out, &errs)
 	if err != nil || !strings.Contains(out.String(), "provisioned") {
 		tb.Fatalf("worker provision: %v\n%s%s", err, out.String(), errs.String())
