@@ -44,15 +44,15 @@ type Config struct {
 	ID string
 	// Partitions is how many partitions there are.
 	Partitions int
-	// Renew is how often membership and leases are renewed (2 s, or a
-	// third of a shorter TTL's 6 s).
+	// Renew is how often membership and leases are renewed. Zero: a third
+	// of the bucket's TTL, at most 2 s, following the TTL when it changes.
 	Renew time.Duration
 	// TTL is the lease bucket's TTL, as the bucket says
 	// (topology.Handles.LeaseTTL): required.
 	TTL time.Duration
 	// Margin is taken off the bucket's TTL: a lease is held until its last
-	// renewal was sent plus TTL less Margin (1 s, or a sixth of a shorter
-	// TTL's 6 s).
+	// renewal was sent plus TTL less Margin. Zero: a sixth of the TTL, at
+	// most 1 s, following the TTL.
 	Margin time.Duration
 	// StuckAfter lets go of a partition whose runner showed no progress
 	// for this long while loading it (30 s).
@@ -68,8 +68,6 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	c.Renew = cmp.Or(c.Renew, min(2*time.Second, c.TTL/3))
-	c.Margin = cmp.Or(c.Margin, min(time.Second, c.TTL/6))
 	c.StuckAfter = cmp.Or(c.StuckAfter, 30*time.Second)
 	c.Avoid = cmp.Or(c.Avoid, time.Minute)
 	c.RetryAlone = cmp.Or(c.RetryAlone, 5*time.Second)
@@ -106,8 +104,14 @@ type Coordinator struct {
 	run Runner
 	log zerolog.Logger
 	// ttl is the bucket's TTL as last read, hold how long a renewal holds
-	// a lease (ttl less Margin), both in nanoseconds: followTTL keeps them.
-	ttl, hold atomic.Int64
+	// a lease (ttl less the margin), renew how often they are renewed, all
+	// in nanoseconds: followTTL keeps them (timing).
+	ttl, hold, renewEvery atomic.Int64
+	// ttlRead is false from joining a bucket afresh (perhaps made again,
+	// with another TTL) until its TTL has been read: no lease is taken
+	// meanwhile, and a renewal holds for no longer than the shortest TTL
+	// a bucket may have (safeHold).
+	ttlRead atomic.Bool
 
 	incarnation string
 	memberRev   atomic.Uint64 // the revision of this worker's membership key
@@ -137,11 +141,11 @@ type Coordinator struct {
 // renewal lost to a slow server would lose the lease), or none at all.
 func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) (*Coordinator, error) {
 	cfg.defaults()
-	hold := cfg.TTL - cfg.Margin
-	if cfg.TTL < topology.MinLeaseTTL || hold < 2*cfg.Renew {
+	renew, hold := cfg.timing(cfg.TTL)
+	if cfg.TTL < topology.MinLeaseTTL || hold < 2*renew {
 		return nil, fmt.Errorf("key-value bucket %s has a TTL of %v: too short to hold a lease renewed every %v "+
 			"(at least %v); make it again with a longer TTL (`worker provision --reset-leases --lease-ttl`)",
-			topology.LeaseBucket, cfg.TTL, cfg.Renew, max(topology.MinLeaseTTL, 2*cfg.Renew+cfg.Margin))
+			topology.LeaseBucket, cfg.TTL, renew, max(topology.MinLeaseTTL, 2*renew+cfg.TTL-hold))
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -150,36 +154,76 @@ func New(kv jetstream.KeyValue, cfg Config, run Runner, log zerolog.Logger) (*Co
 		seen: map[string]seenMember{}, firstRound: make(chan struct{}), wake: make(chan struct{}, 1), rewatch: make(chan struct{}, 1)}
 	c.ttl.Store(int64(cfg.TTL))
 	c.hold.Store(int64(hold))
+	c.renewEvery.Store(int64(renew))
+	c.ttlRead.Store(true)
 	return c, nil
 }
 
-// followTTL reads the bucket's TTL again, each membership round: a bucket
-// made again (worker provision --reset-leases), or set by a worker of
-// another build, may have another. A shorter one shortens the leases held
+// timing is how often leases are renewed and how long a renewal holds one
+// under a bucket TTL of ttl: Renew and Margin where set, else a third and
+// a sixth of it, at most 2 s and 1 s.
+func (cfg *Config) timing(ttl time.Duration) (renew, hold time.Duration) {
+	renew = cmp.Or(cfg.Renew, min(2*time.Second, ttl/3))
+	return renew, ttl - cmp.Or(cfg.Margin, min(time.Second, ttl/6))
+}
+
+// safeHold is the longest a renewal may hold a lease while the bucket's
+// TTL is not known (ttlRead false): the hold under the shortest TTL a
+// worker takes, which every bucket's TTL is at least.
+func (cfg *Config) safeHold() time.Duration {
+	_, hold := cfg.timing(topology.MinLeaseTTL)
+	return hold
+}
+
+// renew is how often membership and leases are renewed now.
+func (c *Coordinator) renew() time.Duration { return time.Duration(c.renewEvery.Load()) }
+
+// holdNow is how long a renewal sent now holds a lease.
+func (c *Coordinator) holdNow() time.Duration {
+	hold := time.Duration(c.hold.Load())
+	if !c.ttlRead.Load() {
+		hold = min(hold, c.cfg.safeHold())
+	}
+	return hold
+}
+
+// followTTL reads the bucket's TTL again, each membership round, with a
+// renewal's time of its own: a bucket made again (worker provision
+// --reset-leases), or set by a worker of another build, may have another.
+// The renewals follow it (timing); a shorter one shortens the leases held
 // now at once, a longer one counts from their next renewal.
 func (c *Coordinator) followTTL(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, c.renew())
+	defer cancel()
 	st, err := c.kv.Status(ctx)
 	if err != nil || st.TTL() <= 0 {
-		return // read again next round
+		return // read again next round; until then, ttlRead stays as it was
 	}
 	ttl := st.TTL()
 	old := time.Duration(c.ttl.Swap(int64(ttl)))
-	if old == ttl {
-		return
-	}
-	hold := ttl - c.cfg.Margin
-	c.hold.Store(int64(hold))
-	ev := c.log.Warn()
-	if hold < 2*c.cfg.Renew {
-		ev = c.log.Error() // leases may run out between renewals: partitions move, nothing is held twice
-	}
-	ev.Dur("ttl", ttl).Dur("was", old).Msg("the lease bucket's TTL changed; leases are held by the new one")
-	if ttl < old {
-		c.mu.Lock()
-		for _, l := range c.leases {
-			l.shorten(hold)
+	if old != ttl {
+		renew, hold := c.cfg.timing(ttl)
+		c.hold.Store(int64(hold))
+		c.renewEvery.Store(int64(renew))
+		ev := c.log.Warn()
+		if ttl < topology.MinLeaseTTL || hold < 2*renew {
+			ev = c.log.Error() // leases may run out between renewals: partitions move, nothing is held twice
 		}
-		c.mu.Unlock()
+		ev.Dur("ttl", ttl).Dur("was", old).Dur("renew", renew).Msg("the lease bucket's TTL changed; leases are held and renewed by the new one")
+		if ttl < old {
+			c.shortenAll(hold)
+		}
+	}
+	c.ttlRead.Store(true)
+}
+
+// shortenAll brings the end of every lease held forward to its last
+// renewal plus hold, where that is sooner.
+func (c *Coordinator) shortenAll(hold time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.leases {
+		l.shorten(hold)
 	}
 }
 
@@ -238,12 +282,12 @@ func transient(err error) bool {
 // join is one attempt of Join's.
 func (c *Coordinator) join(ctx context.Context, key string) error {
 	for {
-		gctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		gctx, cancel := context.WithTimeout(ctx, c.renew())
 		e, err := c.kv.Get(gctx, key)
 		cancel()
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			cctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+			cctx, cancel := context.WithTimeout(ctx, c.renew())
 			rev, err := c.kv.Create(cctx, key, c.memberValue())
 			cancel()
 			if err == nil {
@@ -274,14 +318,14 @@ func (c *Coordinator) join(ctx context.Context, key string) error {
 // alive: ErrDuplicate).
 func (c *Coordinator) waitOut(ctx context.Context, key string, rev uint64) error {
 	c.log.Warn().Str("worker_id", c.cfg.ID).Msg("another process was this worker's member lately; waiting to see whether it is gone")
-	deadline := time.Now().Add(time.Duration(c.ttl.Load()) + c.cfg.Renew)
+	deadline := time.Now().Add(time.Duration(c.ttl.Load()) + c.renew())
 	for time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(c.cfg.Renew / 4):
+		case <-time.After(c.renew() / 4):
 		}
-		gctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		gctx, cancel := context.WithTimeout(ctx, c.renew())
 		e, err := c.kv.Get(gctx, key)
 		cancel()
 		switch {
@@ -350,10 +394,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	go c.watchMembers(wctx, watched)
 	select { // the members already there, before the first assignment
 	case <-watched:
-	case <-time.After(c.cfg.Renew):
+	case <-time.After(c.renew()):
 	case <-ctx.Done():
 	}
-	tick := time.NewTicker(c.cfg.Renew)
+	every := c.renew()
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var dup error
 	for first := true; ; first = false {
@@ -380,6 +425,10 @@ func (c *Coordinator) Run(ctx context.Context) error {
 				c.leave()
 			}
 			return dup
+		}
+		if r := c.renew(); r != every { // the bucket's TTL changed (followTTL)
+			every = r
+			tick.Reset(every)
 		}
 		select {
 		case <-ctx.Done():
@@ -428,13 +477,13 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 		return dup
 	}
 	key := memberKey(c.cfg.ID)
-	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	rctx, cancel := context.WithTimeout(ctx, c.renew())
 	defer cancel()
 	rev, err := c.kv.Update(rctx, key, c.memberValue(), c.memberRev.Load())
 	if err == nil {
 		c.memberRev.Store(rev)
 		c.silentSince, c.silentTold = time.Time{}, time.Time{}
-		c.followTTL(rctx)
+		c.followTTL(ctx)
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
@@ -458,8 +507,13 @@ func (c *Coordinator) renewMembership(ctx context.Context) error {
 			// Take no lease for a TTL: were the bucket made again early (by
 			// something that did not wait the TTL out, as worker provision
 			// --reset-leases does), a lease of the old one may still be held.
+			// Until its TTL is read, the bucket may be one made again with a
+			// shorter TTL: nothing is taken, and the leases held are held
+			// no longer than the shortest TTL allows (holdNow).
 			prev := time.Duration(c.ttl.Load())
-			c.followTTL(rctx)
+			c.ttlRead.Store(false)
+			c.shortenAll(c.cfg.safeHold())
+			c.followTTL(ctx)
 			c.noTakeUntil.Store(int64(clock.Now().Add(max(prev, time.Duration(c.ttl.Load())) + time.Second)))
 			c.log.Warn().Msg("membership had run out (a pause, or the bucket was made again); joined again")
 			// A bucket made again (worker provision --reset-leases) starts
@@ -511,12 +565,12 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 		return // run out or lost: a renewal could only bring it back on a bucket made again (Lease.renewed)
 	}
 	sent := clock.Now()
-	rctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	rctx, cancel := context.WithTimeout(ctx, c.renew())
 	defer cancel()
 	rev, err := c.kv.Update(rctx, leaseKey(l.Partition), []byte(c.cfg.ID+"/"+c.incarnation), l.revision())
 	switch {
 	case err == nil:
-		l.renewed(rev, sent, time.Duration(c.hold.Load()))
+		l.renewed(rev, sent, c.holdNow())
 	case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists):
 		c.log.Warn().Int("partition", l.Partition).Msg("lease lost: another worker holds the partition now, or it expired")
 		l.loseIt()
@@ -528,7 +582,7 @@ func (c *Coordinator) tend(ctx context.Context, l *Lease, wanted bool) {
 // take takes partition p's lease if it is free and starts its runner.
 func (c *Coordinator) take(ctx context.Context, p int) {
 	sent := clock.Now()
-	cctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+	cctx, cancel := context.WithTimeout(ctx, c.renew())
 	rev, err := c.kv.Create(cctx, leaseKey(p), []byte(c.cfg.ID+"/"+c.incarnation))
 	cancel()
 	if err != nil {
@@ -537,7 +591,7 @@ func (c *Coordinator) take(ctx context.Context, p int) {
 		}
 		return
 	}
-	l := newLease(context.WithoutCancel(ctx), p, rev, sent, time.Duration(c.hold.Load()))
+	l := newLease(context.WithoutCancel(ctx), p, rev, sent, c.holdNow())
 	c.mu.Lock()
 	c.leases[p] = l
 	c.mu.Unlock()
@@ -561,7 +615,7 @@ func (c *Coordinator) drop(ctx context.Context, l *Lease) {
 		c.avoidFor(l.Partition)
 	}
 	if l.Valid() {
-		dctx, cancel := context.WithTimeout(ctx, c.cfg.Renew)
+		dctx, cancel := context.WithTimeout(ctx, c.renew())
 		if err := c.kv.Delete(dctx, leaseKey(l.Partition), jetstream.LastRevision(l.revision())); err != nil {
 			c.log.Debug().Err(err).Int("partition", l.Partition).Msg("delete lease")
 		}
@@ -584,7 +638,7 @@ func (c *Coordinator) avoidFor(p int) {
 // avoids only when every live member avoids it too (nobody else would
 // serve it), RetryAlone after it failed here.
 func (c *Coordinator) mayTake(p int) bool {
-	if clock.Now().Before(clock.Instant(c.noTakeUntil.Load())) {
+	if !c.ttlRead.Load() || clock.Now().Before(clock.Instant(c.noTakeUntil.Load())) {
 		return false
 	}
 	c.mu.Lock()
@@ -651,7 +705,7 @@ func (c *Coordinator) watchMembers(ctx context.Context, ready chan<- struct{}) {
 			c.log.Warn().Err(err).Msg("cannot watch the membership; trying again")
 			select {
 			case <-ctx.Done():
-			case <-time.After(c.cfg.Renew):
+			case <-time.After(c.renew()):
 			}
 			continue
 		}

@@ -65,3 +65,68 @@ func TestLeasesFollowTheBucketsTTL(t *testing.T) {
 		t.Errorf("the lease held now ends at +%v, want still +3.5 s until its next renewal", time.Duration(got-sent))
 	}
 }
+
+// With the default timing, the renewals follow the bucket's TTL too: a
+// bucket made again with a shorter TTL under running workers
+// (`worker provision --reset-leases --lease-ttl 3s`) is renewed every
+// third of it, so its leases do not run out between renewals.
+func TestRenewalsFollowTheBucketsTTL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig() // 6 s
+	kv, err := js.CreateKeyValue(ctx, bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(kv, Config{ID: "a", Partitions: 1, TTL: bc.TTL}, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, hold := c.renew(), c.holdNow(); got != 2*time.Second || hold != 5*time.Second {
+		t.Fatalf("under a 6-s TTL: renewals every %v holding %v, want 2 s and 5 s", got, hold)
+	}
+	bc.TTL = 3 * time.Second
+	if _, err := js.UpdateKeyValue(ctx, bc); err != nil {
+		t.Fatal(err)
+	}
+	c.followTTL(ctx)
+	if got, hold := c.renew(), c.holdNow(); got != time.Second || hold != 2500*time.Millisecond {
+		t.Errorf("under a 3-s TTL: renewals every %v holding %v, want 1 s and 2.5 s", got, hold)
+	}
+}
+
+// A worker that joined a bucket afresh (it may have been made again, with
+// a shorter TTL) takes nothing and holds no lease longer than the
+// shortest TTL allows until it has read the bucket's TTL: one that cannot
+// read it never holds a lease past the bucket's expiry.
+func TestNothingTakenUntilTheTTLIsRead(t *testing.T) {
+	t.Parallel()
+	c, err := New(nil, Config{ID: "a", Partitions: 1, TTL: 30 * time.Second}, nil, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.mayTake(0) || c.holdNow() != 29*time.Second {
+		t.Fatalf("under a 30-s TTL read at start: may take %v, hold %v; want true, 29 s", c.mayTake(0), c.holdNow())
+	}
+	sent := clock.Now()
+	l := newLease(context.Background(), 0, 1, sent, c.holdNow())
+	c.leases[0] = l
+	c.ttlRead.Store(false) // as renewMembership does when it joins afresh
+	c.shortenAll(c.cfg.safeHold())
+	if c.mayTake(0) {
+		t.Error("a partition may be taken before the bucket's TTL is read")
+	}
+	if got := c.holdNow(); got != 2500*time.Millisecond {
+		t.Errorf("a renewal holds %v before the TTL is read, want 2.5 s (the shortest TTL's hold)", got)
+	}
+	l.mu.Lock()
+	until := l.until
+	l.mu.Unlock()
+	if got := time.Duration(until - sent); got != 2500*time.Millisecond {
+		t.Errorf("the lease held ends at +%v, want +2.5 s", got)
+	}
+}
