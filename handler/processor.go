@@ -110,6 +110,12 @@ func (c *Processor) Run(ctx context.Context, cons jetstream.Consumer) error {
 	}
 	if info := cons.CachedInfo(); info != nil {
 		c.ackWait = info.Config.AckWait
+		if c.ackWait > 0 && c.Wait.Max > c.ackWait/2 {
+			// A batch that waits on a fault is kept in progress once per
+			// pause (Pausing): no pause may outlast the ack wait, or its
+			// commands are delivered again meanwhile.
+			c.Wait.Max = c.ackWait / 2
+		}
 	}
 	p := &pump{iter: iter, msgs: make(chan delivery, c.Partition.MaxBatch), err: make(chan error, 1),
 		done: make(chan struct{}), abandon: make(chan struct{}), log: c.Log}

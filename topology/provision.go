@@ -102,6 +102,28 @@ func call[T any](ctx context.Context, f func(context.Context) (T, error)) (T, er
 	}
 }
 
+// leaseBucket creates the lease bucket as lc says, or updates the one that
+// exists, keeping its TTL: the running workers hold their leases by it. A
+// bucket made by another provisioner after this one looked is kept as it
+// is (created, not updated: its TTL is not overwritten).
+func leaseBucket(ctx context.Context, js jetstream.JetStream, lc jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	old, err := call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) })
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		kv, err := call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateKeyValue(ctx, lc) })
+		if !errors.Is(err, jetstream.ErrBucketExists) {
+			return kv, err
+		}
+		return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) })
+	case err != nil:
+		return nil, err
+	}
+	if lc.TTL, err = bucketTTL(ctx, old); err != nil {
+		return nil, err
+	}
+	return call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, lc) })
+}
+
 func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles, error) {
 	var h Handles
 	sc, err := s.streamConfigOver(ctx, js)
@@ -123,20 +145,7 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 			return h, fmt.Errorf("create or update consumer %s: %w", cc.Durable, err)
 		}
 	}
-	lc := s.LeaseBucketConfig()
-	old, err := call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, LeaseBucket) })
-	switch {
-	case err == nil:
-		// An existing bucket keeps its TTL: the running workers hold their
-		// leases by it.
-		if lc.TTL, err = bucketTTL(ctx, old); err != nil {
-			return h, err
-		}
-	case !errors.Is(err, jetstream.ErrBucketNotFound):
-		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
-	}
-	h.Leases, err = call(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return js.CreateOrUpdateKeyValue(ctx, lc) })
-	if err != nil {
+	if h.Leases, err = leaseBucket(ctx, js, s.LeaseBucketConfig()); err != nil {
 		return h, fmt.Errorf("key-value bucket %s: %w", LeaseBucket, err)
 	}
 	if h.LeaseTTL, err = bucketTTL(ctx, h.Leases); err != nil {
@@ -251,17 +260,18 @@ func bucketTTL(ctx context.Context, kv jetstream.KeyValue) (time.Duration, error
 // lease can be renewed while the bucket is gone, so every worker's hold
 // has ended (by its own clock) before Provision creates the bucket again,
 // empty, and a new lease can be taken. A bucket left without a leader cannot
-// say its TTL: the wait is then this build's LeaseTTL, which the bucket
-// was made with unless an older build made it with another. Leases are seconds of state; the
+// say its TTL: the wait is then MaxLeaseTTL, the longest this build makes
+// one with (a bucket made by hand or by another build with a longer one
+// needs its workers stopped first). Leases are seconds of state; the
 // partitions' state is in their stores, snapshots and the stream.
 func ResetLeases(ctx context.Context, js jetstream.JetStream, s Settings, log zerolog.Logger) error {
 	name := "KV_" + LeaseBucket
 	if err := s.matchesStream(ctx, js); err != nil {
 		return fmt.Errorf("nothing deleted: %w", err)
 	}
-	ttl := LeaseTTL
+	ttl := MaxLeaseTTL
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	if st, err := js.Stream(ictx, name); err == nil && st.CachedInfo().Config.MaxAge > ttl {
+	if st, err := js.Stream(ictx, name); err == nil && st.CachedInfo().Config.MaxAge > 0 {
 		ttl = st.CachedInfo().Config.MaxAge
 	}
 	cancel()

@@ -67,11 +67,12 @@ const (
 	// LeaseBucket holds membership (members.<worker id>) and partition
 	// leases (partitions.<n>); a key not renewed for the bucket's TTL
 	// expires. LeaseTTL is the TTL a new bucket is made with unless
-	// Settings.LeaseTTL says another (at least MinLeaseTTL); one that
+	// Settings.LeaseTTL says another (MinLeaseTTL to MaxLeaseTTL); one that
 	// exists keeps its own (Handles.LeaseTTL), which workers read.
 	LeaseBucket = "PASSKEYS_LEASES"
 	LeaseTTL    = 6 * time.Second
 	MinLeaseTTL = 3 * time.Second
+	MaxLeaseTTL = 30 * time.Second
 	// SnapshotBucket holds the partitions' snapshots.
 	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
 	// KeyStream holds the history of trusted key sets, append-only. Only
@@ -107,8 +108,8 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("--duplicate-window must be positive and at most the outcome retention")
 	case s.EventsRetention <= 0 || s.EventsDuplicates <= 0 || s.EventsDuplicates > s.EventsRetention:
 		return fmt.Errorf("--events-retention and --events-dedup-window must be positive, the window at most the retention")
-	case s.LeaseTTL != 0 && s.LeaseTTL < MinLeaseTTL:
-		return fmt.Errorf("--lease-ttl must be at least %v", MinLeaseTTL)
+	case s.LeaseTTL != 0 && (s.LeaseTTL < MinLeaseTTL || s.LeaseTTL > MaxLeaseTTL):
+		return fmt.Errorf("--lease-ttl must be between %v and %v", MinLeaseTTL, MaxLeaseTTL)
 	case s.AckWait != 0 && s.AckWait < MinAckWait:
 		return fmt.Errorf("--ack-wait must be at least %v", MinAckWait)
 	case s.Replicas < 1 || s.Replicas > 5:
