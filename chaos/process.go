@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/passkeys/worker/internal/freeaddr"
 )
 
 // process is one program of the campaign (a nats-server or a worker),
@@ -153,12 +155,7 @@ func (p *process) logSize() int64 {
 	return st.Size()
 }
 
-// freeAddr is a loopback address with a port nobody listened on a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr is a loopback address with a port nobody listened on a moment
+// ago (freeaddr.Loopback: below the ephemeral range, so that no outgoing
+// connection takes it before its server listens).
+func freeAddr() (string, error) { return freeaddr.Loopback() }

@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/freeaddr"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
 )
@@ -35,16 +35,16 @@ const (
 )
 
 // FreeAddr is a loopback address with a port nobody listened on a moment
-// ago, for a process or listener the test starts next (another may take it
+// ago, for a process or listener the test starts next (freeaddr.Loopback:
+// below the ephemeral range; another test process may still take it
 // meanwhile: a test that starts a server there says so when it fails).
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeaddr.Loopback()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // StartNATS starts a NATS server with JetStream on a random loopback port,
