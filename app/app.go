@@ -247,7 +247,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
 	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, Options: cfg.Options, DataDir: cfg.DataDir,
 		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), NoEarlyAnswers: cfg.without(MechEarlyAnswers),
-		Leases: w.topo.Leases, LeaseTTL: w.topo.LeaseTTL, Conn: w.nc,
+		Leases: w.topo.Leases, BucketTTL: w.topo.LeaseTTL, Conn: w.nc,
 		Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS, EventsRead: jsread.New(w.js, topology.EventsStreamName, false),
 		Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Metrics: w.metrics,
 		Observer: w.observer(answers), Tracer: w.tracer, Log: log,

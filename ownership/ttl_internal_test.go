@@ -99,13 +99,32 @@ func TestRenewalsFollowTheBucketsTTL(t *testing.T) {
 	}
 }
 
-// A worker that joined a bucket afresh (it may have been made again, with
-// a shorter TTL) takes nothing and holds no lease longer than the
-// shortest TTL allows until it has read the bucket's TTL: one that cannot
-// read it never holds a lease past the bucket's expiry.
+// statusFails is a lease bucket whose Status (a JetStream API request)
+// fails while its keys are written: the TTL cannot be read.
+type statusFails struct{ jetstream.KeyValue }
+
+func (statusFails) Status(context.Context) (jetstream.KeyValueStatus, error) {
+	return nil, context.DeadlineExceeded
+}
+
+// A worker that joins a bucket afresh (its membership gone: the bucket may
+// have been made again, with a shorter TTL) and cannot read its TTL takes
+// nothing, and holds no lease longer than the shortest TTL allows: one
+// that cannot read it never holds a lease past the bucket's expiry.
 func TestNothingTakenUntilTheTTLIsRead(t *testing.T) {
 	t.Parallel()
-	c, err := New(nil, Config{ID: "a", Partitions: 1, TTL: 30 * time.Second}, nil, zerolog.Nop())
+	ctx := context.Background()
+	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
+	bc.TTL = 30 * time.Second
+	kv, err := js.CreateKeyValue(ctx, bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(statusFails{kv}, Config{ID: "a", Partitions: 1, TTL: bc.TTL}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +132,17 @@ func TestNothingTakenUntilTheTTLIsRead(t *testing.T) {
 		t.Fatalf("under a 30-s TTL read at start: may take %v, hold %v; want true, 29 s", c.mayTake(0), c.holdNow())
 	}
 	sent := clock.Now()
-	l := newLease(context.Background(), 0, 1, sent, c.holdNow())
+	l := newLease(ctx, 0, 1, sent, c.holdNow())
 	c.leases[0] = l
-	c.ttlRead.Store(false) // as renewMembership does when it joins afresh
-	c.shortenAll(c.cfg.safeHold())
+	// This worker's membership was on revision 7 of a bucket that is gone:
+	// the renewal finds no key and joins afresh.
+	c.memberRev.Store(7)
+	if err := c.renewMembership(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.memberRev.Load() == 7 {
+		t.Fatal("the membership was not joined afresh")
+	}
 	if c.mayTake(0) {
 		t.Error("a partition may be taken before the bucket's TTL is read")
 	}

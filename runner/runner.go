@@ -75,12 +75,15 @@ type Config struct {
 	// and the order check's): the fault campaign's measure of them.
 	NoEarlyAnswers bool
 
-	Leases   jetstream.KeyValue
-	LeaseTTL time.Duration // the bucket's (topology.Handles.LeaseTTL)
-	Conn     *nats.Conn
-	Stream   jetstream.Stream
-	Reader   *jsread.Reader // reads stream PASSKEYS
-	EventsJS jetstream.JetStream
+	Leases jetstream.KeyValue
+	// BucketTTL is the lease bucket's TTL as it says (topology.Handles.LeaseTTL),
+	// which leases are held by; Settings.LeaseTTL is only what a new bucket
+	// would be made with.
+	BucketTTL time.Duration
+	Conn      *nats.Conn
+	Stream    jetstream.Stream
+	Reader    *jsread.Reader // reads stream PASSKEYS
+	EventsJS  jetstream.JetStream
 	// EventsRead reads stream PASSKEYS_EVENTS: whether an old event of an
 	// outbox was published already.
 	EventsRead *jsread.Reader
@@ -151,7 +154,7 @@ func New(cfg Config) (*Set, error) {
 	}
 	s := &Set{cfg: cfg, running: map[int]*part{}, unrecoverable: map[int]error{}, transfers: make(chan struct{}, 1)}
 	var err error
-	s.coord, err = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions, TTL: cfg.LeaseTTL}, s.run, cfg.Log)
+	s.coord, err = ownership.New(cfg.Leases, ownership.Config{ID: cfg.ID, Partitions: cfg.Partitions, TTL: cfg.BucketTTL}, s.run, cfg.Log)
 	return s, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,5 +85,37 @@ func TestReader(t *testing.T) {
 				t.Fatalf("a range past the stream's end: %v", err)
 			}
 		})
+	}
+}
+
+// A request the server takes and never answers (a frozen server's) is
+// sent again after a bounded wait, not waited on until the caller's own
+// deadline: the read succeeds on the next attempt.
+func TestUnansweredRequestIsSentAgain(t *testing.T) {
+	nc := testenv.Connect(t, testenv.StartNATS(t).ClientURL())
+	js, err := jetstream.NewWithAPIPrefix(nc, "standin") // no JetStream answers there
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stand-in for the stream's leader: the first request is swallowed.
+	var asked atomic.Int64
+	sub, err := nc.Subscribe("standin.STREAM.MSG.GET.S", func(m *nats.Msg) {
+		if asked.Add(1) == 1 {
+			return
+		}
+		_ = m.Respond([]byte(`{"message":{"subject":"a","seq":5,"data":"eA==","time":"2026-12-08T00:00:00Z"}}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := jsread.New(js, "S", false).Get(ctx, 5)
+	if err != nil {
+		t.Fatalf("get after an unanswered request: %v", err)
+	}
+	if n := asked.Load(); m.Sequence != 5 || string(m.Data) != "x" || n != 2 {
+		t.Errorf("got seq %d data %q after %d requests, want 5, \"x\", 2", m.Sequence, m.Data, n)
 	}
 }
