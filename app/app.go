@@ -25,7 +25,6 @@ import (
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/natsconn"
 	"github.com/passkeys/worker/internal/telemetry/otlphttp"
-	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/metrics"
 	"github.com/passkeys/worker/ops"
 	"github.com/passkeys/worker/ownership"
@@ -34,6 +33,7 @@ import (
 	"github.com/passkeys/worker/service"
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/topology"
+	"github.com/passkeys/worker/trust"
 	"github.com/passkeys/worker/upgrade"
 )
 
@@ -84,7 +84,7 @@ type worker struct {
 	js        jetstream.JetStream
 	topo      topology.Handles
 	reader    *jsread.Reader // reads stream PASSKEYS without a consumer
-	keys      *keyhistory.Trusted
+	keys      *trust.Local
 	metrics   *metrics.Metrics
 	parts     *runner.Set
 	endpoints *service.Endpoints
@@ -202,19 +202,20 @@ func (w *worker) openNATS(ctx context.Context) error {
 	return nil
 }
 
-// openKeys builds the verifier and reads the key history: the keys that
-// judge each command come from the shared history, in force from when the
-// NATS server stored them, not from this worker's file.
+// openKeys reads the newest key set at start (trust.Local): the keys that
+// judge each command are those in force at its place in the stream, set by
+// the operator, not this worker's file.
 func (w *worker) openKeys(ctx context.Context) error {
 	keys, err := buildKeys(&w.cfg, w.log)
 	if err != nil {
 		return err
 	}
-	if w.verifier, err = auth.NewVerifier(keys, w.cfg.Issuer, w.cfg.Audience); err != nil {
+	own, err := trust.NewEntry(keys, w.cfg.Issuer, w.cfg.Audience)
+	if err != nil {
 		return err
 	}
-	w.keys = &keyhistory.Trusted{History: keyhistory.Open(w.js, w.topo.Keys, w.verifier, w.log),
-		Own: keyhistory.Entry{Issuer: w.cfg.Issuer, Audience: w.cfg.Audience, Keys: keys}, Writes: w.cfg.Embedded(), Log: w.log}
+	w.verifier = auth.NewVerifier()
+	w.keys = &trust.Local{JS: w.js, Reader: w.reader, Partitions: w.cfg.Partitions, Own: own, Writes: w.cfg.Embedded(), Log: w.log}
 	return w.keys.Load(ctx)
 }
 
@@ -230,7 +231,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	snaps := snapshot.New(w.topo.Snapshots, snapStream, log)
 	err = upgrade.Run(ctx, upgrade.Config{DataDir: cfg.DataDir, Partitions: cfg.Partitions, Retention: cfg.Retention,
 		StoreTimeout: cfg.StoreTimeout, NoSync: cfg.NoSync, DeleteConsumer: cfg.CreateStream, JS: w.js, Stream: w.topo.Stream,
-		Reader: w.reader, Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Log: log})
+		Reader: w.reader, Verifier: w.verifier, Snapshots: snaps, Log: log})
 	if err != nil {
 		return err
 	}
@@ -244,12 +245,12 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	// partitions served here (ServeInternal), and ask the partitions
 	// (Router, Replayer) once they exist.
 	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Verifier: w.verifier, Log: log,
-		Now: w.keys.History.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
+		Keys: w.keys.KeySet, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
 	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, Options: cfg.Options, DataDir: cfg.DataDir,
 		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, BucketTTL: w.topo.LeaseTTL, Conn: w.nc,
 		Stream: w.topo.Stream, Reader: w.reader, EventsJS: eventsJS, EventsRead: jsread.New(w.js, topology.EventsStreamName, false),
-		Verifier: w.verifier, Keys: w.keys.History, Snapshots: snaps, Metrics: w.metrics,
+		Verifier: w.verifier, Snapshots: snaps, Metrics: w.metrics,
 		Observer: w.observer(answers), Tracer: w.tracer, Log: log,
 		ServeInternal: w.endpoints.ServeInternal})
 	if err != nil {
@@ -285,14 +286,14 @@ func (w *worker) registerGauges() {
 	m.Gauge("passkeys_tokens_cached", "Verified tokens in the signature cache.", func() float64 {
 		return float64(w.verifier.CachedTokens())
 	})
-	m.Gauge("passkeys_jwks_file_differs", "1 while this worker's --jwks file differs from the newest key set of the key history, which every worker judges by.", func() float64 {
+	m.Gauge("passkeys_jwks_file_differs", "1 while this worker's --jwks file differs from the newest key set, which every worker judges by.", func() float64 {
 		if w.keys.Differs() {
 			return 1
 		}
 		return 0
 	})
-	m.Gauge("passkeys_key_sets", "Key sets in the key history (PASSKEYS_JWKS).", func() float64 {
-		return float64(w.keys.History.Sets())
+	m.Gauge("passkeys_key_set_seq", "Stream sequence of the newest control entry (key set) this worker has read.", func() float64 {
+		return float64(w.keys.Seq())
 	})
 }
 
@@ -308,9 +309,6 @@ func (w *worker) serve(ctx context.Context) error {
 	log := w.log
 	ctx, stopAll := context.WithCancel(ctx)
 	defer stopAll()
-	// Read the key history every second, so that commands rarely wait
-	// for it (command.Applier.Keys).
-	go w.keys.History.Run(ctx)
 	parted := make(chan struct{})
 	var runErr error
 	go func() {
@@ -355,13 +353,14 @@ func (w *worker) serve(ctx context.Context) error {
 func (w *worker) watchKeys(ctx context.Context) {
 	if w.cfg.DevMode() {
 		go ignoreHUP(ctx, w.hup, w.log)
+		go w.keys.Run(ctx, "", 0, nil)
 		return
 	}
 	interval := w.cfg.JWKSReload
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
-	go w.keys.Watch(ctx, w.cfg.JWKS, interval, w.hup)
+	go w.keys.Run(ctx, w.cfg.JWKS, interval, w.hup)
 }
 
 // flush waits for the forwarded requests' acknowledgements and sends the

@@ -18,11 +18,11 @@ import (
 	"github.com/passkeys/worker/backup"
 	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/internal/cli"
-	"github.com/passkeys/worker/keyhistory"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/runner"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
+	"github.com/passkeys/worker/trust"
 )
 
 // Main is the worker's command line: it parses args (flags, each also
@@ -197,54 +197,66 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 		return fmt.Errorf("provision: %w", err)
 	}
 	fmt.Fprintf(stdout, "provisioned: %s\n", cfg.Settings.Describe())
-	return provisionKeys(ctx, js, h.Keys, entry, stdout, log)
+	return provisionKeys(ctx, js, h.Stream, cfg.Partitions, entry, stdout, log)
 }
 
-// provisionEntry is the key set `worker provision` adds to the key
-// history: none without --jwks.
-func provisionEntry(cfg *Config) (keyhistory.Entry, error) {
+// provisionEntry is the key set `worker provision` writes: none without
+// --jwks.
+func provisionEntry(cfg *Config) (*trust.Entry, error) {
 	if cfg.JWKS == "" && cfg.Issuer == "" && cfg.Audience == "" {
-		return keyhistory.Entry{}, nil
+		return nil, nil
 	}
 	if cfg.JWKS == "" || cfg.Issuer == "" || cfg.Audience == "" {
-		return keyhistory.Entry{}, errors.New("provision: --jwks, --issuer and --audience go together")
+		return nil, errors.New("provision: --jwks, --issuer and --audience go together")
 	}
 	keys, err := auth.LoadJWKS(cfg.JWKS)
 	if err != nil {
-		return keyhistory.Entry{}, fmt.Errorf("provision: %w", err)
+		return nil, fmt.Errorf("provision: %w", err)
 	}
-	return keyhistory.Entry{Issuer: cfg.Issuer, Audience: cfg.Audience, Keys: keys}, nil
+	return trust.NewEntry(keys, cfg.Issuer, cfg.Audience)
 }
 
-// provisionKeys adds entry (when it has keys) to the key history and says
-// what the history holds.
-func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, entry keyhistory.Entry, stdout io.Writer,
+// provisionKeys writes entry (when given) as every partition's newest
+// control entry: each partition's commands stored after it are judged by
+// it. Partitions with no control entry first get one: the old key
+// history's sets, where the stream has one (an upgrade), else entry, else
+// partition 0's.
+func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, n int, entry *trust.Entry, stdout io.Writer,
 	log zerolog.Logger) error {
-	history := keyhistory.Open(js, st, nil, log)
-	if len(entry.Keys.Keys) == 0 {
-		switch err := history.Load(ctx); {
-		case errors.Is(err, keyhistory.ErrEmpty):
-			fmt.Fprintf(stdout, "the key history is empty: workers wait for `worker provision --jwks FILE --issuer ISS --audience AUD`\n")
-			return nil
-		case err != nil:
-			return fmt.Errorf("provision: %w", err)
-		}
-		fmt.Fprintf(stdout, "key history: %d key sets; the newest unchanged\n", history.Sets())
-		return nil
-	}
-	key, from, err := history.Append(ctx, entry)
+	eras, err := trust.Legacy(ctx, js, log)
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	if key == "" {
-		fmt.Fprintf(stdout, "key history: this key set is the newest already (%d key sets); unchanged\n", history.Sets())
+	first := entry
+	if len(eras) > 0 {
+		iss, aud := "", ""
+		if entry != nil {
+			iss, aud = entry.Issuer, entry.Audience
+		}
+		if first, err = trust.FromLegacy(eras, iss, aud); err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+	}
+	seeded, err := trust.Seed(ctx, js, st.GetLastMsgForSubject, n, first)
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	if seeded && len(eras) > 0 {
+		fmt.Fprintf(stdout, "key sets: the %d sets of the old key history %s carried into every partition's first control entry\n", len(eras), topology.KeyStream)
+	}
+	if entry == nil {
+		if m, err := st.GetLastMsgForSubject(ctx, partition.ControlSubject(0)); err == nil {
+			fmt.Fprintf(stdout, "key sets: the newest unchanged (partition 0's at stream sequence %d)\n", m.Sequence)
+		} else {
+			fmt.Fprintf(stdout, "no key set yet: workers wait for `worker provision --jwks FILE --issuer ISS --audience AUD`\n")
+		}
 		return nil
 	}
-	when := "from the beginning (the first key set)"
-	if !from.IsZero() {
-		when = "from " + from.Format(time.RFC3339Nano) + " by the NATS server's clock"
+	written, err := trust.Write(ctx, js, st.GetLastMsgForSubject, n, entry)
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "key history: key set %s (%d keys, issuer %s, audience %s) in force %s\n", key, len(entry.Keys.Keys),
-		entry.Issuer, entry.Audience, when)
+	fmt.Fprintf(stdout, "key set (%d keys, issuer %s, audience %s): written into %d of %d partitions, in force for every command stored after it\n",
+		len(entry.Keys.Keys), entry.Issuer, entry.Audience, written, n)
 	return nil
 }

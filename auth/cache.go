@@ -16,8 +16,8 @@ const DefaultCacheSize = 4096
 // the token, so that a repeated token costs a SHA-256 instead of a signature
 // check (36 µs for EdDSA to 59 µs for RS256). It remembers only that the
 // signature is good: the claims are still judged for every command at its
-// own time. An entry is dropped once its token's exp has passed, and the
-// whole cache when the key set changes. Full, it forgets the least recently
+// own time. Entries are kept per key set (KeySet.ID); one is dropped once
+// its token's exp has passed. Full, it forgets the least recently
 // used token (hashicorp/golang-lru), at a cost that does not grow with its
 // size: the walk over every entry it replaced took a third of the worker's
 // CPU once 20,000 callers each brought their own token.

@@ -14,19 +14,20 @@ import (
 func TestCachedTokenClaimsStillJudged(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
+	ks := keys.KeySet(t)
 	now := time.Now()
 	tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1", Now: now, TTL: time.Hour}))}
-	if _, err := v.Verify(tok, now); err != nil {
+	if _, err := v.Verify(tok, now, ks); err != nil {
 		t.Fatal(err)
 	}
 	if got := v.CachedTokens(); got != 1 {
 		t.Fatalf("cached %d tokens, want 1", got)
 	}
-	_, err := v.Verify(tok, now.Add(2*time.Hour))
+	_, err := v.Verify(tok, now.Add(2*time.Hour), ks)
 	if got := passkey.AsError(err).ID; got != passkey.IDAuthExpired {
 		t.Fatalf("cached token past exp: %v, want %s", err, passkey.IDAuthExpired)
 	}
-	_, err = v.Verify(tok, now.Add(-time.Hour))
+	_, err = v.Verify(tok, now.Add(-time.Hour), ks)
 	if got := passkey.AsError(err).ID; got != passkey.IDAuthNotYetValid {
 		t.Fatalf("cached token before nbf: %v, want %s", err, passkey.IDAuthNotYetValid)
 	}
@@ -36,13 +37,14 @@ func TestCachedTokenClaimsStillJudged(t *testing.T) {
 func TestCacheDropsExpiredTokens(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
+	ks := keys.KeySet(t)
 	old := time.Now().Add(-2 * time.Hour)
 	tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1", Now: old, TTL: time.Hour}))}
 	// A replayed command from two hours ago: valid at its time, expired now.
-	if _, err := v.Verify(tok, old); err != nil {
+	if _, err := v.Verify(tok, old, ks); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Verify(tok, old); err != nil {
+	if _, err := v.Verify(tok, old, ks); err != nil {
 		t.Fatal(err)
 	}
 	if got := v.CachedTokens(); got != 0 {
@@ -53,10 +55,11 @@ func TestCacheDropsExpiredTokens(t *testing.T) {
 func TestCacheIsBounded(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
+	ks := keys.KeySet(t)
 	now := time.Now()
 	for i := range auth.DefaultCacheSize + 10 {
 		tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Subject: "u1", Now: now.Add(time.Duration(i) * time.Second)}))}
-		if _, err := v.Verify(tok, now.Add(time.Duration(i)*time.Second)); err != nil {
+		if _, err := v.Verify(tok, now.Add(time.Duration(i)*time.Second), ks); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -69,6 +72,7 @@ func TestCacheIsBounded(t *testing.T) {
 // check) with a repeated one (a cache hit), per algorithm.
 func BenchmarkVerify(b *testing.B) {
 	keys := testenv.NewKeys(b)
+	ks := keys.KeySet(b)
 	now := time.Now()
 	for _, kid := range []string{"EdDSA", "ES256", "RS256", "PS256"} {
 		tok := []string{testenv.Bearer(keys.Mint(b, testenv.Token{Kid: kid, Subject: "u1", Now: now}))}
@@ -77,7 +81,7 @@ func BenchmarkVerify(b *testing.B) {
 				b.StopTimer()
 				v := keys.Verifier(b) // a fresh, empty cache
 				b.StartTimer()
-				if _, err := v.Verify(tok, now); err != nil {
+				if _, err := v.Verify(tok, now, ks); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -85,7 +89,7 @@ func BenchmarkVerify(b *testing.B) {
 		b.Run(kid+"/cached", func(b *testing.B) {
 			v := keys.Verifier(b)
 			for b.Loop() {
-				if _, err := v.Verify(tok, now); err != nil {
+				if _, err := v.Verify(tok, now, ks); err != nil {
 					b.Fatal(err)
 				}
 			}

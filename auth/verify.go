@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -46,87 +45,45 @@ type Claims struct {
 	Org   string `json:"urn:zitadel:iam:user:resourceowner:id,omitempty"`
 }
 
-// Verifier checks tokens against a JSON Web Key Set, an issuer and an
-// audience. It is safe for concurrent use; SetHistory swaps the key sets.
-//
-// It may hold a history of key sets (SetHistory), each in force from a
-// time on: a token is judged by the key set in force at the time given to
-// Verify (a command's stream timestamp), so a command replayed after a
-// rotation is judged by the keys trusted when it was stored, on every
-// worker alike.
+// Verifier checks tokens against a KeySet, which each call names: it
+// holds no keys of its own. Which set judges a command is decided by the
+// command's place in the stream (package trust), so every worker, every
+// replay and every rebuild judges it alike. It keeps the tokens whose
+// signature verified, per key set; safe for concurrent use.
 type Verifier struct {
-	issuer   string
-	audience string
-
-	mu   sync.RWMutex
-	eras []KeyEra // sorted by From; eras[0] is in force before its From too
-	gen  uint64   // bumped with every change, part of the cache key
-
 	cache *tokenCache
 }
 
-// KeyEra is a key set and the time from which it is in force, with the
-// issuer and audience its tokens must name ("": the Verifier's own).
-type KeyEra struct {
-	From             time.Time
+// NewVerifier returns a Verifier with an empty token cache.
+func NewVerifier() *Verifier { return &Verifier{cache: newTokenCache(DefaultCacheSize)} }
+
+// KeySet is a set of trusted public keys and the issuer and audience its
+// tokens must name. ID is a digest of all three: two sets with the same ID
+// trust the same, so the token cache keys by it.
+type KeySet struct {
+	ID               uint64
 	Keys             jose.JSONWebKeySet
 	Issuer, Audience string
 }
 
-// NewVerifier returns a Verifier that trusts keys, requires iss to equal
-// issuer and aud to contain audience.
-func NewVerifier(keys jose.JSONWebKeySet, issuer, audience string) (*Verifier, error) {
+// NewKeySet checks keys (CheckKeySet) and returns the set that requires
+// iss to equal issuer and aud to contain audience.
+func NewKeySet(keys jose.JSONWebKeySet, issuer, audience string) (*KeySet, error) {
 	if issuer == "" || audience == "" {
 		return nil, errors.New("auth: issuer and audience are required")
 	}
 	if err := CheckKeySet(keys); err != nil {
 		return nil, err
 	}
-	return &Verifier{issuer: issuer, audience: audience, eras: []KeyEra{{Keys: keys}}, cache: newTokenCache(DefaultCacheSize)}, nil
-}
-
-// SetHistory replaces the trusted keys with a history of key sets. The
-// first is in force before its From too.
-func (v *Verifier) SetHistory(eras []KeyEra) error {
-	if len(eras) == 0 {
-		return errors.New("auth: an empty key history")
+	raw, err := json.Marshal(struct {
+		K    jose.JSONWebKeySet
+		I, A string
+	}{keys, issuer, audience})
+	if err != nil {
+		return nil, err
 	}
-	for _, e := range eras {
-		if err := CheckKeySet(e.Keys); err != nil {
-			return err
-		}
-	}
-	sorted := slices.Clone(eras)
-	slices.SortStableFunc(sorted, func(a, b KeyEra) int { return a.From.Compare(b.From) })
-	v.mu.Lock()
-	v.eras = sorted
-	v.gen++
-	// Under the lock, so no verification against the old keys can refill
-	// the cache after it is cleared.
-	v.cache.lru.Purge()
-	v.mu.Unlock()
-	return nil
-}
-
-// keysAt is the era in force at time at, and its cache generation.
-func (v *Verifier) keysAt(at time.Time) (*KeyEra, uint64) {
-	i := len(v.eras) - 1
-	for i > 0 && v.eras[i].From.After(at) {
-		i--
-	}
-	return &v.eras[i], v.gen<<16 | uint64(i)
-}
-
-// expected is the issuer and audience e's tokens must name.
-func (v *Verifier) expected(e *KeyEra) (string, string) {
-	iss, aud := v.issuer, v.audience
-	if e.Issuer != "" {
-		iss = e.Issuer
-	}
-	if e.Audience != "" {
-		aud = e.Audience
-	}
-	return iss, aud
+	sum := sha256.Sum256(raw)
+	return &KeySet{ID: binary.BigEndian.Uint64(sum[:8]), Keys: keys, Issuer: issuer, Audience: audience}, nil
 }
 
 // LoadJWKS reads a JSON Web Key Set file holding public keys.
@@ -163,27 +120,23 @@ func CheckKeySet(keys jose.JSONWebKeySet) error {
 	return nil
 }
 
-// Verify authenticates the Authorization header values of a command, judging
-// exp and nbf at time at (the command's stream timestamp).
+// Verify authenticates the Authorization header values of a command by
+// the key set ks, judging exp and nbf at time at (the command's stream
+// timestamp).
 //
 // Errors: UNAUTHENTICATED (AUTH-MISSING, AUTH-MALFORMED, AUTH-ALGORITHM,
 // AUTH-KEY-UNKNOWN, AUTH-SIGNATURE, AUTH-ISSUER, AUTH-AUDIENCE, AUTH-EXPIRED,
 // AUTH-NOT-YET-VALID, AUTH-CLAIMS).
-func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Principal, error) {
+func (v *Verifier) Verify(authorization []string, at time.Time, ks *KeySet) (passkey.Principal, error) {
 	raw, err := bearer(authorization)
 	if err != nil {
 		return passkey.Principal{}, err
 	}
-	v.mu.RLock()
-	inForce, era := v.keysAt(at)
-	keys := inForce.Keys.Keys
-	issuer, audience := v.expected(inForce)
-	v.mu.RUnlock()
 	// The same token may verify under one key set and not another: the
 	// cache keeps it per key set.
-	key := sha256.Sum256(append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(raw)), era), raw...))
+	key := sha256.Sum256(append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(raw)), ks.ID), raw...))
 	if claims, ok := v.cache.get(key); ok {
-		return checkClaims(claims, issuer, audience, at)
+		return checkClaims(claims, ks.Issuer, ks.Audience, at)
 	}
 	alg, err := headerAlgorithm(raw)
 	if err != nil {
@@ -196,17 +149,17 @@ func (v *Verifier) Verify(authorization []string, at time.Time) (passkey.Princip
 	if err != nil || len(jws.Signatures) != 1 {
 		return passkey.Principal{}, passkey.ErrAuthNotJWT
 	}
-	claims, err := v.verifySignature(jws, alg, keys, era, key)
+	claims, err := verifySignature(jws, alg, ks.Keys.Keys)
 	if err != nil {
 		return passkey.Principal{}, err
 	}
-	return checkClaims(claims, issuer, audience, at)
+	v.cache.put(key, claims)
+	return checkClaims(claims, ks.Issuer, ks.Audience, at)
 }
 
 // verifySignature finds the key the token names (or, without a kid, tries
 // every key of a matching algorithm) and returns the claims it signed.
-func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.SignatureAlgorithm, keys []jose.JSONWebKey, era uint64,
-	cacheKey [sha256.Size]byte) (Claims, error) {
+func verifySignature(jws *jose.JSONWebSignature, alg jose.SignatureAlgorithm, keys []jose.JSONWebKey) (Claims, error) {
 	kid := jws.Signatures[0].Header.KeyID
 	tried := false
 	for _, k := range keys {
@@ -225,11 +178,6 @@ func (v *Verifier) verifySignature(jws *jose.JSONWebSignature, alg jose.Signatur
 		if err := josejson.Unmarshal(payload, &c); err != nil {
 			return Claims{}, passkey.ErrAuthClaimTypes
 		}
-		v.mu.RLock()
-		if _, now := v.keysAt(time.Time{}); now>>16 == era>>16 { // not cached past a change of keys
-			v.cache.put(cacheKey, c)
-		}
-		v.mu.RUnlock()
 		return c, nil
 	}
 	if !tried {

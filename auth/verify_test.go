@@ -77,6 +77,7 @@ func hmacWithPublicKey(tb testing.TB, keys *testenv.Keys) string {
 func TestVerify(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
+	ks := keys.KeySet(t)
 	mint := func(tok testenv.Token) []string {
 		if tok.Subject == "" {
 			tok.Subject = "u1"
@@ -144,7 +145,7 @@ func TestVerify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := v.Verify(tt.header, at)
+			got, err := v.Verify(tt.header, at, ks)
 			if tt.id == "" {
 				if err != nil {
 					t.Fatalf("err = %v", err)
@@ -171,19 +172,16 @@ func TestVerify(t *testing.T) {
 func TestVerifyRotation(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
+	ks := keys.KeySet(t)
 	tok := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: at}))}
-	if _, err := v.Verify(tok, at); err != nil {
+	if _, err := v.Verify(tok, at, ks); err != nil {
 		t.Fatalf("before rotation: %v", err)
 	}
-	keys.WriteJWKS(t, "EdDSA")
-	set, err := auth.LoadJWKS(keys.JWKSPath)
+	rotated, err := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.SetHistory([]auth.KeyEra{{Keys: set}}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = v.Verify(tok, at)
+	_, err = v.Verify(tok, at, rotated)
 	if e := passkey.AsError(err); e.ID != passkey.IDAuthKeyUnknown {
 		t.Fatalf("after rotation: %v, want %s", err, passkey.IDAuthKeyUnknown)
 	}
@@ -220,7 +218,8 @@ func TestDevKey(t *testing.T) {
 	if err != nil || info != 0o600 {
 		t.Fatalf("mode %v %v, want 0600", info, err)
 	}
-	v, err := auth.NewVerifier(auth.PublicSet(key), auth.DevIssuer, auth.DevAudience)
+	v := auth.NewVerifier()
+	ks, err := auth.NewKeySet(auth.PublicSet(key), auth.DevIssuer, auth.DevAudience)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +227,7 @@ func TestDevKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Verify([]string{"Bearer " + tok}, time.Now()); err != nil {
+	if _, err := v.Verify([]string{"Bearer " + tok}, time.Now(), ks); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -238,6 +237,7 @@ func TestDevKey(t *testing.T) {
 func FuzzVerify(f *testing.F) {
 	keys := testenv.NewKeys(f)
 	v := keys.Verifier(f)
+	ks := keys.KeySet(f)
 	f.Add("Bearer " + keys.Mint(f, testenv.Token{Subject: "u1", Now: at}))
 	f.Add("Bearer " + unsigned(map[string]any{"sub": "u1"}))
 	f.Add("Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln")
@@ -245,7 +245,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add("bearer ")
 	f.Add("Basic x")
 	f.Fuzz(func(t *testing.T, header string) {
-		p, err := v.Verify([]string{header}, at)
+		p, err := v.Verify([]string{header}, at, ks)
 		if err != nil {
 			if e := passkey.AsError(err); e.Code != passkey.CodeUnauthenticated {
 				t.Fatalf("error %v is not UNAUTHENTICATED", err)
@@ -258,39 +258,36 @@ func FuzzVerify(f *testing.F) {
 	})
 }
 
-// A key history: each token is judged by the key set in force at the time
-// given (a command's stream timestamp), however often the keys rotated
-// since, and the cache never answers for one key set what another decided.
-func TestKeyHistory(t *testing.T) {
+// Each token is judged by the key set it is given, whichever sets judged
+// it before: the cache never answers for one key set what another decided.
+func TestCachePerKeySet(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
-	rotated := time.Now().Add(-time.Hour)
-	if err := v.SetHistory([]auth.KeyEra{
-		{From: rotated, Keys: keys.PublicSet("ES256")}, // out of order on purpose
-		{From: time.Time{}, Keys: keys.PublicSet("EdDSA")},
-	}); err != nil {
-		t.Fatal(err)
+	setA, errA := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience)
+	setB, errB := auth.NewKeySet(keys.PublicSet("ES256"), testenv.Issuer, testenv.Audience)
+	if errA != nil || errB != nil || setA.ID == setB.ID {
+		t.Fatalf("key sets: %v %v, IDs %d %d", errA, errB, setA.ID, setB.ID)
 	}
-	old := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "EdDSA", Subject: "u1", Now: rotated.Add(-time.Minute)}))}
-	fresh := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: rotated.Add(-time.Minute)}))}
+	old := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "EdDSA", Subject: "u1", Now: at}))}
+	fresh := []string{testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "u1", Now: at}))}
 	for _, c := range []struct {
 		name string
 		tok  []string
-		at   time.Time
+		set  *auth.KeySet
 		want error
 	}{
-		{"OldKeyBeforeRotation", old, rotated.Add(-time.Second), nil},
-		{"OldKeyAfterRotation", old, rotated.Add(time.Second), passkey.ErrAuthKeyUnknown},
-		{"OldKeyBeforeRotationAgain", old, rotated.Add(-time.Second), nil}, // the cache does not carry the refusal over
-		{"NewKeyAfterRotation", fresh, rotated.Add(time.Second), nil},
-		{"NewKeyBeforeRotation", fresh, rotated.Add(-time.Second), passkey.ErrAuthKeyUnknown},
-		{"NewKeyAfterRotationAgain", fresh, rotated.Add(time.Second), nil},
+		{"OldKeyBeforeRotation", old, setA, nil},
+		{"OldKeyAfterRotation", old, setB, passkey.ErrAuthKeyUnknown},
+		{"OldKeyBeforeRotationAgain", old, setA, nil}, // the cache does not carry the refusal over
+		{"NewKeyAfterRotation", fresh, setB, nil},
+		{"NewKeyBeforeRotation", fresh, setA, passkey.ErrAuthKeyUnknown},
+		{"NewKeyAfterRotationAgain", fresh, setB, nil},
 	} {
-		if _, err := v.Verify(c.tok, c.at); !errors.Is(err, c.want) {
+		if _, err := v.Verify(c.tok, at, c.set); !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}
 	}
-	if err := v.SetHistory(nil); err == nil {
-		t.Error("an empty history accepted")
+	if _, err := auth.NewKeySet(keys.PublicSet(), testenv.Issuer, testenv.Audience); err == nil {
+		t.Error("an empty key set accepted")
 	}
 }

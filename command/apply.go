@@ -2,12 +2,10 @@ package command
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +18,7 @@ import (
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
+	"github.com/passkeys/worker/trust"
 )
 
 // Result is what became of a command.
@@ -41,30 +40,31 @@ type Result struct {
 	// ReplyTo is where the answer goes: the command's one Reply-To, when
 	// the worker may publish to it (CheckReplyTo); "" for none.
 	ReplyTo string
+	// Control tells that the message was a control entry, kept (or, when
+	// it is not a key set, left out): nothing to answer.
+	Control bool
 }
 
 // Applier applies batches of commands to the store. It holds no
 // transport: the consumer adapter feeds it and sends what it returns.
 type Applier struct {
-	Store    Store
+	Store Store
+	// Verifier checks tokens, each by the key set the partition's control
+	// entries put in force at its command (keySetAt).
 	Verifier *auth.Verifier
 	// Retention is how long after its command was stored an outcome is
 	// kept: it expires at the command's stream timestamp plus Retention, so
 	// every worker that applies the same commands keeps the same records.
 	Retention time.Duration
 	Log       zerolog.Logger
-	// Keys, when set, is waited on before a batch is checked, until every
-	// key set that could be in force at its commands' stream timestamps is
-	// known (a key history is read from JetStream): a command is never
-	// judged by a history that misses a set of its time. Nil when the
-	// Verifier's keys are all there is (tests, a fixed key set).
-	Keys KeyClock
 	// Fence, when set, is checked before every transaction: an error from
 	// it (the partition's lease is not held) stops the commit, with
 	// ErrFenced. A worker applies to a partition only while it holds it.
 	Fence func() error
 	// Rules decide a command's change (nil: passkey's, PasskeyRules).
 	Rules Rules
+
+	entries sync.Map // stream sequence -> *parsedEntry: control entries read
 }
 
 // Store is where an Applier commits; *storage.Store is the one.
@@ -72,6 +72,8 @@ type Store interface {
 	// Update runs fn in one read-write transaction, committed when fn
 	// returns nil; an error leaves nothing of it.
 	Update(fn func(*storage.Tx) error) error
+	// View runs fn in one read-only transaction.
+	View(fn func(*storage.Tx) error) error
 	// AppliedSeq is the last stream sequence a committed transaction
 	// recorded.
 	AppliedSeq() (uint64, error)
@@ -94,14 +96,6 @@ func (PasskeyRules) RemovePasskey(p passkey.Principal, userID string, u *passkey
 
 func (PasskeyRules) SyncUser(p passkey.Principal, userID string, u *passkey.User, req passkey.SyncRequest, at time.Time) (*passkey.User, error) {
 	return passkey.SyncUser(p, userID, u, req, at)
-}
-
-// KeyClock tells when the trusted keys are known far enough to judge a
-// command stored at a given time.
-type KeyClock interface {
-	// Await returns once every key set that could be in force at t is
-	// known to the Verifier, or with ctx's error.
-	Await(ctx context.Context, t time.Time) error
 }
 
 // checked is a command decoded and authenticated before the transaction,
@@ -132,6 +126,8 @@ type checked struct {
 	// a rule's id by accident.
 	refusal *passkey.Error
 	broken  error // checking it panicked: it breaks alike on every worker, so its answer is INTERNAL, stored
+	// keys is the key set the token was checked by (nil: none was known).
+	keys *auth.KeySet
 }
 
 // Checked is a batch whose commands have been checked (Check) and wait for
@@ -139,18 +135,12 @@ type checked struct {
 type Checked struct{ checked []checked }
 
 // Check checks every command of a batch: subject, headers, body and token,
-// all that needs no store. It is the expensive part (signatures, JSON) and
+// all that needs no write. It is the expensive part (signatures, JSON) and
 // runs in parallel, on up to GOMAXPROCS goroutines, so that a batch's
 // commit (its fsyncs) can overlap the next batch's Check; the order of the
-// commands is kept for CommitInOrder. It first waits (Keys) until the keys
-// of the commands' time are known, and returns ctx's error if ctx ends first.
-func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) {
-	if a.Keys != nil && len(cmds) > 0 {
-		latest := slices.MaxFunc(cmds, func(x, y *Command) int { return x.Timestamp.Compare(y.Timestamp) })
-		if err := a.Keys.Await(ctx, latest.Timestamp); err != nil {
-			return nil, err
-		}
-	}
+// commands is kept for CommitInOrder.
+func (a *Applier) Check(cmds []*Command) *Checked {
+	sets := a.keySets(cmds)
 	c := &Checked{checked: make([]checked, len(cmds))}
 	workers := min(runtime.GOMAXPROCS(0), len(cmds))
 	var next atomic.Int64
@@ -158,12 +148,72 @@ func (a *Applier) Check(ctx context.Context, cmds []*Command) (*Checked, error) 
 	for range workers {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(cmds); i = int(next.Add(1) - 1) {
-				c.checked[i] = a.checkSafely(cmds[i])
+				c.checked[i] = a.checkSafely(cmds[i], sets[i])
 			}
 		})
 	}
 	wg.Wait()
-	return c, nil
+	return c
+}
+
+// parsedEntry is a control entry as stored, and as parsed (nil: it is not
+// a key set).
+type parsedEntry struct {
+	body  []byte
+	entry *trust.Entry
+}
+
+// entry is the control entry stored at seq with body, parsed once.
+func (a *Applier) entry(seq uint64, body []byte) *trust.Entry {
+	if v, ok := a.entries.Load(seq); ok && bytes.Equal(v.(*parsedEntry).body, body) {
+		return v.(*parsedEntry).entry
+	}
+	e, err := trust.Parse(body)
+	if err != nil {
+		a.Log.Error().Err(err).Uint64("stream_seq", seq).Msg("a control entry that is not a key set is left out")
+	}
+	a.entries.Store(seq, &parsedEntry{body: bytes.Clone(body), entry: e})
+	return e
+}
+
+// keySetAt is the key set that judges c: the one of the partition's last
+// control entry before it that tx keeps (trust); nil when it keeps none.
+func (a *Applier) keySetAt(tx *storage.Tx, c *Command) *auth.KeySet {
+	seq, body, first := tx.ControlBefore(c.StreamSeq)
+	if body == nil {
+		return nil
+	}
+	if e := a.entry(seq, body); e != nil {
+		return e.For(first, c.Timestamp)
+	}
+	return nil
+}
+
+// keySets is the key set each command is checked by: the one a control
+// entry earlier in the batch puts in force, else the one the store says is
+// in force at it. Where the commands before the batch are not all applied
+// yet, that is a guess: the commit looks again (apply), and checks a
+// command again by the right set where the guess was wrong.
+func (a *Applier) keySets(cmds []*Command) []*auth.KeySet {
+	sets := make([]*auth.KeySet, len(cmds))
+	_ = a.Store.View(func(tx *storage.Tx) error {
+		var ctl *trust.Entry
+		var ctlSeq uint64
+		for i, c := range cmds {
+			switch {
+			case c.Control:
+				if e := a.entry(c.StreamSeq, c.Body); e != nil {
+					ctl, ctlSeq = e, c.StreamSeq
+				}
+			case ctl != nil && ctlSeq < c.StreamSeq:
+				sets[i] = ctl.KeySet()
+			default:
+				sets[i] = a.keySetAt(tx, c)
+			}
+		}
+		return nil
+	})
+	return sets
 }
 
 // commitFrom applies a checked batch's commands from index start on, in
@@ -214,6 +264,11 @@ func (a *Applier) commitFrom(c *Checked, start int) ([]Result, error) {
 // since this worker does not hold the partition now.
 var ErrFenced = errors.New("the partition is not held")
 
+// errNoKeySet is the transient failure of a command whose partition's
+// store keeps no control entry yet (trust.AwaitFirst puts the first one
+// there before the partition is served).
+var errNoKeySet = errors.New("no key set is known for the partition")
+
 // errHeldBack is the transient failure of a command held back behind an
 // earlier command of the batch that could not be applied now.
 var errHeldBack = errors.New("held back behind an earlier command that could not be applied")
@@ -221,7 +276,10 @@ var errHeldBack = errors.New("held back behind an earlier command that could not
 // checkSafely is check, with a panic turned into the command's INTERNAL
 // answer: the same command panics the same way on every worker, so it is a
 // fact about the command, stored like any refusal.
-func (a *Applier) checkSafely(c *Command) (pr checked) {
+func (a *Applier) checkSafely(c *Command, keys *auth.KeySet) (pr checked) {
+	if c.Control {
+		return checked{cmd: c}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			to, _ := replyTo(c)
@@ -229,17 +287,21 @@ func (a *Applier) checkSafely(c *Command) (pr checked) {
 				broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
-	return a.check(c)
+	return a.check(c, keys)
 }
 
-// check checks everything that does not need the store.
-func (a *Applier) check(c *Command) checked {
+// check checks everything that does not need the store, the token by
+// keys.
+func (a *Applier) check(c *Command, keys *auth.KeySet) checked {
 	to, replyErr := replyTo(c)
-	pr := checked{cmd: c, replyTo: to}
+	pr := checked{cmd: c, replyTo: to, keys: keys}
 	// The token is verified even when an earlier check refuses the command:
 	// its principal scopes the command's Nats-Msg-Id and is part of its
 	// fingerprint, so that one caller's command is never another's answer.
-	principal, authErr := a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp)
+	principal, authErr := passkey.Principal{}, error(passkey.ErrKeysUnavailable) // never committed: apply checks again
+	if keys != nil {
+		principal, authErr = a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp, keys)
+	}
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
 	msgIDErr := pr.keyBy(c.Header[HeaderMsgID], principal, authErr) // exactly as JetStream matches it
@@ -312,6 +374,22 @@ func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr e
 // apply runs one checked command inside tx. It returns an error only for a
 // store failure, which aborts the batch.
 func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
+	if pr.cmd.Control {
+		if a.entry(pr.cmd.StreamSeq, pr.cmd.Body) == nil {
+			return Result{Control: true}, nil
+		}
+		return Result{Control: true}, tx.PutControl(pr.cmd.StreamSeq, pr.cmd.Body)
+	}
+	keys := a.keySetAt(tx, pr.cmd)
+	if keys == nil {
+		return Result{UserID: pr.userID, Op: pr.op, Transient: errNoKeySet}, nil
+	}
+	if pr.keys == nil || pr.keys.ID != keys.ID {
+		// Checked by a guess that missed a control entry (Check ran
+		// before the commands ahead of it were applied): again, by the
+		// set in force here.
+		*pr = a.checkSafely(pr.cmd, keys)
+	}
 	res := Result{UserID: pr.userID, Op: pr.op, ReplyTo: pr.replyTo}
 	expires := pr.cmd.Timestamp.Add(a.Retention)
 	if pr.broken == nil {

@@ -1,7 +1,6 @@
 package command
 
 import (
-	"context"
 	"encoding/json"
 	"reflect"
 	"strconv"
@@ -31,7 +30,7 @@ func newApplier(tb testing.TB) *applierFixture {
 	tb.Helper()
 	keys := testenv.NewKeys(tb)
 	f := &applierFixture{keys: keys, now: time.Now().UTC()}
-	f.store = testenv.MustOpenStore(tb)
+	f.store = keys.Trust(tb, testenv.MustOpenStore(tb))
 	f.a = &Applier{Store: f.store, Verifier: keys.Verifier(tb), Retention: 7 * 24 * time.Hour, Log: zerolog.Nop()}
 	return f
 }
@@ -58,10 +57,7 @@ func (f *applierFixture) cmd(tb testing.TB, subject, sub, msgID string, body any
 
 func (f *applierFixture) apply(tb testing.TB, cmds ...*Command) []Result {
 	tb.Helper()
-	c, err := f.a.Check(context.Background(), cmds)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	c := f.a.Check(cmds)
 	res, err := f.a.commitFrom(c, 0)
 	if err != nil {
 		tb.Fatal(err)

@@ -32,6 +32,9 @@ type Command struct {
 	// Timestamp is when the stream stored the command: the command's
 	// changeDate, and the time its token is judged at.
 	Timestamp time.Time
+	// Control tells that the message is its partition's control entry
+	// (trust), not a command: Body is the entry.
+	Control bool
 
 	traceOnce sync.Once
 	trace     event.Trace

@@ -89,12 +89,7 @@ func (a *Applier) CommitInOrder(ctx context.Context, c *Checked, o InOrder) erro
 }
 
 // ApplyInOrder checks cmds (Check) and commits them in order
-// (CommitInOrder), with CommitInOrder's errors, and Check's when ctx ends
-// before the keys of the commands' time are known.
+// (CommitInOrder), with CommitInOrder's errors.
 func (a *Applier) ApplyInOrder(ctx context.Context, cmds []*Command, o InOrder) error {
-	c, err := a.Check(ctx, cmds)
-	if err != nil {
-		return err
-	}
-	return a.CommitInOrder(ctx, c, o)
+	return a.CommitInOrder(ctx, a.Check(cmds), o)
 }

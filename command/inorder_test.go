@@ -29,10 +29,7 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 			"passkeys": []map[string]string{{"id": "pk-1", "state": "ready"}}}, adminScope)
 	}
 	batch := []*Command{sync("u1"), sync("u2"), sync("u3")}
-	checked, err := f.a.Check(context.Background(), batch)
-	if err != nil {
-		t.Fatal(err)
-	}
+	checked := f.a.Check(batch)
 	var done []int
 	pauses := 0
 	o := InOrder{
@@ -40,7 +37,7 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 		Done:    func(i int, r Result) { done = append(done, i) },
 		Pausing: func(from int) { pauses++ },
 	}
-	err = f.a.CommitInOrder(context.Background(), checked, o)
+	err := f.a.CommitInOrder(context.Background(), checked, o)
 	if !errors.Is(err, ErrGaveUp) || pauses == 0 {
 		t.Fatalf("CommitInOrder: %v after %d pauses, want ErrGaveUp after some", err, pauses)
 	}
@@ -66,10 +63,7 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 
 	broken = false
 	done = nil
-	checked, err = f.a.Check(context.Background(), batch)
-	if err != nil {
-		t.Fatal(err)
-	}
+	checked = f.a.Check(batch)
 	if err := f.a.CommitInOrder(context.Background(), checked, o); err != nil {
 		t.Fatal(err)
 	}
@@ -94,11 +88,8 @@ func TestCommitInOrderNeverSkips(t *testing.T) {
 func TestCommitInOrderFenced(t *testing.T) {
 	f := newApplier(t)
 	f.a.Fence = func() error { return errors.New("lease lost") }
-	checked, err := f.a.Check(context.Background(), []*Command{f.cmd(t, "passkeys.cmd.sync.u1", "admin", "",
+	checked := f.a.Check([]*Command{f.cmd(t, "passkeys.cmd.sync.u1", "admin", "",
 		map[string]any{"resourceOwner": "org1", "password": true}, adminScope)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := f.a.CommitInOrder(context.Background(), checked, InOrder{Wait: retry.Wait}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("CommitInOrder on a partition not held: %v", err)
 	}

@@ -91,9 +91,12 @@ func (c *Processor) applyBetween(ctx context.Context, front, until uint64) error
 }
 
 // commandOf is the command a partition's stored message holds, under the
-// subject its publisher used: both ways a command comes out of a
+// subject its publisher used, or its control entry: both ways a command comes out of a
 // partition (a consumer's delivery, a read) end here.
 func commandOf(stored string, h nats.Header, data []byte, seq uint64, at time.Time) (*command.Command, error) {
+	if partition.IsControl(stored) {
+		return &command.Command{Subject: stored, Body: data, StreamSeq: seq, Timestamp: at, Control: true}, nil
+	}
 	_, subject, err := partition.Original(stored)
 	if err != nil {
 		return nil, err

@@ -321,15 +321,9 @@ func (c *Processor) checkBatch(ctx context.Context, msgs []delivery) (checkedBat
 	if len(cmds) == 0 {
 		return checkedBatch{}, false
 	}
-	ctx, span := c.batchSpan(ctx, "passkeys.batch.check", hand)
-	checked, err := c.Partition.Applier.Check(ctx, cmds)
+	_, span := c.batchSpan(ctx, "passkeys.batch.check", hand)
+	checked := c.Partition.Applier.Check(cmds)
 	span.End()
-	if err != nil {
-		// Stopping before the keys of their time were known: handed back,
-		// they come to the partition's next holder.
-		c.giveBack(ctx, hand, "stopping before the keys of the commands' time were known")
-		return checkedBatch{}, false
-	}
 	return checkedBatch{hand: hand, checked: checked}, true
 }
 
@@ -456,6 +450,16 @@ func (c *Processor) batchSpan(ctx context.Context, name string, hand []delivery)
 // answer replies to and acknowledges one message, after its transaction
 // committed.
 func (c *Processor) answer(h delivery, r command.Result) {
+	if r.Control {
+		h.log.Info().Msg("control entry applied: the partition's commands after it are judged by its key set")
+		if h.span != nil {
+			h.span.End()
+		}
+		if err := h.msg.Ack(); err != nil {
+			h.log.Error().Err(err).Msg("ack")
+		}
+		return
+	}
 	log := h.log.With().Str("user_id", r.UserID).Logger()
 	// Rendered after the commit: no reply body is built under the store's
 	// write lock.

@@ -170,7 +170,7 @@ func TestStoreFaultMakesThePartitionWait(t *testing.T) {
 	var failing atomic.Bool
 	var attempts atomic.Int64
 	failing.Store(true)
-	store := faultyStore{testenv.MustOpenStore(t), func() error {
+	store := faultyStore{keys.Trust(t, testenv.MustOpenStore(t)), func() error {
 		if failing.Load() {
 			attempts.Add(1)
 			return errors.New("disk full")
@@ -228,7 +228,7 @@ func TestUnansweredCommandsAreHandedBack(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	lostCtx, lose := context.WithCancel(context.Background())
 	var fenced atomic.Int64
-	lost := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
+	lost := &command.Applier{Store: keys.Trust(t, testenv.MustOpenStore(t)), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
 		Fence: func() error { fenced.Add(1); lose(); return errors.New("the lease is gone") }}
 	f := newConsumerFixture(t, keys, time.Minute, false)
 	stopLost := f.startCtx(t, lostCtx, lost, topology.PriorityGroup)
@@ -241,7 +241,7 @@ func TestUnansweredCommandsAreHandedBack(t *testing.T) {
 		t.Fatal("the worker without the partition replied")
 	}
 	unpin(t, f)
-	holder := &command.Applier{Store: testenv.MustOpenStore(t), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	holder := &command.Applier{Store: keys.Trust(t, testenv.MustOpenStore(t)), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f.start(t, holder, topology.PriorityGroup)
 	got := f.replies(t, 2)
 	if took := time.Since(lostAt); took > 5*time.Second {
@@ -269,7 +269,7 @@ func unpin(t *testing.T, f *consumerFixture) {
 func TestPoisonCommand(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	store := testenv.MustOpenStore(t)
-	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
+	proc := &command.Applier{Store: keys.Trust(t, store), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop(),
 		Rules: poisonRules{}}
 	f := newConsumerFixture(t, keys, time.Second, false)
 	f.run(t, proc, topology.PriorityGroup)
@@ -306,7 +306,7 @@ func TestPoisonCommand(t *testing.T) {
 func TestLaterCommandNeverOvertakes(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	store := testenv.MustOpenStore(t)
-	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	proc := &command.Applier{Store: keys.Trust(t, store), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	f := newConsumerFixture(t, keys, 2*time.Second, true)
 	f.send(t, "passkeys.cmd.sync.u1", "a", "sync", syncU1, "passkeys:admin")
 	f.send(t, "passkeys.cmd.remove.u1", "u1", "rm1", `{"tokenId":"pk-1"}`)
@@ -419,7 +419,7 @@ func TestStreamPartitionsAsPartitionOf(t *testing.T) {
 func TestAppliedCommandWithoutOutcomeIsAnswered(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	store := testenv.MustOpenStore(t)
-	proc := &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
+	proc := &command.Applier{Store: keys.Trust(t, store), Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()}
 	if err := proc.Store.Update(func(tx *storage.Tx) error { return tx.SetAppliedSeq(100) }); err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func (p *Partition) Replay(ctx context.Context, r ReplayRange) (ReplayReport, er
 		return rep, fmt.Errorf("replay: %w", err)
 	}
 	keep := func(c *command.Command) bool {
-		if r.matches(c) {
+		if !c.Control && r.matches(c) { // the control entries are kept already
 			rep.Read++
 			return true
 		}

@@ -38,6 +38,30 @@ const (
 	InternalPrefix = EndpointPrefix + ".internal"
 )
 
+// ControlName is the last token of a partition's control subject,
+// StoredPrefix.<partition>.control: the entries that decide how the
+// partition's commands after them are judged (the key sets), written by
+// the operator into the stream (worker provision). The stream captures it
+// apart from the commands, and NATS lets only the provisioner publish
+// there; its entries never expire.
+const ControlName = "control"
+
+// ControlSubject is partition p's control subject.
+func ControlSubject(p int) string { return StoredPrefix + "." + strconv.Itoa(p) + "." + ControlName }
+
+// ControlSubjects is the stream's subject for every partition's control
+// entries.
+const ControlSubjects = StoredPrefix + ".*." + ControlName
+
+// IsControl tells whether a stored subject is a partition's control
+// subject.
+func IsControl(stored string) bool {
+	rest, ok := strings.CutPrefix(stored, StoredPrefix+".")
+	num, name, _ := strings.Cut(rest, ".")
+	_, err := strconv.Atoi(num)
+	return ok && err == nil && name == ControlName
+}
+
 // InternalPartition is the internal subjects' prefix of partition p, with
 // its final dot.
 func InternalPartition(p int) string { return InternalPrefix + "." + strconv.Itoa(p) + "." }
@@ -102,7 +126,7 @@ func Original(stored string) (int, string, error) {
 	}
 	num, tail, ok := strings.Cut(rest, ".")
 	p, err := strconv.Atoi(num)
-	if !ok || err != nil || p < 0 {
+	if !ok || err != nil || p < 0 || tail == ControlName {
 		return 0, "", ErrNotStored
 	}
 	return p, CommandPrefix + "." + tail, nil

@@ -19,6 +19,7 @@ import (
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
+	"github.com/passkeys/worker/trust"
 )
 
 // LegacyStoreFile is the one store of the version before partitions, in the
@@ -60,7 +61,10 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err := s.checkStream(ctx, pt, applied, si, log); err != nil {
 		return err
 	}
-	applier := &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Keys: s.cfg.Keys, Retention: s.cfg.Retention, Log: log,
+	if err := trust.AwaitFirst(ctx, pt.store, s.cfg.Reader, pt.p, pt.lease.Progress, log); err != nil {
+		return err
+	}
+	applier := &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Retention: s.cfg.Retention, Log: log,
 		Fence: pt.lease.Check}
 	if pt.partition, err = handler.NewPartition(pt.p, applier, s.cfg.Reader, s.cfg.MaxBatch); err != nil {
 		return err
@@ -196,17 +200,44 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, si *jet
 			return err
 		}
 	}
-	ackFloor, first := ci.AckFloor.Stream, si.State.FirstSeq
-	if ackFloor <= applied || first <= applied+1 {
+	if ci.AckFloor.Stream <= applied {
 		return nil
 	}
+	first, gone, err := s.firstAfter(ctx, applied)
+	if err != nil || !gone {
+		return err
+	}
 	msg := fmt.Sprintf("the partition's state has applied the stream up to sequence %d, its consumer acknowledged up to %d, "+
-		"but the stream now starts at %d: commands between are gone and cannot be applied", applied, ackFloor, first)
+		"but the stream now holds commands only from %d: commands between are gone and cannot be applied", applied, ci.AckFloor.Stream, first)
 	if !s.cfg.AllowStoreGap {
 		return unrecoverable{errors.New(msg + "; restore a newer backup (or snapshot), or start a worker with --allow-store-gap to accept the loss")}
 	}
 	log.Error().Msg(msg + "; going on as --allow-store-gap says")
 	return nil
+}
+
+// firstAfter is the first command the stream holds after applied, and
+// whether any message between is gone (MaxAge): only the control entries,
+// which never expire, may lie between.
+func (s *Set) firstAfter(ctx context.Context, applied uint64) (first uint64, gone bool, err error) {
+	controls := uint64(0)
+	for seq := applied + 1; ; {
+		m, err := s.cfg.Reader.Next(ctx, seq, ">")
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			si, err := s.cfg.Stream.Info(ctx)
+			if err != nil {
+				return 0, false, err
+			}
+			return si.State.LastSeq + 1, si.State.LastSeq-applied > controls, nil
+		}
+		if err != nil {
+			return 0, false, err
+		}
+		if !partition.IsControl(m.Subject) {
+			return m.Sequence, m.Sequence-applied-1 > controls, nil
+		}
+		controls, seq = controls+1, m.Sequence+1
+	}
 }
 
 // ofStream tells why a partition state (a store, a snapshot) does not

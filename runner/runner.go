@@ -22,7 +22,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/passkeys/worker/auth"
-	"github.com/passkeys/worker/command"
 	"github.com/passkeys/worker/handler"
 	"github.com/passkeys/worker/internal/jsread"
 	"github.com/passkeys/worker/internal/retry"
@@ -88,7 +87,6 @@ type Config struct {
 	// outbox was published already.
 	EventsRead *jsread.Reader
 	Verifier   *auth.Verifier
-	Keys       command.KeyClock
 	Snapshots  *snapshot.Store
 	Metrics    *metrics.Metrics
 	Observer   handler.Observer

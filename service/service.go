@@ -53,10 +53,11 @@ type Endpoints struct {
 	Router   Router
 	Verifier *auth.Verifier
 	Log      zerolog.Logger
-	// Now is the time a request is judged at: the key history's clock
-	// (keyhistory.History.Now), which also makes sure every key set in
-	// force then is known; nil for this machine's clock.
-	Now func(context.Context) (time.Time, error)
+	// Keys is the key set requests are judged by: the newest this worker
+	// has read (trust.Local.KeySet; nil before one is). A request is
+	// judged at this machine's time; a command, once stored, by the key
+	// set in force at its place in the stream, at its stream timestamp.
+	Keys func() *auth.KeySet
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
@@ -118,24 +119,13 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 // force now.
 //
 // Errors: those of auth.Verifier.Verify, and UNAVAILABLE
-// (KEYS-UNAVAILABLE) when the key history cannot be read.
+// (KEYS-UNAVAILABLE) while no key set has been read.
 func (s *Endpoints) verify(h command.Header) (passkey.Principal, error) {
-	now, err := s.now(context.Background(), 3*time.Second)
-	if err != nil {
-		s.Log.Warn().Err(err).Msg("request refused: the key history could not be read")
+	keys := s.Keys()
+	if keys == nil {
 		return passkey.Principal{}, passkey.ErrKeysUnavailable
 	}
-	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now)
-}
-
-// now is Now, read within timeout; this machine's wall clock without Now.
-func (s *Endpoints) now(ctx context.Context, timeout time.Duration) (time.Time, error) {
-	if s.Now == nil {
-		return clock.Wall(), nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return s.Now(ctx)
+	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), clock.Wall(), keys)
 }
 
 // respond answers a request, in the trace the request carries (its
@@ -303,8 +293,10 @@ func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetst
 
 // originalDiffers tells whether the stored command at seq, the one a
 // duplicate's Nats-Msg-Id belongs to, is another command: another subject,
-// body or principal (its token judged at its own stream time, as the
-// consumer judges it). Outcomes are kept per user, so another user's
+// body or principal (its token judged at its own stream time by the newest
+// key set this worker read, which is the set in force at the original but
+// for a rotation stored in between; the duplicate's own token verified by
+// the same set). Outcomes are kept per user, so another user's
 // command would never show its outcome here: the wait would end in
 // OUTCOME-UNAVAILABLE instead of the answer that the Nats-Msg-Id was
 // reused. When the stream cannot say, the outcome lookup decides, as it
@@ -318,7 +310,10 @@ func (s *Endpoints) originalDiffers(seq uint64, subject string, fingerprint []by
 		if _, o, err := partition.Original(orig.Subject); err == nil {
 			origSubject = o
 		}
-		p, _ := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time)
+		var p passkey.Principal
+		if keys := s.Keys(); keys != nil {
+			p, _ = s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time, keys)
+		}
 		return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
 	}
 	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")
@@ -348,13 +343,9 @@ func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key,
 func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
-	// The expiry is judged by the clock a token is; by this machine's where
-	// that cannot be read (the expiry is days away, and a repeat comes
-	// within the duplicate window of its original).
-	at, err := s.now(ctx, 2*time.Second)
-	if err != nil {
-		at = clock.Wall()
-	}
+	// The expiry is days away, and a repeat comes within the duplicate
+	// window of its original: this machine's clock judges it.
+	at := clock.Wall()
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {

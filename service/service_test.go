@@ -1,6 +1,7 @@
 package service
 
 import (
+	"github.com/passkeys/worker/auth"
 	"testing"
 	"time"
 
@@ -23,7 +24,8 @@ func TestForwardUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := testenv.NewKeys(t)
-	svc, err := (&Endpoints{JS: js, Conn: nc, Router: OneStore{testenv.MustOpenStore(t)}, Verifier: keys.Verifier(t), Log: zerolog.Nop(), OutcomeWait: time.Second}).Start(nc)
+	ks := keys.KeySet(t)
+	svc, err := (&Endpoints{JS: js, Conn: nc, Router: OneStore{testenv.MustOpenStore(t)}, Verifier: keys.Verifier(t), Keys: func() *auth.KeySet { return ks }, Log: zerolog.Nop(), OutcomeWait: time.Second}).Start(nc)
 	if err != nil {
 		t.Fatal(err)
 	}

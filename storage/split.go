@@ -101,13 +101,14 @@ func copySplit(stx *bolt.Tx, txs []*bolt.Tx, partOf func(userID string) int, cou
 
 // Records calls fn with every record of the state, in key order: the users
 // bucket (users and their outcomes), the outcomes of commands that named no
-// user, and the meta values (applied sequence, outcome count). The outbox
+// user, the meta values (applied sequence, outcome count) and the control
+// entries. The outbox
 // is left out: which events are still waiting depends on when they were
 // published, not on the commands. Two stores that applied the same
 // commands from the same state hold the same records.
 func (s *Store) Records(fn func(bucket string, key, value []byte) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta} {
+		for _, name := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta, bucketControl} {
 			err := tx.Bucket(name).ForEach(func(k, v []byte) error { return fn(string(name), k, v) })
 			if err != nil {
 				return err

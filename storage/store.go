@@ -44,6 +44,10 @@ var (
 	// written in the same transaction as its change and deleted once
 	// JetStream has acknowledged it.
 	bucketOutbox = []byte("outbox")
+	// bucketControl maps the stream sequence (big-endian) of each control
+	// entry of the partition (the key sets and rules in force from there
+	// on, written by the operator into the stream) to its body, as stored.
+	bucketControl = []byte("control")
 	// bucketExpiryV1 was an index of outcomes by expiry; pruning now walks
 	// the records instead, and Open deletes it.
 	bucketExpiryV1 = []byte("outcome_expiry")
@@ -128,7 +132,7 @@ func Open(path string, opts Options) (s *Store, err error) {
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta, bucketOutbox} {
+		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta, bucketOutbox, bucketControl} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
@@ -328,6 +332,32 @@ func (t *Tx) outcomeLocation(userID string, key []byte) (*bolt.Bucket, []byte, e
 func (t *Tx) addOutcomeCount(delta int64) error {
 	n := int64(t.metaUint(keyOutcomeCount)) + delta
 	return t.putMetaUint(keyOutcomeCount, uint64(max(n, 0)))
+}
+
+// PutControl keeps the control entry stored in the stream at seq.
+func (t *Tx) PutControl(seq uint64, body []byte) error {
+	return t.tx.Bucket(bucketControl).Put(binary.BigEndian.AppendUint64(nil, seq), body)
+}
+
+// ControlBefore is the control entry in force for the stream's message at
+// seq: the last one kept before it (first false), else the first one kept
+// after it (first true: seq comes before every control entry). seq is 0
+// and body nil when none is kept. body is valid only in the transaction.
+func (t *Tx) ControlBefore(seq uint64) (at uint64, body []byte, first bool) {
+	c := t.tx.Bucket(bucketControl).Cursor()
+	k, _ := c.Seek(binary.BigEndian.AppendUint64(nil, seq))
+	if k == nil {
+		k, body = c.Last()
+	} else {
+		k, body = c.Prev()
+	}
+	if k == nil {
+		if k, body = c.First(); k == nil {
+			return 0, nil, false
+		}
+		first = true
+	}
+	return binary.BigEndian.Uint64(k), body, first
 }
 
 // metaUint is the meta value under key, written by putMetaUint; 0 when

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/internal/retry"
+	"github.com/passkeys/worker/partition"
 )
 
 // Handles are what a worker uses of the topology.
@@ -23,8 +25,6 @@ type Handles struct {
 	// a constant of its own build.
 	LeaseTTL  time.Duration
 	Snapshots jetstream.ObjectStore
-	// Keys is the key history's stream.
-	Keys jetstream.Stream
 }
 
 // startRetry is how start-up tries again what a forming or busy JetStream
@@ -157,8 +157,7 @@ func provisionOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Han
 	if err != nil {
 		return h, fmt.Errorf("object store %s: %w", SnapshotBucket, err)
 	}
-	h.Keys, err = ensureStream(ctx, js, s.KeyStreamConfig())
-	return h, err
+	return h, nil
 }
 
 // streamConfigOver is stream PASSKEYS' configuration as it will be over
@@ -229,13 +228,9 @@ func findOnce(ctx context.Context, js jetstream.JetStream, s Settings) (Handles,
 	if h.Snapshots, err = call(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, SnapshotBucket) }); err != nil {
 		return h, missing("object store "+SnapshotBucket, err)
 	}
-	if h.Keys, err = call(ctx, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, KeyStream) }); err != nil {
-		return h, missing("stream "+KeyStream, err)
-	}
-	if c := h.Keys.CachedInfo().Config; !c.DenyDelete || !c.DenyPurge || c.AllowRollup || c.MaxMsgsPerSubject >= 0 ||
-		c.MaxAge > 0 || c.MaxMsgs > 0 || c.MaxBytes > 0 {
-		return h, retry.Permanent(fmt.Errorf("stream %s (the key history) may still have entries deleted, rewritten or aged out: "+
-			"run `worker provision` to make it append-only, with no limits", KeyStream))
+	if c := h.Stream.CachedInfo().Config; !c.AllowMsgTTL || !slices.Contains(c.Subjects, partition.ControlSubjects) {
+		return h, retry.Permanent(fmt.Errorf("stream %s does not hold the partitions' control entries (%s) yet: "+
+			"run `worker provision` with this version", StreamName, partition.ControlSubjects))
 	}
 	return h, nil
 }

@@ -75,10 +75,10 @@ const (
 	MaxLeaseTTL = 30 * time.Second
 	// SnapshotBucket holds the partitions' snapshots.
 	SnapshotBucket = "PASSKEYS_SNAPSHOTS"
-	// KeyStream holds the history of trusted key sets, append-only. Only
-	// an operator (worker provision --jwks) writes it; workers read it. The
-	// version before made it as key-value bucket PASSKEYS_JWKS, whose
-	// stream and subjects (KeyPrefix.<key>) it keeps.
+	// KeyStream held the key history of the versions before control
+	// entries (package trust): an append-only stream on subjects
+	// KeyPrefix.<key>. Only `worker provision` reads it, once, to carry it
+	// into the partitions' first control entries.
 	KeyStream = "KV_PASSKEYS_JWKS"
 	KeyPrefix = "$KV.PASSKEYS_JWKS"
 )
@@ -125,23 +125,28 @@ func (s Settings) Validate() error {
 // its outcome is kept, so a replay can never apply a command whose outcome
 // was pruned a second time. Direct gets are allowed: a worker reads a
 // partition's commands with them (catch-up, replay), since its NATS user
-// may not create a consumer on the stream.
+// may not create a consumer on the stream. It also captures the
+// partitions' control entries (partition.ControlSubjects), which only the
+// provisioner may publish.
 func (s Settings) StreamConfig() jetstream.StreamConfig {
 	src, dst := partition.Transform(s.Partitions)
 	return jetstream.StreamConfig{
 		Name:             StreamName,
 		Description:      "Passkey removal and sync commands",
-		Subjects:         []string{src},
+		Subjects:         []string{src, partition.ControlSubjects},
 		SubjectTransform: &jetstream.SubjectTransformConfig{Source: src, Destination: dst},
-		Storage:          jetstream.FileStorage,
-		Retention:        jetstream.LimitsPolicy,
-		MaxAge:           s.Retention,
-		Duplicates:       s.DuplicateWindow,
-		MaxMsgSize:       1 << 20,
-		Discard:          jetstream.DiscardOld,
-		Replicas:         s.Replicas,
-		AllowDirect:      true,
-		Metadata:         map[string]string{MetaPartitions: strconv.Itoa(s.Partitions)},
+		// The control entries carry Nats-TTL: never, and MaxAge passes
+		// them by: a key set stays in force as long as no other follows.
+		AllowMsgTTL: true,
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      s.Retention,
+		Duplicates:  s.DuplicateWindow,
+		MaxMsgSize:  1 << 20,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    s.Replicas,
+		AllowDirect: true,
+		Metadata:    map[string]string{MetaPartitions: strconv.Itoa(s.Partitions)},
 	}
 }
 
@@ -240,30 +245,6 @@ func (s Settings) SnapshotBucketConfig() jetstream.ObjectStoreConfig {
 	}
 }
 
-// KeyStreamConfig is the key history: append-only, so that no entry can
-// be rewritten, deleted or rolled up once a worker may have judged by it.
-// Every message on every subject is kept (no per-subject limit, no age,
-// count or size limit), messages may not be deleted, the stream not
-// purged, and roll-ups are refused.
-func (s Settings) KeyStreamConfig() jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:              KeyStream,
-		Description:       "passkeys: every trusted key set, in the order an operator provisioned them (append-only)",
-		Subjects:          []string{KeyPrefix + ".>"},
-		Storage:           jetstream.FileStorage,
-		Retention:         jetstream.LimitsPolicy,
-		MaxMsgsPerSubject: -1,
-		MaxMsgs:           -1,
-		MaxBytes:          -1,
-		MaxAge:            0, // no limit: an entry that aged out would change what older commands are judged by
-		Discard:           jetstream.DiscardNew,
-		DenyDelete:        true,
-		DenyPurge:         true,
-		AllowRollup:       false,
-		Replicas:          s.Replicas,
-	}
-}
-
 // Describe says what Provision creates or updates, for help texts and
 // the provisioner's report.
 func (s Settings) Describe() string {
@@ -271,6 +252,6 @@ func (s Settings) Describe() string {
 		fmt.Sprintf("stream %s (%d partitions, R%d)", StreamName, s.Partitions, s.Replicas),
 		fmt.Sprintf("%d durable consumers %s-p000...", s.Partitions, ConsumerName),
 		"stream " + EventsStreamName,
-		"key-value bucket " + LeaseBucket, "object store " + SnapshotBucket, "stream " + KeyStream + " (the key history)",
+		"key-value bucket " + LeaseBucket, "object store " + SnapshotBucket,
 	}, ", ")
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/passkeys/worker/snapshot"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
+	"github.com/passkeys/worker/trust"
 )
 
 // Config is what an upgrade needs.
@@ -42,7 +43,6 @@ type Config struct {
 	Stream    jetstream.Stream
 	Reader    *jsread.Reader
 	Verifier  *auth.Verifier
-	Keys      command.KeyClock
 	Snapshots *snapshot.Store
 	Log       zerolog.Logger
 }
@@ -156,7 +156,12 @@ func (u *upgrade) split(ctx context.Context, old *storage.Store) (uint64, int, e
 func (u *upgrade) applyTail(ctx context.Context, from uint64) (uint64, int, error) {
 	appliers := make([]*command.Applier, len(u.stores))
 	for p, s := range u.stores {
-		appliers[p] = &command.Applier{Store: s, Verifier: u.cfg.Verifier, Keys: u.cfg.Keys, Retention: u.cfg.Retention, Log: u.cfg.Log}
+		// The commands are judged by the partition's first key set's
+		// eras (the old key history's), as the version before did.
+		if err := trust.AwaitFirst(ctx, s, u.cfg.Reader, p, nil, u.cfg.Log); err != nil {
+			return 0, 0, err
+		}
+		appliers[p] = &command.Applier{Store: s, Verifier: u.cfg.Verifier, Retention: u.cfg.Retention, Log: u.cfg.Log}
 	}
 	filter := partition.CommandPrefix + ".>"
 	n := 0

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -14,7 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/passkeys/worker/internal/testenv"
-	"github.com/passkeys/worker/keyhistory"
+	"github.com/passkeys/worker/partition"
+	"github.com/passkeys/worker/trust"
 )
 
 // One worker per data directory, and one process per worker id: a second
@@ -52,10 +54,11 @@ func TestOneProcessPerWorker(t *testing.T) {
 	testenv.WantSuccess(t, e.request(t, "passkeys.sync.u1", adminTok, syncBody(true, "pk-1")))
 }
 
-// Two workers started together with different --jwks files on an empty key
-// history, where their NATS user may write it: one's set becomes the
-// history's first, and both judge by it; the other says its file differs.
-func TestDifferentFilesOnAnEmptyHistory(t *testing.T) {
+// Two workers started together with different --jwks files on a stream
+// with no key set, where their NATS user may write one: one's set becomes
+// every partition's first control entry, and both judge by it; the other
+// says its file differs.
+func TestDifferentFilesOnAStreamWithNoKeySet(t *testing.T) {
 	t.Parallel()
 	ns := testenv.StartNATS(t)
 	first := &env{url: ns.ClientURL(), keys: testenv.NewKeys(t), dataDir: t.TempDir()}
@@ -70,23 +73,27 @@ func TestDifferentFilesOnAnEmptyHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := js.Stream(context.Background(), "KV_PASSKEYS_JWKS")
+	st, err := js.Stream(context.Background(), "PASSKEYS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter("$KV.PASSKEYS_JWKS.>"))
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(partition.ControlSubjects))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(info.State.Subjects) != 1 || info.State.Subjects["$KV.PASSKEYS_JWKS.set.00000001"] != 1 {
-		t.Fatalf("the key history holds %v, want one set", info.State.Subjects)
+	if len(info.State.Subjects) != partition.DefaultCount {
+		t.Fatalf("the partitions' control entries: %v, want one in each of %d", info.State.Subjects, partition.DefaultCount)
 	}
-	entry, err := st.GetLastMsgForSubject(context.Background(), "$KV.PASSKEYS_JWKS.set.00000001")
-	if err != nil {
-		t.Fatal(err)
+	var body []byte
+	for p := range partition.DefaultCount {
+		entry, err := st.GetLastMsgForSubject(context.Background(), partition.ControlSubject(p))
+		if err != nil || info.State.Subjects[partition.ControlSubject(p)] != 1 || (body != nil && !bytes.Equal(entry.Data, body)) {
+			t.Fatalf("partition %d's control entries: %d, %v; the same as partition 0's: %v", p, info.State.Subjects[partition.ControlSubject(p)], err, entry != nil && bytes.Equal(entry.Data, body))
+		}
+		body = entry.Data
 	}
-	var set keyhistory.Entry
-	if err := json.Unmarshal(entry.Data, &set); err != nil {
+	var set trust.Entry
+	if err := json.Unmarshal(body, &set); err != nil {
 		t.Fatal(err)
 	}
 	winner, loser := first, second

@@ -132,6 +132,9 @@ func TestNATSPermissions(t *testing.T) {
 		_, err := operator.nc.Request("$JS.API.STREAM.PURGE.PASSKEYS", nil, 200*time.Millisecond)
 		return err
 	})
+	operator.denied(t, "an administrator writing a key set", "passkeys.part.0.control", func() error {
+		return operator.nc.Publish("passkeys.part.0.control", []byte(`{}`))
+	})
 	worker := connectAs(t, ns, "passkeys-worker", passwords["worker"])
 	for _, subject := range []string{"$JS.API.STREAM.PURGE.PASSKEYS", "$JS.API.STREAM.DELETE.PASSKEYS", "$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker",
 		"$JS.API.STREAM.UPDATE.PASSKEYS", "$JS.API.STREAM.CREATE.PASSKEYS", "$JS.API.STREAM.UPDATE.PASSKEYS_DLQ",
@@ -143,7 +146,7 @@ func TestNATSPermissions(t *testing.T) {
 		"$JS.API.CONSUMER.CREATE.PASSKEYS.spy", "$JS.API.CONSUMER.CREATE.PASSKEYS", "$JS.API.CONSUMER.DURABLE.CREATE.PASSKEYS.spy",
 		"$JS.API.CONSUMER.DELETE.PASSKEYS.passkeys-worker-p003",
 		// Nor the trusted keys written: only the provisioner sets them.
-		"$KV.PASSKEYS_JWKS.set.00000002", "$KV.PASSKEYS_JWKS.e.00000000000000000000"} {
+		"passkeys.part.0.control", "passkeys.part.7.control"} {
 		worker.denied(t, "the worker's user", subject, func() error {
 			return worker.nc.Publish(subject, nil)
 		})

@@ -26,6 +26,7 @@ import (
 	"github.com/passkeys/worker/internal/freeaddr"
 	"github.com/passkeys/worker/storage"
 	"github.com/passkeys/worker/topology"
+	"github.com/passkeys/worker/trust"
 )
 
 // Issuer and Audience the test keys' tokens carry.
@@ -178,18 +179,40 @@ func (k *Keys) WriteJWKS(tb testing.TB, kids ...string) {
 	}
 }
 
-// Verifier trusts the keys' JWKS file, with the test issuer and audience.
-func (k *Keys) Verifier(tb testing.TB) *auth.Verifier {
+// Verifier is a verifier for tests (it holds no keys: see Trust and
+// KeySet).
+func (k *Keys) Verifier(tb testing.TB) *auth.Verifier { return auth.NewVerifier() }
+
+// entry is the control entry that trusts the keys' JWKS file, with the
+// test issuer and audience.
+func (k *Keys) entry(tb testing.TB) *trust.Entry {
 	tb.Helper()
 	set, err := auth.LoadJWKS(k.JWKSPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	v, err := auth.NewVerifier(set, Issuer, Audience)
+	e, err := trust.NewEntry(set, Issuer, Audience)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return v
+	return e
+}
+
+// KeySet is the key set of the keys' JWKS file.
+func (k *Keys) KeySet(tb testing.TB) *auth.KeySet { return k.entry(tb).KeySet() }
+
+// Trust makes store trust the keys' JWKS file for every command, as a
+// control entry before the stream's first message would, and returns it.
+func (k *Keys) Trust(tb testing.TB, store *storage.Store) *storage.Store {
+	tb.Helper()
+	body, err := k.entry(tb).Encode()
+	if err == nil {
+		err = store.Update(func(tx *storage.Tx) error { return tx.PutControl(0, body) })
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return store
 }
 
 // Token is what a test token claims; zero fields take test defaults.

@@ -1,0 +1,112 @@
+// Package trust decides which keys judge a command: control entries, which
+// the operator writes into every partition of stream PASSKEYS (`worker
+// provision --jwks`, on partition.ControlSubject), each in force for the
+// partition's commands after it. A command is judged by the last control
+// entry before it in its partition: a position in the stream, not a time,
+// so every worker, every replay and every rebuild judges it alike, with no
+// clock but the command's own stream timestamp (its token's exp and nbf).
+//
+// A command stored before its partition's first entry is judged by that
+// entry's Before (the key history of the version before, by the command's
+// stream timestamp, as that version judged it), or, with none, by the
+// entry itself.
+package trust
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/passkeys/worker/auth"
+)
+
+// Entry is one control entry, as stored in the stream (JSON).
+type Entry struct {
+	Issuer   string             `json:"issuer"`
+	Audience string             `json:"audience"`
+	Keys     jose.JSONWebKeySet `json:"jwks"`
+	// Before, in a partition's first entry only, are the key sets of the
+	// version before's key history, each in force from its time on (the
+	// first also before it).
+	Before []Era `json:"before,omitempty"`
+
+	set    *auth.KeySet
+	before []*auth.KeySet
+}
+
+// Era is a key set of the version before's key history, in force from
+// From on.
+type Era struct {
+	From     time.Time          `json:"from"`
+	Issuer   string             `json:"issuer"`
+	Audience string             `json:"audience"`
+	Keys     jose.JSONWebKeySet `json:"jwks"`
+}
+
+// NewEntry is the entry that trusts keys, for tokens of issuer and
+// audience.
+func NewEntry(keys jose.JSONWebKeySet, issuer, audience string) (*Entry, error) {
+	set, err := auth.NewKeySet(keys, issuer, audience)
+	if err != nil {
+		return nil, err
+	}
+	return &Entry{Issuer: issuer, Audience: audience, Keys: keys, set: set}, nil
+}
+
+// Parse reads a control entry, refusing one that trusts nothing usable:
+// a key set that is empty or holds anything but public keys of the
+// allowed algorithms, or no issuer or audience. The same body parses the
+// same way on every worker.
+func Parse(body []byte) (*Entry, error) {
+	var e Entry
+	if err := json.Unmarshal(body, &e); err != nil {
+		return nil, err
+	}
+	var err error
+	if e.set, err = auth.NewKeySet(e.Keys, e.Issuer, e.Audience); err != nil {
+		return nil, err
+	}
+	for _, era := range e.Before {
+		ks, err := auth.NewKeySet(era.Keys, era.Issuer, era.Audience)
+		if err != nil {
+			return nil, err
+		}
+		e.before = append(e.before, ks)
+	}
+	return &e, nil
+}
+
+// Encode is the body of e, checked as Parse checks it.
+func (e *Entry) Encode() ([]byte, error) {
+	raw, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Parse(raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// KeySet is the set e puts in force.
+func (e *Entry) KeySet() *auth.KeySet { return e.set }
+
+// For is the key set that judges a command stored at at: e's own, or,
+// when the command comes before e (e is its partition's first entry), the
+// era of Before in force at at.
+func (e *Entry) For(before bool, at time.Time) *auth.KeySet {
+	if !before || len(e.before) == 0 {
+		return e.set
+	}
+	i := len(e.Before) - 1
+	for i > 0 && e.Before[i].From.After(at) {
+		i--
+	}
+	return e.before[i]
+}
+
+// Same tells whether e trusts exactly what o does (Before aside).
+func (e *Entry) Same(o *Entry) bool {
+	return e != nil && o != nil && e.KeySet() != nil && o.KeySet() != nil && e.set.ID == o.set.ID
+}
