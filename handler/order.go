@@ -94,7 +94,7 @@ func (c *Processor) applyBetween(ctx context.Context, front, until uint64) error
 // subject its publisher used, or its control entry: both ways a command comes out of a
 // partition (a consumer's delivery, a read) end here.
 func commandOf(stored string, h nats.Header, data []byte, seq uint64, at time.Time) (*command.Command, error) {
-	if partition.IsControl(stored) {
+	if _, ok := partition.ControlOf(stored); ok {
 		return &command.Command{Subject: stored, Body: data, StreamSeq: seq, Timestamp: at, Control: true}, nil
 	}
 	_, subject, err := partition.Original(stored)

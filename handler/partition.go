@@ -73,7 +73,8 @@ type Range struct {
 
 // ApplyRange reads the partition's commands of r from the stream, as far
 // as the stream's leader holds them, and applies them in stream order, a
-// read's worth to a transaction. It returns how many it applied, and the
+// read's worth to a transaction. It returns how many commands it applied
+// (control entries aside), and the
 // first error: a read's, or CommitInOrder's (a fence, ctx, ErrGaveUp).
 func (p *Partition) ApplyRange(ctx context.Context, r Range) (int, error) {
 	n := 0
@@ -108,7 +109,9 @@ func (p *Partition) ApplyRange(ctx context.Context, r Range) (int, error) {
 				}
 			},
 			Done: func(i int, res command.Result) {
-				n++
+				if !res.Control {
+					n++
+				}
 				p.advance(batch[i].StreamSeq)
 				if r.Done != nil {
 					r.Done(batch[i], res)

@@ -53,13 +53,13 @@ func ControlSubject(p int) string { return StoredPrefix + "." + strconv.Itoa(p) 
 // entries.
 const ControlSubjects = StoredPrefix + ".*." + ControlName
 
-// IsControl tells whether a stored subject is a partition's control
-// subject.
-func IsControl(stored string) bool {
+// ControlOf tells whether a stored subject is a partition's control
+// subject, and whose.
+func ControlOf(stored string) (int, bool) {
 	rest, ok := strings.CutPrefix(stored, StoredPrefix+".")
 	num, name, _ := strings.Cut(rest, ".")
-	_, err := strconv.Atoi(num)
-	return ok && err == nil && name == ControlName
+	p, err := strconv.Atoi(num)
+	return p, ok && err == nil && p >= 0 && name == ControlName
 }
 
 // InternalPartition is the internal subjects' prefix of partition p, with

@@ -233,7 +233,7 @@ func (s *Set) firstAfter(ctx context.Context, applied uint64) (first uint64, gon
 		if err != nil {
 			return 0, false, err
 		}
-		if !partition.IsControl(m.Subject) {
+		if _, ok := partition.ControlOf(m.Subject); !ok {
 			return m.Sequence, m.Sequence-applied-1 > controls, nil
 		}
 		controls, seq = controls+1, m.Sequence+1
@@ -275,7 +275,11 @@ func (s *Set) ofStream(ctx context.Context, p int, si *jetstream.StreamInfo, st 
 	if err != nil {
 		return "", false, err
 	}
-	switch got, _, err := partition.Original(m.Subject); {
+	got, _, err := partition.Original(m.Subject)
+	if c, ok := partition.ControlOf(m.Subject); ok {
+		got, err = c, nil
+	}
+	switch {
 	case strings.HasPrefix(m.Subject, partition.CommandPrefix+"."):
 		return "", false, nil // a command of the version before partitions: nothing to compare
 	case err == nil && got == p && m.Time.Equal(st.AppliedAt):

@@ -400,8 +400,8 @@ func waitCount(tb testing.TB, r *replies, n int, limit time.Duration) {
 }
 
 // SIGHUP reloads the JWKS at once, without waiting for the file check. The
-// embedded default's worker, the only worker, puts its new key set into
-// the key history itself; it is in force once its margin has passed.
+// embedded default's worker, the only worker, writes its new key set into
+// every partition itself; it is in force for every command after it.
 func TestJWKSReloadOnSIGHUP(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a worker process")
@@ -433,7 +433,7 @@ func TestJWKSReloadOnSIGHUP(t *testing.T) {
 	waitWithin(t, 20*time.Second, func() bool {
 		return strings.Contains(string(e.request(t, "passkeys.list.u1", es, nil).Data), "AUTH-KEY-UNKNOWN")
 	})
-	if log := readFile(t, proc.log.Name()); !strings.Contains(log, `"trigger":"SIGHUP"`) || !strings.Contains(log, "key set added to the key history") {
-		t.Fatalf("the reload was not on SIGHUP, or did not write the key history:\n%s", log)
+	if log := readFile(t, proc.log.Name()); !strings.Contains(log, `"trigger":"SIGHUP"`) || !strings.Contains(log, "key set written into the partitions") {
+		t.Fatalf("the reload was not on SIGHUP, or did not write the key set:\n%s", log)
 	}
 }

@@ -217,10 +217,10 @@ func TestStateOfAnotherStreamIsRefused(t *testing.T) {
 // A stream restored from an older backup keeps its creation time, so only
 // its commands tell it apart: once it has grown past what a partition's
 // state applied, the command under the state's last sequence is another
-// one. Here u1's partition's state says it applied a command 2, but the
-// stream's command 2 is the sync of a user of another partition: u1's
+// one. Here u1's partition's state says it applied the stream's last
+// command, but that is the sync of a user of another partition: u1's
 // partition is refused (and stays refused at the next start) rather than
-// taking the commands up to 2 for applied.
+// taking the commands up to it for applied.
 func TestStateOfARestoredStreamIsRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -239,14 +239,14 @@ func TestStateOfARestoredStreamIsRefused(t *testing.T) {
 	msg.Header.Set(nats.MsgIdHdr, "sync-"+other)
 	msg.Data = encode(t, syncBody(true, "pk-1"))
 	ack, err := js.PublishMsg(context.Background(), msg)
-	if err != nil || ack.Sequence != 2 {
+	if err != nil {
 		t.Fatalf("publish: %v, %+v", err, ack)
 	}
 	st, err := storage.Open(runner.StorePath(e.dataDir, partition.Of("u1", partition.DefaultCount)), storage.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Update(func(tx *storage.Tx) error { return tx.NoteApplied(2, time.Unix(1, 0)) }); err != nil {
+	if err := st.Update(func(tx *storage.Tx) error { return tx.NoteApplied(ack.Sequence, time.Unix(1, 0)) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Close(); err != nil {
@@ -255,7 +255,7 @@ func TestStateOfARestoredStreamIsRefused(t *testing.T) {
 	for range 2 { // and again: the refusal stands
 		w := e.startWorker(t)
 		waitFor(t, func() bool { return strings.Contains(w.log.String(), "PARTITION CANNOT BE REBUILT") })
-		if !strings.Contains(w.log.String(), "is not the one the partition's state applied under 2") {
+		if !strings.Contains(w.log.String(), "is not the one the partition's state applied under "+strconv.FormatUint(ack.Sequence, 10)) {
 			t.Fatalf("the refusal does not say why:\n%s", w.log)
 		}
 		testenv.WantError(t, e.request(t, "passkeys.list.u1", e.token(t, "a", admin), nil), 14, passkey.IDPartitionUnavailable, "503")

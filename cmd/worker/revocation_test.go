@@ -145,7 +145,7 @@ func TestKeyRotationWithSeveralWorkers(t *testing.T) {
 	w3, addr3 := startWith(fileA)
 	waitWithin(t, 30*time.Second, func() bool {
 		text := tryGet(addr3, "/metrics")
-		return strings.Contains(text, "passkeys_jwks_file_differs 1\n") && strings.Contains(text, "passkeys_key_sets 3\n")
+		return strings.Contains(text, "passkeys_jwks_file_differs 1\n") && !strings.Contains(text, "passkeys_key_set_seq 0\n")
 	})
 	first := ask(t, adminNC, "passkeys.remove.u1", tokB, "rm-1", map[string]any{"tokenId": "pk-1"}, 20*time.Second)
 	if got := testenv.WantSuccess(t, first); got.Details.Sequence != "2" {
@@ -210,6 +210,33 @@ func TestKeyRotationWithSeveralWorkers(t *testing.T) {
 	}
 }
 
+// Right after `worker provision --jwks` retires a key, a command stored
+// after its control entry with the retired key's token is refused, and one
+// with the new key's token accepted: a key set is in force from its place
+// in the stream, with no margin of time and no clock of a server.
+func TestRotationTakesEffectAtItsPlaceInTheStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a worker process")
+	}
+	ns := testenv.StartNATSWithUsers(t, "../../nats.conf")
+	keys := testenv.NewKeys(t)
+	fileA, fileB := writeKeySet(t, keys, "EdDSA"), writeKeySet(t, keys, "ES256")
+	provision(t, ns.ClientURL(), fileA, "--partitions", "1")
+	e := &env{url: testenv.UserURL(ns.ClientURL(), "passkeys-worker"), keys: &testenv.Keys{JWKSPath: fileA}, dataDir: t.TempDir()}
+	w := e.startProcess(t, buildWorker(t), "--create-stream=false", "--partitions", "1")
+	adminNC := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"]).nc
+	tokA := testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "EdDSA", Subject: "admin", Org: "org1", Scopes: []string{admin}, TTL: time.Hour}))
+	tokB := testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "admin", Org: "org1", Scopes: []string{admin}, TTL: time.Hour}))
+	testenv.WantSuccess(t, ask(t, adminNC, "passkeys.sync.u1", tokA, "sync-1", syncBody(true, "pk-1", "pk-2"), 20*time.Second))
+
+	provision(t, ns.ClientURL(), fileB, "--partitions", "1")
+	testenv.WantError(t, streamRequest(t, adminNC, "passkeys.cmd.remove.u1", tokA, "rm-retired", `{"tokenId":"pk-1"}`), 16, "AUTH-KEY-UNKNOWN", "401")
+	if got := testenv.WantSuccess(t, streamRequest(t, adminNC, "passkeys.cmd.remove.u1", tokB, "rm-new", `{"tokenId":"pk-2"}`)); got.Details.Sequence != "2" {
+		t.Fatalf("the removal under the new key: sequence %s, want 2", got.Details.Sequence)
+	}
+	w.stop(t)
+}
+
 // A stale owner never overwrites a newer snapshot. F1 (which writes
 // snapshots only when it lets go) removes pk-1 and is frozen; F2 takes over,
 // removes pk-2 and writes its snapshot; F1 is told to stop and wakes: it
@@ -258,7 +285,7 @@ func TestStaleOwnerNeverOverwritesASnapshot(t *testing.T) {
 			Served []struct{ AppliedSeq, SnapshotSeq uint64 }
 		}
 		return json.Unmarshal([]byte(tryGet(addr2, "/partitions")), &st) == nil && len(st.Served) == 1 &&
-			st.Served[0].AppliedSeq == 3 && st.Served[0].SnapshotSeq == 3
+			st.Served[0].AppliedSeq == 4 && st.Served[0].SnapshotSeq == 4
 	})
 
 	// The stale owner is told to stop, and wakes.
@@ -279,12 +306,13 @@ func TestStaleOwnerNeverOverwritesASnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The removals leave the stream, as they do at MaxAge (the outcome
-	// retention): purged here rather than waited for.
+	// retention): purged here rather than waited for. The control entries
+	// stay, as they do at MaxAge.
 	st, err := js.Stream(context.Background(), "PASSKEYS")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Purge(context.Background()); err != nil {
+	if err := st.Purge(context.Background(), jetstream.WithPurgeSubject("passkeys.part.*.*.*")); err != nil {
 		t.Fatal(err)
 	}
 	f2.stop(t)
