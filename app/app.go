@@ -1,8 +1,8 @@
 // Package app assembles the worker (WTF Dial's Main): the configuration and
 // its flags, and the wiring that opens the parts in order, serves until the
 // context ends, and closes them in reverse. What each part does lives in
-// its own package: topology (what JetStream holds), keyhistory (the trusted
-// keys), ownership and runner (the partitions this worker serves),
+// its own package: topology (what JetStream holds), trust (the key sets in
+// force), ownership and runner (the partitions this worker serves),
 // handler (applying commands), service (the endpoints), reply, outbox,
 // snapshot, upgrade, ops (HTTP), metrics.
 package app

@@ -150,12 +150,12 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	settingsFlags(fs, &cfg, "the workers' outcome retention: the stream's max age")
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for a JetStream cluster that is still forming")
 	resetLeases := fs.Bool("reset-leases", false, "delete the lease bucket "+topology.LeaseBucket+" first and create it again empty, after its TTL: for a bucket NATS left without a leader, which workers then name (docs/operations.md)")
-	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every worker trusts from a few seconds after the NATS server stored it")
+	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every partition's commands stored after it are judged by")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
 	fs.Usage = func() {
 		made := topology.Settings{Partitions: partition.DefaultCount, Replicas: 1}.Describe()
-		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: %s\n(with --partitions and --replicas as given). A cluster that is still forming is\nwaited for (up to --wait). With --jwks, --issuer and --audience it also adds the\nkey set to the key history, unless it is the newest already: rotate by running\nit again with the new file (add the new key first, remove the old one later).\nThen exits.\n\nFlags:\n", made)
+		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: %s\n(with --partitions and --replicas as given). A cluster that is still forming is\nwaited for (up to --wait). With --jwks, --issuer and --audience it also writes the\nkey set into every partition, where it is not the newest already: it judges every\ncommand stored after it. Rotate by running it again with the new file (add the\nnew key first, remove the old one later).\nThen exits.\n\nFlags:\n", made)
 		fs.PrintDefaults()
 	}
 	if done, err := cli.ParseFlags(fs, args, getenv); done || err != nil {
@@ -223,11 +223,14 @@ func provisionEntry(cfg *Config) (*trust.Entry, error) {
 // partition 0's.
 func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, n int, entry *trust.Entry, stdout io.Writer,
 	log zerolog.Logger) error {
-	eras, err := trust.Legacy(ctx, js, log)
-	if err != nil {
-		return fmt.Errorf("provision: %w", err)
+	var eras []trust.Era
+	if _, err := st.GetLastMsgForSubject(ctx, partition.ControlSubject(0)); errors.Is(err, jetstream.ErrMsgNotFound) {
+		if eras, err = trust.Legacy(ctx, js, log); err != nil { // the upgrade: read once, while no entry carries them
+			return fmt.Errorf("provision: %w", err)
+		}
 	}
 	first := entry
+	var err error
 	if len(eras) > 0 {
 		iss, aud := "", ""
 		if entry != nil {

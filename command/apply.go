@@ -265,7 +265,7 @@ func (a *Applier) commitFrom(c *Checked, start int) ([]Result, error) {
 var ErrFenced = errors.New("the partition is not held")
 
 // errNoKeySet is the transient failure of a command whose partition's
-// store keeps no control entry yet (trust.AwaitFirst puts the first one
+// store keeps no control entry yet (trust.AwaitEntries puts them
 // there before the partition is served).
 var errNoKeySet = errors.New("no key set is known for the partition")
 

@@ -109,7 +109,7 @@ func TestCommandsBeforeTheFirstEntry(t *testing.T) {
 	first := f.control(t, []trust.Era{{Keys: keys.PublicSet("EdDSA"), Issuer: testenv.Issuer, Audience: testenv.Audience},
 		{From: rotated, Keys: keys.PublicSet("ES256"), Issuer: testenv.Issuer, Audience: testenv.Audience}}, "RS256")
 	if err := f.store.Update(func(tx *storage.Tx) error { return tx.PutControl(first.StreamSeq, first.Body) }); err != nil {
-		t.Fatal(err) // as trust.AwaitFirst puts it there
+		t.Fatal(err) // as trust.AwaitEntries puts it there
 	}
 	res := f.apply(t, append(cmds, first, f.syncAs(t, "u3", "ES256", f.now), f.syncAs(t, "u4", "RS256", f.now))...)
 	wantAnswer(t, "EdDSA before the rotation", res[0], "")

@@ -203,9 +203,8 @@ var (
 	// worker serves at the moment (a failover under way).
 	ErrPartitionUnavailable = &Error{Code: CodeUnavailable, ID: IDPartitionUnavailable,
 		Message: "no worker serves this user's partition at the moment; try again shortly"}
-	// ErrKeysUnavailable answers a request that came while the worker
-	// could not read the key history, so could not tell which keys are in
-	// force.
+	// ErrKeysUnavailable answers a request that came before the worker had
+	// read any key set, so could not tell which keys are in force.
 	ErrKeysUnavailable = &Error{Code: CodeUnavailable, ID: IDKeysUnavailable,
 		Message: "the trusted keys could not be read at the moment; try again shortly"}
 )

@@ -61,7 +61,7 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err := s.checkStream(ctx, pt, applied, si, log); err != nil {
 		return err
 	}
-	if err := trust.AwaitFirst(ctx, pt.store, s.cfg.Reader, pt.p, pt.lease.Progress, log); err != nil {
+	if err := trust.AwaitEntries(ctx, pt.store, s.cfg.Reader, pt.p, pt.lease.Progress, log); err != nil {
 		return err
 	}
 	applier := &command.Applier{Store: pt.store, Verifier: s.cfg.Verifier, Retention: s.cfg.Retention, Log: log,

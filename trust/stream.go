@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -134,32 +133,38 @@ func Newest(ctx context.Context, r *jsread.Reader) (uint64, *Entry, error) {
 	return m.Sequence, e, nil
 }
 
-// AwaitFirst makes sure store keeps partition p's first valid control
-// entry, read from the stream: what judges the commands stored before it,
-// even before the partition has applied that far. While the stream holds
-// none the partition waits (progress is called each round), saying what
-// the operator has to do. A store that keeps an entry has its first.
-func AwaitFirst(ctx context.Context, store *storage.Store, r *jsread.Reader, p int, progress func(), log zerolog.Logger) error {
-	var has bool
-	if err := store.View(func(tx *storage.Tx) error {
-		_, body, _ := tx.ControlBefore(math.MaxUint64)
-		has = body != nil
-		return nil
-	}); err != nil || has {
+// AwaitEntries makes sure store keeps partition p's valid control
+// entries, read from the stream: every one up to what the store has
+// applied (a store written by a version before control entries, which took
+// them for bad commands, judges what follows as one that applied them
+// does), and at least one, the first: what judges the commands stored
+// before it. While the stream holds none the partition waits (progress is
+// called each round), saying what the operator has to do.
+func AwaitEntries(ctx context.Context, store *storage.Store, r *jsread.Reader, p int, progress func(), log zerolog.Logger) error {
+	applied, err := store.AppliedSeq()
+	if err != nil {
 		return err
 	}
-	warned := time.Time{}
+	found, warned := false, time.Time{}
 	for from := uint64(1); ; {
 		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		m, err := r.Next(gctx, from, partition.ControlSubject(p))
 		cancel()
 		if err == nil {
+			from = m.Sequence + 1
 			if _, perr := Parse(m.Data); perr != nil {
-				log.Error().Err(perr).Uint64("stream_seq", m.Sequence).Msg("a control entry that is not a key set is left out")
-				from = m.Sequence + 1
-				continue
+				continue // left out, as the applier leaves it out
 			}
-			return store.Update(func(tx *storage.Tx) error { return tx.PutControl(m.Sequence, m.Data) })
+			if err := store.Update(func(tx *storage.Tx) error { return tx.PutControl(m.Sequence, m.Data) }); err != nil {
+				return err
+			}
+			if found = true; m.Sequence > applied {
+				return nil
+			}
+			continue
+		}
+		if found && errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
 		}
 		if time.Since(warned) > time.Minute {
 			warned = time.Now()

@@ -158,7 +158,7 @@ func (u *upgrade) applyTail(ctx context.Context, from uint64) (uint64, int, erro
 	for p, s := range u.stores {
 		// The commands are judged by the partition's first key set's
 		// eras (the old key history's), as the version before did.
-		if err := trust.AwaitFirst(ctx, s, u.cfg.Reader, p, nil, u.cfg.Log); err != nil {
+		if err := trust.AwaitEntries(ctx, s, u.cfg.Reader, p, nil, u.cfg.Log); err != nil {
 			return 0, 0, err
 		}
 		appliers[p] = &command.Applier{Store: s, Verifier: u.cfg.Verifier, Retention: u.cfg.Retention, Log: u.cfg.Log}

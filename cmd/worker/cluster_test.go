@@ -380,7 +380,7 @@ func TestPausedOwnerOverlaps(t *testing.T) {
 	for range 2 {
 		e := &env{url: ns.ClientURL(), keys: keys, dataDir: t.TempDir()}
 		addr := testenv.FreeAddr(t)
-		procs = append(procs, e.startProcess(t, bin, "--partitions", "1", "--http-listen", addr, "--snapshot-interval", "1s"))
+		procs = append(procs, e.startProcess(t, bin, "--partitions", "1", "--http-listen", addr, "--snapshot-interval", "1s", "--log-level", "info"))
 		addrs, dataDirs = append(addrs, addr), append(dataDirs, e.dataDir)
 	}
 	// The owner the assignment settles on, once both are members.

@@ -45,7 +45,7 @@ func records(t *testing.T, dataDir string) []string {
 }
 
 // Applying is deterministic. Worker A applies commands, stops (its
-// snapshots are written), the key history rotates (the key that signed the first
+// snapshots are written), the keys rotate (the key that signed the first
 // commands is dropped), A applies more and is killed. B, on an empty data
 // directory, takes over from the snapshots and the stream; C, on another
 // empty one with the snapshots gone too, from the stream alone. All three

@@ -539,10 +539,10 @@ func TestEndpointStoresOnlyAuthenticatedCommands(t *testing.T) {
 }
 
 // Keys rotate without a restart, as an operator rotates them: `worker
-// provision --jwks` adds the new set to the key history, and the worker
-// refuses tokens of a removed key and accepts tokens of an added one once the
-// set is in force. The worker's own --jwks file does not change what it
-// trusts: a file that differs from the history is a warning and a metric,
+// provision --jwks` writes the new set into every partition, and the worker
+// refuses tokens of a removed key and accepts tokens of an added one once it
+// has read the set. The worker's own --jwks file does not change what it
+// trusts: a file that differs from the newest set is a warning and a metric,
 // and a file that does not load changes nothing.
 func TestJWKSRotation(t *testing.T) {
 	t.Parallel()
@@ -590,7 +590,7 @@ func TestJWKSRotation(t *testing.T) {
 	e.keys.WriteJWKS(t, "EdDSA")
 	waitFor(t, func() bool { return strings.Contains(metric(), "passkeys_jwks_file_differs 1\n") })
 	if !strings.Contains(e.w.log.String(), `"differs":true`) {
-		t.Errorf("no warning that the worker's file differs from the key history")
+		t.Errorf("no warning that the worker's file differs from the newest key set")
 	}
 	testenv.WantSuccess(t, e.request(t, "passkeys.remove.u1", mint("RS256", "u1"), `{"tokenId":"pk-2"}`, "Nats-Msg-Id", "still-trusted"))
 
