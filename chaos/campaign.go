@@ -21,8 +21,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/passkeys/worker/client"
 )
 
 // Config is one campaign.
@@ -248,9 +251,73 @@ func (k *campaign) runFaults(ctx context.Context) {
 		wg.Go(func() { k.w.run(ctx, id) })
 	}
 	wg.Go(func() { k.supervise(ctx) })
+	wg.Go(func() { k.rotate(ctx) })
 	wg.Wait()
 	k.c.healAll()
 	k.logf("faults over: %d operations", len(k.w.hist.snapshot()))
+}
+
+// rotate is the operator's key rotation, a quarter into the faults: the new
+// key is added (`worker provision --jwks` with both keys), the clients
+// take tokens of the new key, and once every call that may still carry a
+// token of the old key has ended (its retries included), the old key is
+// retired (provision with
+// the new key alone). From the retirement's control entry on, a token of
+// the retired key is refused in every partition, by every worker: probed
+// after it, one call per user; an answer other than AUTH-KEY-UNKNOWN is an
+// anomaly.
+func (k *campaign) rotate(ctx context.Context) {
+	if !sleepCtx(ctx, k.cfg.Duration/4) || !k.provisionKeys(ctx, k.w.keys[0], k.w.keys[1]) {
+		return
+	}
+	old, err := k.w.useKey(k.w.keys[1])
+	if err != nil {
+		k.rep.FaultError = append(k.rep.FaultError, "key rotation: "+err.Error())
+		return
+	}
+	if !k.w.calls.next(ctx) || !k.provisionKeys(ctx, k.w.keys[1]) {
+		return
+	}
+	refused, unanswered := 0, 0
+	for _, u := range k.w.users {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		_, err := k.w.service.Remove(cctx, u.id, "retired-key-probe", client.Token(old[u.id]))
+		cancel()
+		var e *client.Error
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.As(err, &e) && e.ID == "AUTH-KEY-UNKNOWN":
+			refused++
+		case errors.Is(err, client.ErrOutcomeUnknown) || (errors.As(err, &e) && e.Unavailable()) || (err != nil && !errors.As(err, &e)):
+			unanswered++
+		default:
+			k.rep.Anomalies = append(k.rep.Anomalies, fmt.Sprintf("%s: a token of the retired key, sent after its retirement, got %v", u.id, err))
+		}
+	}
+	k.logf("tokens of the retired key, sent after its retirement: %d refused, %d unanswered", refused, unanswered)
+	k.rep.RetiredRefused = refused
+}
+
+// provisionKeys writes keys as the campaign's JWKS file and runs `worker
+// provision --jwks` with it, as the operator does, again every 5 s until
+// it succeeds; false when ctx ends first.
+func (k *campaign) provisionKeys(ctx context.Context, keys ...jose.JSONWebKey) bool {
+	if err := k.w.writeJWKS(keys...); err != nil {
+		k.rep.FaultError = append(k.rep.FaultError, "key rotation: "+err.Error())
+		return false
+	}
+	for {
+		err := k.provision(ctx, "--jwks", k.w.jwksPath, "--issuer", issuer, "--audience", audience)
+		if err == nil {
+			k.logf("operator: worker provision --jwks with %d keys", len(keys))
+			return true
+		}
+		k.logf("operator: worker provision --jwks failed, again in 5s: %.200v", err)
+		if !sleepCtx(ctx, 5*time.Second) {
+			return false
+		}
+	}
 }
 
 // supervise restarts a program that exited by itself (not killed by the

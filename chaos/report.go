@@ -58,6 +58,9 @@ type Report struct {
 	// word: `worker provision --reset-leases` when a worker said the lease
 	// bucket was silent (NATS left it without a leader).
 	Repairs []string `json:"repairs,omitempty"`
+	// RetiredRefused is how many calls with a token of the retired key,
+	// sent after the operator retired it, were refused (campaign.rotate).
+	RetiredRefused int `json:"retiredRefused"`
 	// Fsyncs is how many fsyncs each machine's disk saw; Dropped, how many
 	// bytes (whole pages) its power cuts lost; Detached, how many of its
 	// cuts found a process still using it (a cut that was not clean).
@@ -249,6 +252,7 @@ func (r *Report) String() string {
 	for _, e := range r.Exits {
 		fmt.Fprintf(&b, "exited by itself: %.300s\n", e)
 	}
+	fmt.Fprintf(&b, "tokens of the retired key refused after its retirement: %d\n", r.RetiredRefused)
 	for _, e := range r.Repairs {
 		fmt.Fprintf(&b, "operator repair: %.300s\n", e)
 	}

@@ -40,8 +40,8 @@ const callTimeout = 30 * time.Second
 type user struct {
 	id       string
 	password bool
-	token    string
-	gen      atomic.Int64 // the newest generation a sync was asked for
+	token    atomic.Pointer[string] // of the signing key in use (workload.rotate)
+	gen      atomic.Int64           // the newest generation a sync was asked for
 
 	mu   sync.Mutex
 	seen []string // the passkeys the last answer showed the user to have
@@ -93,43 +93,74 @@ type workload struct {
 	service *client.Client // self-service removals and lists
 	admin   *client.Client // syncs
 	hist    *history
-	start   time.Time
-	seed    uint64
+	// keys are the campaign's signing keys: the first signs the tokens
+	// until the operator's rotation (campaign.rotate), the second after.
+	keys       [2]jose.JSONWebKey
+	jwksPath   string
+	ttl        time.Duration
+	adminToken atomic.Pointer[string]
+	calls      tokenCalls
+	start      time.Time
+	seed       uint64
 }
 
 // newWorkload makes the signing key (its JWKS at jwksPath), the users and
 // their tokens, valid for the campaign's duration and two hours more.
 func newWorkload(cfg *Config, jwksPath string, service, admin *nats.Conn, start time.Time) (*workload, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	key := jose.JSONWebKey{Key: priv, KeyID: "chaos", Algorithm: "EdDSA", Use: "sig"}
-	raw, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{key.Public()}})
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(jwksPath, raw, 0o600); err != nil {
-		return nil, err
-	}
-	ttl := cfg.Duration + 2*time.Hour
-	mint := func(sub string, scopes ...string) (string, error) {
-		return auth.Mint(key, auth.TokenRequest{Subject: sub, Org: org, Scopes: scopes, Issuer: issuer, Audience: audience, TTL: ttl})
-	}
-	adminToken, err := mint("chaos-admin", "passkeys:admin")
-	if err != nil {
-		return nil, err
-	}
-	w := &workload{hist: &history{}, start: start, seed: cfg.Seed,
-		service: client.New(service), admin: client.New(admin, client.WithToken(adminToken))}
-	for i := range cfg.Users {
-		u := &user{id: "user-" + strconv.Itoa(i), password: i%2 == 0}
-		if u.token, err = mint(u.id); err != nil {
+	w := &workload{hist: &history{}, start: start, seed: cfg.Seed, service: client.New(service), admin: client.New(admin),
+		jwksPath: jwksPath, ttl: cfg.Duration + 2*time.Hour}
+	for i, kid := range []string{"chaos", "chaos-next"} {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
 			return nil, err
 		}
-		w.users = append(w.users, u)
+		w.keys[i] = jose.JSONWebKey{Key: priv, KeyID: kid, Algorithm: "EdDSA", Use: "sig"}
 	}
-	return w, nil
+	for i := range cfg.Users {
+		w.users = append(w.users, &user{id: "user-" + strconv.Itoa(i), password: i%2 == 0})
+	}
+	if _, err := w.useKey(w.keys[0]); err != nil {
+		return nil, err
+	}
+	return w, w.writeJWKS(w.keys[0])
+}
+
+// writeJWKS writes the public halves of keys as the campaign's JWKS file.
+func (w *workload) writeJWKS(keys ...jose.JSONWebKey) error {
+	var set jose.JSONWebKeySet
+	for _, k := range keys {
+		set.Keys = append(set.Keys, k.Public())
+	}
+	raw, err := json.Marshal(set)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(w.jwksPath, raw, 0o600)
+}
+
+// useKey gives every user and the administrator a token signed with key,
+// valid for the campaign's duration and two hours more, and returns the
+// users' tokens before.
+func (w *workload) useKey(key jose.JSONWebKey) (map[string]string, error) {
+	mint := func(sub string, scopes ...string) (*string, error) {
+		tok, err := auth.Mint(key, auth.TokenRequest{Subject: sub, Org: org, Scopes: scopes, Issuer: issuer, Audience: audience, TTL: w.ttl})
+		return &tok, err
+	}
+	tok, err := mint("chaos-admin", "passkeys:admin")
+	if err != nil {
+		return nil, err
+	}
+	w.adminToken.Store(tok)
+	old := map[string]string{}
+	for _, u := range w.users {
+		if tok, err = mint(u.id); err != nil {
+			return nil, err
+		}
+		if before := u.token.Swap(tok); before != nil {
+			old[u.id] = *before
+		}
+	}
+	return old, nil
 }
 
 func (w *workload) now() int64 { return int64(time.Since(w.start)) }
@@ -177,6 +208,7 @@ func (w *workload) list(id int, u *user) *Op {
 // do makes op's call (a first one, or one asked again with its
 // Nats-Msg-Id) and fills in its times and result.
 func (w *workload) do(op *Op, u *user) {
+	defer w.calls.begin()()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	var body []byte
@@ -192,7 +224,7 @@ func (w *workload) do(op *Op, u *user) {
 	switch op.Kind {
 	case OpRemove:
 		var d client.Details
-		d, err = w.service.Remove(ctx, op.User, op.PK, append(opts, client.Token(u.token))...)
+		d, err = w.service.Remove(ctx, op.User, op.PK, append(opts, client.Token(*u.token.Load()))...)
 		seq, date = d.Sequence, d.ChangeDate
 	case OpSync:
 		snap := client.User{ID: op.User, ResourceOwner: org, Password: op.Password}
@@ -200,11 +232,11 @@ func (w *workload) do(op *Op, u *user) {
 			snap.Passkeys = append(snap.Passkeys, client.Passkey{ID: id, Name: "key " + id, State: client.StateReady})
 		}
 		var d client.Details
-		d, err = w.admin.Sync(ctx, snap, opts...)
+		d, err = w.admin.Sync(ctx, snap, append(opts, client.Token(*w.adminToken.Load()))...)
 		seq, date = d.Sequence, d.ChangeDate
 	default:
 		var l client.List
-		l, err = w.service.List(ctx, op.User, client.Token(u.token))
+		l, err = w.service.List(ctx, op.User, client.Token(*u.token.Load()))
 		seq, date = l.ProcessedSequence, l.Timestamp
 		for _, pk := range l.Passkeys {
 			list = append(list, pk.ID)
@@ -217,6 +249,38 @@ func (w *workload) do(op *Op, u *user) {
 		op.Result.Date = date.UTC().Format(time.RFC3339Nano)
 	}
 	u.saw(op)
+}
+
+// tokenCalls counts the calls under way by the generation of the tokens
+// they may carry: before the rotation's new tokens (useKey), and after.
+type tokenCalls struct {
+	gen atomic.Int64
+	n   [2]atomic.Int64
+}
+
+// begin counts a call, before it loads its token, until end is called.
+func (t *tokenCalls) begin() (end func()) {
+	for {
+		g := t.gen.Load()
+		t.n[g&1].Add(1)
+		if t.gen.Load() == g {
+			return func() { t.n[g&1].Add(-1) }
+		}
+		t.n[g&1].Add(-1)
+	}
+}
+
+// next starts the next generation (after the tokens were swapped) and
+// waits until every call of the one before has ended; false when ctx
+// ends first.
+func (t *tokenCalls) next(ctx context.Context) bool {
+	g := t.gen.Add(1) - 1
+	for t.n[g&1].Load() > 0 {
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return false
+		}
+	}
+	return true
 }
 
 // resultOf classifies a call's answer.

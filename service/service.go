@@ -58,6 +58,9 @@ type Endpoints struct {
 	// judged at this machine's time; a command, once stored, by the key
 	// set in force at its place in the stream, at its stream timestamp.
 	Keys func() *auth.KeySet
+	// Now is the time a request is judged at: the stream leader's clock
+	// (trust.Local.Now), not this machine's; nil: this machine's.
+	Now func(context.Context) (time.Time, error)
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
@@ -122,10 +125,22 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 // (KEYS-UNAVAILABLE) while no key set has been read.
 func (s *Endpoints) verify(h command.Header) (passkey.Principal, error) {
 	keys := s.Keys()
-	if keys == nil {
+	now, err := s.now(context.Background(), 3*time.Second)
+	if keys == nil || err != nil {
+		s.Log.Warn().Err(err).Bool("keys", keys != nil).Msg("request refused: no key set read yet, or the stream leader's clock could not be read")
 		return passkey.Principal{}, passkey.ErrKeysUnavailable
 	}
-	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), clock.Wall(), keys)
+	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now, keys)
+}
+
+// now is Now, read within timeout; this machine's wall clock without Now.
+func (s *Endpoints) now(ctx context.Context, timeout time.Duration) (time.Time, error) {
+	if s.Now == nil {
+		return clock.Wall(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return s.Now(ctx)
 }
 
 // respond answers a request, in the trace the request carries (its
@@ -343,9 +358,13 @@ func (s *Endpoints) answerRepeat(req micro.Request, subject, userID string, key,
 func (s *Endpoints) storedAnswer(store *storage.Store, subject, userID string, key, fingerprint []byte) reply.Wire {
 	ctx, cancel := context.WithTimeout(context.Background(), s.OutcomeWait)
 	defer cancel()
-	// The expiry is days away, and a repeat comes within the duplicate
-	// window of its original: this machine's clock judges it.
-	at := clock.Wall()
+	// The expiry is judged by the clock a token is; by this machine's where
+	// that cannot be read (the expiry is days away, and a repeat comes
+	// within the duplicate window of its original).
+	at, err := s.now(ctx, 2*time.Second)
+	if err != nil {
+		at = clock.Wall()
+	}
 	out, err := retry.Do(ctx, outcomePoll, func() (*storage.Outcome, error) {
 		var out *storage.Outcome
 		err := store.View(func(tx *storage.Tx) error {

@@ -2,8 +2,10 @@ package trust
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/passkeys/worker/auth"
+	"github.com/passkeys/worker/internal/clock"
 	"github.com/passkeys/worker/internal/jsread"
 )
 
@@ -21,8 +24,10 @@ import (
 // compared with it or, where this worker writes (the embedded default, the
 // only worker), written into every partition from it.
 type Local struct {
-	JS         jetstream.JetStream
-	Reader     *jsread.Reader
+	JS     jetstream.JetStream
+	Reader *jsread.Reader
+	// Stream is PASSKEYS: its leader's clock is the endpoints' (Now).
+	Stream     jetstream.Stream
 	Partitions int
 	// Own is this worker's --jwks file (or development key), issuer and
 	// audience.
@@ -34,6 +39,48 @@ type Local struct {
 
 	newest  atomic.Pointer[newest]
 	differs atomic.Bool // passkeys_jwks_file_differs
+	leader  atomic.Pointer[reading]
+}
+
+// reading is a reading of the stream leader's clock (ts), and this
+// worker's monotonic clock when it asked.
+type reading struct {
+	ts time.Time
+	at clock.Instant
+}
+
+// readingValid is how long a reading of the leader's clock serves.
+const readingValid = 5 * time.Second
+
+// Now is the time a request is judged at (its token's exp and nbf): the
+// stream leader's clock, as last read (every second, with the newest key
+// set) plus what this worker's monotonic clock has counted since, read
+// again first when that reading is old. Never this machine's wall clock:
+// a worker whose clock is wrong must not refuse valid tokens, nor answer
+// a request otherwise than the stream would a command.
+func (l *Local) Now(ctx context.Context) (time.Time, error) {
+	r := l.leader.Load()
+	if r == nil || clock.Since(r.at) > readingValid {
+		if err := l.readClock(ctx); err != nil {
+			return time.Time{}, err
+		}
+		r = l.leader.Load()
+	}
+	return r.ts.Add(clock.Since(r.at)), nil
+}
+
+// readClock reads the stream leader's clock (STREAM.INFO's ts).
+func (l *Local) readClock(ctx context.Context) error {
+	asked := clock.Now()
+	info, err := l.Stream.Info(ctx)
+	if err == nil && info.TimeStamp.IsZero() {
+		err = errors.New("the NATS server does not tell its time (stream info \"ts\"); it must be 2.10 or later")
+	}
+	if err != nil {
+		return fmt.Errorf("read the stream leader's clock: %w", err)
+	}
+	l.leader.Store(&reading{ts: info.TimeStamp, at: asked})
+	return nil
 }
 
 type newest struct {
@@ -64,9 +111,10 @@ func (l *Local) Differs() bool { return l.differs.Load() }
 func (l *Local) refresh(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	clockErr := l.readClock(rctx)
 	seq, e, err := Newest(rctx, l.Reader)
 	if err != nil || e == nil {
-		return err
+		return cmp.Or(err, clockErr)
 	}
 	if cur := l.newest.Load(); cur == nil || cur.seq < seq {
 		l.newest.Store(&newest{seq: seq, e: e})
@@ -75,7 +123,7 @@ func (l *Local) refresh(ctx context.Context) error {
 				Msg("newest key set read: every partition's commands after its control entry are judged by it")
 		}
 	}
-	return nil
+	return clockErr
 }
 
 // Load reads the newest control entry at start. Where the stream has none,
