@@ -245,7 +245,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	// partitions served here (ServeInternal), and ask the partitions
 	// (Router, Replayer) once they exist.
 	w.endpoints = &service.Endpoints{JS: w.js, Reader: w.reader, Conn: w.nc, Verifier: w.verifier, Log: log,
-		Keys: w.keys.KeySet, Now: w.keys.Now, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
+		Keys: w.keys.KeySet, Now: w.keys.Now, Fresh: w.keys.Fresh, OutcomeWait: cfg.OutcomeWait, Answers: answers, Tracer: w.tracer}
 	w.parts, err = runner.New(runner.Config{ID: id, Settings: cfg.Settings, Options: cfg.Options, DataDir: cfg.DataDir,
 		LegacyUntil: topology.LegacyUntil(w.topo.Stream.CachedInfo().Config), NoEarlyAnswers: cfg.without(MechEarlyAnswers),
 		Leases: w.topo.Leases, BucketTTL: w.topo.LeaseTTL, Conn: w.nc,

@@ -61,6 +61,11 @@ type Endpoints struct {
 	// Now is the time a request is judged at: the stream leader's clock
 	// (trust.Local.Now), not this machine's; nil: this machine's.
 	Now func(context.Context) (time.Time, error)
+	// Fresh, when set, reads the newest key set again unless a read that
+	// began at since or later did (trust.Local.Fresh): a token that the
+	// key set in hand refuses is judged again by one read since the
+	// request came.
+	Fresh func(ctx context.Context, since clock.Instant) error
 	// OutcomeWait bounds how long a repeated request (a duplicate publish)
 	// waits for the outcome of the original, still being processed.
 	OutcomeWait time.Duration
@@ -124,13 +129,35 @@ func (s *Endpoints) Start(nc *nats.Conn) (micro.Service, error) {
 // Errors: those of auth.Verifier.Verify, and UNAVAILABLE
 // (KEYS-UNAVAILABLE) while no key set has been read.
 func (s *Endpoints) verify(h command.Header) (passkey.Principal, error) {
+	arrived := clock.Now()
 	keys := s.Keys()
 	now, err := s.now(context.Background(), 3*time.Second)
 	if keys == nil || err != nil {
 		s.Log.Warn().Err(err).Bool("keys", keys != nil).Msg("request refused: no key set read yet, or the stream leader's clock could not be read")
 		return passkey.Principal{}, passkey.ErrKeysUnavailable
 	}
-	return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now, keys)
+	p, err := s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now, keys)
+	if !keyRefusal(err) || s.Fresh == nil {
+		return p, err
+	}
+	// Perhaps a key set this worker has not read yet trusts it.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.Fresh(ctx, arrived); err != nil {
+		s.Log.Warn().Err(err).Msg("request refused: the newest key set could not be read")
+		return passkey.Principal{}, passkey.ErrKeysUnavailable
+	}
+	if fresh := s.Keys(); fresh.ID != keys.ID {
+		return s.Verifier.Verify(h.ValuesFold(command.HeaderAuthorization), now, fresh)
+	}
+	return p, err
+}
+
+// keyRefusal tells whether err refuses a token that a newer key set may
+// trust: its key, signature, issuer or audience.
+func keyRefusal(err error) bool {
+	return errors.Is(err, passkey.ErrAuthKeyUnknown) || errors.Is(err, passkey.ErrAuthSignature) ||
+		errors.Is(err, passkey.ErrAuthIssuer) || errors.Is(err, passkey.ErrAuthAudience)
 }
 
 // now is Now, read within timeout; this machine's wall clock without Now.

@@ -2,12 +2,12 @@ package trust
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +40,9 @@ type Local struct {
 	newest  atomic.Pointer[newest]
 	differs atomic.Bool // passkeys_jwks_file_differs
 	leader  atomic.Pointer[reading]
+
+	readMu   sync.Mutex
+	readFrom clock.Instant // when the last complete read began
 }
 
 // reading is a reading of the stream leader's clock (ts), and this
@@ -108,13 +111,34 @@ func (l *Local) Seq() uint64 {
 func (l *Local) Differs() bool { return l.differs.Load() }
 
 // refresh reads the newest control entry.
-func (l *Local) refresh(ctx context.Context) error {
+func (l *Local) refresh(ctx context.Context) error { return l.Fresh(ctx, clock.Now()) }
+
+// Fresh makes sure the newest control entry was read by a read that began
+// at since or later, reading it now unless one did (or one under way,
+// waited for, does). An endpoint whose key set refuses a token asks for a
+// read since the request came: the operator wrote the entry that trusts a
+// new key before any token of it was handed out, so the read finds it,
+// where the last poll (every second) may not have yet.
+func (l *Local) Fresh(ctx context.Context, since clock.Instant) error {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	if !l.readFrom.Before(since) {
+		return nil
+	}
+	start := clock.Now()
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	clockErr := l.readClock(rctx)
+	if clockErr != nil {
+		l.Log.Debug().Err(clockErr).Msg("could not read the stream leader's clock; trying again")
+	}
 	seq, e, err := Newest(rctx, l.Reader)
-	if err != nil || e == nil {
-		return cmp.Or(err, clockErr)
+	if err != nil {
+		return err
+	}
+	l.readFrom = start
+	if e == nil {
+		return nil
 	}
 	if cur := l.newest.Load(); cur == nil || cur.seq < seq {
 		l.newest.Store(&newest{seq: seq, e: e})
@@ -123,7 +147,7 @@ func (l *Local) refresh(ctx context.Context) error {
 				Msg("newest key set read: every partition's commands after its control entry are judged by it")
 		}
 	}
-	return clockErr
+	return nil
 }
 
 // Load reads the newest control entry at start. Where the stream has none,

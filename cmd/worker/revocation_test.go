@@ -213,7 +213,8 @@ func TestKeyRotationWithSeveralWorkers(t *testing.T) {
 // Right after `worker provision --jwks` retires a key, a command stored
 // after its control entry with the retired key's token is refused, and one
 // with the new key's token accepted: a key set is in force from its place
-// in the stream, with no margin of time and no clock of a server.
+// in the stream, with no margin of time and no clock of a server. An
+// endpoint accepts the new key's token at once too.
 func TestRotationTakesEffectAtItsPlaceInTheStream(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a worker process")
@@ -230,6 +231,11 @@ func TestRotationTakesEffectAtItsPlaceInTheStream(t *testing.T) {
 	testenv.WantSuccess(t, ask(t, adminNC, "passkeys.sync.u1", tokA, "sync-1", syncBody(true, "pk-1", "pk-2"), 20*time.Second))
 
 	provision(t, ns.ClientURL(), fileB, "--partitions", "1")
+	// An endpoint that has not polled the new set yet reads it before it
+	// refuses a token of the new key.
+	if r := ask(t, adminNC, "passkeys.list.u1", tokB, "", nil, 20*time.Second); !strings.Contains(string(r.Data), `"pk-2"`) {
+		t.Fatalf("a list with the new key's token right after the rotation: %s", r.Data)
+	}
 	testenv.WantError(t, streamRequest(t, adminNC, "passkeys.cmd.remove.u1", tokA, "rm-retired", `{"tokenId":"pk-1"}`), 16, "AUTH-KEY-UNKNOWN", "401")
 	if got := testenv.WantSuccess(t, streamRequest(t, adminNC, "passkeys.cmd.remove.u1", tokB, "rm-new", `{"tokenId":"pk-2"}`)); got.Details.Sequence != "2" {
 		t.Fatalf("the removal under the new key: sequence %s, want 2", got.Details.Sequence)
