@@ -93,9 +93,10 @@ func Write(ctx context.Context, js jetstream.JetStream, read LastFunc, n int, e 
 // Workers seeding at once with different files so agree on one set. It
 // tells whether first went into partition 0.
 func Seed(ctx context.Context, js jetstream.JetStream, read LastFunc, n int, first *Entry) (bool, error) {
-	seq, body, err := last(ctx, read, 0)
+	seq, _, err := last(ctx, read, 0)
 	seeded := false
 	if err == nil && seq == 0 && first != nil {
+		var body []byte
 		if body, err = first.Encode(); err == nil {
 			seeded, err = publish(ctx, js, 0, body, 0)
 		}
@@ -103,7 +104,8 @@ func Seed(ctx context.Context, js jetstream.JetStream, read LastFunc, n int, fir
 	if err != nil {
 		return false, err
 	}
-	if _, body, err = last(ctx, read, 0); err != nil || body == nil {
+	_, body, err := last(ctx, read, 0)
+	if err != nil || body == nil {
 		return seeded, err
 	}
 	for p := 1; p < n; p++ {
