@@ -336,9 +336,8 @@ func (s *Endpoints) awaitPubAck(req micro.Request, span trace.Span, future jetst
 // originalDiffers tells whether the stored command at seq, the one a
 // duplicate's Nats-Msg-Id belongs to, is another command: another subject,
 // body or principal (its token judged at its own stream time by the newest
-// key set this worker read, which is the set in force at the original but
-// for a rotation stored in between; the duplicate's own token verified by
-// the same set). Outcomes are kept per user, so another user's
+// key set this worker read; where that set refuses its key, a rotation
+// since may be why, and the outcome lookup decides). Outcomes are kept per user, so another user's
 // command would never show its outcome here: the wait would end in
 // OUTCOME-UNAVAILABLE instead of the answer that the Nats-Msg-Id was
 // reused. When the stream cannot say, the outcome lookup decides, as it
@@ -352,11 +351,18 @@ func (s *Endpoints) originalDiffers(seq uint64, subject string, fingerprint []by
 		if _, o, err := partition.Original(orig.Subject); err == nil {
 			origSubject = o
 		}
-		var p passkey.Principal
-		if keys := s.Keys(); keys != nil {
-			p, _ = s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time, keys)
+		keys := s.Keys()
+		if origSubject != subject || keys == nil {
+			return origSubject != subject
 		}
-		return origSubject != subject || !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
+		p, err := s.Verifier.Verify(command.Header(orig.Header).ValuesFold(command.HeaderAuthorization), orig.Time, keys)
+		if keyRefusal(err) {
+			// Its key may have been retired since: only the key set in
+			// force at the original, in its partition, can tell its
+			// principal, so the outcome lookup decides.
+			return false
+		}
+		return !bytes.Equal(passkey.Fingerprint(origSubject, orig.Data, p.Issuer, p.Subject), fingerprint)
 	}
 	s.Log.Warn().Err(err).Uint64("stream_seq", seq).Msg("duplicate: could not read the original command")
 	return false

@@ -228,9 +228,16 @@ func TestRotationTakesEffectAtItsPlaceInTheStream(t *testing.T) {
 	adminNC := connectAs(t, ns, "passkeys-admin", testenv.Passwords["passkeys-admin"]).nc
 	tokA := testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "EdDSA", Subject: "admin", Org: "org1", Scopes: []string{admin}, TTL: time.Hour}))
 	tokB := testenv.Bearer(keys.Mint(t, testenv.Token{Kid: "ES256", Subject: "admin", Org: "org1", Scopes: []string{admin}, TTL: time.Hour}))
-	testenv.WantSuccess(t, ask(t, adminNC, "passkeys.sync.u1", tokA, "sync-1", syncBody(true, "pk-1", "pk-2"), 20*time.Second))
+	synced := ask(t, adminNC, "passkeys.sync.u1", tokA, "sync-1", syncBody(true, "pk-1", "pk-2"), 20*time.Second)
+	testenv.WantSuccess(t, synced)
 
 	provision(t, ns.ClientURL(), fileB, "--partitions", "1")
+	// The sync asked again with the same id, now with the new key's token
+	// (the same principal): its first reply, not MSGID-REUSED, although
+	// the key that signed the original is retired.
+	if again := ask(t, adminNC, "passkeys.sync.u1", tokB, "sync-1", syncBody(true, "pk-1", "pk-2"), 20*time.Second); !bytes.Equal(again.Data, synced.Data) {
+		t.Fatalf("the sync asked again after the rotation: %s, first reply %s", again.Data, synced.Data)
+	}
 	// An endpoint that has not polled the new set yet reads it before it
 	// refuses a token of the new key.
 	if r := ask(t, adminNC, "passkeys.list.u1", tokB, "", nil, 20*time.Second); !strings.Contains(string(r.Data), `"pk-2"`) {
