@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -224,13 +225,17 @@ func provisionEntry(cfg *Config) (*trust.Entry, error) {
 func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, n int, entry *trust.Entry, stdout io.Writer,
 	log zerolog.Logger) error {
 	var eras []trust.Era
-	if _, err := st.GetLastMsgForSubject(ctx, partition.ControlSubject(0)); errors.Is(err, jetstream.ErrMsgNotFound) {
-		if eras, err = trust.Legacy(ctx, js, log); err != nil { // the upgrade: read once, while no entry carries them
+	_, err := st.GetLastMsgForSubject(ctx, partition.ControlSubject(0))
+	switch cfg := st.CachedInfo().Config; {
+	case err == nil || cfg.Metadata[topology.MetaKeysCarried] != "":
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("provision: partition 0's control entries: %w", err)
+	default: // the upgrade: the old key history, read once, while no entry carries it
+		if eras, err = trust.Legacy(ctx, js, log); err != nil {
 			return fmt.Errorf("provision: %w", err)
 		}
 	}
 	first := entry
-	var err error
 	if len(eras) > 0 {
 		iss, aud := "", ""
 		if entry != nil {
@@ -245,6 +250,12 @@ func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Str
 		return fmt.Errorf("provision: %w", err)
 	}
 	if seeded && len(eras) > 0 {
+		cfg := st.CachedInfo().Config
+		cfg.Metadata = maps.Clone(cfg.Metadata)
+		cfg.Metadata[topology.MetaKeysCarried] = "true"
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("provision: mark the old key history carried: %w", err)
+		}
 		fmt.Fprintf(stdout, "key sets: the %d sets of the old key history %s carried into every partition's first control entry\n", len(eras), topology.KeyStream)
 	}
 	if entry == nil {

@@ -48,7 +48,11 @@ func (c *Processor) fill(ctx context.Context, hand []delivery) error {
 			if !proven {
 				c.Log.Debug().Uint64("applied_seq", front).Uint64("stream_seq", s).Uint64("deliver_seq", d).
 					Uint64("num_delivered", h.meta.NumDelivered).Msg("order check: reading the stream before the command")
-				if err := c.applyBetween(ctx, front, s); err != nil {
+				// From what the partition has applied, not from the
+				// batch's last command: those of the batch before this one
+				// are not committed yet, and a command read past them
+				// would make them look applied.
+				if err := c.applyBetween(ctx, c.Partition.Applied(), s); err != nil {
 					return err
 				}
 			}

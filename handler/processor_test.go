@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -471,4 +472,51 @@ func (r poisonRules) SyncUser(p passkey.Principal, userID string, u *passkey.Use
 		panic("a bug")
 	}
 	return r.PasskeyRules.SyncUser(p, userID, u, req, at)
+}
+
+// A batch whose commands are not contiguous in the stream (the one between
+// went to another worker) has the gap filled from what the partition has
+// applied: the batch's earlier command is read from the stream with it,
+// never taken for applied because a later one was.
+func TestGapBehindAnUncommittedCommandOfTheBatch(t *testing.T) {
+	keys := testenv.NewKeys(t)
+	f := newConsumerFixture(t, keys, time.Minute, true)
+	for _, u := range []string{"u1", "u2", "u3"} {
+		f.send(t, "passkeys.cmd.sync."+u, "a", "sync-"+u, `{"resourceOwner":"org1","password":true}`, "passkeys:admin")
+	}
+	batch, err := f.cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("fetched %d commands, want 3", len(msgs))
+	}
+	store := keys.Trust(t, testenv.MustOpenStore(t))
+	part, err := NewPartition(0, &command.Applier{Store: store, Verifier: keys.Verifier(t), Retention: time.Hour, Log: zerolog.Nop()},
+		jsread.New(f.js, topology.StreamName, true), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Processor{Partition: part, Conn: f.nc, Log: zerolog.Nop(), Wait: retry.Wait}
+	ctx := context.Background()
+	cb, ok := c.checkBatch(ctx, []delivery{{msg: msgs[0]}, {msg: msgs[2]}}) // the second went elsewhere
+	if !ok {
+		t.Fatal("the batch was not checked")
+	}
+	c.commitBatch(ctx, cb)
+	err = store.View(func(tx *storage.Tx) error {
+		for _, u := range []string{"u1", "u2", "u3"} {
+			if user, err := tx.User(u); err != nil || user == nil || user.Sequence != 1 {
+				return fmt.Errorf("%s not applied: %+v, %v", u, user, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -217,27 +217,35 @@ func (s *Set) checkStream(ctx context.Context, pt *part, applied uint64, si *jet
 }
 
 // firstAfter is the first command the stream holds after applied, and
-// whether any message between is gone (MaxAge): only the control entries,
-// which never expire, may lie between.
+// whether any message between is gone. MaxAge drops the stream's oldest
+// messages first: while the command at applied is still there, nothing
+// after it is gone by age. Otherwise only the control entries, which never
+// expire, may lie between.
 func (s *Set) firstAfter(ctx context.Context, applied uint64) (first uint64, gone bool, err error) {
+	si, err := s.cfg.Stream.Info(ctx) // before the walk: a command stored during it is not taken for a gap
+	if err != nil {
+		return 0, false, err
+	}
+	if m, err := s.cfg.Reader.Get(ctx, applied); err == nil {
+		if _, control := partition.ControlOf(m.Subject); !control {
+			return applied + 1, false, nil
+		}
+	}
 	controls := uint64(0)
-	for seq := applied + 1; ; {
+	for seq := applied + 1; seq <= si.State.LastSeq; {
 		m, err := s.cfg.Reader.Next(ctx, seq, ">")
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			si, err := s.cfg.Stream.Info(ctx)
-			if err != nil {
-				return 0, false, err
-			}
-			return si.State.LastSeq + 1, si.State.LastSeq-applied > controls, nil
+			break
 		}
 		if err != nil {
 			return 0, false, err
 		}
-		if _, ok := partition.ControlOf(m.Subject); !ok {
-			return m.Sequence, m.Sequence-applied-1 > controls, nil
+		if _, ok := partition.ControlOf(m.Subject); !ok || m.Sequence > si.State.LastSeq {
+			return m.Sequence, min(m.Sequence-1, si.State.LastSeq)-applied > controls, nil
 		}
 		controls, seq = controls+1, m.Sequence+1
 	}
+	return si.State.LastSeq + 1, si.State.LastSeq-applied > controls, nil
 }
 
 // ofStream tells why a partition state (a store, a snapshot) does not

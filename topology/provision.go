@@ -188,8 +188,10 @@ func (s Settings) streamConfigOver(ctx context.Context, js jetstream.JetStream) 
 	case got != s.Partitions:
 		return sc, retry.Permanent(CheckPartitions(old.Config, s.Partitions))
 	default:
-		if v, ok := old.Config.Metadata[MetaLegacyUntil]; ok {
-			sc.Metadata[MetaLegacyUntil] = v
+		for _, k := range []string{MetaLegacyUntil, MetaKeysCarried} {
+			if v, ok := old.Config.Metadata[k]; ok {
+				sc.Metadata[k] = v
+			}
 		}
 	}
 	return sc, nil

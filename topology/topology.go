@@ -51,6 +51,11 @@ const (
 	// state must have applied the stream at least that far (migrated from
 	// the store of the version before) before it may serve.
 	MetaLegacyUntil = "passkeys.legacy-until"
+	// MetaKeysCarried is set once the key history of the versions before
+	// control entries (KeyStream) was carried into the partitions' first
+	// entries: it is never read again (after a purge, it would bring a
+	// retired set back).
+	MetaKeysCarried = "passkeys.keys-carried"
 )
 
 // The other streams.

@@ -166,7 +166,11 @@ func (l *Local) Load(ctx context.Context) error {
 				warned = true
 			}
 		} else if err == nil && l.Writes {
-			err = l.write(ctx, "the worker's key set file changed")
+			// Partitions a seeding interrupted before them get partition
+			// 0's first.
+			if _, err = Seed(ctx, l.JS, l.Reader.Last, l.Partitions, nil); err == nil {
+				err = l.write(ctx, "the worker's key set file changed")
+			}
 		}
 		if err == nil && l.newest.Load() != nil {
 			return l.compare()

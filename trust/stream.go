@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,6 +85,14 @@ func Write(ctx context.Context, js jetstream.JetStream, read LastFunc, n int, e 
 			}
 		}
 	}
+	// Another provisioner writing another set at the same time could leave
+	// the partitions trusting different sets: said, to be run again.
+	for p := range n {
+		_, raw, err := last(ctx, read, p)
+		if cur, perr := Parse(raw); err != nil || perr != nil || !cur.Same(e) {
+			return written, fmt.Errorf("partition %d's newest control entry is another key set (%v): another provisioner wrote at the same time; run worker provision --jwks again", p, cmp.Or(err, perr))
+		}
+	}
 	return written, nil
 }
 
@@ -147,6 +156,16 @@ func AwaitEntries(ctx context.Context, store *storage.Store, r *jsread.Reader, p
 	if err != nil {
 		return err
 	}
+	// A store that keeps entries has what judged its commands, also when
+	// the stream holds none any more (purged).
+	kept := false
+	if err := store.View(func(tx *storage.Tx) error {
+		_, body, _ := tx.ControlBefore(applied + 1)
+		kept = body != nil
+		return nil
+	}); err != nil {
+		return err
+	}
 	found, warned := false, time.Time{}
 	for from := uint64(1); ; {
 		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -165,7 +184,7 @@ func AwaitEntries(ctx context.Context, store *storage.Store, r *jsread.Reader, p
 			}
 			continue
 		}
-		if found && errors.Is(err, jetstream.ErrMsgNotFound) {
+		if (found || kept) && errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
 		}
 		if time.Since(warned) > time.Minute {
