@@ -54,9 +54,9 @@ type Endpoints struct {
 	Verifier *auth.Verifier
 	Log      zerolog.Logger
 	// Keys is the key set requests are judged by: the newest this worker
-	// has read (trust.Local.KeySet; nil before one is). A request is
-	// judged at this machine's time; a command, once stored, by the key
-	// set in force at its place in the stream, at its stream timestamp.
+	// has read (trust.Local.KeySet; nil before one is), at Now; a
+	// command, once stored, is judged by the key set in force at its place
+	// in the stream, at its stream timestamp.
 	Keys func() *auth.KeySet
 	// Now is the time a request is judged at: the stream leader's clock
 	// (trust.Local.Now), not this machine's; nil: this machine's.
