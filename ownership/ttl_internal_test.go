@@ -19,16 +19,7 @@ import (
 func TestLeasesFollowTheBucketsTTL(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
-	bc.TTL = 10 * time.Second
-	kv, err := js.CreateKeyValue(ctx, bc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, bc, kv := leaseBucket(t, 10*time.Second)
 	c, err := New(kv, Config{ID: "a", Partitions: 1, TTL: bc.TTL, Renew: 500 * time.Millisecond, Margin: 500 * time.Millisecond}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -73,15 +64,7 @@ func TestLeasesFollowTheBucketsTTL(t *testing.T) {
 func TestRenewalsFollowTheBucketsTTL(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig() // 6 s
-	kv, err := js.CreateKeyValue(ctx, bc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, bc, kv := leaseBucket(t, 6*time.Second)
 	c, err := New(kv, Config{ID: "a", Partitions: 1, TTL: bc.TTL}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -114,16 +97,7 @@ func (statusFails) Status(context.Context) (jetstream.KeyValueStatus, error) {
 func TestNothingTakenUntilTheTTLIsRead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
-	bc.TTL = 30 * time.Second
-	kv, err := js.CreateKeyValue(ctx, bc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, bc, kv := leaseBucket(t, 30*time.Second)
 	c, err := New(statusFails{kv}, Config{ID: "a", Partitions: 1, TTL: bc.TTL}, nil, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -155,4 +129,21 @@ func TestNothingTakenUntilTheTTLIsRead(t *testing.T) {
 	if got := time.Duration(until - sent); got != 2500*time.Millisecond {
 		t.Errorf("the lease held ends at +%v, want +2.5 s", got)
 	}
+}
+
+// leaseBucket is a lease bucket with TTL ttl on a server of the test's own,
+// its configuration (to update it), and the JetStream context that made it.
+func leaseBucket(t *testing.T, ttl time.Duration) (jetstream.JetStream, jetstream.KeyValueConfig, jetstream.KeyValue) {
+	t.Helper()
+	js, err := jetstream.New(testenv.Connect(t, testenv.StartNATS(t).ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := topology.Settings{Replicas: 1}.LeaseBucketConfig()
+	bc.TTL = ttl
+	kv, err := js.CreateKeyValue(context.Background(), bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, bc, kv
 }

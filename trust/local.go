@@ -132,20 +132,23 @@ func (l *Local) Fresh(ctx context.Context, since clock.Instant) error {
 	if clockErr != nil {
 		l.Log.Debug().Err(clockErr).Msg("could not read the stream leader's clock; trying again")
 	}
-	seq, e, err := Newest(rctx, l.Reader)
+	seq, body, err := newestEntry(rctx, l.Reader)
 	if err != nil {
 		return err
 	}
 	l.readFrom = start
-	if e == nil {
-		return nil
+	cur := l.newest.Load()
+	if seq == 0 || (cur != nil && cur.seq >= seq) {
+		return nil // none, or read already: parsed once
 	}
-	if cur := l.newest.Load(); cur == nil || cur.seq < seq {
-		l.newest.Store(&newest{seq: seq, e: e})
-		if cur == nil || !cur.e.Same(e) {
-			l.Log.Info().Uint64("stream_seq", seq).Int("keys", len(e.Keys.Keys)).Str("issuer", e.Issuer).
-				Msg("newest key set read: every partition's commands after its control entry are judged by it")
-		}
+	e, err := Parse(body)
+	if err != nil {
+		return nil // left out, as the applier leaves it out
+	}
+	l.newest.Store(&newest{seq: seq, e: e})
+	if cur == nil || !cur.e.Same(e) {
+		l.Log.Info().Uint64("stream_seq", seq).Int("keys", len(e.Keys.Keys)).Str("issuer", e.Issuer).
+			Msg("newest key set read: every partition's commands after its control entry are judged by it")
 	}
 	return nil
 }

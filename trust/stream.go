@@ -129,10 +129,9 @@ func Seed(ctx context.Context, js jetstream.JetStream, read LastFunc, n int, fir
 	return seeded, nil
 }
 
-// Newest is the newest control entry of any partition, as a worker reads
-// it: its stream sequence (0 with none) and the entry (nil when it does
-// not parse).
-func Newest(ctx context.Context, r *jsread.Reader) (uint64, *Entry, error) {
+// newestEntry is the newest control entry of any partition, as a worker
+// reads it: its stream sequence (0 with none) and body.
+func newestEntry(ctx context.Context, r *jsread.Reader) (uint64, []byte, error) {
 	m, err := r.Last(ctx, partition.ControlSubjects)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -140,8 +139,7 @@ func Newest(ctx context.Context, r *jsread.Reader) (uint64, *Entry, error) {
 	case err != nil:
 		return 0, nil, err
 	}
-	e, _ := Parse(m.Data)
-	return m.Sequence, e, nil
+	return m.Sequence, m.Data, nil
 }
 
 // AwaitEntries makes sure store keeps partition p's valid control
