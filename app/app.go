@@ -210,7 +210,7 @@ func (w *worker) openKeys(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	own, err := trust.NewEntry(keys, w.cfg.Issuer, w.cfg.Audience)
+	own, err := trust.NewEntry(keys, w.cfg.Issuer, w.cfg.Audience, auth.Rule(w.cfg.Verify))
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.StringVar(&cfg.JWKS, "jwks", "", "JSON Web Key Set file that signs the callers' tokens")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "required iss of every token")
 	fs.StringVar(&cfg.Audience, "audience", "", "required member of every token's aud")
+	fs.StringVar(&cfg.Verify, "verify", "", "the rule EdDSA signatures are checked by, where this worker writes its own key set (the embedded default): \"\" (RFC 8032, one by one) or \"zip215\" (checked in batches)")
 	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")
@@ -154,6 +155,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.StringVar(&cfg.JWKS, "jwks", "", "a JSON Web Key Set file (public keys): the key set every partition's commands stored after it are judged by")
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
+	fs.StringVar(&cfg.Verify, "verify", "", "with --jwks: the rule EdDSA signatures are checked by: \"\" (RFC 8032, one by one; the versions before's) or \"zip215\" (ZIP 215, checked in batches: write it only once every worker runs a version that knows it)")
 	fs.Usage = func() {
 		made := topology.Settings{Partitions: partition.DefaultCount, Replicas: 1}.Describe()
 		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: %s\n(with --partitions and --replicas as given). A cluster that is still forming is\nwaited for (up to --wait). With --jwks, --issuer and --audience it also writes the\nkey set into every partition, where it is not the newest already: it judges every\ncommand stored after it. Rotate by running it again with the new file (add the\nnew key first, remove the old one later).\nThen exits.\n\nFlags:\n", made)
@@ -214,7 +216,7 @@ func provisionEntry(cfg *Config) (*trust.Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
-	return trust.NewEntry(keys, cfg.Issuer, cfg.Audience)
+	return trust.NewEntry(keys, cfg.Issuer, cfg.Audience, auth.Rule(cfg.Verify))
 }
 
 // provisionKeys writes entry (when given) as every partition's newest

@@ -28,7 +28,10 @@ type Config struct {
 	JWKS        string
 	Issuer      string
 	Audience    string
-	NATSConfig  string // a nats-server configuration file for the embedded server; "" for none
+	// Verify is the rule the key set's EdDSA signatures are checked by
+	// (auth.Rule: "" or "zip215").
+	Verify     string
+	NATSConfig string // a nats-server configuration file for the embedded server; "" for none
 
 	// Settings are those of the streams, consumers and buckets; zero
 	// Partitions, Replicas, EventsRetention and EventsDuplicates take

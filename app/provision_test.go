@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/partition"
 	"github.com/passkeys/worker/topology"
@@ -44,7 +45,7 @@ func TestOldKeyHistoryCarriedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := testenv.NewKeys(t)
-	old, _ := trust.NewEntry(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience)
+	old, _ := trust.NewEntry(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	raw, _ := json.Marshal(old)
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: topology.KeyStream, Subjects: []string{topology.KeyPrefix + ".>"}}); err != nil {
 		t.Fatal(err)
@@ -56,7 +57,7 @@ func TestOldKeyHistoryCarriedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next, _ := trust.NewEntry(keys.PublicSet("ES256"), testenv.Issuer, testenv.Audience)
+	next, _ := trust.NewEntry(keys.PublicSet("ES256"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if err := provisionKeys(ctx, js, &flakyStream{Stream: h.Stream, fails: 1}, 2, next, io.Discard, zerolog.Nop()); err == nil {
 		t.Fatal("a provision that could not read partition 0's entries succeeded")
 	}

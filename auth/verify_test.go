@@ -177,7 +177,7 @@ func TestVerifyRotation(t *testing.T) {
 	if _, err := v.Verify(tok, at, ks); err != nil {
 		t.Fatalf("before rotation: %v", err)
 	}
-	rotated, err := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience)
+	rotated, err := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestDevKey(t *testing.T) {
 		t.Fatalf("mode %v %v, want 0600", info, err)
 	}
 	v := auth.NewVerifier()
-	ks, err := auth.NewKeySet(auth.PublicSet(key), auth.DevIssuer, auth.DevAudience)
+	ks, err := auth.NewKeySet(auth.PublicSet(key), auth.DevIssuer, auth.DevAudience, auth.RuleRFC8032)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +263,8 @@ func FuzzVerify(f *testing.F) {
 func TestCachePerKeySet(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	v := keys.Verifier(t)
-	setA, errA := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience)
-	setB, errB := auth.NewKeySet(keys.PublicSet("ES256"), testenv.Issuer, testenv.Audience)
+	setA, errA := auth.NewKeySet(keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
+	setB, errB := auth.NewKeySet(keys.PublicSet("ES256"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if errA != nil || errB != nil || setA.ID == setB.ID {
 		t.Fatalf("key sets: %v %v, IDs %d %d", errA, errB, setA.ID, setB.ID)
 	}
@@ -287,7 +287,7 @@ func TestCachePerKeySet(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}
 	}
-	if _, err := auth.NewKeySet(keys.PublicSet(), testenv.Issuer, testenv.Audience); err == nil {
+	if _, err := auth.NewKeySet(keys.PublicSet(), testenv.Issuer, testenv.Audience, auth.RuleRFC8032); err == nil {
 		t.Error("an empty key set accepted")
 	}
 }

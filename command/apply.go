@@ -141,6 +141,18 @@ type Checked struct{ checked []checked }
 // commands is kept for CommitInOrder.
 func (a *Applier) Check(cmds []*Command) *Checked {
 	sets := a.keySets(cmds)
+	// The batch's EdDSA signatures under ZIP 215 checked together first;
+	// each command's own check takes what this found good.
+	tokens := make([]auth.Token, 0, len(cmds))
+	for i, cmd := range cmds {
+		if sets[i] != nil && sets[i].Rule == auth.RuleZIP215 {
+			tokens = append(tokens, auth.Token{Authorization: cmd.Header.ValuesFold(HeaderAuthorization), At: cmd.Timestamp, Keys: sets[i]})
+		}
+	}
+	var pre auth.Verified
+	if len(tokens) > 0 {
+		pre = a.Verifier.VerifyBatch(tokens)
+	}
 	c := &Checked{checked: make([]checked, len(cmds))}
 	workers := min(runtime.GOMAXPROCS(0), len(cmds))
 	var next atomic.Int64
@@ -148,7 +160,7 @@ func (a *Applier) Check(cmds []*Command) *Checked {
 	for range workers {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(cmds); i = int(next.Add(1) - 1) {
-				c.checked[i] = a.checkSafely(cmds[i], sets[i])
+				c.checked[i] = a.checkSafely(cmds[i], sets[i], pre)
 			}
 		})
 	}
@@ -157,23 +169,29 @@ func (a *Applier) Check(cmds []*Command) *Checked {
 }
 
 // parsedEntry is a control entry as stored, and as parsed (nil: it is not
-// a key set).
+// a key set, err says why).
 type parsedEntry struct {
 	body  []byte
 	entry *trust.Entry
+	err   error
 }
 
-// entry is the control entry stored at seq with body, parsed once.
-func (a *Applier) entry(seq uint64, body []byte) *trust.Entry {
+// entry is the control entry stored at seq with body, parsed once; nil,
+// with Parse's error, for one that is not a key set, or (trust.ErrNewer)
+// one of a newer version.
+func (a *Applier) entry(seq uint64, body []byte) (*trust.Entry, error) {
 	if v, ok := a.entries.Load(seq); ok && bytes.Equal(v.(*parsedEntry).body, body) {
-		return v.(*parsedEntry).entry
+		return v.(*parsedEntry).entry, v.(*parsedEntry).err
 	}
 	e, err := trust.Parse(body)
-	if err != nil {
+	switch {
+	case errors.Is(err, trust.ErrNewer):
+		a.Log.Error().Err(err).Uint64("stream_seq", seq).Msg("the partition waits at a control entry this version does not know: upgrade the worker")
+	case err != nil:
 		a.Log.Error().Err(err).Uint64("stream_seq", seq).Msg("a control entry that is not a key set is left out")
 	}
-	a.entries.Store(seq, &parsedEntry{body: bytes.Clone(body), entry: e})
-	return e
+	a.entries.Store(seq, &parsedEntry{body: bytes.Clone(body), entry: e, err: err})
+	return e, err
 }
 
 // keySetAt is the key set that judges c: the one of the partition's last
@@ -183,7 +201,7 @@ func (a *Applier) keySetAt(tx *storage.Tx, c *Command) *auth.KeySet {
 	if body == nil {
 		return nil
 	}
-	if e := a.entry(seq, body); e != nil {
+	if e, _ := a.entry(seq, body); e != nil {
 		return e.For(first, c.Timestamp)
 	}
 	return nil
@@ -202,7 +220,7 @@ func (a *Applier) keySets(cmds []*Command) []*auth.KeySet {
 		for i, c := range cmds {
 			switch {
 			case c.Control:
-				if e := a.entry(c.StreamSeq, c.Body); e != nil {
+				if e, _ := a.entry(c.StreamSeq, c.Body); e != nil {
 					ctl, ctlSeq = e, c.StreamSeq
 				}
 			case ctl != nil && ctlSeq < c.StreamSeq:
@@ -276,7 +294,7 @@ var errHeldBack = errors.New("held back behind an earlier command that could not
 // checkSafely is check, with a panic turned into the command's INTERNAL
 // answer: the same command panics the same way on every worker, so it is a
 // fact about the command, stored like any refusal.
-func (a *Applier) checkSafely(c *Command, keys *auth.KeySet) (pr checked) {
+func (a *Applier) checkSafely(c *Command, keys *auth.KeySet, pre auth.Verified) (pr checked) {
 	if c.Control {
 		return checked{cmd: c}
 	}
@@ -287,12 +305,12 @@ func (a *Applier) checkSafely(c *Command, keys *auth.KeySet) (pr checked) {
 				broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
-	return a.check(c, keys)
+	return a.check(c, keys, pre)
 }
 
 // check checks everything that does not need the store, the token by
-// keys.
-func (a *Applier) check(c *Command, keys *auth.KeySet) checked {
+// keys (taking a signature VerifyBatch found good, in pre, as checked).
+func (a *Applier) check(c *Command, keys *auth.KeySet, pre auth.Verified) checked {
 	to, replyErr := replyTo(c)
 	pr := checked{cmd: c, replyTo: to, keys: keys}
 	// The token is verified even when an earlier check refuses the command:
@@ -300,7 +318,7 @@ func (a *Applier) check(c *Command, keys *auth.KeySet) checked {
 	// fingerprint, so that one caller's command is never another's answer.
 	principal, authErr := passkey.Principal{}, error(passkey.ErrKeysUnavailable) // never committed: apply checks again
 	if keys != nil {
-		principal, authErr = a.Verifier.Verify(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp, keys)
+		principal, authErr = a.Verifier.VerifyWith(c.Header.ValuesFold(HeaderAuthorization), c.Timestamp, keys, pre)
 	}
 	pr.principal = principal
 	pr.fingerprint = passkey.Fingerprint(c.Subject, c.Body, principal.Issuer, principal.Subject)
@@ -375,7 +393,11 @@ func (pr *checked) keyBy(msgIDs []string, principal passkey.Principal, authErr e
 // store failure, which aborts the batch.
 func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 	if pr.cmd.Control {
-		if a.entry(pr.cmd.StreamSeq, pr.cmd.Body) == nil {
+		e, err := a.entry(pr.cmd.StreamSeq, pr.cmd.Body)
+		switch {
+		case errors.Is(err, trust.ErrNewer):
+			return Result{Control: true, Transient: err}, nil
+		case e == nil:
 			return Result{Control: true}, nil
 		}
 		return Result{Control: true}, tx.PutControl(pr.cmd.StreamSeq, pr.cmd.Body)
@@ -388,7 +410,7 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		// Checked by a guess that missed a control entry (Check ran
 		// before the commands ahead of it were applied): again, by the
 		// set in force here.
-		*pr = a.checkSafely(pr.cmd, keys)
+		*pr = a.checkSafely(pr.cmd, keys, nil)
 	}
 	res := Result{UserID: pr.userID, Op: pr.op, ReplyTo: pr.replyTo}
 	expires := pr.cmd.Timestamp.Add(a.Retention)

@@ -3,12 +3,15 @@ package command
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
+	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/passkey"
 	"github.com/passkeys/worker/storage"
@@ -19,7 +22,7 @@ import (
 // force, with eras before it (a partition's first entry) when given.
 func (f *applierFixture) control(tb testing.TB, before []trust.Era, kids ...string) *Command {
 	tb.Helper()
-	e, err := trust.NewEntry(f.keys.PublicSet(kids...), testenv.Issuer, testenv.Audience)
+	e, err := trust.NewEntry(f.keys.PublicSet(kids...), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -136,4 +139,53 @@ func TestBadControlEntryLeftOut(t *testing.T) {
 		t.Fatalf("the bad entry: %+v", res[0])
 	}
 	wantAnswer(t, "EdDSA after a bad entry", res[1], "")
+}
+
+// controlZIP215 is the next stream message: a control entry putting the
+// EdDSA key in force under ZIP 215.
+func (f *applierFixture) controlZIP215(tb testing.TB) *Command {
+	tb.Helper()
+	c := f.control(tb, nil, "EdDSA")
+	e, err := trust.NewEntry(f.keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleZIP215)
+	if err == nil {
+		c.Body, err = e.Encode()
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// torsion is syncAs with the token signed again with a small-order part in
+// R (testenv.Keys.Torsion): refused by RFC 8032, accepted by ZIP 215.
+func (f *applierFixture) torsion(tb testing.TB, user string) *Command {
+	tb.Helper()
+	c := f.syncAs(tb, user, "EdDSA", f.now)
+	tok := strings.TrimPrefix(c.Header.ValuesFold(HeaderAuthorization)[0], "Bearer ")
+	c.Header = Header(nats.Header{HeaderAuthorization: {testenv.Bearer(f.keys.Torsion(tb, tok))}})
+	return c
+}
+
+// The verification rule changes at its control entry: a signature only
+// ZIP 215 accepts is refused before it and accepted after it, also in a
+// batch that checks its signatures together. An entry of a rule this
+// version does not know makes the partition wait there.
+func TestVerificationRuleFromItsEntry(t *testing.T) {
+	f := newApplier(t)
+	cmds := []*Command{f.control(t, nil, "EdDSA"), f.torsion(t, "u0"), f.controlZIP215(t)}
+	for i := range 8 {
+		cmds = append(cmds, f.torsion(t, fmt.Sprint("u", i+1)), f.syncAs(t, fmt.Sprint("v", i), "EdDSA", f.now))
+	}
+	res := f.apply(t, cmds...)
+	wantAnswer(t, "before the ZIP 215 entry", res[1], passkey.IDAuthSignature)
+	for i := 3; i < len(res); i++ {
+		wantAnswer(t, fmt.Sprint("after the ZIP 215 entry, ", i), res[i], "")
+	}
+
+	newer := f.controlZIP215(t)
+	newer.Body = []byte(strings.Replace(string(newer.Body), `"verify":"zip215"`, `"verify":"zip999"`, 1))
+	res = f.apply(t, newer, f.syncAs(t, "w", "EdDSA", f.now))
+	if !errors.Is(res[0].Transient, trust.ErrNewer) || res[1].Transient == nil {
+		t.Fatalf("an entry of an unknown rule: %+v, then %+v; want both held back", res[0], res[1])
+	}
 }

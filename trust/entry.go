@@ -13,7 +13,10 @@
 package trust
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -30,6 +33,9 @@ type Entry struct {
 	// version before's key history, each in force from its time on (the
 	// first also before it).
 	Before []Era `json:"before,omitempty"`
+	// Verify is the rule its EdDSA signatures are checked by (absent: the
+	// versions before's, auth.RuleRFC8032).
+	Verify auth.Rule `json:"verify,omitempty"`
 
 	set    *auth.KeySet
 	before []*auth.KeySet
@@ -45,14 +51,20 @@ type Era struct {
 }
 
 // NewEntry is the entry that trusts keys, for tokens of issuer and
-// audience.
-func NewEntry(keys jose.JSONWebKeySet, issuer, audience string) (*Entry, error) {
-	set, err := auth.NewKeySet(keys, issuer, audience)
+// audience, checked by rule.
+func NewEntry(keys jose.JSONWebKeySet, issuer, audience string, rule auth.Rule) (*Entry, error) {
+	set, err := auth.NewKeySet(keys, issuer, audience, rule)
 	if err != nil {
 		return nil, err
 	}
-	return &Entry{Issuer: issuer, Audience: audience, Keys: keys, set: set}, nil
+	return &Entry{Issuer: issuer, Audience: audience, Keys: keys, Verify: rule, set: set}, nil
 }
+
+// ErrNewer is Parse's error for an entry of a newer version: a field or a
+// rule this one does not know. Its partition waits, with this error, for
+// a worker that knows it, rather than judge by other rules (the operator
+// writes such an entry after every worker runs the version that knows it).
+var ErrNewer = errors.New("the control entry is of a newer version of the worker")
 
 // Parse reads a control entry, refusing one that trusts nothing usable:
 // a key set that is empty or holds anything but public keys of the
@@ -63,12 +75,20 @@ func Parse(body []byte) (*Entry, error) {
 	if err := json.Unmarshal(body, &e); err != nil {
 		return nil, err
 	}
+	strict := json.NewDecoder(bytes.NewReader(body))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(&Entry{}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNewer, err)
+	}
+	if !e.Verify.Known() {
+		return nil, fmt.Errorf("%w: verification rule %q", ErrNewer, e.Verify)
+	}
 	var err error
-	if e.set, err = auth.NewKeySet(e.Keys, e.Issuer, e.Audience); err != nil {
+	if e.set, err = auth.NewKeySet(e.Keys, e.Issuer, e.Audience, e.Verify); err != nil {
 		return nil, err
 	}
 	for _, era := range e.Before {
-		ks, err := auth.NewKeySet(era.Keys, era.Issuer, era.Audience)
+		ks, err := auth.NewKeySet(era.Keys, era.Issuer, era.Audience, auth.RuleRFC8032)
 		if err != nil {
 			return nil, err
 		}

@@ -1,9 +1,11 @@
 package trust_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/passkeys/worker/auth"
 	"github.com/passkeys/worker/internal/testenv"
 	"github.com/passkeys/worker/trust"
 )
@@ -14,7 +16,7 @@ import (
 func TestEntryFor(t *testing.T) {
 	keys := testenv.NewKeys(t)
 	rotated := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	e, err := trust.NewEntry(keys.PublicSet("RS256"), testenv.Issuer, testenv.Audience)
+	e, err := trust.NewEntry(keys.PublicSet("RS256"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,14 +46,25 @@ func TestEntryFor(t *testing.T) {
 			t.Errorf("%s: keys %v, issuer %s; want %s, %s", c.name, ks.Keys.Keys, ks.Issuer, c.kid, c.iss)
 		}
 	}
-	plain, _ := trust.NewEntry(keys.PublicSet("RS256"), testenv.Issuer, testenv.Audience)
+	plain, _ := trust.NewEntry(keys.PublicSet("RS256"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
 	if !plain.Same(p) || plain.For(true, rotated) != plain.KeySet() {
 		t.Error("an entry without eras does not judge what came before it by its own set, or Same looks at the eras")
 	}
 	for _, bad := range []string{`{}`, `{"issuer":"i","audience":"a","jwks":{"keys":[]}}`, `not json`,
 		`{"issuer":"","audience":"a","jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}`} {
-		if _, err := trust.Parse([]byte(bad)); err == nil {
-			t.Errorf("Parse(%s) accepted", bad)
+		if _, err := trust.Parse([]byte(bad)); err == nil || errors.Is(err, trust.ErrNewer) {
+			t.Errorf("Parse(%s): %v, want it refused as no key set", bad, err)
 		}
+	}
+	// A field or a rule this version does not know: a newer version's
+	// entry, which its partition waits at.
+	good := `"issuer":"i","audience":"a","jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}`
+	for _, newer := range []string{`{` + good + `,"rules":2}`, `{` + good + `,"verify":"zip999"}`} {
+		if _, err := trust.Parse([]byte(newer)); !errors.Is(err, trust.ErrNewer) {
+			t.Errorf("Parse(%s): %v, want ErrNewer", newer, err)
+		}
+	}
+	if e, err := trust.Parse([]byte(`{` + good + `,"verify":"zip215"}`)); err != nil || e.KeySet().Rule != auth.RuleZIP215 {
+		t.Errorf("a ZIP 215 entry: %v", err)
 	}
 }

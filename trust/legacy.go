@@ -76,7 +76,7 @@ func legacyEra(key string, value []byte, created time.Time, provisioned, first b
 		if err := json.Unmarshal(value, &e); err != nil {
 			return Era{}, err
 		}
-		if _, err := auth.NewKeySet(e.Keys, e.Issuer, e.Audience); err != nil {
+		if _, err := auth.NewKeySet(e.Keys, e.Issuer, e.Audience, auth.RuleRFC8032); err != nil {
 			return Era{}, err
 		}
 		era := Era{From: created.Add(legacyMargin).UTC(), Issuer: e.Issuer, Audience: e.Audience, Keys: e.Keys}
@@ -126,7 +126,7 @@ func FromLegacy(eras []Era, issuer, audience string) (*Entry, error) {
 		}
 	}
 	newest := eras[len(eras)-1]
-	e, err := NewEntry(newest.Keys, newest.Issuer, newest.Audience)
+	e, err := NewEntry(newest.Keys, newest.Issuer, newest.Audience, auth.RuleRFC8032)
 	if err != nil {
 		return nil, fmt.Errorf("the old key history's newest set: %w (provision with --jwks, --issuer and --audience)", err)
 	}

@@ -291,7 +291,7 @@ func (l *Local) reload(ctx context.Context, path, why string) {
 	keys, err := auth.LoadJWKS(path)
 	var own *Entry
 	if err == nil {
-		own, err = NewEntry(keys, l.Own.Issuer, l.Own.Audience)
+		own, err = NewEntry(keys, l.Own.Issuer, l.Own.Audience, l.Own.Verify)
 	}
 	if err == nil {
 		l.Own = own

@@ -171,7 +171,9 @@ func AwaitEntries(ctx context.Context, store *storage.Store, r *jsread.Reader, p
 		cancel()
 		if err == nil {
 			from = m.Sequence + 1
-			if _, perr := Parse(m.Data); perr != nil {
+			if _, perr := Parse(m.Data); errors.Is(perr, ErrNewer) {
+				return fmt.Errorf("partition %d, stream sequence %d: %w", p, m.Sequence, perr)
+			} else if perr != nil {
 				continue // left out, as the applier leaves it out
 			}
 			if err := store.Update(func(tx *storage.Tx) error { return tx.PutControl(m.Sequence, m.Data) }); err != nil {

@@ -191,7 +191,7 @@ func (k *Keys) entry(tb testing.TB) *trust.Entry {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e, err := trust.NewEntry(set, Issuer, Audience)
+	e, err := trust.NewEntry(set, Issuer, Audience, auth.RuleRFC8032)
 	if err != nil {
 		tb.Fatal(err)
 	}
