@@ -40,6 +40,7 @@ type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch, partitions int
 	dataDir                                                     string
 	storage, noSync, ceiling                                    bool
+	verify                                                      string
 	cpuProfile                                                  string
 	tokens, alg                                                 string // per-user or one; EdDSA or RS256
 
@@ -154,6 +155,7 @@ func (c *benchConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.partitions, "partitions", 8, "the embedded worker's --partitions (1: one partition's rate)")
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
+	fs.StringVar(&c.verify, "verify", "", "the embedded worker's verification rule (worker --verify): \"\" or zip215")
 	fs.BoolVar(&c.noSync, "no-sync", false, "analysis only: the embedded worker skips fsync, to see what the disk costs; not a valid result")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (bench and its embedded worker) during the batch removals to this file")
 	fs.StringVar(&c.tokens, "tokens", "per-user", "per-user: each removal signed with its user's own token (self-service, as request-reply traffic is); one: every removal under one administrator token (a batch publisher)")
@@ -509,7 +511,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 		Listen: "127.0.0.1:0", DataDir: c.dataDir,
 		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, Partitions: c.partitions},
 		Options:  runner.Options{MaxBatch: c.maxBatch, NoSync: c.noSync}, CreateStream: true, OutcomeWait: 10 * time.Second,
-		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience,
+		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience, Verify: c.verify,
 		Started: func(url string) { started <- url },
 	}
 	go func() { done <- app.Run(ctx, cfg, log) }()
