@@ -230,7 +230,7 @@ func (w *worker) openPartitions(ctx context.Context, id string) error {
 	}
 	snaps := snapshot.New(w.topo.Snapshots, snapStream, log)
 	err = upgrade.Run(ctx, upgrade.Config{DataDir: cfg.DataDir, Partitions: cfg.Partitions, Retention: cfg.Retention,
-		StoreTimeout: cfg.StoreTimeout, NoSync: cfg.NoSync, DeleteConsumer: cfg.CreateStream, JS: w.js, Stream: w.topo.Stream,
+		StoreTimeout: cfg.StoreTimeout, DeleteConsumer: cfg.CreateStream, JS: w.js, Stream: w.topo.Stream,
 		Reader: w.reader, Verifier: w.verifier, Snapshots: snaps, Log: log})
 	if err != nil {
 		return err

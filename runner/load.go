@@ -40,6 +40,12 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if storage.Unclean(path) {
+		log.Warn().Msg("the partition's store ran without fsync and was not closed (a crash or a power cut): it is rebuilt from the newest snapshot and the stream")
+		if err := storage.Discard(path); err != nil {
+			return err
+		}
+	}
 	if err := s.fetchSnapshot(ctx, pt, path, si, log); err != nil {
 		return err
 	}

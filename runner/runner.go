@@ -55,7 +55,7 @@ type Options struct {
 	SnapshotChanges  int
 	StoreTimeout     time.Duration // how long to wait for another process's lock on a store
 	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync           bool          // benchmarks of the layers above the disk only
+	NoSync           bool          // the stores commit without fsync (storage.Options.NoSync; --store-nosync)
 }
 
 // Config is what a Set runs partitions with: the worker's settings and the

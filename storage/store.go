@@ -68,9 +68,61 @@ const DefaultTimeout = 2 * time.Second
 type Options struct {
 	// Timeout bounds the wait for the file lock; zero means DefaultTimeout.
 	Timeout time.Duration
-	// NoSync skips fsync on commit. Only for benchmarks of the layers above:
-	// a crash may lose committed work.
+	// NoSync skips fsync on commit: a commit is then durable in the stream
+	// that the store is the state of (and its snapshots), not in the file.
+	// While such a store is open, a marker file beside it (path + ".open")
+	// says so; a stop that does not close it (a crash, a power cut) leaves
+	// the marker, and the store is not to be trusted again (Unclean): it
+	// may have lost commits, or be torn, which a power cut cannot let
+	// bbolt notice. The runner rebuilds it from the snapshot and the stream.
 	NoSync bool
+}
+
+// Unclean tells whether the store at path was left open without fsync by
+// a stop that did not close it (Options.NoSync): its file may lack
+// committed work, or be torn.
+func Unclean(path string) bool {
+	_, err := os.Stat(path + openMarker)
+	return err == nil
+}
+
+// Discard removes the store at path and its marker, the marker last, for
+// a store that Unclean says is not to be trusted.
+func Discard(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Remove(path + openMarker); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// openMarker is the suffix of the file that is there while a store runs
+// without fsync.
+const openMarker = ".open"
+
+// syncDir makes the entries of dir durable: a marker made or removed.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// markOpen puts path's marker in place, durably, before the first commit
+// without fsync.
+func markOpen(path string) error {
+	f, err := os.OpenFile(path+openMarker, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 // ErrLocked is returned by Open when another process holds the file.
@@ -78,8 +130,9 @@ var ErrLocked = errors.New("storage: the data file is locked by another process"
 
 // Store is an open bbolt file.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	noSync bool // Options.NoSync
 
 	// deletes are outbox keys whose events were published, to be deleted
 	// with the next write transaction (DeleteEventsLater); they stay here
@@ -131,6 +184,13 @@ func Open(path string, opts Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", path, err)
 	}
+	if opts.NoSync {
+		// Under the file's lock, before its first commit without fsync.
+		if err := markOpen(path); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("storage: mark %s open: %w", path, err)
+		}
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketUsers, bucketOutcomes, bucketMeta, bucketOutbox, bucketControl} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -146,14 +206,26 @@ func Open(path string, opts Options) (s *Store, err error) {
 		db.Close()
 		return nil, fmt.Errorf("storage: initialise %s: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path, noSync: opts.NoSync}, nil
 }
 
 // Path is the file the store lives in.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the file; one opened with NoSync is synced first, and its
+// marker removed once it is.
+func (s *Store) Close() error {
+	if !s.noSync {
+		return s.db.Close()
+	}
+	if err := errors.Join(s.db.Sync(), s.db.Close()); err != nil {
+		return err // the marker stays: the file is not trusted again
+	}
+	if err := os.Remove(s.path + openMarker); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(s.path))
+}
 
 // Update runs fn in one read-write transaction, committed (and synced) when
 // fn returns nil and rolled back otherwise.

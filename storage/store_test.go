@@ -365,3 +365,44 @@ func TestEventsDeletedWithTheNextWrite(t *testing.T) {
 		t.Fatalf("%d events in the outbox after the flush (%v), want 0", left, err)
 	}
 }
+
+// A store opened without fsync is marked unclean from its open until it
+// is closed; a store opened with fsync never is; Discard removes both.
+func TestUncleanUntilClosed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p000.db")
+	s, err := Open(path, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Unclean(path) {
+		t.Fatal("open without fsync, not marked")
+	}
+	if info, err := os.Stat(path + openMarker); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("marker: %v %v", info, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if Unclean(path) {
+		t.Fatal("closed, still marked")
+	}
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if Unclean(path) {
+		t.Fatal("opened with fsync, marked")
+	}
+	s.Close()
+	crashed, err := Open(path, Options{NoSync: true}) // left open: a crash
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashed.db.Close()
+	if err := Discard(path); err != nil || Unclean(path) {
+		t.Fatalf("discard: %v, unclean %v", err, Unclean(path))
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the store is still there: %v", err)
+	}
+}

@@ -34,7 +34,6 @@ type Config struct {
 	Partitions   int
 	Retention    time.Duration
 	StoreTimeout time.Duration
-	NoSync       bool
 	// DeleteConsumer: the old single consumer is deleted afterwards (a
 	// worker that provisions; an operator's worker user may not).
 	DeleteConsumer bool
@@ -134,7 +133,7 @@ func (u *upgrade) split(ctx context.Context, old *storage.Store) (uint64, int, e
 	}
 	for p := range u.stores {
 		os.Remove(u.tmp(p))
-		if u.stores[p], err = storage.Open(u.tmp(p), storage.Options{Timeout: time.Second, NoSync: u.cfg.NoSync}); err != nil {
+		if u.stores[p], err = storage.Open(u.tmp(p), storage.Options{Timeout: time.Second}); err != nil {
 			return 0, 0, err
 		}
 	}
