@@ -48,6 +48,8 @@ type Config struct {
 	// Without is the worker's --without: mechanisms switched off, to
 	// measure what each one earns.
 	Without []string
+	// WorkerArgs are more flags for every worker (--store-nosync).
+	WorkerArgs []string
 	// Alone injects one fault at a time, never two, each after 12 to 16 s
 	// of quiet: the measure of unavailability against the goal of one
 	// fault at a time, every fault's stall its own.
@@ -116,8 +118,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	k := &campaign{cfg: &cfg, start: time.Now(), rep: newReport(&cfg)}
-	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v, alone %v", cfg.Seed, cfg.Duration, cfg.Users,
-		cfg.Clients, cfg.Faults, cfg.Power, cfg.Without, cfg.Alone)
+	k.logf("seed %d: %v, %d users, %d clients, faults %v, power faults %v, without %v, worker args %v, alone %v", cfg.Seed, cfg.Duration, cfg.Users,
+		cfg.Clients, cfg.Faults, cfg.Power, cfg.Without, cfg.WorkerArgs, cfg.Alone)
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -261,8 +263,9 @@ func (k *campaign) runFaults(ctx context.Context) {
 // key is added (`worker provision --jwks` with both keys), the clients
 // take tokens of the new key, and once every call that may still carry a
 // token of the old key has ended (its retries included), the old key is
-// retired (provision with
-// the new key alone). From the retirement's control entry on, a token of
+// retired (provision with the new key alone). Both entries also switch
+// the verification rule to ZIP 215 (`--verify zip215`), so that the
+// faults after them meet batch verification. From the retirement's control entry on, a token of
 // the retired key is refused in every partition, by every worker: probed
 // after it, one call per user; an answer other than AUTH-KEY-UNKNOWN is an
 // anomaly.
@@ -308,9 +311,9 @@ func (k *campaign) provisionKeys(ctx context.Context, keys ...jose.JSONWebKey) b
 		return false
 	}
 	for {
-		err := k.provision(ctx, "--jwks", k.w.jwksPath, "--issuer", issuer, "--audience", audience)
+		err := k.provision(ctx, "--jwks", k.w.jwksPath, "--issuer", issuer, "--audience", audience, "--verify", "zip215")
 		if err == nil {
-			k.logf("operator: worker provision --jwks with %d keys", len(keys))
+			k.logf("operator: worker provision --jwks with %d keys, --verify zip215", len(keys))
 			return true
 		}
 		k.logf("operator: worker provision --jwks failed, again in 5s: %.200v", err)

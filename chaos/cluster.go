@@ -139,6 +139,7 @@ func (c *cluster) layOut(m *machine) error {
 	if len(c.cfg.Without) > 0 {
 		m.worker.args = append(m.worker.args, "--without", strings.Join(c.cfg.Without, ","))
 	}
+	m.worker.args = append(m.worker.args, c.cfg.WorkerArgs...)
 	return nil
 }
 
