@@ -55,7 +55,10 @@ type Options struct {
 	SnapshotChanges  int
 	StoreTimeout     time.Duration // how long to wait for another process's lock on a store
 	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
-	NoSync           bool          // the stores commit without fsync (storage.Options.NoSync; --store-nosync)
+	// StoreFsync fsyncs every commit of the stores (--store-fsync). Without
+	// it (storage.Options.NoSync) the stream and the snapshots keep what
+	// was confirmed, and load rebuilds a store that was not closed.
+	StoreFsync bool
 }
 
 // Config is what a Set runs partitions with: the worker's settings and the
