@@ -45,31 +45,30 @@ const minBatch = 4
 // split in halves, so one bad signature costs a few more batches, and the
 // tokens of a part under minBatch are left to the single check.
 func (v *Verifier) VerifyBatch(tokens []Token) Verified {
-	groups := v.batchable(tokens)
 	out := Verified{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	limit := make(chan struct{}, runtime.GOMAXPROCS(0))
-	for _, g := range groups {
-		per := max(minBatch, (len(g.sigs)+runtime.GOMAXPROCS(0)-1)/runtime.GOMAXPROCS(0))
-		for start := 0; start < len(g.sigs); start += per {
-			chunk := g.sigs[start:min(start+per, len(g.sigs))]
-			limit <- struct{}{}
-			wg.Go(func() {
-				defer func() {
-					// A panic leaves these tokens to the single check, which
-					// has its own recover.
-					_ = recover()
-					<-limit
-				}()
-				good := verifyHalves(g.pub, chunk, nil)
+	// Each goroutine reads and checks a share of the tokens: the reading
+	// (base64, JSON) costs about as much as the batch's arithmetic.
+	workers := max(1, min(runtime.GOMAXPROCS(0), len(tokens)/(4*minBatch)))
+	per := (len(tokens) + workers - 1) / workers
+	for start := 0; start < len(tokens); start += per {
+		chunk := tokens[start:min(start+per, len(tokens))]
+		wg.Go(func() {
+			defer func() {
+				// A panic leaves these tokens to the single check, which
+				// has its own recover.
+				_ = recover()
+			}()
+			for _, g := range v.batchable(chunk) {
+				good := verifyHalves(g.pub, g.sigs, nil)
 				mu.Lock()
 				for _, s := range good {
 					out[s.cacheKey] = s.claims
 				}
 				mu.Unlock()
-			})
-		}
+			}
+		})
 	}
 	wg.Wait()
 	return out
