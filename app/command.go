@@ -157,6 +157,7 @@ func provisionCommand(ctx context.Context, args []string, getenv func(string) st
 	fs.StringVar(&cfg.Issuer, "issuer", "", "with --jwks: the iss every token must have")
 	fs.StringVar(&cfg.Audience, "audience", "", "with --jwks: the member of aud every token must have")
 	fs.StringVar(&cfg.Verify, "verify", "", "with --jwks: the rule EdDSA signatures are checked by: \"\" (RFC 8032, one by one; the versions before's) or \"zip215\" (ZIP 215, checked in batches: write it only once every worker runs a version that knows it)")
+	fs.IntVar(&cfg.Rules, "rules", 0, fmt.Sprintf("with --jwks: the rules version that judges the commands after the entry, 1 to %d (0: the versions before's, 1); write a new one only once every worker runs a version that knows it", trust.RulesVersion))
 	fs.Usage = func() {
 		made := topology.Settings{Partitions: partition.DefaultCount, Replicas: 1}.Describe()
 		fmt.Fprintf(stderr, "Usage: worker provision --nats-url URL [flags]\n\nCreates or updates what the workers use in JetStream: %s\n(with --partitions and --replicas as given). A cluster that is still forming is\nwaited for (up to --wait). With --jwks, --issuer and --audience it also writes the\nkey set into every partition, where it is not the newest already: it judges every\ncommand stored after it. Rotate by running it again with the new file (add the\nnew key first, remove the old one later).\nThen exits.\n\nFlags:\n", made)
@@ -217,7 +218,15 @@ func provisionEntry(cfg *Config) (*trust.Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
-	return trust.NewEntry(keys, cfg.Issuer, cfg.Audience, auth.Rule(cfg.Verify))
+	if cfg.Rules < 0 || cfg.Rules > trust.RulesVersion {
+		return nil, fmt.Errorf("provision: --rules %d: this version knows rules 1 to %d", cfg.Rules, trust.RulesVersion)
+	}
+	e, err := trust.NewEntry(keys, cfg.Issuer, cfg.Audience, auth.Rule(cfg.Verify))
+	if err != nil {
+		return nil, fmt.Errorf("provision: %w", err)
+	}
+	e.Rules = cfg.Rules
+	return e, nil
 }
 
 // provisionKeys writes entry (when given) as every partition's newest
@@ -273,7 +282,11 @@ func provisionKeys(ctx context.Context, js jetstream.JetStream, st jetstream.Str
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
-	fmt.Fprintf(stdout, "key set (%d keys, issuer %s, audience %s): written into %d of %d partitions, in force for every command stored after it\n",
-		len(entry.Keys.Keys), entry.Issuer, entry.Audience, written, n)
+	rule := "rfc8032"
+	if entry.Verify != "" {
+		rule = string(entry.Verify)
+	}
+	fmt.Fprintf(stdout, "key set (%d keys, issuer %s, audience %s, verify %s, rules %d): written into %d of %d partitions, in force for every command stored after it\n",
+		len(entry.Keys.Keys), entry.Issuer, entry.Audience, rule, entry.RulesFor(false), written, n)
 	return nil
 }

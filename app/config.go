@@ -30,7 +30,10 @@ type Config struct {
 	Audience    string
 	// Verify is the rule the key set's EdDSA signatures are checked by
 	// (auth.Rule: "" or "zip215").
-	Verify     string
+	Verify string
+	// Rules is the rules version `worker provision` writes (0: the
+	// versions before's; trust.RulesVersion).
+	Rules      int
 	NATSConfig string // a nats-server configuration file for the embedded server; "" for none
 
 	// Settings are those of the streams, consumers and buckets; zero

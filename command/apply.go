@@ -126,8 +126,11 @@ type checked struct {
 	// a rule's id by accident.
 	refusal *passkey.Error
 	broken  error // checking it panicked: it breaks alike on every worker, so its answer is INTERNAL, stored
-	// keys is the key set the token was checked by (nil: none was known).
-	keys *auth.KeySet
+	// keys is the key set the token was checked by (nil: none was known),
+	// rules the rules version (trust.RulesVersion) the command was checked
+	// by.
+	keys  *auth.KeySet
+	rules int
 }
 
 // Checked is a batch whose commands have been checked (Check) and wait for
@@ -140,7 +143,7 @@ type Checked struct{ checked []checked }
 // commit (its fsyncs) can overlap the next batch's Check; the order of the
 // commands is kept for CommitInOrder.
 func (a *Applier) Check(cmds []*Command) *Checked {
-	sets := a.keySets(cmds)
+	sets, rules := a.keySets(cmds)
 	// The batch's EdDSA signatures under ZIP 215 checked together first;
 	// each command's own check takes what this found good.
 	tokens := make([]auth.Token, 0, len(cmds))
@@ -160,7 +163,7 @@ func (a *Applier) Check(cmds []*Command) *Checked {
 	for range workers {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < len(cmds); i = int(next.Add(1) - 1) {
-				c.checked[i] = a.checkSafely(cmds[i], sets[i], pre)
+				c.checked[i] = a.checkSafely(cmds[i], sets[i], rules[i], pre)
 			}
 		})
 	}
@@ -194,17 +197,18 @@ func (a *Applier) entry(seq uint64, body []byte) (*trust.Entry, error) {
 	return e, err
 }
 
-// keySetAt is the key set that judges c: the one of the partition's last
-// control entry before it that tx keeps (trust); nil when it keeps none.
-func (a *Applier) keySetAt(tx *storage.Tx, c *Command) *auth.KeySet {
+// keySetAt is the key set and the rules version that judge c: those of
+// the partition's last control entry before it that tx keeps (trust); a
+// nil set when it keeps none.
+func (a *Applier) keySetAt(tx *storage.Tx, c *Command) (*auth.KeySet, int) {
 	seq, body, first := tx.ControlBefore(c.StreamSeq)
 	if body == nil {
-		return nil
+		return nil, 0
 	}
 	if e, _ := a.entry(seq, body); e != nil {
-		return e.For(first, c.Timestamp)
+		return e.For(first, c.Timestamp), e.RulesFor(first)
 	}
-	return nil
+	return nil, 0
 }
 
 // keySets is the key set each command is checked by: the one a control
@@ -212,8 +216,8 @@ func (a *Applier) keySetAt(tx *storage.Tx, c *Command) *auth.KeySet {
 // in force at it. Where the commands before the batch are not all applied
 // yet, that is a guess: the commit looks again (apply), and checks a
 // command again by the right set where the guess was wrong.
-func (a *Applier) keySets(cmds []*Command) []*auth.KeySet {
-	sets := make([]*auth.KeySet, len(cmds))
+func (a *Applier) keySets(cmds []*Command) ([]*auth.KeySet, []int) {
+	sets, rules := make([]*auth.KeySet, len(cmds)), make([]int, len(cmds))
 	_ = a.Store.View(func(tx *storage.Tx) error {
 		var ctl *trust.Entry
 		var ctlSeq uint64
@@ -224,14 +228,14 @@ func (a *Applier) keySets(cmds []*Command) []*auth.KeySet {
 					ctl, ctlSeq = e, c.StreamSeq
 				}
 			case ctl != nil && ctlSeq < c.StreamSeq:
-				sets[i] = ctl.KeySet()
+				sets[i], rules[i] = ctl.KeySet(), ctl.RulesFor(false)
 			default:
-				sets[i] = a.keySetAt(tx, c)
+				sets[i], rules[i] = a.keySetAt(tx, c)
 			}
 		}
 		return nil
 	})
-	return sets
+	return sets, rules
 }
 
 // commitFrom applies a checked batch's commands from index start on, in
@@ -294,7 +298,7 @@ var errHeldBack = errors.New("held back behind an earlier command that could not
 // checkSafely is check, with a panic turned into the command's INTERNAL
 // answer: the same command panics the same way on every worker, so it is a
 // fact about the command, stored like any refusal.
-func (a *Applier) checkSafely(c *Command, keys *auth.KeySet, pre auth.Verified) (pr checked) {
+func (a *Applier) checkSafely(c *Command, keys *auth.KeySet, rules int, pre auth.Verified) (pr checked) {
 	if c.Control {
 		return checked{cmd: c}
 	}
@@ -305,14 +309,15 @@ func (a *Applier) checkSafely(c *Command, keys *auth.KeySet, pre auth.Verified) 
 				broken: fmt.Errorf("panic while checking command: %v", r)}
 		}
 	}()
-	return a.check(c, keys, pre)
+	return a.check(c, keys, rules, pre)
 }
 
 // check checks everything that does not need the store, the token by
-// keys (taking a signature VerifyBatch found good, in pre, as checked).
-func (a *Applier) check(c *Command, keys *auth.KeySet, pre auth.Verified) checked {
+// keys (taking a signature VerifyBatch found good, in pre, as checked),
+// the rest by the rules version rules.
+func (a *Applier) check(c *Command, keys *auth.KeySet, rules int, pre auth.Verified) checked {
 	to, replyErr := replyTo(c)
-	pr := checked{cmd: c, replyTo: to, keys: keys}
+	pr := checked{cmd: c, replyTo: to, keys: keys, rules: rules}
 	// The token is verified even when an earlier check refuses the command:
 	// its principal scopes the command's Nats-Msg-Id and is part of its
 	// fingerprint, so that one caller's command is never another's answer.
@@ -332,6 +337,8 @@ func (a *Applier) check(c *Command, keys *auth.KeySet, pre auth.Verified) checke
 		err = passkey.ErrListNotACommand
 	case msgIDErr != nil:
 		err = msgIDErr
+	case rules >= 2 && len(c.Header.ValuesFold(HeaderTTL)) > 0:
+		err = passkey.ErrTTLRefused
 	default:
 		err = replyErr
 	}
@@ -402,15 +409,15 @@ func (a *Applier) apply(tx *storage.Tx, pr *checked) (Result, error) {
 		}
 		return Result{Control: true}, tx.PutControl(pr.cmd.StreamSeq, pr.cmd.Body)
 	}
-	keys := a.keySetAt(tx, pr.cmd)
+	keys, rules := a.keySetAt(tx, pr.cmd)
 	if keys == nil {
 		return Result{UserID: pr.userID, Op: pr.op, Transient: errNoKeySet}, nil
 	}
-	if pr.keys == nil || pr.keys.ID != keys.ID {
+	if pr.keys == nil || pr.keys.ID != keys.ID || pr.rules != rules {
 		// Checked by a guess that missed a control entry (Check ran
 		// before the commands ahead of it were applied): again, by the
-		// set in force here.
-		*pr = a.checkSafely(pr.cmd, keys, nil)
+		// set and rules in force here.
+		*pr = a.checkSafely(pr.cmd, keys, rules, nil)
 	}
 	res := Result{UserID: pr.userID, Op: pr.op, ReplyTo: pr.replyTo}
 	expires := pr.cmd.Timestamp.Add(a.Retention)

@@ -18,6 +18,7 @@ const (
 	HeaderReplyTo       = "Reply-To"
 	HeaderContentType   = "Content-Type"
 	HeaderMsgID         = "Nats-Msg-Id" // JetStream's idempotency key, matched exactly as spelt
+	HeaderTTL           = "Nats-TTL"    // JetStream's per-message TTL: refused from rules version 2 on
 )
 
 // DefaultRetention is how long an outcome is kept.

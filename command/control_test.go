@@ -189,3 +189,56 @@ func TestVerificationRuleFromItsEntry(t *testing.T) {
 		t.Fatalf("an entry of an unknown rule: %+v, then %+v; want both held back", res[0], res[1])
 	}
 }
+
+// controlRules is the next stream message: a control entry putting the
+// EdDSA key in force under rules version rules.
+func (f *applierFixture) controlRules(tb testing.TB, rules int) *Command {
+	tb.Helper()
+	c := f.control(tb, nil, "EdDSA")
+	e, err := trust.NewEntry(f.keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
+	if err == nil {
+		e.Rules = rules
+		c.Body, err = e.Encode()
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// withTTL is syncAs with a Nats-TTL header.
+func (f *applierFixture) withTTL(tb testing.TB, user string) *Command {
+	tb.Helper()
+	c := f.syncAs(tb, user, "EdDSA", f.now)
+	c.Header[HeaderTTL] = []string{"1h"}
+	return c
+}
+
+// The rules version changes at its control entry: a command stored with a
+// Nats-TTL header is applied under rules 1 (as the versions before did)
+// and refused after an entry of rules 2; a command checked by a guess that
+// missed an entry is checked again by the entry's rules.
+func TestRulesVersionFromItsEntry(t *testing.T) {
+	f := newApplier(t)
+	res := f.apply(t, f.controlRules(t, 0), f.withTTL(t, "u1"), f.controlRules(t, 2), f.withTTL(t, "u2"), f.syncAs(t, "u3", "EdDSA", f.now))
+	wantAnswer(t, "Nats-TTL under rules 1", res[1], "")
+	wantAnswer(t, "Nats-TTL under rules 2", res[3], passkey.IDHeaderInvalid)
+	wantAnswer(t, "no Nats-TTL under rules 2", res[4], "")
+
+	// The store is at rules 2; an entry of rules 1 is checked, and the
+	// command behind it checked by the store's rules (a guess) before the
+	// entry commits: the commit checks it again, by rules 1.
+	ahead := f.a.Check([]*Command{f.controlRules(t, 1)})
+	behind := f.a.Check([]*Command{f.withTTL(t, "u4")})
+	if behind.checked[0].refusal == nil {
+		t.Fatal("the guess (rules 2) did not refuse the Nats-TTL command: the test tests nothing")
+	}
+	if _, err := f.a.commitFrom(ahead, 0); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.a.commitFrom(behind, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAnswer(t, "Nats-TTL after rules 2 then 1", res[0], "")
+}

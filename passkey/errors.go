@@ -162,6 +162,12 @@ var (
 	// publish to.
 	ErrReplyTo = &Error{Code: CodeInvalidArgument, ID: IDHeaderInvalid,
 		Message: "Reply-To must be one subject of at most 256 bytes outside the $ and passkeys namespaces, without wildcards"}
+	// ErrTTLRefused answers, from rules version 2 on, a command stored with
+	// a Nats-TTL header: it would leave the stream before its outcome
+	// does, and a rebuild from the stream would then miss a change a store
+	// made.
+	ErrTTLRefused = &Error{Code: CodeInvalidArgument, ID: IDHeaderInvalid,
+		Message: "a command may not carry Nats-TTL: it must stay in the stream as long as its outcome"}
 	// ErrMsgIDReused answers a command whose Nats-Msg-Id was already used by
 	// another command (another subject, body or principal): its outcome
 	// belongs to someone else.

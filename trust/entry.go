@@ -36,6 +36,9 @@ type Entry struct {
 	// Verify is the rule its EdDSA signatures are checked by (absent: the
 	// versions before's, auth.RuleRFC8032).
 	Verify auth.Rule `json:"verify,omitempty"`
+	// Rules is the version of the rules that judge the commands after it
+	// (absent: 1, the versions before's; at most RulesVersion).
+	Rules int `json:"rules,omitempty"`
 
 	set    *auth.KeySet
 	before []*auth.KeySet
@@ -60,6 +63,17 @@ func NewEntry(keys jose.JSONWebKeySet, issuer, audience string, rule auth.Rule) 
 	return &Entry{Issuer: issuer, Audience: audience, Keys: keys, Verify: rule, set: set}, nil
 }
 
+// RulesVersion is the newest version of the rules this worker knows:
+//   - 1: the rules of the versions before;
+//   - 2: also a command stored with a Nats-TTL header is refused
+//     (REQUEST-HEADER-INVALID): the stream would drop it before its
+//     outcome expires, and a rebuild from the stream would miss its change.
+//
+// A new version is written (`worker provision --rules N`) once every worker
+// runs a version that knows it: it judges the commands after its entry, and
+// a rebuild or replay judges the commands before it by the version before.
+const RulesVersion = 2
+
 // ErrNewer is Parse's error for an entry of a newer version: a field or a
 // rule this one does not know. Its partition waits, with this error, for
 // a worker that knows it, rather than judge by other rules (the operator
@@ -82,6 +96,9 @@ func Parse(body []byte) (*Entry, error) {
 	}
 	if !e.Verify.Known() {
 		return nil, fmt.Errorf("%w: verification rule %q", ErrNewer, e.Verify)
+	}
+	if e.Rules < 0 || e.Rules > RulesVersion {
+		return nil, fmt.Errorf("%w: rules version %d", ErrNewer, e.Rules)
 	}
 	var err error
 	if e.set, err = auth.NewKeySet(e.Keys, e.Issuer, e.Audience, e.Verify); err != nil {
@@ -126,7 +143,19 @@ func (e *Entry) For(before bool, at time.Time) *auth.KeySet {
 	return e.before[i]
 }
 
-// Same tells whether e trusts exactly what o does (Before aside).
+// RulesFor is the rules version that judges a command before e (a
+// partition's first entry with eras: 1, as the version before judged it)
+// or after it.
+func (e *Entry) RulesFor(before bool) int {
+	if before && len(e.before) > 0 {
+		return 1
+	}
+	return max(e.Rules, 1)
+}
+
+// Same tells whether e trusts exactly what o does, under the same rules
+// (Before aside).
 func (e *Entry) Same(o *Entry) bool {
-	return e != nil && o != nil && e.KeySet() != nil && o.KeySet() != nil && e.set.ID == o.set.ID
+	return e != nil && o != nil && e.KeySet() != nil && o.KeySet() != nil && e.set.ID == o.set.ID &&
+		max(e.Rules, 1) == max(o.Rules, 1)
 }

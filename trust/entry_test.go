@@ -59,7 +59,7 @@ func TestEntryFor(t *testing.T) {
 	// A field or a rule this version does not know: a newer version's
 	// entry, which its partition waits at.
 	good := `"issuer":"i","audience":"a","jwks":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}`
-	for _, newer := range []string{`{` + good + `,"rules":2}`, `{` + good + `,"verify":"zip999"}`} {
+	for _, newer := range []string{`{` + good + `,"rules":3}`, `{` + good + `,"unknown":1}`, `{` + good + `,"verify":"zip999"}`} {
 		if _, err := trust.Parse([]byte(newer)); !errors.Is(err, trust.ErrNewer) {
 			t.Errorf("Parse(%s): %v, want ErrNewer", newer, err)
 		}
