@@ -265,7 +265,8 @@ func (k *campaign) runFaults(ctx context.Context) {
 // token of the old key has ended (its retries included), the old key is
 // retired (provision with the new key alone). Both entries also switch
 // the verification rule to ZIP 215 (`--verify zip215`), so that the
-// faults after them meet batch verification. From the retirement's control entry on, a token of
+// faults after them meet batch verification, and the rules to version 2
+// (`--rules 2`). From the retirement's control entry on, a token of
 // the retired key is refused in every partition, by every worker: probed
 // after it, one call per user; an answer other than AUTH-KEY-UNKNOWN is an
 // anomaly.
@@ -311,9 +312,9 @@ func (k *campaign) provisionKeys(ctx context.Context, keys ...jose.JSONWebKey) b
 		return false
 	}
 	for {
-		err := k.provision(ctx, "--jwks", k.w.jwksPath, "--issuer", issuer, "--audience", audience, "--verify", "zip215")
+		err := k.provision(ctx, "--jwks", k.w.jwksPath, "--issuer", issuer, "--audience", audience, "--verify", "zip215", "--rules", "2")
 		if err == nil {
-			k.logf("operator: worker provision --jwks with %d keys, --verify zip215", len(keys))
+			k.logf("operator: worker provision --jwks with %d keys, --verify zip215 --rules 2", len(keys))
 			return true
 		}
 		k.logf("operator: worker provision --jwks failed, again in 5s: %.200v", err)
