@@ -93,7 +93,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", runner.DefaultSnapshotInterval, "a changed partition's state is written to object store "+topology.SnapshotBucket+" at least this often")
 	fs.IntVar(&cfg.SnapshotChanges, "snapshot-changes", runner.DefaultSnapshotChanges, "... and as soon as it has applied this many commands since its last snapshot")
 	fs.IntVar(&cfg.MaxBatch, "max-batch", 1024, "most commands applied in one store transaction")
-	fs.BoolVar(&cfg.StoreFsync, "store-fsync", false, "fsync every commit of the partitions' stores, as versions before did (default: not; the stream, which fsyncs with the shipped nats.conf, and the snapshots keep what was confirmed, and a store not closed cleanly is rebuilt from them at start: docs/operations.md)")
+	fs.BoolVar(&cfg.StoreNoSync, "store-nosync", false, "commit to the partitions' stores without fsync: the stream (which must fsync: sync_interval: always) and the snapshots keep what was confirmed, and a store not closed cleanly is rebuilt from them at start; only once rules version 2 is in force (worker provision --rules 2): docs/operations.md")
 	fs.BoolVar(&cfg.CreateStream, "create-stream", true, "create or update the streams, consumers and buckets at start-up, as worker provision does (false: a worker whose NATS user may create nothing)")
 	fs.DurationVar(&cfg.OutcomeWait, "outcome-wait", 10*time.Second, "how long a repeated request waits for the original's outcome")
 	fs.DurationVar(&cfg.StoreTimeout, "store-lock-timeout", storage.DefaultTimeout, "how long to wait for another process's lock on the data file")

@@ -39,7 +39,7 @@ import (
 type benchConfig struct {
 	users, removals, sequential, inFlight, maxBatch, partitions int
 	dataDir                                                     string
-	storage, storeFsync, ceiling                                bool
+	storage, storeNoSync, ceiling                               bool
 	verify                                                      string
 	cpuProfile                                                  string
 	tokens, alg                                                 string // per-user or one; EdDSA or RS256
@@ -50,7 +50,7 @@ type benchConfig struct {
 // benchReport is the one JSON line bench prints.
 type benchReport struct {
 	Mode           string       `json:"mode"`
-	StoreFsync     bool         `json:"store_fsync,omitempty"`
+	StoreNoSync    bool         `json:"store_nosync,omitempty"`
 	Users          int          `json:"users"`
 	SyncSeconds    float64      `json:"sync_seconds"`
 	Batch          *phaseReport `json:"batch,omitempty"`
@@ -131,7 +131,7 @@ func (p *Bench) bench(ctx context.Context, args []string) int {
 	if err != nil {
 		return p.Fail(publisher.ExitFailed, "%v", err)
 	}
-	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, StoreFsync: c.storeFsync,
+	rep := benchReport{Mode: map[bool]string{true: "embedded", false: "remote"}[embedded], Users: c.users, StoreNoSync: c.storeNoSync,
 		Tokens: c.tokens, Alg: c.alg}
 	if err := p.runBench(ctx, nc, js, cl, c, profile, &rep); err != nil {
 		return p.Fail(publisher.ExitFailed, "%v", err)
@@ -156,7 +156,7 @@ func (c *benchConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", "", "the embedded worker's data directory (default: a new temporary one); with --nats-url, where the development key is")
 	fs.BoolVar(&c.storage, "storage", true, "also measure the storage layer alone on the same number of users (the disk's ceiling)")
 	fs.StringVar(&c.verify, "verify", "", "the embedded worker's verification rule (worker --verify): \"\" or zip215")
-	fs.BoolVar(&c.storeFsync, "store-fsync", false, "the embedded worker's --store-fsync: every store commit fsynced")
+	fs.BoolVar(&c.storeNoSync, "store-nosync", false, "the embedded worker's --store-nosync: store commits not fsynced")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (bench and its embedded worker) during the batch removals to this file")
 	fs.StringVar(&c.tokens, "tokens", "per-user", "per-user: each removal signed with its user's own token (self-service, as request-reply traffic is); one: every removal under one administrator token (a batch publisher)")
 	fs.StringVar(&c.alg, "alg", "EdDSA", "the tokens' algorithm, EdDSA or RS256 (ZITADEL's default; about 1 ms a signature to mint); against --nats-url only EdDSA (the development key)")
@@ -510,7 +510,7 @@ func startEmbeddedWorker(ctx context.Context, c benchConfig, stderr io.Writer) (
 	cfg := app.Config{
 		Listen: "127.0.0.1:0", DataDir: c.dataDir,
 		Settings: topology.Settings{Retention: command.DefaultRetention, DuplicateWindow: 2 * time.Minute, Partitions: c.partitions},
-		Options:  runner.Options{MaxBatch: c.maxBatch, StoreFsync: c.storeFsync}, CreateStream: true, OutcomeWait: 10 * time.Second,
+		Options:  runner.Options{MaxBatch: c.maxBatch, StoreNoSync: c.storeNoSync}, CreateStream: true, OutcomeWait: 10 * time.Second,
 		JWKS: c.keys.jwksPath, Issuer: benchIssuer, Audience: benchAudience, Verify: c.verify,
 		Started: func(url string) { started <- url },
 	}

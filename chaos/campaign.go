@@ -48,7 +48,7 @@ type Config struct {
 	// Without is the worker's --without: mechanisms switched off, to
 	// measure what each one earns.
 	Without []string
-	// WorkerArgs are more flags for every worker (--store-fsync).
+	// WorkerArgs are more flags for every worker (--store-nosync).
 	WorkerArgs []string
 	// Alone injects one fault at a time, never two, each after 12 to 16 s
 	// of quiet: the measure of unavailability against the goal of one

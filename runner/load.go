@@ -49,7 +49,7 @@ func (s *Set) load(ctx context.Context, pt *part, log zerolog.Logger) error {
 	if err := s.fetchSnapshot(ctx, pt, path, si, log); err != nil {
 		return err
 	}
-	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: !s.cfg.StoreFsync}); err != nil {
+	if pt.store, err = storage.Open(path, storage.Options{Timeout: s.cfg.StoreTimeout, NoSync: s.cfg.StoreNoSync}); err != nil {
 		return err
 	}
 	applied, err := pt.store.AppliedSeq()

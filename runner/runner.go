@@ -55,10 +55,13 @@ type Options struct {
 	SnapshotChanges  int
 	StoreTimeout     time.Duration // how long to wait for another process's lock on a store
 	AllowStoreGap    bool          // start even when a restored store misses commands the stream no longer holds
-	// StoreFsync fsyncs every commit of the stores (--store-fsync). Without
-	// it (storage.Options.NoSync) the stream and the snapshots keep what
-	// was confirmed, and load rebuilds a store that was not closed.
-	StoreFsync bool
+	// StoreNoSync commits the stores without fsync (--store-nosync;
+	// storage.Options.NoSync): the stream and the snapshots keep what was
+	// confirmed, and load rebuilds a store that was not closed. Sound only
+	// while every command stays in the stream as long as its outcome:
+	// rules version 2 in force (trust.RulesVersion), which refuses
+	// commands with Nats-TTL.
+	StoreNoSync bool
 }
 
 // Config is what a Set runs partitions with: the worker's settings and the

@@ -12,7 +12,7 @@
 #                                              # (default 1,000,000): its last GC's heap, RssAnon,
 #                                              # and the size of its store files
 #
-# FSYNC=1 runs the workers with --store-fsync (workers that do not know the flag: FSYNC unset).
+# NOSYNC=1 runs the workers with --store-nosync (workers that do not know the flag: NOSYNC unset).
 # VERIFY=zip215 provisions the key set under that rule (checked in batches).
 # SYNC=always runs every nats-server with jetstream { sync_interval: always }
 # (each write fsynced before it is acknowledged); unset, the server's
@@ -60,7 +60,7 @@ wait_served() { # n workers on http ports 9101.., until all 8 are served and (un
 start_workers() { # V URL N REPLICAS
   for k in $(seq 1 "$3"); do
     "$WORK/worker.$1" --nats-url "$2" --jwks jwks.json --issuer passkeys-dev --audience passkeys --replicas "$4" --partitions "$PARTS" \
-      --data-dir "run/w$k" ${FSYNC:+--store-fsync} --log-level warn --http-listen "127.0.0.1:910$k" > "run/w$k.log" 2>&1 &
+      --data-dir "run/w$k" ${NOSYNC:+--store-nosync} --log-level warn --http-listen "127.0.0.1:910$k" > "run/w$k.log" 2>&1 &
   done
 }
 

@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "", "working folder: disks, logs, and a failure's history (default: a new temporary one, removed when the campaign passes)")
 	natsConf := fs.String("nats-conf", "nats.conf", "the nats.conf every node includes")
 	without := fs.String("without", "", "the workers' --without: mechanisms switched off (early-answers)")
-	workerArgs := fs.String("worker-args", "", "more flags for every worker, space-separated (--store-fsync)")
+	workerArgs := fs.String("worker-args", "", "more flags for every worker, space-separated (--store-nosync)")
 	alone := fs.Bool("alone", false, "one fault at a time, each after 12 to 16 s of quiet: unavailability against the goal of one fault at a time")
 	history := fs.String("check", "", "check this history.jsonl of a failed campaign again, and run nothing")
 	if err := fs.Parse(args); err != nil {
