@@ -214,9 +214,20 @@ func (w *worker) openKeys(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if own.Rules = w.cfg.Rules; own.Rules < 0 || own.Rules > trust.RulesVersion {
+		return fmt.Errorf("--rules %d: this version knows rules 1 to %d", own.Rules, trust.RulesVersion)
+	}
 	w.verifier = auth.NewVerifier()
 	w.keys = &trust.Local{JS: w.js, Reader: w.reader, Stream: w.topo.Stream, Partitions: w.cfg.Partitions, Own: own, Writes: w.cfg.Embedded(), Log: w.log}
-	return w.keys.Load(ctx)
+	if err := w.keys.Load(ctx); err != nil {
+		return err
+	}
+	if w.cfg.StoreNoSync && w.keys.Rules() < 2 {
+		// Under rules 1 a command may carry Nats-TTL and leave the stream
+		// before its outcome: a store rebuilt from the stream would miss it.
+		return fmt.Errorf("--store-nosync needs rules version 2 in force (the newest key set has rules %d): run `worker provision ... --rules 2` first", w.keys.Rules())
+	}
+	return nil
 }
 
 // openPartitions upgrades a data directory from before partitions, and

@@ -86,6 +86,7 @@ func workerFlags(fs *flag.FlagSet, cfg *Config, logLevel, logFormat *string) {
 	fs.StringVar(&cfg.Issuer, "issuer", "", "required iss of every token")
 	fs.StringVar(&cfg.Audience, "audience", "", "required member of every token's aud")
 	fs.StringVar(&cfg.Verify, "verify", "", "the rule EdDSA signatures are checked by, where this worker writes its own key set (the embedded default): \"\" (RFC 8032, one by one) or \"zip215\" (checked in batches)")
+	fs.IntVar(&cfg.Rules, "rules", 0, "the rules version of this worker's own key set, where it writes it (the embedded default), as worker provision --rules")
 	fs.StringVar(&cfg.NATSConfig, "nats-config", "", "nats-server configuration file for the embedded server (default: ./nats.conf when it exists)")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(logFormat, "log-format", LogAuto, "log lines: json, console (for a person), or auto (console on a terminal, json otherwise)")

@@ -190,7 +190,7 @@ func (k *campaign) setUp(ctx context.Context) error {
 		return err
 	}
 	k.logf("worker provision --replicas 3")
-	if err := k.provision(ctx, "--jwks", jwks, "--issuer", issuer, "--audience", audience); err != nil {
+	if err := k.provision(ctx, "--jwks", jwks, "--issuer", issuer, "--audience", audience, "--rules", "2"); err != nil {
 		return err
 	}
 	for _, m := range k.c.machines {

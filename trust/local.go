@@ -99,6 +99,15 @@ func (l *Local) KeySet() *auth.KeySet {
 	return nil
 }
 
+// Rules is the rules version of the newest control entry read (0 before
+// one is).
+func (l *Local) Rules() int {
+	if n := l.newest.Load(); n != nil {
+		return n.e.RulesFor(false)
+	}
+	return 0
+}
+
 // Seq is the stream sequence of the newest control entry read.
 func (l *Local) Seq() uint64 {
 	if n := l.newest.Load(); n != nil {
@@ -292,6 +301,9 @@ func (l *Local) reload(ctx context.Context, path, why string) {
 	var own *Entry
 	if err == nil {
 		own, err = NewEntry(keys, l.Own.Issuer, l.Own.Audience, l.Own.Verify)
+		if own != nil {
+			own.Rules = l.Own.Rules
+		}
 	}
 	if err == nil {
 		l.Own = own

@@ -141,7 +141,7 @@ func TestWorkerTerminated(t *testing.T) {
 // takes the stores for what they are, not closed, and rebuilds them from
 // the snapshots and the stream.
 func TestWorkerKilledWithoutFsync(t *testing.T) {
-	testStoppedMidLoad(t, syscall.SIGKILL, "--store-nosync")
+	testStoppedMidLoad(t, syscall.SIGKILL, "--store-nosync", "--rules", "2")
 }
 
 func testStoppedMidLoad(t *testing.T, sig syscall.Signal, extra ...string) {
