@@ -42,8 +42,8 @@ const minBatch = 4
 // Only tokens of a set under RuleZIP215 come here, each once: EdDSA, a
 // kid that names one Ed25519 key of the set, canonical (checkZIP215Token),
 // not cached already, not expired at its time. A batch that fails is
-// split in halves, so one bad signature costs a few more batches, and the
-// tokens of a part under minBatch are left to the single check.
+// split in halves once (verifyHalves); what still fails is left to the
+// single check.
 func (v *Verifier) VerifyBatch(tokens []Token) Verified {
 	out := Verified{}
 	var mu sync.Mutex
@@ -61,7 +61,7 @@ func (v *Verifier) VerifyBatch(tokens []Token) Verified {
 				_ = recover()
 			}()
 			for _, g := range v.batchable(chunk) {
-				good := verifyHalves(g.pub, g.sigs, nil)
+				good := verifyHalves(g.pub, g.sigs, nil, 1)
 				mu.Lock()
 				for _, s := range good {
 					out[s.cacheKey] = s.claims
@@ -166,20 +166,22 @@ func batchEntry(raw string, t Token) (ed25519.PublicKey, signed, bool) {
 }
 
 // verifyHalves returns the signatures of sigs that hold under A, checked
-// in batches: a batch that fails is checked again as two halves, down to
-// minBatch.
-func verifyHalves(A *edwards25519.Point, sigs, good []signed) []signed {
+// in batches: a batch that fails is checked again as two halves, splits
+// times at most (one: a stray bad signature costs half a batch more; a
+// flood of forged ones, which anyone can make with a key's public kid,
+// costs at most twice the batch before each is checked alone).
+func verifyHalves(A *edwards25519.Point, sigs, good []signed, splits int) []signed {
 	if len(sigs) < minBatch {
 		return good
 	}
 	if batchVerify(A, sigs) {
 		return append(good, sigs...)
 	}
-	if len(sigs) < 2*minBatch {
+	if len(sigs) < 2*minBatch || splits == 0 {
 		return good
 	}
-	good = verifyHalves(A, sigs[:len(sigs)/2], good)
-	return verifyHalves(A, sigs[len(sigs)/2:], good)
+	good = verifyHalves(A, sigs[:len(sigs)/2], good, splits-1)
+	return verifyHalves(A, sigs[len(sigs)/2:], good, splits-1)
 }
 
 // batchVerify reports whether every signature of sigs holds under A by ZIP

@@ -91,10 +91,15 @@ func checkZIP215Token(raw string, jws *jose.JSONWebSignature, alg jose.Signature
 			return passkey.ErrAuthNotJWT
 		}
 	}
+	h := jws.Signatures[0].Protected
+	if h.Algorithm != string(alg) {
+		// encoding/json (headerAlgorithm) matches "ALG" too, go-jose only
+		// "alg": a header that reads as two algorithms is not plain.
+		return passkey.ErrAuthNotJWT
+	}
 	if alg != jose.EdDSA {
 		return nil
 	}
-	h := jws.Signatures[0].Protected
 	if h.JSONWebKey != nil || h.Nonce != "" {
 		return passkey.ErrAuthNotJWT
 	}

@@ -157,6 +157,9 @@ func baseURL(addr string) string {
 }
 
 func backupLocal(path, out string) error {
+	if storage.Unclean(path) {
+		return fmt.Errorf("%s was left open without fsync by a crash or a power cut and may be torn: start the worker, which rebuilds it, and back it up with --from", path)
+	}
 	s, err := storage.Open(path, storage.Options{Timeout: time.Second})
 	if errors.Is(err, storage.ErrLocked) {
 		return fmt.Errorf("%w: a worker is running on it; use --from with its --http-listen address", err)

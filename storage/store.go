@@ -83,13 +83,16 @@ type Options struct {
 // committed work, or be torn.
 func Unclean(path string) bool {
 	_, err := os.Stat(path + openMarker)
-	return err == nil
+	return !errors.Is(err, os.ErrNotExist) // a marker that cannot be read is not taken for none
 }
 
 // Discard removes the store at path and its marker, the marker last, for
 // a store that Unclean says is not to be trusted.
 func Discard(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
 		return err
 	}
 	if err := os.Remove(path + openMarker); err != nil && !errors.Is(err, os.ErrNotExist) {
