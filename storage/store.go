@@ -92,21 +92,22 @@ func Discard(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := SyncDir(filepath.Dir(path)); err != nil {
 		return err
 	}
 	if err := os.Remove(path + openMarker); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // openMarker is the suffix of the file that is there while a store runs
 // without fsync.
 const openMarker = ".open"
 
-// syncDir makes the entries of dir durable: a marker made or removed.
-func syncDir(dir string) error {
+// SyncDir makes the entries of dir durable: a file made, renamed or
+// removed.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -125,7 +126,7 @@ func markOpen(path string) error {
 	if err := errors.Join(f.Sync(), f.Close()); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // ErrLocked is returned by Open when another process holds the file.
@@ -227,7 +228,7 @@ func (s *Store) Close() error {
 	if err := os.Remove(s.path + openMarker); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(s.path))
+	return SyncDir(filepath.Dir(s.path))
 }
 
 // Update runs fn in one read-write transaction, committed (and synced) when

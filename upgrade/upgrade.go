@@ -78,7 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.Rename(oldPath, oldPath+".migrated"); err != nil {
 		return err
 	}
-	if err := syncDir(cfg.DataDir); err != nil {
+	if err := storage.SyncDir(cfg.DataDir); err != nil {
 		return err
 	}
 	if cfg.DeleteConsumer {
@@ -211,7 +211,7 @@ func (u *upgrade) install(until uint64) error {
 			return err
 		}
 	}
-	return syncDir(filepath.Join(u.cfg.DataDir, runner.Dir))
+	return storage.SyncDir(filepath.Join(u.cfg.DataDir, runner.Dir))
 }
 
 // snapshots writes every partition's snapshot, so that the other workers
@@ -227,12 +227,3 @@ func (u *upgrade) snapshots(ctx context.Context, until uint64) error {
 	return nil
 }
 
-// syncDir makes renames in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
