@@ -226,4 +226,3 @@ func (u *upgrade) snapshots(ctx context.Context, until uint64) error {
 	}
 	return nil
 }
-
