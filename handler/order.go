@@ -40,6 +40,7 @@ type orderCheck struct {
 func (c *Processor) fill(ctx context.Context, hand []delivery) error {
 	g := &c.order
 	front, prevD, prevFirst := c.Partition.Applied(), g.prevDeliver, g.prevFirst
+	inHand := map[uint64]bool{} // the batch's commands before h: answered by the batch
 	for _, h := range hand {
 		s, d := h.meta.Sequence.Stream, h.meta.Sequence.Consumer
 		first := h.meta.NumDelivered == 1
@@ -51,13 +52,15 @@ func (c *Processor) fill(ctx context.Context, hand []delivery) error {
 				// From what the partition has applied, not from the
 				// batch's last command: those of the batch before this one
 				// are not committed yet, and a command read past them
-				// would make them look applied.
-				if err := c.applyBetween(ctx, c.Partition.Applied(), s); err != nil {
+				// would make them look applied. Those of them the range
+				// applies are answered once, by the batch (as repeats).
+				if err := c.applyBetween(ctx, c.Partition.Applied(), s, inHand); err != nil {
 					return err
 				}
 			}
 			front = s
 		}
+		inHand[s] = true
 		prevD = d
 		prevFirst = 0
 		if first && s == front {
@@ -70,11 +73,17 @@ func (c *Processor) fill(ctx context.Context, hand []delivery) error {
 
 // applyBetween applies the partition's commands after front and before
 // until (a command the consumer delivered, so the stream's leader holds
-// everything before it).
-func (c *Processor) applyBetween(ctx context.Context, front, until uint64) error {
+// everything before it), and answers those with a Reply-To but the ones
+// in hand (the batch answers those).
+func (c *Processor) applyBetween(ctx context.Context, front, until uint64, inHand map[uint64]bool) error {
+	answer := func(cmd *command.Command, r command.Result) {
+		if !inHand[cmd.StreamSeq] {
+			c.answerRead(cmd, r)
+		}
+	}
 	for attempt := uint64(1); ; attempt++ {
 		n, err := c.Partition.ApplyRange(ctx, Range{From: front + 1, Through: until - 1, Wait: c.Wait,
-			Committed: c.Committed, Done: c.answerRead})
+			Committed: c.Committed, Done: answer})
 		if n > 0 {
 			c.Log.Warn().Uint64("applied_seq", front).Uint64("next_delivered", until).Int("commands", n).
 				Msg("commands of the partition were not delivered here (another worker took them, or they come back late): applied them from the stream first, in order, and answered those with a Reply-To")
