@@ -12,7 +12,8 @@
 #                                              # (default 1,000,000): its last GC's heap, RssAnon,
 #                                              # and the size of its store files
 #
-# NOSYNC=1 runs the workers with --store-nosync (workers that do not know the flag: NOSYNC unset).
+# NOSYNC=1 runs the workers with --store-nosync and provisions rules version 2, which it needs
+# (versions that do not know the flags: NOSYNC unset).
 # VERIFY=zip215 provisions the key set under that rule (checked in batches).
 # SYNC=always runs every nats-server with jetstream { sync_interval: always }
 # (each write fsynced before it is acknowledged); unset, the server's
@@ -84,7 +85,7 @@ one|peruser)
   echo "jetstream { $SYNCCONF }" > run/one.conf
   "$WORK/nats-server" -c run/one.conf -js -a 127.0.0.1 -p 4399 -sd "$WORK/run/js" > run/nats.log 2>&1 &
   until curl -s -o /dev/null --max-time 0.2 telnet://127.0.0.1:4399; [ $? -ne 7 ]; do sleep 0.1; done
-  "$WORK/worker.$V" provision --nats-url $URL1 --partitions "$PARTS" --jwks jwks.json --issuer passkeys-dev --audience passkeys ${VERIFY:+--verify $VERIFY} --wait 30s > run/provision.log
+  "$WORK/worker.$V" provision --nats-url $URL1 --partitions "$PARTS" --jwks jwks.json --issuer passkeys-dev --audience passkeys ${VERIFY:+--verify $VERIFY} ${NOSYNC:+--rules 2} --wait 30s > run/provision.log
   start_workers "$V" $URL1 1 1; wait_served 1
   if [ "$1" = one ]; then
     "$WORK/bench" --nats-url $URL1 --data-dir keys --users ${USERS:-20000} --removals ${N:-20000} --sequential 0 --tokens one --storage=false 2>run/bench.err | tail -1 > run/bench.json
