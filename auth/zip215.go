@@ -59,12 +59,13 @@ func checkZIP215Key(k jose.JSONWebKey) error {
 	return nil
 }
 
+// lMinus1 is ℓ - 1 as a canonical scalar: [ℓ-1]p + p = [ℓ]p.
+var lMinus1, _ = edwards25519.NewScalar().SetCanonicalBytes([]byte{
+	0xec, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10})
+
 // primeOrder tells whether [ℓ]p is the identity: p has no small-order part.
 func primeOrder(p *edwards25519.Point) bool {
-	// ℓ - 1 as a canonical scalar; [ℓ-1]p + p = [ℓ]p.
-	lMinus1, _ := edwards25519.NewScalar().SetCanonicalBytes([]byte{
-		0xec, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10})
 	q := new(edwards25519.Point).VarTimeMultiScalarMult([]*edwards25519.Scalar{lMinus1}, []*edwards25519.Point{p})
 	return q.Add(q, p).Equal(edwards25519.NewIdentityPoint()) == 1
 }

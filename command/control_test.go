@@ -141,13 +141,14 @@ func TestBadControlEntryLeftOut(t *testing.T) {
 	wantAnswer(t, "EdDSA after a bad entry", res[1], "")
 }
 
-// controlZIP215 is the next stream message: a control entry putting the
-// EdDSA key in force under ZIP 215.
-func (f *applierFixture) controlZIP215(tb testing.TB) *Command {
+// controlUnder is the next stream message: a control entry putting the
+// EdDSA key in force under verification rule rule and rules version rules.
+func (f *applierFixture) controlUnder(tb testing.TB, rule auth.Rule, rules int) *Command {
 	tb.Helper()
 	c := f.control(tb, nil, "EdDSA")
-	e, err := trust.NewEntry(f.keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleZIP215)
+	e, err := trust.NewEntry(f.keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, rule)
 	if err == nil {
+		e.Rules = rules
 		c.Body, err = e.Encode()
 	}
 	if err != nil {
@@ -172,7 +173,7 @@ func (f *applierFixture) torsion(tb testing.TB, user string) *Command {
 // version does not know makes the partition wait there.
 func TestVerificationRuleFromItsEntry(t *testing.T) {
 	f := newApplier(t)
-	cmds := []*Command{f.control(t, nil, "EdDSA"), f.torsion(t, "u0"), f.controlZIP215(t)}
+	cmds := []*Command{f.control(t, nil, "EdDSA"), f.torsion(t, "u0"), f.controlUnder(t, auth.RuleZIP215, 0)}
 	for i := range 8 {
 		cmds = append(cmds, f.torsion(t, fmt.Sprint("u", i+1)), f.syncAs(t, fmt.Sprint("v", i), "EdDSA", f.now))
 	}
@@ -182,28 +183,12 @@ func TestVerificationRuleFromItsEntry(t *testing.T) {
 		wantAnswer(t, fmt.Sprint("after the ZIP 215 entry, ", i), res[i], "")
 	}
 
-	newer := f.controlZIP215(t)
+	newer := f.controlUnder(t, auth.RuleZIP215, 0)
 	newer.Body = []byte(strings.Replace(string(newer.Body), `"verify":"zip215"`, `"verify":"zip999"`, 1))
 	res = f.apply(t, newer, f.syncAs(t, "w", "EdDSA", f.now))
 	if !errors.Is(res[0].Transient, trust.ErrNewer) || res[1].Transient == nil {
 		t.Fatalf("an entry of an unknown rule: %+v, then %+v; want both held back", res[0], res[1])
 	}
-}
-
-// controlRules is the next stream message: a control entry putting the
-// EdDSA key in force under rules version rules.
-func (f *applierFixture) controlRules(tb testing.TB, rules int) *Command {
-	tb.Helper()
-	c := f.control(tb, nil, "EdDSA")
-	e, err := trust.NewEntry(f.keys.PublicSet("EdDSA"), testenv.Issuer, testenv.Audience, auth.RuleRFC8032)
-	if err == nil {
-		e.Rules = rules
-		c.Body, err = e.Encode()
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
 }
 
 // withTTL is syncAs with a Nats-TTL header.
@@ -220,7 +205,7 @@ func (f *applierFixture) withTTL(tb testing.TB, user string) *Command {
 // missed an entry is checked again by the entry's rules.
 func TestRulesVersionFromItsEntry(t *testing.T) {
 	f := newApplier(t)
-	res := f.apply(t, f.controlRules(t, 0), f.withTTL(t, "u1"), f.controlRules(t, 2), f.withTTL(t, "u2"), f.syncAs(t, "u3", "EdDSA", f.now))
+	res := f.apply(t, f.controlUnder(t, auth.RuleRFC8032, 0), f.withTTL(t, "u1"), f.controlUnder(t, auth.RuleRFC8032, 2), f.withTTL(t, "u2"), f.syncAs(t, "u3", "EdDSA", f.now))
 	wantAnswer(t, "Nats-TTL under rules 1", res[1], "")
 	wantAnswer(t, "Nats-TTL under rules 2", res[3], passkey.IDHeaderInvalid)
 	wantAnswer(t, "no Nats-TTL under rules 2", res[4], "")
@@ -228,7 +213,7 @@ func TestRulesVersionFromItsEntry(t *testing.T) {
 	// The store is at rules 2; an entry of rules 1 is checked, and the
 	// command behind it checked by the store's rules (a guess) before the
 	// entry commits: the commit checks it again, by rules 1.
-	ahead := f.a.Check([]*Command{f.controlRules(t, 1)})
+	ahead := f.a.Check([]*Command{f.controlUnder(t, auth.RuleRFC8032, 1)})
 	behind := f.a.Check([]*Command{f.withTTL(t, "u4")})
 	if behind.checked[0].refusal == nil {
 		t.Fatal("the guess (rules 2) did not refuse the Nats-TTL command: the test tests nothing")

@@ -86,13 +86,15 @@ var ErrNewer = errors.New("the control entry is of a newer version of the worker
 // same way on every worker.
 func Parse(body []byte) (*Entry, error) {
 	var e Entry
-	if err := json.Unmarshal(body, &e); err != nil {
-		return nil, err
-	}
 	strict := json.NewDecoder(bytes.NewReader(body))
 	strict.DisallowUnknownFields()
-	if err := strict.Decode(&Entry{}); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNewer, err)
+	if err := strict.Decode(&e); err != nil || strict.More() {
+		// Not even read leniently: no key set. Read so: a field this
+		// version does not know.
+		if lerr := json.Unmarshal(body, &Entry{}); lerr != nil {
+			return nil, lerr
+		}
+		return nil, fmt.Errorf("%w: %v", ErrNewer, err)
 	}
 	if !e.Verify.Known() {
 		return nil, fmt.Errorf("%w: verification rule %q", ErrNewer, e.Verify)
